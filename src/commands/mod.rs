@@ -1,0 +1,3 @@
+//! What each subcommand does, on top of the library modules.
+
+pub mod env;

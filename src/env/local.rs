@@ -1,0 +1,490 @@
+//! Brokers as local child processes: the default environment.
+//!
+//! Each broker runs in its own process group on free loopback ports, with its
+//! data and log under `<run dir>/<broker>/`, so a run never touches (or is
+//! disturbed by) a system instance. Faults are signals to that group: SIGTERM
+//! for a graceful stop, SIGKILL for a crash, SIGSTOP/SIGCONT for a pause.
+//! Restarts reuse the same ports and data, as a restarted server would.
+//!
+//! Nothing may outlive brokerbench: `Drop` kills whatever is still running,
+//! and every child also gets `PR_SET_PDEATHSIG`, so that even a SIGKILL of
+//! brokerbench itself takes the brokers down. (The death signal follows the
+//! *thread* that spawned the child; launches happen on runtime worker threads
+//! or the main thread, which live as long as the process, never on the
+//! short-lived blocking pool.)
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use super::binaries::Binary;
+use super::{probe, BrokerKind, Endpoint};
+
+const HOST: &str = "127.0.0.1";
+
+/// How long a graceful stop may take before the process is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// A broker started and owned by this process.
+#[derive(Debug)]
+pub struct LocalBroker {
+    binary: Binary,
+    dir: PathBuf,
+    endpoint: Endpoint,
+    /// Further ports the broker listens on (monitoring, Erlang distribution).
+    aux_ports: Vec<(&'static str, u16)>,
+    process: Option<Child>,
+    /// RabbitMQ only: our own epmd on a private port. Erlang would otherwise
+    /// start a daemonised epmd that outlives the run.
+    epmd: Option<Child>,
+    paused: bool,
+    ready_in: Duration,
+}
+
+impl LocalBroker {
+    /// Starts `binary` with its data under `run_dir/<broker>/` and waits until
+    /// it answers its protocol's handshake.
+    pub async fn start(binary: Binary, run_dir: &Path) -> Result<Self> {
+        let kind = binary.kind;
+        let dir = run_dir.join(kind.as_str());
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let aux_names: &[&'static str] = match kind {
+            BrokerKind::Rabbitmq => &["distribution", "epmd"],
+            BrokerKind::Jetstream => &["monitoring"],
+            BrokerKind::Kafka => &[],
+        };
+        let ports = free_ports(1 + aux_names.len())?;
+        let mut broker = LocalBroker {
+            endpoint: Endpoint {
+                kind,
+                host: HOST.to_string(),
+                port: ports[0],
+            },
+            aux_ports: aux_names
+                .iter()
+                .copied()
+                .zip(ports[1..].iter().copied())
+                .collect(),
+            binary,
+            dir,
+            process: None,
+            epmd: None,
+            paused: false,
+            ready_in: Duration::ZERO,
+        };
+        broker.launch().await?;
+        Ok(broker)
+    }
+
+    /// Which broker this is.
+    pub fn kind(&self) -> BrokerKind {
+        self.binary.kind
+    }
+
+    /// Where clients reach it.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Implementation and version that runs, e.g. `RabbitMQ 3.10.8`.
+    pub fn implementation(&self) -> &str {
+        &self.binary.implementation
+    }
+
+    /// The broker's data and log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The broker's log (stdout and stderr of every start, appended).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("broker.log")
+    }
+
+    /// Every port this broker listens on, client port first.
+    pub fn ports(&self) -> Vec<u16> {
+        std::iter::once(self.endpoint.port)
+            .chain(self.aux_ports.iter().map(|(_, p)| *p))
+            .collect()
+    }
+
+    /// Process ids of the broker and its helpers (epmd) that are running now.
+    pub fn pids(&self) -> Vec<u32> {
+        [&self.process, &self.epmd]
+            .into_iter()
+            .flatten()
+            .filter_map(Child::id)
+            .collect()
+    }
+
+    /// How long the latest start took, from spawn to a successful handshake.
+    pub fn ready_in(&self) -> Duration {
+        self.ready_in
+    }
+
+    /// Whether the broker process is running (paused counts as running).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.process {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Starts the broker again on the same ports with the same data, after a
+    /// [`stop`](Self::stop) or [`kill`](Self::kill). Returns the time to ready.
+    pub async fn launch(&mut self) -> Result<Duration> {
+        if self.is_running() {
+            bail!("{} is already running", self.kind());
+        }
+        for port in self.ports() {
+            let in_use = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err();
+            let ours = self.epmd.is_some() && self.aux_port("epmd") == Some(port);
+            if in_use && !ours {
+                bail!(
+                    "port {port} on {HOST} is already in use, so {} cannot start there \
+                     (a broker left over from an earlier run?)",
+                    self.kind()
+                );
+            }
+        }
+        if self.kind() == BrokerKind::Rabbitmq && self.epmd.is_none() {
+            self.epmd = Some(self.spawn_epmd().await?);
+        }
+        let started = Instant::now();
+        let log = self.open_log()?;
+        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut command = self.command()?;
+        command
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = spawn_owned(&mut command)
+            .with_context(|| format!("starting {}", self.binary.path.display()))?;
+        self.process = Some(child);
+        self.paused = false;
+        let deadline = started + ready_deadline(self.kind());
+        loop {
+            if !self.is_running() {
+                bail!(
+                    "{} exited during start-up; its log ({}) ends with:\n{}",
+                    self.kind(),
+                    self.log_path().display(),
+                    self.log_tail(log_start)
+                );
+            }
+            let err = match probe::handshake(&self.endpoint).await {
+                // Still ours? A stale process could have answered on the port.
+                Ok(()) if self.is_running() => break,
+                Ok(()) => continue,
+                Err(err) => err,
+            };
+            if Instant::now() >= deadline {
+                self.kill().await.ok();
+                bail!(
+                    "{} at {} was not ready within {:?} (last attempt: {err:#}); its log ({}) ends with:\n{}",
+                    self.kind(),
+                    self.endpoint.url(),
+                    ready_deadline(self.kind()),
+                    self.log_path().display(),
+                    self.log_tail(log_start)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.ready_in = started.elapsed();
+        Ok(self.ready_in)
+    }
+
+    /// Graceful stop: SIGTERM, then SIGKILL if it has not exited within 30 s.
+    pub async fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.process.take() else {
+            return Ok(());
+        };
+        if self.paused {
+            signal_group(&child, Signal::SIGCONT);
+            self.paused = false;
+        }
+        signal_group(&child, Signal::SIGTERM);
+        match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => {
+                signal_group(&child, Signal::SIGKILL);
+                child.wait().await?;
+            }
+        }
+        // The broker's own helpers (erl_child_setup, ...) share its group.
+        reap_group(&child);
+        Ok(())
+    }
+
+    /// A crash: SIGKILL to the broker's process group, no chance to flush.
+    pub async fn kill(&mut self) -> Result<()> {
+        let Some(mut child) = self.process.take() else {
+            return Ok(());
+        };
+        signal_group(&child, Signal::SIGKILL);
+        self.paused = false;
+        child.wait().await?;
+        Ok(())
+    }
+
+    /// Graceful stop, then start on the same ports with the same data.
+    pub async fn restart(&mut self) -> Result<Duration> {
+        self.stop().await?;
+        self.launch().await
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&mut self) -> Result<()> {
+        let child = self.process.as_ref().context("broker is not running")?;
+        signal_group(child, Signal::SIGSTOP);
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&mut self) -> Result<()> {
+        let child = self.process.as_ref().context("broker is not running")?;
+        signal_group(child, Signal::SIGCONT);
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Stops the broker gracefully and every helper process it needed.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let stopped = self.stop().await;
+        if let Some(mut epmd) = self.epmd.take() {
+            signal_group(&epmd, Signal::SIGKILL);
+            epmd.wait().await?;
+        }
+        stopped
+    }
+
+    fn aux_port(&self, name: &str) -> Option<u16> {
+        self.aux_ports
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| *p)
+    }
+
+    fn open_log(&self) -> Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .with_context(|| format!("opening {}", self.log_path().display()))
+    }
+
+    /// The last lines the broker wrote since `from` (a byte offset), for errors.
+    fn log_tail(&self, from: u64) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(self.log_path()) {
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let start = from.max(len.saturating_sub(4096));
+            if file.seek(SeekFrom::Start(start)).is_ok() {
+                let _ = file.read_to_string(&mut text);
+            }
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn command(&self) -> Result<Command> {
+        let port = self.endpoint.port.to_string();
+        let mut command = Command::new(&self.binary.path);
+        match self.kind() {
+            BrokerKind::Rabbitmq => self.rabbitmq_env(&mut command)?,
+            BrokerKind::Jetstream => {
+                let store = self.dir.join("jetstream");
+                command
+                    .args(["-js", "-a", HOST, "-p", &port])
+                    .arg("-m")
+                    .arg(self.aux_port("monitoring").unwrap_or_default().to_string())
+                    .arg("-sd")
+                    .arg(store)
+                    .args(["-n", &format!("brokerbench-{port}")]);
+            }
+            BrokerKind::Kafka => {
+                let listener = format!("tcp://{HOST}:{port}");
+                // The path is relative to the working directory (our data dir).
+                // Never `null://`: it confirms everything and keeps nothing.
+                command
+                    .arg("broker")
+                    .args(["--listener-url", &listener])
+                    .args(["--advertised-listener-url", &listener])
+                    .args(["--storage-engine", "sqlite://tansu.db"]);
+            }
+        }
+        Ok(command)
+    }
+
+    /// Isolates the node from any system RabbitMQ: its own node name, ports,
+    /// Erlang cookie (in `HOME`), data, logs, plugins and configuration files.
+    fn rabbitmq_env(&self, command: &mut Command) -> Result<()> {
+        let dir = &self.dir;
+        let home = dir.join("home");
+        let conf_dir = dir.join("etc");
+        for d in [&home, &conf_dir, &dir.join("mnesia"), &dir.join("log")] {
+            fs::create_dir_all(d)?;
+        }
+        let write = |name: &str, text: &str| -> Result<PathBuf> {
+            let path = conf_dir.join(name);
+            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        };
+        let env_conf = write("rabbitmq-env.conf", "")?;
+        let plugins = write("enabled_plugins", "[].\n")?;
+        let config = write(
+            "rabbitmq.conf",
+            "log.console = false\nlog.file.level = info\n",
+        )?;
+        let port = self.endpoint.port;
+        let dist = self
+            .aux_port("distribution")
+            .context("no distribution port")?;
+        let epmd = self.aux_port("epmd").context("no epmd port")?;
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("LANG", "C.UTF-8")
+            // Exec the Erlang VM directly instead of behind a signal-proxy shell,
+            // so our signals reach the VM itself.
+            .env("RUNNING_UNDER_SYSTEMD", "true")
+            .env("RABBITMQ_CONF_ENV_FILE", env_conf)
+            .env("RABBITMQ_NODENAME", format!("brokerbench{port}@localhost"))
+            .env("RABBITMQ_NODE_IP_ADDRESS", HOST)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("ERL_EPMD_PORT", epmd.to_string())
+            .env("ERL_EPMD_ADDRESS", HOST)
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_PID_FILE", dir.join("rabbitmq.pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", plugins)
+            .env("RABBITMQ_CONFIG_FILE", config)
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                conf_dir.join("advanced.config"),
+            )
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", dir.join("plugins-expand"))
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            );
+        Ok(())
+    }
+
+    async fn spawn_epmd(&self) -> Result<Child> {
+        let port = self.aux_port("epmd").context("no epmd port")?;
+        let epmd = which::which("epmd")
+            .or_else(|_| which::which_in("epmd", Some("/usr/lib/erlang/bin"), "/"))
+            .context("epmd (from Erlang, a RabbitMQ dependency) not found")?;
+        let mut command = Command::new(epmd);
+        command
+            .args(["-port", &port.to_string(), "-address", HOST])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = spawn_owned(&mut command).context("starting epmd")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect((HOST, port)).await.is_err() {
+            if child.try_wait()?.is_some() || Instant::now() >= deadline {
+                signal_group(&child, Signal::SIGKILL);
+                bail!("epmd did not start listening on {HOST}:{port}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(child)
+    }
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        for child in [self.process.take(), self.epmd.take()]
+            .into_iter()
+            .flatten()
+        {
+            signal_group(&child, Signal::SIGCONT);
+            signal_group(&child, Signal::SIGKILL);
+            // tokio reaps the exited child in the background.
+        }
+    }
+}
+
+fn ready_deadline(kind: BrokerKind) -> Duration {
+    match kind {
+        // An Erlang VM boot on a busy 2-core machine; usually 2-5 s.
+        BrokerKind::Rabbitmq => Duration::from_secs(90),
+        BrokerKind::Jetstream | BrokerKind::Kafka => Duration::from_secs(30),
+    }
+}
+
+/// Spawns `command` in a process group of its own (so a terminal's Ctrl-C
+/// reaches brokerbench only, which then stops brokers in order) that dies
+/// with this process.
+fn spawn_owned(command: &mut Command) -> std::io::Result<Child> {
+    command.process_group(0).kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; nothing is allocated in the closure.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    command.spawn()
+}
+
+fn signal_group(child: &Child, signal: Signal) {
+    if let Some(pid) = child.id() {
+        // ESRCH (already gone) is fine: the goal state is reached.
+        let _ = killpg(Pid::from_raw(pid as i32), signal);
+    }
+}
+
+/// Kills any process left in the group of an exited child.
+fn reap_group(child: &Child) {
+    signal_group(child, Signal::SIGKILL);
+}
+
+/// `n` distinct free loopback ports. All are held open until all are chosen,
+/// so the same port cannot be handed out twice.
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("finding free loopback ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_bindable() {
+        let ports = free_ports(5).unwrap();
+        let mut unique = ports.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 5);
+        for port in ports {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! brokerbench: measure RabbitMQ, NATS JetStream and Kafka on your own event
+//! traffic, under the same conditions, and choose with figures.
+//!
+//! The binary is a thin shell around [`run`], so tests drive the same code in
+//! process. See `DESIGN.md`-style notes at the top of each module.
+
+pub mod cli;
+pub mod commands;
+pub mod env;
+
+use std::process::ExitCode;
+
+/// Exit codes shared by every command.
+pub mod exit {
+    /// Ran, and every check held.
+    pub const OK: u8 = 0;
+    /// Ran, but a threshold, regression or correctness check failed.
+    pub const CHECK_FAILED: u8 = 1;
+    /// Could not run: bad input, a broker not reachable, a missing program.
+    pub const CANNOT_RUN: u8 = 2;
+}
+
+/// Runs one parsed command line. `Err` means the command could not run
+/// (exit code 2); `Ok` carries the exit code of a command that ran.
+pub async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        cli::Command::Env(command) => commands::env::run(command).await,
+    }
+}
