@@ -56,7 +56,7 @@ pub fn install_hint(kind: BrokerKind) -> String {
 /// Finds the program for `kind` on `PATH` and reads its version.
 pub async fn locate(kind: BrokerKind) -> Result<Binary> {
     let name = program_name(kind);
-    let found = which::which(name).with_context(|| format!("{name} not found on PATH"))?;
+    let found = which::which(name).map_err(|_| not_on_path(name))?;
     match kind {
         BrokerKind::Rabbitmq => locate_rabbitmq(&found),
         BrokerKind::Jetstream => {
@@ -79,6 +79,23 @@ pub async fn locate(kind: BrokerKind) -> Result<Binary> {
                 implementation: format!("tansu {version} (Kafka protocol)"),
             })
         }
+    }
+}
+
+/// "not found on PATH", and where it is if a usual system directory that is
+/// not on `PATH` has it (Debian puts both servers in `/usr/sbin`).
+fn not_on_path(name: &str) -> anyhow::Error {
+    let elsewhere = ["/usr/sbin", "/usr/local/sbin", "/sbin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file() && which::which(p).is_ok());
+    match elsewhere {
+        Some(path) => anyhow::anyhow!(
+            "{name} not found on PATH, but {} exists: add {} to PATH",
+            path.display(),
+            path.parent().unwrap_or(Path::new("/")).display()
+        ),
+        None => anyhow::anyhow!("{name} not found on PATH"),
     }
 }
 
@@ -160,10 +177,9 @@ async fn version_output(program: &Path, arg: &str) -> Result<String> {
 
 /// The last token that looks like a version (`v2.9.10`, `0.6.0`), without the `v`.
 fn last_version_token(text: &str) -> Option<String> {
-    text.split(|c: char| c.is_whitespace() || c == ':')
+    text.rsplit(|c: char| c.is_whitespace() || c == ':')
         .map(|t| t.trim_start_matches('v'))
-        .filter(|t| t.contains('.') && t.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .last()
+        .find(|t| t.contains('.') && t.chars().next().is_some_and(|c| c.is_ascii_digit()))
         .map(str::to_string)
 }
 

@@ -210,22 +210,26 @@ impl LocalBroker {
         let Some(mut child) = self.process.take() else {
             return Ok(());
         };
-        if self.paused {
-            signal_group(&child, Signal::SIGCONT);
-            self.paused = false;
+        // `Child::id` is gone once the child is reaped; the group is needed after.
+        let Some(pgid) = child.id() else {
+            return Ok(()); // already reaped
+        };
+        if std::mem::take(&mut self.paused) {
+            signal_pgid(pgid, Signal::SIGCONT);
         }
-        signal_group(&child, Signal::SIGTERM);
+        signal_pgid(pgid, Signal::SIGTERM);
         match tokio::time::timeout(STOP_GRACE, child.wait()).await {
             Ok(status) => {
                 status?;
             }
-            Err(_) => {
-                signal_group(&child, Signal::SIGKILL);
+            Err(_elapsed) => {
+                signal_pgid(pgid, Signal::SIGKILL);
                 child.wait().await?;
             }
         }
-        // The broker's own helpers (erl_child_setup, ...) share its group.
-        reap_group(&child);
+        // The broker's own helpers (erl_child_setup, ...) share its group and
+        // may outlive the leader by a moment: take them down too.
+        signal_pgid(pgid, Signal::SIGKILL);
         Ok(())
     }
 
@@ -449,14 +453,13 @@ fn spawn_owned(command: &mut Command) -> std::io::Result<Child> {
 
 fn signal_group(child: &Child, signal: Signal) {
     if let Some(pid) = child.id() {
-        // ESRCH (already gone) is fine: the goal state is reached.
-        let _ = killpg(Pid::from_raw(pid as i32), signal);
+        signal_pgid(pid, signal);
     }
 }
 
-/// Kills any process left in the group of an exited child.
-fn reap_group(child: &Child) {
-    signal_group(child, Signal::SIGKILL);
+fn signal_pgid(pgid: u32, signal: Signal) {
+    // ESRCH (already gone) is fine: the goal state is reached.
+    let _ = killpg(Pid::from_raw(pgid as i32), signal);
 }
 
 /// `n` distinct free loopback ports. All are held open until all are chosen,

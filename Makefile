@@ -1,0 +1,26 @@
+# brokerbench: the two commands a newcomer needs.
+#   make demo   install brokers if missing, build, run the main job
+#   make test   install brokers if missing, fmt + clippy + every test
+SHELL := /bin/bash
+CARGO ?= cargo
+# Debian installs rabbitmq-server and nats-server in /usr/sbin; cargo installs tansu in ~/.cargo/bin.
+export PATH := $(PATH):/usr/sbin:/usr/local/sbin:$(HOME)/.cargo/bin
+
+.PHONY: demo test brokers build check
+
+brokers:
+	@scripts/install-brokers
+
+build:
+	$(CARGO) build --release --locked
+
+demo: brokers build
+	./target/release/brokerbench env check
+	./target/release/brokerbench env smoke
+
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test: brokers check
+	$(CARGO) test --locked

@@ -1,0 +1,126 @@
+//! Each broker, for real: start it as a local process, round-trip a message
+//! with its own client crate, kill -9 it, restart it on the same port and data,
+//! read back what was persisted before the crash; pause and resume it;
+//! restart it gracefully; and leave nothing running.
+
+mod util;
+
+use std::time::Duration;
+
+use brokerbench::env::binaries;
+use brokerbench::env::local::LocalBroker;
+use brokerbench::env::probe::{fetch_one, handshake, publish_durable};
+use brokerbench::env::BrokerKind;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn survives_crash_pause_and_restart(kind: BrokerKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = binaries::locate(kind)
+        .await
+        .unwrap_or_else(|e| panic!("{kind} must be installed (make test installs it): {e:#}"));
+    let mut broker = LocalBroker::start(binary, dir.path()).await.unwrap();
+    let endpoint = broker.endpoint().clone();
+    println!(
+        "{kind}: {} ready in {:?} at {}",
+        broker.implementation(),
+        broker.ready_in(),
+        endpoint.url()
+    );
+    let topic = "brokerbench.test";
+
+    // A plain round trip.
+    publish_durable(&endpoint, topic, b"first").await.unwrap();
+    assert_eq!(
+        fetch_one(&endpoint, topic, "tester", WAIT).await.unwrap(),
+        b"first"
+    );
+
+    // Confirmed before a crash, so it must be there after the restart.
+    publish_durable(&endpoint, topic, b"persisted before kill -9")
+        .await
+        .unwrap();
+    let pgid = broker.pids()[0];
+    broker.kill().await.unwrap();
+    assert!(!broker.is_running());
+    assert!(
+        util::group_members(pgid).is_empty(),
+        "{:?}",
+        util::group_members(pgid)
+    );
+    assert!(
+        !util::port_open(endpoint.port),
+        "{kind} still answers after kill -9"
+    );
+
+    let ready = broker.launch().await.unwrap();
+    println!("{kind}: restarted after kill -9, ready in {ready:?}");
+    assert_eq!(broker.endpoint(), &endpoint, "restart must keep the port");
+    assert_eq!(
+        fetch_one(&endpoint, topic, "tester", WAIT).await.unwrap(),
+        b"persisted before kill -9"
+    );
+
+    // A paused broker keeps its port but answers nothing.
+    broker.pause().unwrap();
+    assert!(
+        handshake(&endpoint).await.is_err(),
+        "{kind} answered while paused"
+    );
+    broker.resume().unwrap();
+    handshake(&endpoint).await.unwrap();
+
+    // A graceful restart keeps data too.
+    publish_durable(&endpoint, topic, b"persisted before restart")
+        .await
+        .unwrap();
+    let ready = broker.restart().await.unwrap();
+    println!("{kind}: graceful restart, ready in {ready:?}");
+    assert_eq!(
+        fetch_one(&endpoint, topic, "tester", WAIT).await.unwrap(),
+        b"persisted before restart"
+    );
+
+    let groups = broker.pids();
+    broker.shutdown().await.unwrap();
+    for pgid in groups {
+        assert!(
+            util::group_members(pgid).is_empty(),
+            "{kind} left {:?}",
+            util::group_members(pgid)
+        );
+    }
+    assert!(!util::port_open(endpoint.port));
+}
+
+#[tokio::test]
+async fn rabbitmq_survives_crash_pause_and_restart() {
+    survives_crash_pause_and_restart(BrokerKind::Rabbitmq).await;
+}
+
+#[tokio::test]
+async fn jetstream_survives_crash_pause_and_restart() {
+    survives_crash_pause_and_restart(BrokerKind::Jetstream).await;
+}
+
+#[tokio::test]
+async fn kafka_survives_crash_pause_and_restart() {
+    survives_crash_pause_and_restart(BrokerKind::Kafka).await;
+}
+
+#[tokio::test]
+async fn a_busy_port_is_refused_not_mistaken_for_our_broker() {
+    // Something already answering on the port must not pass for a ready broker.
+    let dir = tempfile::tempdir().unwrap();
+    let binary = binaries::locate(BrokerKind::Jetstream).await.unwrap();
+    let mut first = LocalBroker::start(binary.clone(), dir.path())
+        .await
+        .unwrap();
+    first.kill().await.unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", first.endpoint().port)).unwrap();
+    let err = first.launch().await.unwrap_err().to_string();
+    assert!(err.contains("already in use"), "{err}");
+    drop(squatter);
+    first.launch().await.unwrap();
+    first.shutdown().await.unwrap();
+}

@@ -1,0 +1,103 @@
+//! Helpers shared by the integration tests: the brokerbench binary, and
+//! process inspection through /proc so tests can prove nothing was left running.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The brokerbench binary cargo built for these tests.
+pub fn brokerbench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_brokerbench"))
+}
+
+/// A process, identified by pid and start time so a reused pid is not mistaken for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub start_time: u64,
+    pub command: String,
+}
+
+/// Fields of /proc/PID/stat after the command name: state, ppid, pgrp, ... starttime.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    Some(after_name.split_whitespace().map(str::to_string).collect())
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn proc_of(pid: u32) -> Option<Proc> {
+    let fields = stat_fields(pid)?;
+    let command = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(Proc {
+        pid,
+        start_time: fields.get(19)?.parse().ok()?,
+        command: String::from_utf8_lossy(&command)
+            .replace('\0', " ")
+            .trim()
+            .to_string(),
+    })
+}
+
+/// Every live descendant of `root` (children, grandchildren, ...).
+pub fn descendants(root: u32) -> Vec<Proc> {
+    let parents: Vec<(u32, u32)> = all_pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, stat_fields(pid)?.get(1)?.parse().ok()?)))
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    found[1..].iter().filter_map(|&pid| proc_of(pid)).collect()
+}
+
+/// Members of process group `pgid` that still exist (zombies included).
+pub fn group_members(pgid: u32) -> Vec<Proc> {
+    all_pids()
+        .into_iter()
+        .filter(|&pid| stat_fields(pid).and_then(|f| f.get(2)?.parse::<u32>().ok()) == Some(pgid))
+        .filter_map(proc_of)
+        .collect()
+}
+
+/// Whether `p` (the same process, not a reuse of its pid) still exists and is not a zombie.
+pub fn is_alive(p: &Proc) -> bool {
+    match stat_fields(p.pid) {
+        Some(fields) => {
+            fields[0] != "Z" && fields.get(19).and_then(|s| s.parse().ok()) == Some(p.start_time)
+        }
+        None => false,
+    }
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// A PATH holding only links to the named programs (as found on the real PATH).
+pub fn path_with_only(programs: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for program in programs {
+        let real =
+            which::which(program).unwrap_or_else(|e| panic!("{program} must be installed: {e}"));
+        std::os::unix::fs::symlink(real, dir.path().join(program)).unwrap();
+    }
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}
