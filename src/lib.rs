@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod env;
+pub mod scenario;
 
 use std::process::ExitCode;
 

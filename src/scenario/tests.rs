@@ -1,0 +1,163 @@
+use super::*;
+
+const ORDERS: &str = r#"
+name = "orders"
+description = "order created: inventory, risk and points must all see it"
+brokers = ["rabbitmq", "jetstream", "kafka"]
+
+[load]
+rate = 500
+duration = "30s"
+warmup = "5s"
+producers = 2
+message_size = 512
+keys = 1000
+
+[[consumers]]
+group = "inventory"
+[[consumers]]
+group = "risk"
+processing_time = "2ms"
+[[consumers]]
+group = "points"
+
+[rabbitmq]
+queue_type = "quorum"
+persistent = true
+prefetch = 100
+[jetstream]
+storage = "file"
+[kafka]
+partitions = 6
+acks = "all"
+compression = "none"
+"#;
+
+fn parse(text: &str) -> Result<Plan, ScenarioError> {
+    Plan::parse(Path::new("scenarios/test.toml"), text, &Overrides::default())
+}
+
+/// The error for `text`, checked to name `field` at `line`.
+fn error(text: &str, field: &str, line: usize) -> String {
+    let err = parse(text).expect_err("should be refused");
+    let shown = err.to_string();
+    match &err {
+        ScenarioError::At { file, line: l, column, field: f, .. } => {
+            assert_eq!(f, field, "{shown}");
+            assert_eq!(*l, line, "{shown}");
+            assert!(*column >= 1);
+            assert_eq!(file, Path::new("scenarios/test.toml"));
+        }
+        other => panic!("expected a located error, got {other:?}"),
+    }
+    assert!(shown.starts_with(&format!("scenarios/test.toml:{line}:")), "{shown}");
+    shown
+}
+
+#[test]
+fn the_issue_example_parses_into_a_plan() {
+    let plan = parse(ORDERS).unwrap();
+    assert_eq!(plan.name, "orders");
+    assert_eq!(plan.brokers, BrokerKind::ALL);
+    assert_eq!(plan.load.rate, 500.0);
+    assert_eq!(plan.load.duration, Duration::from_secs(30));
+    assert_eq!(plan.load.warmup, Duration::from_secs(5));
+    assert_eq!(plan.load.producers, 2);
+    assert_eq!(plan.consumers.len(), 3);
+    assert_eq!(plan.consumers[1].processing_time, Duration::from_millis(2));
+    assert_eq!(plan.rabbitmq.queue_type, QueueType::Quorum);
+    assert_eq!(plan.kafka.acks, Acks::All);
+    assert_eq!(plan.jetstream.storage, Storage::File);
+}
+
+#[test]
+fn the_shipped_scenarios_parse() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios")).unwrap() {
+        let path = entry.unwrap().path();
+        Plan::load(&path, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn defaults_fill_what_the_file_leaves_out() {
+    let plan = parse("name = \"x\"\n[load]\nrate = 0\nduration = \"1s\"\n[[consumers]]\ngroup = \"g\"\n").unwrap();
+    assert!(!plan.load.open_loop());
+    assert_eq!(plan.load.producers, 1);
+    assert_eq!(plan.load.message_size, 512);
+    assert_eq!(plan.load.warmup, Duration::ZERO);
+    assert_eq!(plan.consumers[0].concurrency, 16);
+    assert_eq!(plan.rabbitmq.queue_type, QueueType::Quorum);
+    assert!(plan.rabbitmq.persistent);
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let shown = error(&ORDERS.replace("rate = 500", "rat = 500"), "load.rat", 7);
+    assert!(shown.contains("unknown field"), "{shown}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let shown = error(&ORDERS.replace("producers = 2", "producers = \"two\""), "load.producers", 10);
+    assert!(shown.contains("invalid type"), "{shown}");
+}
+
+#[test]
+fn zero_producers_is_refused() {
+    let shown = error(&ORDERS.replace("producers = 2", "producers = 0"), "load.producers", 10);
+    assert!(shown.contains("from 1"), "{shown}");
+}
+
+#[test]
+fn negative_rate_is_refused() {
+    let shown = error(&ORDERS.replace("rate = 500", "rate = -5"), "load.rate", 7);
+    assert!(shown.contains("0 (as fast as possible) or more"), "{shown}");
+}
+
+#[test]
+fn unparseable_duration_is_named() {
+    let shown = error(&ORDERS.replace("\"2ms\"", "\"2 fortnights-ish\""), "consumers[1].processing_time", 18);
+    assert!(shown.contains("not a duration"), "{shown}");
+    error(&ORDERS.replace("duration = \"30s\"", "duration = \"thirty\""), "load.duration", 8);
+}
+
+#[test]
+fn unknown_broker_is_named() {
+    let shown = error(&ORDERS.replace("\"kafka\"]", "\"kafak\"]"), "brokers", 4);
+    assert!(shown.contains("unknown broker 'kafak'"), "{shown}");
+}
+
+#[test]
+fn unknown_setting_value_is_named() {
+    let shown = error(&ORDERS.replace("queue_type = \"quorum\"", "queue_type = \"stream\""), "rabbitmq.queue_type", 23);
+    assert!(shown.contains("quorum") && shown.contains("classic"), "{shown}");
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let err = parse("name = \"x\"\n[load]\nrate = 1\n[[consumers]]\ngroup = \"g\"\n").unwrap_err();
+    assert_eq!(err.field(), Some("load.duration"), "{err}");
+}
+
+#[test]
+fn duplicate_and_missing_groups_are_refused() {
+    error(&ORDERS.replace("group = \"points\"", "group = \"risk\""), "consumers[2].group", 20);
+    let err = parse("name = \"x\"\n[load]\nrate = 1\nduration = \"1s\"\n").unwrap_err();
+    assert_eq!(err.field(), Some("consumers"), "{err}");
+}
+
+#[test]
+fn overrides_replace_the_file_values() {
+    let overrides = Overrides {
+        brokers: Some(vec![BrokerKind::Kafka]),
+        rate: Some(0.0),
+        duration: Some(Duration::from_secs(3)),
+    };
+    let plan = Plan::parse(Path::new("t.toml"), ORDERS, &overrides).unwrap();
+    assert_eq!(plan.brokers, [BrokerKind::Kafka]);
+    assert_eq!(plan.load.rate, 0.0);
+    assert_eq!(plan.load.duration, Duration::from_secs(3));
+    let bad = Overrides { rate: Some(-1.0), ..Overrides::default() };
+    let err = Plan::parse(Path::new("t.toml"), ORDERS, &bad).unwrap_err();
+    assert!(err.to_string().starts_with("--rate:"), "{err}");
+}
