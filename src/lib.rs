@@ -7,6 +7,9 @@
 pub mod cli;
 pub mod commands;
 pub mod env;
+pub mod event;
+pub mod metrics;
+pub mod run;
 pub mod scenario;
 
 use std::process::ExitCode;

@@ -40,11 +40,17 @@ pub enum ScenarioError {
 
 impl ScenarioError {
     pub(super) fn unreadable(file: &Path, err: &std::io::Error) -> Self {
-        ScenarioError::Unreadable { file: file.to_path_buf(), message: err.to_string() }
+        ScenarioError::Unreadable {
+            file: file.to_path_buf(),
+            message: err.to_string(),
+        }
     }
 
     pub(super) fn flag(flag: &str, message: String) -> Self {
-        ScenarioError::Flag { flag: flag.to_string(), message }
+        ScenarioError::Flag {
+            flag: flag.to_string(),
+            message,
+        }
     }
 
     /// The field this error names, if it is about a place in the file.
@@ -68,11 +74,23 @@ pub(super) struct RawError {
 
 impl RawError {
     pub fn at(span: Range<usize>, message: impl Into<String>) -> Self {
-        RawError { span: Some(span), field: None, message: message.into() }
+        RawError {
+            span: Some(span),
+            field: None,
+            message: message.into(),
+        }
     }
 
-    pub fn field(field: impl Into<String>, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
-        RawError { span, field: Some(field.into()), message: message.into() }
+    pub fn field(
+        field: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
+        RawError {
+            span,
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 
     pub fn in_file(self, file: &Path, text: &str) -> ScenarioError {
@@ -80,8 +98,16 @@ impl RawError {
         let before = &text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        let field = self.field.unwrap_or_else(|| field_at(text, offset, &self.message));
-        ScenarioError::At { file: file.to_path_buf(), line, column, field, message: self.message }
+        let field = self
+            .field
+            .unwrap_or_else(|| field_at(text, offset, &self.message));
+        ScenarioError::At {
+            file: file.to_path_buf(),
+            line,
+            column,
+            field,
+            message: self.message,
+        }
     }
 }
 
@@ -93,8 +119,18 @@ fn field_at(text: &str, offset: usize, message: &str) -> String {
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let mut table = String::new();
     let mut arrays: Vec<(String, usize)> = Vec::new();
-    for header in text[..line_end].lines().map(str::trim).filter(|l| l.starts_with('[')) {
-        let name = header.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string();
+    for header in text[..line_end]
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('['))
+    {
+        let name = header
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
         if header.starts_with("[[") {
             let index = match arrays.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, count)) => {
@@ -120,13 +156,26 @@ fn field_at(text: &str, offset: usize, message: &str) -> String {
     match (table.is_empty(), key) {
         (true, Some(key)) => key,
         (false, Some(key)) => format!("{table}.{key}"),
-        (_, None) => if table.is_empty() { "(top level)".to_string() } else { table },
+        (_, None) => {
+            if table.is_empty() {
+                "(top level)".to_string()
+            } else {
+                table
+            }
+        }
     }
 }
 
 /// `unknown field `rat`, expected ...` -> `rat`.
 fn quoted_name(message: &str) -> Option<String> {
-    ["unknown field `", "missing field `", "duplicate key `", "duplicate field `"].iter().find_map(|prefix| {
+    [
+        "unknown field `",
+        "missing field `",
+        "duplicate key `",
+        "duplicate field `",
+    ]
+    .iter()
+    .find_map(|prefix| {
         let rest = &message[message.find(prefix)? + prefix.len()..];
         Some(rest[..rest.find('`')?].to_string())
     })

@@ -82,7 +82,11 @@ impl ScenarioFile {
 
     pub fn into_plan(self, path: &Path) -> Result<Plan, RawError> {
         let name = self.name.get_ref().trim().to_string();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(RawError::at(
                 self.name.span(),
                 "must be non-empty and use only letters, digits, '-', '_' and '.' (it names the results directory)",
@@ -92,11 +96,18 @@ impl ScenarioFile {
             None => BrokerKind::ALL.to_vec(),
             Some(list) => {
                 if list.get_ref().is_empty() {
-                    return Err(RawError::at(list.span(), "lists no broker; leave it out to measure all three"));
+                    return Err(RawError::at(
+                        list.span(),
+                        "lists no broker; leave it out to measure all three",
+                    ));
                 }
                 let mut kinds = Vec::new();
                 for b in list.into_inner() {
-                    kinds.push(b.get_ref().parse::<BrokerKind>().map_err(|e| RawError::at(b.span(), e))?);
+                    kinds.push(
+                        b.get_ref()
+                            .parse::<BrokerKind>()
+                            .map_err(|e| RawError::at(b.span(), e))?,
+                    );
                 }
                 dedup(kinds)
             }
@@ -104,7 +115,10 @@ impl ScenarioFile {
         let l = self.load;
         let rate = *l.rate.get_ref();
         if !(rate.is_finite() && rate >= 0.0) {
-            return Err(RawError::at(l.rate.span(), format!("must be 0 (as fast as possible) or more, got {rate}")));
+            return Err(RawError::at(
+                l.rate.span(),
+                format!("must be 0 (as fast as possible) or more, got {rate}"),
+            ));
         }
         let duration = duration(&l.duration)?;
         if duration.is_zero() {
@@ -130,14 +144,21 @@ impl ScenarioFile {
         let mut consumers: Vec<ConsumerGroup> = Vec::new();
         for c in self.consumers {
             let group = c.group.get_ref().clone();
-            if group.is_empty() || !group.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch)) {
+            if group.is_empty()
+                || !group
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch))
+            {
                 return Err(RawError::at(
                     c.group.span(),
                     "must be non-empty and use only letters, digits, '-' and '_' (it names queues and consumers)",
                 ));
             }
             if consumers.iter().any(|g| g.group == group) {
-                return Err(RawError::at(c.group.span(), format!("group '{group}' appears twice")));
+                return Err(RawError::at(
+                    c.group.span(),
+                    format!("group '{group}' appears twice"),
+                ));
             }
             consumers.push(ConsumerGroup {
                 group,
@@ -174,7 +195,10 @@ fn duration(value: &Spanned<String>) -> Result<Duration, RawError> {
     parse_duration(value.get_ref()).map_err(|e| RawError::at(value.span(), e))
 }
 
-fn optional_duration(value: &Option<Spanned<String>>, default: Duration) -> Result<Duration, RawError> {
+fn optional_duration(
+    value: &Option<Spanned<String>>,
+    default: Duration,
+) -> Result<Duration, RawError> {
     value.as_ref().map_or(Ok(default), duration)
 }
 
@@ -185,6 +209,9 @@ fn positive(value: &Option<Spanned<i64>>, default: i64, max: i64) -> Result<i64,
     if (1..=max).contains(&n) {
         Ok(n)
     } else {
-        Err(RawError::at(v.span(), format!("must be from 1 to {max}, got {n}")))
+        Err(RawError::at(
+            v.span(),
+            format!("must be from 1 to {max}, got {n}"),
+        ))
     }
 }

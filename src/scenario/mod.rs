@@ -205,7 +205,8 @@ pub struct Overrides {
 impl Plan {
     /// Reads, parses and validates a scenario file, then applies `overrides`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Plan, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::unreadable(path, &e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ScenarioError::unreadable(path, &e))?;
         Plan::parse(path, &text, overrides)
     }
 
@@ -225,13 +226,19 @@ impl Plan {
         }
         if let Some(rate) = overrides.rate {
             if !(rate.is_finite() && rate >= 0.0) {
-                return Err(ScenarioError::flag("--rate", format!("must be 0 or more, got {rate}")));
+                return Err(ScenarioError::flag(
+                    "--rate",
+                    format!("must be 0 or more, got {rate}"),
+                ));
             }
             self.load.rate = rate;
         }
         if let Some(duration) = overrides.duration {
             if duration.is_zero() {
-                return Err(ScenarioError::flag("--duration", "must be more than 0".into()));
+                return Err(ScenarioError::flag(
+                    "--duration",
+                    "must be more than 0".into(),
+                ));
             }
             self.load.duration = duration;
         }
@@ -251,8 +258,9 @@ fn dedup(brokers: Vec<BrokerKind>) -> Vec<BrokerKind> {
 
 /// Parses `"30s"`, `"250ms"`, `"1m 30s"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("'{text}' is not a duration ({e}); write it like \"30s\", \"250ms\" or \"2m\""))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("'{text}' is not a duration ({e}); write it like \"30s\", \"250ms\" or \"2m\"")
+    })
 }
 
 /// Durations in results and resolved scenarios read like the file: `"30s"`.

@@ -34,7 +34,11 @@ compression = "none"
 "#;
 
 fn parse(text: &str) -> Result<Plan, ScenarioError> {
-    Plan::parse(Path::new("scenarios/test.toml"), text, &Overrides::default())
+    Plan::parse(
+        Path::new("scenarios/test.toml"),
+        text,
+        &Overrides::default(),
+    )
 }
 
 /// The error for `text`, checked to name `field` at `line`.
@@ -42,7 +46,13 @@ fn error(text: &str, field: &str, line: usize) -> String {
     let err = parse(text).expect_err("should be refused");
     let shown = err.to_string();
     match &err {
-        ScenarioError::At { file, line: l, column, field: f, .. } => {
+        ScenarioError::At {
+            file,
+            line: l,
+            column,
+            field: f,
+            ..
+        } => {
             assert_eq!(f, field, "{shown}");
             assert_eq!(*l, line, "{shown}");
             assert!(*column >= 1);
@@ -50,7 +60,10 @@ fn error(text: &str, field: &str, line: usize) -> String {
         }
         other => panic!("expected a located error, got {other:?}"),
     }
-    assert!(shown.starts_with(&format!("scenarios/test.toml:{line}:")), "{shown}");
+    assert!(
+        shown.starts_with(&format!("scenarios/test.toml:{line}:")),
+        "{shown}"
+    );
     shown
 }
 
@@ -80,7 +93,9 @@ fn the_shipped_scenarios_parse() {
 
 #[test]
 fn defaults_fill_what_the_file_leaves_out() {
-    let plan = parse("name = \"x\"\n[load]\nrate = 0\nduration = \"1s\"\n[[consumers]]\ngroup = \"g\"\n").unwrap();
+    let plan =
+        parse("name = \"x\"\n[load]\nrate = 0\nduration = \"1s\"\n[[consumers]]\ngroup = \"g\"\n")
+            .unwrap();
     assert!(!plan.load.open_loop());
     assert_eq!(plan.load.producers, 1);
     assert_eq!(plan.load.message_size, 512);
@@ -98,13 +113,21 @@ fn unknown_field_is_named() {
 
 #[test]
 fn wrong_type_is_named() {
-    let shown = error(&ORDERS.replace("producers = 2", "producers = \"two\""), "load.producers", 10);
+    let shown = error(
+        &ORDERS.replace("producers = 2", "producers = \"two\""),
+        "load.producers",
+        10,
+    );
     assert!(shown.contains("invalid type"), "{shown}");
 }
 
 #[test]
 fn zero_producers_is_refused() {
-    let shown = error(&ORDERS.replace("producers = 2", "producers = 0"), "load.producers", 10);
+    let shown = error(
+        &ORDERS.replace("producers = 2", "producers = 0"),
+        "load.producers",
+        10,
+    );
     assert!(shown.contains("from 1"), "{shown}");
 }
 
@@ -116,9 +139,17 @@ fn negative_rate_is_refused() {
 
 #[test]
 fn unparseable_duration_is_named() {
-    let shown = error(&ORDERS.replace("\"2ms\"", "\"2 fortnights-ish\""), "consumers[1].processing_time", 18);
+    let shown = error(
+        &ORDERS.replace("\"2ms\"", "\"2 fortnights-ish\""),
+        "consumers[1].processing_time",
+        18,
+    );
     assert!(shown.contains("not a duration"), "{shown}");
-    error(&ORDERS.replace("duration = \"30s\"", "duration = \"thirty\""), "load.duration", 8);
+    error(
+        &ORDERS.replace("duration = \"30s\"", "duration = \"thirty\""),
+        "load.duration",
+        8,
+    );
 }
 
 #[test]
@@ -129,8 +160,15 @@ fn unknown_broker_is_named() {
 
 #[test]
 fn unknown_setting_value_is_named() {
-    let shown = error(&ORDERS.replace("queue_type = \"quorum\"", "queue_type = \"stream\""), "rabbitmq.queue_type", 23);
-    assert!(shown.contains("quorum") && shown.contains("classic"), "{shown}");
+    let shown = error(
+        &ORDERS.replace("queue_type = \"quorum\"", "queue_type = \"stream\""),
+        "rabbitmq.queue_type",
+        23,
+    );
+    assert!(
+        shown.contains("quorum") && shown.contains("classic"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -141,7 +179,11 @@ fn missing_required_field_is_named() {
 
 #[test]
 fn duplicate_and_missing_groups_are_refused() {
-    error(&ORDERS.replace("group = \"points\"", "group = \"risk\""), "consumers[2].group", 20);
+    error(
+        &ORDERS.replace("group = \"points\"", "group = \"risk\""),
+        "consumers[2].group",
+        20,
+    );
     let err = parse("name = \"x\"\n[load]\nrate = 1\nduration = \"1s\"\n").unwrap_err();
     assert_eq!(err.field(), Some("consumers"), "{err}");
 }
@@ -157,7 +199,10 @@ fn overrides_replace_the_file_values() {
     assert_eq!(plan.brokers, [BrokerKind::Kafka]);
     assert_eq!(plan.load.rate, 0.0);
     assert_eq!(plan.load.duration, Duration::from_secs(3));
-    let bad = Overrides { rate: Some(-1.0), ..Overrides::default() };
+    let bad = Overrides {
+        rate: Some(-1.0),
+        ..Overrides::default()
+    };
     let err = Plan::parse(Path::new("t.toml"), ORDERS, &bad).unwrap_err();
     assert!(err.to_string().starts_with("--rate:"), "{err}");
 }

@@ -1,0 +1,153 @@
+//! Latency histograms: HdrHistogram in microseconds.
+//!
+//! Each task records into its own [`Latency`] and the run merges them at the
+//! end, so recording never takes a lock. Summaries carry the percentiles a
+//! report needs and the whole histogram in HdrHistogram's own V2 serialized
+//! form (base64), so anyone can re-analyse or merge runs with any HdrHistogram
+//! library.
+
+use std::time::Duration;
+
+use base64::Engine;
+use hdrhistogram::serialization::{Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// A latency histogram, microseconds, 3 significant digits, from 1 µs up to
+/// one hour (values above are recorded as one hour).
+#[derive(Clone, Debug)]
+pub struct Latency {
+    histogram: Histogram<u64>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("valid histogram bounds"),
+        }
+    }
+}
+
+impl Latency {
+    /// Records one latency.
+    pub fn record(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.histogram.saturating_record(us);
+    }
+
+    /// Adds every value of `other`.
+    pub fn merge(&mut self, other: &Latency) {
+        self.histogram
+            .add(&other.histogram)
+            .expect("histograms with the same bounds merge");
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    /// Percentiles and the serialized histogram.
+    pub fn summary(&self) -> LatencySummary {
+        let h = &self.histogram;
+        let q = |quantile| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(quantile)
+            }
+        };
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(h, &mut bytes)
+            .expect("serializing to a Vec cannot fail");
+        LatencySummary {
+            count: h.len(),
+            mean: if h.is_empty() {
+                0.0
+            } else {
+                (h.mean() * 10.0).round() / 10.0
+            },
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: if h.is_empty() { 0 } else { h.max() },
+            hdr: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Values recorded.
+    pub count: u64,
+    /// Mean, µs.
+    pub mean: f64,
+    /// Median, µs.
+    pub p50: u64,
+    /// 90th percentile, µs.
+    pub p90: u64,
+    /// 99th percentile, µs.
+    pub p99: u64,
+    /// 99.9th percentile, µs.
+    pub p999: u64,
+    /// Maximum, µs.
+    pub max: u64,
+    /// The histogram in HdrHistogram V2 serialized form, base64.
+    pub hdr: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdrhistogram::serialization::Deserializer;
+
+    #[test]
+    fn percentiles_and_merge() {
+        let mut a = Latency::default();
+        let mut b = Latency::default();
+        for ms in 1..=50 {
+            a.record(Duration::from_millis(ms));
+        }
+        for ms in 51..=100 {
+            b.record(Duration::from_millis(ms));
+        }
+        a.merge(&b);
+        let s = a.summary();
+        assert_eq!(s.count, 100);
+        assert!(s.p50.abs_diff(50_000) <= 50, "{s:?}");
+        assert!(s.p99.abs_diff(99_000) <= 100, "{s:?}");
+        assert!(s.max.abs_diff(100_000) <= 100, "{s:?}");
+    }
+
+    #[test]
+    fn the_serialized_histogram_reads_back() {
+        let mut l = Latency::default();
+        l.record(Duration::from_micros(250));
+        l.record(Duration::from_secs(2));
+        let s = l.summary();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&s.hdr)
+            .unwrap();
+        let back: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back.max(), s.max);
+    }
+
+    #[test]
+    fn empty_and_extreme_values() {
+        let s = Latency::default().summary();
+        assert_eq!((s.count, s.p99, s.max), (0, 0, 0));
+        let mut l = Latency::default();
+        l.record(Duration::ZERO);
+        l.record(Duration::from_secs(10 * 3600));
+        assert_eq!(l.count(), 2);
+    }
+}

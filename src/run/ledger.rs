@@ -1,0 +1,352 @@
+//! Exact message accounting, Jepsen's total-queue style, per consumer group.
+//!
+//! Every message is named by (producer, sequence number). Each producer keeps
+//! one status byte per message it attempted; each consumer group keeps one
+//! delivery-count byte per message it saw. That is 1 byte per message per
+//! group plus 1 per message (the budget is 16), needs no locks (each log has
+//! one owner task), and makes the final account exact: a confirmed message
+//! never delivered after the drain is *lost*; one not confirmed yet delivered
+//! is *recovered*; a delivery of a message never sent is *unexpected*.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::event::Envelope;
+
+/// What became of one publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PublishStatus {
+    /// Sent; no answer (yet). At the end of the run: unknown.
+    Pending = 0,
+    /// The broker confirmed it.
+    Confirmed = 1,
+    /// The broker refused it, or sending failed.
+    Failed = 2,
+}
+
+/// One producer's publish history, indexed by sequence number.
+#[derive(Clone, Debug, Default)]
+pub struct ProducerLog {
+    status: Vec<u8>,
+}
+
+impl ProducerLog {
+    /// Records an attempt; sequence numbers are handed out in order from 0.
+    pub fn attempt(&mut self) -> u64 {
+        self.status.push(PublishStatus::Pending as u8);
+        self.status.len() as u64 - 1
+    }
+
+    /// Records the broker's answer for `seq`.
+    pub fn settle(&mut self, seq: u64, status: PublishStatus) {
+        self.status[seq as usize] = status as u8;
+    }
+
+    /// How many messages were attempted.
+    pub fn attempted(&self) -> u64 {
+        self.status.len() as u64
+    }
+
+    fn status(&self, seq: u64) -> Option<u8> {
+        self.status.get(seq as usize).copied()
+    }
+}
+
+/// Publish outcomes over all producers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PublishAccount {
+    /// Publishes attempted.
+    pub attempted: u64,
+    /// Confirmed by the broker.
+    pub confirmed: u64,
+    /// Refused by the broker, or failed to send.
+    pub failed: u64,
+    /// No answer by the end of the drain.
+    pub unknown: u64,
+}
+
+/// What one delivery was, as far as the ledger can tell at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// The first delivery of this message to this group.
+    First,
+    /// This group had it already.
+    Duplicate,
+}
+
+/// One consumer group's delivery history.
+#[derive(Clone, Debug, Default)]
+pub struct GroupLog {
+    /// Per producer, per sequence number: deliveries (saturating at 255).
+    counts: Vec<Vec<u8>>,
+    /// Per (producer, key): highest sequence number delivered so far.
+    last_per_key: HashMap<(u32, u64), u64>,
+    delivered: u64,
+    unique: u64,
+    redelivered: u64,
+    foreign: u64,
+    out_of_order: u64,
+}
+
+impl GroupLog {
+    /// Records a delivery of one of our messages. `redelivered` is the broker's
+    /// own flag (AMQP redelivered, JetStream delivery count above 1).
+    pub fn record(&mut self, envelope: &Envelope, redelivered: bool) -> Seen {
+        self.delivered += 1;
+        self.redelivered += u64::from(redelivered);
+        let producer = envelope.producer as usize;
+        if self.counts.len() <= producer {
+            self.counts.resize_with(producer + 1, Vec::new);
+        }
+        let counts = &mut self.counts[producer];
+        let seq = envelope.seq as usize;
+        if counts.len() <= seq {
+            counts.resize(seq + 1, 0);
+        }
+        counts[seq] = counts[seq].saturating_add(1);
+        if counts[seq] > 1 {
+            return Seen::Duplicate;
+        }
+        self.unique += 1;
+        let last = self
+            .last_per_key
+            .entry((envelope.producer, envelope.key))
+            .or_insert(envelope.seq);
+        if envelope.seq < *last {
+            self.out_of_order += 1;
+        } else {
+            *last = envelope.seq;
+        }
+        Seen::First
+    }
+
+    /// Records a delivery that is not one of this run's messages.
+    pub fn record_foreign(&mut self) {
+        self.delivered += 1;
+        self.foreign += 1;
+    }
+
+    /// Distinct messages delivered so far (for the drain and progress).
+    pub fn unique(&self) -> u64 {
+        self.unique
+    }
+}
+
+/// The final account of one consumer group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GroupAccount {
+    /// Deliveries, duplicates included.
+    pub delivered: u64,
+    /// Distinct messages of this run delivered.
+    pub unique: u64,
+    /// Deliveries beyond the first of a message.
+    pub duplicates: u64,
+    /// Deliveries the broker flagged as redeliveries.
+    pub redelivered: u64,
+    /// Confirmed, and never delivered by the end of the drain.
+    pub lost: u64,
+    /// Not confirmed (failed or unknown), yet delivered.
+    pub recovered: u64,
+    /// Delivered, but never sent in this run.
+    pub unexpected: u64,
+    /// First deliveries that came after a later message of the same producer and key.
+    pub out_of_order: u64,
+}
+
+/// Publish outcomes of all producers.
+pub fn publish_account(producers: &[ProducerLog]) -> PublishAccount {
+    let mut account = PublishAccount::default();
+    for log in producers {
+        account.attempted += log.attempted();
+        for &s in &log.status {
+            match s {
+                s if s == PublishStatus::Confirmed as u8 => account.confirmed += 1,
+                s if s == PublishStatus::Failed as u8 => account.failed += 1,
+                _ => account.unknown += 1,
+            }
+        }
+    }
+    account
+}
+
+/// The account of `group` against what `producers` sent.
+pub fn group_account(producers: &[ProducerLog], group: &GroupLog) -> GroupAccount {
+    let mut account = GroupAccount {
+        delivered: group.delivered,
+        redelivered: group.redelivered,
+        unexpected: group.foreign,
+        out_of_order: group.out_of_order,
+        ..GroupAccount::default()
+    };
+    let empty = Vec::new();
+    for (p, log) in producers.iter().enumerate() {
+        let counts = group.counts.get(p).unwrap_or(&empty);
+        for seq in 0..log.attempted() {
+            let count = counts.get(seq as usize).copied().unwrap_or(0);
+            let confirmed = log.status(seq) == Some(PublishStatus::Confirmed as u8);
+            match (confirmed, count) {
+                (true, 0) => account.lost += 1,
+                (false, 0) => {}
+                (confirmed, n) => {
+                    account.unique += 1;
+                    account.duplicates += u64::from(n) - 1;
+                    account.recovered += u64::from(!confirmed);
+                }
+            }
+        }
+    }
+    // Deliveries of sequence numbers (or producers) that were never attempted.
+    for (p, counts) in group.counts.iter().enumerate() {
+        let attempted = producers.get(p).map_or(0, ProducerLog::attempted) as usize;
+        account.unexpected += counts
+            .iter()
+            .skip(attempted)
+            .map(|&n| u64::from(n))
+            .sum::<u64>();
+    }
+    account
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(producer: u32, seq: u64, key: u64) -> Envelope {
+        Envelope {
+            run: 1,
+            producer,
+            seq,
+            key,
+            intended_ns: 0,
+            sent_ns: 0,
+        }
+    }
+
+    /// Two producers: p0 sends 0..4, p1 sends 0..3, with the given outcomes.
+    fn producers() -> Vec<ProducerLog> {
+        let mut p0 = ProducerLog::default();
+        let mut p1 = ProducerLog::default();
+        for _ in 0..4 {
+            p0.attempt();
+        }
+        for _ in 0..3 {
+            p1.attempt();
+        }
+        p0.settle(0, PublishStatus::Confirmed);
+        p0.settle(1, PublishStatus::Confirmed);
+        p0.settle(2, PublishStatus::Failed); // refused by the broker
+                                             // p0 seq 3 stays pending: unknown
+        p1.settle(0, PublishStatus::Confirmed);
+        p1.settle(1, PublishStatus::Confirmed);
+        p1.settle(2, PublishStatus::Confirmed);
+        vec![p0, p1]
+    }
+
+    #[test]
+    fn publish_outcomes_are_counted() {
+        let account = publish_account(&producers());
+        assert_eq!(
+            account,
+            PublishAccount {
+                attempted: 7,
+                confirmed: 5,
+                failed: 1,
+                unknown: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_clean_history_has_nothing_to_report() {
+        let mut producer = ProducerLog::default();
+        let mut group = GroupLog::default();
+        for seq in 0..100 {
+            producer.attempt();
+            producer.settle(seq, PublishStatus::Confirmed);
+            assert_eq!(group.record(&env(0, seq, seq % 7), false), Seen::First);
+        }
+        let account = group_account(&[producer], &group);
+        assert_eq!(
+            account,
+            GroupAccount {
+                delivered: 100,
+                unique: 100,
+                ..GroupAccount::default()
+            }
+        );
+    }
+
+    #[test]
+    fn lost_duplicate_recovered_and_unexpected() {
+        let producers = producers();
+        let mut group = GroupLog::default();
+        group.record(&env(0, 0, 1), false);
+        // p0 seq 1: confirmed, never delivered -> lost
+        group.record(&env(0, 3, 2), false); // unknown, yet delivered -> recovered
+        group.record(&env(1, 0, 1), false);
+        group.record(&env(1, 1, 1), false);
+        assert_eq!(group.record(&env(1, 1, 1), true), Seen::Duplicate); // duplicate
+        group.record(&env(1, 2, 1), false);
+        group.record(&env(1, 9, 1), false); // never sent -> unexpected
+        group.record(&env(5, 0, 1), false); // no such producer -> unexpected
+        group.record_foreign(); // not our message -> unexpected
+        let account = group_account(&producers, &group);
+        assert_eq!(
+            account,
+            GroupAccount {
+                delivered: 9,
+                unique: 5,
+                duplicates: 1,
+                redelivered: 1,
+                lost: 1,
+                recovered: 1,
+                unexpected: 3,
+                out_of_order: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn order_is_judged_per_producer_and_key() {
+        let mut group = GroupLog::default();
+        group.record(&env(0, 1, 5), false);
+        group.record(&env(0, 0, 5), false); // before seq 1 of the same key: out of order
+        group.record(&env(0, 2, 6), false);
+        group.record(&env(1, 0, 5), false); // other producer: its own order
+        group.record(&env(0, 3, 5), false);
+        group.record(&env(0, 3, 5), true); // a redelivery is a duplicate, not disorder
+        group.record(&env(0, 4, 6), false);
+        let producers = {
+            let mut p0 = ProducerLog::default();
+            let mut p1 = ProducerLog::default();
+            (0..5).for_each(|s| {
+                p0.attempt();
+                p0.settle(s, PublishStatus::Confirmed);
+            });
+            p1.attempt();
+            p1.settle(0, PublishStatus::Confirmed);
+            vec![p0, p1]
+        };
+        let account = group_account(&producers, &group);
+        assert_eq!(account.out_of_order, 1);
+        assert_eq!(account.duplicates, 1);
+        assert_eq!(account.lost, 0);
+    }
+
+    #[test]
+    fn ten_million_messages_fit_in_the_memory_budget() {
+        // 1 status byte per message and 1 count byte per message per group.
+        let mut producer = ProducerLog::default();
+        let mut group = GroupLog::default();
+        let n = 10_000_000u64;
+        for seq in 0..n {
+            producer.attempt();
+            group.record(&env(0, seq, seq % 1000), false);
+        }
+        let bytes = producer.status.capacity() + group.counts[0].capacity();
+        assert!(bytes as u64 <= 2 * n * 2, "{bytes} bytes for {n} messages"); // Vec growth at most doubles
+        assert!((bytes as u64) < 16 * n);
+    }
+}

@@ -1,0 +1,4 @@
+//! The run engine: load, consumers, drain, accounting.
+
+pub mod ledger;
+pub mod pacer;
