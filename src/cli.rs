@@ -2,6 +2,7 @@
 //! [`crate::commands`].
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -17,6 +18,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a scenario against the brokers and report what each one did.
+    ///
+    /// Prints a comparison table and writes results.json (schema
+    /// brokerbench.results/v1) to <OUT>/<scenario>-<UTC timestamp>/.
+    /// Exit 0: every check held; 1: a check failed (a message lost, ...) or
+    /// the run was interrupted; 2: bad input or a broker could not be run.
+    Run(RunArgs),
     /// Brokers as local processes: check the installation, start them, try them.
     #[command(subcommand)]
     Env(EnvCommand),
@@ -37,6 +45,41 @@ pub enum EnvCommand {
     ///
     /// A quick proof that brokerbench can drive every broker on this machine.
     Smoke(BrokersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenario file (TOML), e.g. scenarios/orders.toml.
+    pub scenario: PathBuf,
+    /// Brokers to measure, comma-separated [default: the scenario's].
+    #[arg(long, value_delimiter = ',')]
+    pub brokers: Option<Vec<BrokerKind>>,
+    /// Target rate in messages/s over all producers; 0 = as fast as possible.
+    #[arg(long, allow_negative_numbers = true)]
+    pub rate: Option<f64>,
+    /// Measured load duration, e.g. 20s or 2m [default: the scenario's].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Parent directory of the results directory.
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    pub out: PathBuf,
+    /// Also print results.json to stdout (the tables go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Where the brokers run: local child processes.
+    #[arg(long, value_enum, default_value = "local")]
+    pub env: EnvKind,
+}
+
+/// Environments `run` can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EnvKind {
+    /// brokerbench starts each broker as a child process (no Docker needed).
+    Local,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::scenario::parse_duration(text)
 }
 
 #[derive(Debug, Args)]

@@ -6,9 +6,11 @@
 
 pub mod cli;
 pub mod commands;
+pub mod driver;
 pub mod env;
 pub mod event;
 pub mod metrics;
+pub mod report;
 pub mod run;
 pub mod scenario;
 
@@ -29,5 +31,6 @@ pub mod exit {
 pub async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Env(command) => commands::env::run(command).await,
+        cli::Command::Run(args) => commands::run::run(args).await,
     }
 }

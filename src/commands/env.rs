@@ -1,20 +1,22 @@
 //! `brokerbench env check|up|smoke`: brokers as local processes, by hand.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use comfy_table::{presets, Table};
 use futures_util::future::try_join_all;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::DataDir;
 use crate::cli::{EnvCommand, UpArgs};
 use crate::env::binaries::{self, install_hint};
 use crate::env::local::LocalBroker;
 use crate::env::{probe, BrokerKind};
 use crate::exit;
+use crate::scenario::dedup;
 
 pub async fn run(command: EnvCommand) -> Result<ExitCode> {
     match command {
@@ -63,29 +65,6 @@ async fn check() -> Result<ExitCode> {
     Ok(ExitCode::from(exit::CANNOT_RUN))
 }
 
-/// Finds the programs for `kinds`; a missing one is an error that names the
-/// broker and the command that installs it.
-async fn locate_all(kinds: &[BrokerKind]) -> Result<Vec<binaries::Binary>> {
-    let mut found = Vec::new();
-    for &kind in dedup(kinds).iter() {
-        let binary = binaries::locate(kind).await.with_context(|| {
-            format!(
-                "{kind} is not installed; install it with: {}",
-                install_hint(kind)
-            )
-        })?;
-        found.push(binary);
-    }
-    Ok(found)
-}
-
-fn dedup(kinds: &[BrokerKind]) -> Vec<BrokerKind> {
-    let mut unique = kinds.to_vec();
-    unique.sort();
-    unique.dedup();
-    unique
-}
-
 /// Starts every broker at once; if one fails, the others are dropped (killed).
 async fn start_all(binaries: Vec<binaries::Binary>, dir: &Path) -> Result<Vec<LocalBroker>> {
     try_join_all(
@@ -101,39 +80,8 @@ async fn shutdown_all(brokers: Vec<LocalBroker>) -> Result<()> {
     Ok(())
 }
 
-/// A data directory: the one given (kept), or a fresh temporary one (removed).
-enum DataDir {
-    Given(PathBuf),
-    Temporary(tempfile::TempDir),
-}
-
-impl DataDir {
-    fn new(given: Option<PathBuf>) -> Result<Self> {
-        Ok(match given {
-            Some(dir) => {
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                DataDir::Given(dir)
-            }
-            None => DataDir::Temporary(
-                tempfile::Builder::new()
-                    .prefix("brokerbench-")
-                    .tempdir()
-                    .context("creating a temporary directory")?,
-            ),
-        })
-    }
-
-    fn path(&self) -> &Path {
-        match self {
-            DataDir::Given(dir) => dir,
-            DataDir::Temporary(dir) => dir.path(),
-        }
-    }
-}
-
 async fn up(args: UpArgs) -> Result<ExitCode> {
-    let binaries = locate_all(&args.brokers.brokers).await?;
+    let binaries = binaries::locate_all(&dedup(args.brokers.brokers)).await?;
     let data = DataDir::new(args.data_dir)?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -202,7 +150,7 @@ async fn up(args: UpArgs) -> Result<ExitCode> {
 }
 
 async fn smoke(kinds: &[BrokerKind]) -> Result<ExitCode> {
-    let binaries = locate_all(kinds).await?;
+    let binaries = binaries::locate_all(&dedup(kinds.to_vec())).await?;
     let data = DataDir::new(None)?;
     println!("starting {}", names(&binaries));
     let brokers = start_all(binaries, data.path()).await?;

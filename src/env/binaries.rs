@@ -99,6 +99,22 @@ fn not_on_path(name: &str) -> anyhow::Error {
     }
 }
 
+/// Finds the programs for `kinds`; a missing one is an error that names the
+/// broker and the command that installs it.
+pub async fn locate_all(kinds: &[BrokerKind]) -> Result<Vec<Binary>> {
+    let mut found = Vec::new();
+    for &kind in kinds {
+        let binary = locate(kind).await.with_context(|| {
+            format!(
+                "{kind} is not installed; install it with: {}",
+                install_hint(kind)
+            )
+        })?;
+        found.push(binary);
+    }
+    Ok(found)
+}
+
 /// RabbitMQ's release directory is named `rabbitmq_server-X.Y.Z`; that is both
 /// where the real server script lives and the version that runs. Debian puts
 /// a wrapper in `/usr/sbin` and the releases under `/usr/lib/rabbitmq/lib`.

@@ -246,7 +246,8 @@ impl Plan {
     }
 }
 
-fn dedup(brokers: Vec<BrokerKind>) -> Vec<BrokerKind> {
+/// `brokers` without repeats, in first-seen order.
+pub fn dedup(brokers: Vec<BrokerKind>) -> Vec<BrokerKind> {
     let mut seen = Vec::new();
     for b in brokers {
         if !seen.contains(&b) {

@@ -1,0 +1,213 @@
+//! `brokerbench run SCENARIO`: the main job.
+//!
+//! Brokers are measured one after another, each alone on the machine, under
+//! the same scenario. Results are written after each broker; the first Ctrl-C
+//! stops the load, drains briefly and writes what was measured (marked
+//! incomplete), the second exits at once.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use super::DataDir;
+use crate::cli::RunArgs;
+use crate::env::binaries;
+use crate::env::local::LocalBroker;
+use crate::exit;
+use crate::report::{table, BrokerResult, Results};
+use crate::run::{self, Phase, Progress};
+use crate::scenario::{Overrides, Plan};
+
+pub async fn run(args: RunArgs) -> Result<ExitCode> {
+    let overrides = Overrides {
+        brokers: args.brokers.clone(),
+        rate: args.rate,
+        duration: args.duration,
+    };
+    let plan = Plan::load(&args.scenario, &overrides)?;
+    let binaries = binaries::locate_all(&plan.brokers).await?;
+    let mut results = Results::new(&plan, "local");
+    let dir = results.directory(&args.out);
+    let data = DataDir::new(None)?;
+    let run_id: u64 = rand::random();
+    // With --json, stdout carries only JSON.
+    let say = |line: String| {
+        if args.json {
+            eprintln!("{line}")
+        } else {
+            println!("{line}")
+        }
+    };
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(interrupts(cancel.clone()));
+
+    say(format!(
+        "brokerbench {}: scenario '{}' on {}; {} at {}, {} producer(s), {} group(s)",
+        env!("CARGO_PKG_VERSION"),
+        plan.name,
+        plan.brokers
+            .iter()
+            .map(|b| b.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        humantime::format_duration(plan.load.duration),
+        if plan.load.open_loop() {
+            format!("{} msg/s", plan.load.rate)
+        } else {
+            "max rate".into()
+        },
+        plan.load.producers,
+        plan.consumers.len(),
+    ));
+    let mut failure = None;
+    for binary in binaries {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let kind = binary.kind;
+        let implementation = binary.implementation.clone();
+        let broker = match LocalBroker::start(binary, data.path()).await {
+            Ok(broker) => broker,
+            Err(err) => {
+                failure = Some(err.context(format!("{kind} could not be started")));
+                break;
+            }
+        };
+        let progress = Arc::new(Progress::new(plan.consumers.len()));
+        let bar = progress_bar(&plan, kind.as_str(), args.json);
+        let ticker = tokio::spawn(tick(
+            bar.clone(),
+            progress.clone(),
+            plan.load.warmup + plan.load.duration,
+        ));
+        let measured = run::measure(&plan, broker.endpoint(), run_id, &cancel, &progress).await;
+        ticker.abort();
+        bar.finish_and_clear();
+        let endpoint = broker.endpoint().url();
+        if let Err(err) = broker.shutdown().await {
+            say(format!("warning: stopping {kind}: {err:#}"));
+        }
+        match measured {
+            Ok(m) => {
+                let result = BrokerResult::new(&plan, kind, &implementation, endpoint, m);
+                say(format!(
+                    "{kind}: {} confirmed of {} sent, {:.0} msg/s, checks {}",
+                    result.publish.confirmed,
+                    result.publish.attempted,
+                    result.publish.rate_per_s,
+                    if result.passed() { "passed" } else { "FAILED" }
+                ));
+                results.brokers.push(result);
+                results.write(&dir)?;
+            }
+            Err(err) => {
+                failure = Some(err);
+                break;
+            }
+        }
+    }
+    results.complete = failure.is_none()
+        && !cancel.is_cancelled()
+        && results.brokers.len() == plan.brokers.len()
+        && results.brokers.iter().all(|b| b.complete);
+    results.incomplete_reason = match (&failure, cancel.is_cancelled()) {
+        _ if results.complete => None,
+        (Some(err), _) => Some(format!("{err:#}")),
+        (None, true) => Some("interrupted (Ctrl-C)".into()),
+        (None, false) => {
+            Some("a broker's drain timed out: confirmed messages were still undelivered".into())
+        }
+    };
+    let path = results.write(&dir)?;
+
+    if !results.brokers.is_empty() {
+        let tables = format!("{}\n{}", table::summary(&results), table::groups(&results));
+        say(tables);
+    }
+    say(format!("results: {}", path.display()));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results).context("serializing results")?
+        );
+    }
+    if let Some(err) = failure {
+        // Measured brokers are saved; the run itself could not be completed.
+        return Err(err.context(format!("results so far: {}", path.display())));
+    }
+    if let Some(reason) = &results.incomplete_reason {
+        say(format!("incomplete: {reason}"));
+    }
+    Ok(ExitCode::from(if results.passed() {
+        exit::OK
+    } else {
+        exit::CHECK_FAILED
+    }))
+}
+
+/// First Ctrl-C: stop the load and report. Second: exit now (the brokers die
+/// with us through their death signal).
+async fn interrupts(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut interrupt) = signal(SignalKind::interrupt()) else {
+        return;
+    };
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! { _ = interrupt.recv() => {}, _ = terminate.recv() => {} }
+    eprintln!("stopping: draining and writing results (Ctrl-C again to quit at once)");
+    cancel.cancel();
+    tokio::select! { _ = interrupt.recv() => {}, _ = terminate.recv() => {} }
+    std::process::exit(130);
+}
+
+fn progress_bar(plan: &Plan, broker: &str, json: bool) -> ProgressBar {
+    let total = (plan.load.warmup + plan.load.duration).as_millis() as u64;
+    let bar = ProgressBar::with_draw_target(
+        Some(total),
+        if std::io::stdout().is_terminal() && !json {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} {wide_bar} {elapsed:>4} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(broker.to_string());
+    bar
+}
+
+async fn tick(bar: ProgressBar, progress: Arc<Progress>, load: Duration) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let phase = progress.phase();
+        if matches!(phase, Phase::Warmup | Phase::Steady) {
+            bar.set_position(started.elapsed().min(load).as_millis() as u64);
+        }
+        let delivered = progress
+            .delivered
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        bar.set_message(format!(
+            "{:<6} sent {} confirmed {} delivered {}",
+            phase.as_str(),
+            progress.sent.load(Ordering::Relaxed),
+            progress.confirmed.load(Ordering::Relaxed),
+            delivered
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

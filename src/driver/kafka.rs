@@ -1,0 +1,285 @@
+//! Kafka through rdkafka (librdkafka): a topic with N partitions keyed by
+//! `user_id`, the idempotent producer with acks=all (or the configured acks),
+//! delivery reports as confirmations, one consumer group per group, and
+//! offsets committed only up to what has been processed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message};
+use serde_json::json;
+
+use super::{
+    timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Incoming, Producer, CONFIRM_TIMEOUT,
+};
+use crate::env::Endpoint;
+use crate::event::Outgoing;
+use crate::scenario::{Acks, ConsumerGroup, KafkaSettings, Plan, EVENT_TYPE};
+
+/// One producer client shared by every producer task.
+pub struct Kafka {
+    bootstrap: String,
+    producer: FutureProducer,
+    settings: KafkaSettings,
+    run_id: u64,
+}
+
+fn base_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("client.id", "brokerbench")
+        .set("socket.timeout.ms", "10000")
+        .set("log_level", "3");
+    config
+}
+
+impl Kafka {
+    /// Creates the producer client and checks the broker answers.
+    pub async fn connect(plan: &Plan, endpoint: &Endpoint, run_id: u64) -> Result<Self> {
+        let bootstrap = endpoint.url();
+        let settings = plan.kafka.clone();
+        let mut config = base_config(&bootstrap);
+        config
+            .set("acks", settings.acks.as_str())
+            .set(
+                "enable.idempotence",
+                (settings.acks == Acks::All).to_string(),
+            )
+            .set("compression.type", settings.compression.as_str())
+            .set("linger.ms", "1")
+            .set("request.timeout.ms", "10000")
+            .set(
+                "message.timeout.ms",
+                CONFIRM_TIMEOUT.as_millis().to_string(),
+            )
+            .set("queue.buffering.max.messages", "1000000");
+        let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
+        let client = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            client.client().fetch_metadata(None, super::CALL_TIMEOUT)
+        })
+        .await?
+        .with_context(|| format!("connecting to Kafka at {bootstrap}"))?;
+        Ok(Kafka {
+            bootstrap,
+            producer,
+            settings,
+            run_id,
+        })
+    }
+}
+
+#[async_trait]
+impl Driver for Kafka {
+    async fn setup(&self) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = base_config(&self.bootstrap).create()?;
+        let options = AdminOptions::new().operation_timeout(Some(super::CALL_TIMEOUT));
+        // A fresh topic; deletion is asynchronous in Kafka, so creation retries.
+        let _ = timed(
+            "deleting an old topic",
+            admin.delete_topics(&[EVENT_TYPE], &options),
+        )
+        .await;
+        let topic = NewTopic::new(
+            EVENT_TYPE,
+            self.settings.partitions,
+            TopicReplication::Fixed(1),
+        );
+        let deadline = Instant::now() + super::CALL_TIMEOUT;
+        loop {
+            let results = timed(
+                "creating the topic",
+                admin.create_topics([&topic], &options),
+            )
+            .await?;
+            match results.into_iter().next() {
+                Some(Ok(_)) => return Ok(()),
+                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists)))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Some(Err((name, code))) => bail!("creating topic {name}: {code}"),
+                None => bail!("creating topic {EVENT_TYPE}: no answer"),
+            }
+        }
+    }
+
+    async fn producer(&self, _id: u32) -> Result<Box<dyn Producer>> {
+        Ok(Box::new(KafkaProducer {
+            producer: self.producer.clone(),
+        }))
+    }
+
+    async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
+        // Group ids are scoped to the run: offsets of an earlier run never apply.
+        let group_id = format!("{}.{:x}", group.group, self.run_id);
+        let consumer: StreamConsumer = base_config(&self.bootstrap)
+            .set("group.id", &group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "100")
+            .set("session.timeout.ms", "10000")
+            .create()
+            .context("creating the Kafka consumer")?;
+        consumer.subscribe(&[EVENT_TYPE]).context("subscribing")?;
+        let consumer = Arc::new(consumer);
+        // Ready means partitions assigned; a message that arrives meanwhile is kept.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut first = None;
+        while first.is_none() && consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+            if Instant::now() > deadline {
+                bail!("consumer group {group_id} got no partitions within 30 s");
+            }
+            if let Ok(received) =
+                tokio::time::timeout(Duration::from_millis(100), receive(&consumer)).await
+            {
+                first = Some(received);
+            }
+        }
+        Ok(Box::new(KafkaConsumer {
+            consumer,
+            offsets: Arc::default(),
+            first,
+        }))
+    }
+
+    fn settings(&self) -> BTreeMap<String, serde_json::Value> {
+        BTreeMap::from([
+            ("partitions".into(), json!(self.settings.partitions)),
+            ("replicas".into(), json!(1)),
+            ("acks".into(), json!(self.settings.acks)),
+            (
+                "idempotent_producer".into(),
+                json!(self.settings.acks == Acks::All),
+            ),
+            ("compression".into(), json!(self.settings.compression)),
+            ("key".into(), json!("user_id")),
+            (
+                "consumer_commit".into(),
+                json!("offsets of processed messages, every 1 s"),
+            ),
+        ])
+    }
+
+    async fn close(&self) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(super::CALL_TIMEOUT)).await;
+    }
+}
+
+struct KafkaProducer {
+    producer: FutureProducer,
+}
+
+#[async_trait]
+impl Producer for KafkaProducer {
+    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, ErrorKind> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "trace_id",
+            value: Some(message.trace_id.as_str()),
+        });
+        let record = FutureRecord::to(EVENT_TYPE)
+            .key(&message.user_id)
+            .payload(&message.payload)
+            .headers(headers);
+        // Enqueues in librdkafka; the delivery report is the confirmation.
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|_| ErrorKind::Send)?;
+        Ok(Box::pin(async move {
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
+                    Err(ErrorKind::Timeout)
+                }
+                Ok(Err(_)) => Err(ErrorKind::Refused),
+                Err(_canceled) => Err(ErrorKind::Connection),
+            }
+        }))
+    }
+}
+
+/// Per partition: offsets received but not processed, and the next offset.
+#[derive(Default)]
+struct PartitionOffsets {
+    pending: BTreeSet<i64>,
+    next: i64,
+}
+
+struct KafkaConsumer {
+    consumer: Arc<StreamConsumer>,
+    offsets: Arc<Mutex<HashMap<i32, PartitionOffsets>>>,
+    first: Option<Result<(Vec<u8>, i32, i64), ErrorKind>>,
+}
+
+async fn receive(consumer: &StreamConsumer) -> Result<(Vec<u8>, i32, i64), ErrorKind> {
+    match consumer.recv().await {
+        Ok(m) => Ok((
+            m.payload().unwrap_or_default().to_vec(),
+            m.partition(),
+            m.offset(),
+        )),
+        Err(_) => Err(ErrorKind::Receive),
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
+        let received = match self.first.take() {
+            Some(first) => first,
+            None => receive(&self.consumer).await,
+        };
+        let (payload, partition, offset) = match received {
+            Ok(r) => r,
+            Err(kind) => return Some(Err(kind)),
+        };
+        {
+            let mut offsets = self.offsets.lock().expect("offsets lock");
+            let p = offsets.entry(partition).or_default();
+            p.pending.insert(offset);
+            p.next = p.next.max(offset + 1);
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let offsets = Arc::clone(&self.offsets);
+        let ack: Acker = Box::new(move || {
+            Box::pin(async move {
+                // Commit only below the lowest offset still being processed:
+                // processing runs concurrently, and a commit must never skip one.
+                let low = {
+                    let mut offsets = offsets.lock().expect("offsets lock");
+                    let p = offsets.get_mut(&partition).expect("offset was recorded");
+                    p.pending.remove(&offset);
+                    p.pending.first().copied().unwrap_or(p.next)
+                };
+                // librdkafka stores (and later commits) the given offset + 1.
+                if low > 0 {
+                    consumer
+                        .store_offset(EVENT_TYPE, partition, low - 1)
+                        .map_err(|_| ErrorKind::Ack)?;
+                }
+                Ok(())
+            })
+        });
+        Some(Ok(Incoming {
+            payload,
+            redelivered: false,
+            ack,
+        }))
+    }
+}

@@ -1,0 +1,323 @@
+//! Results: one serializable type, many views.
+//!
+//! [`Results`] is the contract with users' scripts (`results.json`, described
+//! by `schema/results.v1.json`); the terminal table and other exporters only
+//! read it. Results are written after every broker, so a later failure or a
+//! Ctrl-C loses nothing already measured.
+
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::driver::ErrorKind;
+use crate::env::BrokerKind;
+use crate::metrics::{Latency, LatencySummary};
+use crate::run::{ledger, Measurement};
+use crate::scenario::Plan;
+
+/// The schema identifier written at the top of every results file.
+pub const SCHEMA: &str = "brokerbench.results/v1";
+
+/// A whole run: one scenario against one or more brokers.
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    /// Always [`SCHEMA`].
+    pub schema: &'static str,
+    /// brokerbench version that produced the file.
+    pub tool_version: &'static str,
+    /// When the run started, RFC 3339 UTC.
+    pub started_at: String,
+    /// Where the brokers ran: `local` (child processes).
+    pub environment: String,
+    /// The scenario as resolved (defaults and command-line overrides applied).
+    pub scenario: Plan,
+    /// One entry per broker measured, in run order.
+    pub brokers: Vec<BrokerResult>,
+    /// Every broker of the scenario ran to the end.
+    pub complete: bool,
+    /// Why the run is incomplete, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incomplete_reason: Option<String>,
+}
+
+/// One broker's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct BrokerResult {
+    /// `rabbitmq`, `jetstream` or `kafka`.
+    pub broker: BrokerKind,
+    /// What actually ran, with its version, e.g. `tansu 0.6.0 (Kafka protocol)`.
+    pub implementation: String,
+    /// The address it was measured at.
+    pub endpoint: String,
+    /// Durability and delivery settings in force.
+    pub settings: BTreeMap<String, serde_json::Value>,
+    /// Load: open loop (paced) or closed loop (rate 0, as fast as confirmations allow).
+    pub load: LoadResult,
+    /// Publish outcomes over all producers.
+    pub publish: PublishResult,
+    /// One entry per consumer group.
+    pub groups: Vec<GroupResult>,
+    /// Latency histograms, microseconds.
+    pub latency_us: LatencyResults,
+    /// Faults injected (none yet in this version).
+    pub faults: Vec<serde_json::Value>,
+    /// Failures by kind, over publishes, deliveries and acks.
+    pub errors: BTreeMap<ErrorKind, u64>,
+    /// The drain after the load.
+    pub drain: DrainResult,
+    /// Correctness checks and whether they held.
+    pub checks: Vec<Check>,
+    /// The broker's run finished (not cancelled, drain did not time out).
+    pub complete: bool,
+}
+
+/// The load as offered and achieved.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadResult {
+    /// Paced by intended send times (true) or closed loop (false, rate 0).
+    pub open_loop: bool,
+    /// Target rate, messages/s (0: as fast as possible).
+    pub target_rate_per_s: f64,
+    /// Payload bytes per message.
+    pub message_bytes: usize,
+    /// Measured (steady) time, seconds.
+    pub steady_seconds: f64,
+}
+
+/// Publish outcomes.
+#[derive(Clone, Debug, Serialize)]
+pub struct PublishResult {
+    /// Publishes attempted (warmup included).
+    pub attempted: u64,
+    /// Confirmed by the broker.
+    pub confirmed: u64,
+    /// Refused by the broker or not sent.
+    pub failed: u64,
+    /// No answer by the end of the drain.
+    pub unknown: u64,
+    /// Steady-phase sends per second.
+    pub rate_per_s: f64,
+    /// Steady-phase confirmations per second.
+    pub confirmed_per_s: f64,
+}
+
+/// One consumer group's account.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupResult {
+    /// Group name.
+    pub group: String,
+    /// The ledger's account (see DESIGN.md, "Measuring honestly").
+    #[serde(flatten)]
+    pub account: ledger::GroupAccount,
+    /// Steady-phase first deliveries per second.
+    pub rate_per_s: f64,
+}
+
+/// Latency summaries, microseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyResults {
+    /// Intended send time to confirmation: corrected for coordinated omission.
+    pub publish: LatencySummary,
+    /// Actual send time to confirmation: service time, uncorrected.
+    pub publish_service: LatencySummary,
+    /// Per group, intended send time to delivery: corrected.
+    pub end_to_end: BTreeMap<String, LatencySummary>,
+    /// Per group, actual send time to delivery: uncorrected.
+    pub end_to_end_service: BTreeMap<String, LatencySummary>,
+}
+
+/// The drain after the load.
+#[derive(Clone, Debug, Serialize)]
+pub struct DrainResult {
+    /// How long it took, seconds.
+    pub seconds: f64,
+    /// It ended by the drain timeout with confirmed messages not yet delivered.
+    pub timed_out: bool,
+}
+
+/// One correctness check.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// What is checked, e.g. `lost == 0`.
+    pub check: String,
+    /// The consumer group, for per-group checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Whether it held.
+    pub passed: bool,
+    /// The measured value.
+    pub value: u64,
+}
+
+impl BrokerResult {
+    /// Turns a measurement into results.
+    pub fn new(
+        plan: &Plan,
+        broker: BrokerKind,
+        implementation: &str,
+        endpoint: String,
+        m: Measurement,
+    ) -> Self {
+        let logs: Vec<ledger::ProducerLog> = m.producers.iter().map(|p| p.log.clone()).collect();
+        let account = ledger::publish_account(&logs);
+        let steady = m.steady_elapsed.as_secs_f64();
+        let per_s = |n: u64, secs: f64| {
+            if secs > 0.0 {
+                round1(n as f64 / secs)
+            } else {
+                0.0
+            }
+        };
+        let since_steady = |at: Option<std::time::Instant>| {
+            at.map_or(0.0, |t| {
+                t.saturating_duration_since(m.steady_start).as_secs_f64()
+            })
+        };
+
+        let mut publish = Latency::default();
+        let mut publish_service = Latency::default();
+        let mut errors: BTreeMap<ErrorKind, u64> = BTreeMap::new();
+        let (mut steady_sent, mut steady_confirmed, mut last_confirm) = (0, 0, None);
+        for p in &m.producers {
+            publish.merge(&p.publish);
+            publish_service.merge(&p.publish_service);
+            steady_sent += p.steady_sent;
+            steady_confirmed += p.steady_confirmed;
+            last_confirm = last_confirm.max(p.last_confirm);
+            for (kind, n) in &p.errors {
+                *errors.entry(*kind).or_default() += n;
+            }
+        }
+        let mut groups = Vec::new();
+        let mut end_to_end = BTreeMap::new();
+        let mut end_to_end_service = BTreeMap::new();
+        let mut checks = Vec::new();
+        for (outcome, group) in m.groups.iter().zip(&plan.consumers) {
+            let account = ledger::group_account(&logs, &outcome.log);
+            for (kind, n) in &outcome.errors {
+                *errors.entry(*kind).or_default() += n;
+            }
+            for (check, value) in [
+                ("lost == 0", account.lost),
+                ("unexpected == 0", account.unexpected),
+            ] {
+                checks.push(Check {
+                    check: check.into(),
+                    group: Some(group.group.clone()),
+                    passed: value == 0,
+                    value,
+                });
+            }
+            end_to_end.insert(group.group.clone(), outcome.end_to_end.summary());
+            end_to_end_service.insert(group.group.clone(), outcome.end_to_end_service.summary());
+            groups.push(GroupResult {
+                group: group.group.clone(),
+                account,
+                rate_per_s: per_s(
+                    outcome.steady_delivered,
+                    since_steady(outcome.last_delivery).max(steady),
+                ),
+            });
+        }
+        let complete = !m.cancelled && !m.drain_timed_out;
+        checks.push(Check {
+            check: "complete".into(),
+            group: None,
+            passed: complete,
+            value: u64::from(complete),
+        });
+        BrokerResult {
+            broker,
+            implementation: implementation.to_string(),
+            endpoint,
+            settings: m.settings,
+            load: LoadResult {
+                open_loop: plan.load.open_loop(),
+                target_rate_per_s: plan.load.rate,
+                message_bytes: m.message_bytes,
+                steady_seconds: round1(steady),
+            },
+            publish: PublishResult {
+                attempted: account.attempted,
+                confirmed: account.confirmed,
+                failed: account.failed,
+                unknown: account.unknown,
+                rate_per_s: per_s(steady_sent, steady),
+                confirmed_per_s: per_s(steady_confirmed, since_steady(last_confirm).max(steady)),
+            },
+            groups,
+            latency_us: LatencyResults {
+                publish: publish.summary(),
+                publish_service: publish_service.summary(),
+                end_to_end,
+                end_to_end_service,
+            },
+            faults: Vec::new(),
+            errors,
+            drain: DrainResult {
+                seconds: round1(m.drain_elapsed.as_secs_f64()),
+                timed_out: m.drain_timed_out,
+            },
+            checks,
+            complete,
+        }
+    }
+
+    /// Whether every check held.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+impl Results {
+    /// Results of a run that is about to start.
+    pub fn new(plan: &Plan, environment: &str) -> Self {
+        Results {
+            schema: SCHEMA,
+            tool_version: env!("CARGO_PKG_VERSION"),
+            started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            environment: environment.to_string(),
+            scenario: plan.clone(),
+            brokers: Vec::new(),
+            complete: false,
+            incomplete_reason: Some("the run has not finished".into()),
+        }
+    }
+
+    /// Whether every check of every broker held and the run completed.
+    pub fn passed(&self) -> bool {
+        self.complete && self.brokers.iter().all(BrokerResult::passed)
+    }
+
+    /// The directory `results/<scenario>-<UTC timestamp>` under `parent`.
+    pub fn directory(&self, parent: &Path) -> PathBuf {
+        let stamp: String = self
+            .started_at
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        parent.join(format!("{}-{stamp}", self.scenario.name))
+    }
+
+    /// Writes `results.json` into `dir` (atomically: a reader never sees half a file).
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create '{}'", dir.display()))?;
+        let path = dir.join("results.json");
+        let tmp = dir.join(".results.json.tmp");
+        let json = serde_json::to_vec_pretty(self).context("serializing results")?;
+        std::fs::write(&tmp, json)
+            .with_context(|| format!("could not write '{}'", tmp.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("could not write '{}'", path.display()))?;
+        Ok(path)
+    }
+}
