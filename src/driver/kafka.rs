@@ -131,7 +131,7 @@ impl Driver for Kafka {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "100")
+            .set("fetch.wait.max.ms", self.settings.fetch_wait_max.as_millis().to_string())
             .set("session.timeout.ms", "10000")
             .create()
             .context("creating the Kafka consumer")?;

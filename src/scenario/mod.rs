@@ -189,6 +189,12 @@ pub struct KafkaSettings {
     pub acks: Acks,
     /// Producer compression.
     pub compression: Compression,
+    /// Consumer `fetch.wait.max.ms`: how long a fetch may wait for data.
+    /// tansu 0.6 holds every fetch this long even when data is there
+    /// (Apache Kafka answers as soon as `fetch.min.bytes` = 1 is met), so it
+    /// bounds end-to-end latency on tansu.
+    #[serde(with = "human_duration")]
+    pub fetch_wait_max: Duration,
 }
 
 /// Command-line values that replace the file's.
