@@ -57,7 +57,7 @@ impl Kafka {
                 (settings.acks == Acks::All).to_string(),
             )
             .set("compression.type", settings.compression.as_str())
-            .set("linger.ms", "1")
+            .set("linger.ms", "5")
             .set("request.timeout.ms", "10000")
             .set(
                 "message.timeout.ms",

@@ -474,7 +474,9 @@ async fn produce(
 
 /// One consumer group: records every delivery in the ledger and the latency
 /// histograms on arrival, processes up to `concurrency` messages at once, and
-/// acknowledges each after its processing.
+/// acknowledges each after its processing. Processing and acks run as futures
+/// of this task, concurrently with receiving: waiting for one ack before
+/// receiving the next message would make brokerbench the bottleneck.
 async fn consume(
     mut consumer: Box<dyn Consumer>,
     group: ConsumerGroup,
@@ -483,14 +485,20 @@ async fn consume(
     (progress, index): (Arc<Progress>, usize),
 ) -> GroupOutcome {
     let mut out = GroupOutcome::default();
-    let permits = Arc::new(tokio::sync::Semaphore::new(group.concurrency));
-    let mut processing = JoinSet::new();
+    let mut processing = FuturesUnordered::new();
     let steady_ns = cx.steady_ns();
+    let work = group.processing_time;
     loop {
         let next = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            next = consumer.next() => next,
+            Some(acked) = processing.next(), if !processing.is_empty() => {
+                if let Err(kind) = acked {
+                    count(&mut out.errors, kind);
+                }
+                continue;
+            }
+            next = consumer.next(), if processing.len() < group.concurrency => next,
         };
         let incoming = match next {
             None => break,
@@ -507,11 +515,8 @@ async fn consume(
                 let first = out.log.record(&envelope, incoming.redelivered) == Seen::First;
                 if first && envelope.intended_ns >= steady_ns {
                     let at = cx.ns(now);
-                    out.end_to_end.record(Duration::from_nanos(
-                        at.saturating_sub(envelope.intended_ns),
-                    ));
-                    out.end_to_end_service
-                        .record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
+                    out.end_to_end.record(Duration::from_nanos(at.saturating_sub(envelope.intended_ns)));
+                    out.end_to_end_service.record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
                     out.steady_delivered += 1;
                     out.last_delivery = Some(now);
                 }
@@ -519,33 +524,18 @@ async fn consume(
             }
             None => out.log.record_foreign(),
         }
-        if group.processing_time.is_zero() {
-            if let Err(kind) = (incoming.ack)().await {
-                count(&mut out.errors, kind);
-            }
-        } else {
-            let permit = tokio::select! {
-                _ = stop.cancelled() => break,
-                permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            };
-            let work = group.processing_time;
-            processing.spawn(async move {
+        let ack = incoming.ack;
+        processing.push(async move {
+            if !work.is_zero() {
                 tokio::time::sleep(work).await;
-                let acked = (incoming.ack)().await;
-                drop(permit);
-                acked
-            });
-            while let Some(done) = processing.try_join_next() {
-                if let Ok(Err(kind)) = done {
-                    count(&mut out.errors, kind);
-                }
             }
-        }
+            ack().await
+        });
     }
     // Let messages being processed finish and be acknowledged.
     let finish = async {
-        while let Some(done) = processing.join_next().await {
-            if let Ok(Err(kind)) = done {
+        while let Some(acked) = processing.next().await {
+            if let Err(kind) = acked {
                 count(&mut out.errors, kind);
             }
         }
