@@ -131,7 +131,10 @@ impl Driver for Kafka {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", self.settings.fetch_wait_max.as_millis().to_string())
+            .set(
+                "fetch.wait.max.ms",
+                self.settings.fetch_wait_max.as_millis().to_string(),
+            )
             .set("session.timeout.ms", "10000")
             .create()
             .context("creating the Kafka consumer")?;
@@ -224,16 +227,23 @@ struct PartitionOffsets {
 struct KafkaConsumer {
     consumer: Arc<StreamConsumer>,
     offsets: Arc<Mutex<HashMap<i32, PartitionOffsets>>>,
-    first: Option<Result<(Vec<u8>, i32, i64), ErrorKind>>,
+    first: Option<Result<Received, ErrorKind>>,
 }
 
-async fn receive(consumer: &StreamConsumer) -> Result<(Vec<u8>, i32, i64), ErrorKind> {
+/// A message copied out of librdkafka's buffer.
+struct Received {
+    payload: Vec<u8>,
+    partition: i32,
+    offset: i64,
+}
+
+async fn receive(consumer: &StreamConsumer) -> Result<Received, ErrorKind> {
     match consumer.recv().await {
-        Ok(m) => Ok((
-            m.payload().unwrap_or_default().to_vec(),
-            m.partition(),
-            m.offset(),
-        )),
+        Ok(m) => Ok(Received {
+            payload: m.payload().unwrap_or_default().to_vec(),
+            partition: m.partition(),
+            offset: m.offset(),
+        }),
         Err(_) => Err(ErrorKind::Receive),
     }
 }
@@ -245,7 +255,11 @@ impl Consumer for KafkaConsumer {
             Some(first) => first,
             None => receive(&self.consumer).await,
         };
-        let (payload, partition, offset) = match received {
+        let Received {
+            payload,
+            partition,
+            offset,
+        } = match received {
             Ok(r) => r,
             Err(kind) => return Some(Err(kind)),
         };
@@ -281,5 +295,12 @@ impl Consumer for KafkaConsumer {
             redelivered: false,
             ack,
         }))
+    }
+
+    async fn close(self: Box<Self>) {
+        // librdkafka commits the stored (processed) offsets when the consumer
+        // closes; closing blocks, so it runs off the async threads.
+        let consumer = self.consumer;
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
     }
 }

@@ -103,6 +103,11 @@ pub trait Producer: Send {
 pub trait Consumer: Send {
     /// The next delivery; `None` when the subscription ended for good.
     async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>>;
+
+    /// Leaves the group cleanly: what was received but not acknowledged goes
+    /// back to the broker for redelivery (RabbitMQ: channel close; Kafka:
+    /// the processed offsets are committed and the group rebalances).
+    async fn close(self: Box<Self>) {}
 }
 
 /// Connects to the broker at `endpoint` with the scenario's settings.

@@ -153,10 +153,7 @@ impl Driver for RabbitMq {
             ),
         )
         .await?;
-        Ok(Box::new(RabbitConsumer {
-            _channel: channel,
-            consumer,
-        }))
+        Ok(Box::new(RabbitConsumer { channel, consumer }))
     }
 
     fn settings(&self) -> BTreeMap<String, serde_json::Value> {
@@ -223,7 +220,7 @@ impl Producer for RabbitProducer {
 }
 
 struct RabbitConsumer {
-    _channel: Channel,
+    channel: Channel,
     consumer: lapin::Consumer,
 }
 
@@ -253,5 +250,13 @@ impl Consumer for RabbitConsumer {
             redelivered: delivery.redelivered,
             ack,
         }))
+    }
+
+    async fn close(self: Box<Self>) {
+        let _ = timed(
+            "closing the consumer channel",
+            self.channel.close(200, "consumer done".into()),
+        )
+        .await;
     }
 }

@@ -176,8 +176,9 @@ impl LocalBroker {
         loop {
             if !self.is_running() {
                 bail!(
-                    "{} exited during start-up; its log ({}) ends with:\n{}",
+                    "{} at {} exited during start-up; its log ({}) ends with:\n{}",
                     self.kind(),
+                    self.endpoint.url(),
                     self.log_path().display(),
                     self.log_tail(log_start)
                 );

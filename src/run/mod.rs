@@ -515,8 +515,11 @@ async fn consume(
                 let first = out.log.record(&envelope, incoming.redelivered) == Seen::First;
                 if first && envelope.intended_ns >= steady_ns {
                     let at = cx.ns(now);
-                    out.end_to_end.record(Duration::from_nanos(at.saturating_sub(envelope.intended_ns)));
-                    out.end_to_end_service.record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
+                    out.end_to_end.record(Duration::from_nanos(
+                        at.saturating_sub(envelope.intended_ns),
+                    ));
+                    out.end_to_end_service
+                        .record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
                     out.steady_delivered += 1;
                     out.last_delivery = Some(now);
                 }
@@ -541,6 +544,6 @@ async fn consume(
         }
     };
     let _ = tokio::time::timeout(driver::CALL_TIMEOUT, finish).await;
-    drop(consumer);
+    let _ = tokio::time::timeout(driver::CALL_TIMEOUT, consumer.close()).await;
     out
 }

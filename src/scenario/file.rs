@@ -187,7 +187,10 @@ impl ScenarioFile {
                 partitions: positive(&self.kafka.partitions, 6, 10_000)? as i32,
                 acks: self.kafka.acks.unwrap_or(Acks::All),
                 compression: self.kafka.compression.unwrap_or(Compression::None),
-                fetch_wait_max: optional_duration(&self.kafka.fetch_wait_max, Duration::from_millis(10))?,
+                fetch_wait_max: optional_duration(
+                    &self.kafka.fetch_wait_max,
+                    Duration::from_millis(10),
+                )?,
             },
         })
     }

@@ -1,0 +1,132 @@
+//! Each driver against its real broker: publish with confirmation, receive,
+//! acknowledge after processing, and get back what was not acknowledged.
+
+mod util;
+
+use std::path::Path;
+use std::time::Duration;
+
+use brokerbench::driver::{self, Consumer, Driver};
+use brokerbench::env::local::LocalBroker;
+use brokerbench::env::{binaries, BrokerKind};
+use brokerbench::event::{self, Envelope};
+use brokerbench::scenario::{Overrides, Plan};
+
+const RUN: u64 = 0xfeed;
+
+fn plan() -> Plan {
+    let text = r#"
+        name = "drivers"
+        [load]
+        rate = 0
+        duration = "1s"
+        [[consumers]]
+        group = "billing"
+        [kafka]
+        partitions = 1
+    "#;
+    Plan::parse(Path::new("drivers.toml"), text, &Overrides::default()).unwrap()
+}
+
+async fn receive(consumer: &mut Box<dyn Consumer>) -> (Envelope, brokerbench::driver::Acker) {
+    let incoming = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .expect("a delivery within 20 s")
+        .expect("the subscription is open")
+        .expect("no receive error");
+    (
+        event::decode(&incoming.payload).expect("our event"),
+        incoming.ack,
+    )
+}
+
+async fn publishes_confirms_and_redelivers_what_was_not_acked(kind: BrokerKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = LocalBroker::start(binaries::locate(kind).await.unwrap(), dir.path())
+        .await
+        .unwrap();
+    let plan = plan();
+    let group = &plan.consumers[0];
+    let driver: Box<dyn Driver> = driver::connect(&plan, broker.endpoint(), RUN)
+        .await
+        .unwrap();
+    driver.setup().await.unwrap();
+    assert!(!driver.settings().is_empty());
+    let mut consumer = driver.consumer(group).await.unwrap();
+    let mut producer = driver.producer(0).await.unwrap();
+
+    let mut confirmations = Vec::new();
+    for seq in 0..10 {
+        let envelope = Envelope {
+            run: RUN,
+            producer: 0,
+            seq,
+            key: seq % 3,
+            intended_ns: 0,
+            sent_ns: 0,
+        };
+        confirmations.push(producer.send(event::encode(&envelope, 300)).await.unwrap());
+    }
+    for confirmation in confirmations {
+        confirmation
+            .await
+            .unwrap_or_else(|kind| panic!("{kind:?}: not confirmed"));
+    }
+
+    // Process and acknowledge the first five; leave the rest unacknowledged.
+    let mut pending = Vec::new();
+    for expected in 0..10 {
+        let (envelope, ack) = receive(&mut consumer).await;
+        assert_eq!(
+            envelope.seq, expected,
+            "{kind}: one partition/queue keeps order"
+        );
+        if expected < 5 {
+            ack().await.unwrap();
+        } else {
+            pending.push(ack);
+        }
+    }
+    drop(pending);
+    consumer.close().await;
+
+    if kind == BrokerKind::Jetstream {
+        // JetStream redelivers after ack_wait (30 s); what matters here is that
+        // the acknowledged five are not delivered again.
+        let mut again = driver.consumer(group).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(2), again.next()).await;
+        assert!(
+            first.is_err(),
+            "{kind}: an acknowledged or in-wait message came back at once"
+        );
+    } else {
+        // The same group picks up exactly the unacknowledged five.
+        let mut again = driver.consumer(group).await.unwrap();
+        for expected in 5..10 {
+            let (envelope, ack) = receive(&mut again).await;
+            assert_eq!(
+                envelope.seq, expected,
+                "{kind}: redelivery after the group was left"
+            );
+            ack().await.unwrap();
+        }
+        again.close().await;
+    }
+    driver.close().await;
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_driver() {
+    publishes_confirms_and_redelivers_what_was_not_acked(BrokerKind::Rabbitmq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_driver() {
+    publishes_confirms_and_redelivers_what_was_not_acked(BrokerKind::Jetstream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_driver() {
+    publishes_confirms_and_redelivers_what_was_not_acked(BrokerKind::Kafka).await;
+}

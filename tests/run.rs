@@ -1,0 +1,298 @@
+//! `brokerbench run` as a user runs it: real brokers, the real binary.
+
+mod util;
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SHORT: &str = r#"
+name = "short"
+description = "a short run for the tests"
+
+[load]
+rate = 300
+duration = "3s"
+warmup = "500ms"
+producers = 2
+message_size = 600
+keys = 50
+
+[[consumers]]
+group = "inventory"
+[[consumers]]
+group = "risk"
+processing_time = "2ms"
+"#;
+
+fn scenario(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("scenario.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    util::brokerbench()
+        .arg("run")
+        .args(args)
+        .arg("--out")
+        .arg(dir.join("results"))
+        .output()
+        .unwrap()
+}
+
+fn validate(results: &Value) {
+    let schema_path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/results.v1.json");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema itself is valid");
+    let errors: Vec<String> = validator
+        .iter_errors(results)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "results do not match schema/results.v1.json:\n{}",
+        errors.join("\n")
+    );
+}
+
+#[test]
+fn every_broker_accounts_for_every_message_and_matches_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = scenario(dir.path(), SHORT);
+    let out = run(&[path.to_str().unwrap(), "--json"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let results: Value =
+        serde_json::from_slice(&out.stdout).expect("--json prints the results alone on stdout");
+    validate(&results);
+    assert_eq!(results["schema"], "brokerbench.results/v1");
+    assert_eq!(results["complete"], true);
+
+    // The file the run names holds the same results.
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("results: "))
+        .expect("results path printed");
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(line).unwrap()).unwrap();
+    assert_eq!(saved, results);
+
+    let brokers = results["brokers"].as_array().unwrap();
+    let names: Vec<&str> = brokers
+        .iter()
+        .map(|b| b["broker"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["rabbitmq", "jetstream", "kafka"]);
+    for b in brokers {
+        let name = &b["broker"];
+        let publish = &b["publish"];
+        let attempted = publish["attempted"].as_u64().unwrap();
+        // 300 msg/s for 3.5 s (warmup included), exactly as paced.
+        assert_eq!(attempted, 1050, "{name}: {publish}");
+        assert_eq!(
+            publish["confirmed"].as_u64(),
+            Some(attempted),
+            "{name}: {publish}"
+        );
+        assert!(
+            (publish["rate_per_s"].as_f64().unwrap() - 300.0).abs() < 3.0,
+            "{name}: {publish}"
+        );
+        assert_eq!(b["load"]["message_bytes"], 600);
+        assert!(
+            b["implementation"].as_str().unwrap().contains('.'),
+            "{name}: version missing"
+        );
+        for g in b["groups"].as_array().unwrap() {
+            for zero in [
+                "lost",
+                "duplicates",
+                "unexpected",
+                "recovered",
+                "out_of_order",
+            ] {
+                assert_eq!(g[zero], 0, "{name} {}: {zero}", g["group"]);
+            }
+            assert_eq!(
+                g["unique"].as_u64(),
+                Some(attempted),
+                "{name} {}",
+                g["group"]
+            );
+        }
+        let e2e = &b["latency_us"]["end_to_end"]["risk"];
+        // Steady-phase messages only: 300/s for 3 s.
+        assert_eq!(e2e["count"], 900, "{name}");
+        let service = &b["latency_us"]["end_to_end_service"]["risk"];
+        // Counted from the intended send time, never from later: corrected >= service time.
+        assert!(
+            e2e["p50"].as_u64() >= service["p50"].as_u64() && service["p50"].as_u64() > Some(0),
+            "{name}: {e2e} {service}"
+        );
+        assert!(b["latency_us"]["publish"]["p50"].as_u64().unwrap() > 0);
+        assert!(!b["settings"].as_object().unwrap().is_empty());
+    }
+    assert_eq!(brokers[2]["implementation"], "tansu 0.6.0 (Kafka protocol)");
+}
+
+#[test]
+fn bad_scenarios_exit_2_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to, field) in [
+        ("producers = 2", "producers = 0", "load.producers"),
+        ("rate = 300", "rate = -1", "load.rate"),
+        ("rate = 300", "rat = 300", "load.rat"),
+        ("\"3s\"", "\"soon\"", "load.duration"),
+        ("keys = 50", "keys = \"many\"", "load.keys"),
+    ] {
+        let path = scenario(dir.path(), &SHORT.replace(from, to));
+        let out = run(&[path.to_str().unwrap()], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{to}: {stderr}");
+        let prefix = format!("{}:", path.display());
+        assert!(
+            stderr.contains(&prefix) && stderr.contains(&format!(": {field}: ")),
+            "{to}: {stderr}"
+        );
+    }
+    let path = scenario(
+        dir.path(),
+        &format!("brokers = [\"kafka\", \"activemq\"]\n{SHORT}"),
+    );
+    let out = run(&[path.to_str().unwrap()], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains(":1:") && stderr.contains("brokers") && stderr.contains("activemq"),
+        "{stderr}"
+    );
+    let out = run(&["/no/such/scenario.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/scenario.toml"));
+}
+
+#[test]
+fn a_broker_that_cannot_run_keeps_the_results_already_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    // A "RabbitMQ" that dies at start-up, found on PATH like the real one.
+    let sbin = dir.path().join("lib/rabbitmq_server-9.9.9/sbin");
+    std::fs::create_dir_all(&sbin).unwrap();
+    let fake = sbin.join("rabbitmq-server");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'cannot start: disk on fire' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (_links, only_nats) = util::path_with_only(&["nats-server"]);
+    let path_var = format!("{}:{}:/usr/bin:/bin", sbin.display(), only_nats.display());
+
+    let path = scenario(dir.path(), &SHORT.replace("\"3s\"", "\"1s\""));
+    let out = util::brokerbench()
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--brokers",
+            "jetstream,rabbitmq",
+            "--out",
+        ])
+        .arg(dir.path().join("results"))
+        .env("PATH", path_var)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("rabbitmq") && stderr.contains("amqp://guest:guest@127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("disk on fire"),
+        "the broker's own words are shown: {stderr}"
+    );
+    let saved = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("results: "))
+        .expect("results path printed");
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(saved).unwrap()).unwrap();
+    validate(&results);
+    assert_eq!(results["complete"], false);
+    assert!(results["incomplete_reason"]
+        .as_str()
+        .unwrap()
+        .contains("rabbitmq"));
+    assert_eq!(results["brokers"].as_array().unwrap().len(), 1);
+    assert_eq!(results["brokers"][0]["broker"], "jetstream");
+    assert_eq!(results["brokers"][0]["groups"][0]["lost"], 0);
+}
+
+#[test]
+fn ctrl_c_drains_writes_incomplete_results_and_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = scenario(dir.path(), &SHORT.replace("\"3s\"", "\"60s\""));
+    let child = util::brokerbench()
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--brokers",
+            "jetstream,kafka",
+            "--out",
+        ])
+        .arg(dir.path().join("results"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Wait until the broker is running and load is flowing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !util::descendants(pid)
+        .iter()
+        .any(|p| p.command.contains("nats-server"))
+    {
+        assert!(Instant::now() < deadline, "nats-server never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let started = util::descendants(pid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = wait_with_deadline(child, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let saved = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("results: "))
+        .expect("results path printed");
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(saved).unwrap()).unwrap();
+    validate(&results);
+    assert_eq!(results["complete"], false);
+    assert_eq!(results["incomplete_reason"], "interrupted (Ctrl-C)");
+    let brokers = results["brokers"].as_array().unwrap();
+    assert_eq!(brokers.len(), 1, "the second broker never starts");
+    assert_eq!(brokers[0]["complete"], false);
+    let sent = brokers[0]["publish"]["attempted"].as_u64().unwrap();
+    assert!(sent > 300 && sent < 300 * 20, "{sent} sent before Ctrl-C");
+    let left: Vec<_> = started.iter().filter(|p| util::is_alive(p)).collect();
+    assert!(left.is_empty(), "still running: {left:#?}");
+}
+
+fn wait_with_deadline(mut child: std::process::Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("brokerbench did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
