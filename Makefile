@@ -1,5 +1,5 @@
 # brokerbench: the two commands a newcomer needs.
-#   make demo   install brokers if missing, build, run the main job
+#   make demo   install brokers if missing, build, run scenarios/orders.toml (10 s per broker)
 #   make test   install brokers if missing, fmt + clippy + every test
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -16,7 +16,7 @@ build:
 
 demo: brokers build
 	./target/release/brokerbench env check
-	./target/release/brokerbench env smoke
+	./target/release/brokerbench run scenarios/orders.toml --duration 10s
 
 check:
 	$(CARGO) fmt --all -- --check
