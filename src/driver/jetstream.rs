@@ -97,7 +97,19 @@ impl Driver for JetStream {
             stream.get_or_create_consumer(&group.group, config),
         )
         .await?;
-        let messages = timed("starting to pull", consumer.messages()).await?;
+        // Pull requests expire after 1 s and are renewed: with the default 30 s
+        // expiry, async-nats 0.51 against nats-server 2.9 was seen to stop
+        // pulling until the request expired, stalling a fast consumer for 30 s.
+        let messages = timed(
+            "starting to pull",
+            consumer
+                .stream()
+                .max_messages_per_batch(1000)
+                .expires(Duration::from_secs(1))
+                .heartbeat(Duration::from_millis(500))
+                .messages(),
+        )
+        .await?;
         Ok(Box::new(JetStreamConsumer { messages }))
     }
 
