@@ -99,9 +99,9 @@ pub struct PublishResult {
     pub failed: u64,
     /// No answer by the end of the drain.
     pub unknown: u64,
-    /// Steady-phase sends per second.
+    /// Sends per second during the steady phase (by actual send time).
     pub rate_per_s: f64,
-    /// Steady-phase confirmations per second.
+    /// Confirmations per second that arrived during the steady phase.
     pub confirmed_per_s: f64,
 }
 
@@ -113,7 +113,7 @@ pub struct GroupResult {
     /// The ledger's account (see DESIGN.md, "Measuring honestly").
     #[serde(flatten)]
     pub account: ledger::GroupAccount,
-    /// Steady-phase first deliveries per second.
+    /// First deliveries per second that arrived during the steady phase.
     pub rate_per_s: f64,
 }
 
@@ -172,22 +172,16 @@ impl BrokerResult {
                 0.0
             }
         };
-        let since_steady = |at: Option<std::time::Instant>| {
-            at.map_or(0.0, |t| {
-                t.saturating_duration_since(m.steady_start).as_secs_f64()
-            })
-        };
 
         let mut publish = Latency::default();
         let mut publish_service = Latency::default();
         let mut errors: BTreeMap<ErrorKind, u64> = BTreeMap::new();
-        let (mut steady_sent, mut steady_confirmed, mut last_confirm) = (0, 0, None);
+        let (mut steady_sent, mut steady_confirmed) = (0, 0);
         for p in &m.producers {
             publish.merge(&p.publish);
             publish_service.merge(&p.publish_service);
             steady_sent += p.steady_sent;
             steady_confirmed += p.steady_confirmed;
-            last_confirm = last_confirm.max(p.last_confirm);
             for (kind, n) in &p.errors {
                 *errors.entry(*kind).or_default() += n;
             }
@@ -217,10 +211,7 @@ impl BrokerResult {
             groups.push(GroupResult {
                 group: group.group.clone(),
                 account,
-                rate_per_s: per_s(
-                    outcome.steady_delivered,
-                    since_steady(outcome.last_delivery).max(steady),
-                ),
+                rate_per_s: per_s(outcome.steady_delivered, steady),
             });
         }
         let complete = !m.cancelled && !m.drain_timed_out;
@@ -247,7 +238,7 @@ impl BrokerResult {
                 failed: account.failed,
                 unknown: account.unknown,
                 rate_per_s: per_s(steady_sent, steady),
-                confirmed_per_s: per_s(steady_confirmed, since_steady(last_confirm).max(steady)),
+                confirmed_per_s: per_s(steady_confirmed, steady),
             },
             groups,
             latency_us: LatencyResults {

@@ -107,12 +107,11 @@ pub struct ProducerOutcome {
     pub publish_service: Latency,
     /// Failures by kind.
     pub errors: ErrorCounts,
-    /// Sends whose intended time fell in the steady phase.
+    /// Sends made during the steady phase (by actual send time), so a
+    /// producer that fell behind shows a lower achieved rate.
     pub steady_sent: u64,
-    /// Confirmations of steady-phase sends.
+    /// Confirmations that arrived during the steady phase.
     pub steady_confirmed: u64,
-    /// When the last steady-phase confirmation arrived.
-    pub last_confirm: Option<Instant>,
 }
 
 /// What one consumer group measured.
@@ -126,10 +125,8 @@ pub struct GroupOutcome {
     pub end_to_end_service: Latency,
     /// Failures by kind.
     pub errors: ErrorCounts,
-    /// First deliveries of steady-phase messages.
+    /// First deliveries that arrived during the steady phase.
     pub steady_delivered: u64,
-    /// When the last of those arrived.
-    pub last_delivery: Option<Instant>,
 }
 
 /// Everything one broker's run produced, before it is turned into results.
@@ -142,8 +139,6 @@ pub struct Measurement {
     pub settings: std::collections::BTreeMap<String, serde_json::Value>,
     /// Largest payload sent, bytes.
     pub message_bytes: usize,
-    /// When the steady phase began.
-    pub steady_start: Instant,
     /// How long the steady phase lasted (shorter if cancelled).
     pub steady_elapsed: Duration,
     /// Whether the drain ended by timeout with messages outstanding.
@@ -174,6 +169,11 @@ impl RunContext {
 
     fn steady_ns(&self) -> u64 {
         self.ns(self.steady_start)
+    }
+
+    /// Whether `at` falls in the steady (measured) window.
+    fn in_steady(&self, at: Instant) -> bool {
+        at >= self.steady_start && at < self.end
     }
 }
 
@@ -351,7 +351,6 @@ pub async fn measure(
         )
         .payload
         .len(),
-        steady_start: context.steady_start,
         steady_elapsed,
         drain_timed_out,
         drain_elapsed,
@@ -391,9 +390,8 @@ async fn produce(
                     if cx.ns(due) >= steady_ns {
                         out.publish.record(now - due);
                         out.publish_service.record(now - sent);
-                        out.steady_confirmed += 1;
-                        out.last_confirm = Some(now);
                     }
+                    out.steady_confirmed += u64::from(cx.in_steady(now));
                 }
                 // No answer, or the connection went: the broker may still have it.
                 Err(kind @ (ErrorKind::Timeout | ErrorKind::Connection)) => {
@@ -441,9 +439,7 @@ async fn produce(
             intended_ns: cx.ns(due),
             sent_ns: cx.ns(sent),
         };
-        if cx.ns(due) >= steady_ns {
-            out.steady_sent += 1;
-        }
+        out.steady_sent += u64::from(cx.in_steady(sent));
         match producer
             .send(event::encode(&envelope, cx.message_size))
             .await
@@ -520,9 +516,8 @@ async fn consume(
                     ));
                     out.end_to_end_service
                         .record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
-                    out.steady_delivered += 1;
-                    out.last_delivery = Some(now);
                 }
+                out.steady_delivered += u64::from(first && cx.in_steady(now));
                 progress.delivered[index].store(out.log.unique(), Ordering::Relaxed);
             }
             None => out.log.record_foreign(),
