@@ -3,7 +3,7 @@
 mod util;
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -33,14 +33,28 @@ fn scenario(dir: &Path, text: &str) -> std::path::PathBuf {
     path
 }
 
-fn run(args: &[&str], dir: &Path) -> Output {
-    util::brokerbench()
+/// `brokerbench run ARGS --out DIR/results`.
+fn run_command(args: &[&str], dir: &Path) -> Command {
+    let mut command = util::brokerbench();
+    command
         .arg("run")
         .args(args)
         .arg("--out")
-        .arg(dir.join("results"))
-        .output()
-        .unwrap()
+        .arg(dir.join("results"));
+    command
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    run_command(args, dir).output().unwrap()
+}
+
+/// The results file whose path the run printed (`results: PATH`).
+fn saved_results(output: &str) -> Value {
+    let path = output
+        .lines()
+        .find_map(|l| l.strip_prefix("results: "))
+        .expect("results path printed");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn validate(results: &Value) {
@@ -73,12 +87,7 @@ fn every_broker_accounts_for_every_message_and_matches_the_schema() {
     assert_eq!(results["complete"], true);
 
     // The file the run names holds the same results.
-    let line = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("results: "))
-        .expect("results path printed");
-    let saved: Value = serde_json::from_str(&std::fs::read_to_string(line).unwrap()).unwrap();
-    assert_eq!(saved, results);
+    assert_eq!(saved_results(&stderr), results);
 
     let brokers = results["brokers"].as_array().unwrap();
     let names: Vec<&str> = brokers
@@ -191,18 +200,13 @@ fn a_broker_that_cannot_run_keeps_the_results_already_measured() {
     let path_var = format!("{}:{}:/usr/bin:/bin", sbin.display(), only_nats.display());
 
     let path = scenario(dir.path(), &SHORT.replace("\"3s\"", "\"1s\""));
-    let out = util::brokerbench()
-        .args([
-            "run",
-            path.to_str().unwrap(),
-            "--brokers",
-            "jetstream,rabbitmq",
-            "--out",
-        ])
-        .arg(dir.path().join("results"))
-        .env("PATH", path_var)
-        .output()
-        .unwrap();
+    let out = run_command(
+        &[path.to_str().unwrap(), "--brokers", "jetstream,rabbitmq"],
+        dir.path(),
+    )
+    .env("PATH", path_var)
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
@@ -214,11 +218,7 @@ fn a_broker_that_cannot_run_keeps_the_results_already_measured() {
         stderr.contains("disk on fire"),
         "the broker's own words are shown: {stderr}"
     );
-    let saved = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("results: "))
-        .expect("results path printed");
-    let results: Value = serde_json::from_str(&std::fs::read_to_string(saved).unwrap()).unwrap();
+    let results = saved_results(&stdout);
     validate(&results);
     assert_eq!(results["complete"], false);
     assert!(results["incomplete_reason"]
@@ -234,19 +234,14 @@ fn a_broker_that_cannot_run_keeps_the_results_already_measured() {
 fn ctrl_c_drains_writes_incomplete_results_and_leaves_nothing_running() {
     let dir = tempfile::tempdir().unwrap();
     let path = scenario(dir.path(), &SHORT.replace("\"3s\"", "\"60s\""));
-    let child = util::brokerbench()
-        .args([
-            "run",
-            path.to_str().unwrap(),
-            "--brokers",
-            "jetstream,kafka",
-            "--out",
-        ])
-        .arg(dir.path().join("results"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = run_command(
+        &[path.to_str().unwrap(), "--brokers", "jetstream,kafka"],
+        dir.path(),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let pid = child.id();
     // Wait until the broker is running and load is flowing.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -268,11 +263,7 @@ fn ctrl_c_drains_writes_incomplete_results_and_leaves_nothing_running() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    let saved = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("results: "))
-        .expect("results path printed");
-    let results: Value = serde_json::from_str(&std::fs::read_to_string(saved).unwrap()).unwrap();
+    let results = saved_results(&stdout);
     validate(&results);
     assert_eq!(results["complete"], false);
     assert_eq!(results["incomplete_reason"], "interrupted (Ctrl-C)");

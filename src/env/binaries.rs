@@ -59,24 +59,18 @@ pub async fn locate(kind: BrokerKind) -> Result<Binary> {
     let found = which::which(name).map_err(|_| not_on_path(name))?;
     match kind {
         BrokerKind::Rabbitmq => locate_rabbitmq(&found),
-        BrokerKind::Jetstream => {
+        BrokerKind::Jetstream | BrokerKind::Kafka => {
             let out = version_output(&found, "--version").await?;
             let version = last_version_token(&out)
                 .with_context(|| format!("unexpected `{name} --version` output: {out:?}"))?;
+            let implementation = match kind {
+                BrokerKind::Jetstream => format!("nats-server {version}"),
+                _ => format!("tansu {version} (Kafka protocol)"),
+            };
             Ok(Binary {
                 kind,
                 path: found,
-                implementation: format!("nats-server {version}"),
-            })
-        }
-        BrokerKind::Kafka => {
-            let out = version_output(&found, "--version").await?;
-            let version = last_version_token(&out)
-                .with_context(|| format!("unexpected `{name} --version` output: {out:?}"))?;
-            Ok(Binary {
-                kind,
-                path: found,
-                implementation: format!("tansu {version} (Kafka protocol)"),
+                implementation,
             })
         }
     }
