@@ -25,6 +25,26 @@ pub(super) struct ScenarioFile {
     jetstream: JetstreamFile,
     #[serde(default)]
     kafka: KafkaFile,
+    #[serde(default)]
+    faults: Vec<FaultFile>,
+    #[serde(default)]
+    recovery: RecoveryFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultFile {
+    at: Spanned<String>,
+    action: Spanned<FaultAction>,
+    duration: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoveryFile {
+    on_unconfirmed: Option<Unconfirmed>,
+    backoff_max: Option<Spanned<String>>,
+    give_up: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +187,20 @@ impl ScenarioFile {
                 concurrency: positive(&c.concurrency, 16, 100_000)? as usize,
             });
         }
+        let faults = faults(&self.faults, load.duration)?;
+        let recovery = Recovery {
+            on_unconfirmed: self.recovery.on_unconfirmed.unwrap_or(Unconfirmed::Retry),
+            backoff_max: optional_duration(&self.recovery.backoff_max, Duration::from_secs(8))?,
+            give_up: optional_duration(&self.recovery.give_up, Duration::from_secs(60))?,
+        };
+        if recovery.backoff_max < Duration::from_secs(1) {
+            let span = self.recovery.backoff_max.as_ref().map(|s| s.span());
+            return Err(RawError::field(
+                "recovery.backoff_max",
+                span,
+                "must be at least 1s (the first wait)",
+            ));
+        }
         Ok(Plan {
             name,
             description: self.description,
@@ -192,8 +226,53 @@ impl ScenarioFile {
                     Duration::from_millis(10),
                 )?,
             },
+            faults,
+            recovery,
         })
     }
+}
+
+/// The fault timeline: in order, within the load, not overlapping.
+fn faults(written: &[FaultFile], load: Duration) -> Result<Vec<Fault>, RawError> {
+    let mut faults: Vec<Fault> = Vec::new();
+    for f in written {
+        let at = duration(&f.at)?;
+        if at >= load {
+            let end = humantime::format_duration(load);
+            return Err(RawError::at(
+                f.at.span(),
+                format!("is at or after the end of the load ({end}); faults happen during the measured phase"),
+            ));
+        }
+        let action = *f.action.get_ref();
+        let length = match (&f.duration, action) {
+            (Some(d), FaultAction::Restart) => {
+                return Err(RawError::at(
+                    d.span(),
+                    "a restart has no duration (it takes as long as it takes)",
+                ))
+            }
+            (None, FaultAction::Pause) => {
+                return Err(RawError::at(f.action.span(), "a pause needs a `duration`"))
+            }
+            (Some(d), _) => duration(d)?,
+            (None, _) => Duration::ZERO,
+        };
+        if let Some(previous) = faults.last() {
+            if at < previous.at + previous.duration {
+                return Err(RawError::at(
+                    f.at.span(),
+                    "starts before the previous fault is over (or is out of order)",
+                ));
+            }
+        }
+        faults.push(Fault {
+            at,
+            action,
+            duration: length,
+        });
+    }
+    Ok(faults)
 }
 
 fn duration(value: &Spanned<String>) -> Result<Duration, RawError> {

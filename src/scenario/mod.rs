@@ -42,6 +42,59 @@ pub struct Plan {
     pub jetstream: JetstreamSettings,
     /// Kafka settings.
     pub kafka: KafkaSettings,
+    /// Faults injected during the steady phase, in time order.
+    pub faults: Vec<Fault>,
+    /// How clients recover from faults.
+    pub recovery: Recovery,
+}
+
+/// What a fault does to the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultAction {
+    /// A crash: SIGKILL (local), `docker compose kill -s KILL`, then a start
+    /// after `duration` on the same port and data.
+    Kill,
+    /// A graceful stop and start (SIGTERM, `docker compose restart`).
+    Restart,
+    /// The broker freezes for `duration` (SIGSTOP/SIGCONT, `docker compose pause`).
+    Pause,
+}
+
+/// One fault on the timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct Fault {
+    /// When, from the start of the steady (measured) phase.
+    #[serde(with = "human_duration")]
+    pub at: Duration,
+    /// What happens.
+    pub action: FaultAction,
+    /// Kill: time down before the start. Pause: time frozen. Restart: unused.
+    #[serde(with = "human_duration")]
+    pub duration: Duration,
+}
+
+/// What a producer does with a message the broker did not confirm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unconfirmed {
+    /// Send it again until confirmed (at-least-once; may duplicate).
+    Retry,
+    /// Give up on it: counted as failed (it may still arrive: "recovered").
+    Drop,
+}
+
+/// How clients recover from broker faults.
+#[derive(Clone, Debug, Serialize)]
+pub struct Recovery {
+    /// What producers do with unconfirmed messages.
+    pub on_unconfirmed: Unconfirmed,
+    /// Longest wait between reconnection attempts (1 s, 2 s, 4 s, ... up to this).
+    #[serde(with = "human_duration")]
+    pub backoff_max: Duration,
+    /// Stop reconnecting after this long without success.
+    #[serde(with = "human_duration")]
+    pub give_up: Duration,
 }
 
 /// The offered load.

@@ -206,3 +206,92 @@ fn overrides_replace_the_file_values() {
     let err = Plan::parse(Path::new("t.toml"), ORDERS, &bad).unwrap_err();
     assert!(err.to_string().starts_with("--rate:"), "{err}");
 }
+
+const FAULTS: &str = r#"
+name = "faults"
+[load]
+rate = 500
+duration = "20s"
+[[consumers]]
+group = "g"
+[recovery]
+on_unconfirmed = "drop"
+[[faults]]
+at = "5s"
+action = "kill"
+duration = "3s"
+[[faults]]
+at = "12s"
+action = "pause"
+duration = "2s"
+[[faults]]
+at = "16s"
+action = "restart"
+"#;
+
+#[test]
+fn faults_form_a_timeline() {
+    let plan = parse(FAULTS).unwrap();
+    let timeline: Vec<_> = plan
+        .faults
+        .iter()
+        .map(|f| (f.at.as_secs(), f.action, f.duration.as_secs()))
+        .collect();
+    assert_eq!(
+        timeline,
+        [
+            (5, FaultAction::Kill, 3),
+            (12, FaultAction::Pause, 2),
+            (16, FaultAction::Restart, 0)
+        ]
+    );
+    assert_eq!(plan.recovery.on_unconfirmed, Unconfirmed::Drop);
+    assert_eq!(plan.recovery.backoff_max, Duration::from_secs(8));
+    let plain = parse(ORDERS).unwrap();
+    assert!(plain.faults.is_empty());
+    assert_eq!(plain.recovery.on_unconfirmed, Unconfirmed::Retry);
+}
+
+#[test]
+fn bad_faults_are_named() {
+    let shown = error(
+        &FAULTS.replace("at = \"16s\"", "at = \"25s\""),
+        "faults[2].at",
+        19,
+    );
+    assert!(shown.contains("after the end of the load"), "{shown}");
+    let shown = error(
+        &FAULTS.replace("at = \"12s\"", "at = \"6s\""),
+        "faults[1].at",
+        15,
+    );
+    assert!(
+        shown.contains("before the previous fault is over"),
+        "{shown}"
+    );
+    let shown = error(
+        &FAULTS.replace("action = \"kill\"", "action = \"unplug\""),
+        "faults[0].action",
+        12,
+    );
+    assert!(shown.contains("kill") && shown.contains("pause"), "{shown}");
+    let shown = error(
+        &FAULTS.replace(
+            "action = \"restart\"",
+            "action = \"restart\"\nduration = \"1s\"",
+        ),
+        "faults[2].duration",
+        21,
+    );
+    assert!(shown.contains("no duration"), "{shown}");
+    let no_pause_length = FAULTS.replace(
+        "action = \"pause\"\nduration = \"2s\"",
+        "action = \"pause\"",
+    );
+    error(&no_pause_length, "faults[1].action", 16);
+    error(
+        &FAULTS.replace("on_unconfirmed = \"drop\"", "on_unconfirmed = \"maybe\""),
+        "recovery.on_unconfirmed",
+        9,
+    );
+}
