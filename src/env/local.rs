@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::binaries::Binary;
-use super::{probe, BrokerKind, Endpoint};
+use super::{probe, BrokerKind, Endpoint, FaultTarget};
 
 const HOST: &str = "127.0.0.1";
 
@@ -427,6 +427,29 @@ impl Drop for LocalBroker {
             signal_group(&child, Signal::SIGKILL);
             // tokio reaps the exited child in the background.
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl FaultTarget for LocalBroker {
+    async fn kill(&mut self) -> Result<()> {
+        LocalBroker::kill(self).await
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        self.launch().await.map(drop)
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        LocalBroker::restart(self).await.map(drop)
+    }
+
+    async fn pause(&mut self) -> Result<()> {
+        LocalBroker::pause(self)
+    }
+
+    async fn resume(&mut self) -> Result<()> {
+        LocalBroker::resume(self)
     }
 }
 

@@ -9,12 +9,14 @@
 //! when it is ready and to push a message through it.
 
 pub mod binaries;
+pub mod compose;
 pub mod local;
 pub mod probe;
 
 use std::fmt;
 use std::str::FromStr;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 /// The three brokers brokerbench compares.
@@ -66,6 +68,22 @@ impl FromStr for BrokerKind {
             )),
         }
     }
+}
+
+/// What a fault timeline does to one broker, wherever it lives.
+#[async_trait]
+pub trait FaultTarget: Send {
+    /// Crash it: no chance to flush or close connections.
+    async fn kill(&mut self) -> anyhow::Result<()>;
+    /// Start it again after a kill, on the same address and data; returns
+    /// once it accepts clients (local) or its start command finished (compose).
+    async fn start(&mut self) -> anyhow::Result<()>;
+    /// Graceful stop, then start.
+    async fn restart(&mut self) -> anyhow::Result<()>;
+    /// Freeze it: connections stay open, nothing answers.
+    async fn pause(&mut self) -> anyhow::Result<()>;
+    /// Unfreeze it.
+    async fn resume(&mut self) -> anyhow::Result<()>;
 }
 
 /// Where a running broker can be reached, with the address each client wants.
