@@ -17,7 +17,7 @@ use super::{
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
-use crate::scenario::{ConsumerGroup, JetstreamSettings, Plan, Storage, EVENT_TYPE};
+use crate::scenario::{ConsumerGroup, JetstreamSettings, Plan, Recovery, Storage, EVENT_TYPE};
 
 /// The stream every event goes to.
 pub const STREAM: &str = "BROKERBENCH_ORDERS";
@@ -30,6 +30,7 @@ pub struct JetStream {
     client: async_nats::Client,
     context: jetstream::Context,
     settings: JetstreamSettings,
+    recovery: Recovery,
 }
 
 impl JetStream {
@@ -39,6 +40,11 @@ impl JetStream {
             &format!("connecting to NATS at {}", endpoint.url()),
             async_nats::ConnectOptions::new()
                 .name("brokerbench")
+                .max_reconnects(None)
+                .reconnect_delay_callback({
+                    let max = plan.recovery.backoff_max;
+                    move |attempts| super::backoff(attempts.saturating_sub(1) as u32, max)
+                })
                 .connection_timeout(super::CALL_TIMEOUT)
                 .request_timeout(Some(super::CALL_TIMEOUT))
                 .connect(endpoint.url()),
@@ -49,6 +55,7 @@ impl JetStream {
             client,
             context,
             settings: plan.jetstream.clone(),
+            recovery: plan.recovery.clone(),
         })
     }
 
@@ -105,7 +112,11 @@ impl Driver for JetStream {
         // stream stopped pulling until its 30 s expiry: the drain timeout then
         // marks the run incomplete rather than hiding it.
         let messages = timed("starting to pull", consumer.messages()).await?;
-        Ok(Box::new(JetStreamConsumer { messages }))
+        Ok(Box::new(JetStreamConsumer {
+            consumer,
+            messages: Some(messages),
+            recovery: self.recovery.clone(),
+        }))
     }
 
     fn settings(&self) -> BTreeMap<String, serde_json::Value> {
@@ -126,6 +137,10 @@ impl Driver for JetStream {
                 json!(humantime::format_duration(ACK_WAIT).to_string()),
             ),
             ("dedup_header".into(), json!("Nats-Msg-Id = order_id")),
+            (
+                "reconnect".into(),
+                json!(super::backoff_description(&self.recovery)),
+            ),
             (
                 "fsync".into(),
                 json!("server default (sync_interval 2 min)"),
@@ -174,15 +189,50 @@ impl Producer for JetStreamProducer {
 }
 
 struct JetStreamConsumer {
-    messages: pull::Stream,
+    consumer: jetstream::consumer::PullConsumer,
+    /// The pull stream; `None` after it ended or failed, until pulled again.
+    messages: Option<pull::Stream>,
+    recovery: Recovery,
+}
+
+impl JetStreamConsumer {
+    /// Pulls again after the stream ended or failed (for example while the
+    /// server restarted), with the reconnection backoff, until `give_up`.
+    async fn resubscribe(&mut self) -> Result<(), ErrorKind> {
+        let started = std::time::Instant::now();
+        for attempt in 0.. {
+            match tokio::time::timeout(super::CALL_TIMEOUT, self.consumer.messages()).await {
+                Ok(Ok(messages)) => {
+                    self.messages = Some(messages);
+                    return Ok(());
+                }
+                _ if started.elapsed() >= self.recovery.give_up => break,
+                _ => tokio::time::sleep(super::backoff(attempt, self.recovery.backoff_max)).await,
+            }
+        }
+        Err(ErrorKind::Receive)
+    }
 }
 
 #[async_trait]
 impl Consumer for JetStreamConsumer {
     async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
-        let message = match self.messages.next().await? {
-            Ok(message) => message,
-            Err(_) => return Some(Err(ErrorKind::Receive)),
+        let message = loop {
+            let Some(messages) = self.messages.as_mut() else {
+                if let Err(kind) = self.resubscribe().await {
+                    return Some(Err(kind));
+                }
+                continue;
+            };
+            match messages.next().await {
+                Some(Ok(message)) => break message,
+                // Counted, then pulled again on the next call.
+                Some(Err(_)) => {
+                    self.messages = None;
+                    return Some(Err(ErrorKind::Receive));
+                }
+                None => self.messages = None,
+            }
         };
         let redelivered = message
             .info()

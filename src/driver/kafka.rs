@@ -24,13 +24,14 @@ use super::{
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
-use crate::scenario::{Acks, ConsumerGroup, KafkaSettings, Plan, EVENT_TYPE};
+use crate::scenario::{Acks, ConsumerGroup, KafkaSettings, Plan, Recovery, EVENT_TYPE};
 
 /// One producer client shared by every producer task.
 pub struct Kafka {
     bootstrap: String,
     producer: FutureProducer,
     settings: KafkaSettings,
+    recovery: Recovery,
     run_id: u64,
 }
 
@@ -39,6 +40,8 @@ fn base_config(bootstrap: &str) -> ClientConfig {
     config
         .set("bootstrap.servers", bootstrap)
         .set("client.id", "brokerbench")
+        // librdkafka's own exponential reconnect backoff, with jitter.
+        .set("reconnect.backoff.ms", "1000")
         .set("socket.timeout.ms", "10000")
         .set("log_level", "3");
     config
@@ -61,9 +64,18 @@ impl Kafka {
             .set("request.timeout.ms", "10000")
             .set(
                 "message.timeout.ms",
-                CONFIRM_TIMEOUT.as_millis().to_string(),
+                // librdkafka retries inside the producer until this runs out.
+                plan.recovery
+                    .give_up
+                    .max(CONFIRM_TIMEOUT)
+                    .as_millis()
+                    .to_string(),
             )
-            .set("queue.buffering.max.messages", "1000000");
+            .set("queue.buffering.max.messages", "1000000")
+            .set(
+                "reconnect.backoff.max.ms",
+                plan.recovery.backoff_max.as_millis().to_string(),
+            );
         let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
         let client = producer.clone();
         tokio::task::spawn_blocking(move || {
@@ -75,6 +87,7 @@ impl Kafka {
             bootstrap,
             producer,
             settings,
+            recovery: plan.recovery.clone(),
             run_id,
         })
     }
@@ -136,6 +149,10 @@ impl Driver for Kafka {
                 self.settings.fetch_wait_max.as_millis().to_string(),
             )
             .set("session.timeout.ms", "10000")
+            .set(
+                "reconnect.backoff.max.ms",
+                self.recovery.backoff_max.as_millis().to_string(),
+            )
             .create()
             .context("creating the Kafka consumer")?;
         consumer.subscribe(&[EVENT_TYPE]).context("subscribing")?;
@@ -174,6 +191,10 @@ impl Driver for Kafka {
             (
                 "consumer_commit".into(),
                 json!("offsets of processed messages, every 1 s"),
+            ),
+            (
+                "reconnect".into(),
+                json!(super::backoff_description(&self.recovery)),
             ),
         ])
     }

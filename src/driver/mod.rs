@@ -119,6 +119,23 @@ pub async fn connect(plan: &Plan, endpoint: &Endpoint, run_id: u64) -> Result<Bo
     })
 }
 
+/// The wait before reconnection attempt `attempt` (0-based): 1 s, 2 s, 4 s,
+/// ... up to `max`, each shortened by up to 20% at random so that clients
+/// cut off together do not come back together.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let doubled = Duration::from_secs(1).saturating_mul(1 << attempt.min(20));
+    doubled.min(max).mul_f64(1.0 - 0.2 * rand::random::<f64>())
+}
+
+/// The backoff policy in words, for the results.
+pub fn backoff_description(recovery: &crate::scenario::Recovery) -> String {
+    format!(
+        "reconnect after 1 s, doubling to {}, 20% jitter; give up after {}",
+        humantime::format_duration(recovery.backoff_max),
+        humantime::format_duration(recovery.give_up)
+    )
+}
+
 /// Runs `fut` with [`CALL_TIMEOUT`], naming `what` when it fails.
 pub(crate) async fn timed<T, E: Into<anyhow::Error>>(
     what: &str,
@@ -128,6 +145,30 @@ pub(crate) async fn timed<T, E: Into<anyhow::Error>>(
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(result) => result.map_err(Into::into).with_context(|| what.to_string()),
         Err(_) => anyhow::bail!("{what}: no answer within {CALL_TIMEOUT:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_the_cap_with_jitter() {
+        let max = Duration::from_secs(8);
+        for (attempt, full) in [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 8.0), (40, 8.0)] {
+            for _ in 0..50 {
+                let wait = backoff(attempt, max).as_secs_f64();
+                assert!(
+                    wait <= full && wait >= full * 0.8,
+                    "attempt {attempt}: {wait}"
+                );
+            }
+        }
+        let waits: Vec<Duration> = (0..20).map(|_| backoff(2, max)).collect();
+        assert!(
+            waits.iter().any(|w| *w != waits[0]),
+            "jitter varies the wait"
+        );
     }
 }
 

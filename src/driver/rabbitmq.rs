@@ -3,6 +3,7 @@
 //! flight, manual acks after processing, and a prefetch limit.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use super::{
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
-use crate::scenario::{ConsumerGroup, Plan, QueueType, RabbitmqSettings, EVENT_TYPE};
+use crate::scenario::{ConsumerGroup, Plan, QueueType, RabbitmqSettings, Recovery, EVENT_TYPE};
 
 const EXCHANGE: &str = "brokerbench.events";
 
@@ -34,13 +35,27 @@ pub fn queue_name(group: &str) -> String {
 pub struct RabbitMq {
     connection: Connection,
     settings: RabbitmqSettings,
+    recovery: Recovery,
     groups: Vec<String>,
 }
 
 impl RabbitMq {
     /// Connects with one AMQP connection for the whole run.
     pub async fn connect(plan: &Plan, endpoint: &Endpoint) -> Result<Self> {
-        let properties = ConnectionProperties::default().with_connection_name("brokerbench".into());
+        // lapin's own recovery: reconnect with our backoff, then replay the
+        // channels, confirms, QoS, queues, bindings and consumers.
+        let recovery = plan.recovery.clone();
+        let backoff = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_secs(1))
+            .with_factor(2.0)
+            .with_max_delay(recovery.backoff_max)
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(recovery.give_up));
+        let properties = ConnectionProperties::default()
+            .with_connection_name("brokerbench".into())
+            .enable_auto_recover()
+            .with_backoff(backoff);
         let connection = timed(
             &format!("connecting to RabbitMQ at {}", endpoint.url()),
             Connection::connect(&endpoint.url(), properties),
@@ -49,6 +64,7 @@ impl RabbitMq {
         Ok(RabbitMq {
             connection,
             settings: plan.rabbitmq.clone(),
+            recovery,
             groups: plan.consumers.iter().map(|c| c.group.clone()).collect(),
         })
     }
@@ -133,6 +149,7 @@ impl Driver for RabbitMq {
         Ok(Box::new(RabbitProducer {
             channel,
             persistent: self.settings.persistent,
+            give_up: self.recovery.give_up,
         }))
     }
 
@@ -153,7 +170,11 @@ impl Driver for RabbitMq {
             ),
         )
         .await?;
-        Ok(Box::new(RabbitConsumer { channel, consumer }))
+        Ok(Box::new(RabbitConsumer {
+            channel,
+            consumer,
+            give_up: self.recovery.give_up,
+        }))
     }
 
     fn settings(&self) -> BTreeMap<String, serde_json::Value> {
@@ -166,6 +187,10 @@ impl Driver for RabbitMq {
             ("consumer_ack".into(), json!("manual, after processing")),
             ("prefetch".into(), json!(s.prefetch)),
             ("replicas".into(), json!(1)),
+            (
+                "reconnect".into(),
+                json!(super::backoff_description(&self.recovery)),
+            ),
         ])
     }
 
@@ -181,6 +206,7 @@ impl Driver for RabbitMq {
 struct RabbitProducer {
     channel: Channel,
     persistent: bool,
+    give_up: Duration,
 }
 
 #[async_trait]
@@ -197,17 +223,29 @@ impl Producer for RabbitProducer {
             .with_message_id(message.order_id.as_str().into())
             .with_delivery_mode(if self.persistent { 2 } else { 1 })
             .with_headers(headers);
-        let publish = self.channel.basic_publish(
-            EXCHANGE.into(),
-            EVENT_TYPE.into(),
-            BasicPublishOptions::default(),
-            &message.payload,
-            properties,
-        );
-        let confirm = match tokio::time::timeout(super::CALL_TIMEOUT, publish).await {
-            Ok(Ok(confirm)) => confirm,
-            Ok(Err(_)) => return Err(ErrorKind::Connection),
-            Err(_) => return Err(ErrorKind::Timeout),
+        // While the connection is down, wait for lapin's recovery (bounded by
+        // `give_up`), then publish once more on the recovered channel.
+        let mut recovered = false;
+        let confirm = loop {
+            let publish = self.channel.basic_publish(
+                EXCHANGE.into(),
+                EVENT_TYPE.into(),
+                BasicPublishOptions::default(),
+                &message.payload,
+                properties.clone(),
+            );
+            match tokio::time::timeout(super::CALL_TIMEOUT, publish).await {
+                Ok(Ok(confirm)) => break confirm,
+                Ok(Err(err)) if !recovered => {
+                    let recovery = self.channel.wait_for_recovery(err);
+                    match tokio::time::timeout(self.give_up, recovery).await {
+                        Ok(Ok(())) => recovered = true,
+                        _ => return Err(ErrorKind::Connection),
+                    }
+                }
+                Ok(Err(_)) => return Err(ErrorKind::Connection),
+                Err(_) => return Err(ErrorKind::Timeout),
+            }
         };
         Ok(Box::pin(confirm_within(async move {
             match confirm.await {
@@ -222,14 +260,26 @@ impl Producer for RabbitProducer {
 struct RabbitConsumer {
     channel: Channel,
     consumer: lapin::Consumer,
+    give_up: Duration,
 }
 
 #[async_trait]
 impl Consumer for RabbitConsumer {
     async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
-        let delivery = match self.consumer.next().await? {
-            Ok(delivery) => delivery,
-            Err(_) => return Some(Err(ErrorKind::Receive)),
+        let delivery = loop {
+            match self.consumer.next().await? {
+                Ok(delivery) => break delivery,
+                // lapin replays the consumer after recovering the connection.
+                Err(err) => {
+                    let recovery = self.channel.wait_for_recovery(err);
+                    if !matches!(
+                        tokio::time::timeout(self.give_up, recovery).await,
+                        Ok(Ok(()))
+                    ) {
+                        return Some(Err(ErrorKind::Receive));
+                    }
+                }
+            }
         };
         let acker = delivery.acker;
         let ack: Acker = Box::new(move || {
