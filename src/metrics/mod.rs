@@ -151,3 +151,79 @@ mod tests {
         assert_eq!(l.count(), 2);
     }
 }
+
+/// Events counted in 10 ms buckets from the start of the load: enough to
+/// tell when a fault's effect ended, and to chart a run per second.
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    buckets: Vec<u32>,
+}
+
+impl Timeline {
+    /// Bucket width.
+    pub const BUCKET: Duration = Duration::from_millis(10);
+
+    /// Counts one event `since` the start of the load.
+    pub fn record(&mut self, since: Duration) {
+        let i = (since.as_millis() / Self::BUCKET.as_millis()) as usize;
+        if self.buckets.len() <= i {
+            self.buckets.resize(i + 1, 0);
+        }
+        self.buckets[i] = self.buckets[i].saturating_add(1);
+    }
+
+    /// Adds every event of `other`.
+    pub fn merge(&mut self, other: &Timeline) {
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine = mine.saturating_add(*theirs);
+        }
+    }
+
+    /// The start of the first bucket at or after `since` that has an event.
+    pub fn first_at_or_after(&self, since: Duration) -> Option<Duration> {
+        let from = (since.as_millis() / Self::BUCKET.as_millis()) as usize;
+        let i = (from..self.buckets.len()).find(|&i| self.buckets[i] > 0)?;
+        Some(Self::BUCKET * i as u32)
+    }
+
+    /// Events per second, second by second, over `seconds` seconds.
+    pub fn per_second(&self, seconds: usize) -> Vec<u64> {
+        let per = (1000 / Self::BUCKET.as_millis()) as usize;
+        (0..seconds)
+            .map(|s| {
+                self.buckets
+                    .iter()
+                    .skip(s * per)
+                    .take(per)
+                    .map(|&n| u64::from(n))
+                    .sum()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod timeline_tests {
+    use super::*;
+
+    #[test]
+    fn events_land_in_their_second_and_the_gap_is_found() {
+        let mut t = Timeline::default();
+        for ms in [0, 5, 990, 1_000, 3_500] {
+            t.record(Duration::from_millis(ms));
+        }
+        assert_eq!(t.per_second(5), [3, 1, 0, 1, 0]);
+        assert_eq!(
+            t.first_at_or_after(Duration::from_millis(1_010)),
+            Some(Duration::from_millis(3_500))
+        );
+        assert_eq!(t.first_at_or_after(Duration::from_secs(4)), None);
+        let mut u = Timeline::default();
+        u.record(Duration::from_millis(2_000));
+        u.merge(&t);
+        assert_eq!(u.per_second(4), [3, 1, 1, 1]);
+    }
+}

@@ -155,12 +155,27 @@ pub struct GroupAccount {
     pub out_of_order: u64,
 }
 
+/// Sequence numbers `from..to` of each producer (indexed like the producers).
+pub type Window = [(u64, u64)];
+
+/// Every message of every producer.
+pub fn everything(producers: &[ProducerLog]) -> Vec<(u64, u64)> {
+    producers.iter().map(|p| (0, p.attempted())).collect()
+}
+
 /// Publish outcomes of all producers.
 pub fn publish_account(producers: &[ProducerLog]) -> PublishAccount {
+    publish_account_in(producers, &everything(producers))
+}
+
+/// Publish outcomes of the messages in `window`.
+pub fn publish_account_in(producers: &[ProducerLog], window: &Window) -> PublishAccount {
     let mut account = PublishAccount::default();
-    for log in producers {
-        account.attempted += log.attempted();
-        for &s in &log.status {
+    for (log, &(from, to)) in producers.iter().zip(window) {
+        let to = to.min(log.attempted()) as usize;
+        let from = (from as usize).min(to);
+        account.attempted += (to - from) as u64;
+        for &s in &log.status[from..to] {
             match s {
                 s if s == PublishStatus::Confirmed as u8 => account.confirmed += 1,
                 s if s == PublishStatus::Failed as u8 => account.failed += 1,
@@ -173,17 +188,35 @@ pub fn publish_account(producers: &[ProducerLog]) -> PublishAccount {
 
 /// The account of `group` against what `producers` sent.
 pub fn group_account(producers: &[ProducerLog], group: &GroupLog) -> GroupAccount {
-    let mut account = GroupAccount {
-        delivered: group.delivered,
-        redelivered: group.redelivered,
-        unexpected: group.foreign,
-        out_of_order: group.out_of_order,
-        ..GroupAccount::default()
-    };
+    let mut account = group_account_in(producers, group, &everything(producers));
+    account.delivered = group.delivered;
+    account.redelivered = group.redelivered;
+    account.out_of_order = group.out_of_order;
+    // Not ours, or sequence numbers (or producers) that were never attempted.
+    account.unexpected = group.foreign;
+    for (p, counts) in group.counts.iter().enumerate() {
+        let attempted = producers.get(p).map_or(0, ProducerLog::attempted) as usize;
+        account.unexpected += counts
+            .iter()
+            .skip(attempted)
+            .map(|&n| u64::from(n))
+            .sum::<u64>();
+    }
+    account
+}
+
+/// Unique, duplicates, lost and recovered among the messages in `window`
+/// (the fields about the group's whole history stay 0).
+pub fn group_account_in(
+    producers: &[ProducerLog],
+    group: &GroupLog,
+    window: &Window,
+) -> GroupAccount {
+    let mut account = GroupAccount::default();
     let empty = Vec::new();
-    for (p, log) in producers.iter().enumerate() {
+    for (p, (log, &(from, to))) in producers.iter().zip(window).enumerate() {
         let counts = group.counts.get(p).unwrap_or(&empty);
-        for seq in 0..log.attempted() {
+        for seq in from..to.min(log.attempted()) {
             let count = counts.get(seq as usize).copied().unwrap_or(0);
             let confirmed = log.status(seq) == Some(PublishStatus::Confirmed as u8);
             match (confirmed, count) {
@@ -196,15 +229,6 @@ pub fn group_account(producers: &[ProducerLog], group: &GroupLog) -> GroupAccoun
                 }
             }
         }
-    }
-    // Deliveries of sequence numbers (or producers) that were never attempted.
-    for (p, counts) in group.counts.iter().enumerate() {
-        let attempted = producers.get(p).map_or(0, ProducerLog::attempted) as usize;
-        account.unexpected += counts
-            .iter()
-            .skip(attempted)
-            .map(|&n| u64::from(n))
-            .sum::<u64>();
     }
     account
 }
@@ -305,6 +329,39 @@ mod tests {
                 unexpected: 3,
                 out_of_order: 0,
             }
+        );
+    }
+
+    #[test]
+    fn a_window_counts_only_its_own_messages() {
+        let producers = producers();
+        let mut group = GroupLog::default();
+        group.record(&env(0, 0, 1), false);
+        group.record(&env(0, 3, 2), false);
+        group.record(&env(1, 1, 1), false);
+        group.record(&env(1, 1, 1), true);
+        // p0 seq 1..4 and p1 seq 1..3.
+        let window = [(1, 4), (1, 3)];
+        let publish = publish_account_in(&producers, &window);
+        assert_eq!(
+            publish,
+            PublishAccount {
+                attempted: 5,
+                confirmed: 3,
+                failed: 1,
+                unknown: 1
+            }
+        );
+        let account = group_account_in(&producers, &group, &window);
+        // p0 seq 1 lost, p0 seq 3 recovered, p1 seq 1 twice, p1 seq 2 lost.
+        assert_eq!(
+            (
+                account.unique,
+                account.lost,
+                account.recovered,
+                account.duplicates
+            ),
+            (2, 2, 1, 1)
         );
     }
 
