@@ -11,11 +11,15 @@ fn main() -> ExitCode {
             return ExitCode::from(brokerbench::exit::CANNOT_RUN);
         }
     };
-    match runtime.block_on(brokerbench::run(cli)) {
+    let code = match runtime.block_on(brokerbench::run(cli)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("Error: {err:#}");
             ExitCode::from(brokerbench::exit::CANNOT_RUN)
         }
-    }
+    };
+    // Blocking client calls (librdkafka closing against a dead broker) must
+    // not keep the process alive after the work is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }

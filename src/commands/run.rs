@@ -73,21 +73,26 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         }
         let kind = binary.kind;
         let implementation = binary.implementation.clone();
-        let broker = match LocalBroker::start(binary, data.path()).await {
+        let mut broker = match LocalBroker::start(binary, data.path()).await {
             Ok(broker) => broker,
             Err(err) => {
                 failure = Some(err.context(format!("{kind} could not be started")));
                 break;
             }
         };
-        let progress = Arc::new(Progress::new(plan.consumers.len()));
+        let progress = Arc::new(Progress::new(
+            plan.consumers.len(),
+            plan.load.producers as usize,
+        ));
         let bar = progress_bar(&plan, kind.as_str(), args.json);
         let ticker = tokio::spawn(tick(
             bar.clone(),
             progress.clone(),
             plan.load.warmup + plan.load.duration,
         ));
-        let measured = run::measure(&plan, broker.endpoint(), run_id, &cancel, &progress).await;
+        let endpoint = broker.endpoint().clone();
+        let measured =
+            run::measure(&plan, &endpoint, &mut broker, run_id, &cancel, &progress).await;
         ticker.abort();
         bar.finish_and_clear();
         let endpoint = broker.endpoint().url();

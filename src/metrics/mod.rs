@@ -189,6 +189,12 @@ impl Timeline {
         Some(Self::BUCKET * i as u32)
     }
 
+    /// Whole seconds that hold events.
+    pub fn seconds(&self) -> usize {
+        let per = (1000 / Self::BUCKET.as_millis()) as usize;
+        self.buckets.len().div_ceil(per)
+    }
+
     /// Events per second, second by second, over `seconds` seconds.
     pub fn per_second(&self, seconds: usize) -> Vec<u64> {
         let per = (1000 / Self::BUCKET.as_millis()) as usize;

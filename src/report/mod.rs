@@ -15,9 +15,9 @@ use serde::Serialize;
 
 use crate::driver::ErrorKind;
 use crate::env::BrokerKind;
-use crate::metrics::{Latency, LatencySummary};
+use crate::metrics::{Latency, LatencySummary, Timeline};
 use crate::run::{ledger, Measurement};
-use crate::scenario::Plan;
+use crate::scenario::{FaultAction, Plan};
 
 /// The schema identifier written at the top of every results file.
 pub const SCHEMA: &str = "brokerbench.results/v1";
@@ -63,8 +63,10 @@ pub struct BrokerResult {
     pub groups: Vec<GroupResult>,
     /// Latency histograms, microseconds.
     pub latency_us: LatencyResults,
-    /// Faults injected (none yet in this version).
-    pub faults: Vec<serde_json::Value>,
+    /// Faults applied, in order, with recovery times and the messages of each.
+    pub faults: Vec<FaultResult>,
+    /// Per-second counts from the start of the load, to chart a run.
+    pub series: Series,
     /// Failures by kind, over publishes, deliveries and acks.
     pub errors: BTreeMap<ErrorKind, u64>,
     /// The drain after the load.
@@ -99,6 +101,8 @@ pub struct PublishResult {
     pub failed: u64,
     /// No answer by the end of the drain.
     pub unknown: u64,
+    /// Sends of a message again after no or a negative confirmation (retry mode).
+    pub resent: u64,
     /// Sends per second during the steady phase (by actual send time).
     pub rate_per_s: f64,
     /// Confirmations per second that arrived during the steady phase.
@@ -115,6 +119,70 @@ pub struct GroupResult {
     pub account: ledger::GroupAccount,
     /// First deliveries per second that arrived during the steady phase.
     pub rate_per_s: f64,
+}
+
+/// One fault and what it did.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultResult {
+    /// What was done to the broker.
+    pub action: FaultAction,
+    /// When, as planned: seconds from the start of the steady phase.
+    pub at_s: f64,
+    /// Planned down (kill) or frozen (pause) time, seconds.
+    pub duration_s: f64,
+    /// When it was applied: seconds from the start of the load (the series' clock).
+    pub started_s: f64,
+    /// From the fault to the broker accepting clients again (kill, restart)
+    /// or running again (pause), seconds; null if it never came back.
+    pub broker_ready_after_s: Option<f64>,
+    /// From the fault to the first publish confirmation after the broker was
+    /// ready again, seconds; null if none came.
+    pub publish_recovered_after_s: Option<f64>,
+    /// Per group, from the fault to the first new delivery after the broker
+    /// was ready again, seconds; null if none came.
+    pub delivery_recovered_after_s: BTreeMap<String, Option<f64>>,
+    /// Why the broker did not come back, if it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The messages first sent from this fault until the next one (or the
+    /// end); the first fault also owns the messages sent before it.
+    pub messages: FaultMessages,
+}
+
+/// The account of the messages sent in one fault's window.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultMessages {
+    /// Publish outcomes.
+    #[serde(flatten)]
+    pub publish: ledger::PublishAccount,
+    /// Per group: lost, duplicates, recovered.
+    pub groups: BTreeMap<String, FaultGroup>,
+}
+
+/// One group's account of a fault window.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultGroup {
+    /// Confirmed, never delivered.
+    pub lost: u64,
+    /// Deliveries beyond the first.
+    pub duplicates: u64,
+    /// Not confirmed, yet delivered.
+    pub recovered: u64,
+}
+
+/// Per-second counts from the start of the load (warmup included).
+#[derive(Clone, Debug, Serialize)]
+pub struct Series {
+    /// Seconds per entry.
+    pub interval_s: u32,
+    /// Where the steady phase starts, seconds from the start of the load.
+    pub steady_start_s: f64,
+    /// Publish confirmations per second.
+    pub confirmed: Vec<u64>,
+    /// Publish, receive and ack errors per second.
+    pub errors: Vec<u64>,
+    /// First deliveries per second, per group.
+    pub delivered: BTreeMap<String, Vec<u64>>,
 }
 
 /// Latency summaries, microseconds.
@@ -165,9 +233,9 @@ impl BrokerResult {
         let logs: Vec<ledger::ProducerLog> = m.producers.iter().map(|p| p.log.clone()).collect();
         let account = ledger::publish_account(&logs);
         let steady = m.steady_elapsed.as_secs_f64();
-        let per_s = |n: u64, secs: f64| {
-            if secs > 0.0 {
-                round1(n as f64 / secs)
+        let per_s = |n: u64| {
+            if steady > 0.0 {
+                round1(n as f64 / steady)
             } else {
                 0.0
             }
@@ -176,15 +244,22 @@ impl BrokerResult {
         let mut publish = Latency::default();
         let mut publish_service = Latency::default();
         let mut errors: BTreeMap<ErrorKind, u64> = BTreeMap::new();
-        let (mut steady_sent, mut steady_confirmed) = (0, 0);
+        let mut add_errors = |counts: &BTreeMap<ErrorKind, u64>| {
+            for (kind, n) in counts {
+                *errors.entry(*kind).or_default() += n;
+            }
+        };
+        let (mut confirmed_at, mut errors_at) = (Timeline::default(), Timeline::default());
+        let (mut steady_sent, mut steady_confirmed, mut resent) = (0, 0, 0);
         for p in &m.producers {
             publish.merge(&p.publish);
             publish_service.merge(&p.publish_service);
+            confirmed_at.merge(&p.confirmed_at);
+            errors_at.merge(&p.errors_at);
             steady_sent += p.steady_sent;
             steady_confirmed += p.steady_confirmed;
-            for (kind, n) in &p.errors {
-                *errors.entry(*kind).or_default() += n;
-            }
+            resent += p.resent;
+            add_errors(&p.errors);
         }
         let mut groups = Vec::new();
         let mut end_to_end = BTreeMap::new();
@@ -192,9 +267,8 @@ impl BrokerResult {
         let mut checks = Vec::new();
         for (outcome, group) in m.groups.iter().zip(&plan.consumers) {
             let account = ledger::group_account(&logs, &outcome.log);
-            for (kind, n) in &outcome.errors {
-                *errors.entry(*kind).or_default() += n;
-            }
+            add_errors(&outcome.errors);
+            errors_at.merge(&outcome.errors_at);
             for (check, value) in [
                 ("lost == 0", account.lost),
                 ("unexpected == 0", account.unexpected),
@@ -211,16 +285,41 @@ impl BrokerResult {
             groups.push(GroupResult {
                 group: group.group.clone(),
                 account,
-                rate_per_s: per_s(outcome.steady_delivered, steady),
+                rate_per_s: per_s(outcome.steady_delivered),
             });
         }
-        let complete = !m.cancelled && !m.drain_timed_out;
+        let faults = fault_results(plan, &m, &logs, &confirmed_at);
+        let never_back = faults.iter().any(|f| f.broker_ready_after_s.is_none());
+        let complete = !m.cancelled && !m.drain_timed_out && !never_back;
         checks.push(Check {
             check: "complete".into(),
             group: None,
             passed: complete,
             value: u64::from(complete),
         });
+
+        let seconds = m
+            .groups
+            .iter()
+            .map(|g| g.delivered_at.seconds())
+            .chain([confirmed_at.seconds(), errors_at.seconds()]);
+        let seconds = seconds.max().unwrap_or(0);
+        let series = Series {
+            interval_s: 1,
+            steady_start_s: round1(
+                m.steady_start
+                    .saturating_duration_since(m.load_start)
+                    .as_secs_f64(),
+            ),
+            confirmed: confirmed_at.per_second(seconds),
+            errors: errors_at.per_second(seconds),
+            delivered: m
+                .groups
+                .iter()
+                .zip(&plan.consumers)
+                .map(|(g, c)| (c.group.clone(), g.delivered_at.per_second(seconds)))
+                .collect(),
+        };
         BrokerResult {
             broker,
             implementation: implementation.to_string(),
@@ -237,8 +336,9 @@ impl BrokerResult {
                 confirmed: account.confirmed,
                 failed: account.failed,
                 unknown: account.unknown,
-                rate_per_s: per_s(steady_sent, steady),
-                confirmed_per_s: per_s(steady_confirmed, steady),
+                resent,
+                rate_per_s: per_s(steady_sent),
+                confirmed_per_s: per_s(steady_confirmed),
             },
             groups,
             latency_us: LatencyResults {
@@ -247,7 +347,8 @@ impl BrokerResult {
                 end_to_end,
                 end_to_end_service,
             },
-            faults: Vec::new(),
+            faults,
+            series,
             errors,
             drain: DrainResult {
                 seconds: round1(m.drain_elapsed.as_secs_f64()),
@@ -262,6 +363,92 @@ impl BrokerResult {
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
     }
+
+    /// The longest time any fault took until publishing was confirmed again;
+    /// `None` without faults, infinite if publishing never recovered.
+    pub fn worst_recovery_s(&self) -> Option<f64> {
+        self.faults
+            .iter()
+            .map(|f| f.publish_recovered_after_s.unwrap_or(f64::INFINITY))
+            .reduce(f64::max)
+    }
+}
+
+/// Each fault with its recovery times and the account of its messages: those
+/// first sent from it until the next fault (or the end); the first fault also
+/// owns the messages before it, whose acknowledgements a crash can lose.
+fn fault_results(
+    plan: &Plan,
+    m: &Measurement,
+    logs: &[ledger::ProducerLog],
+    confirmed_at: &Timeline,
+) -> Vec<FaultResult> {
+    let secs = |d: std::time::Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
+    let ends: Vec<Vec<u64>> = m
+        .faults
+        .iter()
+        .skip(1)
+        .map(|f| f.window_start.clone())
+        .chain([logs.iter().map(ledger::ProducerLog::attempted).collect()])
+        .collect();
+    m.faults
+        .iter()
+        .zip(ends)
+        .map(|(event, end)| {
+            let started = event.started.saturating_duration_since(m.load_start);
+            let from = if std::ptr::eq(event, &m.faults[0]) {
+                vec![0; end.len()]
+            } else {
+                event.window_start.clone()
+            };
+            let window: Vec<(u64, u64)> = from.into_iter().zip(end).collect();
+            // Recovery counts from the fault; the first sign is looked for once the broker is back.
+            let back = event
+                .ready
+                .map(|r| r.saturating_duration_since(m.load_start));
+            let recovered = |timeline: &Timeline| {
+                back.and_then(|b| timeline.first_at_or_after(b))
+                    .map(|t| secs(t.saturating_sub(started)))
+            };
+            let groups = m
+                .groups
+                .iter()
+                .zip(&plan.consumers)
+                .map(|(g, c)| {
+                    let a = ledger::group_account_in(logs, &g.log, &window);
+                    (
+                        c.group.clone(),
+                        FaultGroup {
+                            lost: a.lost,
+                            duplicates: a.duplicates,
+                            recovered: a.recovered,
+                        },
+                    )
+                })
+                .collect();
+            FaultResult {
+                action: event.fault.action,
+                at_s: secs(event.fault.at),
+                duration_s: secs(event.fault.duration),
+                started_s: secs(started),
+                broker_ready_after_s: event
+                    .ready
+                    .map(|r| secs(r.saturating_duration_since(event.started))),
+                publish_recovered_after_s: recovered(confirmed_at),
+                delivery_recovered_after_s: m
+                    .groups
+                    .iter()
+                    .zip(&plan.consumers)
+                    .map(|(g, c)| (c.group.clone(), recovered(&g.delivered_at)))
+                    .collect(),
+                error: event.error.clone(),
+                messages: FaultMessages {
+                    publish: ledger::publish_account_in(logs, &window),
+                    groups,
+                },
+            }
+        })
+        .collect()
 }
 
 fn round1(x: f64) -> f64 {

@@ -69,6 +69,7 @@ pub fn summary(results: &Results) -> Table {
         "end to end p50 / p99 / p99.9 / max",
         "lost",
         "dup",
+        "recovery",
         "ok",
     ]);
     for b in &results.brokers {
@@ -88,6 +89,11 @@ pub fn summary(results: &Results) -> Table {
             percentiles(&worst_end_to_end(b)),
             lost.to_string(),
             duplicates.to_string(),
+            match b.worst_recovery_s() {
+                None => "-".into(),
+                Some(s) if s.is_finite() => format!("{s:.1} s"),
+                Some(_) => "never".into(),
+            },
             if b.passed() {
                 "yes".into()
             } else {
@@ -95,7 +101,7 @@ pub fn summary(results: &Results) -> Table {
             },
         ]);
     }
-    for column in [3, 6, 7] {
+    for column in [3, 6, 7, 8] {
         if let Some(c) = table.column_mut(column) {
             c.set_cell_alignment(CellAlignment::Right);
         }

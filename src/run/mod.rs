@@ -3,48 +3,63 @@
 //! Phases: setup (topology, consumers subscribed) -> warmup -> steady ->
 //! drain -> report. Producers follow the open-loop [`pacer`]; every message is
 //! accounted for in the [`ledger`]; latencies go into per-task histograms that
-//! are merged at the end. One [`CancellationToken`] stops everything: the run
-//! then drains briefly and reports what it has, marked incomplete.
+//! are merged at the end; [`faults`] are applied to the broker on their
+//! timeline while the load runs. One [`CancellationToken`] stops everything:
+//! the run then reports what it has, marked incomplete.
+//!
+//! Time bounds: producers stop sending at the end of the load and stop
+//! waiting for confirmations (and retrying) at `end + drain_timeout`; the
+//! drain of deliveries ends at the same deadline. A fault still in progress
+//! then (a broker that does not come back) adds at most the broker's start
+//! deadline, and closing adds at most a few call timeouts.
 
+pub mod faults;
 pub mod ledger;
 pub mod pacer;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{self, Consumer, ErrorCounts, ErrorKind, Producer};
-use crate::env::Endpoint;
+use crate::env::{Endpoint, FaultTarget};
 use crate::event::{self, Envelope};
-use crate::metrics::Latency;
-use crate::scenario::{ConsumerGroup, Plan};
+use crate::metrics::{Latency, Timeline};
+use crate::scenario::{ConsumerGroup, Plan, Unconfirmed};
+use faults::FaultEvent;
 use ledger::{GroupLog, ProducerLog, PublishStatus, Seen};
 use pacer::Pacer;
 
-/// Live counters for progress display; written by the run, read by the display.
+/// Live counters; written by the run, read by the progress display and the
+/// fault timeline.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Messages sent.
+    /// Messages sent (resends included).
     pub sent: AtomicU64,
     /// Messages confirmed.
     pub confirmed: AtomicU64,
     /// Distinct messages delivered, per consumer group (in plan order).
     pub delivered: Vec<AtomicU64>,
+    /// Messages attempted, per producer.
+    pub attempted: Vec<AtomicU64>,
     /// The phase, as an index into [`Phase::ALL`].
     pub phase: AtomicU64,
 }
 
 impl Progress {
-    /// Counters for a plan's groups.
-    pub fn new(groups: usize) -> Self {
+    /// Counters for a plan's groups and producers.
+    pub fn new(groups: usize, producers: usize) -> Self {
         Progress {
             delivered: (0..groups).map(|_| AtomicU64::new(0)).collect(),
+            attempted: (0..producers).map(|_| AtomicU64::new(0)).collect(),
             ..Default::default()
         }
     }
@@ -112,6 +127,12 @@ pub struct ProducerOutcome {
     pub steady_sent: u64,
     /// Confirmations that arrived during the steady phase.
     pub steady_confirmed: u64,
+    /// Messages sent again after no or a negative confirmation (retry mode).
+    pub resent: u64,
+    /// When confirmations arrived.
+    pub confirmed_at: Timeline,
+    /// When publishes failed.
+    pub errors_at: Timeline,
 }
 
 /// What one consumer group measured.
@@ -127,6 +148,10 @@ pub struct GroupOutcome {
     pub errors: ErrorCounts,
     /// First deliveries that arrived during the steady phase.
     pub steady_delivered: u64,
+    /// When first deliveries arrived.
+    pub delivered_at: Timeline,
+    /// When receiving or acknowledging failed.
+    pub errors_at: Timeline,
 }
 
 /// Everything one broker's run produced, before it is turned into results.
@@ -135,10 +160,16 @@ pub struct Measurement {
     pub producers: Vec<ProducerOutcome>,
     /// Per consumer group, in plan order.
     pub groups: Vec<GroupOutcome>,
+    /// The faults applied, in order.
+    pub faults: Vec<FaultEvent>,
     /// Durability settings the driver used.
-    pub settings: std::collections::BTreeMap<String, serde_json::Value>,
-    /// Largest payload sent, bytes.
+    pub settings: BTreeMap<String, serde_json::Value>,
+    /// Payload size of a message, bytes.
     pub message_bytes: usize,
+    /// When the load (warmup first) began; timelines count from here.
+    pub load_start: Instant,
+    /// When the steady phase began.
+    pub steady_start: Instant,
     /// How long the steady phase lasted (shorter if cancelled).
     pub steady_elapsed: Duration,
     /// Whether the drain ended by timeout with messages outstanding.
@@ -158,6 +189,8 @@ struct RunContext {
     start: Instant,
     steady_start: Instant,
     end: Instant,
+    /// No more waiting for confirmations or deliveries after this.
+    deadline: Instant,
     message_size: usize,
     keys: u64,
 }
@@ -175,13 +208,20 @@ impl RunContext {
     fn in_steady(&self, at: Instant) -> bool {
         at >= self.steady_start && at < self.end
     }
+
+    /// Time since the load began, for timelines.
+    fn since_start(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.start)
+    }
 }
 
-/// Runs `plan` against the broker at `endpoint`. Connection and setup errors
-/// are returned (the broker cannot be measured); everything after is data.
+/// Runs `plan` against the broker at `endpoint`, applying the plan's faults to
+/// `target`. Connection and setup errors are returned (the broker cannot be
+/// measured); everything after is data.
 pub async fn measure(
     plan: &Plan,
     endpoint: &Endpoint,
+    target: &mut dyn FaultTarget,
     run_id: u64,
     cancel: &CancellationToken,
     progress: &Arc<Progress>,
@@ -219,12 +259,14 @@ pub async fn measure(
 
     // Everything is connected: the clock starts now.
     let start = Instant::now() + Duration::from_millis(10);
+    let end = start + plan.load.warmup + plan.load.duration;
     let context = RunContext {
         run_id,
         epoch,
         start,
         steady_start: start + plan.load.warmup,
-        end: start + plan.load.warmup + plan.load.duration,
+        end,
+        deadline: end + plan.load.drain_timeout,
         message_size: plan.load.message_size,
         keys: plan.load.keys,
     };
@@ -241,35 +283,32 @@ pub async fn measure(
     }
     let mut producer_tasks = JoinSet::new();
     for (id, producer) in producers.into_iter().enumerate() {
-        let schedule = match plan.load.open_loop() {
-            true => Some(Pacer::new(
-                start,
-                plan.load.rate,
-                id as u32,
-                plan.load.producers,
-            )),
-            false => None,
-        };
-        let limits = (plan.load.max_in_flight, plan.load.drain_timeout);
-        let task = produce(
+        let pacer = plan
+            .load
+            .open_loop()
+            .then(|| Pacer::new(start, plan.load.rate, id as u32, plan.load.producers));
+        let task = ProducerTask {
             producer,
-            id as u32,
-            schedule,
-            limits,
-            context.clone(),
-            cancel.clone(),
-            progress.clone(),
-        );
-        producer_tasks.spawn(async move { (id, task.await) });
+            id: id as u32,
+            cx: context.clone(),
+            retry: plan.recovery.on_unconfirmed == Unconfirmed::Retry,
+            backoff_max: plan.recovery.backoff_max,
+            max_in_flight: plan.load.max_in_flight,
+            progress: progress.clone(),
+            out: ProducerOutcome::default(),
+            in_flight: FuturesUnordered::new(),
+            retries: Vec::new(),
+        };
+        let cancel = cancel.clone();
+        producer_tasks.spawn(async move { (id, task.run(pacer, cancel).await) });
     }
 
-    // Load: the producers end at `end`, then wait for their confirmations.
+    // Load and faults; producers end after their confirmations (or the deadline).
     progress.set_phase(if plan.load.warmup.is_zero() {
         Phase::Steady
     } else {
         Phase::Warmup
     });
-    let mut producer_outcomes: Vec<(usize, ProducerOutcome)> = Vec::new();
     let phases = async {
         tokio::time::sleep_until(context.steady_start.into()).await;
         progress.set_phase(Phase::Steady);
@@ -277,7 +316,17 @@ pub async fn measure(
         progress.set_phase(Phase::Drain);
         std::future::pending::<()>().await
     };
-    tokio::pin!(phases);
+    let fault_run = faults::inject(
+        &plan.faults,
+        target,
+        context.steady_start,
+        context.deadline,
+        cancel,
+        progress,
+    );
+    tokio::pin!(phases, fault_run);
+    let mut fault_events = None;
+    let mut producer_outcomes: Vec<(usize, ProducerOutcome)> = Vec::new();
     while !producer_tasks.is_empty() {
         tokio::select! {
             joined = producer_tasks.join_next() => {
@@ -285,6 +334,7 @@ pub async fn measure(
                     producer_outcomes.push(joined.context("a producer task failed")?);
                 }
             }
+            events = &mut fault_run, if fault_events.is_none() => fault_events = Some(events),
             _ = &mut phases => {}
         }
     }
@@ -295,27 +345,34 @@ pub async fn measure(
     let producer_outcomes: Vec<ProducerOutcome> =
         producer_outcomes.into_iter().map(|(_, o)| o).collect();
 
-    // Drain: until every group has as many distinct messages as were confirmed.
+    // Drain: until every group has everything that could still arrive, or has
+    // every confirmed message and nothing more came for a second.
     progress.set_phase(Phase::Drain);
     let drain_start = Instant::now();
-    let confirmed: u64 = producer_outcomes
-        .iter()
-        .map(|p| ledger::publish_account(std::slice::from_ref(&p.log)).confirmed)
-        .sum();
-    let drain_deadline = context.end.max(drain_start) + plan.load.drain_timeout;
-    let mut drain_timed_out = false;
-    loop {
-        if progress
+    let logs: Vec<ProducerLog> = producer_outcomes.iter().map(|p| p.log.clone()).collect();
+    let account = ledger::publish_account(&logs);
+    let deliverable = account.confirmed + account.unknown;
+    let delivered = || {
+        progress
             .delivered
             .iter()
-            .all(|d| d.load(Ordering::Relaxed) >= confirmed)
-        {
+            .map(|d| d.load(Ordering::Relaxed))
+            .collect::<Vec<_>>()
+    };
+    let (mut last, mut last_change) = (delivered(), Instant::now());
+    let mut drain_timed_out = false;
+    loop {
+        let now_delivered = delivered();
+        if now_delivered != last {
+            (last, last_change) = (now_delivered.clone(), Instant::now());
+        }
+        let all_in = now_delivered.iter().all(|&d| d >= deliverable);
+        let settled = now_delivered.iter().all(|&d| d >= account.confirmed)
+            && last_change.elapsed() >= Duration::from_secs(1);
+        if all_in || settled || cancel.is_cancelled() {
             break;
         }
-        if cancel.is_cancelled() {
-            break;
-        }
-        if Instant::now() >= drain_deadline {
+        if Instant::now() >= context.deadline {
             drain_timed_out = true;
             break;
         }
@@ -325,6 +382,11 @@ pub async fn measure(
         }
     }
     let drain_elapsed = drain_start.elapsed();
+    // A fault still in progress (a broker slow to come back) ends here.
+    let fault_events = match fault_events {
+        Some(events) => events,
+        None => fault_run.await,
+    };
     progress.set_phase(Phase::Report);
     stop_consumers.cancel();
     let mut groups: Vec<(usize, GroupOutcome)> = Vec::new();
@@ -334,23 +396,22 @@ pub async fn measure(
     groups.sort_by_key(|(index, _)| *index);
     let settings = driver.settings();
     driver.close().await;
+    let sample = Envelope {
+        run: run_id,
+        producer: 0,
+        seq: 0,
+        key: 0,
+        intended_ns: 0,
+        sent_ns: 0,
+    };
     Ok(Measurement {
         producers: producer_outcomes,
         groups: groups.into_iter().map(|(_, g)| g).collect(),
+        faults: fault_events,
         settings,
-        message_bytes: event::encode(
-            &Envelope {
-                run: run_id,
-                producer: 0,
-                seq: 0,
-                key: 0,
-                intended_ns: 0,
-                sent_ns: 0,
-            },
-            plan.load.message_size,
-        )
-        .payload
-        .len(),
+        message_bytes: event::encode(&sample, plan.load.message_size).payload.len(),
+        load_start: context.start,
+        steady_start: context.steady_start,
         steady_elapsed,
         drain_timed_out,
         drain_elapsed,
@@ -362,110 +423,173 @@ fn count(errors: &mut ErrorCounts, kind: ErrorKind) {
     *errors.entry(kind).or_default() += 1;
 }
 
-/// One producer: sends on schedule (or as fast as confirmations allow), keeps
-/// up to `max_in_flight` confirmations outstanding, then waits for the rest
-/// until the drain timeout.
-async fn produce(
-    mut producer: Box<dyn Producer>,
+/// A message to send (again): who it is and when it was due.
+#[derive(Clone, Copy)]
+struct Send {
+    seq: u64,
+    key: u64,
+    due: Instant,
+    /// Sends of this message so far.
+    attempt: u32,
+}
+
+/// The broker's answer to one send.
+struct Answer {
+    send: Send,
+    sent: Instant,
+    result: Result<(), ErrorKind>,
+}
+
+/// One producer: sends on schedule (or as fast as confirmations allow),
+/// keeps up to `max_in_flight` confirmations outstanding, and, in retry mode,
+/// sends unconfirmed messages again with the reconnection backoff.
+struct ProducerTask {
+    producer: Box<dyn Producer>,
     id: u32,
-    pacer: Option<Pacer>,
-    (max_in_flight, drain_timeout): (usize, Duration),
     cx: RunContext,
-    cancel: CancellationToken,
+    retry: bool,
+    backoff_max: Duration,
+    max_in_flight: usize,
     progress: Arc<Progress>,
-) -> ProducerOutcome {
-    let mut out = ProducerOutcome::default();
-    let mut in_flight = FuturesUnordered::new();
-    let limit = pacer.as_ref().map(|p| p.count_within(cx.end - cx.start));
-    let steady_ns = cx.steady_ns();
+    out: ProducerOutcome,
+    in_flight: FuturesUnordered<BoxFuture<'static, Answer>>,
+    /// Messages to send again, each with the earliest time to do so.
+    retries: Vec<(Instant, Send)>,
+}
 
-    let settle =
-        |out: &mut ProducerOutcome,
-         (seq, due, sent, result): (u64, Instant, Instant, Result<(), ErrorKind>)| {
-            let now = Instant::now();
-            match result {
-                Ok(()) => {
-                    out.log.settle(seq, PublishStatus::Confirmed);
-                    progress.confirmed.fetch_add(1, Ordering::Relaxed);
-                    if cx.ns(due) >= steady_ns {
-                        out.publish.record(now - due);
-                        out.publish_service.record(now - sent);
-                    }
-                    out.steady_confirmed += u64::from(cx.in_steady(now));
-                }
-                // No answer, or the connection went: the broker may still have it.
-                Err(kind @ (ErrorKind::Timeout | ErrorKind::Connection)) => {
-                    count(&mut out.errors, kind)
-                }
-                Err(kind) => {
-                    out.log.settle(seq, PublishStatus::Failed);
-                    count(&mut out.errors, kind);
-                }
-            }
-        };
-
-    let mut k: u64 = 0;
-    'send: loop {
-        let due = match (&pacer, limit) {
-            (Some(p), Some(n)) if k < n => p.intended(k),
-            (Some(_), _) => break,
-            (None, _) if Instant::now() < cx.end => Instant::now(),
-            (None, _) => break,
-        };
-        // Wait until the message is due and a confirmation slot is free,
-        // settling confirmations meanwhile.
+impl ProducerTask {
+    async fn run(mut self, pacer: Option<Pacer>, cancel: CancellationToken) -> ProducerOutcome {
+        let limit = pacer
+            .as_ref()
+            .map(|p| p.count_within(self.cx.end - self.cx.start));
+        let mut k: u64 = 0;
         loop {
-            let on_time = Instant::now() >= due;
-            if on_time && in_flight.len() < max_in_flight {
+            let due = match (&pacer, limit) {
+                (Some(p), Some(n)) if k < n => Some(p.intended(k)),
+                (None, _) if Instant::now() < self.cx.end => Some(Instant::now()),
+                _ => None,
+            };
+            if due.is_none() && self.in_flight.is_empty() && self.retries.is_empty() {
                 break;
             }
+            if due.is_none() && Instant::now() >= self.cx.deadline {
+                break; // what is still in flight stays unknown
+            }
+            let slot = self.in_flight.len() < self.max_in_flight;
+            let now = Instant::now();
+            // A retry whose time has come goes first.
+            if let Some(i) = self
+                .retries
+                .iter()
+                .position(|(at, _)| *at <= now)
+                .filter(|_| slot)
+            {
+                let (_, send) = self.retries.swap_remove(i);
+                self.out.resent += 1;
+                self.send(send).await;
+                continue;
+            }
+            if let Some(due) = due.filter(|d| *d <= now && slot) {
+                let seq = self.out.log.attempt();
+                self.progress.attempted[self.id as usize].fetch_add(1, Ordering::Relaxed);
+                let key = rand::random_range(0..self.cx.keys);
+                self.send(Send {
+                    seq,
+                    key,
+                    due,
+                    attempt: 0,
+                })
+                .await;
+                k += 1;
+                continue;
+            }
+            // Nothing to send yet: wait for the next due time, retry time or answer.
+            let next_retry = self.retries.iter().map(|(at, _)| *at).min();
+            let wake = [
+                due.filter(|_| slot),
+                next_retry.filter(|_| slot),
+                Some(self.cx.deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the deadline is always there");
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break 'send,
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => settle(&mut out, done),
-                _ = tokio::time::sleep_until(due.into()), if !on_time => {}
+                _ = cancel.cancelled() => break,
+                Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => self.settle(answer),
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
-        while let Some(Some(done)) = in_flight.next().now_or_never() {
-            settle(&mut out, done);
+        self.out
+    }
+
+    async fn send(&mut self, send: Send) {
+        while let Some(Some(answer)) = self.in_flight.next().now_or_never() {
+            self.settle(answer);
         }
-        let seq = out.log.attempt();
         let sent = Instant::now();
         let envelope = Envelope {
-            run: cx.run_id,
-            producer: id,
-            seq,
-            key: rand::random_range(0..cx.keys),
-            intended_ns: cx.ns(due),
-            sent_ns: cx.ns(sent),
+            run: self.cx.run_id,
+            producer: self.id,
+            seq: send.seq,
+            key: send.key,
+            intended_ns: self.cx.ns(send.due),
+            sent_ns: self.cx.ns(sent),
         };
-        out.steady_sent += u64::from(cx.in_steady(sent));
-        match producer
-            .send(event::encode(&envelope, cx.message_size))
+        // The achieved rate counts first sends; resends are counted apart.
+        self.out.steady_sent += u64::from(send.attempt == 0 && self.cx.in_steady(sent));
+        self.progress.sent.fetch_add(1, Ordering::Relaxed);
+        let send = Send {
+            attempt: send.attempt + 1,
+            ..send
+        };
+        match self
+            .producer
+            .send(event::encode(&envelope, self.cx.message_size))
             .await
         {
             Ok(confirmation) => {
-                in_flight.push(confirmation.map(move |result| (seq, due, sent, result)))
+                self.in_flight.push(
+                    confirmation
+                        .map(move |result| Answer { send, sent, result })
+                        .boxed(),
+                );
             }
-            Err(kind) => {
-                out.log.settle(seq, PublishStatus::Failed);
-                count(&mut out.errors, kind);
-            }
-        }
-        progress.sent.fetch_add(1, Ordering::Relaxed);
-        k += 1;
-    }
-    // Outstanding confirmations, until the drain timeout.
-    let deadline = tokio::time::Instant::from(cx.end.max(Instant::now()) + drain_timeout);
-    while !in_flight.is_empty() {
-        tokio::select! {
-            Some(done) = in_flight.next() => settle(&mut out, done),
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = cancel.cancelled() => break,
+            Err(kind) => self.failed(send, kind),
         }
     }
-    // Whatever is still in flight stays pending: unknown.
-    out
+
+    fn settle(&mut self, Answer { send, sent, result }: Answer) {
+        let now = Instant::now();
+        match result {
+            Ok(()) => {
+                self.out.log.settle(send.seq, PublishStatus::Confirmed);
+                self.progress.confirmed.fetch_add(1, Ordering::Relaxed);
+                self.out.confirmed_at.record(self.cx.since_start(now));
+                if self.cx.ns(send.due) >= self.cx.steady_ns() {
+                    self.out.publish.record(now - send.due);
+                    self.out.publish_service.record(now - sent);
+                }
+                self.out.steady_confirmed += u64::from(self.cx.in_steady(now));
+            }
+            Err(kind) => self.failed(send, kind),
+        }
+    }
+
+    /// No confirmation: send again later (retry), or give the message up (drop).
+    fn failed(&mut self, send: Send, kind: ErrorKind) {
+        let now = Instant::now();
+        count(&mut self.out.errors, kind);
+        self.out.errors_at.record(self.cx.since_start(now));
+        if !self.retry {
+            self.out.log.settle(send.seq, PublishStatus::Failed);
+        } else if now < self.cx.deadline {
+            let wait = driver::backoff(send.attempt.saturating_sub(1), self.backoff_max);
+            self.retries.push((now + wait, send));
+        }
+        // A retry past the deadline stays pending: unknown.
+    }
 }
 
 /// One consumer group: records every delivery in the ledger and the latency
@@ -491,6 +615,7 @@ async fn consume(
             Some(acked) = processing.next(), if !processing.is_empty() => {
                 if let Err(kind) = acked {
                     count(&mut out.errors, kind);
+                    out.errors_at.record(cx.since_start(Instant::now()));
                 }
                 continue;
             }
@@ -500,6 +625,7 @@ async fn consume(
             None => break,
             Some(Err(kind)) => {
                 count(&mut out.errors, kind);
+                out.errors_at.record(cx.since_start(Instant::now()));
                 tokio::time::sleep(Duration::from_millis(10)).await; // no hot loop on a broken subscription
                 continue;
             }
@@ -509,6 +635,9 @@ async fn consume(
         match event::decode(&incoming.payload).filter(|e| e.run == cx.run_id) {
             Some(envelope) => {
                 let first = out.log.record(&envelope, incoming.redelivered) == Seen::First;
+                if first {
+                    out.delivered_at.record(cx.since_start(now));
+                }
                 if first && envelope.intended_ns >= steady_ns {
                     let at = cx.ns(now);
                     out.end_to_end.record(Duration::from_nanos(
