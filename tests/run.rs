@@ -58,19 +58,7 @@ fn saved_results(output: &str) -> Value {
 }
 
 fn validate(results: &Value) {
-    let schema_path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/results.v1.json");
-    let schema: Value =
-        serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("the schema itself is valid");
-    let errors: Vec<String> = validator
-        .iter_errors(results)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "results do not match schema/results.v1.json:\n{}",
-        errors.join("\n")
-    );
+    util::validate_results(results);
 }
 
 #[test]

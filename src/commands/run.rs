@@ -24,6 +24,10 @@ use crate::report::{table, BrokerResult, Results};
 use crate::run::{self, Phase, Progress};
 use crate::scenario::{Overrides, Plan};
 
+/// Beyond the load and the drain timeout: a broker's start deadline (90 s for
+/// RabbitMQ) after a fault, and a few 10 s call timeouts while closing.
+const MEASURE_SLACK: Duration = Duration::from_secs(150);
+
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let overrides = Overrides {
         brokers: args.brokers.clone(),
@@ -67,6 +71,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         plan.consumers.len(),
     ));
     let mut failure = None;
+    let mut unfinished: Vec<String> = Vec::new();
     for binary in binaries {
         if cancel.is_cancelled() {
             break;
@@ -91,8 +96,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             plan.load.warmup + plan.load.duration,
         ));
         let endpoint = broker.endpoint().clone();
-        let measured =
-            run::measure(&plan, &endpoint, &mut broker, run_id, &cancel, &progress).await;
+        // The run's own deadlines end it; this bound only guards against a
+        // client call that never returns, so that no run can hang.
+        let bound = plan.load.warmup + plan.load.duration + plan.load.drain_timeout + MEASURE_SLACK;
+        let measure = run::measure(&plan, &endpoint, &mut broker, run_id, &cancel, &progress);
+        let measured = tokio::time::timeout(bound, measure).await;
         ticker.abort();
         bar.finish_and_clear();
         let endpoint = broker.endpoint().url();
@@ -100,7 +108,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             say(format!("warning: stopping {kind}: {err:#}"));
         }
         match measured {
-            Ok(m) => {
+            Err(_elapsed) => {
+                let reason = format!(
+                    "{kind} did not finish within {} (load, drain timeout and {} for starts and closes); its results are lost",
+                    humantime::format_duration(bound),
+                    humantime::format_duration(MEASURE_SLACK)
+                );
+                say(format!("{kind}: {reason}"));
+                unfinished.push(reason);
+            }
+            Ok(Ok(m)) => {
                 let result = BrokerResult::new(&plan, kind, &implementation, endpoint, m);
                 say(format!(
                     "{kind}: {} confirmed of {} sent, {:.0} msg/s, checks {}",
@@ -112,19 +129,21 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
                 results.brokers.push(result);
                 results.write(&dir)?;
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 failure = Some(err);
                 break;
             }
         }
     }
     results.complete = failure.is_none()
+        && unfinished.is_empty()
         && !cancel.is_cancelled()
         && results.brokers.len() == plan.brokers.len()
         && results.brokers.iter().all(|b| b.complete);
     results.incomplete_reason = match (&failure, cancel.is_cancelled()) {
         _ if results.complete => None,
         (Some(err), _) => Some(format!("{err:#}")),
+        _ if !unfinished.is_empty() => Some(unfinished.join("; ")),
         (None, true) => Some("interrupted (Ctrl-C)".into()),
         (None, false) => {
             Some("a broker's drain timed out: confirmed messages were still undelivered".into())

@@ -472,8 +472,8 @@ impl ProducerTask {
             if due.is_none() && self.in_flight.is_empty() && self.retries.is_empty() {
                 break;
             }
-            if due.is_none() && Instant::now() >= self.cx.deadline {
-                break; // what is still in flight stays unknown
+            if Instant::now() >= self.cx.deadline {
+                break; // what is still in flight, or never sent, stays unknown
             }
             let slot = self.in_flight.len() < self.max_in_flight;
             let now = Instant::now();
