@@ -148,6 +148,15 @@ pub(crate) async fn timed<T, E: Into<anyhow::Error>>(
     }
 }
 
+/// Waits for a confirmation with [`CONFIRM_TIMEOUT`].
+pub(crate) async fn confirm_within<T>(
+    fut: impl Future<Output = Result<T, ErrorKind>>,
+) -> Result<T, ErrorKind> {
+    tokio::time::timeout(CONFIRM_TIMEOUT, fut)
+        .await
+        .unwrap_or(Err(ErrorKind::Timeout))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,13 +179,4 @@ mod tests {
             "jitter varies the wait"
         );
     }
-}
-
-/// Waits for a confirmation with [`CONFIRM_TIMEOUT`].
-pub(crate) async fn confirm_within<T>(
-    fut: impl Future<Output = Result<T, ErrorKind>>,
-) -> Result<T, ErrorKind> {
-    tokio::time::timeout(CONFIRM_TIMEOUT, fut)
-        .await
-        .unwrap_or(Err(ErrorKind::Timeout))
 }
