@@ -141,10 +141,19 @@ pub(crate) async fn timed<T, E: Into<anyhow::Error>>(
     what: &str,
     fut: impl Future<Output = std::result::Result<T, E>>,
 ) -> Result<T> {
+    within(CALL_TIMEOUT, what, fut).await
+}
+
+/// Runs `fut` with a deadline of `limit`, naming `what` when it fails.
+pub(crate) async fn within<T, E: Into<anyhow::Error>>(
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = std::result::Result<T, E>>,
+) -> Result<T> {
     use anyhow::Context;
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+    match tokio::time::timeout(limit, fut).await {
         Ok(result) => result.map_err(Into::into).with_context(|| what.to_string()),
-        Err(_) => anyhow::bail!("{what}: no answer within {CALL_TIMEOUT:?}"),
+        Err(_) => anyhow::bail!("{what}: no answer within {limit:?}"),
     }
 }
 

@@ -122,27 +122,16 @@ mod tests {
             file: "docker-compose.yml".into(),
             kind: BrokerKind::Jetstream,
         };
-        let cmd = |op| broker.command(op).join(" ");
-        assert_eq!(
-            cmd(Operation::Kill),
-            "docker compose -f docker-compose.yml kill -s KILL nats"
-        );
-        assert_eq!(
-            cmd(Operation::Start),
-            "docker compose -f docker-compose.yml start nats"
-        );
-        assert_eq!(
-            cmd(Operation::Restart),
-            "docker compose -f docker-compose.yml restart nats"
-        );
-        assert_eq!(
-            cmd(Operation::Pause),
-            "docker compose -f docker-compose.yml pause nats"
-        );
-        assert_eq!(
-            cmd(Operation::Resume),
-            "docker compose -f docker-compose.yml unpause nats"
-        );
+        for (operation, verb) in [
+            (Operation::Kill, "kill -s KILL"),
+            (Operation::Start, "start"),
+            (Operation::Restart, "restart"),
+            (Operation::Pause, "pause"),
+            (Operation::Resume, "unpause"),
+        ] {
+            let expected = format!("docker compose -f docker-compose.yml {verb} nats");
+            assert_eq!(broker.command(operation).join(" "), expected);
+        }
     }
 
     #[test]

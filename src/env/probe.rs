@@ -18,15 +18,12 @@ use super::{BrokerKind, Endpoint};
 /// How long one network call of a probe may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs `fut` with a deadline, naming `what` if it runs out.
-async fn timed<T, E>(what: &str, fut: impl std::future::Future<Output = Result<T, E>>) -> Result<T>
-where
-    E: Into<anyhow::Error>,
-{
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Ok(result) => result.map_err(Into::into).with_context(|| what.to_string()),
-        Err(_) => bail!("{what}: no answer within {CALL_TIMEOUT:?}"),
-    }
+/// Runs `fut` with [`CALL_TIMEOUT`], naming `what` if it runs out.
+async fn timed<T, E: Into<anyhow::Error>>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T> {
+    crate::driver::within(CALL_TIMEOUT, what, fut).await
 }
 
 /// One readiness attempt: `Ok` once the broker answers its protocol's handshake.
