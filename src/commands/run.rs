@@ -145,9 +145,21 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         (Some(err), _) => Some(format!("{err:#}")),
         _ if !unfinished.is_empty() => Some(unfinished.join("; ")),
         (None, true) => Some("interrupted (Ctrl-C)".into()),
-        (None, false) => {
-            Some("a broker's drain timed out: confirmed messages were still undelivered".into())
-        }
+        (None, false) => Some(
+            results
+                .brokers
+                .iter()
+                .filter(|b| !b.complete)
+                .map(|b| match b.faults.iter().find_map(|f| f.error.as_deref()) {
+                    Some(error) => format!("{}: {error}", b.broker),
+                    None => format!(
+                        "{}: the drain timed out with confirmed messages undelivered",
+                        b.broker
+                    ),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
     };
     let path = results.write(&dir)?;
 
