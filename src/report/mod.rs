@@ -406,9 +406,10 @@ fn fault_results(
             let back = event
                 .ready
                 .map(|r| r.saturating_duration_since(m.load_start));
+            // (A 10 ms bucket can start before the moment the broker was back.)
             let recovered = |timeline: &Timeline| {
-                back.and_then(|b| timeline.first_at_or_after(b))
-                    .map(|t| secs(t.saturating_sub(started)))
+                let first = back.and_then(|b| Some(timeline.first_at_or_after(b)?.max(b)));
+                first.map(|t| secs(t.saturating_sub(started)))
             };
             let groups = m
                 .groups
