@@ -52,6 +52,11 @@ impl ProducerLog {
     fn status(&self, seq: u64) -> Option<u8> {
         self.status.get(seq as usize).copied()
     }
+
+    /// Whether the broker confirmed `seq`.
+    pub fn is_confirmed(&self, seq: u64) -> bool {
+        self.status(seq) == Some(PublishStatus::Confirmed as u8)
+    }
 }
 
 /// Publish outcomes over all producers.

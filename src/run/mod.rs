@@ -48,6 +48,9 @@ pub struct Progress {
     pub confirmed: AtomicU64,
     /// Distinct messages delivered, per consumer group (in plan order).
     pub delivered: Vec<AtomicU64>,
+    /// Per group, confirmed messages not delivered yet; `u64::MAX` until the
+    /// producers are done and the group has counted them.
+    pub missing: Vec<AtomicU64>,
     /// Messages attempted, per producer.
     pub attempted: Vec<AtomicU64>,
     /// The phase, as an index into [`Phase::ALL`].
@@ -59,6 +62,7 @@ impl Progress {
     pub fn new(groups: usize, producers: usize) -> Self {
         Progress {
             delivered: (0..groups).map(|_| AtomicU64::new(0)).collect(),
+            missing: (0..groups).map(|_| AtomicU64::new(u64::MAX)).collect(),
             attempted: (0..producers).map(|_| AtomicU64::new(0)).collect(),
             ..Default::default()
         }
@@ -270,13 +274,15 @@ pub async fn measure(
         message_size: plan.load.message_size,
         keys: plan.load.keys,
     };
+    // The publish history, frozen, for the consumers once the producers are done.
+    let (publish_logs, published) = tokio::sync::watch::channel(None);
     let mut group_tasks = JoinSet::new();
     for (index, (consumer, group)) in consumers.into_iter().zip(&plan.consumers).enumerate() {
         let task = consume(
             consumer,
             group.clone(),
             context.clone(),
-            stop_consumers.clone(),
+            (stop_consumers.clone(), published.clone()),
             (progress.clone(), index),
         );
         group_tasks.spawn(async move { (index, task.await) });
@@ -345,31 +351,18 @@ pub async fn measure(
     let producer_outcomes: Vec<ProducerOutcome> =
         producer_outcomes.into_iter().map(|(_, o)| o).collect();
 
-    // Drain: until every group has everything that could still arrive, or has
-    // every confirmed message and nothing more came for a second.
+    // Drain: until every group has every confirmed message, or the timeout.
     progress.set_phase(Phase::Drain);
     let drain_start = Instant::now();
     let logs: Vec<ProducerLog> = producer_outcomes.iter().map(|p| p.log.clone()).collect();
-    let account = ledger::publish_account(&logs);
-    let deliverable = account.confirmed + account.unknown;
-    let delivered = || {
-        progress
-            .delivered
-            .iter()
-            .map(|d| d.load(Ordering::Relaxed))
-            .collect::<Vec<_>>()
-    };
-    let (mut last, mut last_change) = (delivered(), Instant::now());
+    publish_logs.send_replace(Some(Arc::new(logs)));
     let mut drain_timed_out = false;
     loop {
-        let now_delivered = delivered();
-        if now_delivered != last {
-            (last, last_change) = (now_delivered.clone(), Instant::now());
-        }
-        let all_in = now_delivered.iter().all(|&d| d >= deliverable);
-        let settled = now_delivered.iter().all(|&d| d >= account.confirmed)
-            && last_change.elapsed() >= Duration::from_secs(1);
-        if all_in || settled || cancel.is_cancelled() {
+        let all_in = progress
+            .missing
+            .iter()
+            .all(|m| m.load(Ordering::Relaxed) == 0);
+        if all_in || cancel.is_cancelled() {
             break;
         }
         if Instant::now() >= context.deadline {
@@ -592,6 +585,9 @@ impl ProducerTask {
     }
 }
 
+/// The producers' history, published to the consumers when they are done.
+type PublishedLogs = tokio::sync::watch::Receiver<Option<Arc<Vec<ProducerLog>>>>;
+
 /// One consumer group: records every delivery in the ledger and the latency
 /// histograms on arrival, processes up to `concurrency` messages at once, and
 /// acknowledges each after its processing. Processing and acks run as futures
@@ -601,10 +597,15 @@ async fn consume(
     mut consumer: Box<dyn Consumer>,
     group: ConsumerGroup,
     cx: RunContext,
-    stop: CancellationToken,
+    (stop, mut published): (CancellationToken, PublishedLogs),
     (progress, index): (Arc<Progress>, usize),
 ) -> GroupOutcome {
     let mut out = GroupOutcome::default();
+    // Once the producers are done: their history, and how many confirmed
+    // messages this group still lacks.
+    let mut sent: Option<Arc<Vec<ProducerLog>>> = None;
+    let mut missing = 0u64;
+    let mut closed = false;
     let mut processing = FuturesUnordered::new();
     let steady_ns = cx.steady_ns();
     let work = group.processing_time;
@@ -612,6 +613,19 @@ async fn consume(
         let next = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
+            changed = published.changed(), if sent.is_none() && !closed => {
+                let logs = published.borrow_and_update().clone();
+                match (changed, logs) {
+                    (Ok(()), Some(logs)) => {
+                        missing = ledger::group_account(&logs, &out.log).lost;
+                        progress.missing[index].store(missing, Ordering::Relaxed);
+                        sent = Some(logs);
+                    }
+                    (Ok(()), None) => {}
+                    (Err(_), _) => closed = true,
+                }
+                continue;
+            }
             Some(acked) = processing.next(), if !processing.is_empty() => {
                 if let Err(kind) = acked {
                     count(&mut out.errors, kind);
@@ -647,6 +661,14 @@ async fn consume(
                         .record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
                 }
                 out.steady_delivered += u64::from(first && cx.in_steady(now));
+                let confirmed = |logs: &Arc<Vec<ProducerLog>>| {
+                    logs.get(envelope.producer as usize)
+                        .is_some_and(|p| p.is_confirmed(envelope.seq))
+                };
+                if first && sent.as_ref().is_some_and(confirmed) {
+                    missing = missing.saturating_sub(1);
+                    progress.missing[index].store(missing, Ordering::Relaxed);
+                }
                 progress.delivered[index].store(out.log.unique(), Ordering::Relaxed);
             }
             None => out.log.record_foreign(),
