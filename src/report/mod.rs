@@ -9,6 +9,7 @@ pub mod table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -230,7 +231,7 @@ impl BrokerResult {
         endpoint: String,
         m: Measurement,
     ) -> Self {
-        let logs: Vec<ledger::ProducerLog> = m.producers.iter().map(|p| p.log.clone()).collect();
+        let logs = Arc::clone(&m.publish_logs);
         let account = ledger::publish_account(&logs);
         let steady = m.steady_elapsed.as_secs_f64();
         let per_s = |n: u64| {

@@ -118,7 +118,8 @@ impl Phase {
 /// What one producer task measured.
 #[derive(Default)]
 pub struct ProducerOutcome {
-    /// Publish history.
+    /// Publish history (moved to [`Measurement::publish_logs`] when the
+    /// producers are done).
     pub log: ProducerLog,
     /// Intended send time to confirmation (corrected for coordinated omission).
     pub publish: Latency,
@@ -162,6 +163,8 @@ pub struct GroupOutcome {
 pub struct Measurement {
     /// Per producer.
     pub producers: Vec<ProducerOutcome>,
+    /// Every producer's publish history, in producer order.
+    pub publish_logs: Arc<Vec<ProducerLog>>,
     /// Per consumer group, in plan order.
     pub groups: Vec<GroupOutcome>,
     /// The faults applied, in order.
@@ -275,7 +278,7 @@ pub async fn measure(
         keys: plan.load.keys,
     };
     // The publish history, frozen, for the consumers once the producers are done.
-    let (publish_logs, published) = tokio::sync::watch::channel(None);
+    let (share_logs, published) = tokio::sync::watch::channel(None);
     let mut group_tasks = JoinSet::new();
     for (index, (consumer, group)) in consumers.into_iter().zip(&plan.consumers).enumerate() {
         let task = consume(
@@ -348,14 +351,19 @@ pub async fn measure(
         .min(context.end)
         .saturating_duration_since(context.steady_start);
     producer_outcomes.sort_by_key(|(id, _)| *id);
-    let producer_outcomes: Vec<ProducerOutcome> =
+    let mut producer_outcomes: Vec<ProducerOutcome> =
         producer_outcomes.into_iter().map(|(_, o)| o).collect();
 
     // Drain: until every group has every confirmed message, or the timeout.
     progress.set_phase(Phase::Drain);
     let drain_start = Instant::now();
-    let logs: Vec<ProducerLog> = producer_outcomes.iter().map(|p| p.log.clone()).collect();
-    publish_logs.send_replace(Some(Arc::new(logs)));
+    let publish_logs: Arc<Vec<ProducerLog>> = Arc::new(
+        producer_outcomes
+            .iter_mut()
+            .map(|p| std::mem::take(&mut p.log))
+            .collect(),
+    );
+    share_logs.send_replace(Some(Arc::clone(&publish_logs)));
     let mut drain_timed_out = false;
     loop {
         let all_in = progress
@@ -399,6 +407,7 @@ pub async fn measure(
     };
     Ok(Measurement {
         producers: producer_outcomes,
+        publish_logs,
         groups: groups.into_iter().map(|(_, g)| g).collect(),
         faults: fault_events,
         settings,
