@@ -64,8 +64,6 @@ fn orders_with(extra: &str) -> String {
 }
 
 #[test]
-#[ignore = "intermittent: in about 1 run in 5, lapin's automatic recovery never completes after \
-            RabbitMQ is killed, so publishing does not recover (issue 4); run with --ignored"]
 fn a_crash_loses_no_confirmed_order_on_durable_settings() {
     // orders.toml: quorum queues and persistent messages, JetStream file
     // storage, Kafka acks=all; killed at 5 s for 3 s, 500 msg/s for 20 s.

@@ -13,6 +13,7 @@
 //! or the main thread, which live as long as the process, never on the
 //! short-lived blocking pool.)
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
@@ -62,27 +63,35 @@ impl LocalBroker {
             BrokerKind::Jetstream => &["monitoring"],
             BrokerKind::Kafka => &[],
         };
-        let ports = free_ports(1 + aux_names.len())?;
-        let mut broker = LocalBroker {
-            endpoint: Endpoint {
-                kind,
-                host: HOST.to_string(),
-                port: ports[0],
-            },
-            aux_ports: aux_names
-                .iter()
-                .copied()
-                .zip(ports[1..].iter().copied())
-                .collect(),
-            binary,
-            dir,
-            process: None,
-            epmd: None,
-            paused: false,
-            ready_in: Duration::ZERO,
-        };
-        broker.launch().await?;
-        Ok(broker)
+        // A port found free can be taken before the broker binds it (another
+        // program picking ports the same way): then pick fresh ones.
+        let mut attempts = 0;
+        loop {
+            let ports = free_ports(1 + aux_names.len())?;
+            let mut broker = LocalBroker {
+                endpoint: Endpoint {
+                    kind,
+                    host: HOST.to_string(),
+                    port: ports[0],
+                },
+                aux_ports: aux_names
+                    .iter()
+                    .copied()
+                    .zip(ports[1..].iter().copied())
+                    .collect(),
+                binary: binary.clone(),
+                dir: dir.clone(),
+                process: None,
+                epmd: None,
+                paused: false,
+                ready_in: Duration::ZERO,
+            };
+            match broker.launch().await {
+                Ok(_) => return Ok(broker),
+                Err(err) if err.is::<PortInUse>() && attempts < 3 => attempts += 1,
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Which broker this is.
@@ -149,11 +158,11 @@ impl LocalBroker {
             let in_use = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err();
             let ours = self.epmd.is_some() && self.aux_port("epmd") == Some(port);
             if in_use && !ours {
-                bail!(
-                    "port {port} on {HOST} is already in use, so {} cannot start there \
-                     (a broker left over from an earlier run?)",
-                    self.kind()
-                );
+                return Err(PortInUse {
+                    port,
+                    kind: self.kind(),
+                }
+                .into());
             }
         }
         if self.kind() == BrokerKind::Rabbitmq && self.epmd.is_none() {
@@ -486,17 +495,74 @@ fn signal_pgid(pgid: u32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid as i32), signal);
 }
 
-/// `n` distinct free loopback ports. All are held open until all are chosen,
-/// so the same port cannot be handed out twice.
+/// A port the broker must listen on is taken by another program.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "port {port} on {HOST} is already in use, so {kind} cannot start there \
+     (a broker left over from an earlier run?)"
+)]
+pub struct PortInUse {
+    port: u16,
+    kind: BrokerKind,
+}
+
+/// Ports this process has handed out. A port is never handed out twice, even
+/// after its broker stopped: a killed broker must find its ports free again
+/// when it restarts, while other brokers of the same process are starting.
+static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Where listening ports are picked from when the kernel's ephemeral range
+/// cannot be read.
+const FALLBACK_EPHEMERAL_START: u16 = 32768;
+/// The lowest port picked for a broker.
+const LOWEST_PORT: u16 = 10_000;
+
+/// `n` distinct free loopback ports for brokers to listen on.
+///
+/// They come from below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`): a port there is never taken by
+/// an outgoing client connection, so a killed broker can listen on it again.
+/// Picks start at a random point, so concurrent processes rarely collide, and
+/// each port is checked by binding it.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("finding free loopback ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    let end = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(FALLBACK_EPHEMERAL_START);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    if end <= LOWEST_PORT + 1000 {
+        // An unusual ephemeral range: let the kernel choose.
+        return kernel_chosen_ports(n, &mut handed_out);
+    }
+    let span = end - LOWEST_PORT;
+    let start = rand::random_range(0..span);
+    let mut chosen = Vec::with_capacity(n);
+    for step in 0..span {
+        let port = LOWEST_PORT + (start + step) % span;
+        if !handed_out.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            chosen.push(port);
+            if chosen.len() == n {
+                handed_out.extend(&chosen);
+                return Ok(chosen);
+            }
+        }
+    }
+    bail!("no {n} free loopback ports between {LOWEST_PORT} and {end}")
+}
+
+fn kernel_chosen_ports(n: usize, handed_out: &mut BTreeSet<u16>) -> Result<Vec<u16>> {
+    let mut listeners = Vec::new();
+    let mut chosen = Vec::with_capacity(n);
+    while chosen.len() < n {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding free loopback ports")?;
+        let port = listener.local_addr()?.port();
+        if handed_out.insert(port) {
+            chosen.push(port);
+        }
+        listeners.push(listener);
+    }
+    Ok(chosen)
 }
 
 #[cfg(test)]
@@ -510,8 +576,14 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), 5);
-        for port in ports {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        for port in &ports {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).unwrap();
         }
+        let again = free_ports(5).unwrap();
+        assert!(
+            again.iter().all(|p| !ports.contains(p)),
+            "a port was handed out twice: {ports:?} then {again:?}"
+        );
+        assert!(ports.iter().all(|p| *p >= LOWEST_PORT));
     }
 }
