@@ -66,9 +66,16 @@ pub struct RunArgs {
     /// Also print results.json to stdout (the tables go to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Where the brokers run: local child processes.
+    /// Where the brokers run.
     #[arg(long, value_enum, default_value = "local")]
     pub env: EnvKind,
+    /// With --env external: the targets file (TOML) giving each broker's URL
+    /// and the commands that apply faults to it (see docs/faults.md).
+    #[arg(long, value_name = "FILE", required_if_eq("env", "external"))]
+    pub targets: Option<PathBuf>,
+    /// With --env compose: the compose file.
+    #[arg(long, value_name = "FILE", default_value = "docker-compose.yml")]
+    pub compose_file: PathBuf,
 }
 
 /// Environments `run` can use.
@@ -76,6 +83,21 @@ pub struct RunArgs {
 pub enum EnvKind {
     /// brokerbench starts each broker as a child process (no Docker needed).
     Local,
+    /// `docker compose` services from --compose-file; faults as `docker compose` commands.
+    Compose,
+    /// Brokers you run, at the URLs in --targets; faults by your commands.
+    External,
+}
+
+impl EnvKind {
+    /// The name used on the command line and in results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvKind::Local => "local",
+            EnvKind::Compose => "compose",
+            EnvKind::External => "external",
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -6,6 +6,7 @@
 //! incomplete), the second exits at once.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,9 +17,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use super::DataDir;
-use crate::cli::RunArgs;
-use crate::env::binaries;
+use crate::cli::{EnvKind, RunArgs};
+use crate::env::binaries::{self, Binary};
+use crate::env::compose::ComposeBroker;
+use crate::env::external::Targets;
 use crate::env::local::LocalBroker;
+use crate::env::{BrokerKind, Placed};
 use crate::exit;
 use crate::report::{table, BrokerResult, Results};
 use crate::run::{self, Phase, Progress};
@@ -35,10 +39,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         duration: args.duration,
     };
     let plan = Plan::load(&args.scenario, &overrides)?;
-    let binaries = binaries::locate_all(&plan.brokers).await?;
-    let mut results = Results::new(&plan, "local");
+    let mut site = Site::prepare(&args, &plan).await?;
+    let mut results = Results::new(&plan, args.env.as_str());
     let dir = results.directory(&args.out);
-    let data = DataDir::new(None)?;
     let run_id: u64 = rand::random();
     // With --json, stdout carries only JSON.
     let say = |line: String| {
@@ -72,13 +75,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     ));
     let mut failure = None;
     let mut unfinished: Vec<String> = Vec::new();
-    for binary in binaries {
+    for &kind in &plan.brokers {
         if cancel.is_cancelled() {
             break;
         }
-        let kind = binary.kind;
-        let implementation = binary.implementation.clone();
-        let mut broker = match LocalBroker::start(binary, data.path()).await {
+        let mut broker = match site.place(kind).await {
             Ok(broker) => broker,
             Err(err) => {
                 failure = Some(err.context(format!("{kind} could not be started")));
@@ -95,15 +96,23 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             progress.clone(),
             plan.load.warmup + plan.load.duration,
         ));
+        let implementation = broker.implementation().to_string();
         let endpoint = broker.endpoint().clone();
         // The run's own deadlines end it; this bound only guards against a
         // client call that never returns, so that no run can hang.
         let bound = plan.load.warmup + plan.load.duration + plan.load.drain_timeout + MEASURE_SLACK;
-        let measure = run::measure(&plan, &endpoint, &mut broker, run_id, &cancel, &progress);
+        let measure = run::measure(
+            &plan,
+            &endpoint,
+            broker.as_mut(),
+            run_id,
+            &cancel,
+            &progress,
+        );
         let measured = tokio::time::timeout(bound, measure).await;
         ticker.abort();
         bar.finish_and_clear();
-        let endpoint = broker.endpoint().url();
+        let endpoint = broker.endpoint().shown();
         if let Err(err) = broker.shutdown().await {
             say(format!("warning: stopping {kind}: {err:#}"));
         }
@@ -186,6 +195,56 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         exit::CHECK_FAILED
     }))
+}
+
+/// Where the brokers come from. Prepared before anything runs, so that a
+/// missing program or a bad targets file stops the run before it starts.
+enum Site {
+    Local {
+        binaries: Vec<Binary>,
+        data: DataDir,
+    },
+    Compose(PathBuf),
+    External(Box<(Targets, Plan)>),
+}
+
+impl Site {
+    async fn prepare(args: &RunArgs, plan: &Plan) -> Result<Self> {
+        Ok(match args.env {
+            EnvKind::Local => Site::Local {
+                binaries: binaries::locate_all(&plan.brokers).await?,
+                data: DataDir::new(None)?,
+            },
+            EnvKind::Compose => Site::Compose(args.compose_file.clone()),
+            EnvKind::External => {
+                let file = args
+                    .targets
+                    .as_deref()
+                    .context("--env external needs --targets FILE")?;
+                let targets = Targets::load(file)?;
+                for &kind in &plan.brokers {
+                    targets.broker(kind, plan)?;
+                }
+                Site::External(Box::new((targets, plan.clone())))
+            }
+        })
+    }
+
+    /// The broker `kind`, started (local, compose) or reached (external).
+    async fn place(&mut self, kind: BrokerKind) -> Result<Box<dyn Placed>> {
+        Ok(match self {
+            Site::Local { binaries, data } => {
+                let binary = binaries
+                    .iter()
+                    .find(|b| b.kind == kind)
+                    .cloned()
+                    .context("located with the others")?;
+                Box::new(LocalBroker::start(binary, data.path()).await?)
+            }
+            Site::Compose(file) => Box::new(ComposeBroker::place(file, kind).await?),
+            Site::External(external) => Box::new(external.0.broker(kind, &external.1)?),
+        })
+    }
 }
 
 /// First Ctrl-C: stop the load and report. Second: exit now (the brokers die

@@ -37,7 +37,7 @@ impl JetStream {
     /// Connects with one NATS connection for the whole run.
     pub async fn connect(plan: &Plan, endpoint: &Endpoint) -> Result<Self> {
         let client = timed(
-            &format!("connecting to NATS at {}", endpoint.url()),
+            &format!("connecting to NATS at {}", endpoint.shown()),
             async_nats::ConnectOptions::new()
                 .name("brokerbench")
                 .max_reconnects(None)

@@ -48,7 +48,7 @@ pub struct RabbitMq {
 /// open their channels on the new connection. After `give_up` without
 /// success the session is dead: everything fails at once from then on.
 struct Session {
-    url: String,
+    endpoint: Endpoint,
     settings: RabbitmqSettings,
     recovery: Recovery,
     groups: Vec<String>,
@@ -66,8 +66,8 @@ impl Session {
     async fn connect(&self) -> Result<Connection> {
         let properties = ConnectionProperties::default().with_connection_name("brokerbench".into());
         timed(
-            &format!("connecting to RabbitMQ at {}", self.url),
-            Connection::connect(&self.url, properties),
+            &format!("connecting to RabbitMQ at {}", self.endpoint.shown()),
+            Connection::connect(&self.endpoint.url(), properties),
         )
         .await
     }
@@ -244,7 +244,7 @@ impl RabbitMq {
     /// Connects with one AMQP connection for the whole run.
     pub async fn connect(plan: &Plan, endpoint: &Endpoint) -> Result<Self> {
         let mut session = Session {
-            url: endpoint.url(),
+            endpoint: endpoint.clone(),
             settings: plan.rabbitmq.clone(),
             recovery: plan.recovery.clone(),
             groups: plan.consumers.iter().map(|c| c.group.clone()).collect(),

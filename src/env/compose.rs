@@ -4,13 +4,13 @@
 //! Our machines have no Docker engine, so this module is checked by tests of
 //! the commands it builds; the commands are the documented Docker Compose CLI.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use async_trait::async_trait;
+use anyhow::{Context, Result};
 
-use super::{BrokerKind, FaultTarget};
+use super::external::CommandBroker;
+use super::{BrokerKind, Endpoint, Operation};
 
 /// The compose service that runs each broker (see `docker-compose.yml`).
 pub fn service(kind: BrokerKind) -> &'static str {
@@ -18,6 +18,15 @@ pub fn service(kind: BrokerKind) -> &'static str {
         BrokerKind::Rabbitmq => "rabbitmq",
         BrokerKind::Jetstream => "nats",
         BrokerKind::Kafka => "kafka",
+    }
+}
+
+/// The client port each service publishes on loopback.
+pub fn client_port(kind: BrokerKind) -> u16 {
+    match kind {
+        BrokerKind::Rabbitmq => 5672,
+        BrokerKind::Jetstream => 4222,
+        BrokerKind::Kafka => 9092,
     }
 }
 
@@ -30,86 +39,88 @@ pub struct ComposeBroker {
     pub kind: BrokerKind,
 }
 
-/// A fault operation, as `docker compose` spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    /// `kill -s KILL`: a crash.
-    Kill,
-    /// `start`: after a kill.
-    Start,
-    /// `restart`: graceful stop and start.
-    Restart,
-    /// `pause`: freeze (cgroup freezer).
-    Pause,
-    /// `unpause`.
-    Resume,
-}
-
 impl ComposeBroker {
+    fn compose(&self, verb: &[&str]) -> Vec<String> {
+        ["docker", "compose", "-f"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([self.file.display().to_string()])
+            .chain(verb.iter().map(|s| s.to_string()))
+            .chain([service(self.kind).to_string()])
+            .collect()
+    }
+
     /// The argv for `operation` on this broker's service.
     pub fn command(&self, operation: Operation) -> Vec<String> {
-        let mut argv: Vec<String> = vec![
-            "docker".into(),
-            "compose".into(),
-            "-f".into(),
-            self.file.display().to_string(),
-        ];
-        let verb: &[&str] = match operation {
+        self.compose(match operation {
             Operation::Kill => &["kill", "-s", "KILL"],
             Operation::Start => &["start"],
             Operation::Restart => &["restart"],
             Operation::Pause => &["pause"],
             Operation::Resume => &["unpause"],
-        };
-        argv.extend(verb.iter().map(|s| s.to_string()));
-        argv.push(service(self.kind).to_string());
-        argv
+        })
     }
 
-    async fn execute(&self, operation: Operation) -> Result<()> {
-        let argv = self.command(operation);
-        let output = tokio::time::timeout(
-            Duration::from_secs(120),
-            tokio::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .with_context(|| format!("`{}` did not finish within 120 s", argv.join(" ")))?
-        .with_context(|| format!("could not run `{}`", argv.join(" ")))?;
-        if !output.status.success() {
-            bail!(
-                "`{}` failed: {}",
-                argv.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(())
+    /// Starts the service and waits for its healthcheck.
+    pub fn up(&self) -> Vec<String> {
+        self.compose(&["up", "--detach", "--wait"])
+    }
+
+    /// Stops the service (its volume, and so its data, stays).
+    pub fn down(&self) -> Vec<String> {
+        self.compose(&["stop"])
+    }
+
+    /// The image the service runs, as the compose file names it.
+    pub fn image(&self) -> Result<String> {
+        let text = std::fs::read_to_string(&self.file)
+            .with_context(|| format!("reading {}", self.file.display()))?;
+        image_of(&text, service(self.kind)).with_context(|| {
+            format!(
+                "{} has no `image:` for service {}",
+                self.file.display(),
+                service(self.kind)
+            )
+        })
+    }
+
+    /// Starts the service and returns it as a broker driven by `docker
+    /// compose` commands, ready when it answers its protocol.
+    pub async fn place(file: &Path, kind: BrokerKind) -> Result<CommandBroker> {
+        let compose = ComposeBroker {
+            file: file.to_path_buf(),
+            kind,
+        };
+        let implementation = format!("{} (docker compose)", compose.image()?);
+        let commands: BTreeMap<Operation, Vec<String>> = Operation::ALL
+            .into_iter()
+            .map(|op| (op, compose.command(op)))
+            .collect();
+        let endpoint = Endpoint::local(kind, "127.0.0.1", client_port(kind));
+        let broker =
+            CommandBroker::new(endpoint, implementation, commands).with_down(compose.down());
+        broker.execute("up", &compose.up()).await.context(
+            "the compose environment needs the Docker Compose plugin and a running Docker \
+             engine; without them, use --env local (the default)",
+        )?;
+        broker.wait_ready().await?;
+        Ok(broker)
     }
 }
 
-#[async_trait]
-impl FaultTarget for ComposeBroker {
-    async fn kill(&mut self) -> Result<()> {
-        self.execute(Operation::Kill).await
-    }
-
-    async fn start(&mut self) -> Result<()> {
-        self.execute(Operation::Start).await
-    }
-
-    async fn restart(&mut self) -> Result<()> {
-        self.execute(Operation::Restart).await
-    }
-
-    async fn pause(&mut self) -> Result<()> {
-        self.execute(Operation::Pause).await
-    }
-
-    async fn resume(&mut self) -> Result<()> {
-        self.execute(Operation::Resume).await
-    }
+/// The `image:` of `service` in a compose file: the first `image:` line
+/// indented under the service's own line in `services:`.
+fn image_of(text: &str, service: &str) -> Option<String> {
+    let mut lines = text.lines().skip_while(|l| l.trim_end() != "services:");
+    let header = format!("{service}:");
+    let mut lines = lines
+        .by_ref()
+        .skip_while(|l| l.trim() != header || !l.starts_with(' '));
+    let indent = lines.next()?.find(|c: char| c != ' ')?;
+    lines
+        .take_while(|l| l.trim().is_empty() || l.find(|c: char| c != ' ') > Some(indent))
+        .find_map(|l| l.trim().strip_prefix("image:"))
+        .map(|image| image.trim().trim_matches('"').to_string())
 }
 
 #[cfg(test)]
@@ -132,6 +143,41 @@ mod tests {
             let expected = format!("docker compose -f docker-compose.yml {verb} nats");
             assert_eq!(broker.command(operation).join(" "), expected);
         }
+    }
+
+    #[test]
+    fn up_and_down_address_one_service() {
+        let broker = ComposeBroker {
+            file: "docker-compose.yml".into(),
+            kind: BrokerKind::Kafka,
+        };
+        assert_eq!(
+            broker.up().join(" "),
+            "docker compose -f docker-compose.yml up --detach --wait kafka"
+        );
+        assert_eq!(
+            broker.down().join(" "),
+            "docker compose -f docker-compose.yml stop kafka"
+        );
+    }
+
+    #[test]
+    fn the_image_that_runs_is_read_from_the_compose_file() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml");
+        let image = |kind| {
+            ComposeBroker {
+                file: file.into(),
+                kind,
+            }
+            .image()
+            .unwrap()
+        };
+        assert!(image(BrokerKind::Rabbitmq).starts_with("rabbitmq:3."));
+        assert!(image(BrokerKind::Jetstream).starts_with("nats:2."));
+        assert!(image(BrokerKind::Kafka).starts_with("apache/kafka:"));
+        let text = "services:\n  a:\n    ports: []\n  b:\n    image: \"b:1\"\n";
+        assert_eq!(image_of(text, "a"), None);
+        assert_eq!(image_of(text, "b").as_deref(), Some("b:1"));
     }
 
     #[test]

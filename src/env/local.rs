@@ -27,7 +27,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::binaries::Binary;
-use super::{probe, BrokerKind, Endpoint, FaultTarget};
+use super::{probe, BrokerKind, Endpoint, FaultTarget, Placed};
 
 const HOST: &str = "127.0.0.1";
 
@@ -40,6 +40,8 @@ pub struct LocalBroker {
     binary: Binary,
     dir: PathBuf,
     endpoint: Endpoint,
+    /// The client port (AMQP, NATS or Kafka protocol).
+    port: u16,
     /// Further ports the broker listens on (monitoring, Erlang distribution).
     aux_ports: Vec<(&'static str, u16)>,
     process: Option<Child>,
@@ -69,11 +71,8 @@ impl LocalBroker {
         loop {
             let ports = free_ports(1 + aux_names.len())?;
             let mut broker = LocalBroker {
-                endpoint: Endpoint {
-                    kind,
-                    host: HOST.to_string(),
-                    port: ports[0],
-                },
+                endpoint: Endpoint::local(kind, HOST, ports[0]),
+                port: ports[0],
                 aux_ports: aux_names
                     .iter()
                     .copied()
@@ -121,7 +120,7 @@ impl LocalBroker {
 
     /// Every port this broker listens on, client port first.
     pub fn ports(&self) -> Vec<u16> {
-        std::iter::once(self.endpoint.port)
+        std::iter::once(self.port)
             .chain(self.aux_ports.iter().map(|(_, p)| *p))
             .collect()
     }
@@ -316,7 +315,7 @@ impl LocalBroker {
     }
 
     fn command(&self) -> Result<Command> {
-        let port = self.endpoint.port.to_string();
+        let port = self.port.to_string();
         let mut command = Command::new(&self.binary.path);
         match self.kind() {
             BrokerKind::Rabbitmq => self.rabbitmq_env(&mut command)?,
@@ -364,7 +363,7 @@ impl LocalBroker {
             "rabbitmq.conf",
             "log.console = false\nlog.file.level = info\n",
         )?;
-        let port = self.endpoint.port;
+        let port = self.port;
         let dist = self
             .aux_port("distribution")
             .context("no distribution port")?;
@@ -436,6 +435,21 @@ impl Drop for LocalBroker {
             signal_group(&child, Signal::SIGKILL);
             // tokio reaps the exited child in the background.
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Placed for LocalBroker {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn implementation(&self) -> &str {
+        &self.binary.implementation
+    }
+
+    async fn shutdown(self: Box<Self>) -> Result<()> {
+        LocalBroker::shutdown(*self).await
     }
 }
 

@@ -218,7 +218,7 @@ async fn amqp_connect(endpoint: &Endpoint) -> Result<lapin::Connection> {
     let props =
         lapin::ConnectionProperties::default().with_connection_name("brokerbench-probe".into());
     timed(
-        &format!("connecting to RabbitMQ at {}", endpoint.url()),
+        &format!("connecting to RabbitMQ at {}", endpoint.shown()),
         lapin::Connection::connect(&endpoint.url(), props),
     )
     .await
@@ -241,7 +241,7 @@ async fn amqp_queue(conn: &lapin::Connection, name: &str) -> Result<lapin::Chann
 
 async fn nats_connect(endpoint: &Endpoint) -> Result<async_nats::Client> {
     timed(
-        &format!("connecting to NATS at {}", endpoint.url()),
+        &format!("connecting to NATS at {}", endpoint.shown()),
         async_nats::ConnectOptions::new()
             .connection_timeout(CALL_TIMEOUT)
             .request_timeout(Some(CALL_TIMEOUT))

@@ -238,11 +238,11 @@ pub async fn measure(
     let connect = driver::connect(plan, endpoint, run_id);
     let driver = connect
         .await
-        .with_context(|| format!("cannot reach {broker} at {}", endpoint.url()))?;
+        .with_context(|| format!("cannot reach {broker} at {}", endpoint.shown()))?;
     driver
         .setup()
         .await
-        .with_context(|| format!("setting up {broker} at {}", endpoint.url()))?;
+        .with_context(|| format!("setting up {broker} at {}", endpoint.shown()))?;
 
     let epoch = Instant::now();
     let stop_consumers = CancellationToken::new();

@@ -29,9 +29,9 @@ pub enum ScenarioError {
         message: String,
     },
     /// The file cannot be read at all.
-    #[error("could not read scenario {}: {message}", file.display())]
+    #[error("could not read {}: {message}", file.display())]
     Unreadable {
-        /// The scenario file.
+        /// The file.
         file: PathBuf,
         /// The operating system's reason.
         message: String,
@@ -39,7 +39,7 @@ pub enum ScenarioError {
 }
 
 impl ScenarioError {
-    pub(super) fn unreadable(file: &Path, err: &std::io::Error) -> Self {
+    pub(crate) fn unreadable(file: &Path, err: &std::io::Error) -> Self {
         ScenarioError::Unreadable {
             file: file.to_path_buf(),
             message: err.to_string(),
@@ -64,7 +64,7 @@ impl ScenarioError {
 
 /// An error found while parsing or validating, before it knows its file.
 #[derive(Debug)]
-pub(super) struct RawError {
+pub(crate) struct RawError {
     /// Byte range in the text, when known.
     pub span: Option<Range<usize>>,
     /// The field's dotted path, when the code knows it better than the span.
@@ -73,6 +73,15 @@ pub(super) struct RawError {
 }
 
 impl RawError {
+    /// A TOML syntax or type error, at its place.
+    pub fn toml(err: &toml::de::Error) -> Self {
+        RawError {
+            span: err.span(),
+            field: None,
+            message: err.message().trim().to_string(),
+        }
+    }
+
     pub fn at(span: Range<usize>, message: impl Into<String>) -> Self {
         RawError {
             span: Some(span),

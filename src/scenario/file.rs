@@ -94,11 +94,7 @@ struct KafkaFile {
 
 impl ScenarioFile {
     pub fn parse(text: &str) -> Result<Self, RawError> {
-        toml::from_str(text).map_err(|e| RawError {
-            span: e.span(),
-            field: None,
-            message: e.message().trim().to_string(),
-        })
+        toml::from_str(text).map_err(|e| RawError::toml(&e))
     }
 
     pub fn into_plan(self, path: &Path) -> Result<Plan, RawError> {

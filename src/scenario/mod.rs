@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use error::RawError;
 pub use error::ScenarioError;
 
 use crate::env::BrokerKind;
@@ -59,6 +60,17 @@ pub enum FaultAction {
     Restart,
     /// The broker freezes for `duration` (SIGSTOP/SIGCONT, `docker compose pause`).
     Pause,
+}
+
+impl FaultAction {
+    /// The name used in scenario files and results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultAction::Kill => "kill",
+            FaultAction::Restart => "restart",
+            FaultAction::Pause => "pause",
+        }
+    }
 }
 
 /// One fault on the timeline.

@@ -1,0 +1,360 @@
+//! The `external` environment: brokers the user runs, at URLs the user gives,
+//! with faults applied by commands the user gives (a targets file).
+//!
+//! ```toml
+//! [rabbitmq]
+//! url = "amqp://app:secret@mq1.internal:5672/%2f"
+//! implementation = "RabbitMQ 3.13.7, 3 nodes"   # shown in the results
+//! [rabbitmq.faults]
+//! kill = "ssh mq1 sudo pkill -KILL -f beam.smp"
+//! start = "ssh mq1 sudo systemctl start rabbitmq-server"
+//! restart = "ssh mq1 sudo systemctl restart rabbitmq-server"
+//! pause = "ssh mq1 sudo pkill -STOP -f beam.smp"
+//! resume = "ssh mq1 sudo pkill -CONT -f beam.smp"
+//! ```
+//!
+//! Commands run with `sh -c`, with `BROKERBENCH_BROKER` and
+//! `BROKERBENCH_ACTION` set, each bounded by `command_timeout`. After `start`,
+//! `restart` and `resume` the broker counts as back once it answers its
+//! protocol's handshake again, within `ready_timeout`. The compose environment
+//! is the same thing with `docker compose` commands ([`super::compose`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{probe, BrokerKind, Endpoint, FaultTarget, Operation, Placed};
+use crate::scenario::{FaultAction, Plan, RawError, ScenarioError};
+
+/// How long a fault command may run, unless the targets file says otherwise.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a broker may take to answer again after `start`, `restart` or
+/// `resume`, unless the targets file says otherwise.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A broker reached at a fixed address and driven by commands.
+#[derive(Debug)]
+pub struct CommandBroker {
+    endpoint: Endpoint,
+    implementation: String,
+    commands: BTreeMap<Operation, Vec<String>>,
+    /// Run once when the broker is no longer needed (compose: stop the service).
+    down: Option<Vec<String>>,
+    command_timeout: Duration,
+    ready_timeout: Duration,
+}
+
+impl CommandBroker {
+    /// A broker at `endpoint`, faults applied by `commands` (argv each).
+    pub fn new(
+        endpoint: Endpoint,
+        implementation: String,
+        commands: BTreeMap<Operation, Vec<String>>,
+    ) -> Self {
+        CommandBroker {
+            endpoint,
+            implementation,
+            commands,
+            down: None,
+            command_timeout: COMMAND_TIMEOUT,
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    /// Runs `down` when the measurement is over.
+    pub fn with_down(mut self, down: Vec<String>) -> Self {
+        self.down = Some(down);
+        self
+    }
+
+    /// The argv run for `operation`, if any.
+    pub fn command(&self, operation: Operation) -> Option<&[String]> {
+        self.commands.get(&operation).map(Vec::as_slice)
+    }
+
+    /// Runs an argv with the command timeout; its output goes into the error
+    /// when it fails.
+    pub async fn execute(&self, action: &str, argv: &[String]) -> Result<()> {
+        let shown = argv.join(" ");
+        let output = tokio::time::timeout(
+            self.command_timeout,
+            tokio::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .env("BROKERBENCH_BROKER", self.endpoint.kind.as_str())
+                .env("BROKERBENCH_ACTION", action)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .with_context(|| format!("`{shown}` did not finish within {:?}", self.command_timeout))?
+        .with_context(|| format!("could not run `{shown}`"))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            bail!("`{shown}` failed ({}): {}", output.status, stderr.trim());
+        }
+        Ok(())
+    }
+
+    async fn operate(&self, operation: Operation) -> Result<()> {
+        let Some(argv) = self.command(operation) else {
+            bail!(
+                "no `{}` command for {}",
+                operation.as_str(),
+                self.endpoint.kind
+            );
+        };
+        self.execute(operation.as_str(), argv).await?;
+        if matches!(
+            operation,
+            Operation::Start | Operation::Restart | Operation::Resume
+        ) {
+            self.wait_ready().await?;
+        }
+        Ok(())
+    }
+
+    /// Polls the protocol handshake until the broker answers.
+    pub async fn wait_ready(&self) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let attempt = tokio::time::timeout(
+                self.ready_timeout.saturating_sub(started.elapsed()),
+                probe::handshake(&self.endpoint),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(())) => return Ok(started.elapsed()),
+                Ok(Err(err)) if started.elapsed() >= self.ready_timeout => {
+                    bail!(
+                        "{} at {} did not answer within {:?}: {err:#}",
+                        self.endpoint.kind,
+                        self.endpoint.shown(),
+                        self.ready_timeout
+                    )
+                }
+                Err(_) => bail!(
+                    "{} at {} did not answer within {:?}",
+                    self.endpoint.kind,
+                    self.endpoint.shown(),
+                    self.ready_timeout
+                ),
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl FaultTarget for CommandBroker {
+    async fn kill(&mut self) -> Result<()> {
+        self.operate(Operation::Kill).await
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        self.operate(Operation::Start).await
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        self.operate(Operation::Restart).await
+    }
+
+    async fn pause(&mut self) -> Result<()> {
+        self.operate(Operation::Pause).await
+    }
+
+    async fn resume(&mut self) -> Result<()> {
+        self.operate(Operation::Resume).await
+    }
+}
+
+#[async_trait]
+impl Placed for CommandBroker {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn implementation(&self) -> &str {
+        &self.implementation
+    }
+
+    async fn shutdown(self: Box<Self>) -> Result<()> {
+        match &self.down {
+            Some(argv) => self.execute("down", argv).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A targets file: per broker, where it is and how to apply faults.
+#[derive(Debug)]
+pub struct Targets {
+    file: PathBuf,
+    text: String,
+    parsed: TargetsFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetsFile {
+    rabbitmq: Option<Spanned<TargetFile>>,
+    jetstream: Option<Spanned<TargetFile>>,
+    kafka: Option<Spanned<TargetFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFile {
+    url: Spanned<String>,
+    implementation: Option<String>,
+    command_timeout: Option<Spanned<String>>,
+    ready_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    faults: BTreeMap<Spanned<String>, String>,
+}
+
+impl Targets {
+    /// Reads and checks a targets file.
+    pub fn load(file: &Path) -> Result<Self, ScenarioError> {
+        let text =
+            std::fs::read_to_string(file).map_err(|e| ScenarioError::unreadable(file, &e))?;
+        Self::parse(file, text)
+    }
+
+    /// Parses targets `text` (named `file` in errors).
+    pub fn parse(file: &Path, text: String) -> Result<Self, ScenarioError> {
+        let parsed: TargetsFile =
+            toml::from_str(&text).map_err(|e| RawError::toml(&e).in_file(file, &text))?;
+        let targets = Targets {
+            file: file.to_path_buf(),
+            text,
+            parsed,
+        };
+        for kind in BrokerKind::ALL {
+            if let Some(target) = targets.target(kind) {
+                targets.check(kind, target.get_ref())?;
+            }
+        }
+        Ok(targets)
+    }
+
+    fn target(&self, kind: BrokerKind) -> Option<&Spanned<TargetFile>> {
+        match kind {
+            BrokerKind::Rabbitmq => self.parsed.rabbitmq.as_ref(),
+            BrokerKind::Jetstream => self.parsed.jetstream.as_ref(),
+            BrokerKind::Kafka => self.parsed.kafka.as_ref(),
+        }
+    }
+
+    fn error(&self, err: RawError) -> ScenarioError {
+        err.in_file(&self.file, &self.text)
+    }
+
+    fn check(&self, kind: BrokerKind, target: &TargetFile) -> Result<(), ScenarioError> {
+        Endpoint::new(kind, target.url.get_ref()).map_err(|message| {
+            self.error(RawError::field(
+                format!("{kind}.url"),
+                Some(target.url.span()),
+                message,
+            ))
+        })?;
+        for (name, value) in [
+            ("command_timeout", &target.command_timeout),
+            ("ready_timeout", &target.ready_timeout),
+        ] {
+            if let Some(value) = value {
+                crate::scenario::parse_duration(value.get_ref()).map_err(|message| {
+                    self.error(RawError::field(
+                        format!("{kind}.{name}"),
+                        Some(value.span()),
+                        message,
+                    ))
+                })?;
+            }
+        }
+        for (action, command) in &target.faults {
+            if Operation::parse(action.get_ref()).is_none() {
+                return Err(self.error(RawError::field(
+                    format!("{kind}.faults.{}", action.get_ref()),
+                    Some(action.span()),
+                    "unknown action (expected kill, start, restart, pause or resume)",
+                )));
+            }
+            if command.trim().is_empty() {
+                return Err(self.error(RawError::field(
+                    format!("{kind}.faults.{}", action.get_ref()),
+                    Some(action.span()),
+                    "the command is empty",
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The broker `kind` for a run of `plan`: an error naming the file and
+    /// field when it is not in the file, or when the plan's faults need a
+    /// command the file does not give.
+    pub fn broker(&self, kind: BrokerKind, plan: &Plan) -> Result<CommandBroker, ScenarioError> {
+        let Some(spanned) = self.target(kind) else {
+            return Err(self.error(RawError::field(
+                kind.as_str(),
+                None,
+                format!(
+                    "no [{kind}] table, but the run includes {kind}: add one, or choose \
+                     the brokers to run with --brokers"
+                ),
+            )));
+        };
+        let target = spanned.get_ref();
+        let commands: BTreeMap<Operation, Vec<String>> = target
+            .faults
+            .iter()
+            .filter_map(|(action, command)| {
+                let argv = vec!["sh".to_string(), "-c".to_string(), command.clone()];
+                Some((Operation::parse(action.get_ref())?, argv))
+            })
+            .collect();
+        for fault in &plan.faults {
+            let needed: &[Operation] = match fault.action {
+                FaultAction::Kill => &[Operation::Kill, Operation::Start],
+                FaultAction::Restart => &[Operation::Restart],
+                FaultAction::Pause => &[Operation::Pause, Operation::Resume],
+            };
+            if let Some(missing) = needed.iter().find(|op| !commands.contains_key(op)) {
+                return Err(self.error(RawError::field(
+                    format!("{kind}.faults.{}", missing.as_str()),
+                    Some(spanned.span()),
+                    format!(
+                        "the scenario has a {} fault at {}, which needs a `{}` command here",
+                        fault.action.as_str(),
+                        humantime::format_duration(fault.at),
+                        missing.as_str()
+                    ),
+                )));
+            }
+        }
+        let endpoint = Endpoint::new(kind, target.url.get_ref()).expect("checked when parsed");
+        let implementation = target.implementation.clone().unwrap_or_else(|| {
+            format!(
+                "{} at {} (version not stated in {})",
+                kind.display_name(),
+                endpoint.shown(),
+                self.file.display()
+            )
+        });
+        let duration = |value: &Option<Spanned<String>>, default| {
+            value.as_ref().map_or(default, |v| {
+                crate::scenario::parse_duration(v.get_ref()).expect("checked when parsed")
+            })
+        };
+        let mut broker = CommandBroker::new(endpoint, implementation, commands);
+        broker.command_timeout = duration(&target.command_timeout, COMMAND_TIMEOUT);
+        broker.ready_timeout = duration(&target.ready_timeout, READY_TIMEOUT);
+        Ok(broker)
+    }
+}

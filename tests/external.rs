@@ -1,0 +1,253 @@
+//! The external environment: a broker brokerbench did not start, reached at
+//! the URL of a targets file, with faults applied by the file's commands.
+//! Here the "user's" broker is a real nats-server that the test runs as a
+//! daemon of its own, and the commands are the shell lines an operator would
+//! write (kill -9 by pid file, start again on the same port and store).
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use brokerbench::env::local::free_ports;
+use brokerbench::env::{binaries, BrokerKind};
+use serde_json::Value;
+
+/// A nats-server run by shell commands, killed when the test ends.
+struct UsersBroker {
+    dir: tempfile::TempDir,
+    port: u16,
+    start: String,
+}
+
+impl UsersBroker {
+    async fn new() -> Self {
+        let nats = binaries::locate(BrokerKind::Jetstream)
+            .await
+            .expect("nats-server must be installed (make test installs it)");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_ports(1).unwrap()[0];
+        let d = dir.path().display();
+        let start = format!(
+            "{nats} -js -a 127.0.0.1 -p {port} -sd {d}/store -P {d}/pid >>{d}/log 2>&1 &",
+            nats = nats.path.display()
+        );
+        UsersBroker { dir, port, start }
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("pid")
+    }
+
+    fn targets(&self, faults: &str) -> PathBuf {
+        let path = self.dir.path().join("targets.toml");
+        let text = format!(
+            "[jetstream]\nurl = \"nats://127.0.0.1:{port}\"\nimplementation = \"nats-server, run by the user\"\n\
+             [jetstream.faults]\n{faults}",
+            port = self.port
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for UsersBroker {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid.trim()])
+                .status();
+        }
+    }
+}
+
+fn sh(command: &str) {
+    let status = std::process::Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{command}");
+}
+
+fn run(scenario: &Path, targets: &Path, out: &Path, extra: &[&str]) -> Output {
+    util::brokerbench()
+        .arg("run")
+        .arg(scenario)
+        .args(["--env", "external", "--targets"])
+        .arg(targets)
+        .args(["--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_users_broker_is_killed_and_started_by_the_users_commands() {
+    let broker = UsersBroker::new().await;
+    sh(&broker.start);
+    let started = std::time::Instant::now();
+    while !(util::port_open(broker.port) && broker.pid_file().exists()) {
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "nats-server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid_file = broker.pid_file().display().to_string();
+    let targets = broker.targets(&format!(
+        "kill = \"kill -9 $(cat {pid_file})\"\nstart = '{}'\n",
+        broker.start
+    ));
+    let scenario = broker.dir.path().join("scenario.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"external\"\nbrokers = [\"jetstream\"]\n\
+         [load]\nrate = 200\nduration = \"8s\"\nwarmup = \"0s\"\n\
+         [[consumers]]\ngroup = \"billing\"\n\
+         [[faults]]\nat = \"2s\"\naction = \"kill\"\nduration = \"2s\"\n",
+    )
+    .unwrap();
+    let first_pid = std::fs::read_to_string(broker.pid_file()).unwrap();
+
+    let out = run(
+        &scenario,
+        &targets,
+        &broker.dir.path().join("results"),
+        &["--json"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
+    util::validate_results(&results);
+    assert_eq!(results["environment"], "external");
+    let b = &results["brokers"][0];
+    assert_eq!(b["implementation"], "nats-server, run by the user");
+    assert_eq!(
+        b["endpoint"],
+        format!("nats://127.0.0.1:{}", broker.port).as_str()
+    );
+    let fault = &b["faults"][0];
+    assert_eq!(fault["action"], "kill");
+    let ready = fault["broker_ready_after_s"].as_f64().expect("came back");
+    assert!(ready >= 2.0, "ready after {ready} s, but down for 2 s");
+    assert!(fault["publish_recovered_after_s"].as_f64().unwrap() >= ready);
+    assert_eq!(b["groups"][0]["lost"], 0, "{stderr}");
+    // The user's commands really ran: a new process serves the port.
+    let second_pid = std::fs::read_to_string(broker.pid_file()).unwrap();
+    assert_ne!(first_pid, second_pid);
+    assert!(
+        util::port_open(broker.port),
+        "the user's broker is left running"
+    );
+}
+
+#[tokio::test]
+async fn targets_file_mistakes_name_the_file_line_and_field() {
+    let broker = UsersBroker::new().await; // not started: nothing may run
+    let dir = broker.dir.path();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/orders.toml");
+    let out_dir = dir.join("results");
+
+    // orders.toml runs all three brokers; the file has only jetstream.
+    let targets = broker.targets("");
+    let out = run(&scenario, &targets, &out_dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:1:1: rabbitmq: no [rabbitmq] table",
+            targets.display()
+        )),
+        "{stderr}"
+    );
+
+    // A kill fault needs `kill` and `start` commands.
+    let with_kill = dir.join("kill.toml");
+    std::fs::write(
+        &with_kill,
+        "name = \"k\"\nbrokers = [\"jetstream\"]\n[load]\nrate = 10\nduration = \"5s\"\n\
+         [[consumers]]\ngroup = \"g\"\n[[faults]]\nat = \"1s\"\naction = \"kill\"\nduration = \"1s\"\n",
+    )
+    .unwrap();
+    let targets = broker.targets("kill = \"true\"\n");
+    let out = run(&with_kill, &targets, &out_dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("jetstream.faults.start") && stderr.contains("needs a `start` command"),
+        "{stderr}"
+    );
+
+    // An unknown action and a URL of the wrong form, at their lines.
+    let targets = broker.targets("reboot = \"true\"\n");
+    let out = run(&with_kill, &targets, &out_dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(":5:1: jetstream.faults.reboot: unknown action"),
+        "{stderr}"
+    );
+    std::fs::write(&targets, "[jetstream]\nurl = \"127.0.0.1:4222\"\n").unwrap();
+    let out = run(&with_kill, &targets, &out_dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(":2:7: jetstream.url: '127.0.0.1:4222' is not a NATS URL"),
+        "{stderr}"
+    );
+
+    // --env external without --targets.
+    let out = util::brokerbench()
+        .args(["run", "scenarios/orders.toml", "--env", "external"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--targets"));
+}
+
+#[test]
+fn compose_without_a_docker_engine_fails_clearly_and_keeps_the_results_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bin, path) = util::path_with_only(&[]); // no docker at all
+    let out = util::brokerbench()
+        .args([
+            "run",
+            "scenarios/orders.toml",
+            "--env",
+            "compose",
+            "--duration",
+            "1s",
+        ])
+        .arg("--out")
+        .arg(dir.path())
+        .env("PATH", path)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("docker compose -f docker-compose.yml up --detach --wait rabbitmq"),
+        "{stderr}"
+    );
+    let results: Vec<_> = walk(dir.path());
+    assert_eq!(results.len(), 1, "{results:?}");
+    let written: Value = serde_json::from_slice(&std::fs::read(&results[0]).unwrap()).unwrap();
+    assert_eq!(written["environment"], "compose");
+    assert_eq!(written["complete"], false);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else if path.file_name().is_some_and(|n| n == "results.json") {
+            found.push(path);
+        }
+    }
+    found
+}
