@@ -4,6 +4,7 @@
 //! The binary is a thin shell around [`run`], so tests drive the same code in
 //! process. See `DESIGN.md`-style notes at the top of each module.
 
+pub mod advisor;
 pub mod cli;
 pub mod commands;
 pub mod driver;
@@ -32,5 +33,6 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Env(command) => commands::env::run(command).await,
         cli::Command::Run(args) => commands::run::run(args).await,
+        cli::Command::Advise(args) => commands::advise::run(args),
     }
 }

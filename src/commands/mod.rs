@@ -1,5 +1,6 @@
 //! What each subcommand does, on top of the library modules.
 
+pub mod advise;
 pub mod env;
 pub mod run;
 

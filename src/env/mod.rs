@@ -183,7 +183,7 @@ impl Endpoint {
                 !url.is_empty()
                     && url.split(',').all(|server| {
                         server.trim().rsplit_once(':').is_some_and(|(host, port)| {
-                            !host.is_empty() && port.parse::<u16>().is_ok()
+                            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
                         })
                     })
             }

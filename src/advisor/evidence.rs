@@ -1,0 +1,245 @@
+//! Measured evidence: results.json files from `brokerbench run`, judged
+//! against the user's answers (their rate, their latency target).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::answers::Answers;
+use super::facts::{Criterion, Judged};
+use crate::env::BrokerKind;
+
+/// The weight of measured evidence: more than any single known fact, since
+/// it is the user's own traffic on their own machines.
+pub const WEIGHT: f64 = 3.0;
+/// The score of a broker that was not measured while others were.
+pub const UNMEASURED: f64 = 5.0;
+
+/// What one results file says about one broker.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub broker: BrokerKind,
+    pub implementation: String,
+    pub file: PathBuf,
+    /// Target rate of the run; 0 for as fast as possible.
+    pub target_rate_per_s: f64,
+    /// Confirmed messages per second in the steady phase.
+    pub confirmed_per_s: f64,
+    /// The worst p99 end-to-end latency over the groups, in milliseconds.
+    pub p99_ms: Option<f64>,
+    /// Confirmed messages never delivered, over all groups.
+    pub lost: u64,
+    pub faults: usize,
+    /// The slowest publish recovery after a fault; `Some(None)` if one never recovered.
+    pub worst_recovery_s: Option<Option<f64>>,
+    pub complete: bool,
+}
+
+#[derive(Deserialize)]
+struct ResultsFile {
+    schema: String,
+    brokers: Vec<BrokerFile>,
+}
+
+#[derive(Deserialize)]
+struct BrokerFile {
+    broker: BrokerKind,
+    implementation: String,
+    load: LoadFile,
+    publish: PublishFile,
+    groups: Vec<GroupFile>,
+    latency_us: LatencyFile,
+    faults: Vec<FaultFile>,
+    complete: bool,
+}
+
+#[derive(Deserialize)]
+struct LoadFile {
+    target_rate_per_s: f64,
+}
+
+#[derive(Deserialize)]
+struct PublishFile {
+    confirmed_per_s: f64,
+}
+
+#[derive(Deserialize)]
+struct GroupFile {
+    lost: u64,
+}
+
+#[derive(Deserialize)]
+struct LatencyFile {
+    end_to_end: BTreeMap<String, SummaryFile>,
+}
+
+#[derive(Deserialize)]
+struct SummaryFile {
+    count: u64,
+    p99: u64,
+}
+
+#[derive(Deserialize)]
+struct FaultFile {
+    publish_recovered_after_s: Option<f64>,
+}
+
+/// Reads results files written by `brokerbench run`.
+pub fn load(files: &[PathBuf]) -> Result<Vec<Measurement>> {
+    let mut measured = Vec::new();
+    for file in files {
+        measured.extend(read(file)?);
+    }
+    Ok(measured)
+}
+
+fn read(file: &Path) -> Result<Vec<Measurement>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("could not read results {}", file.display()))?;
+    let results: ResultsFile = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a results.json written by `brokerbench run`",
+            file.display()
+        )
+    })?;
+    if results.schema != "brokerbench.results/v1" {
+        bail!(
+            "{}: schema {} is not brokerbench.results/v1",
+            file.display(),
+            results.schema
+        );
+    }
+    Ok(results
+        .brokers
+        .into_iter()
+        .map(|b| {
+            let p99_us = b
+                .latency_us
+                .end_to_end
+                .values()
+                .filter(|s| s.count > 0)
+                .map(|s| s.p99)
+                .max();
+            let recoveries: Vec<Option<f64>> = b
+                .faults
+                .iter()
+                .map(|f| f.publish_recovered_after_s)
+                .collect();
+            let worst_recovery_s = if recoveries.is_empty() {
+                None
+            } else if recoveries.iter().any(Option::is_none) {
+                Some(None)
+            } else {
+                recoveries.into_iter().flatten().reduce(f64::max).map(Some)
+            };
+            Measurement {
+                broker: b.broker,
+                implementation: b.implementation,
+                file: file.to_path_buf(),
+                target_rate_per_s: b.load.target_rate_per_s,
+                confirmed_per_s: b.publish.confirmed_per_s,
+                p99_ms: p99_us.map(|us| us as f64 / 1000.0),
+                lost: b.groups.iter().map(|g| g.lost).sum(),
+                faults: b.faults.len(),
+                worst_recovery_s,
+                complete: b.complete,
+            }
+        })
+        .collect())
+}
+
+/// The evidence criterion: per broker, a score from its measurements.
+pub fn criterion(answers: &Answers, measured: &[Measurement]) -> Option<Criterion> {
+    if measured.is_empty() {
+        return None;
+    }
+    let judged: Vec<Judged> = BrokerKind::ALL
+        .iter()
+        .map(|kind| {
+            let mine: Vec<&Measurement> = measured.iter().filter(|m| m.broker == *kind).collect();
+            if mine.is_empty() {
+                (
+                    UNMEASURED,
+                    "not measured: no results for it were given".to_string(),
+                )
+            } else {
+                judge(answers, &mine)
+            }
+        })
+        .collect();
+    Some(Criterion {
+        name: "measured",
+        weight: WEIGHT,
+        judged: judged.try_into().expect("three brokers"),
+    })
+}
+
+fn judge(answers: &Answers, mine: &[&Measurement]) -> Judged {
+    let rate = answers.rate;
+    let mut score = 10.0;
+    let mut reasons = Vec::new();
+    // Throughput: only runs offered at least the user's rate say anything.
+    let relevant: Vec<&&Measurement> = mine
+        .iter()
+        .filter(|m| m.target_rate_per_s == 0.0 || m.target_rate_per_s >= rate)
+        .collect();
+    let best = relevant
+        .iter()
+        .map(|m| m.confirmed_per_s)
+        .fold(0.0, f64::max);
+    if relevant.is_empty() {
+        let most = mine.iter().map(|m| m.target_rate_per_s).fold(0.0, f64::max);
+        reasons.push(format!(
+            "measured only up to {most:.0} msg/s, below your {rate:.0}/s"
+        ));
+    } else if best >= 0.98 * rate {
+        reasons.push(format!(
+            "sustained your rate: {best:.0} msg/s confirmed (you need {rate:.0})"
+        ));
+    } else {
+        score = 10.0 * (best / rate).min(1.0);
+        reasons.push(format!(
+            "did not sustain your rate: {best:.0} msg/s confirmed of the {rate:.0} you need"
+        ));
+    }
+    if let Some(p99) = relevant
+        .iter()
+        .filter_map(|m| m.p99_ms)
+        .reduce(f64::max)
+        .filter(|_| answers.latency_ms > 0.0)
+    {
+        if p99 > answers.latency_ms {
+            score -= 3.0;
+            reasons.push(format!(
+                "p99 end to end {p99:.1} ms, over your {} ms target",
+                answers.latency_ms
+            ));
+        } else {
+            reasons.push(format!(
+                "p99 end to end {p99:.1} ms, within your {} ms target",
+                answers.latency_ms
+            ));
+        }
+    }
+    let lost: u64 = mine.iter().map(|m| m.lost).sum();
+    if lost > 0 {
+        score -= 5.0;
+        reasons.push(format!("lost {lost} confirmed messages"));
+    } else {
+        reasons.push("lost no confirmed message".to_string());
+    }
+    let recoveries: Vec<Option<f64>> = mine.iter().filter_map(|m| m.worst_recovery_s).collect();
+    if recoveries.iter().any(Option::is_none) {
+        score -= 4.0;
+        reasons.push("publishing never recovered after a fault".to_string());
+    } else if let Some(worst) = recoveries.into_iter().flatten().reduce(f64::max) {
+        if worst > 10.0 {
+            score -= 2.0;
+        }
+        reasons.push(format!("recovered from faults within {worst:.1} s"));
+    }
+    let score: f64 = score;
+    (score.clamp(0.0, 10.0), reasons.join("; "))
+}

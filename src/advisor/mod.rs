@@ -1,0 +1,388 @@
+//! The advisor: answers to the questions that decide a broker choice, scored
+//! per broker and criterion into a ranking with its reasons; measured results
+//! enter as one more criterion. docs/advisor.md explains the model.
+
+pub mod answers;
+pub mod evidence;
+pub mod facts;
+pub mod scenario;
+
+use serde::Serialize;
+
+use answers::{Answers, DeadLetter, Delivery, Hosting, Language, Ordering, Replay};
+use evidence::Measurement;
+use facts::Criterion;
+
+use crate::env::BrokerKind;
+
+/// The schema name of `advise --json` output.
+pub const SCHEMA: &str = "brokerbench.advice/v1";
+
+/// The advice: a ranking with reasons, what the evidence changed, and the
+/// nearest change of answers that would flip the first place.
+#[derive(Clone, Debug, Serialize)]
+pub struct Advice {
+    pub schema: &'static str,
+    /// The first broker of the ranking.
+    pub recommendation: BrokerKind,
+    pub ranking: Vec<Ranked>,
+    pub answers: Answers,
+    /// Questions not answered, which took their neutral default.
+    pub defaulted: Vec<&'static str>,
+    pub evidence: Option<Evidence>,
+    pub nearest_flip: Option<Flip>,
+}
+
+/// One broker's place.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ranked {
+    pub broker: BrokerKind,
+    /// 0 to 100: the weighted mean of the criteria scores, times ten.
+    pub score: f64,
+    /// The reasons, most weighty first: "criterion (score/10): why".
+    pub reasons: Vec<String>,
+    pub criteria: Vec<Scored>,
+}
+
+/// One criterion for one broker.
+#[derive(Clone, Debug, Serialize)]
+pub struct Scored {
+    pub criterion: &'static str,
+    pub weight: f64,
+    /// 0 to 10.
+    pub score: f64,
+    pub reason: String,
+}
+
+/// What measured results did to the ranking.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evidence {
+    pub measurements: Vec<Measurement>,
+    /// The order on answers alone.
+    pub ranking_without: Vec<BrokerKind>,
+    /// Whether the measurements changed the order.
+    pub changed_ranking: bool,
+    /// Per broker, the measured criterion's score and reasons.
+    pub effects: Vec<Scored>,
+}
+
+/// The nearest change of one answer that puts another broker first.
+#[derive(Clone, Debug, Serialize)]
+pub struct Flip {
+    pub question: &'static str,
+    pub from: String,
+    pub to: String,
+    pub first: BrokerKind,
+}
+
+/// The product a recommendation names.
+pub fn product(kind: BrokerKind) -> &'static str {
+    match kind {
+        BrokerKind::Rabbitmq => "RabbitMQ",
+        BrokerKind::Jetstream => "NATS JetStream",
+        BrokerKind::Kafka => "Apache Kafka (or a Kafka-protocol broker)",
+    }
+}
+
+/// Scores `answers`, with `measured` results as evidence if any.
+pub fn advise(answers: &Answers, defaulted: Vec<&'static str>, measured: &[Measurement]) -> Advice {
+    let known = facts::criteria(answers);
+    let without = rank(&known);
+    let measured_criterion = evidence::criterion(answers, measured);
+    let mut all = known;
+    all.extend(measured_criterion.clone());
+    let ranking = rank(&all);
+    let evidence = measured_criterion.map(|c| {
+        let order = |r: &[Ranked]| r.iter().map(|r| r.broker).collect::<Vec<_>>();
+        Evidence {
+            measurements: measured.to_vec(),
+            changed_ranking: order(&without) != order(&ranking),
+            ranking_without: order(&without),
+            effects: BrokerKind::ALL
+                .iter()
+                .zip(&c.judged)
+                .map(|(kind, (score, reason))| Scored {
+                    criterion: kind.as_str(),
+                    weight: c.weight,
+                    score: *score,
+                    reason: reason.clone(),
+                })
+                .collect(),
+        }
+    });
+    let first = ranking[0].broker;
+    Advice {
+        schema: SCHEMA,
+        recommendation: first,
+        nearest_flip: nearest_flip(answers, first, measured),
+        ranking,
+        answers: answers.clone(),
+        defaulted,
+        evidence,
+    }
+}
+
+/// Weighted means, best first; ties keep RabbitMQ, JetStream, Kafka order.
+fn rank(criteria: &[Criterion]) -> Vec<Ranked> {
+    let total_weight: f64 = criteria.iter().map(|c| c.weight).sum();
+    let mut ranked: Vec<Ranked> = BrokerKind::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| {
+            let mut scored: Vec<Scored> = criteria
+                .iter()
+                .map(|c| Scored {
+                    criterion: c.name,
+                    weight: c.weight,
+                    score: c.judged[i].0,
+                    reason: c.judged[i].1.clone(),
+                })
+                .collect();
+            let sum: f64 = scored.iter().map(|s| s.weight * s.score).sum();
+            let score = (10.0 * sum / total_weight * 10.0).round() / 10.0;
+            scored.sort_by(|a, b| {
+                let spread = |s: &Scored| s.weight * (10.0 - s.score);
+                b.weight
+                    .total_cmp(&a.weight)
+                    .then(spread(b).total_cmp(&spread(a)))
+            });
+            let reasons = scored
+                .iter()
+                .filter(|s| s.weight > 0.0)
+                .map(|s| format!("{} ({}/10): {}", s.criterion, s.score, s.reason))
+                .collect();
+            Ranked {
+                broker: *kind,
+                score,
+                reasons,
+                criteria: scored,
+            }
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    ranked
+}
+
+/// The first broker for `answers`, with the same evidence.
+fn first(answers: &Answers, measured: &[Measurement]) -> BrokerKind {
+    let mut criteria = facts::criteria(answers);
+    criteria.extend(evidence::criterion(answers, measured));
+    rank(&criteria)[0].broker
+}
+
+/// Rates that stand for each band of the rate criterion.
+const RATE_BANDS: [f64; 4] = [300.0, 5_000.0, 50_000.0, 200_000.0];
+
+fn band(rate: f64) -> usize {
+    [
+        facts::RATE_ANY,
+        facts::RATE_SINGLE_QUEUE,
+        facts::RATE_SINGLE_STREAM,
+    ]
+    .iter()
+    .filter(|limit| rate > **limit)
+    .count()
+}
+
+/// Tries every change of one answer, nearest first (one step of a rate band
+/// before two; deciding questions before the others), and returns the first
+/// that puts another broker first.
+fn nearest_flip(answers: &Answers, top: BrokerKind, measured: &[Measurement]) -> Option<Flip> {
+    let mut candidates: Vec<(usize, Flip, Answers)> = Vec::new();
+    let mut add = |distance: usize, question: &'static str, to: String, changed: Answers| {
+        candidates.push((
+            distance,
+            Flip {
+                question,
+                from: String::new(),
+                to,
+                first: top,
+            },
+            changed,
+        ));
+    };
+    for v in [DeadLetter::Required, DeadLetter::Useful, DeadLetter::No] {
+        if v != answers.dead_letter {
+            let distance = (v as i32 - answers.dead_letter as i32).unsigned_abs() as usize;
+            add(
+                distance,
+                "dead_letter",
+                answers::value(&v),
+                Answers {
+                    dead_letter: v,
+                    ..answers.clone()
+                },
+            );
+        }
+    }
+    for language in [
+        Language::Go,
+        Language::Python,
+        Language::Node,
+        Language::Java,
+        Language::Dotnet,
+        Language::Rust,
+        Language::Ruby,
+        Language::Php,
+    ] {
+        if !answers.languages.contains(&language) {
+            let mut languages = answers.languages.clone();
+            languages.push(language);
+            languages.sort();
+            let to = languages
+                .iter()
+                .map(answers::value)
+                .collect::<Vec<_>>()
+                .join(",");
+            add(
+                1,
+                "languages",
+                to,
+                Answers {
+                    languages,
+                    ..answers.clone()
+                },
+            );
+        }
+    }
+    for rate in RATE_BANDS {
+        let distance = band(rate).abs_diff(band(answers.rate));
+        if distance > 0 {
+            add(
+                distance,
+                "rate",
+                rate.to_string(),
+                Answers {
+                    rate,
+                    ..answers.clone()
+                },
+            );
+        }
+    }
+    for v in [Ordering::None, Ordering::PerKey, Ordering::Global] {
+        if v != answers.ordering {
+            add(
+                2,
+                "ordering",
+                answers::value(&v),
+                Answers {
+                    ordering: v,
+                    ..answers.clone()
+                },
+            );
+        }
+    }
+    for v in [Replay::No, Replay::Days, Replay::Long] {
+        if v != answers.replay {
+            add(
+                2,
+                "replay",
+                answers::value(&v),
+                Answers {
+                    replay: v,
+                    ..answers.clone()
+                },
+            );
+        }
+    }
+    for v in [
+        Delivery::BestEffort,
+        Delivery::AtLeastOnce,
+        Delivery::ExactlyOnce,
+    ] {
+        if v != answers.delivery {
+            add(
+                2,
+                "delivery",
+                answers::value(&v),
+                Answers {
+                    delivery: v,
+                    ..answers.clone()
+                },
+            );
+        }
+    }
+    for v in [0.0, 100.0, 20.0, 2.0] {
+        if v != answers.latency_ms {
+            add(
+                2,
+                "latency_ms",
+                v.to_string(),
+                Answers {
+                    latency_ms: v,
+                    ..answers.clone()
+                },
+            );
+        }
+    }
+    for v in [1, 10, 50] {
+        if v != answers.groups {
+            add(
+                2,
+                "groups",
+                v.to_string(),
+                Answers {
+                    groups: v,
+                    ..answers.clone()
+                },
+            );
+        }
+    }
+    for v in [Hosting::SelfHosted, Hosting::Managed] {
+        if v != answers.hosting {
+            add(
+                2,
+                "hosting",
+                answers::value(&v),
+                Answers {
+                    hosting: v,
+                    ..answers.clone()
+                },
+            );
+        }
+    }
+    for kind in BrokerKind::ALL {
+        if !answers.experience.contains(&kind) {
+            let mut experience = answers.experience.clone();
+            experience.push(kind);
+            experience.sort();
+            let to = experience
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            add(
+                2,
+                "experience",
+                to,
+                Answers {
+                    experience,
+                    ..answers.clone()
+                },
+            );
+        }
+    }
+    candidates.sort_by_key(|(distance, _, _)| *distance);
+    candidates.into_iter().find_map(|(_, mut flip, changed)| {
+        let now_first = first(&changed, measured);
+        (now_first != top).then(|| {
+            flip.from = current(answers, flip.question);
+            flip.first = now_first;
+            flip
+        })
+    })
+}
+
+/// The current answer to `question`, as text.
+fn current(answers: &Answers, question: &str) -> String {
+    let json = serde_json::to_value(answers).unwrap_or_default();
+    match &json[question] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
