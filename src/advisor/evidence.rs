@@ -32,8 +32,10 @@ pub struct Measurement {
     /// Confirmed messages never delivered, over all groups.
     pub lost: u64,
     pub faults: usize,
-    /// The slowest publish recovery after a fault; `Some(None)` if one never recovered.
-    pub worst_recovery_s: Option<Option<f64>>,
+    /// The slowest publish recovery after a fault that recovered.
+    pub worst_recovery_s: Option<f64>,
+    /// Faults after which publishing never recovered.
+    pub unrecovered_faults: usize,
     pub complete: bool,
 }
 
@@ -127,13 +129,8 @@ fn read(file: &Path) -> Result<Vec<Measurement>> {
                 .iter()
                 .map(|f| f.publish_recovered_after_s)
                 .collect();
-            let worst_recovery_s = if recoveries.is_empty() {
-                None
-            } else if recoveries.iter().any(Option::is_none) {
-                Some(None)
-            } else {
-                recoveries.into_iter().flatten().reduce(f64::max).map(Some)
-            };
+            let unrecovered_faults = recoveries.iter().filter(|r| r.is_none()).count();
+            let worst_recovery_s = recoveries.into_iter().flatten().reduce(f64::max);
             Measurement {
                 broker: b.broker,
                 implementation: b.implementation,
@@ -144,6 +141,7 @@ fn read(file: &Path) -> Result<Vec<Measurement>> {
                 lost: b.groups.iter().map(|g| g.lost).sum(),
                 faults: b.faults.len(),
                 worst_recovery_s,
+                unrecovered_faults,
                 complete: b.complete,
             }
         })
@@ -230,11 +228,14 @@ fn judge(answers: &Answers, mine: &[&Measurement]) -> Judged {
     } else {
         reasons.push("lost no confirmed message".to_string());
     }
-    let recoveries: Vec<Option<f64>> = mine.iter().filter_map(|m| m.worst_recovery_s).collect();
-    if recoveries.iter().any(Option::is_none) {
+    if mine.iter().any(|m| m.unrecovered_faults > 0) {
         score -= 4.0;
         reasons.push("publishing never recovered after a fault".to_string());
-    } else if let Some(worst) = recoveries.into_iter().flatten().reduce(f64::max) {
+    } else if let Some(worst) = mine
+        .iter()
+        .filter_map(|m| m.worst_recovery_s)
+        .reduce(f64::max)
+    {
         if worst > 10.0 {
             score -= 2.0;
         }

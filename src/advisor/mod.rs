@@ -63,7 +63,17 @@ pub struct Evidence {
     /// Whether the measurements changed the order.
     pub changed_ranking: bool,
     /// Per broker, the measured criterion's score and reasons.
-    pub effects: Vec<Scored>,
+    pub effects: Vec<Effect>,
+}
+
+/// The measured criterion for one broker.
+#[derive(Clone, Debug, Serialize)]
+pub struct Effect {
+    pub broker: BrokerKind,
+    pub weight: f64,
+    /// 0 to 10.
+    pub score: f64,
+    pub reason: String,
 }
 
 /// The nearest change of one answer that puts another broker first.
@@ -101,8 +111,8 @@ pub fn advise(answers: &Answers, defaulted: Vec<&'static str>, measured: &[Measu
             effects: BrokerKind::ALL
                 .iter()
                 .zip(&c.judged)
-                .map(|(kind, (score, reason))| Scored {
-                    criterion: kind.as_str(),
+                .map(|(kind, (score, reason))| Effect {
+                    broker: *kind,
                     weight: c.weight,
                     score: *score,
                     reason: reason.clone(),

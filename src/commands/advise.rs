@@ -294,7 +294,7 @@ pub fn render(advice: &Advice) -> String {
         for effect in &evidence.effects {
             out.push_str(&format!(
                 "  {}: {}/10: {}\n",
-                effect.criterion, effect.score, effect.reason
+                effect.broker, effect.score, effect.reason
             ));
         }
         let order = |o: &[BrokerKind]| {

@@ -104,17 +104,22 @@ pub fn path_with_only(programs: &[&str]) -> (tempfile::TempDir, PathBuf) {
 
 /// Asserts that `results` matches schema/results.v1.json.
 pub fn validate_results(results: &serde_json::Value) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/results.v1.json");
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("the schema itself is valid");
+    validate("results.v1.json", results);
+}
+
+/// Asserts that `value` matches `schema/<schema>`.
+pub fn validate(schema: &str, value: &serde_json::Value) {
+    let path = format!("{}/schema/{schema}", env!("CARGO_MANIFEST_DIR"));
+    let schema_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema_json).expect("the schema itself is valid");
     let errors: Vec<String> = validator
-        .iter_errors(results)
+        .iter_errors(value)
         .map(|e| format!("{e} at {}", e.instance_path()))
         .collect();
     assert!(
         errors.is_empty(),
-        "results do not match schema/results.v1.json:\n{}",
+        "output does not match schema/{schema}:\n{}",
         errors.join("\n")
     );
 }
