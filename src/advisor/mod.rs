@@ -396,3 +396,160 @@ fn current(answers: &Answers, question: &str) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::answers::GivenAnswers;
+    use super::*;
+
+    fn answers(dead_letter: DeadLetter, languages: &[Language], rate: f64) -> Answers {
+        GivenAnswers {
+            dead_letter: Some(dead_letter),
+            languages: Some(languages.to_vec()),
+            rate: Some(rate),
+            ..Default::default()
+        }
+        .complete()
+        .unwrap()
+        .0
+    }
+
+    fn measured(broker: BrokerKind, confirmed_per_s: f64, lost: u64) -> Measurement {
+        Measurement {
+            broker,
+            implementation: broker.to_string(),
+            file: "results.json".into(),
+            target_rate_per_s: 0.0,
+            confirmed_per_s,
+            p99_ms: Some(2.0),
+            lost,
+            faults: 1,
+            worst_recovery_s: Some(3.0),
+            unrecovered_faults: 0,
+            complete: lost == 0,
+        }
+    }
+
+    #[test]
+    fn deciding_answers_are_required_and_the_rest_default() {
+        let missing = GivenAnswers::default().complete().unwrap_err();
+        assert_eq!(missing.len(), 3, "{missing:?}");
+        let (a, defaulted) = GivenAnswers {
+            dead_letter: Some(DeadLetter::No),
+            languages: Some(vec![Language::Python, Language::Go, Language::Go]),
+            rate: Some(100.0),
+            groups: Some(4),
+            ..Default::default()
+        }
+        .complete()
+        .unwrap();
+        assert_eq!(a.languages, [Language::Go, Language::Python]);
+        assert_eq!(
+            defaulted,
+            [
+                "ordering",
+                "replay",
+                "delivery",
+                "latency_ms",
+                "hosting",
+                "experience"
+            ]
+        );
+        assert_eq!(a.delivery, Delivery::AtLeastOnce);
+    }
+
+    #[test]
+    fn unasked_criteria_weigh_nothing_and_scores_stay_in_range() {
+        let a = answers(DeadLetter::No, &[Language::Go], 100.0);
+        let advice = advise(&a, vec![], &[]);
+        for ranked in &advice.ranking {
+            assert!((0.0..=100.0).contains(&ranked.score));
+            for c in &ranked.criteria {
+                assert!((0.0..=10.0).contains(&c.score), "{c:?}");
+                if [
+                    "dead letters",
+                    "ordering",
+                    "replay and retention",
+                    "latency target",
+                ]
+                .contains(&c.criterion)
+                {
+                    assert_eq!(c.weight, 0.0, "{c:?}");
+                }
+            }
+            assert!(ranked.reasons.iter().all(|r| !r.starts_with("ordering")));
+        }
+    }
+
+    #[test]
+    fn a_broker_that_lost_messages_or_missed_the_rate_is_marked_down() {
+        let a = answers(DeadLetter::Useful, &[Language::Java], 5_000.0);
+        let evidence = [
+            measured(BrokerKind::Rabbitmq, 15_000.0, 0),
+            measured(BrokerKind::Jetstream, 120_000.0, 7),
+            measured(BrokerKind::Kafka, 1_800.0, 0),
+        ];
+        let advice = advise(&a, vec![], &evidence);
+        let effects = &advice.evidence.as_ref().unwrap().effects;
+        let score = |kind| effects.iter().find(|e| e.broker == kind).unwrap().score;
+        assert_eq!(score(BrokerKind::Rabbitmq), 10.0);
+        assert_eq!(score(BrokerKind::Jetstream), 5.0, "lost 7: {effects:?}");
+        assert!((score(BrokerKind::Kafka) - 3.6).abs() < 1e-9, "{effects:?}");
+        let kafka = effects
+            .iter()
+            .find(|e| e.broker == BrokerKind::Kafka)
+            .unwrap();
+        assert!(
+            kafka.reason.contains("1800 msg/s confirmed of the 5000"),
+            "{kafka:?}"
+        );
+        // A broker with no results scores the neutral 5.
+        let only_rabbit = advise(&a, vec![], &evidence[..1]);
+        let effects = &only_rabbit.evidence.unwrap().effects;
+        assert_eq!(effects[1].score, evidence::UNMEASURED);
+        assert!(effects[1].reason.starts_with("not measured"));
+    }
+
+    #[test]
+    fn the_nearest_flip_really_flips() {
+        let a = answers(
+            DeadLetter::Required,
+            &[Language::Go, Language::Python],
+            200.0,
+        );
+        let advice = advise(&a, vec![], &[]);
+        let flip = advice.nearest_flip.expect("a flip exists");
+        assert_ne!(flip.first, advice.recommendation);
+        let mut changed = a.clone();
+        changed.dead_letter = DeadLetter::No;
+        assert_eq!(flip.question, "dead_letter");
+        assert_eq!(flip.from, "required");
+        assert_eq!(first(&changed, &[]), flip.first);
+    }
+
+    #[test]
+    fn written_scenarios_parse_for_any_answers() {
+        for (delivery, groups, rate) in [
+            (Delivery::AtLeastOnce, 3, 200.0),
+            (Delivery::BestEffort, 50, 250_000.0),
+            (Delivery::ExactlyOnce, 1, 0.5),
+        ] {
+            let mut a = answers(DeadLetter::No, &[Language::Rust], rate);
+            a.delivery = delivery;
+            a.groups = groups;
+            let text = scenario::emit(&a);
+            let plan = crate::scenario::Plan::parse(
+                std::path::Path::new("advised.toml"),
+                &text,
+                &Default::default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(plan.load.rate, rate);
+            assert_eq!(
+                plan.consumers.len() as u32,
+                groups.min(scenario::MAX_GROUPS)
+            );
+            assert_eq!(plan.faults.len(), 1);
+        }
+    }
+}
