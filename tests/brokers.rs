@@ -14,6 +14,17 @@ use brokerbench::env::BrokerKind;
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// The end of the broker's log, to explain a failure.
+fn log_tail(broker: &LocalBroker) -> String {
+    let log = std::fs::read_to_string(broker.log_path()).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    format!(
+        "{} ends with:\n{}",
+        broker.log_path().display(),
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    )
+}
+
 async fn survives_crash_pause_and_restart(kind: BrokerKind) {
     let dir = tempfile::tempdir().unwrap();
     let binary = binaries::locate(kind)
@@ -55,7 +66,9 @@ async fn survives_crash_pause_and_restart(kind: BrokerKind) {
     println!("{kind}: restarted after kill -9, ready in {ready:?}");
     assert_eq!(broker.endpoint(), &endpoint, "restart must keep the port");
     assert_eq!(
-        fetch_one(&endpoint, topic, "tester", WAIT).await.unwrap(),
+        fetch_one(&endpoint, topic, "tester", WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e:#}\n{}", log_tail(&broker))),
         b"persisted before kill -9"
     );
 
@@ -75,7 +88,9 @@ async fn survives_crash_pause_and_restart(kind: BrokerKind) {
     let ready = broker.restart().await.unwrap();
     println!("{kind}: graceful restart, ready in {ready:?}");
     assert_eq!(
-        fetch_one(&endpoint, topic, "tester", WAIT).await.unwrap(),
+        fetch_one(&endpoint, topic, "tester", WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e:#}\n{}", log_tail(&broker))),
         b"persisted before restart"
     );
 
