@@ -241,6 +241,6 @@ fn judge(answers: &Answers, mine: &[&Measurement]) -> Judged {
         }
         reasons.push(format!("recovered from faults within {worst:.1} s"));
     }
-    let score: f64 = score;
-    (score.clamp(0.0, 10.0), reasons.join("; "))
+    let score = (score.clamp(0.0, 10.0) * 10.0).round() / 10.0;
+    (score, reasons.join("; "))
 }

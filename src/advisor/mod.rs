@@ -494,7 +494,7 @@ mod tests {
         let score = |kind| effects.iter().find(|e| e.broker == kind).unwrap().score;
         assert_eq!(score(BrokerKind::Rabbitmq), 10.0);
         assert_eq!(score(BrokerKind::Jetstream), 5.0, "lost 7: {effects:?}");
-        assert!((score(BrokerKind::Kafka) - 3.6).abs() < 1e-9, "{effects:?}");
+        assert_eq!(score(BrokerKind::Kafka), 3.6, "{effects:?}");
         let kafka = effects
             .iter()
             .find(|e| e.broker == BrokerKind::Kafka)
