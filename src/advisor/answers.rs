@@ -274,19 +274,16 @@ impl GivenAnswers {
 impl Answers {
     /// The same answers as `brokerbench advise` flags.
     pub fn as_flags(&self) -> Vec<String> {
-        let names = |values: Vec<String>| {
+        let names = |values: String| {
             if values.is_empty() {
                 "none".to_string()
             } else {
-                values.join(",")
+                values
             }
         };
         vec![
             format!("--dead-letter {}", value(&self.dead_letter)),
-            format!(
-                "--languages {}",
-                names(self.languages.iter().map(value).collect())
-            ),
+            format!("--languages {}", names(list(&self.languages))),
             format!("--rate {}", self.rate),
             format!("--ordering {}", value(&self.ordering)),
             format!("--replay {}", value(&self.replay)),
@@ -294,12 +291,14 @@ impl Answers {
             format!("--latency-ms {}", self.latency_ms),
             format!("--groups {}", self.groups),
             format!("--hosting {}", value(&self.hosting)),
-            format!(
-                "--experience {}",
-                names(self.experience.iter().map(|b| b.to_string()).collect())
-            ),
+            format!("--experience {}", names(list(&self.experience))),
         ]
     }
+}
+
+/// Values by their serde names, comma-separated, e.g. `go,python`.
+pub fn list<T: Serialize>(values: &[T]) -> String {
+    values.iter().map(value).collect::<Vec<_>>().join(",")
 }
 
 /// The name serde gives a unit enum value, e.g. `at-least-once`.

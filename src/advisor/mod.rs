@@ -9,7 +9,7 @@ pub mod scenario;
 
 use serde::Serialize;
 
-use answers::{Answers, DeadLetter, Delivery, Hosting, Language, Ordering, Replay};
+use answers::Answers;
 use evidence::Measurement;
 use facts::Criterion;
 
@@ -194,212 +194,152 @@ fn band(rate: f64) -> usize {
     .count()
 }
 
+/// One change of one answer, as the flip search tries it.
+struct Change {
+    /// Steps from the current answer: the next value of a deciding question
+    /// or rate band is 1, any other answer 2.
+    distance: usize,
+    question: &'static str,
+    from: String,
+    to: String,
+    answers: Answers,
+}
+
 /// Tries every change of one answer, nearest first (one step of a rate band
 /// before two; deciding questions before the others), and returns the first
 /// that puts another broker first.
 fn nearest_flip(answers: &Answers, top: BrokerKind, measured: &[Measurement]) -> Option<Flip> {
-    let mut candidates: Vec<(usize, Flip, Answers)> = Vec::new();
-    let mut add = |distance: usize, question: &'static str, to: String, changed: Answers| {
-        candidates.push((
+    let a = answers;
+    let number = |question, from: f64, to: f64, distance, set: fn(&mut Answers, f64)| {
+        let mut changed = a.clone();
+        set(&mut changed, to);
+        Change {
             distance,
-            Flip {
-                question,
-                from: String::new(),
-                to,
-                first: top,
-            },
-            changed,
-        ));
+            question,
+            from: from.to_string(),
+            to: to.to_string(),
+            answers: changed,
+        }
     };
-    for v in [DeadLetter::Required, DeadLetter::Useful, DeadLetter::No] {
-        if v != answers.dead_letter {
-            let distance = (v as i32 - answers.dead_letter as i32).unsigned_abs() as usize;
-            add(
-                distance,
-                "dead_letter",
-                answers::value(&v),
-                Answers {
-                    dead_letter: v,
-                    ..answers.clone()
-                },
-            );
-        }
-    }
-    for language in [
-        Language::Go,
-        Language::Python,
-        Language::Node,
-        Language::Java,
-        Language::Dotnet,
-        Language::Rust,
-        Language::Ruby,
-        Language::Php,
-    ] {
-        if !answers.languages.contains(&language) {
-            let mut languages = answers.languages.clone();
-            languages.push(language);
-            languages.sort();
-            let to = languages
-                .iter()
-                .map(answers::value)
-                .collect::<Vec<_>>()
-                .join(",");
-            add(
-                1,
-                "languages",
-                to,
-                Answers {
-                    languages,
-                    ..answers.clone()
-                },
-            );
-        }
-    }
-    for rate in RATE_BANDS {
-        let distance = band(rate).abs_diff(band(answers.rate));
-        if distance > 0 {
-            add(
-                distance,
-                "rate",
-                rate.to_string(),
-                Answers {
-                    rate,
-                    ..answers.clone()
-                },
-            );
-        }
-    }
-    for v in [Ordering::None, Ordering::PerKey, Ordering::Global] {
-        if v != answers.ordering {
-            add(
-                2,
-                "ordering",
-                answers::value(&v),
-                Answers {
-                    ordering: v,
-                    ..answers.clone()
-                },
-            );
-        }
-    }
-    for v in [Replay::No, Replay::Days, Replay::Long] {
-        if v != answers.replay {
-            add(
-                2,
-                "replay",
-                answers::value(&v),
-                Answers {
-                    replay: v,
-                    ..answers.clone()
-                },
-            );
-        }
-    }
-    for v in [
-        Delivery::BestEffort,
-        Delivery::AtLeastOnce,
-        Delivery::ExactlyOnce,
-    ] {
-        if v != answers.delivery {
-            add(
-                2,
-                "delivery",
-                answers::value(&v),
-                Answers {
-                    delivery: v,
-                    ..answers.clone()
-                },
-            );
-        }
-    }
-    for v in [0.0, 100.0, 20.0, 2.0] {
-        if v != answers.latency_ms {
-            add(
-                2,
-                "latency_ms",
-                v.to_string(),
-                Answers {
-                    latency_ms: v,
-                    ..answers.clone()
-                },
-            );
-        }
-    }
-    for v in [1, 10, 50] {
-        if v != answers.groups {
-            add(
-                2,
-                "groups",
-                v.to_string(),
-                Answers {
-                    groups: v,
-                    ..answers.clone()
-                },
-            );
-        }
-    }
-    for v in [Hosting::SelfHosted, Hosting::Managed] {
-        if v != answers.hosting {
-            add(
-                2,
-                "hosting",
-                answers::value(&v),
-                Answers {
-                    hosting: v,
-                    ..answers.clone()
-                },
-            );
-        }
-    }
-    for kind in BrokerKind::ALL {
-        if !answers.experience.contains(&kind) {
-            let mut experience = answers.experience.clone();
-            experience.push(kind);
-            experience.sort();
-            let to = experience
-                .iter()
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            add(
-                2,
-                "experience",
-                to,
-                Answers {
-                    experience,
-                    ..answers.clone()
-                },
-            );
-        }
-    }
-    candidates.sort_by_key(|(distance, _, _)| *distance);
-    candidates.into_iter().find_map(|(_, mut flip, changed)| {
-        let now_first = first(&changed, measured);
-        (now_first != top).then(|| {
-            flip.from = current(answers, flip.question);
-            flip.first = now_first;
-            flip
+    let mut changes: Vec<Change> = Vec::new();
+    changes.extend(other_values(
+        a,
+        "dead_letter",
+        a.dead_letter,
+        None,
+        |a, v| a.dead_letter = v,
+    ));
+    changes.extend(one_more(a, "languages", &a.languages, 1, |a, v| {
+        a.languages = v
+    }));
+    changes.extend(RATE_BANDS.into_iter().filter_map(|rate| {
+        let distance = band(rate).abs_diff(band(a.rate));
+        (distance > 0).then(|| number("rate", a.rate, rate, distance, |a, v| a.rate = v))
+    }));
+    changes.extend(other_values(a, "ordering", a.ordering, Some(2), |a, v| {
+        a.ordering = v
+    }));
+    changes.extend(other_values(a, "replay", a.replay, Some(2), |a, v| {
+        a.replay = v
+    }));
+    changes.extend(other_values(a, "delivery", a.delivery, Some(2), |a, v| {
+        a.delivery = v
+    }));
+    changes.extend(
+        [0.0, 100.0, 20.0, 2.0]
+            .into_iter()
+            .filter(|v| *v != a.latency_ms)
+            .map(|v| number("latency_ms", a.latency_ms, v, 2, |a, v| a.latency_ms = v)),
+    );
+    changes.extend([1, 10, 50].into_iter().filter(|v| *v != a.groups).map(|v| {
+        number("groups", a.groups.into(), v.into(), 2, |a, v| {
+            a.groups = v as u32
+        })
+    }));
+    changes.extend(other_values(a, "hosting", a.hosting, Some(2), |a, v| {
+        a.hosting = v
+    }));
+    changes.extend(one_more(a, "experience", &a.experience, 2, |a, v| {
+        a.experience = v
+    }));
+    // A stable sort: at equal distance, the order above (deciding first).
+    changes.sort_by_key(|c| c.distance);
+    changes.into_iter().find_map(|change| {
+        let now_first = first(&change.answers, measured);
+        (now_first != top).then_some(Flip {
+            question: change.question,
+            from: change.from,
+            to: change.to,
+            first: now_first,
         })
     })
 }
 
-/// The current answer to `question`, as text.
-fn current(answers: &Answers, question: &str) -> String {
-    let json = serde_json::to_value(answers).unwrap_or_default();
-    match &json[question] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .filter_map(|i| i.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
-    }
+/// Every other value of the enum answer `current`. `distance` is fixed, or,
+/// if `None`, how many places apart the two values are in the enum.
+fn other_values<'a, T>(
+    answers: &'a Answers,
+    question: &'static str,
+    current: T,
+    distance: Option<usize>,
+    set: fn(&mut Answers, T),
+) -> impl Iterator<Item = Change> + 'a
+where
+    T: clap::ValueEnum + Copy + PartialEq + Serialize + 'static,
+{
+    let place = |v: T| T::value_variants().iter().position(|x| *x == v);
+    T::value_variants()
+        .iter()
+        .copied()
+        .filter(move |v| *v != current)
+        .map(move |v| {
+            let mut changed = answers.clone();
+            set(&mut changed, v);
+            Change {
+                distance: distance
+                    .unwrap_or_else(|| place(v).unwrap_or(0).abs_diff(place(current).unwrap_or(0))),
+                question,
+                from: answers::value(&current),
+                to: answers::value(&v),
+                answers: changed,
+            }
+        })
+}
+
+/// The list answer `current` with one more of the values it lacks.
+fn one_more<'a, T>(
+    answers: &'a Answers,
+    question: &'static str,
+    current: &'a [T],
+    distance: usize,
+    set: fn(&mut Answers, Vec<T>),
+) -> impl Iterator<Item = Change> + 'a
+where
+    T: clap::ValueEnum + Copy + Ord + Serialize + 'static,
+{
+    T::value_variants()
+        .iter()
+        .filter(move |v| !current.contains(v))
+        .map(move |v| {
+            let mut values = current.to_vec();
+            values.push(*v);
+            values.sort();
+            let mut changed = answers.clone();
+            let to = answers::list(&values);
+            set(&mut changed, values);
+            Change {
+                distance,
+                question,
+                from: answers::list(current),
+                to,
+                answers: changed,
+            }
+        })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::answers::GivenAnswers;
+    use super::answers::{DeadLetter, Delivery, GivenAnswers, Language};
     use super::*;
 
     fn answers(dead_letter: DeadLetter, languages: &[Language], rate: f64) -> Answers {

@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use comfy_table::{presets, ContentArrangement, Table};
 
-use crate::advisor::answers::{
-    self, DeadLetter, Delivery, GivenAnswers, Hosting, Language, Ordering, Replay, QUESTIONS,
-};
+use crate::advisor::answers::{self, Delivery, GivenAnswers, QUESTIONS};
 use crate::advisor::{self, evidence, Advice};
 use crate::cli::AdviseArgs;
 use crate::env::BrokerKind;
@@ -100,59 +98,18 @@ fn check_numbers(given: &GivenAnswers) -> Result<()> {
 
 /// Asks every question not answered yet, each with why it matters.
 fn ask(mut given: GivenAnswers) -> Result<GivenAnswers> {
-    use inquire::{CustomType, MultiSelect, Select};
+    use inquire::CustomType;
     let q = |key: &str| {
         QUESTIONS
             .iter()
             .find(|q| q.key == key)
             .expect("a known question")
     };
-    let interrupted = |e: inquire::InquireError| anyhow::anyhow!("no answer: {e}");
-    fn pick<T: Copy + serde::Serialize>(question: &answers::Question, options: &[T]) -> Result<T> {
-        let names: Vec<String> = options.iter().map(answers::value).collect();
-        let chosen = Select::new(question.text, names.clone())
-            .with_help_message(question.why)
-            .prompt()
-            .map_err(|e| anyhow::anyhow!("no answer: {e}"))?;
-        let index = names.iter().position(|n| *n == chosen).expect("offered");
-        Ok(options[index])
-    }
     if given.dead_letter.is_none() {
-        given.dead_letter = Some(pick(
-            q("dead_letter"),
-            &[DeadLetter::Required, DeadLetter::Useful, DeadLetter::No],
-        )?);
+        given.dead_letter = Some(pick(q("dead_letter"), None)?);
     }
     if given.languages.as_ref().is_none_or(Vec::is_empty) {
-        let all = [
-            Language::Go,
-            Language::Python,
-            Language::Node,
-            Language::Java,
-            Language::Dotnet,
-            Language::Rust,
-            Language::Ruby,
-            Language::Php,
-        ];
-        let names: Vec<String> = all.iter().map(answers::value).collect();
-        let question = q("languages");
-        let chosen = MultiSelect::new(question.text, names.clone())
-            .with_help_message(&format!("{} (space selects, enter confirms)", question.why))
-            .with_validator(|chosen: &[inquire::list_option::ListOption<&String>]| {
-                Ok(if chosen.is_empty() {
-                    inquire::validator::Validation::Invalid("choose at least one".into())
-                } else {
-                    inquire::validator::Validation::Valid
-                })
-            })
-            .prompt()
-            .map_err(interrupted)?;
-        given.languages = Some(
-            chosen
-                .iter()
-                .filter_map(|c| names.iter().position(|n| n == c).map(|i| all[i]))
-                .collect(),
-        );
+        given.languages = Some(pick_many(q("languages"), true)?);
     }
     if given.rate.is_none() {
         let question = q("rate");
@@ -167,30 +124,17 @@ fn ask(mut given: GivenAnswers) -> Result<GivenAnswers> {
                     })
                 })
                 .prompt()
-                .map_err(interrupted)?,
+                .map_err(no_answer)?,
         );
     }
     if given.ordering.is_none() {
-        given.ordering = Some(pick(
-            q("ordering"),
-            &[Ordering::None, Ordering::PerKey, Ordering::Global],
-        )?);
+        given.ordering = Some(pick(q("ordering"), None)?);
     }
     if given.replay.is_none() {
-        given.replay = Some(pick(
-            q("replay"),
-            &[Replay::No, Replay::Days, Replay::Long],
-        )?);
+        given.replay = Some(pick(q("replay"), None)?);
     }
     if given.delivery.is_none() {
-        given.delivery = Some(pick(
-            q("delivery"),
-            &[
-                Delivery::AtLeastOnce,
-                Delivery::BestEffort,
-                Delivery::ExactlyOnce,
-            ],
-        )?);
+        given.delivery = Some(pick(q("delivery"), Some(Delivery::AtLeastOnce))?);
     }
     if given.latency_ms.is_none() {
         let question = q("latency_ms");
@@ -199,7 +143,7 @@ fn ask(mut given: GivenAnswers) -> Result<GivenAnswers> {
                 .with_help_message(question.why)
                 .with_default(0.0)
                 .prompt()
-                .map_err(interrupted)?,
+                .map_err(no_answer)?,
         );
     }
     if given.groups.is_none() {
@@ -209,39 +153,76 @@ fn ask(mut given: GivenAnswers) -> Result<GivenAnswers> {
                 .with_help_message(question.why)
                 .with_default(1)
                 .prompt()
-                .map_err(interrupted)?,
+                .map_err(no_answer)?,
         );
     }
     if given.hosting.is_none() {
-        given.hosting = Some(pick(
-            q("hosting"),
-            &[Hosting::SelfHosted, Hosting::Managed],
-        )?);
+        given.hosting = Some(pick(q("hosting"), None)?);
     }
     if given.experience.is_none() {
-        let question = q("experience");
-        let names: Vec<String> = BrokerKind::ALL.iter().map(|b| b.to_string()).collect();
-        let chosen = MultiSelect::new(question.text, names.clone())
-            .with_help_message(&format!(
-                "{} (space selects, enter confirms; none is fine)",
-                question.why
-            ))
-            .prompt()
-            .map_err(interrupted)?;
-        given.experience = Some(
-            chosen
-                .iter()
-                .filter_map(|c| {
-                    names
-                        .iter()
-                        .position(|n| n == c)
-                        .map(|i| BrokerKind::ALL[i])
-                })
-                .collect(),
-        );
+        given.experience = Some(pick_many(q("experience"), false)?);
     }
     check_numbers(&given)?;
     Ok(given)
+}
+
+fn no_answer(e: inquire::InquireError) -> anyhow::Error {
+    anyhow::anyhow!("no answer: {e}")
+}
+
+/// One of `T`'s values, offered in declaration order, `first` (if any) first.
+fn pick<T>(question: &answers::Question, first: Option<T>) -> Result<T>
+where
+    T: clap::ValueEnum + Copy + PartialEq + serde::Serialize,
+{
+    let options: Vec<T> = first
+        .into_iter()
+        .chain(
+            T::value_variants()
+                .iter()
+                .copied()
+                .filter(|v| Some(*v) != first),
+        )
+        .collect();
+    let names: Vec<String> = options.iter().map(answers::value).collect();
+    let chosen = inquire::Select::new(question.text, names.clone())
+        .with_help_message(question.why)
+        .prompt()
+        .map_err(no_answer)?;
+    let index = names.iter().position(|n| *n == chosen).expect("offered");
+    Ok(options[index])
+}
+
+/// Any of `T`'s values; at least one if `required`.
+fn pick_many<T>(question: &answers::Question, required: bool) -> Result<Vec<T>>
+where
+    T: clap::ValueEnum + Copy + serde::Serialize,
+{
+    use inquire::validator::Validation;
+    let options = T::value_variants();
+    let names: Vec<String> = options.iter().map(answers::value).collect();
+    let hint = if required {
+        "space selects, enter confirms"
+    } else {
+        "space selects, enter confirms; none is fine"
+    };
+    let chosen = inquire::MultiSelect::new(question.text, names.clone())
+        .with_help_message(&format!("{} ({hint})", question.why))
+        .with_validator(
+            move |chosen: &[inquire::list_option::ListOption<&String>]| {
+                Ok(if required && chosen.is_empty() {
+                    Validation::Invalid("choose at least one".into())
+                } else {
+                    Validation::Valid
+                })
+            },
+        )
+        .prompt()
+        .map_err(no_answer)?;
+    Ok(chosen
+        .iter()
+        .filter_map(|c| names.iter().position(|n| n == c).map(|i| options[i]))
+        .collect())
 }
 
 /// The advice for people.
