@@ -142,6 +142,14 @@ async fn a_users_broker_is_killed_and_started_by_the_users_commands() {
     );
 }
 
+/// Runs with a targets file that must be refused: exit 2 and its stderr.
+fn refused(scenario: &Path, targets: &Path, out: &Path) -> String {
+    let out = run(scenario, targets, out, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
 #[tokio::test]
 async fn targets_file_mistakes_name_the_file_line_and_field() {
     let broker = UsersBroker::new().await; // not started: nothing may run
@@ -151,9 +159,7 @@ async fn targets_file_mistakes_name_the_file_line_and_field() {
 
     // orders.toml runs all three brokers; the file has only jetstream.
     let targets = broker.targets("");
-    let out = run(&scenario, &targets, &out_dir, &[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused(&scenario, &targets, &out_dir);
     assert!(
         stderr.contains(&format!(
             "{}:1:1: rabbitmq: no [rabbitmq] table",
@@ -171,9 +177,7 @@ async fn targets_file_mistakes_name_the_file_line_and_field() {
     )
     .unwrap();
     let targets = broker.targets("kill = \"true\"\n");
-    let out = run(&with_kill, &targets, &out_dir, &[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused(&with_kill, &targets, &out_dir);
     assert!(
         stderr.contains("jetstream.faults.start") && stderr.contains("needs a `start` command"),
         "{stderr}"
@@ -181,17 +185,13 @@ async fn targets_file_mistakes_name_the_file_line_and_field() {
 
     // An unknown action and a URL of the wrong form, at their lines.
     let targets = broker.targets("reboot = \"true\"\n");
-    let out = run(&with_kill, &targets, &out_dir, &[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused(&with_kill, &targets, &out_dir);
     assert!(
         stderr.contains(":5:1: jetstream.faults.reboot: unknown action"),
         "{stderr}"
     );
     std::fs::write(&targets, "[jetstream]\nurl = \"127.0.0.1:4222\"\n").unwrap();
-    let out = run(&with_kill, &targets, &out_dir, &[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused(&with_kill, &targets, &out_dir);
     assert!(
         stderr.contains(":2:7: jetstream.url: '127.0.0.1:4222' is not a NATS URL"),
         "{stderr}"

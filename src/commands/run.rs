@@ -20,7 +20,7 @@ use super::DataDir;
 use crate::cli::{EnvKind, RunArgs};
 use crate::env::binaries::{self, Binary};
 use crate::env::compose::ComposeBroker;
-use crate::env::external::Targets;
+use crate::env::external::{CommandBroker, Targets};
 use crate::env::local::LocalBroker;
 use crate::env::{BrokerKind, Placed};
 use crate::exit;
@@ -205,7 +205,7 @@ enum Site {
         data: DataDir,
     },
     Compose(PathBuf),
-    External(Box<(Targets, Plan)>),
+    External(Vec<CommandBroker>),
 }
 
 impl Site {
@@ -222,10 +222,12 @@ impl Site {
                     .as_deref()
                     .context("--env external needs --targets FILE")?;
                 let targets = Targets::load(file)?;
-                for &kind in &plan.brokers {
-                    targets.broker(kind, plan)?;
-                }
-                Site::External(Box::new((targets, plan.clone())))
+                let brokers = plan
+                    .brokers
+                    .iter()
+                    .map(|&kind| targets.broker(kind, plan))
+                    .collect::<Result<_, _>>()?;
+                Site::External(brokers)
             }
         })
     }
@@ -242,7 +244,13 @@ impl Site {
                 Box::new(LocalBroker::start(binary, data.path()).await?)
             }
             Site::Compose(file) => Box::new(ComposeBroker::place(file, kind).await?),
-            Site::External(external) => Box::new(external.0.broker(kind, &external.1)?),
+            Site::External(brokers) => {
+                let at = brokers
+                    .iter()
+                    .position(|b| b.endpoint().kind == kind)
+                    .context("prepared with the others")?;
+                Box::new(brokers.swap_remove(at))
+            }
         })
     }
 }

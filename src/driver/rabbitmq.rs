@@ -56,7 +56,6 @@ struct Session {
 }
 
 /// One connection of the session; `number` counts reconnections.
-#[derive(Clone)]
 struct Generation {
     number: u64,
     connection: Option<Arc<Connection>>,

@@ -122,30 +122,23 @@ impl CommandBroker {
     /// Polls the protocol handshake until the broker answers.
     pub async fn wait_ready(&self) -> Result<Duration> {
         let started = Instant::now();
+        let deadline = started + self.ready_timeout;
         loop {
-            let attempt = tokio::time::timeout(
-                self.ready_timeout.saturating_sub(started.elapsed()),
-                probe::handshake(&self.endpoint),
-            )
-            .await;
-            match attempt {
+            let last = tokio::time::timeout_at(deadline.into(), probe::handshake(&self.endpoint));
+            let why = match last.await {
                 Ok(Ok(())) => return Ok(started.elapsed()),
-                Ok(Err(err)) if started.elapsed() >= self.ready_timeout => {
-                    bail!(
-                        "{} at {} did not answer within {:?}: {err:#}",
-                        self.endpoint.kind,
-                        self.endpoint.shown(),
-                        self.ready_timeout
-                    )
-                }
-                Err(_) => bail!(
-                    "{} at {} did not answer within {:?}",
+                Ok(Err(err)) => format!(": {err:#}"),
+                Err(_) => String::new(),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} at {} did not answer within {:?}{why}",
                     self.endpoint.kind,
                     self.endpoint.shown(),
                     self.ready_timeout
-                ),
-                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                );
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
