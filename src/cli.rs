@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::advisor::answers::{DeadLetter, Delivery, Hosting, Language, Ordering, Replay};
-use crate::env::BrokerKind;
+use crate::broker::BrokerKind;
 
 /// Measure RabbitMQ, NATS JetStream and Kafka on your own event traffic.
 #[derive(Debug, Parser)]
@@ -198,7 +198,7 @@ pub struct UpArgs {
 
 impl clap::ValueEnum for BrokerKind {
     fn value_variants<'a>() -> &'a [Self] {
-        &BrokerKind::ALL
+        &crate::broker::ALL
     }
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
@@ -224,7 +224,8 @@ mod tests {
         let Command::Env(EnvCommand::Smoke(args)) = cli.command else {
             panic!("parsed {cli:?}")
         };
-        assert_eq!(args.brokers, [BrokerKind::Kafka, BrokerKind::Rabbitmq]);
+        let names: Vec<&str> = args.brokers.iter().map(|b| b.as_str()).collect();
+        assert_eq!(names, ["kafka", "rabbitmq"]);
         let err =
             Cli::try_parse_from(["brokerbench", "env", "up", "--brokers", "kafak"]).unwrap_err();
         assert!(err.to_string().contains("kafak"), "{err}");

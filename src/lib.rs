@@ -2,9 +2,11 @@
 //! traffic, under the same conditions, and choose with figures.
 //!
 //! The binary is a thin shell around [`run`], so tests drive the same code in
-//! process. See `DESIGN.md`-style notes at the top of each module.
+//! process. `docs/architecture.md` walks the layout; each module opens with
+//! why it exists.
 
 pub mod advisor;
+pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod driver;

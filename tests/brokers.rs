@@ -7,10 +7,10 @@ mod util;
 
 use std::time::Duration;
 
+use brokerbench::broker::BrokerKind;
+use brokerbench::broker::{fetch_one, handshake, publish_durable};
 use brokerbench::env::binaries;
 use brokerbench::env::local::LocalBroker;
-use brokerbench::env::probe::{fetch_one, handshake, publish_durable};
-use brokerbench::env::BrokerKind;
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -6,9 +6,10 @@ mod util;
 use std::path::Path;
 use std::time::Duration;
 
-use brokerbench::driver::{self, Consumer, Driver};
+use brokerbench::broker::BrokerKind;
+use brokerbench::driver::{Consumer, Driver};
+use brokerbench::env::binaries;
 use brokerbench::env::local::LocalBroker;
-use brokerbench::env::{binaries, BrokerKind};
 use brokerbench::event::{self, Envelope};
 use brokerbench::scenario::{Overrides, Plan};
 
@@ -47,7 +48,7 @@ async fn publishes_confirms_and_redelivers_what_was_not_acked(kind: BrokerKind) 
         .unwrap();
     let plan = plan();
     let group = &plan.consumers[0];
-    let driver: Box<dyn Driver> = driver::connect(&plan, broker.endpoint(), RUN)
+    let driver: Box<dyn Driver> = brokerbench::broker::connect(&plan, broker.endpoint(), RUN)
         .await
         .unwrap();
     driver.setup().await.unwrap();

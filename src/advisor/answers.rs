@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::env::BrokerKind;
+use crate::broker::BrokerKind;
 
 /// Do failed messages need a dead-letter queue?
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::answers::Answers;
 use super::facts::{Criterion, Judged};
-use crate::env::BrokerKind;
+use crate::broker::BrokerKind;
 
 /// The weight of measured evidence: more than any single known fact, since
 /// it is the user's own traffic on their own machines.
@@ -153,7 +153,7 @@ pub fn criterion(answers: &Answers, measured: &[Measurement]) -> Option<Criterio
     if measured.is_empty() {
         return None;
     }
-    let judged: Vec<Judged> = BrokerKind::ALL
+    let judged: Vec<Judged> = crate::broker::ALL
         .iter()
         .map(|kind| {
             let mine: Vec<&Measurement> = measured.iter().filter(|m| m.broker == *kind).collect();

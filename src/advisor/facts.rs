@@ -2,13 +2,12 @@
 //! in plain words. docs/advisor.md gives the sources.
 
 use super::answers::{Answers, DeadLetter, Delivery, Hosting, Language, Ordering, Replay};
-use crate::env::BrokerKind;
 
 /// A score and its reason, for one broker.
 pub type Judged = (f64, String);
 
 /// One criterion: its name, its weight for these answers, and per broker (in
-/// [`BrokerKind::ALL`] order) a score and a reason.
+/// [`crate::broker::ALL`] order) a score and a reason.
 #[derive(Clone, Debug)]
 pub struct Criterion {
     pub name: &'static str,
@@ -479,7 +478,7 @@ fn operations(a: &Answers) -> Criterion {
             ),
         ],
     };
-    let judged: Vec<Judged> = BrokerKind::ALL
+    let judged: Vec<Judged> = crate::broker::ALL
         .iter()
         .zip(base)
         .map(|(kind, (score, reason))| {

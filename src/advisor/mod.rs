@@ -13,7 +13,7 @@ use answers::Answers;
 use evidence::Measurement;
 use facts::Criterion;
 
-use crate::env::BrokerKind;
+use crate::broker::BrokerKind;
 
 /// The schema name of `advise --json` output.
 pub const SCHEMA: &str = "brokerbench.advice/v1";
@@ -87,11 +87,7 @@ pub struct Flip {
 
 /// The product a recommendation names.
 pub fn product(kind: BrokerKind) -> &'static str {
-    match kind {
-        BrokerKind::Rabbitmq => "RabbitMQ",
-        BrokerKind::Jetstream => "NATS JetStream",
-        BrokerKind::Kafka => "Apache Kafka (or a Kafka-protocol broker)",
-    }
+    kind.broker().product()
 }
 
 /// Scores `answers`, with `measured` results as evidence if any.
@@ -108,7 +104,7 @@ pub fn advise(answers: &Answers, defaulted: Vec<&'static str>, measured: &[Measu
             measurements: measured.to_vec(),
             changed_ranking: order(&without) != order(&ranking),
             ranking_without: order(&without),
-            effects: BrokerKind::ALL
+            effects: crate::broker::ALL
                 .iter()
                 .zip(&c.judged)
                 .map(|(kind, (score, reason))| Effect {
@@ -135,7 +131,7 @@ pub fn advise(answers: &Answers, defaulted: Vec<&'static str>, measured: &[Measu
 /// Weighted means, best first; ties keep RabbitMQ, JetStream, Kafka order.
 fn rank(criteria: &[Criterion]) -> Vec<Ranked> {
     let total_weight: f64 = criteria.iter().map(|c| c.weight).sum();
-    let mut ranked: Vec<Ranked> = BrokerKind::ALL
+    let mut ranked: Vec<Ranked> = crate::broker::ALL
         .iter()
         .enumerate()
         .map(|(i, kind)| {
@@ -354,6 +350,10 @@ mod tests {
         .0
     }
 
+    fn kind(name: &str) -> BrokerKind {
+        name.parse().unwrap()
+    }
+
     fn measured(broker: BrokerKind, confirmed_per_s: f64, lost: u64) -> Measurement {
         Measurement {
             broker,
@@ -425,20 +425,17 @@ mod tests {
     fn a_broker_that_lost_messages_or_missed_the_rate_is_marked_down() {
         let a = answers(DeadLetter::Useful, &[Language::Java], 5_000.0);
         let evidence = [
-            measured(BrokerKind::Rabbitmq, 15_000.0, 0),
-            measured(BrokerKind::Jetstream, 120_000.0, 7),
-            measured(BrokerKind::Kafka, 1_800.0, 0),
+            measured(kind("rabbitmq"), 15_000.0, 0),
+            measured(kind("jetstream"), 120_000.0, 7),
+            measured(kind("kafka"), 1_800.0, 0),
         ];
         let advice = advise(&a, vec![], &evidence);
         let effects = &advice.evidence.as_ref().unwrap().effects;
         let score = |kind| effects.iter().find(|e| e.broker == kind).unwrap().score;
-        assert_eq!(score(BrokerKind::Rabbitmq), 10.0);
-        assert_eq!(score(BrokerKind::Jetstream), 5.0, "lost 7: {effects:?}");
-        assert_eq!(score(BrokerKind::Kafka), 3.6, "{effects:?}");
-        let kafka = effects
-            .iter()
-            .find(|e| e.broker == BrokerKind::Kafka)
-            .unwrap();
+        assert_eq!(score(kind("rabbitmq")), 10.0);
+        assert_eq!(score(kind("jetstream")), 5.0, "lost 7: {effects:?}");
+        assert_eq!(score(kind("kafka")), 3.6, "{effects:?}");
+        let kafka = effects.iter().find(|e| e.broker == kind("kafka")).unwrap();
         assert!(
             kafka.reason.contains("1800 msg/s confirmed of the 5000"),
             "{kafka:?}"

@@ -9,8 +9,8 @@ use comfy_table::{presets, ContentArrangement, Table};
 
 use crate::advisor::answers::{self, Delivery, GivenAnswers, QUESTIONS};
 use crate::advisor::{self, evidence, Advice};
+use crate::broker::BrokerKind;
 use crate::cli::AdviseArgs;
-use crate::env::BrokerKind;
 use crate::exit;
 use crate::scenario::{Overrides, Plan, ScenarioError};
 

@@ -11,10 +11,10 @@ use futures_util::future::try_join_all;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::DataDir;
+use crate::broker::{self, BrokerKind};
 use crate::cli::{EnvCommand, UpArgs};
 use crate::env::binaries::{self, install_hint};
 use crate::env::local::LocalBroker;
-use crate::env::{probe, BrokerKind};
 use crate::exit;
 use crate::scenario::dedup;
 
@@ -29,7 +29,7 @@ pub async fn run(command: EnvCommand) -> Result<ExitCode> {
 async fn check() -> Result<ExitCode> {
     let mut table = plain_table(["broker", "program", "version", "status"]);
     let mut missing = Vec::new();
-    for kind in BrokerKind::ALL {
+    for kind in broker::ALL {
         match binaries::locate(kind).await {
             Ok(binary) => {
                 table.add_row([
@@ -165,9 +165,9 @@ async fn smoke(kinds: &[BrokerKind]) -> Result<ExitCode> {
         let started = Instant::now();
         let payload = format!("brokerbench smoke test via {}", broker.kind());
         let topic = "brokerbench.smoke";
-        probe::publish_durable(broker.endpoint(), topic, payload.as_bytes()).await?;
+        broker::publish_durable(broker.endpoint(), topic, payload.as_bytes()).await?;
         let got =
-            probe::fetch_one(broker.endpoint(), topic, "smoke", Duration::from_secs(10)).await?;
+            broker::fetch_one(broker.endpoint(), topic, "smoke", Duration::from_secs(10)).await?;
         anyhow::ensure!(
             got == payload.as_bytes(),
             "{} returned a different message",

@@ -17,12 +17,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use super::DataDir;
+use crate::broker::BrokerKind;
 use crate::cli::{EnvKind, RunArgs};
 use crate::env::binaries::{self, Binary};
 use crate::env::compose::ComposeBroker;
 use crate::env::external::{CommandBroker, Targets};
 use crate::env::local::LocalBroker;
-use crate::env::{BrokerKind, Placed};
+use crate::env::Placed;
 use crate::exit;
 use crate::report::{table, BrokerResult, Results};
 use crate::run::{self, Phase, Progress};

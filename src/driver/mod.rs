@@ -1,7 +1,7 @@
 //! One trait in front of the three brokers' client libraries.
 //!
 //! The run engine speaks only [`Driver`], [`Producer`] and [`Consumer`]; the
-//! implementations use each broker's recommended client and its durable,
+//! implementations live in each broker's module ([`crate::broker`]) and use each broker's recommended client and its durable,
 //! confirmed path: RabbitMQ publisher confirms and manual acks (lapin),
 //! JetStream publish acks and durable pull consumers with explicit acks
 //! (async-nats), Kafka delivery reports and committed offsets (rdkafka).
@@ -9,10 +9,6 @@
 //! client, plus one consumer client per group, as its group protocol needs).
 //! Every network call has a timeout. A failed publish is data, not a crash:
 //! it is counted under an [`ErrorKind`].
-
-pub mod jetstream;
-pub mod kafka;
-pub mod rabbitmq;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,11 +19,11 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
-use crate::env::{BrokerKind, Endpoint};
 use crate::event::Outgoing;
-use crate::scenario::{ConsumerGroup, Plan};
+use crate::scenario::ConsumerGroup;
 
-/// How long one network call (connect, declare, ack) may take.
+/// How long one network call (connect, declare, ack, a readiness probe) may
+/// take; the one call timeout of every driver and probe.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a publish may wait for the broker's confirmation before it is
@@ -85,7 +81,7 @@ pub trait Driver: Send + Sync {
     async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>>;
 
     /// The durability settings in force, for the results.
-    fn settings(&self) -> BTreeMap<String, serde_json::Value>;
+    fn settings(&self) -> Settings;
 
     /// Closes the connection.
     async fn close(&self);
@@ -110,13 +106,30 @@ pub trait Consumer: Send {
     async fn close(self: Box<Self>) {}
 }
 
-/// Connects to the broker at `endpoint` with the scenario's settings.
-pub async fn connect(plan: &Plan, endpoint: &Endpoint, run_id: u64) -> Result<Box<dyn Driver>> {
-    Ok(match endpoint.kind {
-        BrokerKind::Rabbitmq => Box::new(rabbitmq::RabbitMq::connect(plan, endpoint).await?),
-        BrokerKind::Jetstream => Box::new(jetstream::JetStream::connect(plan, endpoint).await?),
-        BrokerKind::Kafka => Box::new(kafka::Kafka::connect(plan, endpoint, run_id).await?),
-    })
+/// The durability and delivery settings a driver used: each driver fills a
+/// typed struct of its own, serialized as one JSON object in the results.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Settings(BTreeMap<String, serde_json::Value>);
+
+impl Settings {
+    /// The settings in `typed`, a struct that serializes to an object.
+    pub fn of<T: Serialize>(typed: &T) -> Self {
+        match serde_json::to_value(typed) {
+            Ok(serde_json::Value::Object(map)) => Settings(map.into_iter().collect()),
+            other => panic!("settings must serialize to an object, got {other:?}"),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// One setting, by its name in the results.
+    pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        self.0.get(name)
+    }
 }
 
 /// The wait before reconnection attempt `attempt` (0-based): 1 s, 2 s, 4 s,

@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::BrokerKind;
-
-/// The tansu release brokerbench is tested with (see `scripts/install-brokers`).
-pub const TANSU_VERSION: &str = "0.6.0";
+use crate::broker::BrokerKind;
 
 /// A broker program found on this machine.
 #[derive(Clone, Debug)]
@@ -31,49 +28,36 @@ pub struct Binary {
 
 /// The program looked up on `PATH` for a broker.
 pub fn program_name(kind: BrokerKind) -> &'static str {
-    match kind {
-        BrokerKind::Rabbitmq => "rabbitmq-server",
-        BrokerKind::Jetstream => "nats-server",
-        BrokerKind::Kafka => "tansu",
-    }
+    kind.broker().program()
 }
 
 /// The exact command that installs a missing broker on Debian or Ubuntu.
 pub fn install_hint(kind: BrokerKind) -> String {
-    match kind {
-        BrokerKind::Rabbitmq => {
-            "sudo apt-get update && sudo apt-get install -y rabbitmq-server".to_string()
-        }
-        BrokerKind::Jetstream => {
-            "sudo apt-get update && sudo apt-get install -y nats-server".to_string()
-        }
-        BrokerKind::Kafka => {
-            format!("cargo install --locked tansu --version {TANSU_VERSION} --features libsql")
-        }
-    }
+    kind.broker().install_hint()
 }
 
 /// Finds the program for `kind` on `PATH` and reads its version.
 pub async fn locate(kind: BrokerKind) -> Result<Binary> {
     let name = program_name(kind);
     let found = which::which(name).map_err(|_| not_on_path(name))?;
-    match kind {
-        BrokerKind::Rabbitmq => locate_rabbitmq(&found),
-        BrokerKind::Jetstream | BrokerKind::Kafka => {
-            let out = version_output(&found, "--version").await?;
-            let version = last_version_token(&out)
-                .with_context(|| format!("unexpected `{name} --version` output: {out:?}"))?;
-            let implementation = match kind {
-                BrokerKind::Jetstream => format!("nats-server {version}"),
-                _ => format!("tansu {version} (Kafka protocol)"),
-            };
-            Ok(Binary {
-                kind,
-                path: found,
-                implementation,
-            })
-        }
-    }
+    let (path, implementation) = kind.broker().identify(&found).await?;
+    Ok(Binary {
+        kind,
+        path,
+        implementation,
+    })
+}
+
+/// The version a program prints for `--version`, e.g. `2.9.10` from
+/// `nats-server: v2.9.10`.
+pub(crate) async fn version_flag(program: &Path) -> Result<String> {
+    let out = version_output(program, "--version").await?;
+    last_version_token(&out).with_context(|| {
+        format!(
+            "unexpected `{} --version` output: {out:?}",
+            program.display()
+        )
+    })
 }
 
 /// "not found on PATH", and where it is if a usual system directory that is
@@ -107,63 +91,6 @@ pub async fn locate_all(kinds: &[BrokerKind]) -> Result<Vec<Binary>> {
         found.push(binary);
     }
     Ok(found)
-}
-
-/// RabbitMQ's release directory is named `rabbitmq_server-X.Y.Z`; that is both
-/// where the real server script lives and the version that runs. Debian puts
-/// a wrapper in `/usr/sbin` and the releases under `/usr/lib/rabbitmq/lib`.
-fn locate_rabbitmq(found: &Path) -> Result<Binary> {
-    let canonical = found
-        .canonicalize()
-        .with_context(|| format!("resolving {}", found.display()))?;
-    let script = if release_version(&canonical).is_some() {
-        canonical
-    } else {
-        // Debian: /usr/lib/rabbitmq/bin/rabbitmq-script-wrapper -> ../lib/rabbitmq_server-*/sbin
-        let lib = canonical
-            .parent()
-            .and_then(Path::parent)
-            .map(|p| p.join("lib"))
-            .context("unexpected rabbitmq-server location")?;
-        newest_release_script(&lib).with_context(|| {
-            format!(
-                "{} is a wrapper, and no rabbitmq_server-*/sbin/rabbitmq-server was found in {}",
-                found.display(),
-                lib.display()
-            )
-        })?
-    };
-    let version = release_version(&script).context("no version in the RabbitMQ release path")?;
-    Ok(Binary {
-        kind: BrokerKind::Rabbitmq,
-        implementation: format!("RabbitMQ {version}"),
-        path: script,
-    })
-}
-
-/// `.../rabbitmq_server-3.10.8/sbin/rabbitmq-server` -> `3.10.8`.
-fn release_version(script: &Path) -> Option<String> {
-    let release = script.parent()?.parent()?.file_name()?.to_str()?;
-    let version = release.strip_prefix("rabbitmq_server-")?;
-    version
-        .chars()
-        .next()?
-        .is_ascii_digit()
-        .then(|| version.to_string())
-}
-
-fn newest_release_script(lib: &Path) -> Option<PathBuf> {
-    let mut scripts: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir(lib)
-        .ok()?
-        .filter_map(|entry| {
-            let script = entry.ok()?.path().join("sbin").join("rabbitmq-server");
-            let version = release_version(&script)?;
-            let key = version.split('.').map(|p| p.parse().unwrap_or(0)).collect();
-            script.is_file().then_some((key, script))
-        })
-        .collect();
-    scripts.sort();
-    scripts.pop().map(|(_, script)| script)
 }
 
 async fn version_output(program: &Path, arg: &str) -> Result<String> {
@@ -205,35 +132,5 @@ mod tests {
         );
         assert_eq!(last_version_token("tansu 0.6.0").as_deref(), Some("0.6.0"));
         assert_eq!(last_version_token("no version here"), None);
-    }
-
-    #[test]
-    fn rabbitmq_version_from_release_dir() {
-        let p = Path::new("/usr/lib/rabbitmq/lib/rabbitmq_server-3.10.8/sbin/rabbitmq-server");
-        assert_eq!(release_version(p).as_deref(), Some("3.10.8"));
-        assert_eq!(
-            release_version(Path::new("/usr/sbin/rabbitmq-server")),
-            None
-        );
-    }
-
-    #[test]
-    fn newest_release_is_chosen() {
-        let dir = tempfile::tempdir().unwrap();
-        for v in ["3.9.29", "3.10.8", "3.10.10"] {
-            let sbin = dir.path().join(format!("rabbitmq_server-{v}/sbin"));
-            std::fs::create_dir_all(&sbin).unwrap();
-            std::fs::write(sbin.join("rabbitmq-server"), "").unwrap();
-        }
-        let script = newest_release_script(dir.path()).unwrap();
-        assert_eq!(release_version(&script).as_deref(), Some("3.10.10"));
-    }
-
-    #[test]
-    fn every_broker_has_an_install_command() {
-        for kind in BrokerKind::ALL {
-            assert!(install_hint(kind).contains("install"), "{kind}");
-        }
-        assert!(install_hint(BrokerKind::Kafka).contains("--features libsql"));
     }
 }

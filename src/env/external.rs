@@ -28,7 +28,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{probe, BrokerKind, Endpoint, FaultTarget, Operation, Placed};
+use super::{Endpoint, FaultTarget, Operation, Placed};
+use crate::broker::{self, BrokerKind};
 use crate::scenario::{FaultAction, Plan, RawError, ScenarioError};
 
 /// How long a fault command may run, unless the targets file says otherwise.
@@ -124,7 +125,7 @@ impl CommandBroker {
         let started = Instant::now();
         let deadline = started + self.ready_timeout;
         loop {
-            let last = tokio::time::timeout_at(deadline.into(), probe::handshake(&self.endpoint));
+            let last = tokio::time::timeout_at(deadline.into(), broker::handshake(&self.endpoint));
             let why = match last.await {
                 Ok(Ok(())) => return Ok(started.elapsed()),
                 Ok(Err(err)) => format!(": {err:#}"),
@@ -192,13 +193,8 @@ pub struct Targets {
     parsed: TargetsFile,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TargetsFile {
-    rabbitmq: Option<Spanned<TargetFile>>,
-    jetstream: Option<Spanned<TargetFile>>,
-    kafka: Option<Spanned<TargetFile>>,
-}
+/// Per broker name, its table.
+type TargetsFile = BTreeMap<Spanned<String>, Spanned<TargetFile>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,20 +224,24 @@ impl Targets {
             text,
             parsed,
         };
-        for kind in BrokerKind::ALL {
-            if let Some(target) = targets.target(kind) {
-                targets.check(kind, target.get_ref())?;
-            }
+        for (name, target) in &targets.parsed {
+            let kind = name.get_ref().parse::<BrokerKind>().map_err(|message| {
+                targets.error(RawError::field(
+                    name.get_ref().clone(),
+                    Some(name.span()),
+                    message,
+                ))
+            })?;
+            targets.check(kind, target.get_ref())?;
         }
         Ok(targets)
     }
 
     fn target(&self, kind: BrokerKind) -> Option<&Spanned<TargetFile>> {
-        match kind {
-            BrokerKind::Rabbitmq => self.parsed.rabbitmq.as_ref(),
-            BrokerKind::Jetstream => self.parsed.jetstream.as_ref(),
-            BrokerKind::Kafka => self.parsed.kafka.as_ref(),
-        }
+        self.parsed
+            .iter()
+            .find(|(name, _)| name.get_ref() == kind.as_str())
+            .map(|(_, target)| target)
     }
 
     fn error(&self, err: RawError) -> ScenarioError {

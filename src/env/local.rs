@@ -27,7 +27,8 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::binaries::Binary;
-use super::{probe, BrokerKind, Endpoint, FaultTarget, Placed};
+use super::{Endpoint, FaultTarget, Placed};
+use crate::broker::{self, BrokerKind, Launch, Ports};
 
 const HOST: &str = "127.0.0.1";
 
@@ -40,14 +41,13 @@ pub struct LocalBroker {
     binary: Binary,
     dir: PathBuf,
     endpoint: Endpoint,
-    /// The client port (AMQP, NATS or Kafka protocol).
-    port: u16,
-    /// Further ports the broker listens on (monitoring, Erlang distribution).
-    aux_ports: Vec<(&'static str, u16)>,
+    /// The ports it listens on, client port first.
+    ports: Ports,
     process: Option<Child>,
-    /// RabbitMQ only: our own epmd on a private port. Erlang would otherwise
-    /// start a daemonised epmd that outlives the run.
-    epmd: Option<Child>,
+    /// A process the broker needs beside it (RabbitMQ: our own epmd on a
+    /// private port, since Erlang would otherwise start a daemonised one
+    /// that outlives the run).
+    helper: Option<Child>,
     paused: bool,
     ready_in: Duration,
 }
@@ -60,28 +60,19 @@ impl LocalBroker {
         let dir = run_dir.join(kind.as_str());
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
-        let aux_names: &[&'static str] = match kind {
-            BrokerKind::Rabbitmq => &["distribution", "epmd"],
-            BrokerKind::Jetstream => &["monitoring"],
-            BrokerKind::Kafka => &[],
-        };
+        let roles = kind.broker().extra_ports();
         // A port found free can be taken before the broker binds it (another
         // program picking ports the same way): then pick fresh ones.
         let mut attempts = 0;
         loop {
-            let ports = free_ports(1 + aux_names.len())?;
+            let ports = free_ports(1 + roles.len())?;
             let mut broker = LocalBroker {
                 endpoint: Endpoint::local(kind, HOST, ports[0]),
-                port: ports[0],
-                aux_ports: aux_names
-                    .iter()
-                    .copied()
-                    .zip(ports[1..].iter().copied())
-                    .collect(),
+                ports: Ports::assign(ports[0], roles, &ports[1..]),
                 binary: binary.clone(),
                 dir: dir.clone(),
                 process: None,
-                epmd: None,
+                helper: None,
                 paused: false,
                 ready_in: Duration::ZERO,
             };
@@ -120,14 +111,12 @@ impl LocalBroker {
 
     /// Every port this broker listens on, client port first.
     pub fn ports(&self) -> Vec<u16> {
-        std::iter::once(self.port)
-            .chain(self.aux_ports.iter().map(|(_, p)| *p))
-            .collect()
+        self.ports.all()
     }
 
-    /// Process ids of the broker and its helpers (epmd) that are running now.
+    /// Process ids of the broker and its helper (epmd) that are running now.
     pub fn pids(&self) -> Vec<u32> {
-        [&self.process, &self.epmd]
+        [&self.process, &self.helper]
             .into_iter()
             .flatten()
             .filter_map(Child::id)
@@ -153,9 +142,10 @@ impl LocalBroker {
         if self.is_running() {
             bail!("{} is already running", self.kind());
         }
+        let helper = self.kind().broker().helper(&self.ports)?;
         for port in self.ports() {
             let in_use = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err();
-            let ours = self.epmd.is_some() && self.aux_port("epmd") == Some(port);
+            let ours = self.helper.is_some() && helper.as_ref().map(|h| h.port) == Some(port);
             if in_use && !ours {
                 return Err(PortInUse {
                     port,
@@ -164,8 +154,8 @@ impl LocalBroker {
                 .into());
             }
         }
-        if self.kind() == BrokerKind::Rabbitmq && self.epmd.is_none() {
-            self.epmd = Some(self.spawn_epmd().await?);
+        if let (Some(helper), None) = (helper, &self.helper) {
+            self.helper = Some(spawn_helper(helper).await?);
         }
         let started = Instant::now();
         let log = self.open_log()?;
@@ -180,7 +170,7 @@ impl LocalBroker {
             .with_context(|| format!("starting {}", self.binary.path.display()))?;
         self.process = Some(child);
         self.paused = false;
-        let deadline = started + ready_deadline(self.kind());
+        let deadline = started + self.kind().broker().ready_deadline();
         loop {
             if !self.is_running() {
                 bail!(
@@ -191,7 +181,7 @@ impl LocalBroker {
                     self.log_tail(log_start)
                 );
             }
-            let err = match probe::handshake(&self.endpoint).await {
+            let err = match broker::handshake(&self.endpoint).await {
                 // Still ours? A stale process could have answered on the port.
                 Ok(()) if self.is_running() => break,
                 Ok(()) => continue,
@@ -203,7 +193,7 @@ impl LocalBroker {
                     "{} at {} was not ready within {:?} (last attempt: {err:#}); its log ({}) ends with:\n{}",
                     self.kind(),
                     self.endpoint.url(),
-                    ready_deadline(self.kind()),
+                    self.kind().broker().ready_deadline(),
                     self.log_path().display(),
                     self.log_tail(log_start)
                 );
@@ -278,18 +268,11 @@ impl LocalBroker {
     /// Stops the broker gracefully and every helper process it needed.
     pub async fn shutdown(mut self) -> Result<()> {
         let stopped = self.stop().await;
-        if let Some(mut epmd) = self.epmd.take() {
-            signal_group(&epmd, Signal::SIGKILL);
-            epmd.wait().await?;
+        if let Some(mut helper) = self.helper.take() {
+            signal_group(&helper, Signal::SIGKILL);
+            helper.wait().await?;
         }
         stopped
-    }
-
-    fn aux_port(&self, name: &str) -> Option<u16> {
-        self.aux_ports
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, p)| *p)
     }
 
     fn open_log(&self) -> Result<File> {
@@ -315,119 +298,38 @@ impl LocalBroker {
     }
 
     fn command(&self) -> Result<Command> {
-        let port = self.port.to_string();
-        let mut command = Command::new(&self.binary.path);
-        match self.kind() {
-            BrokerKind::Rabbitmq => self.rabbitmq_env(&mut command)?,
-            BrokerKind::Jetstream => {
-                let store = self.dir.join("jetstream");
-                command
-                    .args(["-js", "-a", HOST, "-p", &port])
-                    .arg("-m")
-                    .arg(self.aux_port("monitoring").unwrap_or_default().to_string())
-                    .arg("-sd")
-                    .arg(store)
-                    .args(["-n", &format!("brokerbench-{port}")]);
-            }
-            BrokerKind::Kafka => {
-                let listener = format!("tcp://{HOST}:{port}");
-                // The path is relative to the working directory (our data dir).
-                // Never `null://`: it confirms everything and keeps nothing.
-                command
-                    .arg("broker")
-                    .args(["--listener-url", &listener])
-                    .args(["--advertised-listener-url", &listener])
-                    .args(["--storage-engine", "sqlite://tansu.db"]);
-            }
-        }
-        Ok(command)
+        self.kind().broker().command(&Launch {
+            program: &self.binary.path,
+            dir: &self.dir,
+            host: HOST,
+            ports: self.ports,
+        })
     }
+}
 
-    /// Isolates the node from any system RabbitMQ: its own node name, ports,
-    /// Erlang cookie (in `HOME`), data, logs, plugins and configuration files.
-    fn rabbitmq_env(&self, command: &mut Command) -> Result<()> {
-        let dir = &self.dir;
-        let home = dir.join("home");
-        let conf_dir = dir.join("etc");
-        for d in [&home, &conf_dir, &dir.join("mnesia"), &dir.join("log")] {
-            fs::create_dir_all(d)?;
+/// Starts a broker's helper process and waits until it listens.
+async fn spawn_helper(helper: broker::Helper) -> Result<Child> {
+    let broker::Helper { mut command, port } = helper;
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    let mut child = spawn_owned(&mut command).with_context(|| format!("starting {program}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect((HOST, port)).await.is_err() {
+        if child.try_wait()?.is_some() || Instant::now() >= deadline {
+            signal_group(&child, Signal::SIGKILL);
+            bail!("{program} did not start listening on {HOST}:{port}");
         }
-        let write = |name: &str, text: &str| -> Result<PathBuf> {
-            let path = conf_dir.join(name);
-            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            Ok(path)
-        };
-        let env_conf = write("rabbitmq-env.conf", "")?;
-        let plugins = write("enabled_plugins", "[].\n")?;
-        let config = write(
-            "rabbitmq.conf",
-            "log.console = false\nlog.file.level = info\n",
-        )?;
-        let port = self.port;
-        let dist = self
-            .aux_port("distribution")
-            .context("no distribution port")?;
-        let epmd = self.aux_port("epmd").context("no epmd port")?;
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &home)
-            .env("LANG", "C.UTF-8")
-            // Exec the Erlang VM directly instead of behind a signal-proxy shell,
-            // so our signals reach the VM itself.
-            .env("RUNNING_UNDER_SYSTEMD", "true")
-            .env("RABBITMQ_CONF_ENV_FILE", env_conf)
-            .env("RABBITMQ_NODENAME", format!("brokerbench{port}@localhost"))
-            .env("RABBITMQ_NODE_IP_ADDRESS", HOST)
-            .env("RABBITMQ_NODE_PORT", port.to_string())
-            .env("RABBITMQ_DIST_PORT", dist.to_string())
-            .env("ERL_EPMD_PORT", epmd.to_string())
-            .env("ERL_EPMD_ADDRESS", HOST)
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_PID_FILE", dir.join("rabbitmq.pid"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", plugins)
-            .env("RABBITMQ_CONFIG_FILE", config)
-            .env(
-                "RABBITMQ_ADVANCED_CONFIG_FILE",
-                conf_dir.join("advanced.config"),
-            )
-            .env("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags"))
-            .env("RABBITMQ_PLUGINS_EXPAND_DIR", dir.join("plugins-expand"))
-            .env(
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                "-kernel inet_dist_use_interface {127,0,0,1}",
-            );
-        Ok(())
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-
-    async fn spawn_epmd(&self) -> Result<Child> {
-        let port = self.aux_port("epmd").context("no epmd port")?;
-        let epmd = which::which("epmd")
-            .or_else(|_| which::which_in("epmd", Some("/usr/lib/erlang/bin"), "/"))
-            .context("epmd (from Erlang, a RabbitMQ dependency) not found")?;
-        let mut command = Command::new(epmd);
-        command
-            .args(["-port", &port.to_string(), "-address", HOST])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = spawn_owned(&mut command).context("starting epmd")?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while tokio::net::TcpStream::connect((HOST, port)).await.is_err() {
-            if child.try_wait()?.is_some() || Instant::now() >= deadline {
-                signal_group(&child, Signal::SIGKILL);
-                bail!("epmd did not start listening on {HOST}:{port}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(child)
-    }
+    Ok(child)
 }
 
 impl Drop for LocalBroker {
     fn drop(&mut self) {
-        for child in [self.process.take(), self.epmd.take()]
+        for child in [self.process.take(), self.helper.take()]
             .into_iter()
             .flatten()
         {
@@ -473,14 +375,6 @@ impl FaultTarget for LocalBroker {
 
     async fn resume(&mut self) -> Result<()> {
         LocalBroker::resume(self)
-    }
-}
-
-fn ready_deadline(kind: BrokerKind) -> Duration {
-    match kind {
-        // An Erlang VM boot on a busy 2-core machine; usually 2-5 s.
-        BrokerKind::Rabbitmq => Duration::from_secs(90),
-        BrokerKind::Jetstream | BrokerKind::Kafka => Duration::from_secs(30),
     }
 }
 

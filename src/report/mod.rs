@@ -14,8 +14,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::driver::ErrorKind;
-use crate::env::BrokerKind;
+use crate::broker::BrokerKind;
+use crate::driver::{ErrorKind, Settings};
 use crate::metrics::{Latency, LatencySummary, Timeline};
 use crate::run::{ledger, Measurement};
 use crate::scenario::{FaultAction, Plan};
@@ -55,7 +55,7 @@ pub struct BrokerResult {
     /// The address it was measured at.
     pub endpoint: String,
     /// Durability and delivery settings in force.
-    pub settings: BTreeMap<String, serde_json::Value>,
+    pub settings: Settings,
     /// Load: open loop (paced) or closed loop (rate 0, as fast as confirmations allow).
     pub load: LoadResult,
     /// Publish outcomes over all producers.

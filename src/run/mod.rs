@@ -17,7 +17,6 @@ pub mod faults;
 pub mod ledger;
 pub mod pacer;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{self, Consumer, ErrorCounts, ErrorKind, Producer};
+use crate::driver::{self, Consumer, ErrorCounts, ErrorKind, Producer, Settings};
 use crate::env::{Endpoint, FaultTarget};
 use crate::event::{self, Envelope};
 use crate::metrics::{Latency, Timeline};
@@ -170,7 +169,7 @@ pub struct Measurement {
     /// The faults applied, in order.
     pub faults: Vec<FaultEvent>,
     /// Durability settings the driver used.
-    pub settings: BTreeMap<String, serde_json::Value>,
+    pub settings: Settings,
     /// Payload size of a message, bytes.
     pub message_bytes: usize,
     /// When the load (warmup first) began; timelines count from here.
@@ -235,7 +234,7 @@ pub async fn measure(
 ) -> Result<Measurement> {
     progress.set_phase(Phase::Setup);
     let broker = endpoint.kind;
-    let connect = driver::connect(plan, endpoint, run_id);
+    let connect = crate::broker::connect(plan, endpoint, run_id);
     let driver = connect
         .await
         .with_context(|| format!("cannot reach {broker} at {}", endpoint.shown()))?;

@@ -110,7 +110,7 @@ impl ScenarioFile {
             ));
         }
         let brokers = match self.brokers {
-            None => BrokerKind::ALL.to_vec(),
+            None => crate::broker::ALL.to_vec(),
             Some(list) => {
                 if list.get_ref().is_empty() {
                     return Err(RawError::at(

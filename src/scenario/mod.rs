@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use error::RawError;
 pub use error::ScenarioError;
 
-use crate::env::BrokerKind;
+use crate::broker::BrokerKind;
 
 /// The subject / routing key / topic every event is published to.
 pub const EVENT_TYPE: &str = "events.order.created.v1";

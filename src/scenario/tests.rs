@@ -71,7 +71,7 @@ fn error(text: &str, field: &str, line: usize) -> String {
 fn the_issue_example_parses_into_a_plan() {
     let plan = parse(ORDERS).unwrap();
     assert_eq!(plan.name, "orders");
-    assert_eq!(plan.brokers, BrokerKind::ALL);
+    assert_eq!(plan.brokers, crate::broker::ALL);
     assert_eq!(plan.load.rate, 500.0);
     assert_eq!(plan.load.duration, Duration::from_secs(30));
     assert_eq!(plan.load.warmup, Duration::from_secs(5));
@@ -191,12 +191,12 @@ fn duplicate_and_missing_groups_are_refused() {
 #[test]
 fn overrides_replace_the_file_values() {
     let overrides = Overrides {
-        brokers: Some(vec![BrokerKind::Kafka]),
+        brokers: Some(vec!["kafka".parse::<BrokerKind>().unwrap()]),
         rate: Some(0.0),
         duration: Some(Duration::from_secs(3)),
     };
     let plan = Plan::parse(Path::new("t.toml"), ORDERS, &overrides).unwrap();
-    assert_eq!(plan.brokers, [BrokerKind::Kafka]);
+    assert_eq!(plan.brokers, ["kafka".parse::<BrokerKind>().unwrap()]);
     assert_eq!(plan.load.rate, 0.0);
     assert_eq!(plan.load.duration, Duration::from_secs(3));
     let bad = Overrides {

@@ -2,7 +2,6 @@
 //! group bound to `events.order.created.v1`, publisher confirms with many in
 //! flight, manual acks after processing, and a prefetch limit.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,10 +15,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use serde_json::json;
+use serde::Serialize;
 
-use super::{
+use crate::driver::{
     confirm_within, timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Incoming, Producer,
+    Settings,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
@@ -27,14 +27,27 @@ use crate::scenario::{ConsumerGroup, Plan, QueueType, RabbitmqSettings, Recovery
 
 const EXCHANGE: &str = "brokerbench.events";
 
+/// The durability and delivery settings a RabbitMQ run used, for the results.
+#[derive(Serialize)]
+struct Applied {
+    queue_type: QueueType,
+    durable_queues: bool,
+    persistent_messages: bool,
+    publisher_confirms: bool,
+    consumer_ack: &'static str,
+    prefetch: u16,
+    replicas: u32,
+    reconnect: String,
+}
+
 /// The queue a consumer group reads.
-pub fn queue_name(group: &str) -> String {
+pub(super) fn queue_name(group: &str) -> String {
     format!("brokerbench.{group}")
 }
 
 /// RabbitMQ for one run: one AMQP connection shared by every producer and
 /// consumer, replaced by a new one when it breaks.
-pub struct RabbitMq {
+pub(super) struct RabbitMqDriver {
     session: Arc<Session>,
 }
 
@@ -43,7 +56,7 @@ pub struct RabbitMq {
 /// We reconnect ourselves rather than with lapin's automatic recovery, which
 /// after a kill -9 now and then never completed (about 1 run in 5 here). The
 /// first producer or consumer to see the connection fail reconnects with
-/// [`super::backoff`] (1 s, 2 s, 4 s, ... capped, with jitter), declares the
+/// [`crate::driver::backoff`] (1 s, 2 s, 4 s, ... capped, with jitter), declares the
 /// exchange, queues and bindings again, and the others wait for it and then
 /// open their channels on the new connection. After `give_up` without
 /// success the session is dead: everything fails at once from then on.
@@ -61,14 +74,20 @@ struct Generation {
     connection: Option<Arc<Connection>>,
 }
 
+/// One AMQP connection to `endpoint`, named `name` in the broker's UI; the
+/// run and the readiness probe connect the same way.
+pub(super) async fn open_connection(endpoint: &Endpoint, name: &str) -> Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    timed(
+        &format!("connecting to RabbitMQ at {}", endpoint.shown()),
+        Connection::connect(&endpoint.url(), properties),
+    )
+    .await
+}
+
 impl Session {
     async fn connect(&self) -> Result<Connection> {
-        let properties = ConnectionProperties::default().with_connection_name("brokerbench".into());
-        timed(
-            &format!("connecting to RabbitMQ at {}", self.endpoint.shown()),
-            Connection::connect(&self.endpoint.url(), properties),
-        )
-        .await
+        open_connection(&self.endpoint, "brokerbench").await
     }
 
     /// The connection in use, or an error once the session gave up.
@@ -90,7 +109,7 @@ impl Session {
         }
         let deadline = Instant::now() + self.recovery.give_up;
         for attempt in 0.. {
-            let wait = super::backoff(attempt, self.recovery.backoff_max);
+            let wait = crate::driver::backoff(attempt, self.recovery.backoff_max);
             if Instant::now() + wait > deadline {
                 break;
             }
@@ -239,7 +258,7 @@ impl Session {
     }
 }
 
-impl RabbitMq {
+impl RabbitMqDriver {
     /// Connects with one AMQP connection for the whole run.
     pub async fn connect(plan: &Plan, endpoint: &Endpoint) -> Result<Self> {
         let mut session = Session {
@@ -257,14 +276,14 @@ impl RabbitMq {
             number: 0,
             connection: Some(Arc::new(connection)),
         };
-        Ok(RabbitMq {
+        Ok(RabbitMqDriver {
             session: Arc::new(session),
         })
     }
 }
 
 #[async_trait]
-impl Driver for RabbitMq {
+impl Driver for RabbitMqDriver {
     async fn setup(&self) -> Result<()> {
         let (_, connection) = self.session.current().await?;
         self.session.declare(&connection, true).await
@@ -288,21 +307,18 @@ impl Driver for RabbitMq {
         }))
     }
 
-    fn settings(&self) -> BTreeMap<String, serde_json::Value> {
+    fn settings(&self) -> Settings {
         let s = &self.session.settings;
-        BTreeMap::from([
-            ("queue_type".into(), json!(s.queue_type)),
-            ("durable_queues".into(), json!(true)),
-            ("persistent_messages".into(), json!(s.persistent)),
-            ("publisher_confirms".into(), json!(true)),
-            ("consumer_ack".into(), json!("manual, after processing")),
-            ("prefetch".into(), json!(s.prefetch)),
-            ("replicas".into(), json!(1)),
-            (
-                "reconnect".into(),
-                json!(super::backoff_description(&self.session.recovery)),
-            ),
-        ])
+        Settings::of(&Applied {
+            queue_type: s.queue_type,
+            durable_queues: true,
+            persistent_messages: s.persistent,
+            publisher_confirms: true,
+            consumer_ack: "manual, after processing",
+            prefetch: s.prefetch,
+            replicas: 1,
+            reconnect: crate::driver::backoff_description(&self.session.recovery),
+        })
     }
 
     async fn close(&self) {
@@ -350,7 +366,7 @@ impl Producer for RabbitProducer {
                 &message.payload,
                 properties.clone(),
             );
-            match tokio::time::timeout(super::CALL_TIMEOUT, publish).await {
+            match tokio::time::timeout(crate::driver::CALL_TIMEOUT, publish).await {
                 Ok(Ok(confirm)) => break confirm,
                 Ok(Err(_)) if !replaced => {
                     self.channel = self
@@ -404,7 +420,7 @@ impl Consumer for RabbitConsumer {
         let ack: Acker = Box::new(move || {
             Box::pin(async move {
                 match tokio::time::timeout(
-                    super::CALL_TIMEOUT,
+                    crate::driver::CALL_TIMEOUT,
                     acker.ack(BasicAckOptions::default()),
                 )
                 .await

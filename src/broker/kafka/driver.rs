@@ -3,7 +3,7 @@
 //! delivery reports as confirmations, one consumer group per group, and
 //! offsets committed only up to what has been processed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,17 +17,33 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message};
-use serde_json::json;
+use serde::Serialize;
 
-use super::{
-    timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Incoming, Producer, CONFIRM_TIMEOUT,
+use crate::driver::{
+    timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Incoming, Producer, Settings,
+    CONFIRM_TIMEOUT,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
-use crate::scenario::{Acks, ConsumerGroup, KafkaSettings, Plan, Recovery, EVENT_TYPE};
+use crate::scenario::{
+    Acks, Compression, ConsumerGroup, KafkaSettings, Plan, Recovery, EVENT_TYPE,
+};
+
+/// The durability and delivery settings a Kafka run used, for the results.
+#[derive(Serialize)]
+struct Applied {
+    partitions: i32,
+    replicas: u32,
+    acks: Acks,
+    idempotent_producer: bool,
+    compression: Compression,
+    key: &'static str,
+    consumer_commit: &'static str,
+    reconnect: String,
+}
 
 /// One producer client shared by every producer task.
-pub struct Kafka {
+pub(super) struct KafkaDriver {
     bootstrap: String,
     producer: FutureProducer,
     settings: KafkaSettings,
@@ -35,7 +51,9 @@ pub struct Kafka {
     run_id: u64,
 }
 
-fn base_config(bootstrap: &str) -> ClientConfig {
+/// The configuration every Kafka client of ours starts from, the readiness
+/// probe's included.
+pub(super) fn base_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
@@ -47,7 +65,7 @@ fn base_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
-impl Kafka {
+impl KafkaDriver {
     /// Creates the producer client and checks the broker answers.
     pub async fn connect(plan: &Plan, endpoint: &Endpoint, run_id: u64) -> Result<Self> {
         let bootstrap = endpoint.url();
@@ -79,11 +97,13 @@ impl Kafka {
         let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
         let client = producer.clone();
         tokio::task::spawn_blocking(move || {
-            client.client().fetch_metadata(None, super::CALL_TIMEOUT)
+            client
+                .client()
+                .fetch_metadata(None, crate::driver::CALL_TIMEOUT)
         })
         .await?
         .with_context(|| format!("connecting to Kafka at {bootstrap}"))?;
-        Ok(Kafka {
+        Ok(KafkaDriver {
             bootstrap,
             producer,
             settings,
@@ -94,10 +114,10 @@ impl Kafka {
 }
 
 #[async_trait]
-impl Driver for Kafka {
+impl Driver for KafkaDriver {
     async fn setup(&self) -> Result<()> {
         let admin: AdminClient<DefaultClientContext> = base_config(&self.bootstrap).create()?;
-        let options = AdminOptions::new().operation_timeout(Some(super::CALL_TIMEOUT));
+        let options = AdminOptions::new().operation_timeout(Some(crate::driver::CALL_TIMEOUT));
         // A fresh topic; deletion is asynchronous in Kafka, so creation retries.
         let _ = timed(
             "deleting an old topic",
@@ -109,7 +129,7 @@ impl Driver for Kafka {
             self.settings.partitions,
             TopicReplication::Fixed(1),
         );
-        let deadline = Instant::now() + super::CALL_TIMEOUT;
+        let deadline = Instant::now() + crate::driver::CALL_TIMEOUT;
         loop {
             let results = timed(
                 "creating the topic",
@@ -177,31 +197,23 @@ impl Driver for Kafka {
         }))
     }
 
-    fn settings(&self) -> BTreeMap<String, serde_json::Value> {
-        BTreeMap::from([
-            ("partitions".into(), json!(self.settings.partitions)),
-            ("replicas".into(), json!(1)),
-            ("acks".into(), json!(self.settings.acks)),
-            (
-                "idempotent_producer".into(),
-                json!(self.settings.acks == Acks::All),
-            ),
-            ("compression".into(), json!(self.settings.compression)),
-            ("key".into(), json!("user_id")),
-            (
-                "consumer_commit".into(),
-                json!("offsets of processed messages, every 1 s"),
-            ),
-            (
-                "reconnect".into(),
-                json!(super::backoff_description(&self.recovery)),
-            ),
-        ])
+    fn settings(&self) -> Settings {
+        Settings::of(&Applied {
+            partitions: self.settings.partitions,
+            replicas: 1,
+            acks: self.settings.acks,
+            idempotent_producer: self.settings.acks == Acks::All,
+            compression: self.settings.compression,
+            key: "user_id",
+            consumer_commit: "offsets of processed messages, every 1 s",
+            reconnect: crate::driver::backoff_description(&self.recovery),
+        })
     }
 
     async fn close(&self) {
         let producer = self.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(super::CALL_TIMEOUT)).await;
+        let _ =
+            tokio::task::spawn_blocking(move || producer.flush(crate::driver::CALL_TIMEOUT)).await;
     }
 }
 

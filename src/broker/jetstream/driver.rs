@@ -2,7 +2,6 @@
 //! `events.order.created.v1`, async publishes whose acks are awaited
 //! concurrently, and one durable pull consumer per group with explicit acks.
 
-use std::collections::BTreeMap;
 use std::future::IntoFuture;
 use std::time::Duration;
 
@@ -10,48 +9,76 @@ use anyhow::Result;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use serde_json::json;
+use serde::Serialize;
 
-use super::{
+use crate::driver::{
     confirm_within, timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Incoming, Producer,
+    Settings,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
 use crate::scenario::{ConsumerGroup, JetstreamSettings, Plan, Recovery, Storage, EVENT_TYPE};
 
 /// The stream every event goes to.
-pub const STREAM: &str = "BROKERBENCH_ORDERS";
+pub(super) const STREAM: &str = "BROKERBENCH_ORDERS";
 
 /// How long the broker waits for an ack before redelivering.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// The durability and delivery settings a JetStream run used, for the results.
+#[derive(Serialize)]
+struct Applied {
+    storage: Storage,
+    replicas: u32,
+    publish_acks: bool,
+    consumer: &'static str,
+    max_ack_pending: i64,
+    ack_wait: String,
+    dedup_header: &'static str,
+    reconnect: String,
+    fsync: &'static str,
+}
+
 /// One NATS connection shared by every producer and consumer.
-pub struct JetStream {
+pub(super) struct JetStreamDriver {
     client: async_nats::Client,
     context: jetstream::Context,
     settings: JetstreamSettings,
     recovery: Recovery,
 }
 
-impl JetStream {
+/// NATS connection options shared by the run and the readiness probe:
+/// every request has a timeout, reconnection follows our backoff.
+pub(super) fn options(name: &str, backoff_max: Duration) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .max_reconnects(None)
+        .reconnect_delay_callback(move |attempts| {
+            crate::driver::backoff(attempts.saturating_sub(1) as u32, backoff_max)
+        })
+        .connection_timeout(crate::driver::CALL_TIMEOUT)
+        .request_timeout(Some(crate::driver::CALL_TIMEOUT))
+}
+
+/// One NATS connection to `endpoint` with `options`.
+pub(super) async fn open_connection(
+    endpoint: &Endpoint,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client> {
+    timed(
+        &format!("connecting to NATS at {}", endpoint.shown()),
+        options.connect(endpoint.url()),
+    )
+    .await
+}
+
+impl JetStreamDriver {
     /// Connects with one NATS connection for the whole run.
     pub async fn connect(plan: &Plan, endpoint: &Endpoint) -> Result<Self> {
-        let client = timed(
-            &format!("connecting to NATS at {}", endpoint.shown()),
-            async_nats::ConnectOptions::new()
-                .name("brokerbench")
-                .max_reconnects(None)
-                .reconnect_delay_callback({
-                    let max = plan.recovery.backoff_max;
-                    move |attempts| super::backoff(attempts.saturating_sub(1) as u32, max)
-                })
-                .connection_timeout(super::CALL_TIMEOUT)
-                .request_timeout(Some(super::CALL_TIMEOUT))
-                .connect(endpoint.url()),
-        )
-        .await?;
+        let options = options("brokerbench", plan.recovery.backoff_max);
+        let client = open_connection(endpoint, options).await?;
         let context = jetstream::new(client.clone());
-        Ok(JetStream {
+        Ok(JetStreamDriver {
             client,
             context,
             settings: plan.jetstream.clone(),
@@ -68,7 +95,7 @@ impl JetStream {
 }
 
 #[async_trait]
-impl Driver for JetStream {
+impl Driver for JetStreamDriver {
     async fn setup(&self) -> Result<()> {
         // A fresh stream: an old one (and its consumers) would hold other runs' messages.
         let _ = timed("deleting an old stream", self.context.delete_stream(STREAM)).await;
@@ -119,33 +146,18 @@ impl Driver for JetStream {
         }))
     }
 
-    fn settings(&self) -> BTreeMap<String, serde_json::Value> {
-        BTreeMap::from([
-            ("storage".into(), json!(self.settings.storage)),
-            ("replicas".into(), json!(1)),
-            ("publish_acks".into(), json!(true)),
-            (
-                "consumer".into(),
-                json!("durable pull, explicit ack after processing"),
-            ),
-            (
-                "max_ack_pending".into(),
-                json!(self.settings.max_ack_pending),
-            ),
-            (
-                "ack_wait".into(),
-                json!(humantime::format_duration(ACK_WAIT).to_string()),
-            ),
-            ("dedup_header".into(), json!("Nats-Msg-Id = order_id")),
-            (
-                "reconnect".into(),
-                json!(super::backoff_description(&self.recovery)),
-            ),
-            (
-                "fsync".into(),
-                json!("server default (sync_interval 2 min)"),
-            ),
-        ])
+    fn settings(&self) -> Settings {
+        Settings::of(&Applied {
+            storage: self.settings.storage,
+            replicas: 1,
+            publish_acks: true,
+            consumer: "durable pull, explicit ack after processing",
+            max_ack_pending: self.settings.max_ack_pending,
+            ack_wait: humantime::format_duration(ACK_WAIT).to_string(),
+            dedup_header: "Nats-Msg-Id = order_id",
+            reconnect: crate::driver::backoff_description(&self.recovery),
+            fsync: "server default (sync_interval 2 min)",
+        })
     }
 
     async fn close(&self) {
@@ -169,7 +181,7 @@ impl Producer for JetStreamProducer {
         let publish =
             self.context
                 .publish_with_headers(EVENT_TYPE, headers, message.payload.into());
-        let ack = match tokio::time::timeout(super::CALL_TIMEOUT, publish).await {
+        let ack = match tokio::time::timeout(crate::driver::CALL_TIMEOUT, publish).await {
             Ok(Ok(ack)) => ack,
             Ok(Err(_)) => return Err(ErrorKind::Send),
             Err(_) => return Err(ErrorKind::Timeout),
@@ -201,13 +213,17 @@ impl JetStreamConsumer {
     async fn resubscribe(&mut self) -> Result<(), ErrorKind> {
         let started = std::time::Instant::now();
         for attempt in 0.. {
-            match tokio::time::timeout(super::CALL_TIMEOUT, self.consumer.messages()).await {
+            match tokio::time::timeout(crate::driver::CALL_TIMEOUT, self.consumer.messages()).await
+            {
                 Ok(Ok(messages)) => {
                     self.messages = Some(messages);
                     return Ok(());
                 }
                 _ if started.elapsed() >= self.recovery.give_up => break,
-                _ => tokio::time::sleep(super::backoff(attempt, self.recovery.backoff_max)).await,
+                _ => {
+                    tokio::time::sleep(crate::driver::backoff(attempt, self.recovery.backoff_max))
+                        .await
+                }
             }
         }
         Err(ErrorKind::Receive)
@@ -241,7 +257,7 @@ impl Consumer for JetStreamConsumer {
         let payload = message.payload.to_vec();
         let ack: Acker = Box::new(move || {
             Box::pin(async move {
-                match tokio::time::timeout(super::CALL_TIMEOUT, message.ack()).await {
+                match tokio::time::timeout(crate::driver::CALL_TIMEOUT, message.ack()).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(_)) | Err(_) => Err(ErrorKind::Ack),
                 }

@@ -1,0 +1,198 @@
+//! NATS JetStream through async-nats; locally, `nats-server -js` with file
+//! storage in the run's data directory.
+
+mod driver;
+
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_nats::jetstream::{self, consumer::pull, stream};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::process::Command;
+
+use super::{Broker, Launch, PortRole};
+use crate::driver::{timed, Driver, CALL_TIMEOUT};
+use crate::env::{binaries, Endpoint};
+use crate::scenario::Plan;
+use driver::{open_connection, options, JetStreamDriver};
+
+/// NATS JetStream's entry in the registry.
+pub(super) struct JetStream;
+
+/// A NATS connection for a probe, made as the run makes its own.
+async fn probe_connection(endpoint: &Endpoint) -> Result<async_nats::Client> {
+    open_connection(
+        endpoint,
+        options("brokerbench-probe", Duration::from_secs(1)),
+    )
+    .await
+}
+
+#[async_trait]
+impl Broker for JetStream {
+    fn name(&self) -> &'static str {
+        "jetstream"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "NATS JetStream"
+    }
+
+    fn product(&self) -> &'static str {
+        "NATS JetStream"
+    }
+
+    fn program(&self) -> &'static str {
+        "nats-server"
+    }
+
+    fn install_hint(&self) -> String {
+        "sudo apt-get update && sudo apt-get install -y nats-server".to_string()
+    }
+
+    async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
+        let version = binaries::version_flag(found).await?;
+        Ok((found.to_path_buf(), format!("nats-server {version}")))
+    }
+
+    fn extra_ports(&self) -> &'static [PortRole] {
+        &[PortRole::Monitoring]
+    }
+
+    fn command(&self, launch: &Launch<'_>) -> Result<Command> {
+        let port = launch.ports.client.to_string();
+        let monitoring = launch.ports.monitoring.context("no monitoring port")?;
+        let mut command = Command::new(launch.program);
+        command
+            .args(["-js", "-a", launch.host, "-p", &port])
+            .arg("-m")
+            .arg(monitoring.to_string())
+            .arg("-sd")
+            .arg(launch.dir.join("jetstream"))
+            .args(["-n", &format!("brokerbench-{port}")]);
+        Ok(command)
+    }
+
+    fn local_url(&self, host: &str, port: u16) -> String {
+        format!("nats://{host}:{port}")
+    }
+
+    fn accepts_url(&self, url: &str) -> bool {
+        ["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+    }
+
+    fn url_form(&self) -> &'static str {
+        "a NATS URL such as nats://host:4222"
+    }
+
+    fn compose_service(&self) -> &'static str {
+        "nats"
+    }
+
+    fn compose_port(&self) -> u16 {
+        4222
+    }
+
+    async fn connect(
+        &self,
+        plan: &Plan,
+        endpoint: &Endpoint,
+        _run_id: u64,
+    ) -> Result<Box<dyn Driver>> {
+        Ok(Box::new(JetStreamDriver::connect(plan, endpoint).await?))
+    }
+
+    async fn handshake(&self, endpoint: &Endpoint) -> Result<()> {
+        // A raw `$JS.API.INFO` request: async-nats 0.51's typed
+        // `query_account` cannot parse nats-server 2.9's reply.
+        let client = probe_connection(endpoint).await?;
+        let reply = timed(
+            "querying the JetStream account",
+            client.request("$JS.API.INFO", "".into()),
+        )
+        .await?;
+        let info: serde_json::Value =
+            serde_json::from_slice(&reply.payload).context("JetStream account info")?;
+        if let Some(error) = info.get("error") {
+            bail!("JetStream is not available: {error}");
+        }
+        Ok(())
+    }
+
+    async fn publish_durable(&self, endpoint: &Endpoint, name: &str, payload: &[u8]) -> Result<()> {
+        let js = jetstream::new(probe_connection(endpoint).await?);
+        file_stream(&js, name).await?;
+        let ack = timed(
+            "publishing",
+            js.publish(name.to_string(), payload.to_vec().into()),
+        )
+        .await?;
+        timed("waiting for the JetStream ack", ack.into_future()).await?;
+        Ok(())
+    }
+
+    async fn fetch_one(
+        &self,
+        endpoint: &Endpoint,
+        name: &str,
+        consumer: &str,
+        wait: Duration,
+    ) -> Result<Vec<u8>> {
+        let js = jetstream::new(probe_connection(endpoint).await?);
+        let stream = file_stream(&js, name).await?;
+        let config = pull::Config {
+            durable_name: Some(consumer.to_string()),
+            ..Default::default()
+        };
+        let pull = timed(
+            "creating the pull consumer",
+            stream.get_or_create_consumer(consumer, config),
+        )
+        .await?;
+        let mut batch = timed(
+            "fetching",
+            pull.fetch().max_messages(1).expires(wait).messages(),
+        )
+        .await?;
+        let message = tokio::time::timeout(wait + CALL_TIMEOUT, batch.next())
+            .await
+            .ok()
+            .flatten()
+            .with_context(|| format!("no message on stream '{name}' within {wait:?}"))?
+            .map_err(|e| anyhow!(e))?;
+        let ack = async { message.double_ack().await.map_err(|e| anyhow!("{e}")) };
+        timed("acknowledging", ack).await?;
+        Ok(message.payload.to_vec())
+    }
+}
+
+/// The file-stored stream that holds subject `name`.
+async fn file_stream(js: &jetstream::Context, name: &str) -> Result<stream::Stream> {
+    let config = stream::Config {
+        name: name.replace('.', "_"),
+        subjects: vec![name.to_string()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    timed("creating the stream", js.get_or_create_stream(config)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_suit_async_nats() {
+        assert_eq!(
+            JetStream.local_url("127.0.0.1", 4000),
+            "nats://127.0.0.1:4000"
+        );
+        assert!(JetStream.accepts_url("tls://n1:4222"));
+        assert!(!JetStream.accepts_url("n1:4222"));
+    }
+}

@@ -1,0 +1,191 @@
+//! The Apache Kafka protocol through rdkafka (librdkafka); locally, tansu,
+//! a Kafka-protocol broker with SQLite storage, named as what it is.
+
+mod driver;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Message;
+use tokio::process::Command;
+
+use super::{Broker, Launch};
+use crate::driver::{timed, Driver, CALL_TIMEOUT};
+use crate::env::{binaries, Endpoint};
+use crate::scenario::Plan;
+use driver::{base_config, KafkaDriver};
+
+/// The tansu release brokerbench is tested with (see `scripts/install-brokers`).
+pub const TANSU_VERSION: &str = "0.6.0";
+
+/// Kafka's entry in the registry.
+pub(super) struct Kafka;
+
+#[async_trait]
+impl Broker for Kafka {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "Kafka-protocol broker"
+    }
+
+    fn product(&self) -> &'static str {
+        "Apache Kafka (or a Kafka-protocol broker)"
+    }
+
+    fn program(&self) -> &'static str {
+        "tansu"
+    }
+
+    fn install_hint(&self) -> String {
+        format!("cargo install --locked tansu --version {TANSU_VERSION} --features libsql")
+    }
+
+    async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
+        let version = binaries::version_flag(found).await?;
+        Ok((
+            found.to_path_buf(),
+            format!("tansu {version} (Kafka protocol)"),
+        ))
+    }
+
+    fn command(&self, launch: &Launch<'_>) -> Result<Command> {
+        let listener = format!("tcp://{}:{}", launch.host, launch.ports.client);
+        let mut command = Command::new(launch.program);
+        // The path is relative to the working directory (our data dir).
+        // Never `null://`: it confirms everything and keeps nothing.
+        command
+            .arg("broker")
+            .args(["--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", "sqlite://tansu.db"]);
+        Ok(command)
+    }
+
+    fn local_url(&self, host: &str, port: u16) -> String {
+        format!("{host}:{port}")
+    }
+
+    fn accepts_url(&self, url: &str) -> bool {
+        !url.is_empty()
+            && url.split(',').all(|server| {
+                server.trim().rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+                })
+            })
+    }
+
+    fn url_form(&self) -> &'static str {
+        "bootstrap servers such as host1:9092,host2:9092"
+    }
+
+    fn compose_service(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn compose_port(&self) -> u16 {
+        9092
+    }
+
+    async fn connect(
+        &self,
+        plan: &Plan,
+        endpoint: &Endpoint,
+        run_id: u64,
+    ) -> Result<Box<dyn Driver>> {
+        Ok(Box::new(
+            KafkaDriver::connect(plan, endpoint, run_id).await?,
+        ))
+    }
+
+    async fn handshake(&self, endpoint: &Endpoint) -> Result<()> {
+        let url = endpoint.url();
+        tokio::task::spawn_blocking(move || {
+            let producer: BaseProducer = base_config(&url).create()?;
+            producer.client().fetch_metadata(None, CALL_TIMEOUT)?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?
+        .context("fetching Kafka metadata")
+    }
+
+    async fn publish_durable(&self, endpoint: &Endpoint, name: &str, payload: &[u8]) -> Result<()> {
+        topic(endpoint, name).await?;
+        let producer: FutureProducer = base_config(&endpoint.url())
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "10000")
+            .create()?;
+        let record = FutureRecord::<(), [u8]>::to(name).payload(payload);
+        producer
+            .send(record, CALL_TIMEOUT)
+            .await
+            .map_err(|(err, _)| anyhow!(err))
+            .context("waiting for the Kafka delivery report")?;
+        Ok(())
+    }
+
+    async fn fetch_one(
+        &self,
+        endpoint: &Endpoint,
+        name: &str,
+        consumer: &str,
+        wait: Duration,
+    ) -> Result<Vec<u8>> {
+        let consumer: StreamConsumer = base_config(&endpoint.url())
+            .set("group.id", consumer)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[name])?;
+        let message = tokio::time::timeout(wait, consumer.recv())
+            .await
+            .with_context(|| format!("no message on topic '{name}' within {wait:?}"))??;
+        let data = message.payload().unwrap_or_default().to_vec();
+        consumer.commit_message(&message, CommitMode::Sync)?;
+        Ok(data)
+    }
+}
+
+/// Creates the one-partition topic `name` unless it exists.
+async fn topic(endpoint: &Endpoint, name: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(&endpoint.url()).create()?;
+    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT));
+    let results = timed(
+        "creating the topic",
+        admin.create_topics([&topic], &options),
+    )
+    .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => bail!("creating topic '{topic}': {code}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_lists_are_checked() {
+        assert_eq!(Kafka.local_url("127.0.0.1", 4000), "127.0.0.1:4000");
+        assert!(Kafka.accepts_url("k1:9092, k2:9092"));
+        for bad in ["kafka://k1:9092", "k1", ""] {
+            assert!(!Kafka.accepts_url(bad), "{bad}");
+        }
+        assert!(Kafka.install_hint().contains("--features libsql"));
+    }
+}

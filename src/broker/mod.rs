@@ -1,0 +1,308 @@
+//! Everything brokerbench knows about each broker, one module per broker.
+//!
+//! A broker module holds its client configuration, connection, topology and
+//! [`Driver`], its readiness probe, how its local process is launched, its
+//! compose service, the form of its URL and its typed settings. The rest of
+//! the program asks a broker through the [`Broker`] trait, and [`registry`]
+//! is the one place that maps a [`BrokerKind`] to its module: adding a broker
+//! (Redis Streams, Pulsar) means a new module and one line there.
+
+mod jetstream;
+mod kafka;
+mod rabbitmq;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+use crate::driver::Driver;
+use crate::env::Endpoint;
+use crate::scenario::Plan;
+
+/// The brokers brokerbench compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// RabbitMQ, spoken to over AMQP 0-9-1 (lapin).
+    Rabbitmq,
+    /// NATS with JetStream (async-nats).
+    Jetstream,
+    /// A broker that speaks the Apache Kafka protocol (rdkafka); locally, tansu.
+    Kafka,
+}
+
+/// Every broker, in the order results list them.
+pub const ALL: [BrokerKind; 3] = [
+    BrokerKind::Rabbitmq,
+    BrokerKind::Jetstream,
+    BrokerKind::Kafka,
+];
+
+/// The registry: the one place that maps a kind to its module.
+pub fn registry(kind: BrokerKind) -> &'static dyn Broker {
+    match kind {
+        BrokerKind::Rabbitmq => &rabbitmq::RabbitMq,
+        BrokerKind::Jetstream => &jetstream::JetStream,
+        BrokerKind::Kafka => &kafka::Kafka,
+    }
+}
+
+impl BrokerKind {
+    /// This broker's module.
+    pub fn broker(self) -> &'static dyn Broker {
+        registry(self)
+    }
+
+    /// The name used on the command line, in scenario files and in results.
+    pub fn as_str(self) -> &'static str {
+        self.broker().name()
+    }
+
+    /// The product's name, for people.
+    pub fn display_name(self) -> &'static str {
+        self.broker().display_name()
+    }
+}
+
+impl fmt::Display for BrokerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BrokerKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = ALL.iter().map(|k| k.as_str()).collect();
+            format!(
+                "unknown broker '{s}' (expected one of: {})",
+                names.join(", ")
+            )
+        })
+    }
+}
+
+/// The ports a local broker listens on, by what they are for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ports {
+    /// The client protocol (AMQP, NATS or Kafka).
+    pub client: u16,
+    /// HTTP monitoring (nats-server `-m`).
+    pub monitoring: Option<u16>,
+    /// Erlang distribution (RabbitMQ).
+    pub distribution: Option<u16>,
+    /// The Erlang port mapper daemon that RabbitMQ registers with.
+    pub epmd: Option<u16>,
+}
+
+/// A port a broker needs besides its client port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortRole {
+    /// See [`Ports::monitoring`].
+    Monitoring,
+    /// See [`Ports::distribution`].
+    Distribution,
+    /// See [`Ports::epmd`].
+    Epmd,
+}
+
+impl Ports {
+    /// A client port and one port per role, from `ports` in order.
+    pub fn assign(client: u16, roles: &[PortRole], more: &[u16]) -> Self {
+        let mut ports = Ports {
+            client,
+            ..Ports::default()
+        };
+        for (role, port) in roles.iter().zip(more) {
+            let slot = match role {
+                PortRole::Monitoring => &mut ports.monitoring,
+                PortRole::Distribution => &mut ports.distribution,
+                PortRole::Epmd => &mut ports.epmd,
+            };
+            *slot = Some(*port);
+        }
+        ports
+    }
+
+    /// Every port, client port first.
+    pub fn all(&self) -> Vec<u16> {
+        std::iter::once(self.client)
+            .chain(self.monitoring)
+            .chain(self.distribution)
+            .chain(self.epmd)
+            .collect()
+    }
+}
+
+/// How to start a broker as a local process.
+pub struct Launch<'a> {
+    /// The program found by [`Broker::identify`].
+    pub program: &'a Path,
+    /// Its data and log directory (also the working directory).
+    pub dir: &'a Path,
+    /// The loopback address to listen on.
+    pub host: &'a str,
+    /// The ports to listen on.
+    pub ports: Ports,
+}
+
+/// A process a broker needs running before it starts (RabbitMQ's epmd).
+pub struct Helper {
+    /// The command that runs it in the foreground.
+    pub command: Command,
+    /// It is up once this port accepts connections.
+    pub port: u16,
+}
+
+/// One broker: what the rest of brokerbench may ask about it.
+#[async_trait]
+pub trait Broker: Send + Sync {
+    /// Name on the command line, in scenario files and results: `rabbitmq`.
+    fn name(&self) -> &'static str;
+    /// The product, for people: `RabbitMQ`.
+    fn display_name(&self) -> &'static str;
+    /// The product a recommendation names.
+    fn product(&self) -> &'static str;
+
+    /// The program looked up on `PATH`.
+    fn program(&self) -> &'static str;
+    /// The exact command that installs it on Debian or Ubuntu.
+    fn install_hint(&self) -> String;
+    /// Given the program found on `PATH`: the program to execute and the
+    /// implementation and version that will run, as results name it.
+    async fn identify(&self, found: &Path) -> Result<(PathBuf, String)>;
+
+    /// Ports it needs besides the client port.
+    fn extra_ports(&self) -> &'static [PortRole] {
+        &[]
+    }
+    /// How long a local start may take before it counts as failed.
+    fn ready_deadline(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+    /// The command that runs it in the foreground on `launch`'s ports and data.
+    fn command(&self, launch: &Launch<'_>) -> Result<Command>;
+    /// A helper process to start first, if it needs one.
+    fn helper(&self, _ports: &Ports) -> Result<Option<Helper>> {
+        Ok(None)
+    }
+
+    /// The URL its client uses for a broker on `host:port` (default account).
+    fn local_url(&self, host: &str, port: u16) -> String;
+    /// Whether `url` has the form its client expects.
+    fn accepts_url(&self, url: &str) -> bool;
+    /// That form, in words with an example, for errors.
+    fn url_form(&self) -> &'static str;
+
+    /// Its service in `docker-compose.yml`.
+    fn compose_service(&self) -> &'static str;
+    /// The client port that service publishes on loopback.
+    fn compose_port(&self) -> u16;
+
+    /// Connects a driver with the scenario's settings.
+    async fn connect(
+        &self,
+        plan: &Plan,
+        endpoint: &Endpoint,
+        run_id: u64,
+    ) -> Result<Box<dyn Driver>>;
+    /// One readiness attempt: `Ok` once it answers its protocol's handshake
+    /// (never a fixed sleep or an open TCP port).
+    async fn handshake(&self, endpoint: &Endpoint) -> Result<()>;
+    /// Publishes `payload` to the durable queue/stream/topic `name` and waits
+    /// for the broker's confirmation; declares the topology first.
+    async fn publish_durable(&self, endpoint: &Endpoint, name: &str, payload: &[u8]) -> Result<()>;
+    /// Receives the next message of `name` for the durable consumer
+    /// `consumer` and acknowledges it, waiting up to `wait`.
+    async fn fetch_one(
+        &self,
+        endpoint: &Endpoint,
+        name: &str,
+        consumer: &str,
+        wait: Duration,
+    ) -> Result<Vec<u8>>;
+}
+
+/// Connects to the broker at `endpoint` with the scenario's settings.
+pub async fn connect(plan: &Plan, endpoint: &Endpoint, run_id: u64) -> Result<Box<dyn Driver>> {
+    endpoint.kind.broker().connect(plan, endpoint, run_id).await
+}
+
+/// One readiness attempt against the broker at `endpoint`.
+pub async fn handshake(endpoint: &Endpoint) -> Result<()> {
+    endpoint.kind.broker().handshake(endpoint).await
+}
+
+/// See [`Broker::publish_durable`].
+pub async fn publish_durable(endpoint: &Endpoint, name: &str, payload: &[u8]) -> Result<()> {
+    endpoint
+        .kind
+        .broker()
+        .publish_durable(endpoint, name, payload)
+        .await
+}
+
+/// See [`Broker::fetch_one`].
+pub async fn fetch_one(
+    endpoint: &Endpoint,
+    name: &str,
+    consumer: &str,
+    wait: Duration,
+) -> Result<Vec<u8>> {
+    endpoint
+        .kind
+        .broker()
+        .fetch_one(endpoint, name, consumer, wait)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_names_round_trip() {
+        for kind in ALL {
+            assert_eq!(kind.as_str().parse::<BrokerKind>().unwrap(), kind);
+            assert_eq!(kind.broker().name(), kind.as_str());
+        }
+        let err = "kafak".parse::<BrokerKind>().unwrap_err();
+        assert!(err.contains("kafak") && err.contains("jetstream"), "{err}");
+    }
+
+    #[test]
+    fn named_ports_are_assigned_by_role() {
+        let ports = Ports::assign(
+            5672,
+            &[PortRole::Distribution, PortRole::Epmd],
+            &[25672, 4369],
+        );
+        assert_eq!(ports.distribution, Some(25672));
+        assert_eq!(ports.epmd, Some(4369));
+        assert_eq!(ports.monitoring, None);
+        assert_eq!(ports.all(), [5672, 25672, 4369]);
+    }
+
+    #[test]
+    fn every_broker_has_an_install_command_and_a_compose_service() {
+        let compose =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+                .unwrap();
+        for kind in ALL {
+            let broker = kind.broker();
+            assert!(broker.install_hint().contains("install"), "{kind}");
+            assert!(
+                compose.contains(&format!("\n  {}:\n", broker.compose_service())),
+                "{kind}"
+            );
+        }
+    }
+}

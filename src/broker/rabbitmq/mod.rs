@@ -1,0 +1,339 @@
+//! RabbitMQ: AMQP 0-9-1 through lapin; locally, the release's own
+//! `rabbitmq-server` script with a private node name, ports, cookie and epmd.
+
+mod driver;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use tokio::process::Command;
+
+use super::{Broker, Helper, Launch, PortRole, Ports};
+use crate::driver::{timed, Driver};
+use crate::env::Endpoint;
+use crate::scenario::Plan;
+use driver::{open_connection, RabbitMqDriver};
+
+/// RabbitMQ's entry in the registry.
+pub(super) struct RabbitMq;
+
+#[async_trait]
+impl Broker for RabbitMq {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "RabbitMQ"
+    }
+
+    fn product(&self) -> &'static str {
+        "RabbitMQ"
+    }
+
+    fn program(&self) -> &'static str {
+        "rabbitmq-server"
+    }
+
+    fn install_hint(&self) -> String {
+        "sudo apt-get update && sudo apt-get install -y rabbitmq-server".to_string()
+    }
+
+    async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
+        let script = release_script(found)?;
+        let version =
+            release_version(&script).context("no version in the RabbitMQ release path")?;
+        Ok((script, format!("RabbitMQ {version}")))
+    }
+
+    fn extra_ports(&self) -> &'static [PortRole] {
+        &[PortRole::Distribution, PortRole::Epmd]
+    }
+
+    fn ready_deadline(&self) -> Duration {
+        // An Erlang VM boot on a busy 2-core machine; usually 2-5 s.
+        Duration::from_secs(90)
+    }
+
+    /// Isolates the node from any system RabbitMQ: its own node name, ports,
+    /// Erlang cookie (in `HOME`), data, logs, plugins and configuration files.
+    fn command(&self, launch: &Launch<'_>) -> Result<Command> {
+        let dir = launch.dir;
+        let home = dir.join("home");
+        let conf_dir = dir.join("etc");
+        for d in [&home, &conf_dir, &dir.join("mnesia"), &dir.join("log")] {
+            fs::create_dir_all(d)?;
+        }
+        let write = |name: &str, text: &str| -> Result<PathBuf> {
+            let path = conf_dir.join(name);
+            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        };
+        let env_conf = write("rabbitmq-env.conf", "")?;
+        let plugins = write("enabled_plugins", "[].\n")?;
+        let config = write(
+            "rabbitmq.conf",
+            "log.console = false\nlog.file.level = info\n",
+        )?;
+        let port = launch.ports.client;
+        let dist = launch.ports.distribution.context("no distribution port")?;
+        let epmd = launch.ports.epmd.context("no epmd port")?;
+        let mut command = Command::new(launch.program);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("LANG", "C.UTF-8")
+            // Exec the Erlang VM directly instead of behind a signal-proxy shell,
+            // so our signals reach the VM itself.
+            .env("RUNNING_UNDER_SYSTEMD", "true")
+            .env("RABBITMQ_CONF_ENV_FILE", env_conf)
+            .env("RABBITMQ_NODENAME", format!("brokerbench{port}@localhost"))
+            .env("RABBITMQ_NODE_IP_ADDRESS", launch.host)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("ERL_EPMD_PORT", epmd.to_string())
+            .env("ERL_EPMD_ADDRESS", launch.host)
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_PID_FILE", dir.join("rabbitmq.pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", plugins)
+            .env("RABBITMQ_CONFIG_FILE", config)
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                conf_dir.join("advanced.config"),
+            )
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", dir.join("plugins-expand"))
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            );
+        Ok(command)
+    }
+
+    /// Our own epmd on a private port: Erlang would otherwise start a
+    /// daemonised one that outlives the run.
+    fn helper(&self, ports: &Ports) -> Result<Option<Helper>> {
+        let port = ports.epmd.context("no epmd port")?;
+        let epmd = which::which("epmd")
+            .or_else(|_| which::which_in("epmd", Some("/usr/lib/erlang/bin"), "/"))
+            .context("epmd (from Erlang, a RabbitMQ dependency) not found")?;
+        let mut command = Command::new(epmd);
+        command
+            .args(["-port", &port.to_string(), "-address", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Ok(Some(Helper { command, port }))
+    }
+
+    fn local_url(&self, host: &str, port: u16) -> String {
+        format!("amqp://guest:guest@{host}:{port}/%2f")
+    }
+
+    fn accepts_url(&self, url: &str) -> bool {
+        url.starts_with("amqp://") || url.starts_with("amqps://")
+    }
+
+    fn url_form(&self) -> &'static str {
+        "an AMQP URI such as amqp://user:password@host:5672/%2f"
+    }
+
+    fn compose_service(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn compose_port(&self) -> u16 {
+        5672
+    }
+
+    async fn connect(
+        &self,
+        plan: &Plan,
+        endpoint: &Endpoint,
+        _run_id: u64,
+    ) -> Result<Box<dyn Driver>> {
+        Ok(Box::new(RabbitMqDriver::connect(plan, endpoint).await?))
+    }
+
+    async fn handshake(&self, endpoint: &Endpoint) -> Result<()> {
+        let conn = open_connection(endpoint, "brokerbench-probe").await?;
+        let _ = timed(
+            "closing AMQP connection",
+            conn.close(200, "probe done".into()),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn publish_durable(&self, endpoint: &Endpoint, name: &str, payload: &[u8]) -> Result<()> {
+        let conn = open_connection(endpoint, "brokerbench-probe").await?;
+        let channel = queue(&conn, name).await?;
+        timed(
+            "enabling publisher confirms",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        let props = lapin::BasicProperties::default().with_delivery_mode(2); // persistent
+        let confirm = timed(
+            "publishing",
+            channel.basic_publish(
+                "".into(),
+                name.into(),
+                BasicPublishOptions::default(),
+                payload,
+                props,
+            ),
+        )
+        .await?;
+        let confirmation = timed("waiting for the publisher confirm", confirm).await?;
+        if !confirmation.is_ack() {
+            bail!("RabbitMQ did not confirm the message: {confirmation:?}");
+        }
+        let _ = timed("closing AMQP connection", conn.close(200, "done".into())).await;
+        Ok(())
+    }
+
+    async fn fetch_one(
+        &self,
+        endpoint: &Endpoint,
+        name: &str,
+        _consumer: &str,
+        wait: Duration,
+    ) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        let conn = open_connection(endpoint, "brokerbench-probe").await?;
+        let channel = queue(&conn, name).await?;
+        loop {
+            let got = timed(
+                "basic.get",
+                channel.basic_get(name.into(), BasicGetOptions::default()),
+            )
+            .await?;
+            if let Some(message) = got {
+                let data = message.delivery.data.clone();
+                timed(
+                    "acknowledging",
+                    message.delivery.ack(BasicAckOptions::default()),
+                )
+                .await?;
+                let _ = timed("closing AMQP connection", conn.close(200, "done".into())).await;
+                return Ok(data);
+            }
+            if Instant::now() >= deadline {
+                bail!("no message in queue '{name}' within {wait:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A channel on which the durable queue `name` is declared.
+async fn queue(conn: &lapin::Connection, name: &str) -> Result<lapin::Channel> {
+    let channel = timed("opening a channel", conn.create_channel()).await?;
+    timed(
+        "declaring the queue",
+        channel.queue_declare(
+            name.into(),
+            QueueDeclareOptions::durable(),
+            Default::default(),
+        ),
+    )
+    .await?;
+    Ok(channel)
+}
+
+/// RabbitMQ's release directory is named `rabbitmq_server-X.Y.Z`; that is both
+/// where the real server script lives and the version that runs. Debian puts
+/// a wrapper in `/usr/sbin` (which switches to the `rabbitmq` user when run as
+/// root) and the releases under `/usr/lib/rabbitmq/lib`.
+fn release_script(found: &Path) -> Result<PathBuf> {
+    let canonical = found
+        .canonicalize()
+        .with_context(|| format!("resolving {}", found.display()))?;
+    if release_version(&canonical).is_some() {
+        return Ok(canonical);
+    }
+    // Debian: /usr/lib/rabbitmq/bin/rabbitmq-script-wrapper -> ../lib/rabbitmq_server-*/sbin
+    let lib = canonical
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("lib"))
+        .context("unexpected rabbitmq-server location")?;
+    newest_release_script(&lib).with_context(|| {
+        format!(
+            "{} is a wrapper, and no rabbitmq_server-*/sbin/rabbitmq-server was found in {}",
+            found.display(),
+            lib.display()
+        )
+    })
+}
+
+/// `.../rabbitmq_server-3.10.8/sbin/rabbitmq-server` -> `3.10.8`.
+fn release_version(script: &Path) -> Option<String> {
+    let release = script.parent()?.parent()?.file_name()?.to_str()?;
+    let version = release.strip_prefix("rabbitmq_server-")?;
+    version
+        .chars()
+        .next()?
+        .is_ascii_digit()
+        .then(|| version.to_string())
+}
+
+fn newest_release_script(lib: &Path) -> Option<PathBuf> {
+    let mut scripts: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir(lib)
+        .ok()?
+        .filter_map(|entry| {
+            let script = entry.ok()?.path().join("sbin").join("rabbitmq-server");
+            let version = release_version(&script)?;
+            let key = version.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+            script.is_file().then_some((key, script))
+        })
+        .collect();
+    scripts.sort();
+    scripts.pop().map(|(_, script)| script)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rabbitmq_version_from_release_dir() {
+        let p = Path::new("/usr/lib/rabbitmq/lib/rabbitmq_server-3.10.8/sbin/rabbitmq-server");
+        assert_eq!(release_version(p).as_deref(), Some("3.10.8"));
+        assert_eq!(
+            release_version(Path::new("/usr/sbin/rabbitmq-server")),
+            None
+        );
+    }
+
+    #[test]
+    fn newest_release_is_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        for v in ["3.9.29", "3.10.8", "3.10.10"] {
+            let sbin = dir.path().join(format!("rabbitmq_server-{v}/sbin"));
+            std::fs::create_dir_all(&sbin).unwrap();
+            std::fs::write(sbin.join("rabbitmq-server"), "").unwrap();
+        }
+        let script = newest_release_script(dir.path()).unwrap();
+        assert_eq!(release_version(&script).as_deref(), Some("3.10.10"));
+    }
+
+    #[test]
+    fn urls_suit_lapin() {
+        let url = RabbitMq.local_url("127.0.0.1", 4000);
+        assert_eq!(url, "amqp://guest:guest@127.0.0.1:4000/%2f");
+        assert!(RabbitMq.accepts_url(&url));
+        assert!(!RabbitMq.accepts_url("nats://mq1:5672"));
+    }
+}
