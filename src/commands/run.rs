@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use async_trait::async_trait;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
@@ -23,15 +24,12 @@ use crate::env::binaries::{self, Binary};
 use crate::env::compose::ComposeBroker;
 use crate::env::external::{CommandBroker, Targets};
 use crate::env::local::LocalBroker;
-use crate::env::Placed;
+use crate::env::{Environment, Placed};
 use crate::exit;
-use crate::report::{table, BrokerResult, Results};
-use crate::run::{self, Phase, Progress};
+use crate::report::{table, Results};
+use crate::run::session::{Observer, Outcome, Session};
+use crate::run::{Phase, Progress};
 use crate::scenario::{Overrides, Plan};
-
-/// Beyond the load and the drain timeout: a broker's start deadline (90 s for
-/// RabbitMQ) after a fault, and a few 10 s call timeouts while closing.
-const MEASURE_SLACK: Duration = Duration::from_secs(150);
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let overrides = Overrides {
@@ -41,22 +39,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let plan = Plan::load(&args.scenario, &overrides)?;
     let mut site = Site::prepare(&args, &plan).await?;
-    let mut results = Results::new(&plan, args.env.as_str());
-    let dir = results.directory(&args.out);
-    let run_id: u64 = rand::random();
-    // With --json, stdout carries only JSON.
-    let say = |line: String| {
-        if args.json {
-            eprintln!("{line}")
-        } else {
-            println!("{line}")
-        }
-    };
-
+    let dir = Results::new(&plan, site.name()).directory(&args.out);
     let cancel = CancellationToken::new();
     tokio::spawn(interrupts(cancel.clone()));
-
-    say(format!(
+    let mut screen = Screen::new(&plan, args.json);
+    screen.say(format!(
         "brokerbench {}: scenario '{}' on {}; {} at {}, {} producer(s), {} group(s)",
         env!("CARGO_PKG_VERSION"),
         plan.name,
@@ -74,110 +61,18 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         plan.load.producers,
         plan.consumers.len(),
     ));
-    let mut failure = None;
-    let mut unfinished: Vec<String> = Vec::new();
-    for &kind in &plan.brokers {
-        if cancel.is_cancelled() {
-            break;
-        }
-        let mut broker = match site.place(kind).await {
-            Ok(broker) => broker,
-            Err(err) => {
-                failure = Some(err.context(format!("{kind} could not be started")));
-                break;
-            }
-        };
-        let progress = Arc::new(Progress::new(
-            plan.consumers.len(),
-            plan.load.producers as usize,
-        ));
-        let bar = progress_bar(&plan, kind.as_str(), args.json);
-        let ticker = tokio::spawn(tick(
-            bar.clone(),
-            progress.clone(),
-            plan.load.warmup + plan.load.duration,
-        ));
-        let implementation = broker.implementation().to_string();
-        let endpoint = broker.endpoint().clone();
-        // The run's own deadlines end it; this bound only guards against a
-        // client call that never returns, so that no run can hang.
-        let bound = plan.load.warmup + plan.load.duration + plan.load.drain_timeout + MEASURE_SLACK;
-        let measure = run::measure(
-            &plan,
-            &endpoint,
-            broker.as_mut(),
-            run_id,
-            &cancel,
-            &progress,
-        );
-        let measured = tokio::time::timeout(bound, measure).await;
-        ticker.abort();
-        bar.finish_and_clear();
-        let endpoint = broker.endpoint().shown();
-        if let Err(err) = broker.shutdown().await {
-            say(format!("warning: stopping {kind}: {err:#}"));
-        }
-        match measured {
-            Err(_elapsed) => {
-                let reason = format!(
-                    "{kind} did not finish within {} (load, drain timeout and {} for starts and closes); its results are lost",
-                    humantime::format_duration(bound),
-                    humantime::format_duration(MEASURE_SLACK)
-                );
-                say(format!("{kind}: {reason}"));
-                unfinished.push(reason);
-            }
-            Ok(Ok(m)) => {
-                let result = BrokerResult::new(&plan, kind, &implementation, endpoint, m);
-                say(format!(
-                    "{kind}: {} confirmed of {} sent, {:.0} msg/s, checks {}",
-                    result.publish.confirmed,
-                    result.publish.attempted,
-                    result.publish.rate_per_s,
-                    if result.passed() { "passed" } else { "FAILED" }
-                ));
-                results.brokers.push(result);
-                results.write(&dir)?;
-            }
-            Ok(Err(err)) => {
-                failure = Some(err);
-                break;
-            }
-        }
-    }
-    results.complete = failure.is_none()
-        && unfinished.is_empty()
-        && !cancel.is_cancelled()
-        && results.brokers.len() == plan.brokers.len()
-        && results.brokers.iter().all(|b| b.complete);
-    results.incomplete_reason = match (&failure, cancel.is_cancelled()) {
-        _ if results.complete => None,
-        (Some(err), _) => Some(format!("{err:#}")),
-        _ if !unfinished.is_empty() => Some(unfinished.join("; ")),
-        (None, true) => Some("interrupted (Ctrl-C)".into()),
-        (None, false) => Some(
-            results
-                .brokers
-                .iter()
-                .filter(|b| !b.complete)
-                .map(|b| match b.faults.iter().find_map(|f| f.error.as_deref()) {
-                    Some(error) => format!("{}: {error}", b.broker),
-                    None => format!(
-                        "{}: the drain timed out with confirmed messages undelivered",
-                        b.broker
-                    ),
-                })
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-    };
-    let path = results.write(&dir)?;
+    let session = Session::new(&plan, dir, cancel);
+    let Outcome {
+        results,
+        path,
+        failure,
+    } = session.run(&mut site, &mut screen).await?;
 
     if !results.brokers.is_empty() {
         let tables = format!("{}\n{}", table::summary(&results), table::groups(&results));
-        say(tables);
+        screen.say(tables);
     }
-    say(format!("results: {}", path.display()));
+    screen.say(format!("results: {}", path.display()));
     if args.json {
         println!(
             "{}",
@@ -189,13 +84,54 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         return Err(err.context(format!("results so far: {}", path.display())));
     }
     if let Some(reason) = &results.incomplete_reason {
-        say(format!("incomplete: {reason}"));
+        screen.say(format!("incomplete: {reason}"));
     }
     Ok(ExitCode::from(if results.passed() {
         exit::OK
     } else {
         exit::CHECK_FAILED
     }))
+}
+
+/// The terminal: lines on stdout (stderr with --json, so that stdout
+/// carries only JSON) and a progress bar per broker on a terminal.
+struct Screen {
+    json: bool,
+    load: Duration,
+    bar: Option<(ProgressBar, tokio::task::JoinHandle<()>)>,
+}
+
+impl Screen {
+    fn new(plan: &Plan, json: bool) -> Self {
+        Screen {
+            json,
+            load: plan.load.warmup + plan.load.duration,
+            bar: None,
+        }
+    }
+}
+
+impl Observer for Screen {
+    fn started(&mut self, kind: BrokerKind, progress: Arc<Progress>) {
+        let bar = progress_bar(self.load, kind.as_str(), self.json);
+        let ticker = tokio::spawn(tick(bar.clone(), progress, self.load));
+        self.bar = Some((bar, ticker));
+    }
+
+    fn ended(&mut self, _kind: BrokerKind) {
+        if let Some((bar, ticker)) = self.bar.take() {
+            ticker.abort();
+            bar.finish_and_clear();
+        }
+    }
+
+    fn say(&mut self, line: String) {
+        if self.json {
+            eprintln!("{line}")
+        } else {
+            println!("{line}")
+        }
+    }
 }
 
 /// Where the brokers come from. Prepared before anything runs, so that a
@@ -232,8 +168,18 @@ impl Site {
             }
         })
     }
+}
 
-    /// The broker `kind`, started (local, compose) or reached (external).
+#[async_trait]
+impl Environment for Site {
+    fn name(&self) -> &'static str {
+        match self {
+            Site::Local { .. } => EnvKind::Local.as_str(),
+            Site::Compose(_) => EnvKind::Compose.as_str(),
+            Site::External(_) => EnvKind::External.as_str(),
+        }
+    }
+
     async fn place(&mut self, kind: BrokerKind) -> Result<Box<dyn Placed>> {
         Ok(match self {
             Site::Local { binaries, data } => {
@@ -273,8 +219,8 @@ async fn interrupts(cancel: CancellationToken) {
     std::process::exit(130);
 }
 
-fn progress_bar(plan: &Plan, broker: &str, json: bool) -> ProgressBar {
-    let total = (plan.load.warmup + plan.load.duration).as_millis() as u64;
+fn progress_bar(load: Duration, broker: &str, json: bool) -> ProgressBar {
+    let total = load.as_millis() as u64;
     let bar = ProgressBar::with_draw_target(
         Some(total),
         if std::io::stdout().is_terminal() && !json {

@@ -18,6 +18,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::broker::BrokerKind;
+use crate::driver::Driver;
+use crate::scenario::Plan;
 
 /// What a fault timeline does to one broker, wherever it lives.
 #[async_trait]
@@ -77,14 +79,29 @@ impl Operation {
     }
 }
 
+/// Where the brokers of a run come from: local processes, docker compose
+/// services, or brokers the user runs.
+#[async_trait]
+pub trait Environment: Send {
+    /// The name results give it: `local`, `compose`, `external`.
+    fn name(&self) -> &'static str;
+    /// The broker `kind`, started (local, compose) or reached (external).
+    async fn place(&mut self, kind: BrokerKind) -> anyhow::Result<Box<dyn Placed>>;
+}
+
 /// A broker an environment provides for one measurement: where it is, what
 /// it is, how faults reach it, and how to let it go.
 #[async_trait]
-pub trait Placed: FaultTarget {
+pub trait Placed: FaultTarget + Sync {
     /// Where clients reach it.
     fn endpoint(&self) -> &Endpoint;
     /// Implementation and version, e.g. `RabbitMQ 3.10.8` or `tansu 0.6.0`.
     fn implementation(&self) -> &str;
+    /// A driver connected to it with the scenario's settings: the broker's
+    /// own client, through its module.
+    async fn connect(&self, plan: &Plan, run_id: u64) -> anyhow::Result<Box<dyn Driver>> {
+        crate::broker::connect(plan, self.endpoint(), run_id).await
+    }
     /// Stops what the environment started (local: the process; compose: the
     /// service; external: nothing).
     async fn shutdown(self: Box<Self>) -> anyhow::Result<()>;

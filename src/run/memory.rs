@@ -1,0 +1,314 @@
+//! An in-memory broker behind the [`Driver`] trait, with fault knobs, for
+//! unit tests of the engine's own logic: the ledger's verdicts, the drain,
+//! fault recovery times and the completeness rules, in milliseconds and with
+//! no broker installed.
+//!
+//! It is compiled for tests only, so it can never stand in for a broker in
+//! results. Broker behaviour is tested against real brokers (`tests/`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::broker::BrokerKind;
+use crate::driver::{Confirmation, Consumer, Driver, ErrorKind, Incoming, Producer, Settings};
+use crate::env::{Endpoint, Environment, FaultTarget, Placed};
+use crate::event::Outgoing;
+use crate::scenario::{ConsumerGroup, Plan};
+
+/// What the in-memory broker does wrong, on purpose. "Every n-th" counts
+/// publishes from 1 over the whole run.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Knobs {
+    /// Confirm every n-th publish, then forget it: lost.
+    pub drop_after_confirm: Option<u64>,
+    /// Deliver every n-th message twice to every group: duplicates.
+    pub duplicate: Option<u64>,
+    /// Hold every message this long before a group may receive it.
+    pub delay: Duration,
+    /// Refuse every n-th publish without storing it: failed.
+    pub refuse: Option<u64>,
+    /// Store every n-th publish but answer it with a refusal: recovered.
+    pub store_but_refuse: Option<u64>,
+    /// Store every n-th publish and never answer it: unknown, then recovered.
+    pub never_answer: Option<u64>,
+    /// Queue every second message ahead of the one before it: out of order.
+    pub swap_pairs: bool,
+    /// Messages that are not ours, at the head of every group's queue: unexpected.
+    pub foreign: usize,
+    /// A kill or restart loses every queued message (the queues were not
+    /// durable); the client declares them again when it reconnects.
+    pub lose_topology_on_restart: bool,
+    /// After a kill or restart it never comes back.
+    pub never_back: bool,
+    /// Connecting fails: the broker cannot be measured.
+    pub refuse_connect: bool,
+    /// Closing the driver never returns: the session's bound must end it.
+    pub hang_on_close: bool,
+}
+
+/// A message held for one group.
+struct Held {
+    payload: Vec<u8>,
+    ready_at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    published: u64,
+    down: bool,
+    paused: bool,
+    queues: BTreeMap<String, VecDeque<Held>>,
+}
+
+/// One in-memory broker: its state and its knobs.
+#[derive(Clone)]
+pub(crate) struct MemoryBroker {
+    state: Arc<Mutex<State>>,
+    knobs: Arc<Knobs>,
+    endpoint: Endpoint,
+}
+
+/// How often a waiting consumer or confirmation looks again.
+const POLL: Duration = Duration::from_millis(1);
+
+impl MemoryBroker {
+    fn new(kind: BrokerKind, knobs: Knobs) -> Self {
+        MemoryBroker {
+            state: Arc::default(),
+            knobs: Arc::new(knobs),
+            endpoint: Endpoint::local(kind, "127.0.0.1", 1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("memory broker lock")
+    }
+
+    /// Stores a publish and answers it, once the broker is up and running.
+    async fn publish(self, payload: Vec<u8>) -> Result<(), ErrorKind> {
+        loop {
+            match self.store(&payload) {
+                Some(Some(answer)) => return answer,
+                Some(None) => return std::future::pending().await,
+                None => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// The answer to a publish: `None` while paused, `Some(None)` for no
+    /// answer ever.
+    fn store(&self, payload: &[u8]) -> Option<Option<Result<(), ErrorKind>>> {
+        let mut state = self.lock();
+        if state.down {
+            return Some(Some(Err(ErrorKind::Connection)));
+        }
+        if state.paused {
+            return None;
+        }
+        state.published += 1;
+        let n = state.published;
+        let every = |knob: Option<u64>| knob.is_some_and(|k| n % k == 0);
+        let k = &self.knobs;
+        if every(k.refuse) {
+            return Some(Some(Err(ErrorKind::Refused)));
+        }
+        if every(k.drop_after_confirm) {
+            return Some(Some(Ok(())));
+        }
+        let copies = if every(k.duplicate) { 2 } else { 1 };
+        let ready_at = Instant::now() + k.delay;
+        for queue in state.queues.values_mut() {
+            for _ in 0..copies {
+                let held = Held {
+                    payload: payload.to_vec(),
+                    ready_at,
+                };
+                // Ahead of the one before it, if that one still waits.
+                if k.swap_pairs && n % 2 == 0 && !queue.is_empty() {
+                    queue.insert(queue.len() - 1, held);
+                } else {
+                    queue.push_back(held);
+                }
+            }
+        }
+        if every(k.store_but_refuse) {
+            return Some(Some(Err(ErrorKind::Refused)));
+        }
+        if every(k.never_answer) {
+            return Some(None);
+        }
+        Some(Some(Ok(())))
+    }
+
+    /// The next message of `group` that is due, waiting while the broker is
+    /// down or paused.
+    async fn receive(&self, group: &str) -> Vec<u8> {
+        loop {
+            {
+                let mut state = self.lock();
+                if !state.down && !state.paused {
+                    let queue = state.queues.entry(group.to_string()).or_default();
+                    if queue.front().is_some_and(|h| h.ready_at <= Instant::now()) {
+                        return queue.pop_front().expect("a front").payload;
+                    }
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn crash(&self) {
+        let mut state = self.lock();
+        state.down = true;
+        if self.knobs.lose_topology_on_restart {
+            for queue in state.queues.values_mut() {
+                queue.clear();
+            }
+        }
+    }
+
+    fn come_back(&self) -> Result<()> {
+        if self.knobs.never_back {
+            bail!("the in-memory broker was told never to come back");
+        }
+        self.lock().down = false;
+        Ok(())
+    }
+}
+
+/// Places a fresh in-memory broker with the same knobs for each kind.
+pub(crate) struct MemoryEnv(pub Knobs);
+
+#[async_trait]
+impl Environment for MemoryEnv {
+    fn name(&self) -> &'static str {
+        "memory (tests only)"
+    }
+
+    async fn place(&mut self, kind: BrokerKind) -> Result<Box<dyn Placed>> {
+        Ok(Box::new(MemoryBroker::new(kind, self.0.clone())))
+    }
+}
+
+#[async_trait]
+impl FaultTarget for MemoryBroker {
+    async fn kill(&mut self) -> Result<()> {
+        self.crash();
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        self.come_back()
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        self.crash();
+        self.come_back()
+    }
+
+    async fn pause(&mut self) -> Result<()> {
+        self.lock().paused = true;
+        Ok(())
+    }
+
+    async fn resume(&mut self) -> Result<()> {
+        self.lock().paused = false;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Placed for MemoryBroker {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn implementation(&self) -> &str {
+        "in-memory test driver"
+    }
+
+    async fn connect(&self, _plan: &Plan, _run_id: u64) -> Result<Box<dyn Driver>> {
+        if self.knobs.refuse_connect {
+            bail!("the in-memory broker refuses connections");
+        }
+        Ok(Box::new(self.clone()))
+    }
+
+    async fn shutdown(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The settings the in-memory driver reports.
+#[derive(Serialize)]
+struct Applied {
+    storage: &'static str,
+}
+
+#[async_trait]
+impl Driver for MemoryBroker {
+    async fn setup(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn producer(&self, _id: u32) -> Result<Box<dyn Producer>> {
+        Ok(Box::new(self.clone()))
+    }
+
+    async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
+        let mut state = self.lock();
+        let queue = state.queues.entry(group.group.clone()).or_default();
+        for i in 0..self.knobs.foreign {
+            queue.push_back(Held {
+                payload: format!("not one of ours {i}").into_bytes(),
+                ready_at: Instant::now(),
+            });
+        }
+        Ok(Box::new(MemoryConsumer {
+            broker: self.clone(),
+            group: group.group.clone(),
+        }))
+    }
+
+    fn settings(&self) -> Settings {
+        Settings::of(&Applied { storage: "memory" })
+    }
+
+    async fn close(&self) {
+        if self.knobs.hang_on_close {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait]
+impl Producer for MemoryBroker {
+    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, ErrorKind> {
+        if self.lock().down {
+            return Err(ErrorKind::Connection);
+        }
+        Ok(Box::pin(self.clone().publish(message.payload)))
+    }
+}
+
+struct MemoryConsumer {
+    broker: MemoryBroker,
+    group: String,
+}
+
+#[async_trait]
+impl Consumer for MemoryConsumer {
+    async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
+        let payload = self.broker.receive(&self.group).await;
+        Some(Ok(Incoming {
+            payload,
+            redelivered: false,
+            ack: Box::new(|| Box::pin(async { Ok(()) })),
+        }))
+    }
+}

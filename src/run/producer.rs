@@ -1,0 +1,216 @@
+//! One producer task: open-loop sends on the pacer's schedule (or closed
+//! loop at rate 0), confirmations awaited concurrently, and in retry mode
+//! unconfirmed messages sent again with the reconnection backoff.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::ledger::PublishStatus;
+use super::pacer::Pacer;
+use super::{count, ProducerOutcome, Progress, RunContext};
+use crate::driver::{self, ErrorKind, Producer};
+use crate::event::{self, Envelope};
+use crate::scenario::{Plan, Unconfirmed};
+
+/// A message to send (again): who it is and when it was due.
+#[derive(Clone, Copy)]
+struct Send {
+    seq: u64,
+    key: u64,
+    due: Instant,
+    /// Sends of this message so far.
+    attempt: u32,
+}
+
+/// The broker's answer to one send.
+struct Answer {
+    send: Send,
+    sent: Instant,
+    result: Result<(), ErrorKind>,
+}
+
+/// One producer: sends on schedule (or as fast as confirmations allow),
+/// keeps up to `max_in_flight` confirmations outstanding, and, in retry mode,
+/// sends unconfirmed messages again with the reconnection backoff.
+pub(super) struct ProducerTask {
+    producer: Box<dyn Producer>,
+    id: u32,
+    cx: RunContext,
+    retry: bool,
+    backoff_max: Duration,
+    max_in_flight: usize,
+    progress: Arc<Progress>,
+    out: ProducerOutcome,
+    in_flight: FuturesUnordered<BoxFuture<'static, Answer>>,
+    /// Messages to send again, each with the earliest time to do so.
+    retries: Vec<(Instant, Send)>,
+}
+
+impl ProducerTask {
+    /// Producer `id` of `plan` over `producer`.
+    pub(super) fn new(
+        producer: Box<dyn Producer>,
+        id: u32,
+        plan: &Plan,
+        cx: RunContext,
+        progress: Arc<Progress>,
+    ) -> Self {
+        ProducerTask {
+            producer,
+            id,
+            cx,
+            retry: plan.recovery.on_unconfirmed == Unconfirmed::Retry,
+            backoff_max: plan.recovery.backoff_max,
+            max_in_flight: plan.load.max_in_flight,
+            progress,
+            out: ProducerOutcome::default(),
+            in_flight: FuturesUnordered::new(),
+            retries: Vec::new(),
+        }
+    }
+
+    /// Sends until the load ends and every confirmation is in (or the
+    /// deadline, or `cancel`); returns what it measured.
+    pub(super) async fn run(
+        mut self,
+        pacer: Option<Pacer>,
+        cancel: CancellationToken,
+    ) -> ProducerOutcome {
+        let limit = pacer
+            .as_ref()
+            .map(|p| p.count_within(self.cx.end - self.cx.start));
+        let mut k: u64 = 0;
+        loop {
+            let due = match (&pacer, limit) {
+                (Some(p), Some(n)) if k < n => Some(p.intended(k)),
+                (None, _) if Instant::now() < self.cx.end => Some(Instant::now()),
+                _ => None,
+            };
+            if due.is_none() && self.in_flight.is_empty() && self.retries.is_empty() {
+                break;
+            }
+            if Instant::now() >= self.cx.deadline {
+                break; // what is still in flight, or never sent, stays unknown
+            }
+            let slot = self.in_flight.len() < self.max_in_flight;
+            let now = Instant::now();
+            // A retry whose time has come goes first.
+            if let Some(i) = self
+                .retries
+                .iter()
+                .position(|(at, _)| *at <= now)
+                .filter(|_| slot)
+            {
+                let (_, send) = self.retries.swap_remove(i);
+                self.out.resent += 1;
+                self.send(send).await;
+                continue;
+            }
+            if let Some(due) = due.filter(|d| *d <= now && slot) {
+                let seq = self.out.log.attempt();
+                self.progress.attempted[self.id as usize].fetch_add(1, Ordering::Relaxed);
+                let key = rand::random_range(0..self.cx.keys);
+                self.send(Send {
+                    seq,
+                    key,
+                    due,
+                    attempt: 0,
+                })
+                .await;
+                k += 1;
+                continue;
+            }
+            // Nothing to send yet: wait for the next due time, retry time or answer.
+            let next_retry = self.retries.iter().map(|(at, _)| *at).min();
+            let wake = [
+                due.filter(|_| slot),
+                next_retry.filter(|_| slot),
+                Some(self.cx.deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the deadline is always there");
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => self.settle(answer),
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+        self.out
+    }
+
+    async fn send(&mut self, send: Send) {
+        while let Some(Some(answer)) = self.in_flight.next().now_or_never() {
+            self.settle(answer);
+        }
+        let sent = Instant::now();
+        let envelope = Envelope {
+            run: self.cx.run_id,
+            producer: self.id,
+            seq: send.seq,
+            key: send.key,
+            intended_ns: self.cx.ns(send.due),
+            sent_ns: self.cx.ns(sent),
+        };
+        // The achieved rate counts first sends; resends are counted apart.
+        self.out.steady_sent += u64::from(send.attempt == 0 && self.cx.in_steady(sent));
+        self.progress.sent.fetch_add(1, Ordering::Relaxed);
+        let send = Send {
+            attempt: send.attempt + 1,
+            ..send
+        };
+        match self
+            .producer
+            .send(event::encode(&envelope, self.cx.message_size))
+            .await
+        {
+            Ok(confirmation) => {
+                self.in_flight.push(
+                    confirmation
+                        .map(move |result| Answer { send, sent, result })
+                        .boxed(),
+                );
+            }
+            Err(kind) => self.failed(send, kind),
+        }
+    }
+
+    fn settle(&mut self, Answer { send, sent, result }: Answer) {
+        let now = Instant::now();
+        match result {
+            Ok(()) => {
+                self.out.log.settle(send.seq, PublishStatus::Confirmed);
+                self.progress.confirmed.fetch_add(1, Ordering::Relaxed);
+                self.out.confirmed_at.record(self.cx.since_start(now));
+                if self.cx.ns(send.due) >= self.cx.steady_ns() {
+                    self.out.publish.record(now - send.due);
+                    self.out.publish_service.record(now - sent);
+                }
+                self.out.steady_confirmed += u64::from(self.cx.in_steady(now));
+            }
+            Err(kind) => self.failed(send, kind),
+        }
+    }
+
+    /// No confirmation: send again later (retry), or give the message up (drop).
+    fn failed(&mut self, send: Send, kind: ErrorKind) {
+        let now = Instant::now();
+        count(&mut self.out.errors, kind);
+        self.out.errors_at.record(self.cx.since_start(now));
+        if !self.retry {
+            self.out.log.settle(send.seq, PublishStatus::Failed);
+        } else if now < self.cx.deadline {
+            let wait = driver::backoff(send.attempt.saturating_sub(1), self.backoff_max);
+            self.retries.push((now + wait, send));
+        }
+        // A retry past the deadline stays pending: unknown.
+    }
+}

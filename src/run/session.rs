@@ -1,0 +1,238 @@
+//! A run session: one scenario against each broker in turn, in the manner of
+//! hyperfine's `Scheduler`.
+//!
+//! The session places each broker through an [`Environment`], connects a
+//! driver, measures it within a bound so that no client call can hang the
+//! run, stops the broker, turns the measurement into a [`BrokerResult`] and
+//! writes `results.json` after every broker, so a later failure or a Ctrl-C
+//! loses nothing. It decides whether the run is complete and says why not.
+//! The command around it only parses arguments and prints.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use super::{measure, Measurement, Progress};
+use crate::broker::BrokerKind;
+use crate::env::{Environment, Placed};
+use crate::report::{BrokerResult, Results};
+use crate::scenario::Plan;
+
+/// Beyond the load and the drain timeout: a broker's start deadline (90 s for
+/// RabbitMQ) after a fault, and a few 10 s call timeouts while closing.
+pub const MEASURE_SLACK: Duration = Duration::from_secs(150);
+
+/// What the person running the session sees while it runs.
+pub trait Observer: Send {
+    /// A broker's measurement starts; `progress` is live until it ends.
+    fn started(&mut self, _kind: BrokerKind, _progress: Arc<Progress>) {}
+    /// That measurement is over (the broker is being stopped).
+    fn ended(&mut self, _kind: BrokerKind) {}
+    /// A line of news: a broker's headline, a warning.
+    fn say(&mut self, _line: String) {}
+}
+
+/// An observer that shows nothing.
+pub struct Quiet;
+
+impl Observer for Quiet {}
+
+/// What a session produced.
+pub struct Outcome {
+    /// The results, as written.
+    pub results: Results,
+    /// Where they were written.
+    pub path: PathBuf,
+    /// Why the session stopped before the last broker: a broker could not
+    /// be started, reached or set up. The results so far are written.
+    pub failure: Option<anyhow::Error>,
+}
+
+/// One scenario, run against the plan's brokers in turn.
+pub struct Session<'a> {
+    plan: &'a Plan,
+    run_id: u64,
+    cancel: CancellationToken,
+    dir: PathBuf,
+    slack: Duration,
+}
+
+impl<'a> Session<'a> {
+    /// A session for `plan`, writing `results.json` into `dir`; `cancel`
+    /// stops it (the first Ctrl-C).
+    pub fn new(plan: &'a Plan, dir: PathBuf, cancel: CancellationToken) -> Self {
+        Session {
+            plan,
+            run_id: rand::random(),
+            cancel,
+            dir,
+            slack: MEASURE_SLACK,
+        }
+    }
+
+    /// Time allowed beyond the load and the drain timeout before a broker's
+    /// measurement is abandoned as hung (default [`MEASURE_SLACK`]).
+    pub fn with_slack(mut self, slack: Duration) -> Self {
+        self.slack = slack;
+        self
+    }
+
+    /// Measures every broker of the plan, placed by `env`. `Err` only when
+    /// the results cannot be written.
+    pub async fn run(
+        &self,
+        env: &mut dyn Environment,
+        observer: &mut dyn Observer,
+    ) -> Result<Outcome> {
+        let plan = self.plan;
+        let mut results = Results::new(plan, env.name());
+        let mut failure = None;
+        let mut unfinished: Vec<String> = Vec::new();
+        for &kind in &plan.brokers {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let placed = match env.place(kind).await {
+                Ok(placed) => placed,
+                Err(err) => {
+                    failure = Some(err.context(format!("{kind} could not be started")));
+                    break;
+                }
+            };
+            match self.measure_one(kind, placed, observer).await {
+                Measured::Done(result) => {
+                    observer.say(format!(
+                        "{kind}: {} confirmed of {} sent, {:.0} msg/s, checks {}",
+                        result.publish.confirmed,
+                        result.publish.attempted,
+                        result.publish.rate_per_s,
+                        if result.passed() { "passed" } else { "FAILED" }
+                    ));
+                    results.brokers.push(*result);
+                    results.write(&self.dir)?;
+                }
+                Measured::Hung(reason) => {
+                    observer.say(format!("{kind}: {reason}"));
+                    unfinished.push(reason);
+                }
+                Measured::Failed(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        self.conclude(&mut results, failure.as_ref(), &unfinished);
+        let path = results.write(&self.dir)?;
+        Ok(Outcome {
+            results,
+            path,
+            failure,
+        })
+    }
+
+    /// Connects to and measures one placed broker, then lets it go.
+    async fn measure_one(
+        &self,
+        kind: BrokerKind,
+        mut placed: Box<dyn Placed>,
+        observer: &mut dyn Observer,
+    ) -> Measured {
+        let plan = self.plan;
+        let progress = Arc::new(Progress::new(
+            plan.consumers.len(),
+            plan.load.producers as usize,
+        ));
+        observer.started(kind, progress.clone());
+        let implementation = placed.implementation().to_string();
+        let shown = placed.endpoint().shown();
+        // The run's own deadlines end it; this bound only guards against a
+        // client call that never returns, so that no run can hang.
+        let bound = plan.load.warmup + plan.load.duration + plan.load.drain_timeout + self.slack;
+        let measured = tokio::time::timeout(bound, async {
+            let driver = placed
+                .connect(plan, self.run_id)
+                .await
+                .with_context(|| format!("cannot reach {kind} at {shown}"))?;
+            let measured: Result<Measurement> = measure(
+                plan,
+                driver.as_ref(),
+                placed.as_mut(),
+                self.run_id,
+                &self.cancel,
+                &progress,
+            )
+            .await;
+            measured.with_context(|| format!("{kind} at {shown}"))
+        })
+        .await;
+        observer.ended(kind);
+        if let Err(err) = placed.shutdown().await {
+            observer.say(format!("warning: stopping {kind}: {err:#}"));
+        }
+        match measured {
+            Err(_elapsed) => Measured::Hung(format!(
+                "{kind} did not finish within {} (load, drain timeout and {} for starts and \
+                 closes); its results are lost",
+                humantime::format_duration(bound),
+                humantime::format_duration(self.slack)
+            )),
+            Ok(Ok(m)) => Measured::Done(Box::new(BrokerResult::new(
+                plan,
+                kind,
+                &implementation,
+                shown,
+                m,
+            ))),
+            Ok(Err(err)) => Measured::Failed(err),
+        }
+    }
+
+    /// Whether the run is complete, and if not, why.
+    fn conclude(
+        &self,
+        results: &mut Results,
+        failure: Option<&anyhow::Error>,
+        unfinished: &[String],
+    ) {
+        let cancelled = self.cancel.is_cancelled();
+        results.complete = failure.is_none()
+            && unfinished.is_empty()
+            && !cancelled
+            && results.brokers.len() == self.plan.brokers.len()
+            && results.brokers.iter().all(|b| b.complete);
+        results.incomplete_reason = match (failure, cancelled) {
+            _ if results.complete => None,
+            (Some(err), _) => Some(format!("{err:#}")),
+            _ if !unfinished.is_empty() => Some(unfinished.join("; ")),
+            (None, true) => Some("interrupted (Ctrl-C)".into()),
+            (None, false) => Some(
+                results
+                    .brokers
+                    .iter()
+                    .filter(|b| !b.complete)
+                    .map(|b| match b.faults.iter().find_map(|f| f.error.as_deref()) {
+                        Some(error) => format!("{}: {error}", b.broker),
+                        None => format!(
+                            "{}: the drain timed out with confirmed messages undelivered",
+                            b.broker
+                        ),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        };
+    }
+}
+
+/// How one broker's measurement ended.
+enum Measured {
+    /// Measured; its results.
+    Done(Box<BrokerResult>),
+    /// It ran past its bound: a client call that never returned.
+    Hung(String),
+    /// It could not be reached or set up.
+    Failed(anyhow::Error),
+}
