@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::advisor::answers::{DeadLetter, Delivery, Hosting, Language, Ordering, Replay};
+use crate::advisor::answers::GivenAnswers;
 use crate::broker::BrokerKind;
 
 /// Measure RabbitMQ, NATS JetStream and Kafka on your own event traffic.
@@ -40,36 +40,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct AdviseArgs {
-    /// Must a message that cannot be processed go to a dead-letter queue?
-    #[arg(long, value_enum)]
-    pub dead_letter: Option<DeadLetter>,
-    /// Languages of producers and consumers, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub languages: Option<Vec<Language>>,
-    /// Peak events per second.
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// What must stay in order [default: none].
-    #[arg(long, value_enum)]
-    pub ordering: Option<Ordering>,
-    /// Must consumers read old events again? [default: no]
-    #[arg(long, value_enum)]
-    pub replay: Option<Replay>,
-    /// Delivery guarantee needed [default: at-least-once].
-    #[arg(long, value_enum)]
-    pub delivery: Option<Delivery>,
-    /// p99 end-to-end latency target in ms; 0 = none [default: 0].
-    #[arg(long, value_name = "MS")]
-    pub latency_ms: Option<f64>,
-    /// Consumer groups (services) receiving each event [default: 1].
-    #[arg(long)]
-    pub groups: Option<u32>,
-    /// Who runs the brokers [default: self-hosted].
-    #[arg(long, value_enum)]
-    pub hosting: Option<Hosting>,
-    /// Brokers the team runs in production, comma-separated, or `none` [default: none].
-    #[arg(long, value_name = "BROKERS", value_parser = parse_experience)]
-    pub experience: Option<Experience>,
+    /// One flag per question, from the questions' own definitions.
+    #[command(flatten)]
+    pub given: GivenAnswers,
     /// Answers from a TOML file (keys as in `--json` output's `answers`); flags win.
     #[arg(long, value_name = "FILE")]
     pub answers: Option<PathBuf>,
@@ -85,20 +58,6 @@ pub struct AdviseArgs {
     /// Never ask: fail on missing deciding answers even on a terminal.
     #[arg(long)]
     pub no_input: bool,
-}
-
-/// Brokers a team already runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Experience(pub Vec<BrokerKind>);
-
-fn parse_experience(text: &str) -> Result<Experience, String> {
-    if text.trim() == "none" {
-        return Ok(Experience(Vec::new()));
-    }
-    text.split(',')
-        .map(|name| name.trim().parse::<BrokerKind>())
-        .collect::<Result<Vec<_>, _>>()
-        .map(Experience)
 }
 
 #[derive(Debug, Subcommand)]

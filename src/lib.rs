@@ -5,16 +5,16 @@
 //! process. `docs/architecture.md` walks the layout; each module opens with
 //! why it exists.
 
-pub mod advisor;
+pub(crate) mod advisor;
 pub mod broker;
 pub mod cli;
-pub mod commands;
+pub(crate) mod commands;
 pub mod driver;
 pub mod env;
 pub mod event;
-pub mod metrics;
-pub mod report;
-pub mod run;
+pub(crate) mod metrics;
+pub(crate) mod report;
+pub(crate) mod run;
 pub mod scenario;
 
 use std::process::ExitCode;

@@ -7,8 +7,8 @@ mod util;
 
 use std::time::Duration;
 
+use brokerbench::broker::handshake;
 use brokerbench::broker::BrokerKind;
-use brokerbench::broker::{fetch_one, handshake, publish_durable};
 use brokerbench::env::binaries;
 use brokerbench::env::local::LocalBroker;
 
@@ -40,16 +40,21 @@ async fn survives_crash_pause_and_restart(kind: BrokerKind) {
         endpoint.url()
     );
     let topic = "brokerbench.test";
+    let client = kind.broker();
 
     // A plain round trip.
-    publish_durable(&endpoint, topic, b"first").await.unwrap();
+    client
+        .publish_durable(&endpoint, topic, b"first")
+        .await
+        .unwrap();
     assert_eq!(
-        fetch_one(&endpoint, topic, "tester", WAIT).await.unwrap(),
+        client.fetch_one(&endpoint, topic, WAIT).await.unwrap(),
         b"first"
     );
 
     // Confirmed before a crash, so it must be there after the restart.
-    publish_durable(&endpoint, topic, b"persisted before kill -9")
+    client
+        .publish_durable(&endpoint, topic, b"persisted before kill -9")
         .await
         .unwrap();
     let pgid = broker.pids()[0];
@@ -66,7 +71,8 @@ async fn survives_crash_pause_and_restart(kind: BrokerKind) {
     println!("{kind}: restarted after kill -9, ready in {ready:?}");
     assert_eq!(broker.endpoint(), &endpoint, "restart must keep the port");
     assert_eq!(
-        fetch_one(&endpoint, topic, "tester", WAIT)
+        client
+            .fetch_one(&endpoint, topic, WAIT)
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e:#}\n{}", log_tail(&broker))),
         b"persisted before kill -9"
@@ -82,13 +88,15 @@ async fn survives_crash_pause_and_restart(kind: BrokerKind) {
     handshake(&endpoint).await.unwrap();
 
     // A graceful restart keeps data too.
-    publish_durable(&endpoint, topic, b"persisted before restart")
+    client
+        .publish_durable(&endpoint, topic, b"persisted before restart")
         .await
         .unwrap();
     let ready = broker.restart().await.unwrap();
     println!("{kind}: graceful restart, ready in {ready:?}");
     assert_eq!(
-        fetch_one(&endpoint, topic, "tester", WAIT)
+        client
+            .fetch_one(&endpoint, topic, WAIT)
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e:#}\n{}", log_tail(&broker))),
         b"persisted before restart"

@@ -87,7 +87,7 @@ pub struct Flip {
 
 /// The product a recommendation names.
 pub fn product(kind: BrokerKind) -> &'static str {
-    kind.broker().product()
+    kind.info().product
 }
 
 /// Scores `answers`, with `measured` results as evidence if any.
@@ -176,89 +176,15 @@ fn first(answers: &Answers, measured: &[Measurement]) -> BrokerKind {
     rank(&criteria)[0].broker
 }
 
-/// Rates that stand for each band of the rate criterion.
-const RATE_BANDS: [f64; 4] = [300.0, 5_000.0, 50_000.0, 200_000.0];
-
-fn band(rate: f64) -> usize {
-    [
-        facts::RATE_ANY,
-        facts::RATE_SINGLE_QUEUE,
-        facts::RATE_SINGLE_STREAM,
-    ]
-    .iter()
-    .filter(|limit| rate > **limit)
-    .count()
-}
-
-/// One change of one answer, as the flip search tries it.
-struct Change {
-    /// Steps from the current answer: the next value of a deciding question
-    /// or rate band is 1, any other answer 2.
-    distance: usize,
-    question: &'static str,
-    from: String,
-    to: String,
-    answers: Answers,
-}
-
-/// Tries every change of one answer, nearest first (one step of a rate band
-/// before two; deciding questions before the others), and returns the first
-/// that puts another broker first.
+/// Tries every nearby change of one answer, nearest first (one step of a
+/// rate band before two; deciding questions before the others), and returns
+/// the first that puts another broker first.
 fn nearest_flip(answers: &Answers, top: BrokerKind, measured: &[Measurement]) -> Option<Flip> {
-    let a = answers;
-    let number = |question, from: f64, to: f64, distance, set: fn(&mut Answers, f64)| {
-        let mut changed = a.clone();
-        set(&mut changed, to);
-        Change {
-            distance,
-            question,
-            from: from.to_string(),
-            to: to.to_string(),
-            answers: changed,
-        }
-    };
-    let mut changes: Vec<Change> = Vec::new();
-    changes.extend(other_values(
-        a,
-        "dead_letter",
-        a.dead_letter,
-        None,
-        |a, v| a.dead_letter = v,
-    ));
-    changes.extend(one_more(a, "languages", &a.languages, 1, |a, v| {
-        a.languages = v
-    }));
-    changes.extend(RATE_BANDS.into_iter().filter_map(|rate| {
-        let distance = band(rate).abs_diff(band(a.rate));
-        (distance > 0).then(|| number("rate", a.rate, rate, distance, |a, v| a.rate = v))
-    }));
-    changes.extend(other_values(a, "ordering", a.ordering, Some(2), |a, v| {
-        a.ordering = v
-    }));
-    changes.extend(other_values(a, "replay", a.replay, Some(2), |a, v| {
-        a.replay = v
-    }));
-    changes.extend(other_values(a, "delivery", a.delivery, Some(2), |a, v| {
-        a.delivery = v
-    }));
-    changes.extend(
-        [0.0, 100.0, 20.0, 2.0]
-            .into_iter()
-            .filter(|v| *v != a.latency_ms)
-            .map(|v| number("latency_ms", a.latency_ms, v, 2, |a, v| a.latency_ms = v)),
-    );
-    changes.extend([1, 10, 50].into_iter().filter(|v| *v != a.groups).map(|v| {
-        number("groups", a.groups.into(), v.into(), 2, |a, v| {
-            a.groups = v as u32
-        })
-    }));
-    changes.extend(other_values(a, "hosting", a.hosting, Some(2), |a, v| {
-        a.hosting = v
-    }));
-    changes.extend(one_more(a, "experience", &a.experience, 2, |a, v| {
-        a.experience = v
-    }));
-    // A stable sort: at equal distance, the order above (deciding first).
+    let mut changes: Vec<answers::Change> = answers::QUESTIONS
+        .iter()
+        .flat_map(|q| q.changes(answers))
+        .collect();
+    // A stable sort: at equal distance, the questions' order (deciding first).
     changes.sort_by_key(|c| c.distance);
     changes.into_iter().find_map(|change| {
         let now_first = first(&change.answers, measured);
@@ -269,68 +195,6 @@ fn nearest_flip(answers: &Answers, top: BrokerKind, measured: &[Measurement]) ->
             first: now_first,
         })
     })
-}
-
-/// Every other value of the enum answer `current`. `distance` is fixed, or,
-/// if `None`, how many places apart the two values are in the enum.
-fn other_values<'a, T>(
-    answers: &'a Answers,
-    question: &'static str,
-    current: T,
-    distance: Option<usize>,
-    set: fn(&mut Answers, T),
-) -> impl Iterator<Item = Change> + 'a
-where
-    T: clap::ValueEnum + Copy + PartialEq + Serialize + 'static,
-{
-    let place = |v: T| T::value_variants().iter().position(|x| *x == v);
-    T::value_variants()
-        .iter()
-        .copied()
-        .filter(move |v| *v != current)
-        .map(move |v| {
-            let mut changed = answers.clone();
-            set(&mut changed, v);
-            Change {
-                distance: distance
-                    .unwrap_or_else(|| place(v).unwrap_or(0).abs_diff(place(current).unwrap_or(0))),
-                question,
-                from: answers::value(&current),
-                to: answers::value(&v),
-                answers: changed,
-            }
-        })
-}
-
-/// The list answer `current` with one more of the values it lacks.
-fn one_more<'a, T>(
-    answers: &'a Answers,
-    question: &'static str,
-    current: &'a [T],
-    distance: usize,
-    set: fn(&mut Answers, Vec<T>),
-) -> impl Iterator<Item = Change> + 'a
-where
-    T: clap::ValueEnum + Copy + Ord + Serialize + 'static,
-{
-    T::value_variants()
-        .iter()
-        .filter(move |v| !current.contains(v))
-        .map(move |v| {
-            let mut values = current.to_vec();
-            values.push(*v);
-            values.sort();
-            let mut changed = answers.clone();
-            let to = answers::list(&values);
-            set(&mut changed, values);
-            Change {
-                distance,
-                question,
-                from: answers::list(current),
-                to,
-                answers: changed,
-            }
-        })
 }
 
 #[cfg(test)]

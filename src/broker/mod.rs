@@ -61,12 +61,12 @@ impl BrokerKind {
 
     /// The name used on the command line, in scenario files and in results.
     pub fn as_str(self) -> &'static str {
-        self.broker().name()
+        self.info().name
     }
 
-    /// The product's name, for people.
-    pub fn display_name(self) -> &'static str {
-        self.broker().display_name()
+    /// Its names, program, ports and compose service.
+    pub fn info(self) -> &'static Info {
+        self.broker().info()
     }
 }
 
@@ -89,6 +89,10 @@ impl FromStr for BrokerKind {
         })
     }
 }
+
+/// The durable consumer (consumer group) that [`Broker::fetch_one`] reads
+/// with, so that reads after a restart continue where the last one acked.
+pub const PROBE_CONSUMER: &str = "brokerbench-probe";
 
 /// The ports a local broker listens on, by what they are for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -162,23 +166,79 @@ pub struct Helper {
     pub port: u16,
 }
 
+/// The plain facts about one broker.
+pub struct Info {
+    /// Name on the command line, in scenario files and results: `rabbitmq`.
+    pub name: &'static str,
+    /// The product, for people: `RabbitMQ`.
+    pub display_name: &'static str,
+    /// The product a recommendation names.
+    pub product: &'static str,
+    /// The program looked up on `PATH`.
+    pub program: &'static str,
+    /// Where that program comes from.
+    pub install: Install,
+    /// How results name what ran: these around the version it reports.
+    pub implementation: (&'static str, &'static str),
+    /// Ports it needs besides the client port.
+    pub extra_ports: &'static [PortRole],
+    /// How long a local start may take before it counts as failed.
+    pub ready_deadline: Duration,
+    /// The form of URL its client expects, in words with an example.
+    pub url_form: &'static str,
+    /// Its service in `docker-compose.yml`.
+    pub compose_service: &'static str,
+    /// The client port that service publishes on loopback.
+    pub compose_port: u16,
+}
+
+/// Where a broker's program comes from on Debian or Ubuntu.
+pub enum Install {
+    /// A Debian package.
+    Apt(&'static str),
+    /// A crate, with its version and the features it needs.
+    Cargo {
+        /// The crate.
+        krate: &'static str,
+        /// The version brokerbench is tested with.
+        version: &'static str,
+        /// Features to enable.
+        features: &'static str,
+    },
+}
+
+impl Info {
+    /// The exact command that installs the program.
+    pub fn install_hint(&self) -> String {
+        match self.install {
+            Install::Apt(package) => {
+                format!("sudo apt-get update && sudo apt-get install -y {package}")
+            }
+            Install::Cargo {
+                krate,
+                version,
+                features,
+            } => {
+                format!("cargo install --locked {krate} --version {version} --features {features}")
+            }
+        }
+    }
+}
+
 /// One broker: what the rest of brokerbench may ask about it.
 #[async_trait]
 pub trait Broker: Send + Sync {
-    /// Name on the command line, in scenario files and results: `rabbitmq`.
-    fn name(&self) -> &'static str;
-    /// The product, for people: `RabbitMQ`.
-    fn display_name(&self) -> &'static str;
-    /// The product a recommendation names.
-    fn product(&self) -> &'static str;
+    /// Its names, program, ports and compose service.
+    fn info(&self) -> &'static Info;
 
-    /// The program looked up on `PATH`.
-    fn program(&self) -> &'static str;
-    /// The exact command that installs it on Debian or Ubuntu.
-    fn install_hint(&self) -> String;
     /// Given the program found on `PATH`: the program to execute and the
-    /// implementation and version that will run, as results name it.
-    async fn identify(&self, found: &Path) -> Result<(PathBuf, String)>;
+    /// implementation and version that will run, as results name it. By
+    /// default, the version the program prints for `--version`.
+    async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
+        let version = crate::env::binaries::version_flag(found).await?;
+        let (before, after) = self.info().implementation;
+        Ok((found.to_path_buf(), format!("{before}{version}{after}")))
+    }
 
     /// Ports it needs besides the client port.
     fn extra_ports(&self) -> &'static [PortRole] {
@@ -197,15 +257,8 @@ pub trait Broker: Send + Sync {
 
     /// The URL its client uses for a broker on `host:port` (default account).
     fn local_url(&self, host: &str, port: u16) -> String;
-    /// Whether `url` has the form its client expects.
+    /// Whether `url` has the form its client expects ([`Info::url_form`]).
     fn accepts_url(&self, url: &str) -> bool;
-    /// That form, in words with an example, for errors.
-    fn url_form(&self) -> &'static str;
-
-    /// Its service in `docker-compose.yml`.
-    fn compose_service(&self) -> &'static str;
-    /// The client port that service publishes on loopback.
-    fn compose_port(&self) -> u16;
 
     /// Connects a driver with the scenario's settings.
     async fn connect(
@@ -221,14 +274,8 @@ pub trait Broker: Send + Sync {
     /// for the broker's confirmation; declares the topology first.
     async fn publish_durable(&self, endpoint: &Endpoint, name: &str, payload: &[u8]) -> Result<()>;
     /// Receives the next message of `name` for the durable consumer
-    /// `consumer` and acknowledges it, waiting up to `wait`.
-    async fn fetch_one(
-        &self,
-        endpoint: &Endpoint,
-        name: &str,
-        consumer: &str,
-        wait: Duration,
-    ) -> Result<Vec<u8>>;
+    /// [`PROBE_CONSUMER`] and acknowledges it, waiting up to `wait`.
+    async fn fetch_one(&self, endpoint: &Endpoint, name: &str, wait: Duration) -> Result<Vec<u8>>;
 }
 
 /// Connects to the broker at `endpoint` with the scenario's settings.
@@ -241,29 +288,6 @@ pub async fn handshake(endpoint: &Endpoint) -> Result<()> {
     endpoint.kind.broker().handshake(endpoint).await
 }
 
-/// See [`Broker::publish_durable`].
-pub async fn publish_durable(endpoint: &Endpoint, name: &str, payload: &[u8]) -> Result<()> {
-    endpoint
-        .kind
-        .broker()
-        .publish_durable(endpoint, name, payload)
-        .await
-}
-
-/// See [`Broker::fetch_one`].
-pub async fn fetch_one(
-    endpoint: &Endpoint,
-    name: &str,
-    consumer: &str,
-    wait: Duration,
-) -> Result<Vec<u8>> {
-    endpoint
-        .kind
-        .broker()
-        .fetch_one(endpoint, name, consumer, wait)
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +296,7 @@ mod tests {
     fn broker_names_round_trip() {
         for kind in ALL {
             assert_eq!(kind.as_str().parse::<BrokerKind>().unwrap(), kind);
-            assert_eq!(kind.broker().name(), kind.as_str());
+            assert_eq!(kind.info().name, format!("{kind}"));
         }
         let err = "kafak".parse::<BrokerKind>().unwrap_err();
         assert!(err.contains("kafak") && err.contains("jetstream"), "{err}");
@@ -297,10 +321,9 @@ mod tests {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
                 .unwrap();
         for kind in ALL {
-            let broker = kind.broker();
-            assert!(broker.install_hint().contains("install"), "{kind}");
+            assert!(kind.info().install_hint().contains("install"), "{kind}");
             assert!(
-                compose.contains(&format!("\n  {}:\n", broker.compose_service())),
+                compose.contains(&format!("\n  {}:\n", kind.info().compose_service)),
                 "{kind}"
             );
         }

@@ -4,10 +4,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use comfy_table::{presets, ContentArrangement, Table};
 
-use crate::advisor::answers::{self, Delivery, GivenAnswers, QUESTIONS};
+use crate::advisor::answers::{self, GivenAnswers};
 use crate::advisor::{self, evidence, Advice};
 use crate::broker::BrokerKind;
 use crate::cli::AdviseArgs;
@@ -19,22 +19,14 @@ pub fn run(args: AdviseArgs) -> Result<ExitCode> {
         Some(file) => read_answers(file)?,
         None => GivenAnswers::default(),
     };
-    let given = from_file.overridden_by(GivenAnswers {
-        dead_letter: args.dead_letter,
-        languages: args.languages.clone(),
-        rate: args.rate,
-        ordering: args.ordering,
-        replay: args.replay,
-        delivery: args.delivery,
-        latency_ms: args.latency_ms,
-        groups: args.groups,
-        hosting: args.hosting,
-        experience: args.experience.clone().map(|e| e.0),
-    });
-    check_numbers(&given)?;
+    let mut given = from_file.overridden_by(args.given.clone());
+    given.check()?;
     let interactive =
         !args.no_input && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    let given = if interactive { ask(given)? } else { given };
+    if interactive {
+        given.ask()?;
+        given.check()?;
+    }
     let (answers, defaulted) = given.complete().map_err(|missing| {
         anyhow::anyhow!(
             "missing deciding answers: {} (without a terminal to ask on, these three are \
@@ -79,152 +71,6 @@ fn read_answers(file: &Path) -> Result<GivenAnswers> {
     })
 }
 
-fn check_numbers(given: &GivenAnswers) -> Result<()> {
-    if let Some(rate) = given.rate {
-        if !(rate.is_finite() && rate > 0.0) {
-            bail!("--rate: must be more than 0 events per second, got {rate}");
-        }
-    }
-    if let Some(ms) = given.latency_ms {
-        if !(ms.is_finite() && ms >= 0.0) {
-            bail!("--latency-ms: must be 0 (no target) or more, got {ms}");
-        }
-    }
-    if given.groups == Some(0) {
-        bail!("--groups: must be 1 or more");
-    }
-    Ok(())
-}
-
-/// Asks every question not answered yet, each with why it matters.
-fn ask(mut given: GivenAnswers) -> Result<GivenAnswers> {
-    use inquire::CustomType;
-    let q = |key: &str| {
-        QUESTIONS
-            .iter()
-            .find(|q| q.key == key)
-            .expect("a known question")
-    };
-    if given.dead_letter.is_none() {
-        given.dead_letter = Some(pick(q("dead_letter"), None)?);
-    }
-    if given.languages.as_ref().is_none_or(Vec::is_empty) {
-        given.languages = Some(pick_many(q("languages"), true)?);
-    }
-    if given.rate.is_none() {
-        let question = q("rate");
-        given.rate = Some(
-            CustomType::<f64>::new(question.text)
-                .with_help_message(question.why)
-                .with_validator(|rate: &f64| {
-                    Ok(if *rate > 0.0 && rate.is_finite() {
-                        inquire::validator::Validation::Valid
-                    } else {
-                        inquire::validator::Validation::Invalid("more than 0, please".into())
-                    })
-                })
-                .prompt()
-                .map_err(no_answer)?,
-        );
-    }
-    if given.ordering.is_none() {
-        given.ordering = Some(pick(q("ordering"), None)?);
-    }
-    if given.replay.is_none() {
-        given.replay = Some(pick(q("replay"), None)?);
-    }
-    if given.delivery.is_none() {
-        given.delivery = Some(pick(q("delivery"), Some(Delivery::AtLeastOnce))?);
-    }
-    if given.latency_ms.is_none() {
-        let question = q("latency_ms");
-        given.latency_ms = Some(
-            CustomType::<f64>::new(question.text)
-                .with_help_message(question.why)
-                .with_default(0.0)
-                .prompt()
-                .map_err(no_answer)?,
-        );
-    }
-    if given.groups.is_none() {
-        let question = q("groups");
-        given.groups = Some(
-            CustomType::<u32>::new(question.text)
-                .with_help_message(question.why)
-                .with_default(1)
-                .prompt()
-                .map_err(no_answer)?,
-        );
-    }
-    if given.hosting.is_none() {
-        given.hosting = Some(pick(q("hosting"), None)?);
-    }
-    if given.experience.is_none() {
-        given.experience = Some(pick_many(q("experience"), false)?);
-    }
-    check_numbers(&given)?;
-    Ok(given)
-}
-
-fn no_answer(e: inquire::InquireError) -> anyhow::Error {
-    anyhow::anyhow!("no answer: {e}")
-}
-
-/// One of `T`'s values, offered in declaration order, `first` (if any) first.
-fn pick<T>(question: &answers::Question, first: Option<T>) -> Result<T>
-where
-    T: clap::ValueEnum + Copy + PartialEq + serde::Serialize,
-{
-    let options: Vec<T> = first
-        .into_iter()
-        .chain(
-            T::value_variants()
-                .iter()
-                .copied()
-                .filter(|v| Some(*v) != first),
-        )
-        .collect();
-    let names: Vec<String> = options.iter().map(answers::value).collect();
-    let chosen = inquire::Select::new(question.text, names.clone())
-        .with_help_message(question.why)
-        .prompt()
-        .map_err(no_answer)?;
-    let index = names.iter().position(|n| *n == chosen).expect("offered");
-    Ok(options[index])
-}
-
-/// Any of `T`'s values; at least one if `required`.
-fn pick_many<T>(question: &answers::Question, required: bool) -> Result<Vec<T>>
-where
-    T: clap::ValueEnum + Copy + serde::Serialize,
-{
-    use inquire::validator::Validation;
-    let options = T::value_variants();
-    let names: Vec<String> = options.iter().map(answers::value).collect();
-    let hint = if required {
-        "space selects, enter confirms"
-    } else {
-        "space selects, enter confirms; none is fine"
-    };
-    let chosen = inquire::MultiSelect::new(question.text, names.clone())
-        .with_help_message(&format!("{} ({hint})", question.why))
-        .with_validator(
-            move |chosen: &[inquire::list_option::ListOption<&String>]| {
-                Ok(if required && chosen.is_empty() {
-                    Validation::Invalid("choose at least one".into())
-                } else {
-                    Validation::Valid
-                })
-            },
-        )
-        .prompt()
-        .map_err(no_answer)?;
-    Ok(chosen
-        .iter()
-        .filter_map(|c| names.iter().position(|n| n == c).map(|i| options[i]))
-        .collect())
-}
-
 /// The advice for people.
 pub fn render(advice: &Advice) -> String {
     let mut out = String::new();
@@ -259,8 +105,8 @@ pub fn render(advice: &Advice) -> String {
         let defaults: Vec<String> = advice
             .defaulted
             .iter()
-            .filter_map(|key| QUESTIONS.iter().find(|q| q.key == *key))
-            .map(|q| format!("{} = {}", q.key, q.default.unwrap_or("?")))
+            .filter_map(|key| answers::question(key))
+            .map(|q| format!("{} = {}", q.key(), q.default_shown().unwrap_or_default()))
             .collect();
         out.push_str(&format!(
             "Not answered, neutral defaults used: {}\n",

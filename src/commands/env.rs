@@ -165,9 +165,13 @@ async fn smoke(kinds: &[BrokerKind]) -> Result<ExitCode> {
         let started = Instant::now();
         let payload = format!("brokerbench smoke test via {}", broker.kind());
         let topic = "brokerbench.smoke";
-        broker::publish_durable(broker.endpoint(), topic, payload.as_bytes()).await?;
-        let got =
-            broker::fetch_one(broker.endpoint(), topic, "smoke", Duration::from_secs(10)).await?;
+        let client = broker.kind().broker();
+        client
+            .publish_durable(broker.endpoint(), topic, payload.as_bytes())
+            .await?;
+        let got = client
+            .fetch_one(broker.endpoint(), topic, Duration::from_secs(10))
+            .await?;
         anyhow::ensure!(
             got == payload.as_bytes(),
             "{} returned a different message",

@@ -28,12 +28,12 @@ pub struct Binary {
 
 /// The program looked up on `PATH` for a broker.
 pub fn program_name(kind: BrokerKind) -> &'static str {
-    kind.broker().program()
+    kind.info().program
 }
 
 /// The exact command that installs a missing broker on Debian or Ubuntu.
 pub fn install_hint(kind: BrokerKind) -> String {
-    kind.broker().install_hint()
+    kind.info().install_hint()
 }
 
 /// Finds the program for `kind` on `PATH` and reads its version.

@@ -15,7 +15,7 @@ use crate::broker::BrokerKind;
 
 /// The compose service that runs each broker (see `docker-compose.yml`).
 pub fn service(kind: BrokerKind) -> &'static str {
-    kind.broker().compose_service()
+    kind.info().compose_service
 }
 
 /// One broker's service in a compose project.
@@ -84,7 +84,7 @@ impl ComposeBroker {
             .into_iter()
             .map(|op| (op, compose.command(op)))
             .collect();
-        let endpoint = Endpoint::local(kind, "127.0.0.1", kind.broker().compose_port());
+        let endpoint = Endpoint::local(kind, "127.0.0.1", kind.info().compose_port);
         let broker =
             CommandBroker::new(endpoint, implementation, commands).with_down(compose.down());
         broker.execute("up", &compose.up()).await.context(

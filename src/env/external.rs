@@ -335,7 +335,7 @@ impl Targets {
         let implementation = target.implementation.clone().unwrap_or_else(|| {
             format!(
                 "{} at {} (version not stated in {})",
-                kind.display_name(),
+                kind.info().display_name,
                 endpoint.shown(),
                 self.file.display()
             )

@@ -60,7 +60,7 @@ impl LocalBroker {
         let dir = run_dir.join(kind.as_str());
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
-        let roles = kind.broker().extra_ports();
+        let roles = kind.info().extra_ports;
         // A port found free can be taken before the broker binds it (another
         // program picking ports the same way): then pick fresh ones.
         let mut attempts = 0;
@@ -170,7 +170,7 @@ impl LocalBroker {
             .with_context(|| format!("starting {}", self.binary.path.display()))?;
         self.process = Some(child);
         self.paused = false;
-        let deadline = started + self.kind().broker().ready_deadline();
+        let deadline = started + self.kind().info().ready_deadline;
         loop {
             if !self.is_running() {
                 bail!(
@@ -193,7 +193,7 @@ impl LocalBroker {
                     "{} at {} was not ready within {:?} (last attempt: {err:#}); its log ({}) ends with:\n{}",
                     self.kind(),
                     self.endpoint.url(),
-                    self.kind().broker().ready_deadline(),
+                    self.kind().info().ready_deadline,
                     self.log_path().display(),
                     self.log_tail(log_start)
                 );

@@ -10,8 +10,8 @@
 //! [`crate::broker`].
 
 pub mod binaries;
-pub mod compose;
-pub mod external;
+pub(crate) mod compose;
+pub(crate) mod external;
 pub mod local;
 
 use async_trait::async_trait;
@@ -129,7 +129,7 @@ impl Endpoint {
     pub fn new(kind: BrokerKind, url: &str) -> Result<Self, String> {
         let url = url.trim();
         if !kind.broker().accepts_url(url) {
-            return Err(format!("'{url}' is not {}", kind.broker().url_form()));
+            return Err(format!("'{url}' is not {}", kind.info().url_form));
         }
         Ok(Endpoint {
             kind,

@@ -45,11 +45,6 @@ impl Latency {
             .expect("histograms with the same bounds merge");
     }
 
-    /// Values recorded.
-    pub fn count(&self) -> u64 {
-        self.histogram.len()
-    }
-
     /// Percentiles and the serialized histogram.
     pub fn summary(&self) -> LatencySummary {
         let h = &self.histogram;
@@ -148,7 +143,7 @@ mod tests {
         let mut l = Latency::default();
         l.record(Duration::ZERO);
         l.record(Duration::from_secs(10 * 3600));
-        assert_eq!(l.count(), 2);
+        assert_eq!(l.summary().count, 2);
     }
 }
 

@@ -115,7 +115,7 @@ pub struct PublishResult {
 pub struct GroupResult {
     /// Group name.
     pub group: String,
-    /// The ledger's account (see DESIGN.md, "Measuring honestly").
+    /// The ledger's account (see `docs/architecture.md`, "Ledger").
     #[serde(flatten)]
     pub account: ledger::GroupAccount,
     /// First deliveries per second that arrived during the steady phase.
@@ -208,11 +208,26 @@ pub struct DrainResult {
     pub timed_out: bool,
 }
 
+/// What a correctness check checks; serialized as the condition it states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CheckKind {
+    /// No confirmed message of this group was lost.
+    #[serde(rename = "lost == 0")]
+    NoneLost,
+    /// No message this group received was one nobody sent.
+    #[serde(rename = "unexpected == 0")]
+    NoneUnexpected,
+    /// The broker's run finished: not interrupted, drain not timed out,
+    /// every fault recovered from.
+    #[serde(rename = "complete")]
+    Complete,
+}
+
 /// One correctness check.
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
-    /// What is checked, e.g. `lost == 0`.
-    pub check: String,
+    /// What is checked.
+    pub check: CheckKind,
     /// The consumer group, for per-group checks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -271,11 +286,11 @@ impl BrokerResult {
             add_errors(&outcome.errors);
             errors_at.merge(&outcome.errors_at);
             for (check, value) in [
-                ("lost == 0", account.lost),
-                ("unexpected == 0", account.unexpected),
+                (CheckKind::NoneLost, account.lost),
+                (CheckKind::NoneUnexpected, account.unexpected),
             ] {
                 checks.push(Check {
-                    check: check.into(),
+                    check,
                     group: Some(group.group.clone()),
                     passed: value == 0,
                     value,
@@ -293,7 +308,7 @@ impl BrokerResult {
         let never_back = faults.iter().any(|f| f.broker_ready_after_s.is_none());
         let complete = !m.cancelled && !m.drain_timed_out && !never_back;
         checks.push(Check {
-            check: "complete".into(),
+            check: CheckKind::Complete,
             group: None,
             passed: complete,
             value: u64::from(complete),

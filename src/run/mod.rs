@@ -397,20 +397,28 @@ struct Drain {
     elapsed: Duration,
 }
 
+/// How long past the deadline the groups may take to count what they lack,
+/// when the producers only finished at the deadline (publishes never answered).
+const COUNT_GRACE: Duration = Duration::from_secs(1);
+
 /// Waits until every group has every confirmed message (each group counts
 /// down what it lacks in [`Progress::missing`]), the deadline, or `cancel`.
+/// The drain times out only if a group that has counted still lacks some.
 async fn drain(progress: &Progress, deadline: Instant, cancel: &CancellationToken) -> Drain {
     let started = Instant::now();
     let mut timed_out = false;
     loop {
-        let all_in = progress
+        let missing: Vec<u64> = progress
             .missing
             .iter()
-            .all(|m| m.load(Ordering::Relaxed) == 0);
-        if all_in || cancel.is_cancelled() {
+            .map(|m| m.load(Ordering::Relaxed))
+            .collect();
+        let counted = missing.iter().all(|m| *m != u64::MAX);
+        if (counted && missing.iter().all(|m| *m == 0)) || cancel.is_cancelled() {
             break;
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline && (counted || now >= deadline + COUNT_GRACE) {
             timed_out = true;
             break;
         }

@@ -36,8 +36,10 @@ pub trait Observer: Send {
 }
 
 /// An observer that shows nothing.
+#[cfg(test)]
 pub struct Quiet;
 
+#[cfg(test)]
 impl Observer for Quiet {}
 
 /// What a session produced.
@@ -75,6 +77,7 @@ impl<'a> Session<'a> {
 
     /// Time allowed beyond the load and the drain timeout before a broker's
     /// measurement is abandoned as hung (default [`MEASURE_SLACK`]).
+    #[cfg(test)]
     pub fn with_slack(mut self, slack: Duration) -> Self {
         self.slack = slack;
         self

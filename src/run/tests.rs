@@ -52,6 +52,13 @@ impl With for Plan {
     }
 }
 
+/// Knobs as `set` leaves them.
+fn knobs(set: impl FnOnce(&mut Knobs)) -> Knobs {
+    let mut knobs = Knobs::default();
+    set(&mut knobs);
+    knobs
+}
+
 fn plan(extra: &str) -> Plan {
     let text = format!("{BASE}\n{extra}");
     let text = if extra.contains("[recovery]") {
@@ -153,62 +160,104 @@ async fn a_clean_run_of_two_brokers_accounts_for_every_message() {
     }
 }
 
-#[tokio::test]
-async fn a_confirmed_message_the_broker_dropped_is_lost() {
-    let knobs = Knobs {
-        drop_after_confirm: Some(10),
-        ..Knobs::default()
-    };
-    let (outcome, json) = run(&plan(""), knobs).await;
-    assert_eq!(json["brokers"][0]["publish"]["confirmed"], 300);
-    for name in ["a", "b"] {
-        assert_eq!(group(&json, name)["lost"], 30);
-        assert!(!check(&json, "lost == 0", Some(name)));
+/// A knob, and what it must do to the figures: `(pointer, value)` into the
+/// broker's results, then into each group's account.
+type Case = (
+    &'static str,
+    fn(&mut Knobs),
+    &'static [(&'static str, u64)],
+    &'static [(&'static str, u64)],
+);
+
+/// Each verdict of the ledger, reached on purpose by its knob. A lost or
+/// unexpected message fails the checks; the others are reported, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_ledger_verdict_is_reached_by_its_knob() {
+    let cases: [Case; 7] = [
+        (
+            "lost",
+            |k| k.drop_after_confirm = Some(10),
+            &[("/publish/confirmed", 300)],
+            &[("/lost", 30), ("/unique", 270)],
+        ),
+        (
+            "duplicates",
+            |k| k.duplicate = Some(5),
+            &[("/publish/confirmed", 300)],
+            &[("/duplicates", 60), ("/delivered", 360), ("/lost", 0)],
+        ),
+        (
+            "failed",
+            |k| k.refuse = Some(4),
+            &[
+                ("/publish/failed", 75),
+                ("/publish/confirmed", 225),
+                ("/errors/refused", 75),
+            ],
+            &[("/lost", 0), ("/recovered", 0)],
+        ),
+        (
+            "recovered",
+            |k| k.store_but_refuse = Some(4),
+            &[("/publish/failed", 75)],
+            &[("/recovered", 75), ("/lost", 0)],
+        ),
+        (
+            "unknown",
+            |k| k.never_answer = Some(5),
+            &[("/publish/unknown", 60), ("/publish/confirmed", 240)],
+            &[("/recovered", 60), ("/lost", 0)],
+        ),
+        (
+            "out of order",
+            |k| {
+                k.swap_pairs = true;
+                k.delay = Duration::from_millis(20);
+            },
+            &[("/publish/confirmed", 300)],
+            &[("/out_of_order", 150), ("/lost", 0)],
+        ),
+        (
+            "unexpected",
+            |k| k.foreign = 3,
+            &[("/publish/confirmed", 300)],
+            &[("/unexpected", 3), ("/lost", 0)],
+        ),
+    ];
+    let plan = plan("").with_drain_timeout(Duration::from_millis(300));
+    let runs = cases.map(|(_, set, _, _)| run(&plan, knobs(set)));
+    let outcomes = futures_util::future::join_all(runs).await;
+    for ((verdict, _, broker, groups), (outcome, json)) in cases.iter().zip(outcomes) {
+        let figure = |value: &Value, pointer: &str| value.pointer(pointer).and_then(Value::as_u64);
+        for (pointer, expected) in *broker {
+            let measured = figure(&json["brokers"][0], pointer);
+            assert_eq!(measured, Some(*expected), "{verdict}: {pointer}");
+        }
+        for name in ["a", "b"] {
+            for (pointer, expected) in *groups {
+                let measured = figure(group(&json, name), pointer);
+                assert_eq!(
+                    measured,
+                    Some(*expected),
+                    "{verdict}: group {name} {pointer}"
+                );
+            }
+            for condition in ["lost == 0", "unexpected == 0"] {
+                let held = check(&json, condition, Some(name));
+                let should = !condition.starts_with(verdict);
+                assert_eq!(held, should, "{verdict}: {condition} in group {name}");
+            }
+        }
+        let fails = ["lost", "unexpected"].contains(verdict);
+        assert_eq!(outcome.results.passed(), !fails, "{verdict}");
     }
-    assert!(!outcome.results.passed());
-}
-
-#[tokio::test]
-async fn a_message_delivered_twice_is_a_duplicate_not_a_failure() {
-    let knobs = Knobs {
-        duplicate: Some(5),
-        ..Knobs::default()
-    };
-    let (outcome, json) = run(&plan(""), knobs).await;
-    let a = group(&json, "a");
-    assert_eq!(
-        (a["duplicates"].as_u64(), a["delivered"].as_u64()),
-        (Some(60), Some(360))
-    );
-    assert_eq!(a["lost"], 0);
-    assert!(outcome.results.passed());
-}
-
-#[tokio::test]
-async fn refused_publishes_are_failed_and_dropped() {
-    let knobs = Knobs {
-        refuse: Some(4),
-        ..Knobs::default()
-    };
-    let (_, json) = run(&plan(""), knobs).await;
-    let publish = &json["brokers"][0]["publish"];
-    assert_eq!(
-        (publish["failed"].as_u64(), publish["confirmed"].as_u64()),
-        (Some(75), Some(225))
-    );
-    assert_eq!(json["brokers"][0]["errors"]["refused"], 75);
-    assert_eq!(group(&json, "a")["lost"], 0);
-    assert_eq!(group(&json, "a")["recovered"], 0);
 }
 
 #[tokio::test]
 async fn refused_publishes_are_sent_again_in_retry_mode() {
     let plan = plan("[recovery]\non_unconfirmed = \"retry\"\n")
         .with_drain_timeout(Duration::from_millis(1500));
-    let knobs = Knobs {
-        refuse: Some(4),
-        ..Knobs::default()
-    };
+    let knobs = knobs(|k| k.refuse = Some(4));
     let (_, json) = run(&plan, knobs).await;
     let publish = &json["brokers"][0]["publish"];
     // A resend can be refused again and wait 2 s more: past the deadline, unknown.
@@ -223,71 +272,8 @@ async fn refused_publishes_are_sent_again_in_retry_mode() {
 }
 
 #[tokio::test]
-async fn stored_but_refused_messages_that_arrive_are_recovered() {
-    let knobs = Knobs {
-        store_but_refuse: Some(4),
-        ..Knobs::default()
-    };
-    let (outcome, json) = run(&plan(""), knobs).await;
-    assert_eq!(json["brokers"][0]["publish"]["failed"], 75);
-    for name in ["a", "b"] {
-        assert_eq!(group(&json, name)["recovered"], 75);
-        assert_eq!(group(&json, name)["lost"], 0);
-    }
-    assert!(outcome.results.passed(), "recovered is not a failure");
-}
-
-#[tokio::test]
-async fn unanswered_publishes_are_unknown() {
-    let knobs = Knobs {
-        never_answer: Some(5),
-        ..Knobs::default()
-    };
-    let plan = plan("").with_drain_timeout(Duration::from_millis(300));
-    let (_, json) = run(&plan, knobs).await;
-    let publish = &json["brokers"][0]["publish"];
-    assert_eq!(
-        (publish["unknown"].as_u64(), publish["confirmed"].as_u64()),
-        (Some(60), Some(240))
-    );
-    assert_eq!(
-        group(&json, "a")["recovered"],
-        60,
-        "delivered though never confirmed"
-    );
-}
-
-#[tokio::test]
-async fn a_later_message_of_the_same_key_first_is_out_of_order() {
-    let knobs = Knobs {
-        swap_pairs: true,
-        delay: Duration::from_millis(20),
-        ..Knobs::default()
-    };
-    let (outcome, json) = run(&plan(""), knobs).await;
-    assert_eq!(group(&json, "a")["out_of_order"], 150);
-    assert_eq!(group(&json, "a")["lost"], 0);
-    assert!(outcome.results.passed());
-}
-
-#[tokio::test]
-async fn a_delivery_nobody_sent_is_unexpected() {
-    let knobs = Knobs {
-        foreign: 3,
-        ..Knobs::default()
-    };
-    let (outcome, json) = run(&plan(""), knobs).await;
-    assert_eq!(group(&json, "b")["unexpected"], 3);
-    assert!(!check(&json, "unexpected == 0", Some("b")));
-    assert!(!outcome.results.passed());
-}
-
-#[tokio::test]
 async fn a_drain_that_times_out_makes_the_run_incomplete() {
-    let knobs = Knobs {
-        delay: Duration::from_secs(5),
-        ..Knobs::default()
-    };
+    let knobs = knobs(|k| k.delay = Duration::from_secs(5));
     let plan = plan("").with_drain_timeout(Duration::from_millis(200));
     let (outcome, json) = run(&plan, knobs).await;
     assert_eq!(json["brokers"][0]["drain"]["timed_out"], true);
@@ -342,11 +328,10 @@ async fn a_pause_shows_in_corrected_publish_latency() {
 #[tokio::test]
 async fn queued_messages_lost_with_the_topology_count_against_the_fault() {
     let plan = plan("[[faults]]\nat = \"200ms\"\naction = \"restart\"\n");
-    let knobs = Knobs {
-        lose_topology_on_restart: true,
-        delay: Duration::from_millis(150),
-        ..Knobs::default()
-    };
+    let knobs = knobs(|k| {
+        k.lose_topology_on_restart = true;
+        k.delay = Duration::from_millis(150)
+    });
     let (outcome, json) = run(&plan, knobs).await;
     let lost = group(&json, "a")["lost"].as_u64().unwrap();
     assert!(lost > 50, "about 150 were queued at the restart: {lost}");
@@ -360,10 +345,7 @@ async fn queued_messages_lost_with_the_topology_count_against_the_fault() {
 #[tokio::test]
 async fn a_broker_that_never_comes_back_fails_whatever_it_lost() {
     let plan = plan("[[faults]]\nat = \"100ms\"\naction = \"kill\"\nduration = \"100ms\"\n");
-    let knobs = Knobs {
-        never_back: true,
-        ..Knobs::default()
-    };
+    let knobs = knobs(|k| k.never_back = true);
     let (outcome, json) = run(&plan, knobs).await;
     let fault = &json["brokers"][0]["faults"][0];
     assert!(fault["broker_ready_after_s"].is_null(), "{fault}");
@@ -414,10 +396,7 @@ async fn an_interrupted_run_is_incomplete_and_keeps_what_it_measured() {
 
 #[tokio::test]
 async fn a_broker_that_cannot_be_reached_stops_the_run_and_says_which() {
-    let knobs = Knobs {
-        refuse_connect: true,
-        ..Knobs::default()
-    };
+    let knobs = knobs(|k| k.refuse_connect = true);
     let (outcome, json) = run(&plan(""), knobs).await;
     let failure = format!("{:#}", outcome.failure.unwrap());
     assert!(failure.contains("cannot reach rabbitmq"), "{failure}");
@@ -428,10 +407,7 @@ async fn a_broker_that_cannot_be_reached_stops_the_run_and_says_which() {
 
 #[tokio::test]
 async fn a_measurement_that_hangs_is_cut_off_by_the_bound() {
-    let knobs = Knobs {
-        hang_on_close: true,
-        ..Knobs::default()
-    };
+    let knobs = knobs(|k| k.hang_on_close = true);
     let (outcome, json) = run_with(&plan(""), knobs, |s| {
         s.with_slack(Duration::from_millis(300))
     })

@@ -141,15 +141,16 @@ impl ScenarioFile {
         if duration.is_zero() {
             return Err(RawError::at(l.duration.span(), "must be more than 0"));
         }
+        let d = Load::default();
         let load = Load {
             rate,
             duration,
-            warmup: optional_duration(&l.warmup, Duration::ZERO)?,
-            producers: positive(&l.producers, 1, 1024)? as u32,
-            message_size: positive(&l.message_size, 512, 16 << 20)? as usize,
-            keys: positive(&l.keys, 1000, 1 << 32)? as u64,
-            max_in_flight: positive(&l.max_in_flight, 1000, 1 << 20)? as usize,
-            drain_timeout: optional_duration(&l.drain_timeout, Duration::from_secs(30))?,
+            warmup: optional_duration(&l.warmup, d.warmup)?,
+            producers: positive(&l.producers, d.producers.into(), 1024)? as u32,
+            message_size: positive(&l.message_size, d.message_size as i64, 16 << 20)? as usize,
+            keys: positive(&l.keys, d.keys as i64, 1 << 32)? as u64,
+            max_in_flight: positive(&l.max_in_flight, d.max_in_flight as i64, 1 << 20)? as usize,
+            drain_timeout: optional_duration(&l.drain_timeout, d.drain_timeout)?,
         };
         if self.consumers.is_empty() {
             return Err(RawError::field(
@@ -177,17 +178,19 @@ impl ScenarioFile {
                     format!("group '{group}' appears twice"),
                 ));
             }
+            let d = ConsumerGroup::named(group);
             consumers.push(ConsumerGroup {
-                group,
-                processing_time: optional_duration(&c.processing_time, Duration::ZERO)?,
-                concurrency: positive(&c.concurrency, 16, 100_000)? as usize,
+                processing_time: optional_duration(&c.processing_time, d.processing_time)?,
+                concurrency: positive(&c.concurrency, d.concurrency as i64, 100_000)? as usize,
+                ..d
             });
         }
         let faults = faults(&self.faults, load.duration)?;
+        let d = Recovery::default();
         let recovery = Recovery {
-            on_unconfirmed: self.recovery.on_unconfirmed.unwrap_or(Unconfirmed::Retry),
-            backoff_max: optional_duration(&self.recovery.backoff_max, Duration::from_secs(8))?,
-            give_up: optional_duration(&self.recovery.give_up, Duration::from_secs(60))?,
+            on_unconfirmed: self.recovery.on_unconfirmed.unwrap_or(d.on_unconfirmed),
+            backoff_max: optional_duration(&self.recovery.backoff_max, d.backoff_max)?,
+            give_up: optional_duration(&self.recovery.give_up, d.give_up)?,
         };
         if recovery.backoff_max < Duration::from_secs(1) {
             let span = self.recovery.backoff_max.as_ref().map(|s| s.span());
@@ -204,26 +207,44 @@ impl ScenarioFile {
             brokers,
             load,
             consumers,
-            rabbitmq: RabbitmqSettings {
-                queue_type: self.rabbitmq.queue_type.unwrap_or(QueueType::Quorum),
-                persistent: self.rabbitmq.persistent.unwrap_or(true),
-                prefetch: positive(&self.rabbitmq.prefetch, 100, u16::MAX as i64)? as u16,
-            },
-            jetstream: JetstreamSettings {
-                storage: self.jetstream.storage.unwrap_or(Storage::File),
-                max_ack_pending: positive(&self.jetstream.max_ack_pending, 1000, 1 << 30)?,
-            },
-            kafka: KafkaSettings {
-                partitions: positive(&self.kafka.partitions, 6, 10_000)? as i32,
-                acks: self.kafka.acks.unwrap_or(Acks::All),
-                compression: self.kafka.compression.unwrap_or(Compression::None),
-                fetch_wait_max: optional_duration(
-                    &self.kafka.fetch_wait_max,
-                    Duration::from_millis(10),
-                )?,
-            },
+            rabbitmq: self.rabbitmq.into_settings()?,
+            jetstream: self.jetstream.into_settings()?,
+            kafka: self.kafka.into_settings()?,
             faults,
             recovery,
+        })
+    }
+}
+
+impl RabbitmqFile {
+    fn into_settings(self) -> Result<RabbitmqSettings, RawError> {
+        let d = RabbitmqSettings::default();
+        Ok(RabbitmqSettings {
+            queue_type: self.queue_type.unwrap_or(d.queue_type),
+            persistent: self.persistent.unwrap_or(d.persistent),
+            prefetch: positive(&self.prefetch, d.prefetch.into(), u16::MAX as i64)? as u16,
+        })
+    }
+}
+
+impl JetstreamFile {
+    fn into_settings(self) -> Result<JetstreamSettings, RawError> {
+        let d = JetstreamSettings::default();
+        Ok(JetstreamSettings {
+            storage: self.storage.unwrap_or(d.storage),
+            max_ack_pending: positive(&self.max_ack_pending, d.max_ack_pending, 1 << 30)?,
+        })
+    }
+}
+
+impl KafkaFile {
+    fn into_settings(self) -> Result<KafkaSettings, RawError> {
+        let d = KafkaSettings::default();
+        Ok(KafkaSettings {
+            partitions: positive(&self.partitions, d.partitions.into(), 10_000)? as i32,
+            acks: self.acks.unwrap_or(d.acks),
+            compression: self.compression.unwrap_or(d.compression),
+            fetch_wait_max: optional_duration(&self.fetch_wait_max, d.fetch_wait_max)?,
         })
     }
 }

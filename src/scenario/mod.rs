@@ -262,6 +262,76 @@ pub struct KafkaSettings {
     pub fetch_wait_max: Duration,
 }
 
+// The defaults of everything a scenario file may leave out, one `Default`
+// per section; `file.rs` fills gaps from these and docs/scenarios.md lists them.
+
+impl Default for Load {
+    /// `rate` and `duration` have no default: a scenario must give them.
+    fn default() -> Self {
+        Load {
+            rate: 0.0,
+            duration: Duration::ZERO,
+            warmup: Duration::ZERO,
+            producers: 1,
+            message_size: 512,
+            keys: 1000,
+            max_in_flight: 1000,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ConsumerGroup {
+    /// Group `name` with the default processing time (none) and concurrency.
+    pub fn named(name: String) -> Self {
+        ConsumerGroup {
+            group: name,
+            processing_time: Duration::ZERO,
+            concurrency: 16,
+        }
+    }
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            on_unconfirmed: Unconfirmed::Retry,
+            backoff_max: Duration::from_secs(8),
+            give_up: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for RabbitmqSettings {
+    fn default() -> Self {
+        RabbitmqSettings {
+            queue_type: QueueType::Quorum,
+            persistent: true,
+            prefetch: 100,
+        }
+    }
+}
+
+impl Default for JetstreamSettings {
+    fn default() -> Self {
+        JetstreamSettings {
+            storage: Storage::File,
+            max_ack_pending: 1000,
+        }
+    }
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            partitions: 6,
+            acks: Acks::All,
+            compression: Compression::None,
+            fetch_wait_max: Duration::from_millis(10),
+        }
+    }
+}
+
 /// Command-line values that replace the file's.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {

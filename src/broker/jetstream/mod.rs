@@ -4,7 +4,6 @@
 mod driver;
 
 use std::future::IntoFuture;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -13,11 +12,25 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::process::Command;
 
-use super::{Broker, Launch, PortRole};
+use super::{Broker, Info, Install, Launch, PortRole, PROBE_CONSUMER};
 use crate::driver::{timed, Driver, CALL_TIMEOUT};
-use crate::env::{binaries, Endpoint};
+use crate::env::Endpoint;
 use crate::scenario::Plan;
 use driver::{open_connection, options, JetStreamDriver};
+
+static INFO: Info = Info {
+    name: "jetstream",
+    display_name: "NATS JetStream",
+    product: "NATS JetStream",
+    program: "nats-server",
+    install: Install::Apt("nats-server"),
+    implementation: ("nats-server ", ""),
+    extra_ports: &[PortRole::Monitoring],
+    ready_deadline: Duration::from_secs(30),
+    url_form: "a NATS URL such as nats://host:4222",
+    compose_service: "nats",
+    compose_port: 4222,
+};
 
 /// NATS JetStream's entry in the registry.
 pub(super) struct JetStream;
@@ -33,33 +46,8 @@ async fn probe_connection(endpoint: &Endpoint) -> Result<async_nats::Client> {
 
 #[async_trait]
 impl Broker for JetStream {
-    fn name(&self) -> &'static str {
-        "jetstream"
-    }
-
-    fn display_name(&self) -> &'static str {
-        "NATS JetStream"
-    }
-
-    fn product(&self) -> &'static str {
-        "NATS JetStream"
-    }
-
-    fn program(&self) -> &'static str {
-        "nats-server"
-    }
-
-    fn install_hint(&self) -> String {
-        "sudo apt-get update && sudo apt-get install -y nats-server".to_string()
-    }
-
-    async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
-        let version = binaries::version_flag(found).await?;
-        Ok((found.to_path_buf(), format!("nats-server {version}")))
-    }
-
-    fn extra_ports(&self) -> &'static [PortRole] {
-        &[PortRole::Monitoring]
+    fn info(&self) -> &'static Info {
+        &INFO
     }
 
     fn command(&self, launch: &Launch<'_>) -> Result<Command> {
@@ -86,25 +74,8 @@ impl Broker for JetStream {
             .any(|scheme| url.starts_with(scheme))
     }
 
-    fn url_form(&self) -> &'static str {
-        "a NATS URL such as nats://host:4222"
-    }
-
-    fn compose_service(&self) -> &'static str {
-        "nats"
-    }
-
-    fn compose_port(&self) -> u16 {
-        4222
-    }
-
-    async fn connect(
-        &self,
-        plan: &Plan,
-        endpoint: &Endpoint,
-        _run_id: u64,
-    ) -> Result<Box<dyn Driver>> {
-        Ok(Box::new(JetStreamDriver::connect(plan, endpoint).await?))
+    async fn connect(&self, plan: &Plan, at: &Endpoint, _run: u64) -> Result<Box<dyn Driver>> {
+        Ok(Box::new(JetStreamDriver::connect(plan, at).await?))
     }
 
     async fn handshake(&self, endpoint: &Endpoint) -> Result<()> {
@@ -136,22 +107,16 @@ impl Broker for JetStream {
         Ok(())
     }
 
-    async fn fetch_one(
-        &self,
-        endpoint: &Endpoint,
-        name: &str,
-        consumer: &str,
-        wait: Duration,
-    ) -> Result<Vec<u8>> {
+    async fn fetch_one(&self, endpoint: &Endpoint, name: &str, wait: Duration) -> Result<Vec<u8>> {
         let js = jetstream::new(probe_connection(endpoint).await?);
         let stream = file_stream(&js, name).await?;
         let config = pull::Config {
-            durable_name: Some(consumer.to_string()),
+            durable_name: Some(PROBE_CONSUMER.to_string()),
             ..Default::default()
         };
         let pull = timed(
             "creating the pull consumer",
-            stream.get_or_create_consumer(consumer, config),
+            stream.get_or_create_consumer(PROBE_CONSUMER, config),
         )
         .await?;
         let mut batch = timed(

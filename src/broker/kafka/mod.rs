@@ -3,7 +3,6 @@
 
 mod driver;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -16,46 +15,40 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio::process::Command;
 
-use super::{Broker, Launch};
+use super::{Broker, Info, Install, Launch, PROBE_CONSUMER};
 use crate::driver::{timed, Driver, CALL_TIMEOUT};
-use crate::env::{binaries, Endpoint};
+use crate::env::Endpoint;
 use crate::scenario::Plan;
 use driver::{base_config, KafkaDriver};
 
 /// The tansu release brokerbench is tested with (see `scripts/install-brokers`).
 pub const TANSU_VERSION: &str = "0.6.0";
 
+static INFO: Info = Info {
+    name: "kafka",
+    display_name: "Kafka-protocol broker",
+    product: "Apache Kafka (or a Kafka-protocol broker)",
+    program: "tansu",
+    install: Install::Cargo {
+        krate: "tansu",
+        version: TANSU_VERSION,
+        features: "libsql",
+    },
+    implementation: ("tansu ", " (Kafka protocol)"),
+    extra_ports: &[],
+    ready_deadline: Duration::from_secs(30),
+    url_form: "bootstrap servers such as host1:9092,host2:9092",
+    compose_service: "kafka",
+    compose_port: 9092,
+};
+
 /// Kafka's entry in the registry.
 pub(super) struct Kafka;
 
 #[async_trait]
 impl Broker for Kafka {
-    fn name(&self) -> &'static str {
-        "kafka"
-    }
-
-    fn display_name(&self) -> &'static str {
-        "Kafka-protocol broker"
-    }
-
-    fn product(&self) -> &'static str {
-        "Apache Kafka (or a Kafka-protocol broker)"
-    }
-
-    fn program(&self) -> &'static str {
-        "tansu"
-    }
-
-    fn install_hint(&self) -> String {
-        format!("cargo install --locked tansu --version {TANSU_VERSION} --features libsql")
-    }
-
-    async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
-        let version = binaries::version_flag(found).await?;
-        Ok((
-            found.to_path_buf(),
-            format!("tansu {version} (Kafka protocol)"),
-        ))
+    fn info(&self) -> &'static Info {
+        &INFO
     }
 
     fn command(&self, launch: &Launch<'_>) -> Result<Command> {
@@ -84,27 +77,8 @@ impl Broker for Kafka {
             })
     }
 
-    fn url_form(&self) -> &'static str {
-        "bootstrap servers such as host1:9092,host2:9092"
-    }
-
-    fn compose_service(&self) -> &'static str {
-        "kafka"
-    }
-
-    fn compose_port(&self) -> u16 {
-        9092
-    }
-
-    async fn connect(
-        &self,
-        plan: &Plan,
-        endpoint: &Endpoint,
-        run_id: u64,
-    ) -> Result<Box<dyn Driver>> {
-        Ok(Box::new(
-            KafkaDriver::connect(plan, endpoint, run_id).await?,
-        ))
+    async fn connect(&self, plan: &Plan, at: &Endpoint, run: u64) -> Result<Box<dyn Driver>> {
+        Ok(Box::new(KafkaDriver::connect(plan, at, run).await?))
     }
 
     async fn handshake(&self, endpoint: &Endpoint) -> Result<()> {
@@ -134,15 +108,9 @@ impl Broker for Kafka {
         Ok(())
     }
 
-    async fn fetch_one(
-        &self,
-        endpoint: &Endpoint,
-        name: &str,
-        consumer: &str,
-        wait: Duration,
-    ) -> Result<Vec<u8>> {
+    async fn fetch_one(&self, endpoint: &Endpoint, name: &str, wait: Duration) -> Result<Vec<u8>> {
         let consumer: StreamConsumer = base_config(&endpoint.url())
-            .set("group.id", consumer)
+            .set("group.id", PROBE_CONSUMER)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .create()?;
@@ -186,6 +154,6 @@ mod tests {
         for bad in ["kafka://k1:9092", "k1", ""] {
             assert!(!Kafka.accepts_url(bad), "{bad}");
         }
-        assert!(Kafka.install_hint().contains("--features libsql"));
+        assert!(INFO.install_hint().contains("--features libsql"));
     }
 }

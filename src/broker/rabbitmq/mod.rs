@@ -16,51 +16,42 @@ use lapin::options::{
 };
 use tokio::process::Command;
 
-use super::{Broker, Helper, Launch, PortRole, Ports};
+use super::{Broker, Helper, Info, Install, Launch, PortRole, Ports};
 use crate::driver::{timed, Driver};
 use crate::env::Endpoint;
 use crate::scenario::Plan;
 use driver::{open_connection, RabbitMqDriver};
+
+static INFO: Info = Info {
+    name: "rabbitmq",
+    display_name: "RabbitMQ",
+    product: "RabbitMQ",
+    program: "rabbitmq-server",
+    install: Install::Apt("rabbitmq-server"),
+    implementation: ("RabbitMQ ", ""),
+    extra_ports: &[PortRole::Distribution, PortRole::Epmd],
+    // An Erlang VM boot on a busy 2-core machine; usually 2-5 s.
+    ready_deadline: Duration::from_secs(90),
+    url_form: "an AMQP URI such as amqp://user:password@host:5672/%2f",
+    compose_service: "rabbitmq",
+    compose_port: 5672,
+};
 
 /// RabbitMQ's entry in the registry.
 pub(super) struct RabbitMq;
 
 #[async_trait]
 impl Broker for RabbitMq {
-    fn name(&self) -> &'static str {
-        "rabbitmq"
-    }
-
-    fn display_name(&self) -> &'static str {
-        "RabbitMQ"
-    }
-
-    fn product(&self) -> &'static str {
-        "RabbitMQ"
-    }
-
-    fn program(&self) -> &'static str {
-        "rabbitmq-server"
-    }
-
-    fn install_hint(&self) -> String {
-        "sudo apt-get update && sudo apt-get install -y rabbitmq-server".to_string()
+    fn info(&self) -> &'static Info {
+        &INFO
     }
 
     async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
         let script = release_script(found)?;
         let version =
             release_version(&script).context("no version in the RabbitMQ release path")?;
-        Ok((script, format!("RabbitMQ {version}")))
-    }
-
-    fn extra_ports(&self) -> &'static [PortRole] {
-        &[PortRole::Distribution, PortRole::Epmd]
-    }
-
-    fn ready_deadline(&self) -> Duration {
-        // An Erlang VM boot on a busy 2-core machine; usually 2-5 s.
-        Duration::from_secs(90)
+        let (before, after) = INFO.implementation;
+        Ok((script, format!("{before}{version}{after}")))
     }
 
     /// Isolates the node from any system RabbitMQ: its own node name, ports,
@@ -144,25 +135,8 @@ impl Broker for RabbitMq {
         url.starts_with("amqp://") || url.starts_with("amqps://")
     }
 
-    fn url_form(&self) -> &'static str {
-        "an AMQP URI such as amqp://user:password@host:5672/%2f"
-    }
-
-    fn compose_service(&self) -> &'static str {
-        "rabbitmq"
-    }
-
-    fn compose_port(&self) -> u16 {
-        5672
-    }
-
-    async fn connect(
-        &self,
-        plan: &Plan,
-        endpoint: &Endpoint,
-        _run_id: u64,
-    ) -> Result<Box<dyn Driver>> {
-        Ok(Box::new(RabbitMqDriver::connect(plan, endpoint).await?))
+    async fn connect(&self, plan: &Plan, at: &Endpoint, _run: u64) -> Result<Box<dyn Driver>> {
+        Ok(Box::new(RabbitMqDriver::connect(plan, at).await?))
     }
 
     async fn handshake(&self, endpoint: &Endpoint) -> Result<()> {
@@ -203,13 +177,7 @@ impl Broker for RabbitMq {
         Ok(())
     }
 
-    async fn fetch_one(
-        &self,
-        endpoint: &Endpoint,
-        name: &str,
-        _consumer: &str,
-        wait: Duration,
-    ) -> Result<Vec<u8>> {
+    async fn fetch_one(&self, endpoint: &Endpoint, name: &str, wait: Duration) -> Result<Vec<u8>> {
         let deadline = Instant::now() + wait;
         let conn = open_connection(endpoint, "brokerbench-probe").await?;
         let channel = queue(&conn, name).await?;
