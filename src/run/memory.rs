@@ -26,7 +26,8 @@ use crate::scenario::{ConsumerGroup, Plan};
 pub(crate) struct Knobs {
     /// Confirm every n-th publish, then forget it: lost.
     pub drop_after_confirm: Option<u64>,
-    /// Deliver every n-th message twice to every group: duplicates.
+    /// Deliver every n-th message twice to every group, the second time
+    /// flagged as a redelivery: duplicates, redelivered.
     pub duplicate: Option<u64>,
     /// Hold every message this long before a group may receive it.
     pub delay: Duration,
@@ -55,6 +56,7 @@ pub(crate) struct Knobs {
 struct Held {
     payload: Vec<u8>,
     ready_at: Instant,
+    redelivered: bool,
 }
 
 #[derive(Default)]
@@ -123,10 +125,11 @@ impl MemoryBroker {
         let copies = if every(k.duplicate) { 2 } else { 1 };
         let ready_at = Instant::now() + k.delay;
         for queue in state.queues.values_mut() {
-            for _ in 0..copies {
+            for copy in 0..copies {
                 let held = Held {
                     payload: payload.to_vec(),
                     ready_at,
+                    redelivered: copy > 0,
                 };
                 // Ahead of the one before it, if that one still waits.
                 if k.swap_pairs && n % 2 == 0 && !queue.is_empty() {
@@ -147,14 +150,14 @@ impl MemoryBroker {
 
     /// The next message of `group` that is due, waiting while the broker is
     /// down or paused.
-    async fn receive(&self, group: &str) -> Vec<u8> {
+    async fn receive(&self, group: &str) -> Held {
         loop {
             {
                 let mut state = self.lock();
                 if !state.down && !state.paused {
                     let queue = state.queues.entry(group.to_string()).or_default();
                     if queue.front().is_some_and(|h| h.ready_at <= Instant::now()) {
-                        return queue.pop_front().expect("a front").payload;
+                        return queue.pop_front().expect("a front");
                     }
                 }
             }
@@ -267,6 +270,7 @@ impl Driver for MemoryBroker {
             queue.push_back(Held {
                 payload: format!("not one of ours {i}").into_bytes(),
                 ready_at: Instant::now(),
+                redelivered: false,
             });
         }
         Ok(Box::new(MemoryConsumer {
@@ -304,10 +308,14 @@ struct MemoryConsumer {
 #[async_trait]
 impl Consumer for MemoryConsumer {
     async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
-        let payload = self.broker.receive(&self.group).await;
+        let Held {
+            payload,
+            redelivered,
+            ..
+        } = self.broker.receive(&self.group).await;
         Some(Ok(Incoming {
             payload,
-            redelivered: false,
+            redelivered,
             ack: Box::new(|| Box::pin(async { Ok(()) })),
         }))
     }

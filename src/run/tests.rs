@@ -184,7 +184,11 @@ async fn each_ledger_verdict_is_reached_by_its_knob() {
             "duplicates",
             |k| k.duplicate = Some(5),
             &[("/publish/confirmed", 300)],
-            &[("/duplicates", 60), ("/delivered", 360), ("/lost", 0)],
+            &[
+                ("/duplicates", 60),
+                ("/redelivered", 60),
+                ("/delivered", 360),
+            ],
         ),
         (
             "failed",
