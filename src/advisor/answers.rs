@@ -154,8 +154,9 @@ pub(crate) struct Question<T: 'static> {
 pub(crate) trait Value:
     Clone + PartialEq + Serialize + DeserializeOwned + Send + Sync
 {
-    /// Lets clap check the values it can (possible values, a list's commas).
-    fn arg(arg: clap::Arg) -> clap::Arg;
+    /// Lets clap check the values it can (possible values, a list's commas);
+    /// `none` is a possible list only where no answer is an answer.
+    fn arg(arg: clap::Arg, deciding: bool) -> clap::Arg;
     /// The answer from the flag's values.
     fn parse(values: &[String]) -> Result<Self, String>;
     /// As written after the flag: `at-least-once`, `go,python`, `none`, `200`.
@@ -189,6 +190,48 @@ fn names<T: Choice>() -> Vec<String> {
     T::value_variants().iter().map(value).collect()
 }
 
+/// Parses one value of a one-of or list flag: spaces around it are dropped,
+/// and `--help` lists the values with what each means.
+#[derive(Clone)]
+struct OneOf(Vec<clap::builder::PossibleValue>);
+
+impl OneOf {
+    fn of<T: Choice>(none: bool) -> Self {
+        let mut values: Vec<_> = T::value_variants()
+            .iter()
+            .filter_map(clap::ValueEnum::to_possible_value)
+            .collect();
+        if none {
+            values.push(clap::builder::PossibleValue::new("none").help("none of them"));
+        }
+        OneOf(values)
+    }
+}
+
+impl clap::builder::TypedValueParser for OneOf {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let text = value.to_string_lossy();
+        let trimmed = text.trim();
+        if self.0.iter().any(|v| v.matches(trimmed, true)) {
+            return Ok(trimmed.to_string());
+        }
+        clap::builder::PossibleValuesParser::new(self.0.clone()).parse_ref(command, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(self.0.iter().cloned()))
+    }
+}
+
 fn choose<T: Choice>(name: &str) -> Result<T, String> {
     T::from_str(name, true)
 }
@@ -198,8 +241,8 @@ fn no_answer(e: inquire::InquireError) -> anyhow::Error {
 }
 
 impl<T: Choice> Value for T {
-    fn arg(arg: clap::Arg) -> clap::Arg {
-        arg.value_parser(clap::builder::PossibleValuesParser::new(names::<T>()))
+    fn arg(arg: clap::Arg, _deciding: bool) -> clap::Arg {
+        arg.value_parser(OneOf::of::<T>(false))
     }
 
     fn parse(values: &[String]) -> Result<Self, String> {
@@ -237,11 +280,11 @@ impl<T: Choice> Value for T {
 }
 
 impl<T: Choice + Ord> Value for Vec<T> {
-    fn arg(arg: clap::Arg) -> clap::Arg {
-        let mut allowed = names::<T>();
-        allowed.push("none".into());
+    /// Comma-separated, and the flag may be repeated.
+    fn arg(arg: clap::Arg, deciding: bool) -> clap::Arg {
         arg.value_delimiter(',')
-            .value_parser(clap::builder::PossibleValuesParser::new(allowed))
+            .action(clap::ArgAction::Append)
+            .value_parser(OneOf::of::<T>(!deciding))
     }
 
     fn parse(values: &[String]) -> Result<Self, String> {
@@ -321,9 +364,9 @@ where
 }
 
 macro_rules! number {
-    ($t:ty) => {
+    ($t:ty, $what:literal) => {
         impl Value for $t {
-            fn arg(arg: clap::Arg) -> clap::Arg {
+            fn arg(arg: clap::Arg, _deciding: bool) -> clap::Arg {
                 arg.allow_negative_numbers(true)
             }
 
@@ -331,7 +374,7 @@ macro_rules! number {
                 let text = values.first().map_or("", String::as_str);
                 text.trim()
                     .parse()
-                    .map_err(|_| format!("'{text}' is not a number"))
+                    .map_err(|_| format!("'{text}' is not {}", $what))
             }
 
             fn show(&self) -> String {
@@ -349,8 +392,8 @@ macro_rules! number {
     };
 }
 
-number!(f64);
-number!(u32);
+number!(f64, "a number");
+number!(u32, "a whole number from 0 to 4294967295");
 
 /// One question, whatever the type of its answer: what the command, the
 /// prompts and the flip search ask of it.
@@ -428,14 +471,16 @@ impl<T: Value> Ask for Question<T> {
             Some(default) => format!("{} [default: {default}]", self.text),
             None => self.text.to_string(),
         };
-        let mut arg = clap::Arg::new(self.key)
+        let arg = clap::Arg::new(self.key)
             .long(self.key.replace('_', "-"))
             .help(help)
+            .value_name(
+                self.value_name
+                    .map_or_else(|| self.key.to_uppercase(), str::to_string),
+            )
             .action(clap::ArgAction::Set);
-        if let Some(name) = self.value_name {
-            arg = arg.value_name(name);
-        }
-        T::arg(arg)
+        // Set, but lists append (their `Value::arg`).
+        T::arg(arg, self.deciding())
     }
 
     fn read(
@@ -471,7 +516,12 @@ impl<T: Value> Ask for Question<T> {
     }
 
     fn check(&self, given: &mut GivenAnswers) -> Result<()> {
-        if let Some(v) = (self.given)(given).as_ref() {
+        let deciding = self.deciding();
+        // A non-answer (an empty required list) is missing, not out of bounds.
+        if let Some(v) = (self.given)(given)
+            .as_ref()
+            .filter(|v| v.is_answer(deciding))
+        {
             if let Err(why) = (self.check)(v) {
                 bail!("{}: {why}, got {}", self.flag(), v.show());
             }
@@ -592,15 +642,6 @@ fn any<T>(_: &T) -> Result<(), String> {
     Ok(())
 }
 
-#[allow(clippy::ptr_arg)] // the type of `Question::check` for a list: fn(&Vec<T>)
-fn some_language(languages: &Vec<Language>) -> Result<(), String> {
-    if languages.is_empty() {
-        Err("name at least one language".into())
-    } else {
-        Ok(())
-    }
-}
-
 fn positive_rate(rate: &f64) -> Result<(), String> {
     if rate.is_finite() && *rate > 0.0 {
         Ok(())
@@ -676,7 +717,7 @@ question!(LANGUAGES: Vec<Language> = languages {
     text: "Which languages will producers and consumers be written in?",
     why: "Client maturity differs per language and broker; the weakest client sets the pace.",
     default: None,
-    check: some_language,
+    check: any,
     nearby: one_more::<Language, 1>,
 });
 

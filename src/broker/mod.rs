@@ -240,14 +240,6 @@ pub trait Broker: Send + Sync {
         Ok((found.to_path_buf(), format!("{before}{version}{after}")))
     }
 
-    /// Ports it needs besides the client port.
-    fn extra_ports(&self) -> &'static [PortRole] {
-        &[]
-    }
-    /// How long a local start may take before it counts as failed.
-    fn ready_deadline(&self) -> Duration {
-        Duration::from_secs(30)
-    }
     /// The command that runs it in the foreground on `launch`'s ports and data.
     fn command(&self, launch: &Launch<'_>) -> Result<Command>;
     /// A helper process to start first, if it needs one.

@@ -26,7 +26,7 @@ use crate::env::external::{CommandBroker, Targets};
 use crate::env::local::LocalBroker;
 use crate::env::{Environment, Placed};
 use crate::exit;
-use crate::report::{table, Results};
+use crate::report::table;
 use crate::run::session::{Observer, Outcome, Session};
 use crate::run::{Phase, Progress};
 use crate::scenario::{Overrides, Plan};
@@ -39,7 +39,6 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let plan = Plan::load(&args.scenario, &overrides)?;
     let mut site = Site::prepare(&args, &plan).await?;
-    let dir = Results::new(&plan, site.name()).directory(&args.out);
     let cancel = CancellationToken::new();
     tokio::spawn(interrupts(cancel.clone()));
     let mut screen = Screen::new(&plan, args.json);
@@ -61,7 +60,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         plan.load.producers,
         plan.consumers.len(),
     ));
-    let session = Session::new(&plan, dir, cancel);
+    let session = Session::new(&plan, args.out.clone(), cancel);
     let Outcome {
         results,
         path,

@@ -108,7 +108,7 @@ pub trait Consumer: Send {
 
 /// The durability and delivery settings a driver used: each driver fills a
 /// typed struct of its own, serialized as one JSON object in the results.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct Settings(BTreeMap<String, serde_json::Value>);
 
@@ -124,11 +124,6 @@ impl Settings {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    /// One setting, by its name in the results.
-    pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
-        self.0.get(name)
     }
 }
 

@@ -48,6 +48,8 @@ pub(crate) struct Knobs {
     pub never_back: bool,
     /// Connecting fails: the broker cannot be measured.
     pub refuse_connect: bool,
+    /// Declaring the topology fails: the broker cannot be measured.
+    pub refuse_setup: bool,
     /// Closing the driver never returns: the session's bound must end it.
     pub hang_on_close: bool,
 }
@@ -256,6 +258,9 @@ struct Applied {
 #[async_trait]
 impl Driver for MemoryBroker {
     async fn setup(&self) -> Result<()> {
+        if self.knobs.refuse_setup {
+            bail!("the in-memory broker refuses the topology");
+        }
         Ok(())
     }
 

@@ -13,9 +13,11 @@
 //!
 //! Time bounds: producers stop sending at the end of the load and stop
 //! waiting for confirmations (and retrying) at `end + drain_timeout`; the
-//! drain of deliveries ends at the same deadline. A fault still in progress
-//! then (a broker that does not come back) adds at most the broker's start
-//! deadline, and closing adds at most a few call timeouts.
+//! drain of deliveries ends at the same deadline (plus a second for the
+//! groups to count what they lack, when the producers ended only then). A
+//! fault still in progress then (a broker that does not come back) adds at
+//! most the broker's start deadline, and closing adds at most a few call
+//! timeouts.
 
 mod consumer;
 pub mod faults;
@@ -403,7 +405,9 @@ const COUNT_GRACE: Duration = Duration::from_secs(1);
 
 /// Waits until every group has every confirmed message (each group counts
 /// down what it lacks in [`Progress::missing`]), the deadline, or `cancel`.
-/// The drain times out only if a group that has counted still lacks some.
+/// At the deadline it waits up to [`COUNT_GRACE`] more for groups that have
+/// not counted yet (producers that finished only at the deadline); it times
+/// out when a group still lacks messages, or never counted.
 async fn drain(progress: &Progress, deadline: Instant, cancel: &CancellationToken) -> Drain {
     let started = Instant::now();
     let mut timed_out = false;

@@ -58,19 +58,19 @@ pub struct Session<'a> {
     plan: &'a Plan,
     run_id: u64,
     cancel: CancellationToken,
-    dir: PathBuf,
+    out: PathBuf,
     slack: Duration,
 }
 
 impl<'a> Session<'a> {
-    /// A session for `plan`, writing `results.json` into `dir`; `cancel`
-    /// stops it (the first Ctrl-C).
-    pub fn new(plan: &'a Plan, dir: PathBuf, cancel: CancellationToken) -> Self {
+    /// A session for `plan`, writing `results.json` into
+    /// `<out>/<scenario>-<UTC time>/`; `cancel` stops it (the first Ctrl-C).
+    pub fn new(plan: &'a Plan, out: PathBuf, cancel: CancellationToken) -> Self {
         Session {
             plan,
             run_id: rand::random(),
             cancel,
-            dir,
+            out,
             slack: MEASURE_SLACK,
         }
     }
@@ -92,6 +92,7 @@ impl<'a> Session<'a> {
     ) -> Result<Outcome> {
         let plan = self.plan;
         let mut results = Results::new(plan, env.name());
+        let dir = results.directory(&self.out);
         let mut failure = None;
         let mut unfinished: Vec<String> = Vec::new();
         for &kind in &plan.brokers {
@@ -115,7 +116,7 @@ impl<'a> Session<'a> {
                         if result.passed() { "passed" } else { "FAILED" }
                     ));
                     results.brokers.push(*result);
-                    results.write(&self.dir)?;
+                    results.write(&dir)?;
                 }
                 Measured::Hung(reason) => {
                     observer.say(format!("{kind}: {reason}"));
@@ -128,7 +129,7 @@ impl<'a> Session<'a> {
             }
         }
         self.conclude(&mut results, failure.as_ref(), &unfinished);
-        let path = results.write(&self.dir)?;
+        let path = results.write(&dir)?;
         Ok(Outcome {
             results,
             path,

@@ -216,7 +216,8 @@ async fn each_ledger_verdict_is_reached_by_its_knob() {
             "out of order",
             |k| {
                 k.swap_pairs = true;
-                k.delay = Duration::from_millis(20);
+                // Long enough that both of a pair wait in the queue together.
+                k.delay = Duration::from_millis(250);
             },
             &[("/publish/confirmed", 300)],
             &[("/out_of_order", 150), ("/lost", 0)],
@@ -407,6 +408,18 @@ async fn a_broker_that_cannot_be_reached_stops_the_run_and_says_which() {
     assert_eq!(json["brokers"].as_array().unwrap().len(), 0);
     let reason = json["incomplete_reason"].as_str().unwrap();
     assert!(reason.contains("refuses connections"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_broker_that_cannot_be_set_up_stops_the_run_and_says_which() {
+    let (outcome, json) = run(&plan(""), knobs(|k| k.refuse_setup = true)).await;
+    let failure = format!("{:#}", outcome.failure.unwrap());
+    assert!(
+        failure.starts_with("rabbitmq at ") && failure.contains("setting up the topology"),
+        "{failure}"
+    );
+    assert_eq!(json["brokers"].as_array().unwrap().len(), 0);
+    assert_eq!(json["complete"], false);
 }
 
 #[tokio::test]

@@ -84,7 +84,11 @@ impl Broker for Kafka {
     async fn handshake(&self, endpoint: &Endpoint) -> Result<()> {
         let url = endpoint.url();
         tokio::task::spawn_blocking(move || {
-            let producer: BaseProducer = base_config(&url).create()?;
+            // The run's client config, but librdkafka's own 100 ms reconnect
+            // backoff: a broker coming back is seen within a tenth of a second.
+            let producer: BaseProducer = base_config(&url)
+                .set("reconnect.backoff.ms", "100")
+                .create()?;
             producer.client().fetch_metadata(None, CALL_TIMEOUT)?;
             Ok::<_, anyhow::Error>(())
         })
