@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const SHORT: &str = r#"
@@ -220,6 +221,17 @@ fn a_broker_that_cannot_run_keeps_the_results_already_measured() {
 
 #[test]
 fn ctrl_c_drains_writes_incomplete_results_and_leaves_nothing_running() {
+    interrupted_by(Signal::SIGINT, "SIGINT (Ctrl-C)");
+}
+
+#[test]
+fn sigterm_is_named_and_stops_the_run_like_ctrl_c() {
+    interrupted_by(Signal::SIGTERM, "SIGTERM");
+}
+
+/// Sends `signal` while the first broker's load runs: results are written,
+/// marked incomplete with the signal's name, and nothing is left running.
+fn interrupted_by(signal: Signal, name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = scenario(dir.path(), &SHORT.replace("\"3s\"", "\"60s\""));
     let child = run_command(
@@ -242,11 +254,7 @@ fn ctrl_c_drains_writes_incomplete_results_and_leaves_nothing_running() {
     }
     std::thread::sleep(Duration::from_secs(3));
     let started = util::descendants(pid);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
     let out = wait_with_deadline(child, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -254,12 +262,15 @@ fn ctrl_c_drains_writes_incomplete_results_and_leaves_nothing_running() {
     let results = saved_results(&stdout);
     validate(&results);
     assert_eq!(results["complete"], false);
-    assert_eq!(results["incomplete_reason"], "interrupted (Ctrl-C)");
+    assert_eq!(
+        results["incomplete_reason"],
+        format!("interrupted by {name}").as_str()
+    );
     let brokers = results["brokers"].as_array().unwrap();
     assert_eq!(brokers.len(), 1, "the second broker never starts");
     assert_eq!(brokers[0]["complete"], false);
     let sent = brokers[0]["publish"]["attempted"].as_u64().unwrap();
-    assert!(sent > 300 && sent < 300 * 20, "{sent} sent before Ctrl-C");
+    assert!(sent > 300 && sent < 300 * 20, "{sent} sent before {name}");
     let left: Vec<_> = started.iter().filter(|p| util::is_alive(p)).collect();
     assert!(left.is_empty(), "still running: {left:#?}");
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio_util::sync::CancellationToken;
 
 use super::DataDir;
 use crate::broker::BrokerKind;
@@ -27,7 +26,7 @@ use crate::env::local::LocalBroker;
 use crate::env::{Environment, Placed};
 use crate::exit;
 use crate::report::table;
-use crate::run::session::{Observer, Outcome, Session};
+use crate::run::session::{Observer, Outcome, Session, Stop};
 use crate::run::{Phase, Progress};
 use crate::scenario::{Overrides, Plan};
 
@@ -39,8 +38,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let plan = Plan::load(&args.scenario, &overrides)?;
     let mut site = Site::prepare(&args, &plan).await?;
-    let cancel = CancellationToken::new();
-    tokio::spawn(interrupts(cancel.clone()));
+    let stop = Stop::default();
+    tokio::spawn(interrupts(stop.clone()));
     let mut screen = Screen::new(&plan, args.json);
     screen.say(format!(
         "brokerbench {}: scenario '{}' on {}; {} at {}, {} producer(s), {} group(s)",
@@ -60,7 +59,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         plan.load.producers,
         plan.consumers.len(),
     ));
-    let session = Session::new(&plan, args.out.clone(), cancel);
+    let session = Session::new(&plan, args.out.clone(), stop);
     let Outcome {
         results,
         path,
@@ -201,9 +200,10 @@ impl Environment for Site {
     }
 }
 
-/// First Ctrl-C: stop the load and report. Second: exit now (the brokers die
-/// with us through their death signal).
-async fn interrupts(cancel: CancellationToken) {
+/// First SIGINT (Ctrl-C) or SIGTERM: stop the load and report, naming the
+/// signal. Second: exit now (the brokers die with us through their death
+/// signal).
+async fn interrupts(stop: Stop) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut interrupt) = signal(SignalKind::interrupt()) else {
         return;
@@ -211,9 +211,12 @@ async fn interrupts(cancel: CancellationToken) {
     let Ok(mut terminate) = signal(SignalKind::terminate()) else {
         return;
     };
-    tokio::select! { _ = interrupt.recv() => {}, _ = terminate.recv() => {} }
-    eprintln!("stopping: draining and writing results (Ctrl-C again to quit at once)");
-    cancel.cancel();
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT (Ctrl-C)",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    eprintln!("{name}: stopping, writing results (Ctrl-C again to quit at once)");
+    stop.stop(name);
     tokio::select! { _ = interrupt.recv() => {}, _ = terminate.recv() => {} }
     std::process::exit(130);
 }

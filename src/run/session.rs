@@ -25,6 +25,32 @@ use crate::scenario::Plan;
 /// RabbitMQ) after a fault, and a few 10 s call timeouts while closing.
 pub const MEASURE_SLACK: Duration = Duration::from_secs(150);
 
+/// Stops a session early, and remembers why (the signal's name).
+#[derive(Clone, Default)]
+pub struct Stop {
+    token: CancellationToken,
+    why: Arc<std::sync::OnceLock<String>>,
+}
+
+impl Stop {
+    /// Stops the session: the load stops, what was measured is written,
+    /// marked incomplete with `why` (the first reason given is kept).
+    pub fn stop(&self, why: &str) {
+        let _ = self.why.set(why.to_string());
+        self.token.cancel();
+    }
+
+    /// Whether it was stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Why it was stopped, if it was.
+    pub fn why(&self) -> Option<&str> {
+        self.why.get().map(String::as_str)
+    }
+}
+
 /// What the person running the session sees while it runs.
 pub trait Observer: Send {
     /// A broker's measurement starts; `progress` is live until it ends.
@@ -57,19 +83,19 @@ pub struct Outcome {
 pub struct Session<'a> {
     plan: &'a Plan,
     run_id: u64,
-    cancel: CancellationToken,
+    stop: Stop,
     out: PathBuf,
     slack: Duration,
 }
 
 impl<'a> Session<'a> {
     /// A session for `plan`, writing `results.json` into
-    /// `<out>/<scenario>-<UTC time>/`; `cancel` stops it (the first Ctrl-C).
-    pub fn new(plan: &'a Plan, out: PathBuf, cancel: CancellationToken) -> Self {
+    /// `<out>/<scenario>-<UTC time>/`; `stop` stops it (the first signal).
+    pub fn new(plan: &'a Plan, out: PathBuf, stop: Stop) -> Self {
         Session {
             plan,
             run_id: rand::random(),
-            cancel,
+            stop,
             out,
             slack: MEASURE_SLACK,
         }
@@ -96,7 +122,7 @@ impl<'a> Session<'a> {
         let mut failure = None;
         let mut unfinished: Vec<String> = Vec::new();
         for &kind in &plan.brokers {
-            if self.cancel.is_cancelled() {
+            if self.stop.is_stopped() {
                 break;
             }
             let placed = match env.place(kind).await {
@@ -165,7 +191,7 @@ impl<'a> Session<'a> {
                 driver.as_ref(),
                 placed.as_mut(),
                 self.run_id,
-                &self.cancel,
+                &self.stop.token,
                 &progress,
             )
             .await;
@@ -201,7 +227,7 @@ impl<'a> Session<'a> {
         failure: Option<&anyhow::Error>,
         unfinished: &[String],
     ) {
-        let cancelled = self.cancel.is_cancelled();
+        let cancelled = self.stop.is_stopped();
         results.complete = failure.is_none()
             && unfinished.is_empty()
             && !cancelled
@@ -211,7 +237,10 @@ impl<'a> Session<'a> {
             _ if results.complete => None,
             (Some(err), _) => Some(format!("{err:#}")),
             _ if !unfinished.is_empty() => Some(unfinished.join("; ")),
-            (None, true) => Some("interrupted (Ctrl-C)".into()),
+            (None, true) => Some(format!(
+                "interrupted by {}",
+                self.stop.why().unwrap_or("a stop request")
+            )),
             (None, false) => Some(
                 results
                     .brokers

@@ -6,10 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use super::memory::{Knobs, MemoryEnv};
-use super::session::{Outcome, Quiet, Session};
+use super::session::{Outcome, Quiet, Session, Stop};
 use crate::scenario::{Overrides, Plan};
 
 /// 1000 msg/s for 300 ms from one producer on one key (300 messages, in
@@ -81,7 +80,7 @@ async fn run_with(
     let session = session(Session::new(
         plan,
         dir.path().to_path_buf(),
-        CancellationToken::new(),
+        Stop::default(),
     ));
     let outcome = session
         .run(&mut MemoryEnv(knobs), &mut Quiet)
@@ -371,14 +370,14 @@ async fn a_broker_that_never_comes_back_fails_whatever_it_lost() {
 #[tokio::test]
 async fn an_interrupted_run_is_incomplete_and_keeps_what_it_measured() {
     let plan = plan("").with_duration(Duration::from_secs(5));
-    let cancel = CancellationToken::new();
-    let stop = cancel.clone();
+    let stop = Stop::default();
+    let signal = stop.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        stop.cancel();
+        signal.stop("SIGTERM");
     });
     let dir = tempfile::tempdir().unwrap();
-    let session = Session::new(&plan, dir.path().to_path_buf(), cancel);
+    let session = Session::new(&plan, dir.path().to_path_buf(), stop);
     let outcome = session
         .run(&mut MemoryEnv(Knobs::default()), &mut Quiet)
         .await
@@ -387,7 +386,7 @@ async fn an_interrupted_run_is_incomplete_and_keeps_what_it_measured() {
     assert!(!results.complete);
     assert_eq!(
         results.incomplete_reason.as_deref(),
-        Some("interrupted (Ctrl-C)")
+        Some("interrupted by SIGTERM")
     );
     let broker = &results.brokers[0];
     assert!(broker.publish.attempted > 100 && broker.publish.attempted < 1000);
