@@ -83,6 +83,11 @@ pub trait Driver: Send + Sync {
     /// The durability settings in force, for the results.
     fn settings(&self) -> Settings;
 
+    /// How many messages the broker still holds for `group` (ready and
+    /// unacknowledged), asked after the group's consumer has closed: what
+    /// was confirmed and not delivered, but not lost.
+    async fn backlog(&self, group: &ConsumerGroup) -> Result<u64>;
+
     /// Closes the connection.
     async fn close(&self);
 }

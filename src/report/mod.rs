@@ -74,7 +74,8 @@ pub struct BrokerResult {
     pub drain: DrainResult,
     /// Correctness checks and whether they held.
     pub checks: Vec<Check>,
-    /// The broker's run finished (not cancelled, drain did not time out).
+    /// The broker's run finished: not interrupted, and the broker came back
+    /// after every fault.
     pub complete: bool,
 }
 
@@ -104,6 +105,9 @@ pub struct PublishResult {
     pub unknown: u64,
     /// Sends of a message again after no or a negative confirmation (retry mode).
     pub resent: u64,
+    /// Messages that fell due during the load but were not sent by its end
+    /// (the producers could not keep up): offered, never attempted.
+    pub unsent: u64,
     /// Sends per second during the steady phase (by actual send time).
     pub rate_per_s: f64,
     /// Confirmations per second that arrived during the steady phase.
@@ -118,6 +122,11 @@ pub struct GroupResult {
     /// The ledger's account (see `docs/architecture.md`, "Ledger").
     #[serde(flatten)]
     pub account: ledger::GroupAccount,
+    /// Confirmed, delivered only in the final read.
+    pub late: u64,
+    /// Confirmed, not delivered, still held by the broker at the end (as it
+    /// reports its depth); `None` if the broker could not be asked.
+    pub backlog: Option<u64>,
     /// First deliveries per second that arrived during the steady phase.
     pub rate_per_s: f64,
 }
@@ -206,6 +215,8 @@ pub struct DrainResult {
     pub seconds: f64,
     /// It ended by the drain timeout with confirmed messages not yet delivered.
     pub timed_out: bool,
+    /// How long the final read took after the drain ran out, seconds.
+    pub final_read_seconds: f64,
 }
 
 /// What a correctness check checks; serialized as the condition it states.
@@ -217,6 +228,10 @@ pub enum CheckKind {
     /// No message this group received was one nobody sent.
     #[serde(rename = "unexpected == 0")]
     NoneUnexpected,
+    /// The group had every confirmed message by the end of the final read:
+    /// the broker held nothing more for it (its consumers kept up).
+    #[serde(rename = "drained")]
+    Drained,
     /// The broker's run finished: not interrupted, drain not timed out,
     /// every fault recovered from.
     #[serde(rename = "complete")]
@@ -266,7 +281,7 @@ impl BrokerResult {
             }
         };
         let (mut confirmed_at, mut errors_at) = (Timeline::default(), Timeline::default());
-        let (mut steady_sent, mut steady_confirmed, mut resent) = (0, 0, 0);
+        let (mut steady_sent, mut steady_confirmed, mut resent, mut unsent) = (0, 0, 0, 0);
         for p in &m.producers {
             publish.merge(&p.publish);
             publish_service.merge(&p.publish_service);
@@ -275,6 +290,7 @@ impl BrokerResult {
             steady_sent += p.steady_sent;
             steady_confirmed += p.steady_confirmed;
             resent += p.resent;
+            unsent += p.unsent;
             add_errors(&p.errors);
         }
         let mut groups = Vec::new();
@@ -282,12 +298,16 @@ impl BrokerResult {
         let mut end_to_end_service = BTreeMap::new();
         let mut checks = Vec::new();
         for (outcome, group) in m.groups.iter().zip(&plan.consumers) {
-            let account = ledger::group_account(&logs, &outcome.log);
+            let mut account = ledger::group_account(&logs, &outcome.log);
+            // Confirmed and undelivered, but still in the broker: backlog, not loss.
+            let backlog = outcome.backlog.map(|held| held.min(account.lost));
+            account.lost -= backlog.unwrap_or(0);
             add_errors(&outcome.errors);
             errors_at.merge(&outcome.errors_at);
             for (check, value) in [
                 (CheckKind::NoneLost, account.lost),
                 (CheckKind::NoneUnexpected, account.unexpected),
+                (CheckKind::Drained, backlog.unwrap_or(0)),
             ] {
                 checks.push(Check {
                     check,
@@ -301,12 +321,14 @@ impl BrokerResult {
             groups.push(GroupResult {
                 group: group.group.clone(),
                 account,
+                late: outcome.late,
+                backlog,
                 rate_per_s: per_s(outcome.steady_delivered),
             });
         }
         let faults = fault_results(plan, &m, &logs, &confirmed_at);
         let never_back = faults.iter().any(|f| f.broker_ready_after_s.is_none());
-        let complete = !m.cancelled && !m.drain_timed_out && !never_back;
+        let complete = !m.cancelled && !never_back;
         checks.push(Check {
             check: CheckKind::Complete,
             group: None,
@@ -353,6 +375,7 @@ impl BrokerResult {
                 failed: account.failed,
                 unknown: account.unknown,
                 resent,
+                unsent,
                 rate_per_s: per_s(steady_sent),
                 confirmed_per_s: per_s(steady_confirmed),
             },
@@ -369,6 +392,7 @@ impl BrokerResult {
             drain: DrainResult {
                 seconds: round1(m.drain_elapsed.as_secs_f64()),
                 timed_out: m.drain_timed_out,
+                final_read_seconds: round1(m.final_read_elapsed.as_secs_f64()),
             },
             checks,
             complete,

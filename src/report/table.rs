@@ -94,11 +94,7 @@ pub fn summary(results: &Results) -> Table {
                 Some(s) if s.is_finite() => format!("{s:.1} s"),
                 Some(_) => "never".into(),
             },
-            if b.passed() {
-                "yes".into()
-            } else {
-                "NO".into()
-            },
+            verdict(b),
         ]);
     }
     for column in [3, 6, 7, 8] {
@@ -109,6 +105,40 @@ pub fn summary(results: &Results) -> Table {
     table
 }
 
+/// `yes`, or `NO` and what failed, in words.
+fn verdict(b: &BrokerResult) -> String {
+    use super::CheckKind;
+    let mut why: Vec<String> = Vec::new();
+    let total = |kind: CheckKind| -> u64 {
+        b.checks
+            .iter()
+            .filter(|c| c.check == kind && !c.passed)
+            .map(|c| c.value)
+            .sum()
+    };
+    let failed = |kind: CheckKind| b.checks.iter().any(|c| c.check == kind && !c.passed);
+    if failed(CheckKind::NoneLost) {
+        why.push(format!("lost {}", total(CheckKind::NoneLost)));
+    }
+    if failed(CheckKind::NoneUnexpected) {
+        why.push(format!("unexpected {}", total(CheckKind::NoneUnexpected)));
+    }
+    if failed(CheckKind::Drained) {
+        why.push(format!(
+            "consumers behind: {} left in the broker",
+            total(CheckKind::Drained)
+        ));
+    }
+    if failed(CheckKind::Complete) {
+        why.push("incomplete".into());
+    }
+    if why.is_empty() {
+        "yes".into()
+    } else {
+        format!("NO: {}", why.join(", "))
+    }
+}
+
 /// Per consumer group: delivery rate, end-to-end latency and the account.
 pub fn groups(results: &Results) -> Table {
     let mut table = new_table(vec![
@@ -117,6 +147,8 @@ pub fn groups(results: &Results) -> Table {
         "delivered",
         "end to end p50 / p99 / p99.9 / max",
         "lost",
+        "late",
+        "backlog",
         "dup",
         "redelivered",
         "recovered",
@@ -138,6 +170,8 @@ pub fn groups(results: &Results) -> Table {
                 format!("{} ({})", a.unique, rate(g.rate_per_s)),
                 e2e,
                 a.lost.to_string(),
+                g.late.to_string(),
+                g.backlog.map_or("?".into(), |n| n.to_string()),
                 a.duplicates.to_string(),
                 a.redelivered.to_string(),
                 a.recovered.to_string(),

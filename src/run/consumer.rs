@@ -39,7 +39,6 @@ pub(super) async fn consume(
     let mut closed = false;
     let mut processing = FuturesUnordered::new();
     let steady_ns = cx.steady_ns();
-    let work = group.processing_time;
     loop {
         let next = tokio::select! {
             biased;
@@ -99,12 +98,19 @@ pub(super) async fn consume(
                 if first && sent.as_ref().is_some_and(confirmed) {
                     missing = missing.saturating_sub(1);
                     progress.missing[index].store(missing, Ordering::Relaxed);
+                    out.late += u64::from(progress.final_read.load(Ordering::Relaxed));
                 }
                 progress.delivered[index].store(out.log.unique(), Ordering::Relaxed);
             }
             None => out.log.record_foreign(),
         }
         let ack = incoming.ack;
+        // The final read takes what is left at full speed.
+        let work = if progress.final_read.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            group.processing_time
+        };
         processing.push(async move {
             if !work.is_zero() {
                 tokio::time::sleep(work).await;

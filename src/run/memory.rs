@@ -31,6 +31,9 @@ pub(crate) struct Knobs {
     pub duplicate: Option<u64>,
     /// Hold every message this long before a group may receive it.
     pub delay: Duration,
+    /// Take this long over each publish, one at a time: a broker whose
+    /// capacity is one message per `slow`.
+    pub slow: Option<Duration>,
     /// Refuse every n-th publish without storing it: failed.
     pub refuse: Option<u64>,
     /// Store every n-th publish but answer it with a refusal: recovered.
@@ -73,6 +76,8 @@ struct State {
 #[derive(Clone)]
 pub(crate) struct MemoryBroker {
     state: Arc<Mutex<State>>,
+    /// Held while a slow broker works on one publish.
+    busy: Arc<tokio::sync::Mutex<()>>,
     knobs: Arc<Knobs>,
     endpoint: Endpoint,
 }
@@ -84,6 +89,7 @@ impl MemoryBroker {
     fn new(kind: BrokerKind, knobs: Knobs) -> Self {
         MemoryBroker {
             state: Arc::default(),
+            busy: Arc::default(),
             knobs: Arc::new(knobs),
             endpoint: Endpoint::local(kind, "127.0.0.1", 1),
         }
@@ -95,6 +101,14 @@ impl MemoryBroker {
 
     /// Stores a publish and answers it, once the broker is up and running.
     async fn publish(self, payload: Vec<u8>) -> Result<(), ErrorKind> {
+        let _busy = match self.knobs.slow {
+            Some(slow) => {
+                let busy = self.busy.clone().lock_owned().await;
+                tokio::time::sleep(slow).await;
+                Some(busy)
+            }
+            None => None,
+        };
         loop {
             match self.store(&payload) {
                 Some(Some(answer)) => return answer,
@@ -286,6 +300,11 @@ impl Driver for MemoryBroker {
 
     fn settings(&self) -> Settings {
         Settings::of(&Applied { storage: "memory" })
+    }
+
+    async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
+        let state = self.lock();
+        Ok(state.queues.get(&group.group).map_or(0, |q| q.len() as u64))
     }
 
     async fn close(&self) {

@@ -30,7 +30,7 @@ pub mod session;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ use anyhow::{Context, Result};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{Driver, ErrorCounts, ErrorKind, Settings};
+use crate::driver::{Driver, ErrorCounts, ErrorKind, Settings, CALL_TIMEOUT};
 use crate::env::FaultTarget;
 use crate::event::{self, Envelope};
 use crate::metrics::{Latency, Timeline};
@@ -65,6 +65,8 @@ pub struct Progress {
     pub attempted: Vec<AtomicU64>,
     /// The phase, as an index into [`Phase::ALL`].
     pub phase: AtomicU64,
+    /// Set when the drain ran out and the groups read on at full speed.
+    pub final_read: AtomicBool,
 }
 
 impl Progress {
@@ -144,6 +146,8 @@ pub struct ProducerOutcome {
     pub steady_confirmed: u64,
     /// Messages sent again after no or a negative confirmation (retry mode).
     pub resent: u64,
+    /// Messages that fell due during the load but were not sent by its end.
+    pub unsent: u64,
     /// When confirmations arrived.
     pub confirmed_at: Timeline,
     /// When publishes failed.
@@ -167,6 +171,11 @@ pub struct GroupOutcome {
     pub delivered_at: Timeline,
     /// When receiving or acknowledging failed.
     pub errors_at: Timeline,
+    /// Confirmed messages first delivered in the final read.
+    pub late: u64,
+    /// What the broker still held for the group at the end, as it reports
+    /// it; `None` if it could not be asked.
+    pub backlog: Option<u64>,
 }
 
 /// Everything one broker's run produced, before it is turned into results.
@@ -193,6 +202,8 @@ pub struct Measurement {
     pub drain_timed_out: bool,
     /// How long the drain took.
     pub drain_elapsed: Duration,
+    /// How long the final read took (zero when the drain did not run out).
+    pub final_read_elapsed: Duration,
     /// Set when the run was cancelled before it finished.
     pub cancelled: bool,
 }
@@ -360,6 +371,17 @@ pub async fn measure(
         Some(events) => events,
         None => fault_run.await,
     };
+    // The final read: what the drain left, read at full speed (Jepsen's);
+    // pointless, like asking for the backlog, when the broker is still down.
+    let broker_down = fault_events.iter().any(|f| f.ready.is_none());
+    let mut final_read_elapsed = Duration::ZERO;
+    if drain.timed_out && !cancel.is_cancelled() && !broker_down && !plan.load.final_read.is_zero()
+    {
+        progress.final_read.store(true, Ordering::Relaxed);
+        final_read_elapsed = self::drain(progress, Instant::now() + plan.load.final_read, cancel)
+            .await
+            .elapsed;
+    }
     progress.set_phase(Phase::Report);
     stop_consumers.cancel();
     let mut groups: Vec<(usize, GroupOutcome)> = Vec::new();
@@ -367,6 +389,18 @@ pub async fn measure(
         groups.push(joined.context("a consumer task failed")?);
     }
     groups.sort_by_key(|(index, _)| *index);
+    // What each group still lacks is either still in the broker or lost:
+    // ask the broker, now that the consumers are closed.
+    for ((index, outcome), group) in groups.iter_mut().zip(&plan.consumers) {
+        outcome.backlog = match progress.missing[*index].load(Ordering::Relaxed) {
+            0 => Some(0),
+            _ if broker_down => None,
+            _ => tokio::time::timeout(CALL_TIMEOUT, driver.backlog(group))
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+    }
     let settings = driver.settings();
     driver.close().await;
     let sample = Envelope {
@@ -389,6 +423,7 @@ pub async fn measure(
         steady_elapsed,
         drain_timed_out: drain.timed_out,
         drain_elapsed: drain.elapsed,
+        final_read_elapsed,
         cancelled: cancel.is_cancelled(),
     })
 }

@@ -38,6 +38,10 @@ struct Answer {
 /// One producer: sends on schedule (or as fast as confirmations allow),
 /// keeps up to `max_in_flight` confirmations outstanding, and, in retry mode,
 /// sends unconfirmed messages again with the reconnection backoff.
+/// How long after the end of the load a producer still sends what fell due
+/// before it: the timer can wake a little late.
+const SEND_GRACE: Duration = Duration::from_millis(50);
+
 pub(super) struct ProducerTask {
     producer: Box<dyn Producer>,
     id: u32,
@@ -85,10 +89,15 @@ impl ProducerTask {
         let limit = pacer
             .as_ref()
             .map(|p| p.count_within(self.cx.end - self.cx.start));
+        // New messages go out until the end of the load (and a tick more for
+        // a timer that woke late); what fell due and was not sent by then is
+        // unsent, not sent late. Retries of sent messages go on until the deadline.
+        let last_send = self.cx.end + SEND_GRACE;
         let mut k: u64 = 0;
         loop {
+            let open = Instant::now() < last_send;
             let due = match (&pacer, limit) {
-                (Some(p), Some(n)) if k < n => Some(p.intended(k)),
+                (Some(p), Some(n)) if k < n && open => Some(p.intended(k)),
                 (None, _) if Instant::now() < self.cx.end => Some(Instant::now()),
                 _ => None,
             };
@@ -143,6 +152,9 @@ impl ProducerTask {
                 Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => self.settle(answer),
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
+        }
+        if let Some(n) = limit {
+            self.out.unsent = n.saturating_sub(k);
         }
         self.out
     }

@@ -180,7 +180,8 @@ impl<'a> Session<'a> {
         let shown = placed.endpoint().shown();
         // The run's own deadlines end it; this bound only guards against a
         // client call that never returns, so that no run can hang.
-        let bound = plan.load.warmup + plan.load.duration + plan.load.drain_timeout + self.slack;
+        let load = &plan.load;
+        let bound = load.warmup + load.duration + load.drain_timeout + load.final_read + self.slack;
         let measured = tokio::time::timeout(bound, async {
             let driver = placed
                 .connect(plan, self.run_id)
@@ -204,8 +205,8 @@ impl<'a> Session<'a> {
         }
         match measured {
             Err(_elapsed) => Measured::Hung(format!(
-                "{kind} did not finish within {} (load, drain timeout and {} for starts and \
-                 closes); its results are lost",
+                "{kind} did not finish within {} (load, drain timeout, final read and {} for \
+                 starts and closes); its results are lost",
                 humantime::format_duration(bound),
                 humantime::format_duration(self.slack)
             )),
@@ -248,10 +249,7 @@ impl<'a> Session<'a> {
                     .filter(|b| !b.complete)
                     .map(|b| match b.faults.iter().find_map(|f| f.error.as_deref()) {
                         Some(error) => format!("{}: {error}", b.broker),
-                        None => format!(
-                            "{}: the drain timed out with confirmed messages undelivered",
-                            b.broker
-                        ),
+                        None => format!("{}: did not finish", b.broker),
                     })
                     .collect::<Vec<_>>()
                     .join("; "),

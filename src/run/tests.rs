@@ -12,7 +12,7 @@ use super::session::{Outcome, Quiet, Session, Stop};
 use crate::scenario::{Overrides, Plan};
 
 /// 1000 msg/s for 300 ms from one producer on one key (300 messages, in
-/// order), two consumer groups, unconfirmed messages dropped.
+/// order), two consumer groups, unconfirmed messages dropped, a short final read.
 const BASE: &str = r#"
 name = "memory"
 brokers = ["rabbitmq"]
@@ -20,6 +20,7 @@ brokers = ["rabbitmq"]
 rate = 1000
 duration = "300ms"
 drain_timeout = "1s"
+final_read = "500ms"
 keys = 1
 [[consumers]]
 group = "a"
@@ -30,6 +31,8 @@ group = "b"
 /// Changes to a plan, for tests that need one field other than [`BASE`]'s.
 trait With {
     fn with_brokers(self, names: &str) -> Self;
+    fn with_final_read(self, final_read: Duration) -> Self;
+    fn with_rate(self, rate: f64) -> Self;
     fn with_drain_timeout(self, timeout: Duration) -> Self;
     fn with_duration(self, duration: Duration) -> Self;
 }
@@ -37,6 +40,16 @@ trait With {
 impl With for Plan {
     fn with_brokers(mut self, names: &str) -> Self {
         self.brokers = names.split(',').map(|n| n.parse().unwrap()).collect();
+        self
+    }
+
+    fn with_final_read(mut self, final_read: Duration) -> Self {
+        self.load.final_read = final_read;
+        self
+    }
+
+    fn with_rate(mut self, rate: f64) -> Self {
+        self.load.rate = rate;
         self
     }
 
@@ -276,16 +289,75 @@ async fn refused_publishes_are_sent_again_in_retry_mode() {
 }
 
 #[tokio::test]
-async fn a_drain_that_times_out_makes_the_run_incomplete() {
-    let knobs = knobs(|k| k.delay = Duration::from_secs(5));
+async fn what_the_broker_still_holds_is_backlog_not_loss() {
+    // Every message waits 5 s in the broker; the drain and the final read end sooner.
     let plan = plan("").with_drain_timeout(Duration::from_millis(200));
+    let plan = plan.with_final_read(Duration::from_millis(300));
+    let (outcome, json) = run(&plan, knobs(|k| k.delay = Duration::from_secs(5))).await;
+    let broker = &json["brokers"][0];
+    assert_eq!(broker["drain"]["timed_out"], true);
+    assert!(broker["drain"]["final_read_seconds"].as_f64().unwrap() >= 0.3);
+    for name in ["a", "b"] {
+        let g = group(&json, name);
+        assert_eq!(
+            (g["lost"].as_u64(), g["backlog"].as_u64()),
+            (Some(0), Some(300)),
+            "{g}"
+        );
+        assert!(check(&json, "lost == 0", Some(name)));
+        assert!(!check(&json, "drained", Some(name)));
+    }
+    assert_eq!(
+        broker["complete"], true,
+        "a backlog is not an incomplete run"
+    );
+    assert!(!outcome.results.passed());
+    assert!(outcome.results.incomplete_reason.is_none());
+}
+
+#[tokio::test]
+async fn what_arrives_in_the_final_read_is_late() {
+    // Messages wait 600 ms in the broker: past the drain, within the final read.
+    let plan = plan("").with_drain_timeout(Duration::from_millis(100));
+    let plan = plan.with_final_read(Duration::from_secs(3));
+    let knobs = knobs(|k| k.delay = Duration::from_millis(600));
     let (outcome, json) = run(&plan, knobs).await;
-    assert_eq!(json["brokers"][0]["drain"]["timed_out"], true);
-    assert_eq!(json["brokers"][0]["complete"], false);
-    assert!(!check(&json, "complete", None));
-    assert_eq!(json["complete"], false);
-    let reason = outcome.results.incomplete_reason.unwrap();
-    assert!(reason.contains("rabbitmq: the drain timed out"), "{reason}");
+    for name in ["a", "b"] {
+        let g = group(&json, name);
+        let late = g["late"].as_u64().unwrap();
+        assert!(late > 100, "{g}");
+        assert_eq!(
+            (g["lost"].as_u64(), g["backlog"].as_u64()),
+            (Some(0), Some(0)),
+            "{g}"
+        );
+        assert_eq!(g["unique"], 300);
+    }
+    assert!(outcome.results.passed(), "late is reported, not failed");
+}
+
+#[tokio::test]
+async fn load_the_producers_could_not_send_by_the_end_is_unsent() {
+    // A broker that takes 1 ms per message, offered a million a second.
+    let plan = plan("")
+        .with_rate(1e6)
+        .with_drain_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let (_, json) = run(&plan, knobs(|k| k.slow = Some(Duration::from_millis(1)))).await;
+    let publish = &json["brokers"][0]["publish"];
+    let (attempted, unsent) = (
+        publish["attempted"].as_u64().unwrap(),
+        publish["unsent"].as_u64().unwrap(),
+    );
+    assert_eq!(attempted + unsent, 300_000, "{publish}");
+    assert!(unsent > 290_000, "{publish}");
+    assert_eq!(group(&json, "a")["lost"], 0);
+    // Load 300 ms, drain 300 ms, a final read and closing: no catching up after the end.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

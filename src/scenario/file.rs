@@ -58,6 +58,7 @@ struct LoadFile {
     keys: Option<Spanned<i64>>,
     max_in_flight: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
+    final_read: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +152,7 @@ impl ScenarioFile {
             keys: positive(&l.keys, d.keys as i64, 1 << 32)? as u64,
             max_in_flight: positive(&l.max_in_flight, d.max_in_flight as i64, 1 << 20)? as usize,
             drain_timeout: optional_duration(&l.drain_timeout, d.drain_timeout)?,
+            final_read: optional_duration(&l.final_read, d.final_read)?,
         };
         if self.consumers.is_empty() {
             return Err(RawError::field(

@@ -133,6 +133,11 @@ pub struct Load {
     /// After the load, how long to wait for outstanding confirms and deliveries.
     #[serde(with = "human_duration")]
     pub drain_timeout: Duration,
+    /// When the drain runs out with confirmed messages undelivered, how long
+    /// the groups read on at full speed (no processing time) before the
+    /// broker is asked what it still holds (Jepsen's final read).
+    #[serde(with = "human_duration")]
+    pub final_read: Duration,
 }
 
 impl Load {
@@ -277,6 +282,7 @@ impl Default for Load {
             keys: 1000,
             max_in_flight: 1000,
             drain_timeout: Duration::from_secs(30),
+            final_read: Duration::from_secs(30),
         }
     }
 }

@@ -160,6 +160,19 @@ impl Driver for JetStreamDriver {
         })
     }
 
+    async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
+        let stream = timed("looking up the stream", self.context.get_stream(STREAM)).await?;
+        let info = timed(
+            &format!(
+                "asking durable consumer {} for its pending count",
+                group.group
+            ),
+            stream.consumer_info(&group.group),
+        )
+        .await?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
     async fn close(&self) {
         let _ = timed("flushing the NATS connection", self.client.flush()).await;
     }

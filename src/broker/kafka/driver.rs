@@ -66,6 +66,12 @@ pub(super) fn base_config(bootstrap: &str) -> ClientConfig {
 }
 
 impl KafkaDriver {
+    /// The group id of `group` in this run: scoped to the run, so offsets
+    /// of an earlier run never apply.
+    fn group_id(&self, group: &ConsumerGroup) -> String {
+        format!("{}.{:x}", group.group, self.run_id)
+    }
+
     /// Creates the producer client and checks the broker answers.
     pub async fn connect(plan: &Plan, endpoint: &Endpoint, run_id: u64) -> Result<Self> {
         let bootstrap = endpoint.url();
@@ -156,8 +162,7 @@ impl Driver for KafkaDriver {
     }
 
     async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
-        // Group ids are scoped to the run: offsets of an earlier run never apply.
-        let group_id = format!("{}.{:x}", group.group, self.run_id);
+        let group_id = self.group_id(group);
         let consumer: StreamConsumer = base_config(&self.bootstrap)
             .set("group.id", &group_id)
             .set("enable.auto.commit", "true")
@@ -208,6 +213,43 @@ impl Driver for KafkaDriver {
             consumer_commit: "offsets of processed messages, every 1 s",
             reconnect: crate::driver::backoff_description(&self.recovery),
         })
+    }
+
+    /// The lag of the group's committed offsets behind the end of each
+    /// partition (from the start of a partition it never committed on).
+    async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
+        use rdkafka::consumer::BaseConsumer;
+        use rdkafka::{Offset, TopicPartitionList};
+        let group_id = self.group_id(group);
+        let bootstrap = self.bootstrap.clone();
+        let partitions = self.settings.partitions;
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let consumer: BaseConsumer = base_config(&bootstrap)
+                .set("group.id", &group_id)
+                .set("enable.auto.commit", "false")
+                .create()
+                .context("creating a Kafka client to ask for the lag")?;
+            let mut asked = TopicPartitionList::new();
+            for partition in 0..partitions {
+                asked.add_partition(EVENT_TYPE, partition);
+            }
+            let committed = consumer.committed_offsets(asked, crate::driver::CALL_TIMEOUT)?;
+            let mut lag = 0;
+            for element in committed.elements() {
+                let (low, high) = consumer.fetch_watermarks(
+                    EVENT_TYPE,
+                    element.partition(),
+                    crate::driver::CALL_TIMEOUT,
+                )?;
+                let from = match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    _ => low,
+                };
+                lag += u64::try_from(high - from).unwrap_or(0);
+            }
+            Ok(lag)
+        })
+        .await?
     }
 
     async fn close(&self) {

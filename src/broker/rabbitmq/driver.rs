@@ -321,6 +321,26 @@ impl Driver for RabbitMqDriver {
         })
     }
 
+    async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
+        let (_, connection) = self.session.current().await?;
+        let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let queue = timed(
+            "asking for the queue depth",
+            channel.queue_declare(
+                queue_name(&group.group).as_str().into(),
+                passive,
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        let _ = timed("closing the channel", channel.close(200, "asked".into())).await;
+        Ok(queue.message_count().into())
+    }
+
     async fn close(&self) {
         if let Ok((_, connection)) = self.session.current().await {
             let _ = timed(
