@@ -58,6 +58,10 @@ pub struct AdviseArgs {
     /// Never ask: fail on missing deciding answers even on a terminal.
     #[arg(long)]
     pub no_input: bool,
+    /// Let a local stand-in's figures (tansu for Apache Kafka) score the
+    /// product it stands in for. Off by default: tansu is not Kafka.
+    #[arg(long)]
+    pub accept_stand_ins: bool,
 }
 
 #[derive(Debug, Subcommand)]

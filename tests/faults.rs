@@ -245,3 +245,40 @@ fn a_broker_that_never_comes_back_does_not_hang_the_run() {
     );
     assert!(results["incomplete_reason"].as_str().is_some());
 }
+
+#[test]
+fn a_load_far_above_capacity_is_backlog_late_and_unsent_never_lost() {
+    // A million a second offered, a consumer that handles 20 a second: every
+    // broker falls behind on both sides. The default 30 s drain runs out.
+    let scenario = r#"
+        name = "overload"
+        [load]
+        rate = 1000000
+        duration = "2s"
+        final_read = "5s"
+        [[consumers]]
+        group = "slow"
+        processing_time = "50ms"
+        concurrency = 1
+    "#;
+    let (out, results, elapsed) = run(scenario, &[]);
+    // Per broker: the load, the drain, the final read, starting and closing.
+    let bound = Duration::from_secs(3 * (2 + 30 + 5 + 20));
+    assert!(elapsed < bound, "took {elapsed:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{stderr}");
+    for name in ["rabbitmq", "jetstream", "kafka"] {
+        let b = broker(&results, name);
+        let g = &b["groups"][0];
+        println!(
+            "{name}: attempted {}, unsent {}, late {}, backlog {}, lost {}",
+            b["publish"]["attempted"], b["publish"]["unsent"], g["late"], g["backlog"], g["lost"]
+        );
+        assert_eq!(lost(b), 0, "{name}: backlog is not loss: {g}");
+        let behind = g["late"].as_u64().unwrap() + g["backlog"].as_u64().unwrap();
+        assert!(behind > 0, "{name}: the consumer kept up? {g}");
+        assert!(b["publish"]["unsent"].as_u64().unwrap() > 0, "{name}");
+        assert_eq!(b["drain"]["timed_out"], true, "{name}");
+        assert_eq!(b["complete"], true, "{name}");
+    }
+}

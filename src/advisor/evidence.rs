@@ -37,6 +37,12 @@ pub struct Measurement {
     /// Faults after which publishing never recovered.
     pub unrecovered_faults: usize,
     pub complete: bool,
+    /// The product the implementation stands in for (local tansu: Apache
+    /// Kafka), if it is a stand-in.
+    pub stand_in_for: Option<String>,
+    /// Whether its rate, latency and recovery figures enter the score: not a
+    /// stand-in's, unless the user accepts stand-ins.
+    pub used: bool,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +55,8 @@ struct ResultsFile {
 struct BrokerFile {
     broker: BrokerKind,
     implementation: String,
+    #[serde(default)]
+    stand_in_for: Option<String>,
     load: LoadFile,
     publish: PublishFile,
     groups: Vec<GroupFile>,
@@ -88,16 +96,17 @@ struct FaultFile {
     publish_recovered_after_s: Option<f64>,
 }
 
-/// Reads results files written by `brokerbench run`.
-pub fn load(files: &[PathBuf]) -> Result<Vec<Measurement>> {
+/// Reads results files written by `brokerbench run`; a stand-in's figures
+/// are used only if `accept_stand_ins`.
+pub fn load(files: &[PathBuf], accept_stand_ins: bool) -> Result<Vec<Measurement>> {
     let mut measured = Vec::new();
     for file in files {
-        measured.extend(read(file)?);
+        measured.extend(read(file, accept_stand_ins)?);
     }
     Ok(measured)
 }
 
-fn read(file: &Path) -> Result<Vec<Measurement>> {
+fn read(file: &Path, accept_stand_ins: bool) -> Result<Vec<Measurement>> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("could not read results {}", file.display()))?;
     let results: ResultsFile = serde_json::from_str(&text).with_context(|| {
@@ -143,6 +152,8 @@ fn read(file: &Path) -> Result<Vec<Measurement>> {
                 worst_recovery_s,
                 unrecovered_faults,
                 complete: b.complete,
+                used: b.stand_in_for.is_none() || accept_stand_ins,
+                stand_in_for: b.stand_in_for,
             }
         })
         .collect())
@@ -156,14 +167,15 @@ pub fn criterion(answers: &Answers, measured: &[Measurement]) -> Option<Criterio
     let judged: Vec<Judged> = crate::broker::ALL
         .iter()
         .map(|kind| {
-            let mine: Vec<&Measurement> = measured.iter().filter(|m| m.broker == *kind).collect();
-            if mine.is_empty() {
-                (
+            let all: Vec<&Measurement> = measured.iter().filter(|m| m.broker == *kind).collect();
+            let mine: Vec<&Measurement> = all.iter().copied().filter(|m| m.used).collect();
+            match (all.first(), mine.is_empty()) {
+                (None, _) => (
                     UNMEASURED,
                     "not measured: no results for it were given".to_string(),
-                )
-            } else {
-                judge(answers, &mine)
+                ),
+                (Some(stand_in), true) => (UNMEASURED, stand_in_only(stand_in, &all)),
+                (Some(_), false) => judge(answers, &mine),
             }
         })
         .collect();
@@ -172,6 +184,23 @@ pub fn criterion(answers: &Answers, measured: &[Measurement]) -> Option<Criterio
         weight: WEIGHT,
         judged: judged.try_into().expect("three brokers"),
     })
+}
+
+/// Why a broker measured only through a stand-in keeps the neutral score;
+/// its loss verdict is cited, labelled with what ran.
+fn stand_in_only(first: &Measurement, all: &[&Measurement]) -> String {
+    let product = first.stand_in_for.as_deref().unwrap_or("the product");
+    let lost: u64 = all.iter().map(|m| m.lost).sum();
+    let loss = match lost {
+        0 => "lost no confirmed message".to_string(),
+        n => format!("lost {n} confirmed messages"),
+    };
+    format!(
+        "measured only on {}, a stand-in for {product}: its rate, latency and recovery \
+         figures are not {product}'s and are not used (--accept-stand-ins uses them); \
+         {} {loss}",
+        first.implementation, first.implementation
+    )
 }
 
 fn judge(answers: &Answers, mine: &[&Measurement]) -> Judged {

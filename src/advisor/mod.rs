@@ -231,7 +231,38 @@ mod tests {
             worst_recovery_s: Some(3.0),
             unrecovered_faults: 0,
             complete: lost == 0,
+            stand_in_for: None,
+            used: true,
         }
+    }
+
+    #[test]
+    fn a_stand_ins_figures_do_not_score_the_product_unless_accepted() {
+        let a = answers(DeadLetter::No, &[Language::Java], 5_000.0);
+        let tansu = |used| Measurement {
+            implementation: "tansu 0.6.0 (Kafka protocol)".into(),
+            stand_in_for: Some("Apache Kafka".into()),
+            used,
+            ..measured(kind("kafka"), 1_800.0, 0)
+        };
+        let kafka_effect = |advice: Advice| {
+            let evidence = advice.evidence.unwrap();
+            let effect = evidence
+                .effects
+                .into_iter()
+                .find(|e| e.broker == kind("kafka"));
+            effect.unwrap()
+        };
+        let ignored = kafka_effect(advise(&a, vec![], &[tansu(false)]));
+        assert_eq!(ignored.score, evidence::UNMEASURED, "{ignored:?}");
+        assert!(
+            ignored.reason.contains("stand-in for Apache Kafka")
+                && ignored.reason.contains("lost no confirmed message"),
+            "{ignored:?}"
+        );
+        let accepted = kafka_effect(advise(&a, vec![], &[tansu(true)]));
+        assert_eq!(accepted.score, 3.6, "{accepted:?}");
+        assert!(accepted.reason.contains("did not sustain your rate"));
     }
 
     #[test]

@@ -180,6 +180,9 @@ pub struct Info {
     pub install: Install,
     /// How results name what ran: these around the version it reports.
     pub implementation: (&'static str, &'static str),
+    /// The product the local program stands in for, when it is not that
+    /// product (tansu for Apache Kafka): its figures never score the product.
+    pub local_stand_in_for: Option<&'static str>,
     /// Ports it needs besides the client port.
     pub extra_ports: &'static [PortRole],
     /// How long a local start may take before it counts as failed.

@@ -34,7 +34,7 @@ pub fn run(args: AdviseArgs) -> Result<ExitCode> {
             missing.join(", ")
         )
     })?;
-    let measured = evidence::load(&args.results)?;
+    let measured = evidence::load(&args.results, args.accept_stand_ins)?;
     let advice = advisor::advise(&answers, defaulted, &measured);
 
     if let Some(path) = &args.emit_scenario {
@@ -118,6 +118,16 @@ pub fn render(advice: &Advice) -> String {
             "Measured evidence ({} broker result(s)):\n",
             evidence.measurements.len()
         ));
+        for m in evidence.measurements.iter().filter(|m| !m.used) {
+            out.push_str(&format!(
+                "  Not used: {}'s figures from {} ({}), a stand-in for {}; \
+                 --accept-stand-ins uses them.\n",
+                m.broker,
+                m.implementation,
+                m.file.display(),
+                m.stand_in_for.as_deref().unwrap_or("the product"),
+            ));
+        }
         for effect in &evidence.effects {
             out.push_str(&format!(
                 "  {}: {}/10: {}\n",

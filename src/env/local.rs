@@ -350,6 +350,10 @@ impl Placed for LocalBroker {
         &self.binary.implementation
     }
 
+    fn stand_in_for(&self) -> Option<&str> {
+        self.kind().info().local_stand_in_for
+    }
+
     async fn shutdown(self: Box<Self>) -> Result<()> {
         LocalBroker::shutdown(*self).await
     }

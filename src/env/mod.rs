@@ -97,6 +97,11 @@ pub trait Placed: FaultTarget + Sync {
     fn endpoint(&self) -> &Endpoint;
     /// Implementation and version, e.g. `RabbitMQ 3.10.8` or `tansu 0.6.0`.
     fn implementation(&self) -> &str;
+    /// The product this implementation stands in for, when it is not that
+    /// product (local tansu for Apache Kafka).
+    fn stand_in_for(&self) -> Option<&str> {
+        None
+    }
     /// A driver connected to it with the scenario's settings: the broker's
     /// own client, through its module.
     async fn connect(&self, plan: &Plan, run_id: u64) -> anyhow::Result<Box<dyn Driver>> {

@@ -52,6 +52,10 @@ pub struct BrokerResult {
     pub broker: BrokerKind,
     /// What actually ran, with its version, e.g. `tansu 0.6.0 (Kafka protocol)`.
     pub implementation: String,
+    /// The product that implementation stands in for, when it is not that
+    /// product (local tansu: `Apache Kafka`); its figures describe the stand-in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stand_in_for: Option<String>,
     /// The address it was measured at.
     pub endpoint: String,
     /// Durability and delivery settings in force.
@@ -252,15 +256,19 @@ pub struct Check {
     pub value: u64,
 }
 
+/// What ran where, as the environment placed it.
+pub struct Placement {
+    /// Implementation and version.
+    pub implementation: String,
+    /// What it stands in for, if it is a stand-in.
+    pub stand_in_for: Option<String>,
+    /// Where it was reached, password hidden.
+    pub endpoint: String,
+}
+
 impl BrokerResult {
     /// Turns a measurement into results.
-    pub fn new(
-        plan: &Plan,
-        broker: BrokerKind,
-        implementation: &str,
-        endpoint: String,
-        m: Measurement,
-    ) -> Self {
+    pub fn new(plan: &Plan, broker: BrokerKind, placed: Placement, m: Measurement) -> Self {
         let logs = Arc::clone(&m.publish_logs);
         let account = ledger::publish_account(&logs);
         let steady = m.steady_elapsed.as_secs_f64();
@@ -360,8 +368,9 @@ impl BrokerResult {
         };
         BrokerResult {
             broker,
-            implementation: implementation.to_string(),
-            endpoint,
+            implementation: placed.implementation,
+            stand_in_for: placed.stand_in_for,
+            endpoint: placed.endpoint,
             settings: m.settings,
             load: LoadResult {
                 open_loop: plan.load.open_loop(),

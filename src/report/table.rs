@@ -82,7 +82,10 @@ pub fn summary(results: &Results) -> Table {
         let duplicates: u64 = b.groups.iter().map(|g| g.account.duplicates).sum();
         table.add_row(vec![
             b.broker.to_string(),
-            b.implementation.clone(),
+            match &b.stand_in_for {
+                Some(product) => format!("{}, stand-in for {product}", b.implementation),
+                None => b.implementation.clone(),
+            },
             format!("{} ({target})", rate(b.publish.rate_per_s)),
             format!("{}/{}", b.publish.confirmed, b.publish.attempted),
             percentiles(&b.latency_us.publish),

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{measure, Measurement, Progress};
 use crate::broker::BrokerKind;
 use crate::env::{Environment, Placed};
-use crate::report::{BrokerResult, Results};
+use crate::report::{BrokerResult, Placement, Results};
 use crate::scenario::Plan;
 
 /// Beyond the load and the drain timeout: a broker's start deadline (90 s for
@@ -176,8 +176,12 @@ impl<'a> Session<'a> {
             plan.load.producers as usize,
         ));
         observer.started(kind, progress.clone());
-        let implementation = placed.implementation().to_string();
-        let shown = placed.endpoint().shown();
+        let placement = Placement {
+            implementation: placed.implementation().to_string(),
+            stand_in_for: placed.stand_in_for().map(str::to_string),
+            endpoint: placed.endpoint().shown(),
+        };
+        let shown = placement.endpoint.clone();
         // The run's own deadlines end it; this bound only guards against a
         // client call that never returns, so that no run can hang.
         let load = &plan.load;
@@ -210,13 +214,7 @@ impl<'a> Session<'a> {
                 humantime::format_duration(bound),
                 humantime::format_duration(self.slack)
             )),
-            Ok(Ok(m)) => Measured::Done(Box::new(BrokerResult::new(
-                plan,
-                kind,
-                &implementation,
-                shown,
-                m,
-            ))),
+            Ok(Ok(m)) => Measured::Done(Box::new(BrokerResult::new(plan, kind, placement, m))),
             Ok(Err(err)) => Measured::Failed(err),
         }
     }

@@ -25,6 +25,7 @@ static INFO: Info = Info {
     program: "nats-server",
     install: Install::Apt("nats-server"),
     implementation: ("nats-server ", ""),
+    local_stand_in_for: None,
     extra_ports: &[PortRole::Monitoring],
     ready_deadline: Duration::from_secs(30),
     url_form: "a NATS URL such as nats://host:4222",

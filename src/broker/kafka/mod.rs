@@ -35,6 +35,7 @@ static INFO: Info = Info {
         features: "libsql",
     },
     implementation: ("tansu ", " (Kafka protocol)"),
+    local_stand_in_for: Some("Apache Kafka"),
     extra_ports: &[],
     ready_deadline: Duration::from_secs(30),
     url_form: "bootstrap servers such as host1:9092,host2:9092",

@@ -29,6 +29,7 @@ static INFO: Info = Info {
     program: "rabbitmq-server",
     install: Install::Apt("rabbitmq-server"),
     implementation: ("RabbitMQ ", ""),
+    local_stand_in_for: None,
     extra_ports: &[PortRole::Distribution, PortRole::Epmd],
     // An Erlang VM boot on a busy 2-core machine; usually 2-5 s.
     ready_deadline: Duration::from_secs(90),
