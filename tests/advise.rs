@@ -281,8 +281,53 @@ fn measured_evidence_changes_the_ranking_and_a_written_scenario_runs() {
         .as_f64()
         .unwrap();
 
+    // Locally, Kafka is tansu, a stand-in: by default its figures do not
+    // score Apache Kafka, and the advice says so.
+    let results_arg = ["--results", results_file.to_str().unwrap()];
+    let (code, ignored, stderr) = advise(&[&answers[..], &results_arg].concat());
+    assert_eq!(code, 0, "{stderr}");
+    let kafka_effect = |advice: &Value| {
+        advice["evidence"]["effects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["broker"] == "kafka")
+            .unwrap()
+            .clone()
+    };
+    let kafka = kafka_effect(&ignored);
+    let reason = kafka["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("stand-in for Apache Kafka") && reason.contains("not used"),
+        "{kafka}"
+    );
+    assert_eq!(kafka["score"], 5.0, "{kafka}");
+    let tansu = ignored["evidence"]["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["broker"] == "kafka")
+        .unwrap();
+    assert_eq!(
+        (&tansu["used"], &tansu["stand_in_for"]),
+        (&Value::from(false), &Value::from("Apache Kafka"))
+    );
+    let text = util::brokerbench()
+        .arg("advise")
+        .args(answers)
+        .args(results_arg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Not used: kafka's figures from tansu")
+            && text.contains("--accept-stand-ins"),
+        "{text}"
+    );
+
+    // With --accept-stand-ins, tansu's rate counts for Kafka.
     let (code, after, stderr) =
-        advise(&[&answers[..], &["--results", results_file.to_str().unwrap()]].concat());
+        advise(&[&answers[..], &results_arg, &["--accept-stand-ins"]].concat());
     assert_eq!(code, 0, "{stderr}");
     let evidence = &after["evidence"];
     if kafka_rate >= 0.98 * 30_000.0 {

@@ -282,3 +282,48 @@ fn a_load_far_above_capacity_is_backlog_late_and_unsent_never_lost() {
         assert_eq!(b["complete"], true, "{name}");
     }
 }
+
+#[test]
+fn a_memory_stream_lost_in_a_crash_fails_the_recovery_check() {
+    // JetStream keeps a memory stream in the server process: after a kill
+    // the server is back, the stream is not, and every publish is refused.
+    // A fast consumer leaves nothing pending, so nothing counts as lost.
+    let scenario = r#"
+        name = "memory-stream"
+        brokers = ["jetstream"]
+        [load]
+        rate = 200
+        duration = "6s"
+        drain_timeout = "3s"
+        final_read = "2s"
+        [[consumers]]
+        group = "fast"
+        [jetstream]
+        storage = "memory"
+        [recovery]
+        on_unconfirmed = "drop"
+        give_up = "5s"
+        [[faults]]
+        at = "2s"
+        action = "kill"
+        duration = "1s"
+    "#;
+    let (out, results, _) = run(scenario, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let b = broker(&results, "jetstream");
+    let fault = &b["faults"][0];
+    assert!(fault["broker_ready_after_s"].is_number(), "{fault}");
+    assert_eq!(fault["recovered"], false, "{fault}");
+    let check = b["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "recovered")
+        .unwrap();
+    assert_eq!(check["passed"], false);
+    assert!(
+        stderr.contains("never recovered after the kill"),
+        "the table says why: {stderr}"
+    );
+}

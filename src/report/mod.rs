@@ -158,6 +158,11 @@ pub struct FaultResult {
     /// Why the broker did not come back, if it did not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether publishing and every group worked again after the fault:
+    /// false if the broker never came back, or came back during the load and
+    /// then never confirmed a publish or delivered to a group again; null if
+    /// it came back only after the load, with nothing left to show it.
+    pub recovered: Option<bool>,
     /// The messages first sent from this fault until the next one (or the
     /// end); the first fault also owns the messages sent before it.
     pub messages: FaultMessages,
@@ -236,10 +241,14 @@ pub enum CheckKind {
     /// the broker held nothing more for it (its consumers kept up).
     #[serde(rename = "drained")]
     Drained,
-    /// The broker's run finished: not interrupted, drain not timed out,
-    /// every fault recovered from.
+    /// The broker's run finished: not interrupted, and the broker came back
+    /// after every fault.
     #[serde(rename = "complete")]
     Complete,
+    /// After every fault, publishing and every group worked again (the
+    /// value counts the faults after which they did not).
+    #[serde(rename = "recovered")]
+    Recovered,
 }
 
 /// One correctness check.
@@ -337,6 +346,13 @@ impl BrokerResult {
         let faults = fault_results(plan, &m, &logs, &confirmed_at);
         let never_back = faults.iter().any(|f| f.broker_ready_after_s.is_none());
         let complete = !m.cancelled && !never_back;
+        let unrecovered = faults.iter().filter(|f| f.recovered == Some(false)).count();
+        checks.push(Check {
+            check: CheckKind::Recovered,
+            group: None,
+            passed: unrecovered == 0,
+            value: unrecovered as u64,
+        });
         checks.push(Check {
             check: CheckKind::Complete,
             group: None,
@@ -433,6 +449,7 @@ fn fault_results(
     confirmed_at: &Timeline,
 ) -> Vec<FaultResult> {
     let secs = |d: std::time::Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
+    let load_end = m.steady_start + plan.load.duration;
     let ends: Vec<Vec<u64>> = m
         .faults
         .iter()
@@ -476,21 +493,33 @@ fn fault_results(
                     )
                 })
                 .collect();
+            let publish_recovered_after_s = recovered(confirmed_at);
+            let delivery_recovered_after_s: BTreeMap<String, Option<f64>> = m
+                .groups
+                .iter()
+                .zip(&plan.consumers)
+                .map(|(g, c)| (c.group.clone(), recovered(&g.delivered_at)))
+                .collect();
+            // Judged only when the broker was back while the load still ran:
+            // after the load, there may be nothing new to publish or deliver.
+            let back_in_load = event.ready.is_some_and(|r| r < load_end);
+            let worked_again = publish_recovered_after_s.is_some()
+                && delivery_recovered_after_s.values().all(Option::is_some);
             FaultResult {
                 action: event.fault.action,
+                recovered: match event.ready {
+                    None => Some(false),
+                    Some(_) if back_in_load => Some(worked_again),
+                    Some(_) => None,
+                },
                 at_s: secs(event.fault.at),
                 duration_s: secs(event.fault.duration),
                 started_s: secs(started),
                 broker_ready_after_s: event
                     .ready
                     .map(|r| secs(r.saturating_duration_since(event.started))),
-                publish_recovered_after_s: recovered(confirmed_at),
-                delivery_recovered_after_s: m
-                    .groups
-                    .iter()
-                    .zip(&plan.consumers)
-                    .map(|(g, c)| (c.group.clone(), recovered(&g.delivered_at)))
-                    .collect(),
+                publish_recovered_after_s,
+                delivery_recovered_after_s,
                 error: event.error.clone(),
                 messages: FaultMessages {
                     publish: ledger::publish_account_in(logs, &window),

@@ -132,7 +132,32 @@ fn verdict(b: &BrokerResult) -> String {
             total(CheckKind::Drained)
         ));
     }
-    if failed(CheckKind::Complete) {
+    for fault in b.faults.iter().filter(|f| f.recovered == Some(false)) {
+        let what = if fault.broker_ready_after_s.is_none() {
+            "the broker never came back".to_string()
+        } else {
+            let mut parts: Vec<String> = Vec::new();
+            if fault.publish_recovered_after_s.is_none() {
+                parts.push("publishing".into());
+            }
+            parts.extend(
+                fault
+                    .delivery_recovered_after_s
+                    .iter()
+                    .filter(|(_, after)| after.is_none())
+                    .map(|(group, _)| format!("group {group}")),
+            );
+            format!("{} never recovered", parts.join(", "))
+        };
+        why.push(format!(
+            "{what} after the {} at {}s (failed {}, unknown {})",
+            fault.action.as_str(),
+            fault.at_s,
+            b.publish.failed,
+            b.publish.unknown
+        ));
+    }
+    if failed(CheckKind::Complete) && why.is_empty() {
         why.push("incomplete".into());
     }
     if why.is_empty() {

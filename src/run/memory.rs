@@ -49,6 +49,9 @@ pub(crate) struct Knobs {
     pub lose_topology_on_restart: bool,
     /// After a kill or restart it never comes back.
     pub never_back: bool,
+    /// After a kill or restart it is back, but refuses every publish (as
+    /// JetStream does once a memory stream is gone).
+    pub refuse_after_restart: bool,
     /// Connecting fails: the broker cannot be measured.
     pub refuse_connect: bool,
     /// Declaring the topology fails: the broker cannot be measured.
@@ -68,6 +71,7 @@ struct Held {
 struct State {
     published: u64,
     down: bool,
+    restarted: bool,
     paused: bool,
     queues: BTreeMap<String, VecDeque<Held>>,
 }
@@ -127,6 +131,9 @@ impl MemoryBroker {
         }
         if state.paused {
             return None;
+        }
+        if state.restarted && self.knobs.refuse_after_restart {
+            return Some(Some(Err(ErrorKind::Refused)));
         }
         state.published += 1;
         let n = state.published;
@@ -195,7 +202,9 @@ impl MemoryBroker {
         if self.knobs.never_back {
             bail!("the in-memory broker was told never to come back");
         }
-        self.lock().down = false;
+        let mut state = self.lock();
+        state.down = false;
+        state.restarted = true;
         Ok(())
     }
 }

@@ -134,11 +134,22 @@ impl<'a> Session<'a> {
             };
             match self.measure_one(kind, placed, observer).await {
                 Measured::Done(result) => {
+                    let p = &result.publish;
+                    let mut not = String::new();
+                    for (n, what) in [
+                        (p.failed, "failed"),
+                        (p.unknown, "unknown"),
+                        (p.unsent, "unsent"),
+                    ] {
+                        if n > 0 {
+                            not.push_str(&format!(", {n} {what}"));
+                        }
+                    }
                     observer.say(format!(
-                        "{kind}: {} confirmed of {} sent, {:.0} msg/s, checks {}",
-                        result.publish.confirmed,
-                        result.publish.attempted,
-                        result.publish.rate_per_s,
+                        "{kind}: {} confirmed of {} sent{not}, {:.0} msg/s, checks {}",
+                        p.confirmed,
+                        p.attempted,
+                        p.rate_per_s,
                         if result.passed() { "passed" } else { "FAILED" }
                     ));
                     results.brokers.push(*result);

@@ -440,6 +440,27 @@ async fn a_broker_that_never_comes_back_fails_whatever_it_lost() {
 }
 
 #[tokio::test]
+async fn a_broker_back_but_refusing_every_publish_has_not_recovered() {
+    let plan = plan("[[faults]]\nat = \"100ms\"\naction = \"kill\"\nduration = \"100ms\"\n")
+        .with_duration(Duration::from_millis(600));
+    let (outcome, json) = run(&plan, knobs(|k| k.refuse_after_restart = true)).await;
+    let broker = &json["brokers"][0];
+    let fault = &broker["faults"][0];
+    assert!(fault["broker_ready_after_s"].is_number(), "{fault}");
+    assert!(fault["publish_recovered_after_s"].is_null(), "{fault}");
+    assert_eq!(fault["recovered"], false, "{fault}");
+    assert!(!check(&json, "recovered", None));
+    assert!(check(&json, "complete", None), "the broker itself was back");
+    assert!(broker["publish"]["failed"].as_u64().unwrap() > 300);
+    assert!(!outcome.results.passed());
+    let table = crate::report::table::summary(&outcome.results).to_string();
+    assert!(
+        table.contains("publishing, group a, group b never recovered after the kill"),
+        "{table}"
+    );
+}
+
+#[tokio::test]
 async fn an_interrupted_run_is_incomplete_and_keeps_what_it_measured() {
     let plan = plan("").with_duration(Duration::from_secs(5));
     let stop = Stop::default();
