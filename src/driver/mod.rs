@@ -51,8 +51,34 @@ pub enum ErrorKind {
 /// Error counts by kind.
 pub type ErrorCounts = BTreeMap<ErrorKind, u64>;
 
+/// A failed publish: counted under its kind, with the broker's or client's
+/// own words when there are any (kept once per kind, so the user sees why).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What kind of failure, for counting.
+    pub kind: ErrorKind,
+    /// What the broker or client said.
+    pub why: Option<String>,
+}
+
+impl ErrorKind {
+    /// This kind of failure, with what was said.
+    pub fn because(self, why: impl std::fmt::Display) -> Failure {
+        Failure {
+            kind: self,
+            why: Some(why.to_string()),
+        }
+    }
+}
+
+impl From<ErrorKind> for Failure {
+    fn from(kind: ErrorKind) -> Self {
+        Failure { kind, why: None }
+    }
+}
+
 /// The outcome of a publish: resolves when the broker confirms or refuses.
-pub type Confirmation = BoxFuture<'static, Result<(), ErrorKind>>;
+pub type Confirmation = BoxFuture<'static, Result<(), Failure>>;
 
 /// Acknowledges a delivery, after processing.
 pub type Acker = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), ErrorKind>> + Send>;
@@ -96,7 +122,7 @@ pub trait Driver: Send + Sync {
 #[async_trait]
 pub trait Producer: Send {
     /// Sends one message in order and returns its pending confirmation.
-    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, ErrorKind>;
+    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure>;
 }
 
 /// Receives messages of one consumer group.
@@ -172,11 +198,11 @@ pub(crate) async fn within<T, E: Into<anyhow::Error>>(
 
 /// Waits for a confirmation with [`CONFIRM_TIMEOUT`].
 pub(crate) async fn confirm_within<T>(
-    fut: impl Future<Output = Result<T, ErrorKind>>,
-) -> Result<T, ErrorKind> {
+    fut: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
     tokio::time::timeout(CONFIRM_TIMEOUT, fut)
         .await
-        .unwrap_or(Err(ErrorKind::Timeout))
+        .unwrap_or_else(|_| Err(ErrorKind::Timeout.because("no confirmation within 30 s")))
 }
 
 #[cfg(test)]

@@ -74,6 +74,10 @@ pub struct BrokerResult {
     pub series: Series,
     /// Failures by kind, over publishes, deliveries and acks.
     pub errors: BTreeMap<ErrorKind, u64>,
+    /// Per kind of publish failure, the first thing the broker or its client
+    /// said, e.g. `refused`: "stream not found".
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub first_errors: BTreeMap<ErrorKind, String>,
     /// The drain after the load.
     pub drain: DrainResult,
     /// Correctness checks and whether they held.
@@ -299,6 +303,7 @@ impl BrokerResult {
         };
         let (mut confirmed_at, mut errors_at) = (Timeline::default(), Timeline::default());
         let (mut steady_sent, mut steady_confirmed, mut resent, mut unsent) = (0, 0, 0, 0);
+        let mut first_errors = BTreeMap::new();
         for p in &m.producers {
             publish.merge(&p.publish);
             publish_service.merge(&p.publish_service);
@@ -308,6 +313,9 @@ impl BrokerResult {
             steady_confirmed += p.steady_confirmed;
             resent += p.resent;
             unsent += p.unsent;
+            for (kind, why) in &p.first_errors {
+                first_errors.entry(*kind).or_insert_with(|| why.clone());
+            }
             add_errors(&p.errors);
         }
         let mut groups = Vec::new();
@@ -414,6 +422,7 @@ impl BrokerResult {
             faults,
             series,
             errors,
+            first_errors,
             drain: DrainResult {
                 seconds: round1(m.drain_elapsed.as_secs_f64()),
                 timed_out: m.drain_timed_out,

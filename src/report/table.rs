@@ -149,8 +149,15 @@ fn verdict(b: &BrokerResult) -> String {
             );
             format!("{} never recovered", parts.join(", "))
         };
+        // The broker's own refusal says most; else whatever failed first.
+        let said = b
+            .first_errors
+            .get(&crate::driver::ErrorKind::Refused)
+            .or_else(|| b.first_errors.values().next())
+            .map(|why| format!("; first error: {why}"))
+            .unwrap_or_default();
         why.push(format!(
-            "{what} after the {} at {}s (failed {}, unknown {})",
+            "{what} after the {} at {}s (failed {}, unknown {}{said})",
             fault.action.as_str(),
             fault.at_s,
             b.publish.failed,

@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::broker::BrokerKind;
-use crate::driver::{Confirmation, Consumer, Driver, ErrorKind, Incoming, Producer, Settings};
+use crate::driver::{
+    Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
+};
 use crate::env::{Endpoint, Environment, FaultTarget, Placed};
 use crate::event::Outgoing;
 use crate::scenario::{ConsumerGroup, Plan};
@@ -104,7 +106,7 @@ impl MemoryBroker {
     }
 
     /// Stores a publish and answers it, once the broker is up and running.
-    async fn publish(self, payload: Vec<u8>) -> Result<(), ErrorKind> {
+    async fn publish(self, payload: Vec<u8>) -> Result<(), Failure> {
         let _busy = match self.knobs.slow {
             Some(slow) => {
                 let busy = self.busy.clone().lock_owned().await;
@@ -124,23 +126,23 @@ impl MemoryBroker {
 
     /// The answer to a publish: `None` while paused, `Some(None)` for no
     /// answer ever.
-    fn store(&self, payload: &[u8]) -> Option<Option<Result<(), ErrorKind>>> {
+    fn store(&self, payload: &[u8]) -> Option<Option<Result<(), Failure>>> {
         let mut state = self.lock();
         if state.down {
-            return Some(Some(Err(ErrorKind::Connection)));
+            return Some(Some(Err(ErrorKind::Connection.into())));
         }
         if state.paused {
             return None;
         }
         if state.restarted && self.knobs.refuse_after_restart {
-            return Some(Some(Err(ErrorKind::Refused)));
+            return Some(Some(Err(ErrorKind::Refused.because("stream not found"))));
         }
         state.published += 1;
         let n = state.published;
         let every = |knob: Option<u64>| knob.is_some_and(|k| n % k == 0);
         let k = &self.knobs;
         if every(k.refuse) {
-            return Some(Some(Err(ErrorKind::Refused)));
+            return Some(Some(Err(ErrorKind::Refused.into())));
         }
         if every(k.drop_after_confirm) {
             return Some(Some(Ok(())));
@@ -163,7 +165,7 @@ impl MemoryBroker {
             }
         }
         if every(k.store_but_refuse) {
-            return Some(Some(Err(ErrorKind::Refused)));
+            return Some(Some(Err(ErrorKind::Refused.into())));
         }
         if every(k.never_answer) {
             return Some(None);
@@ -325,9 +327,9 @@ impl Driver for MemoryBroker {
 
 #[async_trait]
 impl Producer for MemoryBroker {
-    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, ErrorKind> {
+    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure> {
         if self.lock().down {
-            return Err(ErrorKind::Connection);
+            return Err(ErrorKind::Connection.because("connection refused"));
         }
         Ok(Box::pin(self.clone().publish(message.payload)))
     }

@@ -30,6 +30,7 @@ pub mod session;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,6 +149,8 @@ pub struct ProducerOutcome {
     pub resent: u64,
     /// Messages that fell due during the load but were not sent by its end.
     pub unsent: u64,
+    /// Per kind of publish failure, what the broker or client said first.
+    pub first_errors: BTreeMap<ErrorKind, String>,
     /// When confirmations arrived.
     pub confirmed_at: Timeline,
     /// When publishes failed.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::ledger::PublishStatus;
 use super::pacer::Pacer;
 use super::{count, ProducerOutcome, Progress, RunContext};
-use crate::driver::{self, ErrorKind, Producer};
+use crate::driver::{self, Failure, Producer};
 use crate::event::{self, Envelope};
 use crate::scenario::{Plan, Unconfirmed};
 
@@ -32,7 +32,7 @@ struct Send {
 struct Answer {
     send: Send,
     sent: Instant,
-    result: Result<(), ErrorKind>,
+    result: Result<(), Failure>,
 }
 
 /// One producer: sends on schedule (or as fast as confirmations allow),
@@ -191,7 +191,7 @@ impl ProducerTask {
                         .boxed(),
                 );
             }
-            Err(kind) => self.failed(send, kind),
+            Err(failure) => self.failed(send, failure),
         }
     }
 
@@ -208,14 +208,17 @@ impl ProducerTask {
                 }
                 self.out.steady_confirmed += u64::from(self.cx.in_steady(now));
             }
-            Err(kind) => self.failed(send, kind),
+            Err(failure) => self.failed(send, failure),
         }
     }
 
     /// No confirmation: send again later (retry), or give the message up (drop).
-    fn failed(&mut self, send: Send, kind: ErrorKind) {
+    fn failed(&mut self, send: Send, Failure { kind, why }: Failure) {
         let now = Instant::now();
         count(&mut self.out.errors, kind);
+        if let Some(why) = why {
+            self.out.first_errors.entry(kind).or_insert(why);
+        }
         self.out.errors_at.record(self.cx.since_start(now));
         if !self.retry {
             self.out.log.settle(send.seq, PublishStatus::Failed);

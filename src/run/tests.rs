@@ -453,9 +453,12 @@ async fn a_broker_back_but_refusing_every_publish_has_not_recovered() {
     assert!(check(&json, "complete", None), "the broker itself was back");
     assert!(broker["publish"]["failed"].as_u64().unwrap() > 300);
     assert!(!outcome.results.passed());
+    assert_eq!(broker["first_errors"]["refused"], "stream not found");
     let table = crate::report::table::summary(&outcome.results).to_string();
     assert!(
-        table.contains("publishing, group a, group b never recovered after the kill"),
+        table.contains("publishing")
+            && table.contains("never recovered after the kill at 0.1s")
+            && table.contains("first error: stream not found"),
         "{table}"
     );
 }

@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::driver::{
-    confirm_within, timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Incoming, Producer,
-    Settings,
+    confirm_within, timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming,
+    Producer, Settings,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
@@ -184,7 +184,7 @@ struct JetStreamProducer {
 
 #[async_trait]
 impl Producer for JetStreamProducer {
-    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, ErrorKind> {
+    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
@@ -196,19 +196,19 @@ impl Producer for JetStreamProducer {
                 .publish_with_headers(EVENT_TYPE, headers, message.payload.into());
         let ack = match tokio::time::timeout(crate::driver::CALL_TIMEOUT, publish).await {
             Ok(Ok(ack)) => ack,
-            Ok(Err(_)) => return Err(ErrorKind::Send),
-            Err(_) => return Err(ErrorKind::Timeout),
+            Ok(Err(e)) => return Err(ErrorKind::Send.because(e)),
+            Err(_) => return Err(ErrorKind::Timeout.because("publish: no answer")),
         };
         Ok(Box::pin(confirm_within(async move {
             use async_nats::jetstream::context::PublishErrorKind as Kind;
-            ack.into_future()
-                .await
-                .map(|_| ())
-                .map_err(|e| match e.kind() {
+            ack.into_future().await.map(|_| ()).map_err(|e| {
+                let kind = match e.kind() {
                     Kind::TimedOut => ErrorKind::Timeout,
                     Kind::BrokenPipe => ErrorKind::Connection,
                     _ => ErrorKind::Refused,
-                })
+                };
+                kind.because(e)
+            })
         })))
     }
 }

@@ -20,7 +20,7 @@ use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
 use crate::driver::{
-    timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Incoming, Producer, Settings,
+    timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
     CONFIRM_TIMEOUT,
 };
 use crate::env::Endpoint;
@@ -265,7 +265,7 @@ struct KafkaProducer {
 
 #[async_trait]
 impl Producer for KafkaProducer {
-    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, ErrorKind> {
+    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure> {
         let headers = OwnedHeaders::new().insert(Header {
             key: "trace_id",
             value: Some(message.trace_id.as_str()),
@@ -278,15 +278,16 @@ impl Producer for KafkaProducer {
         let delivery = self
             .producer
             .send_result(record)
-            .map_err(|_| ErrorKind::Send)?;
+            .map_err(|(e, _)| ErrorKind::Send.because(e))?;
         Ok(Box::pin(async move {
             match delivery.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
-                    Err(ErrorKind::Timeout)
-                }
-                Ok(Err(_)) => Err(ErrorKind::Refused),
-                Err(_canceled) => Err(ErrorKind::Connection),
+                Ok(Err((
+                    e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+                    _,
+                ))) => Err(ErrorKind::Timeout.because(e)),
+                Ok(Err((e, _))) => Err(ErrorKind::Refused.because(e)),
+                Err(_canceled) => Err(ErrorKind::Connection.because("the producer was closed")),
             }
         }))
     }

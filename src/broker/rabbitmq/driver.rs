@@ -18,8 +18,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use serde::Serialize;
 
 use crate::driver::{
-    confirm_within, timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Incoming, Producer,
-    Settings,
+    confirm_within, timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming,
+    Producer, Settings,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
@@ -359,7 +359,7 @@ struct RabbitProducer {
 
 #[async_trait]
 impl Producer for RabbitProducer {
-    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, ErrorKind> {
+    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure> {
         let mut headers = FieldTable::default();
         headers.insert(
             "trace_id".into(),
@@ -393,18 +393,18 @@ impl Producer for RabbitProducer {
                         .session
                         .publisher_channel()
                         .await
-                        .map_err(|_| ErrorKind::Connection)?;
+                        .map_err(|e| ErrorKind::Connection.because(format!("{e:#}")))?;
                     replaced = true;
                 }
-                Ok(Err(_)) => return Err(ErrorKind::Connection),
-                Err(_) => return Err(ErrorKind::Timeout),
+                Ok(Err(e)) => return Err(ErrorKind::Connection.because(e)),
+                Err(_) => return Err(ErrorKind::Timeout.because("basic.publish: no answer")),
             }
         };
         Ok(Box::pin(confirm_within(async move {
             match confirm.await {
                 Ok(confirmation) if confirmation.is_ack() => Ok(()),
-                Ok(_) => Err(ErrorKind::Refused),
-                Err(_) => Err(ErrorKind::Connection),
+                Ok(_) => Err(ErrorKind::Refused.because("the broker nacked it (basic.nack)")),
+                Err(e) => Err(ErrorKind::Connection.because(e)),
             }
         })))
     }
