@@ -135,6 +135,9 @@ pub struct GroupResult {
     /// Confirmed, not delivered, still held by the broker at the end (as it
     /// reports its depth); `None` if the broker could not be asked.
     pub backlog: Option<u64>,
+    /// Confirmed and not delivered, when the broker could not be asked
+    /// whether it still holds them: neither lost nor backlog, unknown.
+    pub unverified: u64,
     /// First deliveries per second that arrived during the steady phase.
     pub rate_per_s: f64,
 }
@@ -324,15 +327,18 @@ impl BrokerResult {
         let mut checks = Vec::new();
         for (outcome, group) in m.groups.iter().zip(&plan.consumers) {
             let mut account = ledger::group_account(&logs, &outcome.log);
-            // Confirmed and undelivered, but still in the broker: backlog, not loss.
-            let backlog = outcome.backlog.map(|held| held.min(account.lost));
-            account.lost -= backlog.unwrap_or(0);
+            // Confirmed and undelivered: still in the broker is backlog, not
+            // loss; if the broker could not be asked, nobody knows: unverified.
+            let undelivered = account.lost;
+            let backlog = outcome.backlog.map(|held| held.min(undelivered));
+            let unverified = if backlog.is_some() { 0 } else { undelivered };
+            account.lost = undelivered - backlog.unwrap_or(undelivered);
             add_errors(&outcome.errors);
             errors_at.merge(&outcome.errors_at);
             for (check, value) in [
                 (CheckKind::NoneLost, account.lost),
                 (CheckKind::NoneUnexpected, account.unexpected),
-                (CheckKind::Drained, backlog.unwrap_or(0)),
+                (CheckKind::Drained, backlog.unwrap_or(0) + unverified),
             ] {
                 checks.push(Check {
                     check,
@@ -348,10 +354,12 @@ impl BrokerResult {
                 account,
                 late: outcome.late,
                 backlog,
+                unverified,
                 rate_per_s: per_s(outcome.steady_delivered),
             });
         }
-        let faults = fault_results(plan, &m, &logs, &confirmed_at);
+        let held: Vec<u64> = groups.iter().map(|g| g.backlog.unwrap_or(0)).collect();
+        let faults = fault_results(plan, &m, &logs, &confirmed_at, &held);
         let never_back = faults.iter().any(|f| f.broker_ready_after_s.is_none());
         let complete = !m.cancelled && !never_back;
         let unrecovered = faults.iter().filter(|f| f.recovered == Some(false)).count();
@@ -456,7 +464,11 @@ fn fault_results(
     m: &Measurement,
     logs: &[ledger::ProducerLog],
     confirmed_at: &Timeline,
+    held: &[u64],
 ) -> Vec<FaultResult> {
+    // What the broker still holds for a group is its newest messages (queues
+    // and logs are first in, first out): it leaves the last windows' lost first.
+    let mut still_held = held.to_vec();
     let secs = |d: std::time::Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
     let load_end = m.steady_start + plan.load.duration;
     let ends: Vec<Vec<u64>> = m
@@ -466,7 +478,8 @@ fn fault_results(
         .map(|f| f.window_start.clone())
         .chain([logs.iter().map(ledger::ProducerLog::attempted).collect()])
         .collect();
-    m.faults
+    let mut results: Vec<FaultResult> = m
+        .faults
         .iter()
         .zip(ends)
         .map(|(event, end)| {
@@ -536,7 +549,17 @@ fn fault_results(
                 },
             }
         })
-        .collect()
+        .collect();
+    for fault in results.iter_mut().rev() {
+        for (group, held) in plan.consumers.iter().zip(still_held.iter_mut()) {
+            if let Some(g) = fault.messages.groups.get_mut(&group.group) {
+                let taken = (*held).min(g.lost);
+                g.lost -= taken;
+                *held -= taken;
+            }
+        }
+    }
+    results
 }
 
 fn round1(x: f64) -> f64 {

@@ -127,10 +127,16 @@ fn verdict(b: &BrokerResult) -> String {
         why.push(format!("unexpected {}", total(CheckKind::NoneUnexpected)));
     }
     if failed(CheckKind::Drained) {
-        why.push(format!(
-            "consumers behind: {} left in the broker",
-            total(CheckKind::Drained)
-        ));
+        let held: u64 = b.groups.iter().filter_map(|g| g.backlog).sum();
+        let unverified: u64 = b.groups.iter().map(|g| g.unverified).sum();
+        if held > 0 {
+            why.push(format!("consumers behind: {held} left in the broker"));
+        }
+        if unverified > 0 {
+            why.push(format!(
+                "{unverified} undelivered, and the broker could not be asked whether it holds them"
+            ));
+        }
     }
     for fault in b.faults.iter().filter(|f| f.recovered == Some(false)) {
         let what = if fault.broker_ready_after_s.is_none() {

@@ -421,11 +421,20 @@ async fn queued_messages_lost_with_the_topology_count_against_the_fault() {
 #[tokio::test]
 async fn a_broker_that_never_comes_back_fails_whatever_it_lost() {
     let plan = plan("[[faults]]\nat = \"100ms\"\naction = \"kill\"\nduration = \"100ms\"\n");
-    let knobs = knobs(|k| k.never_back = true);
+    let knobs = knobs(|k| {
+        k.never_back = true;
+        k.delay = Duration::from_millis(200); // some are still queued at the kill
+    });
     let (outcome, json) = run(&plan, knobs).await;
     let fault = &json["brokers"][0]["faults"][0];
     assert!(fault["broker_ready_after_s"].is_null(), "{fault}");
     assert!(fault["publish_recovered_after_s"].is_null(), "{fault}");
+    // What it held at the crash cannot be asked for: unverified, not lost.
+    let g = group(&json, "a");
+    assert!(g["backlog"].is_null(), "{g}");
+    assert_eq!(g["lost"], 0, "{g}");
+    assert!(g["unverified"].as_u64().unwrap() > 0, "{g}");
+    assert!(!check(&json, "drained", Some("a")));
     assert!(fault["error"]
         .as_str()
         .unwrap()

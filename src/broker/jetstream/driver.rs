@@ -47,6 +47,13 @@ pub(super) struct JetStreamDriver {
     recovery: Recovery,
 }
 
+/// `fut` with the call timeout, its own error left to the caller to read.
+async fn timed_raw<T>(fut: impl std::future::Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(crate::driver::CALL_TIMEOUT, fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {:?}", crate::driver::CALL_TIMEOUT))
+}
+
 /// NATS connection options shared by the run and the readiness probe:
 /// every request has a timeout, reconnection follows our backoff.
 pub(super) fn options(name: &str, backoff_max: Duration) -> async_nats::ConnectOptions {
@@ -160,17 +167,30 @@ impl Driver for JetStreamDriver {
         })
     }
 
+    /// Pending plus ack pending of the group's durable consumer; 0 when the
+    /// server says the stream or the consumer is gone (a memory stream after
+    /// a crash): then it holds nothing for the group.
     async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
-        let stream = timed("looking up the stream", self.context.get_stream(STREAM)).await?;
-        let info = timed(
-            &format!(
-                "asking durable consumer {} for its pending count",
-                group.group
-            ),
-            stream.consumer_info(&group.group),
-        )
-        .await?;
-        Ok(info.num_pending + info.num_ack_pending as u64)
+        use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+        use async_nats::jetstream::ErrorCode;
+        let stream = match timed_raw(self.context.get_stream(STREAM)).await? {
+            Ok(stream) => stream,
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    return Ok(0)
+                }
+                _ => return Err(e.into()),
+            },
+        };
+        match timed_raw(stream.consumer_info(&group.group)).await? {
+            Ok(info) => Ok(info.num_pending + info.num_ack_pending as u64),
+            Err(e) => match e.kind() {
+                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound => Ok(0),
+                _ => Err(e.into()),
+            },
+        }
     }
 
     async fn close(&self) {

@@ -3,7 +3,7 @@
 //! flight, manual acks after processing, and a prefetch limit.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use async_trait::async_trait;
@@ -321,6 +321,9 @@ impl Driver for RabbitMqDriver {
         })
     }
 
+    /// The queue's ready messages, once the closed consumer's unacknowledged
+    /// ones are back in it: a passive declare counts only ready messages, and
+    /// a quorum queue returns them a moment after the channel closed.
     async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
         let (_, connection) = self.session.current().await?;
         let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
@@ -328,17 +331,24 @@ impl Driver for RabbitMqDriver {
             passive: true,
             ..Default::default()
         };
-        let queue = timed(
-            "asking for the queue depth",
-            channel.queue_declare(
-                queue_name(&group.group).as_str().into(),
-                passive,
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        let queue = queue_name(&group.group);
+        let settle = Instant::now() + Duration::from_secs(5);
+        let mut last = None;
+        let depth = loop {
+            let declared = timed(
+                "asking for the queue depth",
+                channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()),
+            )
+            .await?;
+            let now = (declared.message_count(), declared.consumer_count());
+            if (now.1 == 0 && last == Some(now)) || Instant::now() >= settle {
+                break now.0;
+            }
+            last = Some(now);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let _ = timed("closing the channel", channel.close(200, "asked".into())).await;
-        Ok(queue.message_count().into())
+        Ok(depth.into())
     }
 
     async fn close(&self) {
