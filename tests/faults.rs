@@ -108,6 +108,15 @@ fn a_crash_loses_no_confirmed_order_on_durable_settings() {
         }
         assert_eq!(lost(b), 0, "{name} lost confirmed orders:\n{stderr}");
         assert_eq!(b["complete"], true, "{name}");
+        // Recovery is measured, and nothing is flagged.
+        assert_eq!(fault["recovered"], true, "{name}: {fault}");
+        let failed: Vec<&Value> = b["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["passed"] != true)
+            .collect();
+        assert!(failed.is_empty(), "{name}: {failed:?}");
     }
 }
 

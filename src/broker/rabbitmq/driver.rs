@@ -325,7 +325,9 @@ impl Driver for RabbitMqDriver {
     /// ones are back in it: a passive declare counts only ready messages, and
     /// a quorum queue returns them a moment after the channel closed.
     async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
-        let (_, connection) = self.session.current().await?;
+        // A connection of its own: the run's may have given up after a fault
+        // while the broker is back by now.
+        let connection = open_connection(&self.session.endpoint, "brokerbench-backlog").await?;
         let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
         let passive = QueueDeclareOptions {
             passive: true,
@@ -347,7 +349,7 @@ impl Driver for RabbitMqDriver {
             last = Some(now);
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let _ = timed("closing the channel", channel.close(200, "asked".into())).await;
+        let _ = timed("closing", connection.close(200, "asked".into())).await;
         Ok(depth.into())
     }
 
