@@ -28,38 +28,14 @@ group = "a"
 group = "b"
 "#;
 
-/// Changes to a plan, for tests that need one field other than [`BASE`]'s.
+/// A plan with one change, for tests that need a field other than [`BASE`]'s.
 trait With {
-    fn with_brokers(self, names: &str) -> Self;
-    fn with_final_read(self, final_read: Duration) -> Self;
-    fn with_rate(self, rate: f64) -> Self;
-    fn with_drain_timeout(self, timeout: Duration) -> Self;
-    fn with_duration(self, duration: Duration) -> Self;
+    fn with(self, edit: impl FnOnce(&mut Plan)) -> Self;
 }
 
 impl With for Plan {
-    fn with_brokers(mut self, names: &str) -> Self {
-        self.brokers = names.split(',').map(|n| n.parse().unwrap()).collect();
-        self
-    }
-
-    fn with_final_read(mut self, final_read: Duration) -> Self {
-        self.load.final_read = final_read;
-        self
-    }
-
-    fn with_rate(mut self, rate: f64) -> Self {
-        self.load.rate = rate;
-        self
-    }
-
-    fn with_drain_timeout(mut self, timeout: Duration) -> Self {
-        self.load.drain_timeout = timeout;
-        self
-    }
-
-    fn with_duration(mut self, duration: Duration) -> Self {
-        self.load.duration = duration;
+    fn with(mut self, edit: impl FnOnce(&mut Plan)) -> Self {
+        edit(&mut self);
         self
     }
 }
@@ -146,7 +122,11 @@ fn check(json: &Value, name: &str, group: Option<&str>) -> bool {
 
 #[tokio::test]
 async fn a_clean_run_of_two_brokers_accounts_for_every_message() {
-    let plan = plan("").with_brokers("rabbitmq,jetstream");
+    let plan = plan("").with(|p| {
+        p.brokers = ["rabbitmq", "jetstream"]
+            .map(|n| n.parse().unwrap())
+            .to_vec()
+    });
     let (outcome, json) = run(&plan, Knobs::default()).await;
     assert!(outcome.failure.is_none());
     assert!(outcome.results.passed(), "{json:#}");
@@ -241,7 +221,7 @@ async fn each_ledger_verdict_is_reached_by_its_knob() {
             &[("/unexpected", 3), ("/lost", 0)],
         ),
     ];
-    let plan = plan("").with_drain_timeout(Duration::from_millis(300));
+    let plan = plan("").with(|p| p.load.drain_timeout = Duration::from_millis(300));
     let runs = cases.map(|(_, set, _, _)| run(&plan, knobs(set)));
     let outcomes = futures_util::future::join_all(runs).await;
     for ((verdict, _, broker, groups), (outcome, json)) in cases.iter().zip(outcomes) {
@@ -273,7 +253,7 @@ async fn each_ledger_verdict_is_reached_by_its_knob() {
 #[tokio::test]
 async fn refused_publishes_are_sent_again_in_retry_mode() {
     let plan = plan("[recovery]\non_unconfirmed = \"retry\"\n")
-        .with_drain_timeout(Duration::from_millis(1500));
+        .with(|p| p.load.drain_timeout = Duration::from_millis(1500));
     let knobs = knobs(|k| k.refuse = Some(4));
     let (_, json) = run(&plan, knobs).await;
     let publish = &json["brokers"][0]["publish"];
@@ -291,8 +271,8 @@ async fn refused_publishes_are_sent_again_in_retry_mode() {
 #[tokio::test]
 async fn what_the_broker_still_holds_is_backlog_not_loss() {
     // Every message waits 5 s in the broker; the drain and the final read end sooner.
-    let plan = plan("").with_drain_timeout(Duration::from_millis(200));
-    let plan = plan.with_final_read(Duration::from_millis(300));
+    let plan = plan("").with(|p| p.load.drain_timeout = Duration::from_millis(200));
+    let plan = plan.with(|p| p.load.final_read = Duration::from_millis(300));
     let (outcome, json) = run(&plan, knobs(|k| k.delay = Duration::from_secs(5))).await;
     let broker = &json["brokers"][0];
     assert_eq!(broker["drain"]["timed_out"], true);
@@ -318,8 +298,8 @@ async fn what_the_broker_still_holds_is_backlog_not_loss() {
 #[tokio::test]
 async fn what_arrives_in_the_final_read_is_late() {
     // Messages wait 600 ms in the broker: past the drain, within the final read.
-    let plan = plan("").with_drain_timeout(Duration::from_millis(100));
-    let plan = plan.with_final_read(Duration::from_secs(3));
+    let plan = plan("").with(|p| p.load.drain_timeout = Duration::from_millis(100));
+    let plan = plan.with(|p| p.load.final_read = Duration::from_secs(3));
     let knobs = knobs(|k| k.delay = Duration::from_millis(600));
     let (outcome, json) = run(&plan, knobs).await;
     for name in ["a", "b"] {
@@ -340,8 +320,8 @@ async fn what_arrives_in_the_final_read_is_late() {
 async fn load_the_producers_could_not_send_by_the_end_is_unsent() {
     // A broker that takes 1 ms per message, offered a million a second.
     let plan = plan("")
-        .with_rate(1e6)
-        .with_drain_timeout(Duration::from_millis(300));
+        .with(|p| p.load.rate = 1e6)
+        .with(|p| p.load.drain_timeout = Duration::from_millis(300));
     let started = std::time::Instant::now();
     let (_, json) = run(&plan, knobs(|k| k.slow = Some(Duration::from_millis(1)))).await;
     let publish = &json["brokers"][0]["publish"];
@@ -363,7 +343,7 @@ async fn load_the_producers_could_not_send_by_the_end_is_unsent() {
 #[tokio::test]
 async fn a_kill_is_recorded_with_its_recovery_times() {
     let plan = plan("[[faults]]\nat = \"100ms\"\naction = \"kill\"\nduration = \"200ms\"\n")
-        .with_duration(Duration::from_millis(600));
+        .with(|p| p.load.duration = Duration::from_millis(600));
     let (outcome, json) = run(&plan, Knobs::default()).await;
     let fault = &json["brokers"][0]["faults"][0];
     let ready = fault["broker_ready_after_s"].as_f64().unwrap();
@@ -451,7 +431,7 @@ async fn a_broker_that_never_comes_back_fails_whatever_it_lost() {
 #[tokio::test]
 async fn a_broker_back_but_refusing_every_publish_has_not_recovered() {
     let plan = plan("[[faults]]\nat = \"100ms\"\naction = \"kill\"\nduration = \"100ms\"\n")
-        .with_duration(Duration::from_millis(600));
+        .with(|p| p.load.duration = Duration::from_millis(600));
     let (outcome, json) = run(&plan, knobs(|k| k.refuse_after_restart = true)).await;
     let broker = &json["brokers"][0];
     let fault = &broker["faults"][0];
@@ -474,7 +454,7 @@ async fn a_broker_back_but_refusing_every_publish_has_not_recovered() {
 
 #[tokio::test]
 async fn an_interrupted_run_is_incomplete_and_keeps_what_it_measured() {
-    let plan = plan("").with_duration(Duration::from_secs(5));
+    let plan = plan("").with(|p| p.load.duration = Duration::from_secs(5));
     let stop = Stop::default();
     let signal = stop.clone();
     tokio::spawn(async move {
