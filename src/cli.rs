@@ -1,5 +1,5 @@
 //! The command line, as clap definitions only: parsing here, work in
-//! [`crate::commands`].
+//! `crate::commands`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,7 +22,7 @@ pub enum Command {
     /// Run a scenario against the brokers and report what each one did.
     ///
     /// Prints a comparison table and writes results.json (schema
-    /// brokerbench.results/v1) to <OUT>/<scenario>-<UTC timestamp>/.
+    /// brokerbench.results/v1) to `<OUT>/<scenario>-<UTC timestamp>/`.
     /// Exit 0: every check held; 1: a check failed (a message lost, ...) or
     /// the run was interrupted; 2: bad input or a broker could not be run.
     Run(RunArgs),
