@@ -94,6 +94,19 @@ struct SummaryFile {
 #[derive(Deserialize)]
 struct FaultFile {
     publish_recovered_after_s: Option<f64>,
+    /// The run's own verdict: absent in files from before it existed
+    /// (then: did publishing recover?), null when it could not be judged.
+    #[serde(default)]
+    recovered: Option<serde_json::Value>,
+}
+
+impl FaultFile {
+    fn unrecovered(&self) -> bool {
+        match &self.recovered {
+            Some(verdict) => verdict == &serde_json::Value::Bool(false),
+            None => self.publish_recovered_after_s.is_none(),
+        }
+    }
 }
 
 /// Reads results files written by `brokerbench run`; a stand-in's figures
@@ -138,7 +151,7 @@ fn read(file: &Path, accept_stand_ins: bool) -> Result<Vec<Measurement>> {
                 .iter()
                 .map(|f| f.publish_recovered_after_s)
                 .collect();
-            let unrecovered_faults = recoveries.iter().filter(|r| r.is_none()).count();
+            let unrecovered_faults = b.faults.iter().filter(|f| f.unrecovered()).count();
             let worst_recovery_s = recoveries.into_iter().flatten().reduce(f64::max);
             Measurement {
                 broker: b.broker,

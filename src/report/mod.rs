@@ -166,9 +166,10 @@ pub struct FaultResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Whether publishing and every group worked again after the fault:
-    /// false if the broker never came back, or came back during the load and
-    /// then never confirmed a publish or delivered to a group again; null if
-    /// it came back only after the load, with nothing left to show it.
+    /// false if the broker never came back, or came back at least
+    /// `recovery.backoff_max` before the end of the load and then never
+    /// confirmed a publish or delivered to a group again; null if it came
+    /// back later than that, with too little load left to show it.
     pub recovered: Option<bool>,
     /// The messages first sent from this fault until the next one (or the
     /// end); the first fault also owns the messages sent before it.
@@ -358,7 +359,12 @@ impl BrokerResult {
                 rate_per_s: per_s(outcome.steady_delivered),
             });
         }
-        let held: Vec<u64> = groups.iter().map(|g| g.backlog.unwrap_or(0)).collect();
+        // Per group, the undelivered that are not lost: held by the broker,
+        // or unverified when it could not be asked.
+        let held: Vec<u64> = groups
+            .iter()
+            .map(|g| g.backlog.unwrap_or(g.unverified))
+            .collect();
         let faults = fault_results(plan, &m, &logs, &confirmed_at, &held);
         let never_back = faults.iter().any(|f| f.broker_ready_after_s.is_none());
         let complete = !m.cancelled && !never_back;
@@ -522,9 +528,12 @@ fn fault_results(
                 .zip(&plan.consumers)
                 .map(|(g, c)| (c.group.clone(), recovered(&g.delivered_at)))
                 .collect();
-            // Judged only when the broker was back while the load still ran:
-            // after the load, there may be nothing new to publish or deliver.
-            let back_in_load = event.ready.is_some_and(|r| r < load_end);
+            // Judged only when the broker was back long enough before the end
+            // of the load for every client to have tried again (its longest
+            // backoff): after that, there may be nothing new to publish.
+            let back_in_load = event
+                .ready
+                .is_some_and(|r| r + plan.recovery.backoff_max <= load_end);
             let worked_again = publish_recovered_after_s.is_some()
                 && delivery_recovered_after_s.values().all(Option::is_some);
             FaultResult {

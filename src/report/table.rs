@@ -162,12 +162,13 @@ fn verdict(b: &BrokerResult) -> String {
             .or_else(|| b.first_errors.values().next())
             .map(|why| format!("; first error: {why}"))
             .unwrap_or_default();
+        let window = &fault.messages.publish;
         why.push(format!(
-            "{what} after the {} at {}s (failed {}, unknown {}{said})",
+            "{what} after the {} at {}s (failed {}, unknown {} since it{said})",
             fault.action.as_str(),
             fault.at_s,
-            b.publish.failed,
-            b.publish.unknown
+            window.failed,
+            window.unknown
         ));
     }
     if failed(CheckKind::Complete) && why.is_empty() {

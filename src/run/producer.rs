@@ -35,13 +35,13 @@ struct Answer {
     result: Result<(), Failure>,
 }
 
-/// One producer: sends on schedule (or as fast as confirmations allow),
-/// keeps up to `max_in_flight` confirmations outstanding, and, in retry mode,
-/// sends unconfirmed messages again with the reconnection backoff.
 /// How long after the end of the load a producer still sends what fell due
 /// before it: the timer can wake a little late.
 const SEND_GRACE: Duration = Duration::from_millis(50);
 
+/// One producer: sends on schedule (or as fast as confirmations allow),
+/// keeps up to `max_in_flight` confirmations outstanding, and, in retry mode,
+/// sends unconfirmed messages again with the reconnection backoff.
 pub(super) struct ProducerTask {
     producer: Box<dyn Producer>,
     id: u32,
@@ -153,8 +153,14 @@ impl ProducerTask {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
-        if let Some(n) = limit {
-            self.out.unsent = n.saturating_sub(k);
+        // Unsent: what fell due before the load ended (or the run was
+        // stopped) and was not sent; not what would have fallen due later.
+        if let (Some(p), Some(n)) = (&pacer, limit) {
+            let cutoff = Instant::now().min(last_send);
+            let due = p
+                .count_within(cutoff.saturating_duration_since(self.cx.start))
+                .min(n);
+            self.out.unsent = due.saturating_sub(k);
         }
         self.out
     }

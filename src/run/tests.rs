@@ -297,10 +297,10 @@ async fn what_the_broker_still_holds_is_backlog_not_loss() {
 
 #[tokio::test]
 async fn what_arrives_in_the_final_read_is_late() {
-    // Messages wait 600 ms in the broker: past the drain, within the final read.
+    // Messages wait 1.5 s: well past the drain's end at 0.4 s, within the read.
     let plan = plan("").with(|p| p.load.drain_timeout = Duration::from_millis(100));
-    let plan = plan.with(|p| p.load.final_read = Duration::from_secs(3));
-    let knobs = knobs(|k| k.delay = Duration::from_millis(600));
+    let plan = plan.with(|p| p.load.final_read = Duration::from_secs(4));
+    let knobs = knobs(|k| k.delay = Duration::from_millis(1500));
     let (outcome, json) = run(&plan, knobs).await;
     for name in ["a", "b"] {
         let g = group(&json, name);
@@ -430,8 +430,12 @@ async fn a_broker_that_never_comes_back_fails_whatever_it_lost() {
 
 #[tokio::test]
 async fn a_broker_back_but_refusing_every_publish_has_not_recovered() {
-    let plan = plan("[[faults]]\nat = \"100ms\"\naction = \"kill\"\nduration = \"100ms\"\n")
-        .with(|p| p.load.duration = Duration::from_millis(600));
+    // Back at 0.2 s, with a 1 s longest backoff and 1.5 s of load: judged.
+    let plan = plan(concat!(
+        "[recovery]\non_unconfirmed = \"drop\"\nbackoff_max = \"1s\"\n",
+        "[[faults]]\nat = \"100ms\"\naction = \"kill\"\nduration = \"100ms\"\n"
+    ))
+    .with(|p| p.load.duration = Duration::from_millis(1500));
     let (outcome, json) = run(&plan, knobs(|k| k.refuse_after_restart = true)).await;
     let broker = &json["brokers"][0];
     let fault = &broker["faults"][0];
@@ -475,6 +479,8 @@ async fn an_interrupted_run_is_incomplete_and_keeps_what_it_measured() {
     );
     let broker = &results.brokers[0];
     assert!(broker.publish.attempted > 100 && broker.publish.attempted < 1000);
+    // What would have fallen due after the stop was never due: not unsent.
+    assert!(broker.publish.unsent < 50, "{}", broker.publish.unsent);
     // Every confirmed message is accounted for; one still in the broker when
     // the run stopped is backlog, not lost.
     let group = &broker.groups[0];
