@@ -46,6 +46,16 @@ fn broker<'a>(results: &'a Value, name: &str) -> &'a Value {
         .unwrap()
 }
 
+/// The first check named `name` of broker result `b`.
+fn check<'a>(b: &'a Value, name: &str) -> &'a Value {
+    b["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name}"))
+}
+
 fn lost(b: &Value) -> u64 {
     b["groups"]
         .as_array()
@@ -158,13 +168,7 @@ fn known_lossy_settings_are_caught() {
     for name in ["rabbitmq", "jetstream"] {
         let b = broker(&results, name);
         assert!(lost(b) > 0, "{name}: nothing lost? {}", b["groups"]);
-        let check = b["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["check"] == "lost == 0")
-            .unwrap();
-        assert_eq!(check["passed"], false, "{name}");
+        assert_eq!(check(b, "lost == 0")["passed"], false, "{name}");
         assert!(
             b["faults"][0]["messages"]["groups"]["slow"]["lost"]
                 .as_u64()
@@ -332,13 +336,7 @@ fn a_memory_stream_lost_in_a_crash_fails_the_recovery_check() {
     let fault = &b["faults"][0];
     assert!(fault["broker_ready_after_s"].is_number(), "{fault}");
     assert_eq!(fault["recovered"], false, "{fault}");
-    let check = b["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "recovered")
-        .unwrap();
-    assert_eq!(check["passed"], false);
+    assert_eq!(check(b, "recovered")["passed"], false);
     assert!(
         stderr.contains("never recovered after the kill"),
         "the table says why: {stderr}"

@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::DataDir;
 use crate::broker::{self, BrokerKind};
 use crate::cli::{EnvCommand, UpArgs};
-use crate::env::binaries::{self, install_hint};
+use crate::env::binaries;
 use crate::env::local::LocalBroker;
 use crate::exit;
 use crate::scenario::dedup;
@@ -42,7 +42,7 @@ async fn check() -> Result<ExitCode> {
             Err(err) => {
                 table.add_row([
                     kind.as_str(),
-                    binaries::program_name(kind),
+                    kind.info().program,
                     "-",
                     &format!("missing: {err:#}"),
                 ]);
@@ -58,7 +58,7 @@ async fn check() -> Result<ExitCode> {
     for kind in &missing {
         println!(
             "{kind} is missing; install it with:\n    {}",
-            install_hint(*kind)
+            kind.info().install_hint()
         );
     }
     println!("(or install all three with: sudo scripts/install-brokers)");

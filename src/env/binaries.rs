@@ -26,19 +26,9 @@ pub struct Binary {
     pub implementation: String,
 }
 
-/// The program looked up on `PATH` for a broker.
-pub fn program_name(kind: BrokerKind) -> &'static str {
-    kind.info().program
-}
-
-/// The exact command that installs a missing broker on Debian or Ubuntu.
-pub fn install_hint(kind: BrokerKind) -> String {
-    kind.info().install_hint()
-}
-
 /// Finds the program for `kind` on `PATH` and reads its version.
 pub async fn locate(kind: BrokerKind) -> Result<Binary> {
-    let name = program_name(kind);
+    let name = kind.info().program;
     let found = which::which(name).map_err(|_| not_on_path(name))?;
     let (path, implementation) = kind.broker().identify(&found).await?;
     Ok(Binary {
@@ -85,7 +75,7 @@ pub async fn locate_all(kinds: &[BrokerKind]) -> Result<Vec<Binary>> {
         let binary = locate(kind).await.with_context(|| {
             format!(
                 "{kind} is not installed; install it with: {}",
-                install_hint(kind)
+                kind.info().install_hint()
             )
         })?;
         found.push(binary);

@@ -13,11 +13,6 @@ use super::external::CommandBroker;
 use super::{Endpoint, Operation};
 use crate::broker::BrokerKind;
 
-/// The compose service that runs each broker (see `docker-compose.yml`).
-pub fn service(kind: BrokerKind) -> &'static str {
-    kind.info().compose_service
-}
-
 /// One broker's service in a compose project.
 #[derive(Clone, Debug)]
 pub struct ComposeBroker {
@@ -34,7 +29,7 @@ impl ComposeBroker {
             .map(|s| s.to_string())
             .chain([self.file.display().to_string()])
             .chain(verb.iter().map(|s| s.to_string()))
-            .chain([service(self.kind).to_string()])
+            .chain([self.kind.info().compose_service.to_string()])
             .collect()
     }
 
@@ -63,11 +58,11 @@ impl ComposeBroker {
     pub fn image(&self) -> Result<String> {
         let text = std::fs::read_to_string(&self.file)
             .with_context(|| format!("reading {}", self.file.display()))?;
-        image_of(&text, service(self.kind)).with_context(|| {
+        image_of(&text, self.kind.info().compose_service).with_context(|| {
             format!(
                 "{} has no `image:` for service {}",
                 self.file.display(),
-                service(self.kind)
+                self.kind.info().compose_service
             )
         })
     }
