@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Result;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::Outgoing;
 use crate::scenario::ConsumerGroup;
@@ -31,7 +31,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a publish, delivery or acknowledgement failed; counted, never by string.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// No answer within the timeout.
@@ -139,7 +139,7 @@ pub trait Consumer: Send {
 
 /// The durability and delivery settings a driver used: each driver fills a
 /// typed struct of its own, serialized as one JSON object in the results.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Settings(BTreeMap<String, serde_json::Value>);
 

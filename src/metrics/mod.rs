@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A latency histogram, microseconds, 3 significant digits, from 1 µs up to
 /// one hour (values above are recorded as one hour).
@@ -77,7 +77,7 @@ impl Latency {
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Values recorded.
     pub count: u64,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerKind;
 use crate::driver::{ErrorKind, Settings};
@@ -24,12 +24,12 @@ use crate::scenario::{FaultAction, Plan};
 pub const SCHEMA: &str = "brokerbench.results/v1";
 
 /// A whole run: one scenario against one or more brokers.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
     /// Always [`SCHEMA`].
-    pub schema: &'static str,
+    pub schema: String,
     /// brokerbench version that produced the file.
-    pub tool_version: &'static str,
+    pub tool_version: String,
     /// When the run started, RFC 3339 UTC.
     pub started_at: String,
     /// Where the brokers ran: `local` (child processes).
@@ -41,12 +41,12 @@ pub struct Results {
     /// Every broker of the scenario ran to the end.
     pub complete: bool,
     /// Why the run is incomplete, when it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incomplete_reason: Option<String>,
 }
 
 /// One broker's results.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BrokerResult {
     /// `rabbitmq`, `jetstream` or `kafka`.
     pub broker: BrokerKind,
@@ -54,7 +54,7 @@ pub struct BrokerResult {
     pub implementation: String,
     /// The product that implementation stands in for, when it is not that
     /// product (local tansu: `Apache Kafka`); its figures describe the stand-in.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stand_in_for: Option<String>,
     /// The address it was measured at.
     pub endpoint: String,
@@ -76,7 +76,7 @@ pub struct BrokerResult {
     pub errors: BTreeMap<ErrorKind, u64>,
     /// Per kind of publish failure, the first thing the broker or its client
     /// said, e.g. `refused`: "stream not found".
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub first_errors: BTreeMap<ErrorKind, String>,
     /// The drain after the load.
     pub drain: DrainResult,
@@ -88,7 +88,7 @@ pub struct BrokerResult {
 }
 
 /// The load as offered and achieved.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoadResult {
     /// Paced by intended send times (true) or closed loop (false, rate 0).
     pub open_loop: bool,
@@ -101,7 +101,7 @@ pub struct LoadResult {
 }
 
 /// Publish outcomes.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PublishResult {
     /// Publishes attempted (warmup included).
     pub attempted: u64,
@@ -123,7 +123,7 @@ pub struct PublishResult {
 }
 
 /// One consumer group's account.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GroupResult {
     /// Group name.
     pub group: String,
@@ -143,7 +143,7 @@ pub struct GroupResult {
 }
 
 /// One fault and what it did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FaultResult {
     /// What was done to the broker.
     pub action: FaultAction,
@@ -163,7 +163,7 @@ pub struct FaultResult {
     /// was ready again, seconds; null if none came.
     pub delivery_recovered_after_s: BTreeMap<String, Option<f64>>,
     /// Why the broker did not come back, if it did not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Whether publishing and every group worked again after the fault:
     /// false if the broker never came back, or came back at least
@@ -177,7 +177,7 @@ pub struct FaultResult {
 }
 
 /// The account of the messages sent in one fault's window.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FaultMessages {
     /// Publish outcomes.
     #[serde(flatten)]
@@ -187,7 +187,7 @@ pub struct FaultMessages {
 }
 
 /// One group's account of a fault window.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FaultGroup {
     /// Confirmed, never delivered.
     pub lost: u64,
@@ -198,7 +198,7 @@ pub struct FaultGroup {
 }
 
 /// Per-second counts from the start of the load (warmup included).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Series {
     /// Seconds per entry.
     pub interval_s: u32,
@@ -213,7 +213,7 @@ pub struct Series {
 }
 
 /// Latency summaries, microseconds.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LatencyResults {
     /// Intended send time to confirmation: corrected for coordinated omission.
     pub publish: LatencySummary,
@@ -226,7 +226,7 @@ pub struct LatencyResults {
 }
 
 /// The drain after the load.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DrainResult {
     /// How long it took, seconds.
     pub seconds: f64,
@@ -237,7 +237,7 @@ pub struct DrainResult {
 }
 
 /// What a correctness check checks; serialized as the condition it states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CheckKind {
     /// No confirmed message of this group was lost.
     #[serde(rename = "lost == 0")]
@@ -260,17 +260,27 @@ pub enum CheckKind {
 }
 
 /// One correctness check.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Check {
     /// What is checked.
     pub check: CheckKind,
     /// The consumer group, for per-group checks.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     /// Whether it held.
     pub passed: bool,
     /// The measured value.
     pub value: u64,
+}
+
+/// A results file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", file.display())]
+pub struct ResultsError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong with it.
+    pub message: String,
 }
 
 /// What ran where, as the environment placed it.
@@ -579,8 +589,8 @@ impl Results {
     /// Results of a run that is about to start.
     pub fn new(plan: &Plan, environment: &str) -> Self {
         Results {
-            schema: SCHEMA,
-            tool_version: env!("CARGO_PKG_VERSION"),
+            schema: SCHEMA.to_string(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             environment: environment.to_string(),
             scenario: plan.clone(),
@@ -603,6 +613,31 @@ impl Results {
             .filter(|c| c.is_ascii_alphanumeric())
             .collect();
         parent.join(format!("{}-{stamp}", self.scenario.name))
+    }
+
+    /// Reads a `results.json` written by `brokerbench run`; the error names
+    /// the file and, for a file that is not one, the line and column.
+    pub fn read(path: &Path) -> Result<Results, ResultsError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ResultsError {
+            file: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let at = |e: serde_json::Error| ResultsError {
+            file: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(at)?;
+        let schema = value.get("schema").and_then(|s| s.as_str());
+        if schema != Some(SCHEMA) {
+            return Err(ResultsError {
+                file: path.to_path_buf(),
+                message: format!(
+                    "is not a brokerbench results file: its schema is {}, expected {SCHEMA}",
+                    schema.map_or("missing".into(), |s| format!("'{s}'"))
+                ),
+            });
+        }
+        serde_json::from_str(&text).map_err(at)
     }
 
     /// Writes `results.json` into `dir` (atomically: a reader never sees half a file).

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::Envelope;
 
@@ -60,7 +60,7 @@ impl ProducerLog {
 }
 
 /// Publish outcomes over all producers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishAccount {
     /// Publishes attempted.
     pub attempted: u64,
@@ -140,7 +140,7 @@ impl GroupLog {
 }
 
 /// The final account of one consumer group.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupAccount {
     /// Deliveries, duplicates included.
     pub delivered: u64,

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::memory::{Knobs, MemoryEnv};
 use super::session::{Outcome, Quiet, Session, Stop};
 use crate::scenario::{Overrides, Plan};
+use crate::report::Results;
 
 /// 1000 msg/s for 300 ms from one producer on one key (300 messages, in
 /// order), two consumer groups, unconfirmed messages dropped, a short final read.
@@ -78,6 +79,12 @@ async fn run_with(
     let written: Value = serde_json::from_slice(&std::fs::read(&outcome.path).unwrap()).unwrap();
     let mut json = serde_json::to_value(&outcome.results).unwrap();
     assert_eq!(written, json, "results.json is what the session returned");
+    let back = Results::read(&outcome.path).unwrap();
+    assert_eq!(
+        serde_json::to_value(&back).unwrap(),
+        json,
+        "results.json reads back whole"
+    );
     // The in-memory environment exists in tests only; the schema rightly
     // knows only the real ones.
     json["environment"] = "local".into();

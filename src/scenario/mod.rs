@@ -23,7 +23,7 @@ use crate::broker::BrokerKind;
 pub const EVENT_TYPE: &str = "events.order.created.v1";
 
 /// A validated scenario, ready to run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Plan {
     /// Scenario name; names the results directory.
     pub name: String,
@@ -74,7 +74,7 @@ impl FaultAction {
 }
 
 /// One fault on the timeline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Fault {
     /// When, from the start of the steady (measured) phase.
     #[serde(with = "human_duration")]
@@ -97,7 +97,7 @@ pub enum Unconfirmed {
 }
 
 /// How clients recover from broker faults.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Recovery {
     /// What producers do with unconfirmed messages.
     pub on_unconfirmed: Unconfirmed,
@@ -110,7 +110,7 @@ pub struct Recovery {
 }
 
 /// The offered load.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Load {
     /// Target rate in messages per second over all producers; 0 means as fast
     /// as possible (closed loop).
@@ -148,7 +148,7 @@ impl Load {
 }
 
 /// A consumer group: a service that must see every event.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConsumerGroup {
     /// Group name (queue, durable consumer or Kafka group id).
     pub group: String,
@@ -170,7 +170,7 @@ pub enum QueueType {
 }
 
 /// RabbitMQ settings.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RabbitmqSettings {
     /// Queue type of each group's queue.
     pub queue_type: QueueType,
@@ -191,7 +191,7 @@ pub enum Storage {
 }
 
 /// NATS JetStream settings.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JetstreamSettings {
     /// Stream storage.
     pub storage: Storage,
@@ -251,7 +251,7 @@ impl Compression {
 }
 
 /// Kafka settings.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KafkaSettings {
     /// Partitions of the topic; messages are keyed by `user_id`.
     pub partitions: i32,
@@ -417,6 +417,11 @@ pub(crate) mod human_duration {
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 
