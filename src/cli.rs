@@ -36,6 +36,28 @@ pub enum Command {
     /// other questions take neutral defaults, which the output names.
     /// Exit 0: advice given; 2: answers missing or invalid.
     Advise(AdviseArgs),
+    /// Make a report from results files, for CI or for people.
+    ///
+    /// Formats: markdown (a GitHub job summary), junit (a testcase per
+    /// check), github-action-benchmark and bmf (benchmark trackers), hlog
+    /// (HdrHistogram interval logs). One-file formats go to stdout unless
+    /// --out names a file; several-file formats (github-action-benchmark,
+    /// hlog) go to the directory --out names, by default the first results
+    /// file's. Exit 0: written; 2: a results file could not be read.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// results.json files from `brokerbench run`, or the directories holding them.
+    #[arg(required = true, value_name = "RESULTS")]
+    pub results: Vec<PathBuf>,
+    /// The report's format.
+    #[arg(long, value_enum)]
+    pub format: crate::report::export::Format,
+    /// The file (one-file formats) or directory (several-file formats) to write.
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +116,11 @@ pub struct RunArgs {
     /// Measured load duration, e.g. 20s or 2m [default: the scenario's].
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Set or replace a threshold: METRIC=VALUE for every broker, or
+    /// BROKER.METRIC=VALUE for one, e.g. end_to_end_p99=50ms,
+    /// kafka.rate_ratio=0.95 (docs/ci.md lists the metrics). Repeatable.
+    #[arg(long = "threshold", value_name = "[BROKER.]METRIC=VALUE")]
+    pub thresholds: Vec<String>,
     /// Parent directory of the results directory.
     #[arg(long, value_name = "DIR", default_value = "results")]
     pub out: PathBuf,

@@ -2,6 +2,7 @@
 
 pub mod advise;
 pub mod env;
+pub mod report;
 pub mod run;
 
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! incomplete), the second exits at once.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use crate::env::external::{CommandBroker, Targets};
 use crate::env::local::LocalBroker;
 use crate::env::{Environment, Placed};
 use crate::exit;
-use crate::report::table;
+use crate::report::{export, table};
 use crate::run::session::{Observer, Outcome, Session, Stop};
 use crate::run::{Phase, Progress};
 use crate::scenario::{Overrides, Plan};
@@ -35,6 +35,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         brokers: args.brokers.clone(),
         rate: args.rate,
         duration: args.duration,
+        thresholds: args.thresholds.clone(),
     };
     let plan = Plan::load(&args.scenario, &overrides)?;
     let mut site = Site::prepare(&args, &plan).await?;
@@ -71,6 +72,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         screen.say(tables);
     }
     screen.say(format!("results: {}", path.display()));
+    if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY") {
+        // GitHub Actions shows this file as the job's summary.
+        append(Path::new(&summary), &export::markdown(&results))
+            .with_context(|| format!("writing the job summary to {}", summary.to_string_lossy()))?;
+    }
     if args.json {
         println!(
             "{}",
@@ -89,6 +95,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         exit::CHECK_FAILED
     }))
+}
+
+fn append(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{text}")
 }
 
 /// The terminal: lines on stdout (stderr with --json, so that stdout

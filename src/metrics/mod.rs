@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use base64::Engine;
-use hdrhistogram::serialization::{Serializer, V2Serializer};
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +47,18 @@ impl Latency {
 
     /// Percentiles and the serialized histogram.
     pub fn summary(&self) -> LatencySummary {
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(&self.histogram, &mut bytes)
+            .expect("serializing to a Vec cannot fail");
+        LatencySummary {
+            hdr: base64::engine::general_purpose::STANDARD.encode(bytes),
+            ..self.percentiles()
+        }
+    }
+
+    /// Percentiles only (`hdr` left empty).
+    pub fn percentiles(&self) -> LatencySummary {
         let h = &self.histogram;
         let q = |quantile| {
             if h.is_empty() {
@@ -55,10 +67,6 @@ impl Latency {
                 h.value_at_quantile(quantile)
             }
         };
-        let mut bytes = Vec::new();
-        V2Serializer::new()
-            .serialize(h, &mut bytes)
-            .expect("serializing to a Vec cannot fail");
         LatencySummary {
             count: h.len(),
             mean: if h.is_empty() {
@@ -71,8 +79,87 @@ impl Latency {
             p99: q(0.99),
             p999: q(0.999),
             max: if h.is_empty() { 0 } else { h.max() },
-            hdr: base64::engine::general_purpose::STANDARD.encode(bytes),
+            hdr: String::new(),
         }
+    }
+}
+
+/// One task's latency histograms second by second, by the time each value
+/// was recorded (counted from the start of the load), as HdrHistogram's
+/// interval logs keep them. Only the current second is a full histogram;
+/// finished seconds are kept serialized (V2), which is small.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyIntervals {
+    current: Option<(usize, Latency)>,
+    done: Vec<(usize, Vec<u8>)>,
+}
+
+impl LatencyIntervals {
+    /// Records `latency`, completed `at` from the start of the load.
+    pub fn record(&mut self, at: Duration, latency: Duration) {
+        let second = at.as_secs() as usize;
+        if self.current.as_ref().is_some_and(|(s, _)| *s != second) {
+            self.finish();
+        }
+        self.current
+            .get_or_insert_with(|| (second, Latency::default()))
+            .1
+            .record(latency);
+    }
+
+    /// Serializes the current second.
+    fn finish(&mut self) {
+        if let Some((second, latency)) = self.current.take() {
+            let mut bytes = Vec::new();
+            V2Serializer::new()
+                .serialize(&latency.histogram, &mut bytes)
+                .expect("serializing to a Vec cannot fail");
+            self.done.push((second, bytes));
+        }
+    }
+
+    /// Every task's intervals merged, second by second: `each` is called
+    /// with every second from 0 to `seconds` (an empty histogram where
+    /// nothing was recorded). One second is held at a time.
+    pub fn merge<'a>(
+        all: impl IntoIterator<Item = &'a LatencyIntervals>,
+        seconds: usize,
+        mut each: impl FnMut(&Latency),
+    ) {
+        let mut parts: Vec<(usize, Vec<u8>)> = Vec::new();
+        for intervals in all {
+            let mut intervals = intervals.clone();
+            intervals.finish();
+            parts.extend(intervals.done);
+        }
+        parts.sort_by_key(|(second, _)| *second);
+        let mut parts = parts.into_iter().peekable();
+        let mut latency = Latency::default();
+        for second in 0..seconds {
+            latency.histogram.reset();
+            while let Some((_, bytes)) = parts.next_if(|(s, _)| *s == second) {
+                let h: Histogram<u64> = Deserializer::new()
+                    .deserialize(&mut bytes.as_slice())
+                    .expect("histograms serialized here read back");
+                latency.histogram.add(&h).expect("same bounds");
+            }
+            each(&latency);
+        }
+    }
+}
+
+impl Latency {
+    /// The histogram in HdrHistogram's compressed V2 form, base64, as
+    /// interval logs carry it; empty for an empty histogram.
+    pub fn compressed(&self) -> String {
+        if self.histogram.is_empty() {
+            return String::new();
+        }
+        let mut bytes = Vec::new();
+        V2DeflateSerializer::new()
+            .serialize(&self.histogram, &mut bytes)
+            .expect("serializing to a Vec cannot fail");
+        base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 }
 
@@ -100,7 +187,6 @@ pub struct LatencySummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hdrhistogram::serialization::Deserializer;
 
     #[test]
     fn percentiles_and_merge() {

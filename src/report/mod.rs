@@ -5,7 +5,10 @@
 //! read it. Results are written after every broker, so a later failure or a
 //! Ctrl-C loses nothing already measured.
 
+pub mod export;
+mod figure;
 pub mod table;
+pub(crate) mod thresholds;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerKind;
 use crate::driver::{ErrorKind, Settings};
-use crate::metrics::{Latency, LatencySummary, Timeline};
+use crate::metrics::{Latency, LatencyIntervals, LatencySummary, Timeline};
 use crate::run::{ledger, Measurement};
+use crate::scenario::thresholds::{Metric, Unit};
 use crate::scenario::{FaultAction, Plan};
 
 /// The schema identifier written at the top of every results file.
@@ -98,6 +102,10 @@ pub struct LoadResult {
     pub message_bytes: usize,
     /// Measured (steady) time, seconds.
     pub steady_seconds: f64,
+    /// When the load started (warmup included), RFC 3339 UTC with
+    /// milliseconds: second 0 of `series`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
 }
 
 /// Publish outcomes.
@@ -210,6 +218,46 @@ pub struct Series {
     pub errors: Vec<u64>,
     /// First deliveries per second, per group.
     pub delivered: BTreeMap<String, Vec<u64>>,
+    /// Publish latency (corrected) second by second, by confirmation time.
+    #[serde(default)]
+    pub publish_latency_us: IntervalSeries,
+    /// Per group, end-to-end latency (corrected) second by second, by
+    /// delivery time.
+    #[serde(default)]
+    pub end_to_end_latency_us: BTreeMap<String, IntervalSeries>,
+}
+
+/// A latency second by second, µs: the steady phase's messages, each in the
+/// second it completed in (as HdrHistogram interval logs keep them).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IntervalSeries {
+    /// Values recorded.
+    pub count: Vec<u64>,
+    /// Median (0 where none).
+    pub p50: Vec<u64>,
+    /// 99th percentile.
+    pub p99: Vec<u64>,
+    /// Maximum.
+    pub max: Vec<u64>,
+    /// Each second's histogram in HdrHistogram's compressed V2 form, base64,
+    /// as interval logs hold it ("" where empty).
+    pub hdr: Vec<String>,
+}
+
+impl IntervalSeries {
+    /// The series of every task's `intervals`, over `seconds` seconds.
+    fn of<'a>(intervals: impl IntoIterator<Item = &'a LatencyIntervals>, seconds: usize) -> Self {
+        let mut s = IntervalSeries::default();
+        LatencyIntervals::merge(intervals, seconds, |latency| {
+            let summary = latency.percentiles();
+            s.count.push(summary.count);
+            s.p50.push(summary.p50);
+            s.p99.push(summary.p99);
+            s.max.push(summary.max);
+            s.hdr.push(latency.compressed());
+        });
+        s
+    }
 }
 
 /// Latency summaries, microseconds.
@@ -257,20 +305,93 @@ pub enum CheckKind {
     /// value counts the faults after which they did not).
     #[serde(rename = "recovered")]
     Recovered,
+    /// A limit from the scenario's `[thresholds]` or `--threshold`.
+    #[serde(rename = "threshold")]
+    Threshold,
 }
 
-/// One correctness check.
+/// One check: a correctness condition, or a threshold.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Check {
     /// What is checked.
     pub check: CheckKind,
+    /// For a threshold: the metric it limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
     /// The consumer group, for per-group checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// For a per-fault threshold: the fault's index in `faults`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<usize>,
     /// Whether it held.
     pub passed: bool,
-    /// The measured value.
-    pub value: u64,
+    /// The measured value, in `unit` for a threshold; null when there was
+    /// nothing to measure (which fails a threshold).
+    #[serde(with = "figure")]
+    pub value: Option<f64>,
+    /// For a threshold: its limit, in `unit`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "figure")]
+    pub limit: Option<f64>,
+    /// For a threshold: the unit of `value` and `limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<Unit>,
+}
+
+impl Check {
+    /// A correctness check: passes when `value` is 0, or as `passed` says.
+    fn correctness(check: CheckKind, group: Option<String>, passed: bool, value: u64) -> Self {
+        Check {
+            check,
+            metric: None,
+            group,
+            fault: None,
+            passed,
+            value: Some(value as f64),
+            limit: None,
+            unit: None,
+        }
+    }
+
+    /// What it checks and where, in words: `lost == 0 (billing)`,
+    /// `end_to_end_p99 <= 50ms (billing)`, `recovery <= 10s (fault 1: kill at 5s)`.
+    pub fn condition(&self, faults: &[FaultResult]) -> String {
+        let what = match (self.metric, self.limit, self.unit) {
+            (Some(metric), Some(limit), Some(unit)) => format!(
+                "{metric} {} {}",
+                if metric.is_minimum() { ">=" } else { "<=" },
+                figure::show(limit, unit)
+            ),
+            _ => serde_json::to_value(self.check)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        };
+        let mut place = Vec::new();
+        if let Some(group) = &self.group {
+            place.push(group.clone());
+        }
+        if let Some(i) = self.fault {
+            let fault = faults.get(i).map_or(String::new(), |f| {
+                format!(": {} at {}s", f.action.as_str(), f.at_s)
+            });
+            place.push(format!("fault {}{fault}", i + 1));
+        }
+        if place.is_empty() {
+            what
+        } else {
+            format!("{what} ({})", place.join(", "))
+        }
+    }
+
+    /// The measured value in words, in the check's unit.
+    pub fn measured(&self) -> String {
+        match (self.value, self.unit) {
+            (None, _) => "not measured".into(),
+            (Some(v), Some(unit)) => figure::show(v, unit),
+            (Some(v), None) => format!("{v}"),
+        }
+    }
 }
 
 /// A results file that cannot be read.
@@ -351,12 +472,12 @@ impl BrokerResult {
                 (CheckKind::NoneUnexpected, account.unexpected),
                 (CheckKind::Drained, backlog.unwrap_or(0) + unverified),
             ] {
-                checks.push(Check {
+                checks.push(Check::correctness(
                     check,
-                    group: Some(group.group.clone()),
-                    passed: value == 0,
+                    Some(group.group.clone()),
+                    value == 0,
                     value,
-                });
+                ));
             }
             end_to_end.insert(group.group.clone(), outcome.end_to_end.summary());
             end_to_end_service.insert(group.group.clone(), outcome.end_to_end_service.summary());
@@ -379,18 +500,18 @@ impl BrokerResult {
         let never_back = faults.iter().any(|f| f.broker_ready_after_s.is_none());
         let complete = !m.cancelled && !never_back;
         let unrecovered = faults.iter().filter(|f| f.recovered == Some(false)).count();
-        checks.push(Check {
-            check: CheckKind::Recovered,
-            group: None,
-            passed: unrecovered == 0,
-            value: unrecovered as u64,
-        });
-        checks.push(Check {
-            check: CheckKind::Complete,
-            group: None,
-            passed: complete,
-            value: u64::from(complete),
-        });
+        checks.push(Check::correctness(
+            CheckKind::Recovered,
+            None,
+            unrecovered == 0,
+            unrecovered as u64,
+        ));
+        checks.push(Check::correctness(
+            CheckKind::Complete,
+            None,
+            complete,
+            u64::from(complete),
+        ));
 
         let seconds = m
             .groups
@@ -413,8 +534,21 @@ impl BrokerResult {
                 .zip(&plan.consumers)
                 .map(|(g, c)| (c.group.clone(), g.delivered_at.per_second(seconds)))
                 .collect(),
+            publish_latency_us: IntervalSeries::of(
+                m.producers.iter().map(|p| &p.publish_intervals),
+                seconds,
+            ),
+            end_to_end_latency_us: m
+                .groups
+                .iter()
+                .zip(&plan.consumers)
+                .map(|(g, c)| {
+                    let series = IntervalSeries::of([&g.end_to_end_intervals], seconds);
+                    (c.group.clone(), series)
+                })
+                .collect(),
         };
-        BrokerResult {
+        let mut result = BrokerResult {
             broker,
             implementation: placed.implementation,
             stand_in_for: placed.stand_in_for,
@@ -425,6 +559,12 @@ impl BrokerResult {
                 target_rate_per_s: plan.load.rate,
                 message_bytes: m.message_bytes,
                 steady_seconds: round1(steady),
+                started_at: Some(
+                    humantime::format_rfc3339_millis(
+                        std::time::SystemTime::now() - m.load_start.elapsed(),
+                    )
+                    .to_string(),
+                ),
             },
             publish: PublishResult {
                 attempted: account.attempted,
@@ -454,12 +594,25 @@ impl BrokerResult {
             },
             checks,
             complete,
-        }
+        };
+        let limits = plan.thresholds.for_broker(broker);
+        let threshold_checks = thresholds::checks(&limits, &result);
+        result.checks.extend(threshold_checks);
+        result
     }
 
     /// Whether every check held.
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
+    }
+
+    /// The whole seconds of a per-second `series` that fall within the
+    /// steady (measured) phase.
+    pub fn steady<'a, T>(&self, series: &'a [T]) -> &'a [T] {
+        let start = self.series.steady_start_s.ceil() as usize;
+        let end = (self.series.steady_start_s + self.load.steady_seconds).floor() as usize;
+        let end = end.min(series.len());
+        &series[start.min(end)..end]
     }
 
     /// The longest time any fault took until publishing was confirmed again;

@@ -116,8 +116,8 @@ fn verdict(b: &BrokerResult) -> String {
         b.checks
             .iter()
             .filter(|c| c.check == kind && !c.passed)
-            .map(|c| c.value)
-            .sum()
+            .filter_map(|c| c.value)
+            .sum::<f64>() as u64
     };
     let failed = |kind: CheckKind| b.checks.iter().any(|c| c.check == kind && !c.passed);
     if failed(CheckKind::NoneLost) {
@@ -171,6 +171,13 @@ fn verdict(b: &BrokerResult) -> String {
             window.unknown
         ));
     }
+    for c in b
+        .checks
+        .iter()
+        .filter(|c| c.check == CheckKind::Threshold && !c.passed)
+    {
+        why.push(format!("{}: {}", c.condition(&b.faults), c.measured()));
+    }
     if failed(CheckKind::Complete) && why.is_empty() {
         why.push("incomplete".into());
     }
@@ -183,6 +190,11 @@ fn verdict(b: &BrokerResult) -> String {
 
 /// Per consumer group: delivery rate, end-to-end latency and the account.
 pub fn groups(results: &Results) -> Table {
+    groups_limited(results, usize::MAX)
+}
+
+/// [`groups`], the first `rows` rows only.
+pub fn groups_limited(results: &Results, rows: usize) -> Table {
     let mut table = new_table(vec![
         "broker",
         "group",
@@ -197,30 +209,32 @@ pub fn groups(results: &Results) -> Table {
         "unexpected",
         "out of order",
     ]);
-    for b in &results.brokers {
-        for g in &b.groups {
-            let a = &g.account;
-            let e2e = b
-                .latency_us
-                .end_to_end
-                .get(&g.group)
-                .map(percentiles)
-                .unwrap_or_default();
-            table.add_row(vec![
-                b.broker.to_string(),
-                g.group.clone(),
-                format!("{} ({})", a.unique, rate(g.rate_per_s)),
-                e2e,
-                a.lost.to_string(),
-                g.late.to_string(),
-                g.backlog.map_or("?".into(), |n| n.to_string()),
-                a.duplicates.to_string(),
-                a.redelivered.to_string(),
-                a.recovered.to_string(),
-                a.unexpected.to_string(),
-                a.out_of_order.to_string(),
-            ]);
-        }
+    let all = results
+        .brokers
+        .iter()
+        .flat_map(|b| b.groups.iter().map(move |g| (b, g)));
+    for (b, g) in all.take(rows) {
+        let a = &g.account;
+        let e2e = b
+            .latency_us
+            .end_to_end
+            .get(&g.group)
+            .map(percentiles)
+            .unwrap_or_default();
+        table.add_row(vec![
+            b.broker.to_string(),
+            g.group.clone(),
+            format!("{} ({})", a.unique, rate(g.rate_per_s)),
+            e2e,
+            a.lost.to_string(),
+            g.late.to_string(),
+            g.backlog.map_or("?".into(), |n| n.to_string()),
+            a.duplicates.to_string(),
+            a.redelivered.to_string(),
+            a.recovered.to_string(),
+            a.unexpected.to_string(),
+            a.out_of_order.to_string(),
+        ]);
     }
     table
 }

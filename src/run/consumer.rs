@@ -84,9 +84,10 @@ pub(super) async fn consume(
                 }
                 if first && envelope.intended_ns >= steady_ns {
                     let at = cx.ns(now);
-                    out.end_to_end.record(Duration::from_nanos(
-                        at.saturating_sub(envelope.intended_ns),
-                    ));
+                    let latency = Duration::from_nanos(at.saturating_sub(envelope.intended_ns));
+                    out.end_to_end.record(latency);
+                    out.end_to_end_intervals
+                        .record(cx.since_start(now), latency);
                     out.end_to_end_service
                         .record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
                 }

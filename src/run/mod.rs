@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::driver::{Driver, ErrorCounts, ErrorKind, Settings, CALL_TIMEOUT};
 use crate::env::FaultTarget;
 use crate::event::{self, Envelope};
-use crate::metrics::{Latency, Timeline};
+use crate::metrics::{Latency, LatencyIntervals, Timeline};
 use crate::scenario::Plan;
 use faults::FaultEvent;
 use ledger::{GroupLog, ProducerLog};
@@ -138,6 +138,8 @@ pub struct ProducerOutcome {
     pub publish: Latency,
     /// Actual send time to confirmation (service time, uncorrected).
     pub publish_service: Latency,
+    /// `publish`, second by second.
+    pub publish_intervals: LatencyIntervals,
     /// Failures by kind.
     pub errors: ErrorCounts,
     /// Sends made during the steady phase (by actual send time), so a
@@ -166,6 +168,8 @@ pub struct GroupOutcome {
     pub end_to_end: Latency,
     /// Actual send time to delivery (uncorrected).
     pub end_to_end_service: Latency,
+    /// `end_to_end`, second by second.
+    pub end_to_end_intervals: LatencyIntervals,
     /// Failures by kind.
     pub errors: ErrorCounts,
     /// First deliveries that arrived during the steady phase.

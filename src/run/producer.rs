@@ -210,6 +210,9 @@ impl ProducerTask {
                 self.out.confirmed_at.record(self.cx.since_start(now));
                 if self.cx.ns(send.due) >= self.cx.steady_ns() {
                     self.out.publish.record(now - send.due);
+                    self.out
+                        .publish_intervals
+                        .record(self.cx.since_start(now), now - send.due);
                     self.out.publish_service.record(now - sent);
                 }
                 self.out.steady_confirmed += u64::from(self.cx.in_steady(now));

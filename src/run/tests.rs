@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::memory::{Knobs, MemoryEnv};
 use super::session::{Outcome, Quiet, Session, Stop};
-use crate::scenario::{Overrides, Plan};
 use crate::report::Results;
+use crate::scenario::{Overrides, Plan};
 
 /// 1000 msg/s for 300 ms from one producer on one key (300 messages, in
 /// order), two consumer groups, unconfirmed messages dropped, a short final read.
@@ -533,4 +533,87 @@ async fn a_measurement_that_hangs_is_cut_off_by_the_bound() {
         "{reason}"
     );
     assert_eq!(json["complete"], false);
+}
+
+/// The threshold checks of the first broker, by metric and group.
+fn threshold<'a>(json: &'a Value, metric: &str, group: Option<&str>) -> &'a Value {
+    json["brokers"][0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["metric"] == metric && c["group"].as_str() == group)
+        .unwrap_or_else(|| panic!("no threshold {metric} {group:?}"))
+}
+
+#[tokio::test]
+async fn thresholds_become_checks_and_fail_the_run_when_crossed() {
+    use crate::report::table;
+    use crate::scenario::thresholds::{Limit, Metric};
+    // 10 ms of delay on every message: end to end is at least 10 ms.
+    let plan = plan(
+        r#"[thresholds]
+end_to_end_p99 = "1h"
+publish_p99 = "1h"
+rate_ratio = 0.5
+lost = 0
+recovery = "1m"
+[thresholds.jetstream]
+end_to_end_p50 = "5ms"
+"#,
+    )
+    .with(|p| p.brokers = vec!["rabbitmq".parse().unwrap()]);
+    let (outcome, json) = run(&plan, knobs(|k| k.delay = Duration::from_millis(10))).await;
+    assert!(outcome.results.passed(), "{json:#}");
+    let e2e = threshold(&json, "end_to_end_p99", Some("a"));
+    assert_eq!(e2e["check"], "threshold");
+    assert_eq!(e2e["unit"], "us");
+    assert_eq!(e2e["limit"], 3_600_000_000u64);
+    assert!(e2e["value"].as_u64().unwrap() >= 10_000, "{e2e}");
+    assert_eq!(threshold(&json, "lost", Some("b"))["value"], 0);
+    let ratio = threshold(&json, "rate_ratio", None)["value"]
+        .as_f64()
+        .unwrap();
+    assert!((0.9..=1.1).contains(&ratio), "{ratio}");
+    assert!(
+        json["brokers"][0]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["metric"] != "end_to_end_p50" && c["metric"] != "recovery"),
+        "jetstream's own limit is not rabbitmq's, and no fault means no recovery check"
+    );
+
+    // The same run judged again: a limit at the measured value holds, one
+    // just below it does not.
+    let b = &outcome.results.brokers[0];
+    let measured = b.latency_us.end_to_end["a"].p99;
+    let judge = |us: u64| {
+        let limits = [(Metric::EndToEndP99, Limit::Time(Duration::from_micros(us)))].into();
+        crate::report::thresholds::checks(&limits, b)
+            .iter()
+            .find(|c| c.group.as_deref() == Some("a"))
+            .unwrap()
+            .passed
+    };
+    assert!(judge(measured));
+    assert!(!judge(measured - 1));
+
+    // Crossed: the run fails, and the table says which and by how much.
+    let tight = plan.clone().with(|p| {
+        p.thresholds
+            .all
+            .insert(Metric::EndToEndP99, Limit::Time(Duration::from_millis(5)));
+    });
+    let (outcome, json) = run(&tight, knobs(|k| k.delay = Duration::from_millis(10))).await;
+    assert!(!outcome.results.passed());
+    assert_eq!(
+        threshold(&json, "end_to_end_p99", Some("a"))["passed"],
+        false
+    );
+    assert!(
+        check(&json, "lost == 0", Some("a")),
+        "only the threshold failed"
+    );
+    let shown = table::summary(&outcome.results).to_string();
+    assert!(shown.contains("NO: end_to_end_p99 <= 5ms (a): "), "{shown}");
 }

@@ -1,5 +1,6 @@
 //! The scenario file as written, and its validation into a [`Plan`].
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::error::RawError;
+use super::thresholds::{Limit, Metric, Thresholds, Written};
 use super::*;
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +31,65 @@ pub(super) struct ScenarioFile {
     faults: Vec<FaultFile>,
     #[serde(default)]
     recovery: RecoveryFile,
+    #[serde(default)]
+    thresholds: BTreeMap<Spanned<String>, Spanned<Entry>>,
+}
+
+/// A value under `[thresholds]`: a limit, or a broker's table of limits.
+#[derive(Debug)]
+enum Entry {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Table(BTreeMap<Spanned<String>, Spanned<Entry>>),
+    Other(&'static str),
+}
+
+// By hand rather than `untagged`, so that the keys and values inside a
+// broker's table keep their places in the file for error messages.
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a limit or a broker's table of limits")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Entry, E> {
+                Ok(Entry::Text(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Entry, E> {
+                Ok(Entry::Integer(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Entry, E> {
+                Ok(Entry::Integer(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Entry, E> {
+                Ok(Entry::Float(v))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Entry, E> {
+                Ok(Entry::Other("a boolean"))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Entry, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Entry::Other("an array"))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entry, A::Error> {
+                let mut table = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry()? {
+                    table.insert(k, v);
+                }
+                Ok(Entry::Table(table))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +263,19 @@ impl ScenarioFile {
                 "must be at least 1s (the first wait)",
             ));
         }
+        let thresholds = thresholds(&self.thresholds)?;
+        if !load.open_loop() {
+            if let Some((key, _)) = self
+                .thresholds
+                .iter()
+                .find(|(k, _)| k.get_ref() == Metric::RateRatio.key())
+            {
+                return Err(RawError::at(
+                    key.span(),
+                    "needs a target rate: load.rate is 0 (as fast as possible)",
+                ));
+            }
+        }
         Ok(Plan {
             name,
             description: self.description,
@@ -214,8 +288,64 @@ impl ScenarioFile {
             kafka: self.kafka.into_settings()?,
             faults,
             recovery,
+            thresholds,
         })
     }
+}
+
+/// `[thresholds]` and its per-broker tables.
+fn thresholds(written: &BTreeMap<Spanned<String>, Spanned<Entry>>) -> Result<Thresholds, RawError> {
+    let mut thresholds = Thresholds::default();
+    for (key, entry) in written {
+        if let Entry::Table(table) = entry.get_ref() {
+            let broker = key.get_ref().parse::<BrokerKind>().map_err(|e| {
+                RawError::at(
+                    key.span(),
+                    format!("{e}: a table under [thresholds] names the broker its limits are for"),
+                )
+            })?;
+            let mut limits = BTreeMap::new();
+            for (key, entry) in table {
+                let (metric, limit) = limit(key, entry, &format!("thresholds.{broker}"))?;
+                limits.insert(metric, limit);
+            }
+            thresholds.per_broker.insert(broker, limits);
+        } else {
+            let (metric, limit) = limit(key, entry, "thresholds")?;
+            thresholds.all.insert(metric, limit);
+        }
+    }
+    Ok(thresholds)
+}
+
+/// One `metric = limit` line of table `table`.
+fn limit(
+    key: &Spanned<String>,
+    entry: &Spanned<Entry>,
+    table: &str,
+) -> Result<(Metric, Limit), RawError> {
+    let field = format!("{table}.{}", key.get_ref());
+    let metric = Metric::from_key(key.get_ref())
+        .map_err(|e| RawError::field(field.clone(), Some(key.span()), e))?;
+    let written = match entry.get_ref() {
+        Entry::Text(text) => Written::Text(text),
+        Entry::Integer(n) => Written::Integer(*n),
+        Entry::Float(x) => Written::Float(*x),
+        Entry::Table(_) => Err(RawError::field(
+            field.clone(),
+            Some(entry.span()),
+            "is a table; a limit is a value like \"50ms\", 0 or 0.99",
+        ))?,
+        Entry::Other(what) => Err(RawError::field(
+            field.clone(),
+            Some(entry.span()),
+            format!("is {what}; a limit is a value like \"50ms\", 0 or 0.99"),
+        ))?,
+    };
+    let limit = metric
+        .limit(written)
+        .map_err(|e| RawError::field(field, Some(entry.span()), e))?;
+    Ok((metric, limit))
 }
 
 impl RabbitmqFile {

@@ -8,6 +8,7 @@
 
 mod error;
 mod file;
+pub mod thresholds;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use error::RawError;
 pub use error::ScenarioError;
+pub use thresholds::Thresholds;
 
 use crate::broker::BrokerKind;
 
@@ -47,6 +49,9 @@ pub struct Plan {
     pub faults: Vec<Fault>,
     /// How clients recover from faults.
     pub recovery: Recovery,
+    /// Limits on measured figures; each becomes a check.
+    #[serde(default, skip_serializing_if = "Thresholds::is_empty")]
+    pub thresholds: Thresholds,
 }
 
 /// What a fault does to the broker.
@@ -347,6 +352,8 @@ pub struct Overrides {
     pub rate: Option<f64>,
     /// `--duration`
     pub duration: Option<Duration>,
+    /// `--threshold [BROKER.]METRIC=VALUE`, in order.
+    pub thresholds: Vec<String>,
 }
 
 impl Plan {
@@ -388,6 +395,24 @@ impl Plan {
                 ));
             }
             self.load.duration = duration;
+        }
+        for assignment in &overrides.thresholds {
+            self.thresholds
+                .set_from_flag(assignment)
+                .map_err(|e| ScenarioError::flag("--threshold", e))?;
+        }
+        let rate_ratio = thresholds::Metric::RateRatio;
+        if !self.load.open_loop() && self.thresholds.iter().any(|(_, m, _)| m == rate_ratio) {
+            return Err(ScenarioError::flag(
+                if overrides.rate.is_some() {
+                    "--rate"
+                } else {
+                    "--threshold"
+                },
+                format!(
+                    "{rate_ratio} needs a target rate, and the rate is 0 (as fast as possible)"
+                ),
+            ));
         }
         Ok(())
     }

@@ -194,6 +194,7 @@ fn overrides_replace_the_file_values() {
         brokers: Some(vec!["kafka".parse::<BrokerKind>().unwrap()]),
         rate: Some(0.0),
         duration: Some(Duration::from_secs(3)),
+        thresholds: Vec::new(),
     };
     let plan = Plan::parse(Path::new("t.toml"), ORDERS, &overrides).unwrap();
     assert_eq!(plan.brokers, ["kafka".parse::<BrokerKind>().unwrap()]);
@@ -293,5 +294,155 @@ fn bad_faults_are_named() {
         &FAULTS.replace("on_unconfirmed = \"drop\"", "on_unconfirmed = \"maybe\""),
         "recovery.on_unconfirmed",
         9,
+    );
+}
+
+const THRESHOLDS: &str = r#"
+[thresholds]
+end_to_end_p99 = "50ms"
+publish_p99 = "20ms"
+rate_ratio = 0.99
+lost = 0
+duplicates = 100
+recovery = "10s"
+[thresholds.kafka]
+end_to_end_p99 = "200ms"
+"#;
+
+#[test]
+fn thresholds_are_typed_and_a_broker_table_wins_for_its_broker() {
+    use thresholds::{Limit, Metric};
+    let plan = parse(&format!("{ORDERS}{THRESHOLDS}")).unwrap();
+    let t = &plan.thresholds;
+    assert_eq!(t.all.len(), 6);
+    assert_eq!(t.all[&Metric::RateRatio], Limit::Ratio(0.99));
+    assert_eq!(t.all[&Metric::Duplicates], Limit::Count(100));
+    assert_eq!(
+        t.all[&Metric::Recovery],
+        Limit::Time(Duration::from_secs(10))
+    );
+    let kafka = t.for_broker("kafka".parse().unwrap());
+    let rabbitmq = t.for_broker("rabbitmq".parse().unwrap());
+    assert_eq!(
+        kafka[&Metric::EndToEndP99],
+        Limit::Time(Duration::from_millis(200))
+    );
+    assert_eq!(
+        rabbitmq[&Metric::EndToEndP99],
+        Limit::Time(Duration::from_millis(50))
+    );
+    assert_eq!(kafka.len(), rabbitmq.len());
+    // The resolved plan, as results carry it, reads back the same.
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["thresholds"]["all"]["end_to_end_p99"], "50ms");
+    assert_eq!(
+        json["thresholds"]["per_broker"]["kafka"]["end_to_end_p99"],
+        "200ms"
+    );
+    let back: Plan = serde_json::from_value(json).unwrap();
+    assert_eq!(&back.thresholds, t);
+}
+
+#[test]
+fn bad_thresholds_are_named() {
+    let with = |extra: &str| format!("{ORDERS}[thresholds]\n{extra}");
+    // The line of the first entry under [thresholds].
+    let line = ORDERS.lines().count() + 2;
+    let shown = error(
+        &with("end_to_end_p98 = \"5ms\"\n"),
+        "thresholds.end_to_end_p98",
+        line,
+    );
+    assert!(shown.contains("one of publish_p50"), "{shown}");
+    let shown = error(&with("lost = -1\n"), "thresholds.lost", line);
+    assert!(shown.contains("0 or more"), "{shown}");
+    error(&with("lost = 1.5\n"), "thresholds.lost", line);
+    let shown = error(&with("publish_p99 = 20\n"), "thresholds.publish_p99", line);
+    assert!(shown.contains("duration"), "{shown}");
+    error(
+        &with("publish_p99 = \"fast\"\n"),
+        "thresholds.publish_p99",
+        line,
+    );
+    let shown = error(&with("rate_ratio = 1.5\n"), "thresholds.rate_ratio", line);
+    assert!(shown.contains("at most 1"), "{shown}");
+    error(&with("recovery = true\n"), "thresholds.recovery", line);
+    let shown = error(
+        &with("[thresholds.kafak]\nlost = 0\n"),
+        "thresholds.kafak",
+        line,
+    );
+    assert!(shown.contains("unknown broker 'kafak'"), "{shown}");
+    error(
+        &with("[thresholds.kafka]\nlots = 0\n"),
+        "thresholds.kafka.lots",
+        line + 1,
+    );
+    error(
+        &with("[thresholds.kafka.rabbitmq]\nlost = 0\n"),
+        "thresholds.kafka.rabbitmq",
+        line,
+    );
+    let closed = ORDERS.replace("rate = 500", "rate = 0");
+    let shown = error(
+        &format!("{closed}[thresholds]\nrate_ratio = 0.9\n"),
+        "thresholds.rate_ratio",
+        line,
+    );
+    assert!(shown.contains("needs a target rate"), "{shown}");
+}
+
+#[test]
+fn threshold_flags_set_and_replace_limits() {
+    use thresholds::{Limit, Metric};
+    let flags = |list: &[&str]| Overrides {
+        thresholds: list.iter().map(|s| s.to_string()).collect(),
+        ..Overrides::default()
+    };
+    let text = format!("{ORDERS}{THRESHOLDS}");
+    let plan = Plan::parse(
+        Path::new("t.toml"),
+        &text,
+        &flags(&[
+            "end_to_end_p99=75ms",
+            "kafka.lost=3",
+            "rabbitmq.rate_ratio=0.5",
+        ]),
+    )
+    .unwrap();
+    let t = &plan.thresholds;
+    assert_eq!(
+        t.all[&Metric::EndToEndP99],
+        Limit::Time(Duration::from_millis(75))
+    );
+    let kafka = t.for_broker("kafka".parse().unwrap());
+    assert_eq!(kafka[&Metric::Lost], Limit::Count(3));
+    assert_eq!(
+        kafka[&Metric::EndToEndP99],
+        Limit::Time(Duration::from_millis(200)),
+        "the file's broker table still wins over a flag for all brokers"
+    );
+    let rabbitmq = t.for_broker("rabbitmq".parse().unwrap());
+    assert_eq!(rabbitmq[&Metric::RateRatio], Limit::Ratio(0.5));
+    for (bad, says) in [
+        ("p99", "METRIC=VALUE"),
+        ("p99=5ms", "unknown threshold 'p99'"),
+        ("kafak.lost=0", "unknown broker 'kafak'"),
+        ("lost=some", "whole number"),
+        ("publish_p99=0ms", "more than 0"),
+    ] {
+        let err = Plan::parse(Path::new("t.toml"), &text, &flags(&[bad])).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.starts_with("--threshold: "), "{shown}");
+        assert!(shown.contains(says), "{bad}: {shown}");
+    }
+    let closed = Overrides {
+        rate: Some(0.0),
+        ..Overrides::default()
+    };
+    let err = Plan::parse(Path::new("t.toml"), &text, &closed).unwrap_err();
+    assert!(
+        err.to_string().starts_with("--rate: rate_ratio needs"),
+        "{err}"
     );
 }

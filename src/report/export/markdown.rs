@@ -1,0 +1,175 @@
+//! Markdown for a GitHub job summary: the verdict, the comparison, the
+//! groups and what failed. GitHub refuses a summary over 1 MiB, so the
+//! longest parts are cut to fit, saying what was left out.
+
+use std::fmt::Write;
+
+use anyhow::Result;
+use comfy_table::{presets, ContentArrangement, Table};
+
+use super::{broker_label, Document, Exporter};
+use crate::report::{table, CheckKind, Results};
+
+/// GitHub's limit on one step's summary.
+pub const GITHUB_SUMMARY_LIMIT: usize = 1024 * 1024;
+
+/// The Markdown exporter.
+pub struct Markdown {
+    /// Bytes the report may take; parts are cut to fit.
+    pub budget: usize,
+}
+
+impl Default for Markdown {
+    fn default() -> Self {
+        // Room for other steps' summaries and for a summary of several runs.
+        Markdown {
+            budget: GITHUB_SUMMARY_LIMIT / 2,
+        }
+    }
+}
+
+impl Exporter for Markdown {
+    fn export(&self, runs: &[Results]) -> Result<Vec<Document>> {
+        Ok(vec![Document {
+            file_name: "report.md".into(),
+            content: self.render(runs).into_bytes(),
+        }])
+    }
+}
+
+impl Markdown {
+    /// The report of `runs`, within the budget.
+    pub fn render(&self, runs: &[Results]) -> String {
+        // Most rows first; fewer until it fits (the tables' rows dominate).
+        let mut rows = usize::MAX;
+        loop {
+            let text: String = runs.iter().map(|r| one_run(r, rows)).collect();
+            if text.len() <= self.budget || rows == 0 {
+                return text;
+            }
+            let total: usize = runs.iter().map(rows_of).max().unwrap_or(0);
+            rows = rows.min(total) / 2;
+        }
+    }
+}
+
+fn rows_of(r: &Results) -> usize {
+    r.brokers
+        .iter()
+        .map(|b| b.groups.len() + b.checks.len())
+        .sum()
+}
+
+fn markdown_table(mut table: Table) -> String {
+    table
+        .load_style(presets::ASCII_MARKDOWN)
+        .set_content_arrangement(ContentArrangement::Disabled);
+    table.to_string()
+}
+
+/// One run: the verdict line, what ran, the tables and the failed checks,
+/// with at most `rows` group rows and failed checks each.
+fn one_run(r: &Results, rows: usize) -> String {
+    let mut s = String::new();
+    let verdict = if r.passed() {
+        "passed"
+    } else if !r.complete {
+        "INCOMPLETE"
+    } else {
+        "FAILED"
+    };
+    let plan = &r.scenario;
+    let _ = writeln!(s, "## brokerbench: `{}` {verdict}\n", plan.name);
+    let rate = if plan.load.open_loop() {
+        format!("{} msg/s", plan.load.rate)
+    } else {
+        "as fast as possible".into()
+    };
+    let _ = writeln!(
+        s,
+        "{} for {}, {} producer(s), {} group(s); environment `{}`; started {}; brokerbench {}.\n",
+        rate,
+        humantime::format_duration(plan.load.duration),
+        plan.load.producers,
+        plan.consumers.len(),
+        r.environment,
+        r.started_at,
+        r.tool_version
+    );
+    if let Some(reason) = &r.incomplete_reason {
+        let _ = writeln!(s, "> **Incomplete:** {reason}\n");
+    }
+    for b in r.brokers.iter().filter(|b| b.stand_in_for.is_some()) {
+        let _ = writeln!(
+            s,
+            "> {} is {}, a stand-in: its figures describe it, not {}.\n",
+            b.broker,
+            b.implementation,
+            b.stand_in_for.as_deref().unwrap_or_default()
+        );
+    }
+    if r.brokers.is_empty() {
+        s.push_str("No broker was measured.\n\n");
+        return s;
+    }
+    s.push_str(&markdown_table(table::summary(r)));
+    s.push_str("\n\n");
+
+    let mut groups = table::groups(r);
+    let total = r.brokers.iter().map(|b| b.groups.len()).sum::<usize>();
+    if total > rows {
+        groups = table::groups_limited(r, rows);
+    }
+    let _ = writeln!(s, "### Consumer groups\n");
+    s.push_str(&markdown_table(groups));
+    s.push('\n');
+    if total > rows {
+        let _ = writeln!(
+            s,
+            "\n{} more group row(s) are in results.json.",
+            total - rows
+        );
+    }
+    s.push('\n');
+
+    let failed: Vec<String> = r
+        .brokers
+        .iter()
+        .flat_map(|b| {
+            b.checks.iter().filter(|c| !c.passed).map(move |c| {
+                format!(
+                    "- {}: `{}`: {}",
+                    broker_label(b),
+                    c.condition(&b.faults),
+                    c.measured()
+                )
+            })
+        })
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(s, "### Failed checks\n");
+        for line in failed.iter().take(rows) {
+            let _ = writeln!(s, "{line}");
+        }
+        if failed.len() > rows {
+            let _ = writeln!(s, "- and {} more in results.json", failed.len() - rows);
+        }
+        s.push('\n');
+    }
+    let thresholds = r
+        .brokers
+        .iter()
+        .flat_map(|b| b.checks.iter())
+        .filter(|c| c.check == CheckKind::Threshold)
+        .count();
+    if thresholds > 0 {
+        let passed = r
+            .brokers
+            .iter()
+            .flat_map(|b| b.checks.iter())
+            .filter(|c| c.check == CheckKind::Threshold && c.passed)
+            .count();
+        let _ = writeln!(s, "Thresholds: {passed} of {thresholds} held.\n");
+    }
+    s
+}

@@ -1,0 +1,70 @@
+//! Reports for CI and people, from results files: one exporter per format
+//! behind one trait, as hyperfine's `export` module does.
+//!
+//! Every exporter reads [`Results`] only, so a report made later from a
+//! saved `results.json` is the same as one made at the end of the run.
+
+mod benchmark;
+mod hlog;
+mod junit;
+mod markdown;
+
+use anyhow::Result;
+
+use super::Results;
+
+/// A report format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// GitHub-flavoured Markdown for a job summary (stays under its 1 MiB limit).
+    Markdown,
+    /// JUnit XML: one testcase per check, for CI test reporters.
+    Junit,
+    /// github-action-benchmark's customSmallerIsBetter and
+    /// customBiggerIsBetter JSON: two files.
+    GithubActionBenchmark,
+    /// Bencher Metric Format (BMF) JSON.
+    Bmf,
+    /// HdrHistogram interval logs (.hlog 1.2), a histogram per second: per
+    /// broker, publish latency and each group's end-to-end latency.
+    Hlog,
+}
+
+/// One file of a report.
+#[derive(Debug)]
+pub struct Document {
+    /// The file name it is written under in a directory.
+    pub file_name: String,
+    /// Its content.
+    pub content: Vec<u8>,
+}
+
+/// Turns results into a report.
+pub trait Exporter {
+    /// The report of `runs` (one or more results files, in the order given).
+    fn export(&self, runs: &[Results]) -> Result<Vec<Document>>;
+}
+
+/// The exporter of `format`.
+pub fn exporter(format: Format) -> Box<dyn Exporter> {
+    match format {
+        Format::Markdown => Box::new(markdown::Markdown::default()),
+        Format::Junit => Box::new(junit::Junit),
+        Format::GithubActionBenchmark => Box::new(benchmark::GithubActionBenchmark),
+        Format::Bmf => Box::new(benchmark::Bmf),
+        Format::Hlog => Box::new(hlog::Hlog),
+    }
+}
+
+/// Markdown for one run, as `run` appends it to `$GITHUB_STEP_SUMMARY`.
+pub fn markdown(results: &Results) -> String {
+    markdown::Markdown::default().render(std::slice::from_ref(results))
+}
+
+/// `broker`, or `broker (stand-in for Product)`: how reports name what ran.
+fn broker_label(b: &super::BrokerResult) -> String {
+    match &b.stand_in_for {
+        Some(product) => format!("{} (stand-in for {product})", b.broker),
+        None => b.broker.to_string(),
+    }
+}
