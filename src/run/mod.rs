@@ -23,12 +23,12 @@ mod consumer;
 pub mod faults;
 pub mod ledger;
 #[cfg(test)]
-mod memory;
+pub(crate) mod memory;
 pub mod pacer;
 mod producer;
 pub mod session;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -30,7 +30,7 @@ group = "b"
 "#;
 
 /// A plan with one change, for tests that need a field other than [`BASE`]'s.
-trait With {
+pub(crate) trait With {
     fn with(self, edit: impl FnOnce(&mut Plan)) -> Self;
 }
 
@@ -42,13 +42,13 @@ impl With for Plan {
 }
 
 /// Knobs as `set` leaves them.
-fn knobs(set: impl FnOnce(&mut Knobs)) -> Knobs {
+pub(crate) fn knobs(set: impl FnOnce(&mut Knobs)) -> Knobs {
     let mut knobs = Knobs::default();
     set(&mut knobs);
     knobs
 }
 
-fn plan(extra: &str) -> Plan {
+pub(crate) fn plan(extra: &str) -> Plan {
     let text = format!("{BASE}\n{extra}");
     let text = if extra.contains("[recovery]") {
         text
@@ -92,7 +92,7 @@ async fn run_with(
     (outcome, json)
 }
 
-async fn run(plan: &Plan, knobs: Knobs) -> (Outcome, Value) {
+pub(crate) async fn run(plan: &Plan, knobs: Knobs) -> (Outcome, Value) {
     run_with(plan, knobs, |s| s).await
 }
 

@@ -7,7 +7,7 @@
 mod benchmark;
 mod hlog;
 mod junit;
-mod markdown;
+pub(crate) mod markdown;
 
 use anyhow::Result;
 
@@ -68,3 +68,6 @@ fn broker_label(b: &super::BrokerResult) -> String {
         None => b.broker.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;
