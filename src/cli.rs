@@ -45,6 +45,67 @@ pub enum Command {
     /// hlog) go to the directory --out names, by default the first results
     /// file's. Exit 0: written; 2: a results file could not be read.
     Report(ReportArgs),
+    /// Compare a run with a baseline: each figure's change, and whether it
+    /// is a regression.
+    ///
+    /// A regression is a change for the worse beyond --max-regression that a
+    /// Mann-Whitney U test on the per-second values finds real (p <
+    /// --alpha); more lost messages always are. Results of different
+    /// scenarios, settings, environments or implementations are refused.
+    /// Exit 0: no regression; 1: a regression; 2: cannot compare.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The baseline's results.json (or its directory), e.g. saved from main.
+    pub baseline: PathBuf,
+    /// The current run's results.json (or its directory).
+    pub current: PathBuf,
+    /// The largest change for the worse that is not a regression, e.g. 10%.
+    #[arg(long, default_value = "10%", value_parser = parse_percent)]
+    pub max_regression: f64,
+    /// The smallest latency change that can be a regression: two runs of
+    /// one scenario differ by about this much by themselves (docs/ci.md).
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub min_latency_change: Duration,
+    /// Significance level of the test on per-second values.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_alpha)]
+    pub alpha: f64,
+    /// How to print the comparison.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: CompareFormat,
+    /// Write it to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// Output forms of `compare`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompareFormat {
+    /// A table for the terminal.
+    Table,
+    /// A Markdown table, e.g. for a job summary.
+    Markdown,
+    /// JSON (schema brokerbench.compare/v1, schema/compare.v1.json).
+    Json,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let number = text.trim().trim_end_matches('%');
+    match number.parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p / 100.0),
+        _ => Err(format!("'{text}' is not a percentage like 10% or 2.5")),
+    }
+}
+
+fn parse_alpha(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(a) if a > 0.0 && a < 1.0 => Ok(a),
+        _ => Err(format!(
+            "'{text}' is not a significance level between 0 and 1, like 0.05"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

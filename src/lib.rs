@@ -37,5 +37,6 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Run(args) => commands::run::run(args).await,
         cli::Command::Advise(args) => commands::advise::run(args),
         cli::Command::Report(args) => commands::report::run(args),
+        cli::Command::Compare(args) => commands::compare::run(args),
     }
 }

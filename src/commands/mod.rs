@@ -1,6 +1,7 @@
 //! What each subcommand does, on top of the library modules.
 
 pub mod advise;
+pub mod compare;
 pub mod env;
 pub mod report;
 pub mod run;

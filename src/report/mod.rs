@@ -5,6 +5,7 @@
 //! read it. Results are written after every broker, so a later failure or a
 //! Ctrl-C loses nothing already measured.
 
+pub mod compare;
 pub mod export;
 mod figure;
 pub mod table;

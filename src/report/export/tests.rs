@@ -44,7 +44,10 @@ async fn interval_logs_read_back_to_the_percentiles_of_results_json() {
                 .find(|d| d.file_name == name)
                 .unwrap_or_else(|| panic!("no {name}"));
             let text = String::from_utf8_lossy(&log.content);
-            assert!(text.starts_with("#[Histogram log format version 1.2]\n"), "{text}");
+            assert!(
+                text.starts_with("#[Histogram log format version 1.2]\n"),
+                "{text}"
+            );
             let mut merged = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
             let mut intervals = 0;
             for entry in IntervalLogIterator::new(&log.content) {
@@ -117,11 +120,17 @@ async fn junit_has_a_testcase_per_check_and_a_failure_per_failed_one() {
 #[tokio::test]
 async fn benchmark_files_have_the_documented_fields() {
     let results = measured().await;
-    let documents = export(Format::GithubActionBenchmark, std::slice::from_ref(&results));
+    let documents = export(
+        Format::GithubActionBenchmark,
+        std::slice::from_ref(&results),
+    );
     let names: Vec<&str> = documents.iter().map(|d| d.file_name.as_str()).collect();
     assert_eq!(
         names,
-        ["benchmark-smaller-is-better.json", "benchmark-bigger-is-better.json"]
+        [
+            "benchmark-smaller-is-better.json",
+            "benchmark-bigger-is-better.json"
+        ]
     );
     for d in &documents {
         let entries: Vec<Value> = serde_json::from_slice(&d.content).unwrap();
@@ -132,7 +141,9 @@ async fn benchmark_files_have_the_documented_fields() {
             let fields: Vec<&String> = e.as_object().unwrap().keys().collect();
             assert!(e["name"].is_string() && e["unit"].is_string() && e["value"].is_number());
             assert!(
-                fields.iter().all(|f| ["name", "unit", "value", "range", "extra"].contains(&f.as_str())),
+                fields
+                    .iter()
+                    .all(|f| ["name", "unit", "value", "range", "extra"].contains(&f.as_str())),
                 "{e}"
             );
         }
@@ -142,7 +153,10 @@ async fn benchmark_files_have_the_documented_fields() {
         .iter()
         .find(|e| e["name"] == "memory/rabbitmq/a/end_to_end_p99")
         .unwrap();
-    assert_eq!(p99["value"], results.brokers[0].latency_us.end_to_end["a"].p99 as f64);
+    assert_eq!(
+        p99["value"],
+        results.brokers[0].latency_us.end_to_end["a"].p99 as f64
+    );
 
     let bmf: Value = serde_json::from_slice(&export(Format::Bmf, &[results])[0].content).unwrap();
     for (bench, measures) in bmf.as_object().unwrap() {
@@ -178,5 +192,9 @@ async fn markdown_stays_under_its_budget_however_many_groups() {
     let text = exporter.render(&[big.clone(), big]);
     assert!(text.len() <= exporter.budget, "{} bytes", text.len());
     assert!(text.len() <= markdown::GITHUB_SUMMARY_LIMIT);
-    assert!(text.contains("more group row(s) are in results.json"), "{}", &text[..2000]);
+    assert!(
+        text.contains("more group row(s) are in results.json"),
+        "{}",
+        &text[..2000]
+    );
 }

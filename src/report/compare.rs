@@ -1,0 +1,675 @@
+//! Comparing a run with a baseline: per broker, group and metric, the
+//! change, and whether it is a regression.
+//!
+//! Our machines and CI runners are noisy, so a regression needs two things:
+//! a change beyond the allowed one (`--max-regression`), and a Mann-Whitney U
+//! test on the steady phase's per-second values saying the two runs differ
+//! (two-sided, p < `alpha`). Mann-Whitney rather than Welch's t-test: the
+//! per-second p99s of a broker are skewed and have outlier seconds (a GC, an
+//! fsync), and a rank test needs no normality and is not carried by one
+//! outlier. Per-second values are also autocorrelated, which makes any such
+//! test too eager; the effect-size threshold guards against that.
+//! Counts (lost, duplicates) and recovery times have no per-second series:
+//! a lost message is never noise, so any more lost is a regression; more
+//! duplicates and a slower recovery need the change beyond the threshold (and
+//! for recovery, more than a second, the granularity of client backoff).
+
+use base64::Engine;
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, Normal};
+
+use super::{BrokerResult, IntervalSeries, Results};
+use crate::broker::BrokerKind;
+
+/// The schema identifier of `compare --format json`.
+pub const SCHEMA: &str = "brokerbench.compare/v1";
+
+/// What a comparison allows.
+#[derive(Clone, Copy, Debug)]
+pub struct Allowance {
+    /// The largest change for the worse that is not a regression, as a
+    /// fraction (0.10: 10 %).
+    pub max_regression: f64,
+    /// Significance level of the test.
+    pub alpha: f64,
+    /// The smallest latency change, µs, that can be a regression: below
+    /// it, two runs of one scenario on loopback differ by themselves.
+    pub min_latency_change_us: f64,
+}
+
+/// Results that cannot be compared, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot compare: {0}")]
+pub struct Incomparable(pub String);
+
+/// One metric's comparison.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    /// The broker.
+    pub broker: BrokerKind,
+    /// The consumer group, for per-group metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `rate`, `publish_p99`, `end_to_end_p99`, `lost`, `recovery` ...
+    pub metric: String,
+    /// `msg/s`, `us`, `count` or `s`.
+    pub unit: String,
+    /// Higher is better (rates) or lower is better (everything else).
+    pub higher_is_better: bool,
+    /// The baseline's figure.
+    pub baseline: f64,
+    /// The current run's figure.
+    pub current: f64,
+    /// (current − baseline) / baseline; null when the baseline is 0.
+    pub change: Option<f64>,
+    /// The test's two-sided p-value on the per-second values, Holm-adjusted
+    /// over every test of the comparison; null when the metric has no
+    /// series or fewer than 5 steady seconds on a side.
+    pub p_value: Option<f64>,
+    /// What the change is.
+    pub verdict: Verdict,
+}
+
+/// What a row shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Worse beyond the allowance, and the test says it is real.
+    Regression,
+    /// Better beyond the allowance, and the test says it is real.
+    Improvement,
+    /// Within the allowance, or the test cannot tell the runs apart.
+    NoSignificantChange,
+}
+
+/// A whole comparison.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Comparison {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// The scenario compared.
+    pub scenario: String,
+    /// The allowance, as a fraction.
+    pub max_regression: f64,
+    /// The smallest latency change that can be a regression, µs.
+    pub min_latency_change_us: f64,
+    /// The significance level.
+    pub alpha: f64,
+    /// The test used on per-second values.
+    pub test: String,
+    /// Every metric compared.
+    pub rows: Vec<Row>,
+    /// Brokers in only one of the two runs, not compared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_compared: Vec<String>,
+}
+
+impl Comparison {
+    /// Rows that regressed.
+    pub fn regressions(&self) -> impl Iterator<Item = &Row> {
+        self.rows
+            .iter()
+            .filter(|r| r.verdict == Verdict::Regression)
+    }
+}
+
+/// Compares `current` with `baseline`; refuses results of different
+/// scenarios, settings, environments or implementations.
+pub fn compare(
+    baseline: &Results,
+    current: &Results,
+    allowance: Allowance,
+) -> Result<Comparison, Incomparable> {
+    comparable(baseline, current)?;
+    let mut rows = Vec::new();
+    let mut not_compared = Vec::new();
+    for b in &baseline.brokers {
+        match current.brokers.iter().find(|c| c.broker == b.broker) {
+            Some(c) => rows.extend(broker_rows(b, c, allowance)),
+            None => not_compared.push(format!("{}: only in the baseline", b.broker)),
+        }
+    }
+    for c in &current.brokers {
+        if !baseline.brokers.iter().any(|b| b.broker == c.broker) {
+            not_compared.push(format!("{}: only in the current run", c.broker));
+        }
+    }
+    if rows.is_empty() {
+        return Err(Incomparable("the two runs have no broker in common".into()));
+    }
+    holm(&mut rows, allowance);
+    Ok(Comparison {
+        schema: SCHEMA.into(),
+        scenario: current.scenario.name.clone(),
+        max_regression: allowance.max_regression,
+        min_latency_change_us: allowance.min_latency_change_us,
+        alpha: allowance.alpha,
+        test: "Mann-Whitney U, two-sided, normal approximation with tie correction, on the steady phase's per-second values".into(),
+        rows,
+        not_compared,
+    })
+}
+
+/// The same scenario, settings, environment and implementations, or why not.
+fn comparable(baseline: &Results, current: &Results) -> Result<(), Incomparable> {
+    let what = |r: &Results| {
+        let mut s = serde_json::to_value(&r.scenario).unwrap_or_default();
+        if let Some(o) = s.as_object_mut() {
+            // What does not change what one second measures.
+            for key in ["source", "description", "brokers", "thresholds"] {
+                o.remove(key);
+            }
+            if let Some(load) = o.get_mut("load").and_then(|l| l.as_object_mut()) {
+                for key in ["duration", "warmup", "drain_timeout", "final_read"] {
+                    load.remove(key);
+                }
+            }
+            // The groups' own work is the application's, which is what a
+            // gate watches: only their names must match.
+            if let Some(groups) = o.get_mut("consumers").and_then(|c| c.as_array_mut()) {
+                for g in groups.iter_mut().filter_map(|g| g.as_object_mut()) {
+                    g.retain(|k, _| k == "group");
+                }
+            }
+        }
+        s
+    };
+    let (a, b) = (what(baseline), what(current));
+    if a != b {
+        let differs = a
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Incomparable(format!(
+            "the scenarios differ ({differs}): baseline '{}', current '{}'",
+            baseline.scenario.name, current.scenario.name
+        )));
+    }
+    if baseline.environment != current.environment {
+        return Err(Incomparable(format!(
+            "the environments differ: baseline {}, current {}",
+            baseline.environment, current.environment
+        )));
+    }
+    for b in &baseline.brokers {
+        if let Some(c) = current.brokers.iter().find(|c| c.broker == b.broker) {
+            if b.implementation != c.implementation {
+                return Err(Incomparable(format!(
+                    "{}: the implementations differ: baseline {}, current {}",
+                    b.broker, b.implementation, c.implementation
+                )));
+            }
+            if b.settings != c.settings {
+                return Err(Incomparable(format!(
+                    "{}: the broker settings differ: baseline {}, current {}",
+                    b.broker,
+                    serde_json::to_string(&b.settings).unwrap_or_default(),
+                    serde_json::to_string(&c.settings).unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A figure and, when there is one, its per-second values in the steady phase.
+struct Measured {
+    value: f64,
+    seconds: Option<Vec<f64>>,
+}
+
+fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut add =
+        |group: Option<&str>, metric: &str, unit: &str, higher: bool, pair: [Measured; 2]| {
+            let [old, new] = pair;
+            rows.push(judge(
+                b.broker, group, metric, unit, higher, old, new, allowance,
+            ));
+        };
+    let rate = |r: &BrokerResult| Measured {
+        value: r.publish.confirmed_per_s,
+        seconds: Some(as_f64(r.steady(&r.series.confirmed))),
+    };
+    add(None, "rate", "msg/s", true, [rate(b), rate(c)]);
+    for (metric, q) in [
+        ("publish_p50", 0.5),
+        ("publish_p99", 0.99),
+        ("publish_p999", 0.999),
+    ] {
+        let m = |r: &BrokerResult| Measured {
+            value: pick(&r.latency_us.publish, q) as f64,
+            seconds: Some(quantiles(r, &r.series.publish_latency_us, q)),
+        };
+        add(None, metric, "us", false, [m(b), m(c)]);
+    }
+    for g in &b.groups {
+        let Some(cg) = c.groups.iter().find(|x| x.group == g.group) else {
+            continue;
+        };
+        let group = Some(g.group.as_str());
+        let rate = |r: &BrokerResult, rate_per_s: f64| Measured {
+            value: rate_per_s,
+            seconds: r
+                .series
+                .delivered
+                .get(&g.group)
+                .map(|s| as_f64(r.steady(s))),
+        };
+        add(
+            group,
+            "delivery_rate",
+            "msg/s",
+            true,
+            [rate(b, g.rate_per_s), rate(c, cg.rate_per_s)],
+        );
+        for (metric, q) in [
+            ("end_to_end_p50", 0.5),
+            ("end_to_end_p99", 0.99),
+            ("end_to_end_p999", 0.999),
+        ] {
+            let m = |r: &BrokerResult| Measured {
+                value: r
+                    .latency_us
+                    .end_to_end
+                    .get(&g.group)
+                    .map_or(0.0, |s| pick(s, q) as f64),
+                seconds: r
+                    .series
+                    .end_to_end_latency_us
+                    .get(&g.group)
+                    .map(|s| quantiles(r, s, q)),
+            };
+            add(group, metric, "us", false, [m(b), m(c)]);
+        }
+        for (metric, old, new) in [
+            ("lost", g.account.lost, cg.account.lost),
+            ("duplicates", g.account.duplicates, cg.account.duplicates),
+        ] {
+            let m = |v: u64| Measured {
+                value: v as f64,
+                seconds: None,
+            };
+            add(group, metric, "count", false, [m(old), m(new)]);
+        }
+    }
+    for (i, (fb, fc)) in b.faults.iter().zip(&c.faults).enumerate() {
+        // Never recovered: the whole load, the worst it can show.
+        let m = |f: &super::FaultResult, r: &BrokerResult| Measured {
+            value: f.publish_recovered_after_s.unwrap_or(r.load.steady_seconds),
+            seconds: None,
+        };
+        let metric = format!(
+            "recovery (fault {}: {} at {}s)",
+            i + 1,
+            fb.action.as_str(),
+            fb.at_s
+        );
+        add(None, &metric, "s", false, [m(fb, b), m(fc, c)]);
+    }
+    rows
+}
+
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    broker: BrokerKind,
+    group: Option<&str>,
+    metric: &str,
+    unit: &str,
+    higher_is_better: bool,
+    old: Measured,
+    new: Measured,
+    allowance: Allowance,
+) -> Row {
+    let change = (old.value != 0.0).then(|| (new.value - old.value) / old.value);
+    let worse = if higher_is_better {
+        new.value < old.value
+    } else {
+        new.value > old.value
+    };
+    let beyond = beyond(unit, old.value, new.value, change, allowance);
+    let p_value = match (&old.seconds, &new.seconds) {
+        (Some(a), Some(b)) => mann_whitney(a, b),
+        _ => None,
+    };
+    let real = match (metric, &old.seconds) {
+        // A lost message is never noise.
+        ("lost", _) => new.value != old.value,
+        (_, Some(_)) => p_value.is_some_and(|p| p < allowance.alpha),
+        // Recovery: one value per fault; more than client backoff's second.
+        (m, None) if m.starts_with("recovery") => (new.value - old.value).abs() > 1.0,
+        (_, None) => true,
+    };
+    let verdict = verdict(
+        beyond || metric == "lost",
+        real,
+        worse,
+        new.value != old.value,
+    );
+    Row {
+        broker,
+        group: group.map(str::to_string),
+        metric: metric.to_string(),
+        unit: unit.to_string(),
+        higher_is_better,
+        baseline: old.value,
+        current: new.value,
+        change: change.map(|c| (c * 1e4).round() / 1e4),
+        p_value,
+        verdict,
+    }
+}
+
+/// Whether a change is beyond the allowance: relative, and for latencies
+/// also absolute.
+fn beyond(unit: &str, old: f64, new: f64, change: Option<f64>, allowance: Allowance) -> bool {
+    let relative = match change {
+        Some(c) => c.abs() > allowance.max_regression,
+        None => new != old,
+    };
+    relative && (unit != "us" || (new - old).abs() >= allowance.min_latency_change_us)
+}
+
+fn verdict(beyond: bool, real: bool, worse: bool, changed: bool) -> Verdict {
+    match (beyond && real && changed, worse) {
+        (true, true) => Verdict::Regression,
+        (true, false) => Verdict::Improvement,
+        (false, _) => Verdict::NoSignificantChange,
+    }
+}
+
+/// Holm's step-down correction of the tested rows' p-values, then their
+/// verdicts again: with a dozen figures per broker, one of them would pass a
+/// plain p < 0.05 by chance in many comparisons of identical runs.
+fn holm(rows: &mut [Row], allowance: Allowance) {
+    let mut tested: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].p_value.is_some())
+        .collect();
+    tested.sort_by(|&a, &b| {
+        rows[a]
+            .p_value
+            .unwrap()
+            .total_cmp(&rows[b].p_value.unwrap())
+    });
+    let m = tested.len();
+    let mut running = 0.0f64;
+    for (k, &i) in tested.iter().enumerate() {
+        let adjusted = (rows[i].p_value.unwrap() * (m - k) as f64).min(1.0);
+        // Adjusted p-values never decrease down the order.
+        running = running.max(adjusted);
+        let r = &mut rows[i];
+        r.p_value = Some((running * 1e6).round() / 1e6);
+        let worse = if r.higher_is_better {
+            r.current < r.baseline
+        } else {
+            r.current > r.baseline
+        };
+        let beyond = beyond(&r.unit, r.baseline, r.current, r.change, allowance);
+        r.verdict = verdict(
+            beyond,
+            running < allowance.alpha,
+            worse,
+            r.current != r.baseline,
+        );
+    }
+}
+
+fn as_f64(values: &[u64]) -> Vec<f64> {
+    values.iter().map(|&v| v as f64).collect()
+}
+
+fn pick(s: &crate::metrics::LatencySummary, q: f64) -> u64 {
+    match q {
+        q if q >= 0.999 => s.p999,
+        q if q >= 0.99 => s.p99,
+        _ => s.p50,
+    }
+}
+
+/// Quantile `q` of each steady second that holds values, from its histogram.
+fn quantiles(r: &BrokerResult, series: &IntervalSeries, q: f64) -> Vec<f64> {
+    r.steady(&series.hdr)
+        .iter()
+        .filter(|encoded| !encoded.is_empty())
+        .filter_map(|encoded| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()?;
+            let h: Histogram<u64> = Deserializer::new()
+                .deserialize(&mut bytes.as_slice())
+                .ok()?;
+            Some(h.value_at_quantile(q) as f64)
+        })
+        .collect()
+}
+
+/// Fewest values per side the normal approximation is used with.
+const MIN_SECONDS: usize = 5;
+
+/// The two-sided p-value of the Mann-Whitney U test of `a` against `b`
+/// (normal approximation, tie-corrected, with continuity correction); none
+/// with fewer than [`MIN_SECONDS`] values on a side.
+pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<f64> {
+    let (n1, n2) = (a.len(), b.len());
+    if n1 < MIN_SECONDS || n2 < MIN_SECONDS {
+        return None;
+    }
+    let mut all: Vec<(f64, bool)> = a
+        .iter()
+        .map(|&v| (v, true))
+        .chain(b.iter().map(|&v| (v, false)))
+        .collect();
+    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    // Ranks, ties sharing their mean rank; and the tie correction term.
+    let n = all.len();
+    let mut rank_sum_a = 0.0;
+    let mut ties = 0.0;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        let t = (j - i + 1) as f64;
+        ties += t * t * t - t;
+        rank_sum_a += rank * all[i..=j].iter().filter(|x| x.1).count() as f64;
+        i = j + 1;
+    }
+    let (n1, n2, n) = (n1 as f64, n2 as f64, n as f64);
+    let u = rank_sum_a - n1 * (n1 + 1.0) / 2.0;
+    let mean = n1 * n2 / 2.0;
+    let variance = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    if variance <= 0.0 {
+        // Every value equal: nothing tells the runs apart.
+        return Some(1.0);
+    }
+    let z = ((u - mean).abs() - 0.5).max(0.0) / variance.sqrt();
+    let normal = Normal::new(0.0, 1.0).expect("the standard normal");
+    Some((2.0 * (1.0 - normal.cdf(z))).min(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mann_whitney_matches_a_known_example() {
+        // scipy.stats.mannwhitneyu(a, b, alternative="two-sided",
+        // method="asymptotic", use_continuity=True) gives p = 0.012424.
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        let b = [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0];
+        let p = mann_whitney(&a, &b).unwrap();
+        assert!((p - 0.012424).abs() < 1e-5, "{p}");
+        // The same values: no difference.
+        assert!(mann_whitney(&a, &a).unwrap() > 0.9);
+        assert_eq!(mann_whitney(&[1.0; 6], &[1.0; 6]), Some(1.0));
+        assert_eq!(mann_whitney(&a[..4], &b), None, "too few seconds");
+    }
+
+    /// Results with ten steady seconds of group `a`'s end-to-end latency
+    /// recorded around `us` (each second: 100 values, spread by `spread`).
+    fn recorded(us: u64, spread: u64, seed: u64) -> Results {
+        let text = "name = \"recorded\"\n[load]\nrate = 100\nduration = \"10s\"\n[[consumers]]\ngroup = \"a\"\n";
+        let plan = crate::scenario::Plan::parse(
+            std::path::Path::new("recorded.toml"),
+            text,
+            &crate::scenario::Overrides::default(),
+        )
+        .unwrap();
+        let mut results: Results = serde_json::from_value(serde_json::json!({
+            "schema": "brokerbench.results/v1",
+            "tool_version": "0",
+            "started_at": "2026-11-22T00:00:00Z",
+            "environment": "local",
+            "scenario": serde_json::to_value(&plan).unwrap(),
+            "brokers": [],
+            "complete": true
+        }))
+        .unwrap();
+        let mut whole = crate::metrics::Latency::default();
+        let mut series = IntervalSeries::default();
+        let mut state = seed;
+        for _ in 0..10 {
+            let mut second = crate::metrics::Latency::default();
+            for _ in 0..100 {
+                // A small deterministic generator: the same seed, the same run.
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let v = us + (state >> 33) % spread.max(1);
+                second.record(std::time::Duration::from_micros(v));
+                whole.record(std::time::Duration::from_micros(v));
+            }
+            let p = second.percentiles();
+            series.count.push(p.count);
+            series.p50.push(p.p50);
+            series.p99.push(p.p99);
+            series.max.push(p.max);
+            series.hdr.push(second.compressed());
+        }
+        let broker = serde_json::json!({
+            "broker": "jetstream",
+            "implementation": "nats-server 2.9.10",
+            "endpoint": "nats://127.0.0.1:4222",
+            "settings": {"storage": "file"},
+            "load": {"open_loop": true, "target_rate_per_s": 100.0, "message_bytes": 512, "steady_seconds": 10.0},
+            "publish": {"attempted": 1000, "confirmed": 1000, "failed": 0, "unknown": 0, "resent": 0, "unsent": 0, "rate_per_s": 100.0, "confirmed_per_s": 100.0},
+            "groups": [{"group": "a", "delivered": 1000, "unique": 1000, "duplicates": 0, "redelivered": 0, "lost": 0, "recovered": 0, "unexpected": 0, "out_of_order": 0, "late": 0, "backlog": 0, "unverified": 0, "rate_per_s": 100.0}],
+            "latency_us": {
+                "publish": whole.summary(), "publish_service": whole.summary(),
+                "end_to_end": {"a": whole.summary()}, "end_to_end_service": {"a": whole.summary()}
+            },
+            "faults": [],
+            "series": {
+                "interval_s": 1, "steady_start_s": 0.0,
+                "confirmed": vec![100; 10], "errors": vec![0; 10], "delivered": {"a": vec![100; 10]},
+                "publish_latency_us": series, "end_to_end_latency_us": {"a": series}
+            },
+            "errors": {},
+            "drain": {"seconds": 0.1, "timed_out": false, "final_read_seconds": 0.0},
+            "checks": [],
+            "complete": true
+        });
+        results
+            .brokers
+            .push(serde_json::from_value(broker).unwrap());
+        results
+    }
+
+    fn valid(c: &Comparison) {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/compare.v1.json");
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let json = serde_json::to_value(c).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    const ALLOW: Allowance = Allowance {
+        max_regression: 0.10,
+        alpha: 0.05,
+        min_latency_change_us: 1000.0,
+    };
+
+    fn row<'a>(c: &'a Comparison, metric: &str) -> &'a Row {
+        c.rows.iter().find(|r| r.metric == metric).unwrap()
+    }
+
+    #[test]
+    fn noise_within_the_same_distribution_is_no_regression() {
+        for seed in 1..=5 {
+            let c = compare(
+                &recorded(2_000, 1_000, seed),
+                &recorded(2_000, 1_000, seed + 100),
+                ALLOW,
+            )
+            .unwrap();
+            assert_eq!(c.regressions().count(), 0, "seed {seed}: {:#?}", c.rows);
+        }
+    }
+
+    #[test]
+    fn a_slower_consumer_is_a_regression_and_a_faster_one_an_improvement() {
+        let base = recorded(2_000, 1_000, 1);
+        let slower = recorded(4_000, 1_000, 2);
+        let c = compare(&base, &slower, ALLOW).unwrap();
+        valid(&c);
+        let e2e = row(&c, "end_to_end_p99");
+        assert_eq!(e2e.verdict, Verdict::Regression, "{e2e:?}");
+        assert!(
+            e2e.p_value.unwrap() < 0.05 && e2e.change.unwrap() > 0.5,
+            "{e2e:?}"
+        );
+        let c = compare(&slower, &base, ALLOW).unwrap();
+        assert_eq!(row(&c, "end_to_end_p99").verdict, Verdict::Improvement);
+        // 5 % slower is within a 10 % allowance, however sure the test is.
+        let c = compare(&recorded(20_000, 100, 1), &recorded(21_000, 100, 2), ALLOW).unwrap();
+        let e2e = row(&c, "end_to_end_p50");
+        assert!(e2e.p_value.unwrap() < 0.01, "{e2e:?}");
+        assert_eq!(e2e.verdict, Verdict::NoSignificantChange, "{e2e:?}");
+    }
+
+    #[test]
+    fn one_more_lost_message_is_always_a_regression() {
+        let base = recorded(2_000, 1_000, 1);
+        let mut lossy = base.clone();
+        lossy.brokers[0].groups[0].account.lost = 1;
+        let c = compare(&base, &lossy, ALLOW).unwrap();
+        assert_eq!(row(&c, "lost").verdict, Verdict::Regression);
+    }
+
+    #[test]
+    fn different_scenarios_settings_or_implementations_are_refused() {
+        let base = recorded(2_000, 1_000, 1);
+        let mut other = base.clone();
+        other.scenario.load.rate = 200.0;
+        let err = compare(&base, &other, ALLOW).unwrap_err().to_string();
+        assert!(err.contains("the scenarios differ (load)"), "{err}");
+        let mut other = base.clone();
+        other.brokers[0].implementation = "nats-server 2.10.0".into();
+        let err = compare(&base, &other, ALLOW).unwrap_err().to_string();
+        assert!(err.contains("implementations differ"), "{err}");
+        let mut other = base.clone();
+        other.brokers[0].settings = serde_json::from_str(r#"{"storage": "memory"}"#).unwrap();
+        let err = compare(&base, &other, ALLOW).unwrap_err().to_string();
+        assert!(err.contains("settings differ"), "{err}");
+        let mut other = base.clone();
+        other.environment = "external".into();
+        assert!(compare(&base, &other, ALLOW).is_err());
+        // The consumers' own work may change: that is what a gate watches.
+        let mut slower = base.clone();
+        slower.scenario.consumers[0].processing_time = std::time::Duration::from_millis(5);
+        assert!(compare(&base, &slower, ALLOW).is_ok());
+    }
+}
