@@ -1,6 +1,6 @@
 # brokerbench: the two commands a newcomer needs.
 #   make demo   install brokers if missing, build, run scenarios/orders.toml (10 s per broker)
-#   make test   install brokers if missing, fmt + clippy + every test
+#   make test   install brokers (and chromium) if missing, fmt + clippy + every test
 SHELL := /bin/bash
 CARGO ?= cargo
 # Debian installs rabbitmq-server and nats-server in /usr/sbin; cargo installs tansu in ~/.cargo/bin.
@@ -22,5 +22,6 @@ check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-test: brokers check
+test: check
+	@scripts/install-brokers --test-tools
 	$(CARGO) test --locked

@@ -182,6 +182,10 @@ pub struct RunArgs {
     /// kafka.rate_ratio=0.95 (docs/ci.md lists the metrics). Repeatable.
     #[arg(long = "threshold", value_name = "[BROKER.]METRIC=VALUE")]
     pub thresholds: Vec<String>,
+    /// Serve live metrics for Prometheus at http://ADDR/metrics during the
+    /// run, e.g. 127.0.0.1:9464 (port 0: any free port, printed).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Parent directory of the results directory.
     #[arg(long, value_name = "DIR", default_value = "results")]
     pub out: PathBuf,

@@ -80,8 +80,9 @@ fn render(c: &Comparison, markdown: bool) -> String {
     let regressions: Vec<&Row> = c.regressions().collect();
     let verdict = if regressions.is_empty() {
         format!(
-            "No regression beyond {:.0}% that the test finds real (p < {}).",
+            "No regression: no figure got worse by more than {:.0}% (and {} for a latency) with the test finding it real (p < {}).",
             c.max_regression * 100.0,
+            crate::report::table::latency(c.min_latency_change_us as u64),
             c.alpha
         )
     } else {

@@ -25,6 +25,7 @@ use crate::env::external::{CommandBroker, Targets};
 use crate::env::local::LocalBroker;
 use crate::env::{Environment, Placed};
 use crate::exit;
+use crate::metrics::live::LiveMetrics;
 use crate::report::{export, table};
 use crate::run::session::{Observer, Outcome, Session, Stop};
 use crate::run::{Phase, Progress};
@@ -60,12 +61,23 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         plan.load.producers,
         plan.consumers.len(),
     ));
-    let session = Session::new(&plan, args.out.clone(), stop);
+    let mut session = Session::new(&plan, args.out.clone(), stop);
+    let mut serving = None;
+    if let Some(addr) = args.metrics_addr {
+        let live = Arc::new(LiveMetrics::default());
+        let (bound, task) = Arc::clone(&live).serve(addr).await?;
+        screen.say(format!("metrics: http://{bound}/metrics"));
+        session = session.with_live_metrics(live);
+        serving = Some(task);
+    }
     let Outcome {
         results,
         path,
         failure,
     } = session.run(&mut site, &mut screen).await?;
+    if let Some(task) = serving {
+        task.abort();
+    }
 
     if !results.brokers.is_empty() {
         let tables = format!("{}\n{}", table::summary(&results), table::groups(&results));

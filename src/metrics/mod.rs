@@ -6,6 +6,8 @@
 //! form (base64), so anyone can re-analyse or merge runs with any HdrHistogram
 //! library.
 
+pub mod live;
+
 use std::time::Duration;
 
 use base64::Engine;

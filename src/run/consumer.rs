@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::ledger::{self, ProducerLog, Seen};
 use super::{count, GroupOutcome, Progress, RunContext};
-use crate::driver::{self, Consumer};
+use crate::driver::{self, Consumer, ErrorKind};
 use crate::event;
+use crate::metrics::live::GroupMetrics;
 use crate::scenario::ConsumerGroup;
 
 /// The producers' history, published to the consumers when they are done.
@@ -39,6 +40,11 @@ pub(super) async fn consume(
     let mut closed = false;
     let mut processing = FuturesUnordered::new();
     let steady_ns = cx.steady_ns();
+    let live = progress
+        .live
+        .as_ref()
+        .and_then(|l| l.groups.get(index))
+        .cloned();
     loop {
         let next = tokio::select! {
             biased;
@@ -56,7 +62,8 @@ pub(super) async fn consume(
                 }
                 continue;
             }
-            Some(acked) = processing.next(), if !processing.is_empty() => {
+            Some((redelivered, acked)) = processing.next(), if !processing.is_empty() => {
+                processed(&live, redelivered, &acked);
                 if let Err(kind) = acked {
                     count(&mut out.errors, kind);
                     out.errors_at.record(cx.since_start(Instant::now()));
@@ -81,6 +88,11 @@ pub(super) async fn consume(
                 let first = out.log.record(&envelope, incoming.redelivered) == Seen::First;
                 if first {
                     out.delivered_at.record(cx.since_start(now));
+                    if let Some(live) = &live {
+                        live.delivered.inc();
+                        let ns = cx.ns(now).saturating_sub(envelope.intended_ns);
+                        live.end_to_end_latency.observe(ns as f64 / 1e9);
+                    }
                 }
                 if first && envelope.intended_ns >= steady_ns {
                     let at = cx.ns(now);
@@ -106,6 +118,7 @@ pub(super) async fn consume(
             None => out.log.record_foreign(),
         }
         let ack = incoming.ack;
+        let redelivered = incoming.redelivered;
         // The final read takes what is left at full speed.
         let work = if progress.final_read.load(Ordering::Relaxed) {
             Duration::ZERO
@@ -116,12 +129,13 @@ pub(super) async fn consume(
             if !work.is_zero() {
                 tokio::time::sleep(work).await;
             }
-            ack().await
+            (redelivered, ack().await)
         });
     }
     // Let messages being processed finish and be acknowledged.
     let finish = async {
-        while let Some(acked) = processing.next().await {
+        while let Some((redelivered, acked)) = processing.next().await {
+            processed(&live, redelivered, &acked);
             if let Err(kind) = acked {
                 count(&mut out.errors, kind);
             }
@@ -130,4 +144,15 @@ pub(super) async fn consume(
     let _ = tokio::time::timeout(driver::CALL_TIMEOUT, finish).await;
     let _ = tokio::time::timeout(driver::CALL_TIMEOUT, consumer.close()).await;
     out
+}
+
+/// `event_processed_total`: what became of a processed delivery.
+fn processed(live: &Option<GroupMetrics>, redelivered: bool, acked: &Result<(), ErrorKind>) {
+    if let Some(live) = live {
+        match (acked, redelivered) {
+            (Ok(()), false) => live.processed_ok.inc(),
+            (Ok(()), true) => live.processed_retry.inc(),
+            (Err(_), _) => live.processed_error.inc(),
+        };
+    }
 }

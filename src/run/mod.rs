@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::driver::{Driver, ErrorCounts, ErrorKind, Settings, CALL_TIMEOUT};
 use crate::env::FaultTarget;
 use crate::event::{self, Envelope};
+use crate::metrics::live::BrokerMetrics;
 use crate::metrics::{Latency, LatencyIntervals, Timeline};
 use crate::scenario::Plan;
 use faults::FaultEvent;
@@ -68,6 +69,8 @@ pub struct Progress {
     pub phase: AtomicU64,
     /// Set when the drain ran out and the groups read on at full speed.
     pub final_read: AtomicBool,
+    /// Live metrics to update, when `--metrics-addr` serves them.
+    pub live: Option<BrokerMetrics>,
 }
 
 impl Progress {

@@ -181,6 +181,9 @@ impl ProducerTask {
         // The achieved rate counts first sends; resends are counted apart.
         self.out.steady_sent += u64::from(send.attempt == 0 && self.cx.in_steady(sent));
         self.progress.sent.fetch_add(1, Ordering::Relaxed);
+        if let Some(live) = &self.progress.live {
+            live.published.inc();
+        }
         let send = Send {
             attempt: send.attempt + 1,
             ..send
@@ -207,6 +210,10 @@ impl ProducerTask {
             Ok(()) => {
                 self.out.log.settle(send.seq, PublishStatus::Confirmed);
                 self.progress.confirmed.fetch_add(1, Ordering::Relaxed);
+                if let Some(live) = &self.progress.live {
+                    live.confirmed.inc();
+                    live.publish_latency.observe((now - send.due).as_secs_f64());
+                }
                 self.out.confirmed_at.record(self.cx.since_start(now));
                 if self.cx.ns(send.due) >= self.cx.steady_ns() {
                     self.out.publish.record(now - send.due);

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{measure, Measurement, Progress};
 use crate::broker::BrokerKind;
 use crate::env::{Environment, Placed};
+use crate::metrics::live::LiveMetrics;
 use crate::report::{BrokerResult, Placement, Results};
 use crate::scenario::Plan;
 
@@ -86,6 +87,7 @@ pub struct Session<'a> {
     stop: Stop,
     out: PathBuf,
     slack: Duration,
+    live: Option<Arc<LiveMetrics>>,
 }
 
 impl<'a> Session<'a> {
@@ -98,7 +100,14 @@ impl<'a> Session<'a> {
             stop,
             out,
             slack: MEASURE_SLACK,
+            live: None,
         }
+    }
+
+    /// Updates `live` (served by `--metrics-addr`) as brokers are measured.
+    pub fn with_live_metrics(mut self, live: Arc<LiveMetrics>) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// Time allowed beyond the load and the drain timeout before a broker's
@@ -182,10 +191,10 @@ impl<'a> Session<'a> {
         observer: &mut dyn Observer,
     ) -> Measured {
         let plan = self.plan;
-        let progress = Arc::new(Progress::new(
-            plan.consumers.len(),
-            plan.load.producers as usize,
-        ));
+        let progress = Arc::new(Progress {
+            live: self.live.as_ref().map(|l| l.for_broker(kind, plan)),
+            ..Progress::new(plan.consumers.len(), plan.load.producers as usize)
+        });
         observer.started(kind, progress.clone());
         let placement = Placement {
             implementation: placed.implementation().to_string(),

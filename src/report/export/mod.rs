@@ -6,6 +6,7 @@
 
 mod benchmark;
 mod hlog;
+mod html;
 mod junit;
 pub(crate) mod markdown;
 
@@ -18,6 +19,8 @@ use super::Results;
 pub enum Format {
     /// GitHub-flavoured Markdown for a job summary (stays under its 1 MiB limit).
     Markdown,
+    /// One self-contained HTML file with charts (no network needed to open it).
+    Html,
     /// JUnit XML: one testcase per check, for CI test reporters.
     Junit,
     /// github-action-benchmark's customSmallerIsBetter and
@@ -49,6 +52,7 @@ pub trait Exporter {
 pub fn exporter(format: Format) -> Box<dyn Exporter> {
     match format {
         Format::Markdown => Box::new(markdown::Markdown::default()),
+        Format::Html => Box::new(html::Html),
         Format::Junit => Box::new(junit::Junit),
         Format::GithubActionBenchmark => Box::new(benchmark::GithubActionBenchmark),
         Format::Bmf => Box::new(benchmark::Bmf),

@@ -1,0 +1,489 @@
+//! One self-contained HTML file: no script, no stylesheet or font from the
+//! network, charts as inline SVG drawn with plotters. It holds:
+//! - the comparison and the per-group account, as in the terminal;
+//! - a percentile spectrum of publish and each group's end-to-end latency per
+//!   broker, log scale to 99.999 % as HdrHistogram's plotter draws it;
+//! - per second, throughput and p99, each fault's window shaded;
+//! - the checks, and the settings.
+//!
+//! Figures carry their raw values in `data-` attributes, so a test (or a
+//! script) can hold the page to `results.json`.
+
+use std::fmt::Write;
+
+use anyhow::{anyhow, Result};
+use base64::Engine;
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+
+use super::{broker_label, Document, Exporter};
+use crate::report::{table, BrokerResult, Results};
+
+/// The HTML exporter.
+pub struct Html;
+
+impl Exporter for Html {
+    fn export(&self, runs: &[Results]) -> Result<Vec<Document>> {
+        let mut page = String::new();
+        let title = runs
+            .iter()
+            .map(|r| r.scenario.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = write!(
+            page,
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+             <title>brokerbench: {}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n",
+            escape(&title)
+        );
+        for (i, r) in runs.iter().enumerate() {
+            run(&mut page, r, i)?;
+        }
+        page.push_str("</body>\n</html>\n");
+        Ok(vec![Document {
+            file_name: "report.html".into(),
+            content: page.into_bytes(),
+        }])
+    }
+}
+
+const STYLE: &str =
+    "body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}\
+table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}\
+th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}\
+td.n{text-align:right;font-variant-numeric:tabular-nums}\
+.fail{color:#b00;font-weight:bold}.pass{color:#070}\
+figure{margin:1rem 0}figcaption{font-size:.85rem;color:#555}\
+pre{background:#f6f6f6;padding:.5rem;overflow:auto;font-size:.8rem}\
+.note{background:#fff6d6;padding:.5rem;border-left:4px solid #e0b000}";
+
+/// Colours of the lines, in order.
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
+    let verdict = if r.passed() {
+        "<span class=\"pass\">passed</span>"
+    } else {
+        "<span class=\"fail\">FAILED</span>"
+    };
+    let _ = writeln!(
+        page,
+        "<section class=\"run\" data-run=\"{index}\">\n<h1>brokerbench: {} {verdict}</h1>",
+        escape(&r.scenario.name)
+    );
+    let _ = writeln!(
+        page,
+        "<p>{}</p>\n<p>Environment <b>{}</b>, started {}, brokerbench {}.{}</p>",
+        escape(&r.scenario.description),
+        escape(&r.environment),
+        escape(&r.started_at),
+        escape(&r.tool_version),
+        r.incomplete_reason
+            .as_ref()
+            .map(|why| format!(" <span class=\"fail\">Incomplete: {}</span>", escape(why)))
+            .unwrap_or_default()
+    );
+    for b in r.brokers.iter().filter(|b| b.stand_in_for.is_some()) {
+        let _ = writeln!(
+            page,
+            "<p class=\"note\">{} ran on {}, a stand-in: its figures describe it, not {}.</p>",
+            b.broker,
+            escape(&b.implementation),
+            escape(b.stand_in_for.as_deref().unwrap_or_default())
+        );
+    }
+    summary(page, r);
+    let _ = writeln!(page, "<h2>Latency by percentile</h2>");
+    spectrum(
+        page,
+        r,
+        "publish",
+        "Publish latency (from the intended send time)",
+        |b| Some(b.latency_us.publish.hdr.clone()),
+    )?;
+    for group in r.scenario.consumers.iter().map(|c| c.group.as_str()) {
+        spectrum(
+            page,
+            r,
+            &format!("end_to_end-{group}"),
+            &format!("End-to-end latency of group {group}"),
+            |b| b.latency_us.end_to_end.get(group).map(|s| s.hdr.clone()),
+        )?;
+    }
+    let _ = writeln!(page, "<h2>Over time</h2>");
+    for b in &r.brokers {
+        over_time(page, b)?;
+    }
+    let _ = writeln!(page, "<h2>Consumer groups</h2>");
+    html_table(page, &table::groups(r));
+    checks(page, r);
+    let _ = writeln!(
+        page,
+        "<h2>Settings</h2>\n<h3>Scenario, as resolved</h3>\n<pre>{}</pre>",
+        escape(&serde_json::to_string_pretty(&r.scenario)?)
+    );
+    for b in &r.brokers {
+        let _ = writeln!(
+            page,
+            "<h3>{}: {} at {}</h3>\n<pre data-settings=\"{}\">{}</pre>",
+            broker_label(b),
+            escape(&b.implementation),
+            escape(&b.endpoint),
+            b.broker,
+            escape(&serde_json::to_string_pretty(&b.settings)?)
+        );
+    }
+    page.push_str("</section>\n");
+    Ok(())
+}
+
+/// The comparison, with each figure's raw value in `data-value`.
+fn summary(page: &mut String, r: &Results) {
+    page.push_str("<h2>Summary</h2>\n<table id=\"summary\">\n<tr><th>broker</th><th>implementation</th><th>rate, msg/s</th><th>confirmed</th><th>publish p50</th><th>publish p99</th><th>publish p99.9</th><th>lost</th><th>duplicates</th><th>checks</th></tr>\n");
+    for b in &r.brokers {
+        let lost: u64 = b.groups.iter().map(|g| g.account.lost).sum();
+        let dup: u64 = b.groups.iter().map(|g| g.account.duplicates).sum();
+        let p = &b.latency_us.publish;
+        let cell = |field: &str, value: String, shown: String| {
+            format!("<td class=\"n\" data-field=\"{field}\" data-value=\"{value}\">{shown}</td>")
+        };
+        let latency = |field: &str, us: u64| cell(field, us.to_string(), table::latency(us));
+        let _ = writeln!(
+            page,
+            "<tr data-broker=\"{}\"><td>{}</td><td>{}</td>{}{}{}{}{}{}{}<td class=\"{}\">{}</td></tr>",
+            b.broker,
+            escape(&broker_label(b)),
+            escape(&b.implementation),
+            cell("publish.rate_per_s", b.publish.rate_per_s.to_string(), format!("{:.1}", b.publish.rate_per_s)),
+            cell("publish.confirmed", b.publish.confirmed.to_string(), format!("{} of {}", b.publish.confirmed, b.publish.attempted)),
+            latency("latency_us.publish.p50", p.p50),
+            latency("latency_us.publish.p99", p.p99),
+            latency("latency_us.publish.p999", p.p999),
+            cell("lost", lost.to_string(), lost.to_string()),
+            cell("duplicates", dup.to_string(), dup.to_string()),
+            if b.passed() { "pass" } else { "fail" },
+            if b.passed() { "all held" } else { "FAILED" },
+        );
+    }
+    page.push_str("</table>\n");
+}
+
+fn checks(page: &mut String, r: &Results) {
+    page.push_str("<h2>Checks</h2>\n<table id=\"checks\">\n<tr><th>broker</th><th>check</th><th>measured</th><th>result</th></tr>\n");
+    for b in &r.brokers {
+        for c in &b.checks {
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"{}\">{}</td></tr>",
+                b.broker,
+                escape(&c.condition(&b.faults)),
+                escape(&c.measured()),
+                if c.passed { "pass" } else { "fail" },
+                if c.passed { "held" } else { "FAILED" }
+            );
+        }
+    }
+    page.push_str("</table>\n");
+}
+
+/// A comfy table as an HTML table (its header and rows, not its drawing).
+fn html_table(page: &mut String, t: &comfy_table::Table) {
+    page.push_str("<table>\n<tr>");
+    if let Some(header) = t.header() {
+        for cell in header.cell_iter() {
+            let _ = write!(page, "<th>{}</th>", escape(&cell.content()));
+        }
+    }
+    page.push_str("</tr>\n");
+    for row in t.row_iter() {
+        page.push_str("<tr>");
+        for cell in row.cell_iter() {
+            let _ = write!(page, "<td>{}</td>", escape(&cell.content()));
+        }
+        page.push_str("</tr>\n");
+    }
+    page.push_str("</table>\n");
+}
+
+fn decode(encoded: &str) -> Option<Histogram<u64>> {
+    if encoded.is_empty() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .ok()?;
+    (!h.is_empty()).then_some(h)
+}
+
+/// Percentile axis: x is the number of nines, −log10(1 − p), to 99.999 %.
+const NINES: f64 = 5.0;
+
+fn percentile_label(x: &f64) -> String {
+    let p = 100.0 * (1.0 - 10f64.powf(-x));
+    match x.round() as i32 {
+        0 => "0%".into(),
+        1 => "90%".into(),
+        2 => "99%".into(),
+        3 => "99.9%".into(),
+        4 => "99.99%".into(),
+        5 => "99.999%".into(),
+        _ => format!("{p:.3}%"),
+    }
+}
+
+/// One chart: latency against percentile, a line per broker.
+fn spectrum(
+    page: &mut String,
+    r: &Results,
+    id: &str,
+    caption: &str,
+    hdr: impl Fn(&BrokerResult) -> Option<String>,
+) -> Result<()> {
+    let lines: Vec<(String, Vec<(f64, f64)>)> = r
+        .brokers
+        .iter()
+        .filter_map(|b| {
+            let h = decode(&hdr(b)?)?;
+            let points = (0..=(NINES * 20.0) as usize)
+                .map(|i| {
+                    let x = i as f64 / 20.0;
+                    let q = (1.0 - 10f64.powf(-x)).min(1.0);
+                    (x, h.value_at_quantile(q) as f64 / 1000.0)
+                })
+                .collect();
+            Some((broker_label(b), points))
+        })
+        .collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let top = lines
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
+        .fold(0.0, f64::max)
+        .max(0.001)
+        * 1.05;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 380)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..NINES, 0f64..top)
+            .map_err(plot)?;
+        chart
+            .configure_mesh()
+            .x_labels(6)
+            .x_label_formatter(&percentile_label)
+            .x_desc("percentile")
+            .y_desc("ms")
+            .draw()
+            .map_err(plot)?;
+        for (i, (name, points)) in lines.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    colour.stroke_width(2),
+                ))
+                .map_err(plot)?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot)?;
+        root.present().map_err(plot)?;
+    }
+    let points: usize = lines.iter().map(|(_, p)| p.len()).sum();
+    let _ = writeln!(
+        page,
+        "<figure class=\"chart\" data-chart=\"spectrum-{id}\" data-lines=\"{}\" data-points=\"{points}\">{svg}<figcaption>{}: microseconds from the whole run's histogram, by percentile (HdrHistogram's percentile spectrum).</figcaption></figure>",
+        lines.len(),
+        escape(caption)
+    );
+    Ok(())
+}
+
+fn plot<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing a chart: {e:?}")
+}
+
+/// One series over time.
+struct Line {
+    name: String,
+    values: Vec<f64>,
+}
+
+/// Per second for one broker: throughput, and p99 latency; faults shaded.
+fn over_time(page: &mut String, b: &BrokerResult) -> Result<()> {
+    let mut rates = vec![Line {
+        name: "confirmed".into(),
+        values: b.series.confirmed.iter().map(|&v| v as f64).collect(),
+    }];
+    for (group, delivered) in &b.series.delivered {
+        rates.push(Line {
+            name: format!("delivered to {group}"),
+            values: delivered.iter().map(|&v| v as f64).collect(),
+        });
+    }
+    let mut p99 = vec![Line {
+        name: "publish".into(),
+        values: b
+            .series
+            .publish_latency_us
+            .p99
+            .iter()
+            .map(|&v| v as f64 / 1000.0)
+            .collect(),
+    }];
+    for (group, s) in &b.series.end_to_end_latency_us {
+        p99.push(Line {
+            name: format!("end to end, {group}"),
+            values: s.p99.iter().map(|&v| v as f64 / 1000.0).collect(),
+        });
+    }
+    let label = broker_label(b);
+    time_chart(
+        page,
+        b,
+        &format!("rate-{}", b.broker),
+        &format!("{label}: messages per second"),
+        "msg/s",
+        &rates,
+    )?;
+    time_chart(
+        page,
+        b,
+        &format!("p99-{}", b.broker),
+        &format!("{label}: p99 latency per second"),
+        "ms",
+        &p99,
+    )?;
+    Ok(())
+}
+
+fn time_chart(
+    page: &mut String,
+    b: &BrokerResult,
+    id: &str,
+    caption: &str,
+    unit: &str,
+    lines: &[Line],
+) -> Result<()> {
+    let seconds = lines
+        .iter()
+        .map(|l| l.values.len())
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let top = lines
+        .iter()
+        .flat_map(|l| l.values.iter().copied())
+        .fold(0.0, f64::max)
+        .max(1e-3)
+        * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 300)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..seconds, 0f64..top)
+            .map_err(plot)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds from the start of the load")
+            .y_desc(unit)
+            .draw()
+            .map_err(plot)?;
+        // The warmup, then each fault's window (down or frozen; a restart
+        // until the broker was ready again).
+        let shade = |from: f64, to: f64, colour: RGBAColor| {
+            Rectangle::new([(from, 0.0), (to.max(from + 0.05), top)], colour.filled())
+        };
+        let steady = b.series.steady_start_s;
+        chart
+            .draw_series([shade(0.0, steady, RGBColor(200, 200, 200).mix(0.3))])
+            .map_err(plot)?;
+        for f in &b.faults {
+            let length = f
+                .broker_ready_after_s
+                .unwrap_or(seconds - f.started_s)
+                .max(f.duration_s);
+            chart
+                .draw_series([shade(
+                    f.started_s,
+                    f.started_s + length,
+                    RGBColor(214, 39, 40).mix(0.15),
+                )])
+                .map_err(plot)?;
+        }
+        for (i, line) in lines.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            // Each second's value at its middle.
+            let points = line
+                .values
+                .iter()
+                .enumerate()
+                .map(|(s, &v)| (s as f64 + 0.5, v));
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .map_err(plot)?
+                .label(line.name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot)?;
+        root.present().map_err(plot)?;
+    }
+    let faults: Vec<String> = b
+        .faults
+        .iter()
+        .map(|f| format!("{} at {:.1}s", f.action.as_str(), f.started_s))
+        .collect();
+    let _ = writeln!(
+        page,
+        "<figure class=\"chart\" data-chart=\"{id}\" data-lines=\"{}\" data-seconds=\"{}\" data-faults=\"{}\">{svg}<figcaption>{}. Grey: warmup; red: {}.</figcaption></figure>",
+        lines.len(),
+        seconds,
+        b.faults.len(),
+        escape(caption),
+        if faults.is_empty() { "no fault".to_string() } else { faults.join(", ") }
+    );
+    Ok(())
+}
