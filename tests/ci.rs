@@ -246,3 +246,324 @@ fn compare_passes_a_rerun_and_fails_a_slower_consumer() {
         "a scenario is not a results file"
     );
 }
+
+/// Two brokers and a pause, so that the charts have two lines and a shaded fault.
+const CHARTED: &str = r#"
+name = "charted"
+description = "a short run for the HTML report"
+brokers = ["rabbitmq", "jetstream"]
+
+[load]
+rate = 200
+duration = "4s"
+warmup = "1s"
+keys = 20
+
+[[consumers]]
+group = "billing"
+[[consumers]]
+group = "risk"
+
+[[faults]]
+at = "1s"
+action = "pause"
+duration = "500ms"
+"#;
+
+/// Headless Chromium with every host name unresolvable: a page that needed
+/// the network would fail to load a part, and say so on the console.
+fn chromium(args: &[&str], page: &Path) -> Output {
+    let program = which_chromium();
+    std::process::Command::new(program)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap()
+}
+
+fn which_chromium() -> PathBuf {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect(
+            "chromium is not installed: run scripts/install-brokers --test-tools (make test does)",
+        )
+}
+
+#[test]
+fn the_html_report_opens_offline_with_every_chart_drawn_from_the_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write(dir.path(), "charted.toml", CHARTED);
+    let out = run(&scenario, &[], dir.path());
+    let results_file = results_path(&out);
+    let results = read(&results_file);
+    let page = dir.path().join("report.html");
+    let made = util::brokerbench()
+        .args(["report", "--format", "html", "--out"])
+        .arg(&page)
+        .arg(&results_file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        made.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    for fetch in ["src=", "href=", "url(", "<script", "@import"] {
+        assert!(!html.contains(fetch), "the page fetches something: {fetch}");
+    }
+
+    let shown = chromium(&["--dump-dom"], &page);
+    assert!(shown.status.success());
+    let dom = String::from_utf8_lossy(&shown.stdout);
+    let log = String::from_utf8_lossy(&shown.stderr);
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught") || l.contains("net::ERR"))
+        .collect();
+    assert!(complaints.is_empty(), "console: {complaints:?}");
+
+    // Every chart: an SVG with at least one drawn line of several points.
+    let charts: Vec<&str> = dom.split("<figure class=\"chart\"").skip(1).collect();
+    let names: Vec<&str> = charts
+        .iter()
+        .map(|c| c.split('"').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "spectrum-publish",
+            "spectrum-end_to_end-billing",
+            "spectrum-end_to_end-risk",
+            "rate-rabbitmq",
+            "p99-rabbitmq",
+            "rate-jetstream",
+            "p99-jetstream"
+        ]
+    );
+    for (name, chart) in names.iter().zip(&charts) {
+        let chart = chart.split("</figure>").next().unwrap();
+        assert!(chart.contains("<svg"), "{name}");
+        let lines = chart
+            .split("<polyline")
+            .skip(1)
+            .filter(|l| {
+                let points = l
+                    .split("points=\"")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split('"')
+                    .next()
+                    .unwrap();
+                // Grid lines and legend marks have 2 points; data has more.
+                points.split_whitespace().count() >= 4
+            })
+            .count();
+        let expected: usize = chart
+            .split("data-lines=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            expected >= 2 && lines >= expected,
+            "{name}: {lines} drawn lines of {expected}"
+        );
+        if name.starts_with("spectrum") {
+            assert!(
+                chart.contains("data-lines=\"2\""),
+                "{name}: a line per broker"
+            );
+        } else {
+            assert!(
+                chart.contains("data-faults=\"1\""),
+                "{name}: the pause is shaded"
+            );
+        }
+    }
+
+    // The summary's figures are results.json's.
+    for b in results["brokers"].as_array().unwrap() {
+        let broker = b["broker"].as_str().unwrap();
+        let row = dom
+            .split(&format!("<tr data-broker=\"{broker}\">"))
+            .nth(1)
+            .unwrap()
+            .split("</tr>")
+            .next()
+            .unwrap();
+        let cell = |field: &str| {
+            row.split(&format!("data-field=\"{field}\" data-value=\""))
+                .nth(1)
+                .unwrap_or_else(|| panic!("{broker}: no {field}"))
+                .split('"')
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        };
+        let p = &b["latency_us"]["publish"];
+        assert_eq!(cell("latency_us.publish.p50"), p["p50"].as_f64().unwrap());
+        assert_eq!(cell("latency_us.publish.p99"), p["p99"].as_f64().unwrap());
+        assert_eq!(cell("latency_us.publish.p999"), p["p999"].as_f64().unwrap());
+        assert_eq!(
+            cell("publish.rate_per_s"),
+            b["publish"]["rate_per_s"].as_f64().unwrap()
+        );
+        assert_eq!(
+            cell("publish.confirmed"),
+            b["publish"]["confirmed"].as_f64().unwrap()
+        );
+    }
+
+    // And it renders: a screenshot with charts in it, not a blank page.
+    let shot = dir.path().join("report.png");
+    let taken = chromium(
+        &[
+            "--window-size=1280,3000",
+            &format!("--screenshot={}", shot.display()),
+        ],
+        &page,
+    );
+    assert!(taken.status.success());
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let bytes = info.color_type.samples();
+    let colours: std::collections::HashSet<&[u8]> =
+        pixels[..info.buffer_size()].chunks(bytes).collect();
+    let white = pixels[..info.buffer_size()]
+        .chunks(bytes)
+        .filter(|p| p.iter().take(3).all(|&c| c > 245))
+        .count();
+    let total = info.buffer_size() / bytes;
+    assert!(colours.len() > 50, "{} colours", colours.len());
+    assert!(white < total * 95 / 100, "{white} of {total} pixels white");
+}
+
+#[test]
+fn the_github_actions_example_parses_and_its_commands_are_ours() {
+    use clap::Parser;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("examples/ci/github-actions.yml")).unwrap();
+    let workflow: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let steps = workflow["jobs"]["bench"]["steps"].as_sequence().unwrap();
+    let runs: Vec<&str> = steps.iter().filter_map(|s| s["run"].as_str()).collect();
+    let uses: Vec<&str> = steps.iter().filter_map(|s| s["uses"].as_str()).collect();
+    assert!(uses
+        .iter()
+        .any(|u| u.starts_with("actions/upload-artifact@")));
+    assert!(runs.iter().any(|r| r.contains("scripts/install-brokers")));
+    // Every brokerbench command line of the workflow is one our CLI takes.
+    let mut commands = 0;
+    for line in runs.iter().flat_map(|r| r.lines()) {
+        let Some(at) = line.find("./target/release/brokerbench ") else {
+            continue;
+        };
+        let words: Vec<&str> = line[at..]
+            .split_whitespace()
+            .take_while(|w| !matches!(*w, ">" | ">>" | "|" | "&&" | ";"))
+            .collect();
+        if let Err(e) = brokerbench::cli::Cli::try_parse_from(&words) {
+            panic!("{line}: {e}");
+        }
+        commands += 1;
+    }
+    assert!(commands >= 4, "{commands} brokerbench commands");
+    // The scenario it runs is valid, and has thresholds.
+    let plan = brokerbench::scenario::Plan::load(
+        &root.join("examples/ci/ci.toml"),
+        &brokerbench::scenario::Overrides::default(),
+    )
+    .unwrap();
+    assert!(!plan.thresholds.is_empty());
+}
+
+/// `GET /metrics` over a plain TCP connection.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample `name{labels}` in an exposition.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[test]
+fn metrics_are_served_during_a_run_and_rise() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write(
+        dir.path(),
+        "live.toml",
+        &STEADY.replace("duration = \"8s\"", "duration = \"5s\""),
+    );
+    let mut child = util::brokerbench()
+        .arg("run")
+        .arg(&scenario)
+        .args(["--metrics-addr", "127.0.0.1:0", "--out"])
+        .arg(dir.path().join("results"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .find_map(|l| {
+            l.unwrap()
+                .strip_prefix("metrics: http://")
+                .map(|rest| rest.trim_end_matches("/metrics").to_string())
+        })
+        .expect("the metrics address is printed");
+    // Into the load (a second of warmup, then five of steady load).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let first = scrape(&addr);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let second = scrape(&addr);
+    let published = "brokerbench_published_total{broker=\"jetstream\"}";
+    let delivered = "brokerbench_delivered_total{broker=\"jetstream\",group=\"billing\"}";
+    assert!(
+        sample(&second, published) > sample(&first, published) && sample(&first, published) > 0.0
+    );
+    assert!(sample(&second, delivered) > sample(&first, delivered));
+    let ok = "event_processed_total{type=\"events.order.created.v1\",status=\"ok\",broker=\"jetstream\",group=\"billing\"}";
+    assert!(sample(&second, ok) > 0.0);
+    assert!(second.contains("# TYPE brokerbench_publish_latency_seconds histogram"));
+    let count =
+        "brokerbench_end_to_end_latency_seconds_count{broker=\"jetstream\",group=\"billing\"}";
+    assert!(sample(&second, count) > 0.0);
+    assert!(second.contains("brokerbench_end_to_end_latency_seconds_bucket{le=\"0.0001\",broker=\"jetstream\",group=\"billing\"}")
+        || second.contains("brokerbench_end_to_end_latency_seconds_bucket{broker=\"jetstream\",group=\"billing\",le=\"0.0001\"}"),
+        "{second}");
+    for _ in lines.by_ref() {}
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -335,38 +335,41 @@ fn plot<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing a chart: {e:?}")
 }
 
-/// One series over time.
+/// One series over time: a value per second, none where nothing was measured.
 struct Line {
     name: String,
-    values: Vec<f64>,
+    values: Vec<Option<f64>>,
 }
 
 /// Per second for one broker: throughput, and p99 latency; faults shaded.
 fn over_time(page: &mut String, b: &BrokerResult) -> Result<()> {
+    let counts = |values: &[u64]| values.iter().map(|&v| Some(v as f64)).collect();
+    // A second without a value (the warmup, a stall) has no p99, not 0.
+    let p99_ms = |s: &crate::report::IntervalSeries| {
+        s.p99
+            .iter()
+            .zip(&s.count)
+            .map(|(&p, &n)| (n > 0).then_some(p as f64 / 1000.0))
+            .collect()
+    };
     let mut rates = vec![Line {
         name: "confirmed".into(),
-        values: b.series.confirmed.iter().map(|&v| v as f64).collect(),
+        values: counts(&b.series.confirmed),
     }];
     for (group, delivered) in &b.series.delivered {
         rates.push(Line {
             name: format!("delivered to {group}"),
-            values: delivered.iter().map(|&v| v as f64).collect(),
+            values: counts(delivered),
         });
     }
     let mut p99 = vec![Line {
         name: "publish".into(),
-        values: b
-            .series
-            .publish_latency_us
-            .p99
-            .iter()
-            .map(|&v| v as f64 / 1000.0)
-            .collect(),
+        values: p99_ms(&b.series.publish_latency_us),
     }];
     for (group, s) in &b.series.end_to_end_latency_us {
         p99.push(Line {
             name: format!("end to end, {group}"),
-            values: s.p99.iter().map(|&v| v as f64 / 1000.0).collect(),
+            values: p99_ms(s),
         });
     }
     let label = broker_label(b);
@@ -405,7 +408,7 @@ fn time_chart(
         .max(1) as f64;
     let top = lines
         .iter()
-        .flat_map(|l| l.values.iter().copied())
+        .flat_map(|l| l.values.iter().flatten().copied())
         .fold(0.0, f64::max)
         .max(1e-3)
         * 1.1;
@@ -450,17 +453,25 @@ fn time_chart(
         }
         for (i, line) in lines.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
-            // Each second's value at its middle.
-            let points = line
-                .values
-                .iter()
-                .enumerate()
-                .map(|(s, &v)| (s as f64 + 0.5, v));
-            chart
-                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
-                .map_err(plot)?
-                .label(line.name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+            // Each second's value at its middle; a gap where there is none.
+            let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+            for (s, v) in line.values.iter().enumerate() {
+                match v {
+                    Some(v) => runs.last_mut().expect("one run").push((s as f64 + 0.5, *v)),
+                    None if runs.last().is_some_and(|r| !r.is_empty()) => runs.push(Vec::new()),
+                    None => {}
+                }
+            }
+            for (i, run) in runs.into_iter().filter(|r| !r.is_empty()).enumerate() {
+                let drawn = chart
+                    .draw_series(LineSeries::new(run, colour.stroke_width(2)))
+                    .map_err(plot)?;
+                if i == 0 {
+                    drawn
+                        .label(line.name.as_str())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+                }
+            }
         }
         chart
             .configure_series_labels()
