@@ -80,7 +80,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     }
 
     if !results.brokers.is_empty() {
-        let tables = format!("{}\n{}", table::summary(&results), table::groups(&results));
+        let layout = table::Layout::of_terminal();
+        let mut tables = format!(
+            "{}\n{}",
+            table::summary(&results, layout),
+            table::groups(&results, layout)
+        );
+        for note in table::notes(&results, layout) {
+            tables.push('\n');
+            tables.push_str(&note);
+        }
         screen.say(tables);
     }
     screen.say(format!("results: {}", path.display()));

@@ -2,7 +2,7 @@
 
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
-use super::{BrokerResult, Results};
+use super::{BrokerResult, GroupResult, Results};
 use crate::metrics::LatencySummary;
 
 /// A latency in the unit that reads best: `850 µs`, `12.3 ms`, `2.01 s`.
@@ -58,20 +58,88 @@ fn new_table(header: Vec<&str>) -> Table {
     table
 }
 
-/// The comparison of every broker measured.
-pub fn summary(results: &Results) -> Table {
-    let mut table = new_table(vec![
-        "broker",
-        "implementation",
-        "rate (target)",
+/// How much a table may spread: the terminal's width decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Under 100 columns: the deciding figures only.
+    Narrow,
+    /// Under 150 columns: p50 and p99, implementations in the table.
+    Medium,
+    /// A wide terminal, a log or a report: everything.
+    Wide,
+}
+
+impl Layout {
+    /// The layout for a terminal `width` columns wide; `None` (not a
+    /// terminal) is [`Layout::Wide`].
+    pub fn for_width(width: Option<u16>) -> Self {
+        match width {
+            Some(w) if w < 100 => Layout::Narrow,
+            Some(w) if w < 150 => Layout::Medium,
+            _ => Layout::Wide,
+        }
+    }
+
+    /// The layout for this process's standard output.
+    pub fn of_terminal() -> Self {
+        Layout::for_width(Table::new().width())
+    }
+}
+
+/// Percentiles as the layout allows: p50 / p99 (/ p99.9 / max when wide).
+fn percentiles_for(s: &LatencySummary, layout: Layout) -> String {
+    if s.count == 0 {
+        return "-".into();
+    }
+    match layout {
+        Layout::Wide => percentiles(s),
+        Layout::Medium => format!("{} / {}", latency(s.p50), latency(s.p99)),
+        Layout::Narrow => latency(s.p99),
+    }
+}
+
+/// The comparison of every broker measured. Below a wide layout, the
+/// implementations and the reasons for a failed verdict are left to
+/// [`notes`]; narrow, so are the target rate and the columns that say
+/// nothing (no duplicates, no faults), so that every column stays readable
+/// on 80 and 120 columns.
+pub fn summary(results: &Results, layout: Layout) -> Table {
+    let narrow = layout == Layout::Narrow;
+    let any_duplicates = results
+        .brokers
+        .iter()
+        .any(|b| b.groups.iter().any(|g| g.account.duplicates > 0));
+    let any_faults = results.brokers.iter().any(|b| !b.faults.is_empty());
+    let (publish, end_to_end) = match layout {
+        Layout::Wide => (
+            "publish p50 / p99 / p99.9 / max",
+            "end to end p50 / p99 / p99.9 / max",
+        ),
+        Layout::Medium => ("publish p50 / p99", "end to end p50 / p99"),
+        Layout::Narrow => ("publish p99", "e2e p99"),
+    };
+    let show_dup = !narrow || any_duplicates;
+    let show_recovery = !narrow || any_faults;
+    let wide = layout == Layout::Wide;
+    let mut header = vec!["broker"];
+    if wide {
+        header.push("implementation");
+    }
+    header.extend([
+        if narrow { "rate" } else { "rate (target)" },
         "confirmed",
-        "publish p50 / p99 / p99.9 / max",
-        "end to end p50 / p99 / p99.9 / max",
+        publish,
+        end_to_end,
         "lost",
-        "dup",
-        "recovery",
-        "ok",
     ]);
+    if show_dup {
+        header.push("dup");
+    }
+    if show_recovery {
+        header.push("recovery");
+    }
+    header.push("ok");
+    let mut table = new_table(header);
     for b in &results.brokers {
         let target = if b.load.open_loop {
             rate(b.load.target_rate_per_s)
@@ -80,32 +148,77 @@ pub fn summary(results: &Results) -> Table {
         };
         let lost: u64 = b.groups.iter().map(|g| g.account.lost).sum();
         let duplicates: u64 = b.groups.iter().map(|g| g.account.duplicates).sum();
-        table.add_row(vec![
-            b.broker.to_string(),
-            match &b.stand_in_for {
+        let mut row = vec![b.broker.to_string()];
+        if wide {
+            row.push(match &b.stand_in_for {
                 Some(product) => format!("{}, stand-in for {product}", b.implementation),
                 None => b.implementation.clone(),
+            });
+        }
+        row.extend([
+            if narrow {
+                rate(b.publish.rate_per_s)
+            } else {
+                format!("{} ({target})", rate(b.publish.rate_per_s))
             },
-            format!("{} ({target})", rate(b.publish.rate_per_s)),
             format!("{}/{}", b.publish.confirmed, b.publish.attempted),
-            percentiles(&b.latency_us.publish),
-            percentiles(&worst_end_to_end(b)),
+            percentiles_for(&b.latency_us.publish, layout),
+            percentiles_for(&worst_end_to_end(b), layout),
             lost.to_string(),
-            duplicates.to_string(),
-            match b.worst_recovery_s() {
+        ]);
+        if show_dup {
+            row.push(duplicates.to_string());
+        }
+        if show_recovery {
+            row.push(match b.worst_recovery_s() {
                 None => "-".into(),
                 Some(s) if s.is_finite() => format!("{s:.1} s"),
                 Some(_) => "never".into(),
-            },
-            verdict(b),
-        ]);
+            });
+        }
+        row.push(match (layout, b.passed()) {
+            (Layout::Wide, _) | (_, true) => verdict(b),
+            _ => "NO".into(),
+        });
+        table.add_row(row);
     }
-    for column in [3, 6, 7, 8] {
+    let first_figure = if wide { 2 } else { 1 };
+    let last = table.column_count().saturating_sub(1);
+    for column in (first_figure..last).filter(|&c| c != first_figure + 2 && c != first_figure + 3) {
         if let Some(c) = table.column_mut(column) {
             c.set_cell_alignment(CellAlignment::Right);
         }
     }
     table
+}
+
+/// What a table of `layout` left out, as lines to print under it: each
+/// broker's implementation (and, narrow, the target rate), and why a
+/// broker failed.
+pub fn notes(results: &Results, layout: Layout) -> Vec<String> {
+    let mut notes = Vec::new();
+    for b in &results.brokers {
+        if layout != Layout::Wide {
+            let target = match (layout, b.load.open_loop) {
+                (Layout::Narrow, true) => format!("; target {}", rate(b.load.target_rate_per_s)),
+                (Layout::Narrow, false) => "; as fast as possible".into(),
+                _ => String::new(),
+            };
+            let stand_in = b
+                .stand_in_for
+                .as_ref()
+                .map(|p| format!(", a stand-in for {p}"))
+                .unwrap_or_default();
+            notes.push(format!(
+                "{}: {}{stand_in}{target}",
+                b.broker, b.implementation
+            ));
+        }
+        if layout != Layout::Wide && !b.passed() {
+            notes.push(format!("{}: {}", b.broker, verdict(b)));
+        }
+    }
+    notes
 }
 
 /// `yes`, or `NO` and what failed, in words.
@@ -189,52 +302,63 @@ fn verdict(b: &BrokerResult) -> String {
 }
 
 /// Per consumer group: delivery rate, end-to-end latency and the account.
-pub fn groups(results: &Results) -> Table {
-    groups_limited(results, usize::MAX)
+pub fn groups(results: &Results, layout: Layout) -> Table {
+    groups_limited(results, usize::MAX, layout)
 }
 
-/// [`groups`], the first `rows` rows only.
-pub fn groups_limited(results: &Results, rows: usize) -> Table {
-    let mut table = new_table(vec![
-        "broker",
-        "group",
-        "delivered",
-        "end to end p50 / p99 / p99.9 / max",
-        "lost",
-        "late",
-        "backlog",
-        "dup",
-        "redelivered",
-        "recovered",
-        "unexpected",
-        "out of order",
-    ]);
-    let all = results
+/// [`groups`], the first `rows` rows only. Below a wide layout, the
+/// account's columns that are 0 for every group are left out (the reports
+/// and results.json have them).
+pub fn groups_limited(results: &Results, rows: usize, layout: Layout) -> Table {
+    let all: Vec<(&BrokerResult, &GroupResult)> = results
         .brokers
         .iter()
-        .flat_map(|b| b.groups.iter().map(move |g| (b, g)));
-    for (b, g) in all.take(rows) {
-        let a = &g.account;
+        .flat_map(|b| b.groups.iter().map(move |g| (b, g)))
+        .take(rows)
+        .collect();
+    type Column = (&'static str, fn(&GroupResult) -> String);
+    let account: [Column; 8] = [
+        ("lost", |g| g.account.lost.to_string()),
+        ("late", |g| g.late.to_string()),
+        ("backlog", |g| {
+            g.backlog.map_or("?".into(), |n| n.to_string())
+        }),
+        ("dup", |g| g.account.duplicates.to_string()),
+        ("redelivered", |g| g.account.redelivered.to_string()),
+        ("recovered", |g| g.account.recovered.to_string()),
+        ("unexpected", |g| g.account.unexpected.to_string()),
+        ("out of order", |g| g.account.out_of_order.to_string()),
+    ];
+    // `lost` always shows: it is the verdict.
+    let shown: Vec<&Column> = account
+        .iter()
+        .filter(|(name, value)| {
+            layout == Layout::Wide || *name == "lost" || all.iter().any(|(_, g)| value(g) != "0")
+        })
+        .collect();
+    let latency_header = match layout {
+        Layout::Wide => "end to end p50 / p99 / p99.9 / max",
+        Layout::Medium => "end to end p50 / p99",
+        Layout::Narrow => "end to end p99",
+    };
+    let mut header = vec!["broker", "group", "delivered", latency_header];
+    header.extend(shown.iter().map(|(name, _)| *name));
+    let mut table = new_table(header);
+    for (b, g) in all {
         let e2e = b
             .latency_us
             .end_to_end
             .get(&g.group)
-            .map(percentiles)
+            .map(|s| percentiles_for(s, layout))
             .unwrap_or_default();
-        table.add_row(vec![
+        let mut row = vec![
             b.broker.to_string(),
             g.group.clone(),
-            format!("{} ({})", a.unique, rate(g.rate_per_s)),
+            format!("{} ({})", g.account.unique, rate(g.rate_per_s)),
             e2e,
-            a.lost.to_string(),
-            g.late.to_string(),
-            g.backlog.map_or("?".into(), |n| n.to_string()),
-            a.duplicates.to_string(),
-            a.redelivered.to_string(),
-            a.recovered.to_string(),
-            a.unexpected.to_string(),
-            a.out_of_order.to_string(),
-        ]);
+        ];
+        row.extend(shown.iter().map(|(_, value)| value(g)));
+        table.add_row(row);
     }
     table
 }

@@ -454,7 +454,8 @@ async fn a_broker_back_but_refusing_every_publish_has_not_recovered() {
     assert!(broker["publish"]["failed"].as_u64().unwrap() > 300);
     assert!(!outcome.results.passed());
     assert_eq!(broker["first_errors"]["refused"], "stream not found");
-    let table = crate::report::table::summary(&outcome.results).to_string();
+    let table = crate::report::table::summary(&outcome.results, crate::report::table::Layout::Wide)
+        .to_string();
     assert!(
         table.contains("publishing")
             && table.contains("never recovered after the kill at 0.1s")
@@ -614,6 +615,6 @@ end_to_end_p50 = "5ms"
         check(&json, "lost == 0", Some("a")),
         "only the threshold failed"
     );
-    let shown = table::summary(&outcome.results).to_string();
+    let shown = table::summary(&outcome.results, table::Layout::Wide).to_string();
     assert!(shown.contains("NO: end_to_end_p99 <= 5ms (a): "), "{shown}");
 }

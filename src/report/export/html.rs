@@ -131,7 +131,7 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
         over_time(page, b)?;
     }
     let _ = writeln!(page, "<h2>Consumer groups</h2>");
-    html_table(page, &table::groups(r));
+    html_table(page, &table::groups(r, table::Layout::Wide));
     checks(page, r);
     let _ = writeln!(
         page,

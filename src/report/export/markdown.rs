@@ -112,13 +112,13 @@ fn one_run(r: &Results, rows: usize) -> String {
         s.push_str("No broker was measured.\n\n");
         return s;
     }
-    s.push_str(&markdown_table(table::summary(r)));
+    s.push_str(&markdown_table(table::summary(r, table::Layout::Wide)));
     s.push_str("\n\n");
 
-    let mut groups = table::groups(r);
+    let mut groups = table::groups(r, table::Layout::Wide);
     let total = r.brokers.iter().map(|b| b.groups.len()).sum::<usize>();
     if total > rows {
-        groups = table::groups_limited(r, rows);
+        groups = table::groups_limited(r, rows, table::Layout::Wide);
     }
     let _ = writeln!(s, "### Consumer groups\n");
     s.push_str(&markdown_table(groups));

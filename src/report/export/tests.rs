@@ -198,3 +198,65 @@ async fn markdown_stays_under_its_budget_however_many_groups() {
         &text[..2000]
     );
 }
+
+#[tokio::test]
+async fn terminal_tables_fit_80_and_120_columns() {
+    use crate::report::table::{self, Layout};
+    let mut results = measured().await;
+    // A failed broker, whose reasons are long.
+    results.brokers[1].groups[0].account.lost = 3;
+    for check in &mut results.brokers[1].checks {
+        if check.check == crate::report::CheckKind::NoneLost && check.group.as_deref() == Some("a")
+        {
+            check.passed = false;
+            check.value = Some(3.0);
+        }
+    }
+    for width in [80u16, 120] {
+        let layout = Layout::for_width(Some(width));
+        let rows = results.brokers.len();
+        for (name, mut t, rows) in [
+            ("summary", table::summary(&results, layout), rows),
+            ("groups", table::groups(&results, layout), rows * 2),
+        ] {
+            t.set_width(width);
+            let text = t.to_string();
+            let widest = text.lines().map(|l| l.chars().count()).max().unwrap();
+            assert!(
+                widest <= width as usize,
+                "{name} at {width}: {widest}\n{text}"
+            );
+            // Readable: every header word whole on its line, no row taller
+            // than three lines (borders: top, header rule, bottom, header line).
+            let lines = text.lines().count();
+            assert!(
+                lines <= 4 + 2 + 3 * rows,
+                "{name} at {width}: {lines} lines\n{text}"
+            );
+            for word in ["broker", "lost"] {
+                assert!(
+                    text.lines().nth(1).unwrap().contains(word),
+                    "{name} at {width}\n{text}"
+                );
+            }
+            // No figure or name is broken across lines.
+            for b in &results.brokers {
+                let p99 = table::latency(b.latency_us.publish.p99);
+                for whole in [
+                    b.broker.to_string(),
+                    p99,
+                    format!("{}/{}", b.publish.confirmed, b.publish.attempted),
+                ] {
+                    if name == "summary" {
+                        assert!(text.contains(&whole), "{name} at {width}: {whole}\n{text}");
+                    }
+                }
+            }
+        }
+        let notes = table::notes(&results, layout);
+        assert!(
+            notes.iter().any(|n| n.starts_with("jetstream: NO: lost 3")),
+            "{width}: {notes:?}"
+        );
+    }
+}
