@@ -31,6 +31,13 @@ lost = 0
 duplicates = 0
 "#;
 
+/// One real run at a time: two at once on a 2-core machine would each
+/// measure the other, and `compare` would rightly see the difference.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -73,9 +80,19 @@ fn thresholds(results: &Value) -> Vec<&Value> {
 
 #[test]
 fn thresholds_pass_a_healthy_run_and_fail_it_when_set_below_the_measured_value() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let scenario = write(dir.path(), "gate.toml", WITH_THRESHOLDS);
-    let healthy = run(&scenario, &[], dir.path());
+    // As in a GitHub job: the Markdown report goes to the job summary.
+    let summary = dir.path().join("summary.md");
+    let healthy = util::brokerbench()
+        .arg("run")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(dir.path().join("results"))
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .output()
+        .unwrap();
     let said = String::from_utf8_lossy(&healthy.stdout);
     assert_eq!(healthy.status.code(), Some(0), "{said}");
     let results = read(&results_path(&healthy));
@@ -90,6 +107,12 @@ fn thresholds_pass_a_healthy_run_and_fail_it_when_set_below_the_measured_value()
         .as_u64()
         .unwrap();
     assert!(p99 > 0);
+    let markdown = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        markdown.starts_with("## brokerbench: `gate` passed"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("Thresholds: 5 of 5 held."), "{markdown}");
 
     // The same scenario with one limit below anything a real broker can do.
     let failing = run(
@@ -153,6 +176,7 @@ fn compare(baseline: &Path, current: &Path, dir: &Path) -> (Output, Value) {
 
 #[test]
 fn compare_passes_a_rerun_and_fails_a_slower_consumer() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let scenario = write(dir.path(), "steady.toml", STEADY);
     let run_once = |extra: &[&str]| {
@@ -302,6 +326,7 @@ fn which_chromium() -> PathBuf {
 
 #[test]
 fn the_html_report_opens_offline_with_every_chart_drawn_from_the_results() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let scenario = write(dir.path(), "charted.toml", CHARTED);
     let out = run(&scenario, &[], dir.path());
@@ -519,6 +544,7 @@ fn sample(text: &str, series: &str) -> f64 {
 
 #[test]
 fn metrics_are_served_during_a_run_and_rise() {
+    let _serial = one_at_a_time();
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let scenario = write(
@@ -544,12 +570,22 @@ fn metrics_are_served_during_a_run_and_rise() {
                 .map(|rest| rest.trim_end_matches("/metrics").to_string())
         })
         .expect("the metrics address is printed");
-    // Into the load (a second of warmup, then five of steady load).
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let first = scrape(&addr);
+    let published = "brokerbench_published_total{broker=\"jetstream\"}";
+    // Until the load is under way (the broker starts first), then a bit later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let first = loop {
+        let text = scrape(&addr);
+        if text.contains(published) && sample(&text, published) > 0.0 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no publish counted: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let second = scrape(&addr);
-    let published = "brokerbench_published_total{broker=\"jetstream\"}";
     let delivered = "brokerbench_delivered_total{broker=\"jetstream\",group=\"billing\"}";
     assert!(
         sample(&second, published) > sample(&first, published) && sample(&first, published) > 0.0

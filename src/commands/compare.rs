@@ -57,7 +57,10 @@ fn render(c: &Comparison, markdown: bool) -> String {
     ]);
     for r in &c.rows {
         table.add_row(vec![
-            r.broker.to_string(),
+            match &r.stand_in_for {
+                Some(_) => format!("{} ({}, stand-in)", r.broker, r.implementation),
+                None => r.broker.to_string(),
+            },
             r.group.clone().unwrap_or_default(),
             r.metric.clone(),
             figure(r, r.baseline),
@@ -69,6 +72,7 @@ fn render(c: &Comparison, markdown: bool) -> String {
                 Verdict::Regression => "REGRESSION".into(),
                 Verdict::Improvement => "improvement".into(),
                 Verdict::NoSignificantChange => "no significant change".into(),
+                Verdict::Untested => "untested".into(),
             },
         ]);
     }
@@ -77,6 +81,10 @@ fn render(c: &Comparison, markdown: bool) -> String {
             col.set_cell_alignment(CellAlignment::Right);
         }
     }
+    let name = |r: &Row| match &r.group {
+        Some(g) => format!("{} {g} {}", r.broker, r.metric),
+        None => format!("{} {}", r.broker, r.metric),
+    };
     let regressions: Vec<&Row> = c.regressions().collect();
     let verdict = if regressions.is_empty() {
         format!(
@@ -86,13 +94,7 @@ fn render(c: &Comparison, markdown: bool) -> String {
             c.alpha
         )
     } else {
-        let list: Vec<String> = regressions
-            .iter()
-            .map(|r| match &r.group {
-                Some(g) => format!("{} {g} {}", r.broker, r.metric),
-                None => format!("{} {}", r.broker, r.metric),
-            })
-            .collect();
+        let list: Vec<String> = regressions.iter().map(|r| name(r)).collect();
         format!("{} regression(s): {}.", regressions.len(), list.join(", "))
     };
     let mut out = String::new();
@@ -103,6 +105,20 @@ fn render(c: &Comparison, markdown: bool) -> String {
     out.push_str("\n\n");
     out.push_str(&verdict);
     out.push('\n');
+    let untested: Vec<String> = c
+        .rows
+        .iter()
+        .filter(|r| r.verdict == Verdict::Untested)
+        .map(name)
+        .collect();
+    if !untested.is_empty() {
+        out.push_str(&format!(
+            "Untested: {} changed beyond the allowance, but without per-second values to test \
+             (fewer than 5 steady seconds, or one run without them): {}.\n",
+            untested.len(),
+            untested.join(", ")
+        ));
+    }
     for note in &c.not_compared {
         out.push_str(&format!("Not compared: {note}\n"));
     }
@@ -112,7 +128,10 @@ fn render(c: &Comparison, markdown: bool) -> String {
     out
 }
 
-fn figure(r: &Row, value: f64) -> String {
+fn figure(r: &Row, value: Option<f64>) -> String {
+    let Some(value) = value else {
+        return if r.unit == "s" { "never" } else { "-" }.into();
+    };
     match r.unit.as_str() {
         "us" => crate::report::table::latency(value as u64),
         "msg/s" => format!("{value:.1}/s"),

@@ -95,8 +95,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     screen.say(format!("results: {}", path.display()));
     if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY") {
         // GitHub Actions shows this file as the job's summary.
-        append(Path::new(&summary), &export::markdown(&results))
-            .with_context(|| format!("writing the job summary to {}", summary.to_string_lossy()))?;
+        // The run's own verdict stands whatever happens to its summary.
+        if let Err(err) = append(Path::new(&summary), &export::markdown(&results)) {
+            screen.say(format!(
+                "warning: could not write the job summary to {}: {err}",
+                summary.to_string_lossy()
+            ));
+        }
     }
     if args.json {
         println!(

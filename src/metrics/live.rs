@@ -209,6 +209,8 @@ impl LiveMetrics {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of file descriptors, say: no busy loop beside the benchmark.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
                 let metrics = Arc::clone(&self);

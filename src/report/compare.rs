@@ -49,6 +49,11 @@ pub struct Incomparable(pub String);
 pub struct Row {
     /// The broker.
     pub broker: BrokerKind,
+    /// What ran in the current run, e.g. `tansu 0.6.0 (Kafka protocol)`.
+    pub implementation: String,
+    /// The product that implementation stands in for, if it is a stand-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stand_in_for: Option<String>,
     /// The consumer group, for per-group metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -58,30 +63,41 @@ pub struct Row {
     pub unit: String,
     /// Higher is better (rates) or lower is better (everything else).
     pub higher_is_better: bool,
-    /// The baseline's figure.
-    pub baseline: f64,
-    /// The current run's figure.
-    pub current: f64,
-    /// (current − baseline) / baseline; null when the baseline is 0.
+    /// The baseline's figure; null when it was not measured (no latency
+    /// recorded) or, for a recovery, when it never recovered.
+    pub baseline: Option<f64>,
+    /// The current run's figure, likewise.
+    pub current: Option<f64>,
+    /// (current − baseline) / baseline; null when either is null or the
+    /// baseline is 0.
     pub change: Option<f64>,
     /// The test's two-sided p-value on the per-second values, Holm-adjusted
     /// over every test of the comparison; null when the metric has no
-    /// series or fewer than 5 steady seconds on a side.
+    /// per-second values or fewer than 5 steady seconds on a side.
     pub p_value: Option<f64>,
     /// What the change is.
     pub verdict: Verdict,
+    /// Beyond the allowance (computed before rounding).
+    #[serde(skip)]
+    beyond: bool,
+    /// The per-second values moved the same way as the whole-run figure.
+    #[serde(skip)]
+    agrees: bool,
 }
 
 /// What a row shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// Worse beyond the allowance, and the test says it is real.
+    /// Worse beyond the allowance, and shown to be real.
     Regression,
-    /// Better beyond the allowance, and the test says it is real.
+    /// Better beyond the allowance, and shown to be real.
     Improvement,
     /// Within the allowance, or the test cannot tell the runs apart.
     NoSignificantChange,
+    /// Changed beyond the allowance, but nothing could test it: fewer than 5
+    /// steady seconds on a side, or no per-second values in a results file.
+    Untested,
 }
 
 /// A whole comparison.
@@ -218,10 +234,23 @@ fn comparable(baseline: &Results, current: &Results) -> Result<(), Incomparable>
     Ok(())
 }
 
-/// A figure and, when there is one, its per-second values in the steady phase.
+/// A figure and what can show that its change is real.
 struct Measured {
-    value: f64,
-    seconds: Option<Vec<f64>>,
+    /// None: not measured, or (a recovery) never happened.
+    value: Option<f64>,
+    evidence: Evidence,
+}
+
+/// What decides whether a change is real.
+#[derive(Clone)]
+enum Evidence {
+    /// The steady phase's per-second values, for the test; empty when the
+    /// results file has none.
+    Seconds(Vec<f64>),
+    /// Any change at all (lost messages are never noise).
+    AnyChange,
+    /// A change larger than this much (one value per run, no test).
+    MoreThan(f64),
 }
 
 fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<Row> {
@@ -229,13 +258,18 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
     let mut add =
         |group: Option<&str>, metric: &str, unit: &str, higher: bool, pair: [Measured; 2]| {
             let [old, new] = pair;
-            rows.push(judge(
-                b.broker, group, metric, unit, higher, old, new, allowance,
-            ));
+            let what = What {
+                broker: c,
+                group,
+                metric,
+                unit,
+                higher_is_better: higher,
+            };
+            rows.push(judge(what, old, new, allowance));
         };
     let rate = |r: &BrokerResult| Measured {
-        value: r.publish.confirmed_per_s,
-        seconds: Some(as_f64(r.steady(&r.series.confirmed))),
+        value: Some(r.publish.confirmed_per_s),
+        evidence: Evidence::Seconds(as_f64(r.steady(&r.series.confirmed))),
     };
     add(None, "rate", "msg/s", true, [rate(b), rate(c)]);
     for (metric, q) in [
@@ -244,8 +278,8 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
         ("publish_p999", 0.999),
     ] {
         let m = |r: &BrokerResult| Measured {
-            value: pick(&r.latency_us.publish, q) as f64,
-            seconds: Some(quantiles(r, &r.series.publish_latency_us, q)),
+            value: pick(&r.latency_us.publish, q),
+            evidence: Evidence::Seconds(quantiles(r, Some(&r.series.publish_latency_us), q)),
         };
         add(None, metric, "us", false, [m(b), m(c)]);
     }
@@ -255,12 +289,14 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
         };
         let group = Some(g.group.as_str());
         let rate = |r: &BrokerResult, rate_per_s: f64| Measured {
-            value: rate_per_s,
-            seconds: r
-                .series
-                .delivered
-                .get(&g.group)
-                .map(|s| as_f64(r.steady(s))),
+            value: Some(rate_per_s),
+            evidence: Evidence::Seconds(
+                r.series
+                    .delivered
+                    .get(&g.group)
+                    .map(|s| as_f64(r.steady(s)))
+                    .unwrap_or_default(),
+            ),
         };
         add(
             group,
@@ -279,31 +315,36 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
                     .latency_us
                     .end_to_end
                     .get(&g.group)
-                    .map_or(0.0, |s| pick(s, q) as f64),
-                seconds: r
-                    .series
-                    .end_to_end_latency_us
-                    .get(&g.group)
-                    .map(|s| quantiles(r, s, q)),
+                    .and_then(|s| pick(s, q)),
+                evidence: Evidence::Seconds(quantiles(
+                    r,
+                    r.series.end_to_end_latency_us.get(&g.group),
+                    q,
+                )),
             };
             add(group, metric, "us", false, [m(b), m(c)]);
         }
-        for (metric, old, new) in [
-            ("lost", g.account.lost, cg.account.lost),
-            ("duplicates", g.account.duplicates, cg.account.duplicates),
+        for (metric, old, new, evidence) in [
+            ("lost", g.account.lost, cg.account.lost, Evidence::AnyChange),
+            (
+                "duplicates",
+                g.account.duplicates,
+                cg.account.duplicates,
+                Evidence::MoreThan(0.0),
+            ),
         ] {
             let m = |v: u64| Measured {
-                value: v as f64,
-                seconds: None,
+                value: Some(v as f64),
+                evidence: evidence.clone(),
             };
             add(group, metric, "count", false, [m(old), m(new)]);
         }
     }
     for (i, (fb, fc)) in b.faults.iter().zip(&c.faults).enumerate() {
-        // Never recovered: the whole load, the worst it can show.
-        let m = |f: &super::FaultResult, r: &BrokerResult| Measured {
-            value: f.publish_recovered_after_s.unwrap_or(r.load.steady_seconds),
-            seconds: None,
+        // One value per run; client backoff moves it by about a second.
+        let m = |f: &super::FaultResult| Measured {
+            value: f.publish_recovered_after_s,
+            evidence: Evidence::MoreThan(1.0),
         };
         let metric = format!(
             "recovery (fault {}: {} at {}s)",
@@ -311,82 +352,86 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
             fb.action.as_str(),
             fb.at_s
         );
-        add(None, &metric, "s", false, [m(fb, b), m(fc, c)]);
+        add(None, &metric, "s", false, [m(fb), m(fc)]);
     }
     rows
 }
 
-#[allow(clippy::too_many_arguments)]
-fn judge(
-    broker: BrokerKind,
-    group: Option<&str>,
-    metric: &str,
-    unit: &str,
+/// Which figure a row is about.
+struct What<'a> {
+    broker: &'a BrokerResult,
+    group: Option<&'a str>,
+    metric: &'a str,
+    unit: &'a str,
     higher_is_better: bool,
-    old: Measured,
-    new: Measured,
-    allowance: Allowance,
-) -> Row {
-    let change = (old.value != 0.0).then(|| (new.value - old.value) / old.value);
-    let worse = if higher_is_better {
-        new.value < old.value
-    } else {
-        new.value > old.value
-    };
-    let beyond = beyond(unit, old.value, new.value, change, allowance);
-    let p_value = match (&old.seconds, &new.seconds) {
-        (Some(a), Some(b)) => mann_whitney(a, b),
+}
+
+fn judge(what: What<'_>, old: Measured, new: Measured, allowance: Allowance) -> Row {
+    let recovery = what.metric.starts_with("recovery");
+    let (mut beyond, mut agrees, mut p_value) = (false, false, None);
+    let mut verdict = Verdict::NoSignificantChange;
+    let change = match (old.value, new.value) {
+        (Some(o), Some(n)) if o != 0.0 => Some((n - o) / o),
         _ => None,
     };
-    let real = match (metric, &old.seconds) {
-        // A lost message is never noise.
-        ("lost", _) => new.value != old.value,
-        (_, Some(_)) => p_value.is_some_and(|p| p < allowance.alpha),
-        // Recovery: one value per fault; more than client backoff's second.
-        (m, None) if m.starts_with("recovery") => (new.value - old.value).abs() > 1.0,
-        (_, None) => true,
-    };
-    let verdict = verdict(
-        beyond || metric == "lost",
-        real,
-        worse,
-        new.value != old.value,
-    );
+    match (old.value, new.value) {
+        (Some(o), Some(n)) => {
+            let worse = if what.higher_is_better { n < o } else { n > o };
+            beyond = n != o
+                && change.is_none_or(|c| c.abs() > allowance.max_regression)
+                && (what.unit != "us" || (n - o).abs() >= allowance.min_latency_change_us);
+            let real = match (&old.evidence, &new.evidence) {
+                (Evidence::Seconds(a), Evidence::Seconds(b)) => match mann_whitney(a, b) {
+                    Some(test) => {
+                        p_value = Some(test.p);
+                        // The seconds moved the way the whole-run figure did.
+                        agrees = (test.current_higher > 0.0) == (n > o);
+                        None // decided after Holm's correction
+                    }
+                    None => Some(None),
+                },
+                (Evidence::AnyChange, _) => Some(Some(n != o)),
+                (Evidence::MoreThan(d), _) => Some(Some((n - o).abs() > *d)),
+                _ => Some(None),
+            };
+            let changed = beyond || (matches!(old.evidence, Evidence::AnyChange) && n != o);
+            verdict = match (changed, real) {
+                (false, _) => Verdict::NoSignificantChange,
+                (true, Some(None)) => Verdict::Untested,
+                (true, Some(Some(true))) if worse => Verdict::Regression,
+                (true, Some(Some(true))) => Verdict::Improvement,
+                (true, Some(Some(false))) => Verdict::NoSignificantChange,
+                (true, None) => Verdict::NoSignificantChange, // set by `holm`
+            };
+        }
+        // A fault recovered from in one run and never in the other.
+        (Some(_), None) if recovery => verdict = Verdict::Regression,
+        (None, Some(_)) if recovery => verdict = Verdict::Improvement,
+        (None, None) => {}
+        // A latency recorded in one run only: nothing to compare it with.
+        _ => verdict = Verdict::Untested,
+    }
     Row {
-        broker,
-        group: group.map(str::to_string),
-        metric: metric.to_string(),
-        unit: unit.to_string(),
-        higher_is_better,
+        broker: what.broker.broker,
+        implementation: what.broker.implementation.clone(),
+        stand_in_for: what.broker.stand_in_for.clone(),
+        group: what.group.map(str::to_string),
+        metric: what.metric.to_string(),
+        unit: what.unit.to_string(),
+        higher_is_better: what.higher_is_better,
         baseline: old.value,
         current: new.value,
         change: change.map(|c| (c * 1e4).round() / 1e4),
         p_value,
         verdict,
-    }
-}
-
-/// Whether a change is beyond the allowance: relative, and for latencies
-/// also absolute.
-fn beyond(unit: &str, old: f64, new: f64, change: Option<f64>, allowance: Allowance) -> bool {
-    let relative = match change {
-        Some(c) => c.abs() > allowance.max_regression,
-        None => new != old,
-    };
-    relative && (unit != "us" || (new - old).abs() >= allowance.min_latency_change_us)
-}
-
-fn verdict(beyond: bool, real: bool, worse: bool, changed: bool) -> Verdict {
-    match (beyond && real && changed, worse) {
-        (true, true) => Verdict::Regression,
-        (true, false) => Verdict::Improvement,
-        (false, _) => Verdict::NoSignificantChange,
+        beyond,
+        agrees,
     }
 }
 
 /// Holm's step-down correction of the tested rows' p-values, then their
-/// verdicts again: with a dozen figures per broker, one of them would pass a
-/// plain p < 0.05 by chance in many comparisons of identical runs.
+/// verdicts: with a dozen figures per broker, one of them would pass a plain
+/// p < 0.05 by chance in many comparisons of identical runs.
 fn holm(rows: &mut [Row], allowance: Allowance) {
     let mut tested: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].p_value.is_some())
@@ -394,29 +439,25 @@ fn holm(rows: &mut [Row], allowance: Allowance) {
     tested.sort_by(|&a, &b| {
         rows[a]
             .p_value
-            .unwrap()
-            .total_cmp(&rows[b].p_value.unwrap())
+            .unwrap_or(1.0)
+            .total_cmp(&rows[b].p_value.unwrap_or(1.0))
     });
     let m = tested.len();
     let mut running = 0.0f64;
     for (k, &i) in tested.iter().enumerate() {
-        let adjusted = (rows[i].p_value.unwrap() * (m - k) as f64).min(1.0);
+        let r = &mut rows[i];
+        let adjusted = (r.p_value.unwrap_or(1.0) * (m - k) as f64).min(1.0);
         // Adjusted p-values never decrease down the order.
         running = running.max(adjusted);
-        let r = &mut rows[i];
         r.p_value = Some((running * 1e6).round() / 1e6);
-        let worse = if r.higher_is_better {
-            r.current < r.baseline
-        } else {
-            r.current > r.baseline
+        let real = running < allowance.alpha && r.agrees;
+        let (o, n) = (r.baseline.unwrap_or(0.0), r.current.unwrap_or(0.0));
+        let worse = if r.higher_is_better { n < o } else { n > o };
+        r.verdict = match (r.beyond && real, worse) {
+            (true, true) => Verdict::Regression,
+            (true, false) => Verdict::Improvement,
+            (false, _) => Verdict::NoSignificantChange,
         };
-        let beyond = beyond(&r.unit, r.baseline, r.current, r.change, allowance);
-        r.verdict = verdict(
-            beyond,
-            running < allowance.alpha,
-            worse,
-            r.current != r.baseline,
-        );
     }
 }
 
@@ -424,16 +465,22 @@ fn as_f64(values: &[u64]) -> Vec<f64> {
     values.iter().map(|&v| v as f64).collect()
 }
 
-fn pick(s: &crate::metrics::LatencySummary, q: f64) -> u64 {
-    match q {
+/// Quantile `q` of a summary; none if nothing was recorded.
+fn pick(s: &crate::metrics::LatencySummary, q: f64) -> Option<f64> {
+    let us = match q {
         q if q >= 0.999 => s.p999,
         q if q >= 0.99 => s.p99,
         _ => s.p50,
-    }
+    };
+    (s.count > 0).then_some(us as f64)
 }
 
-/// Quantile `q` of each steady second that holds values, from its histogram.
-fn quantiles(r: &BrokerResult, series: &IntervalSeries, q: f64) -> Vec<f64> {
+/// Quantile `q` of each steady second that holds values, from its
+/// histogram; empty when the results have no per-second latency.
+fn quantiles(r: &BrokerResult, series: Option<&IntervalSeries>, q: f64) -> Vec<f64> {
+    let Some(series) = series else {
+        return Vec::new();
+    };
     r.steady(&series.hdr)
         .iter()
         .filter(|encoded| !encoded.is_empty())
@@ -452,10 +499,20 @@ fn quantiles(r: &BrokerResult, series: &IntervalSeries, q: f64) -> Vec<f64> {
 /// Fewest values per side the normal approximation is used with.
 const MIN_SECONDS: usize = 5;
 
-/// The two-sided p-value of the Mann-Whitney U test of `a` against `b`
-/// (normal approximation, tie-corrected, with continuity correction); none
-/// with fewer than [`MIN_SECONDS`] values on a side.
-pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<f64> {
+/// A Mann-Whitney U test's outcome.
+#[derive(Clone, Copy, Debug)]
+pub struct Test {
+    /// Two-sided p-value.
+    pub p: f64,
+    /// Positive when the second sample's values tend to be higher, negative
+    /// when lower (n1·n2/2 − U of the first sample).
+    pub current_higher: f64,
+}
+
+/// The Mann-Whitney U test of `a` against `b` (normal approximation,
+/// tie-corrected, with continuity correction); none with fewer than
+/// [`MIN_SECONDS`] values on a side.
+pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<Test> {
     let (n1, n2) = (a.len(), b.len());
     if n1 < MIN_SECONDS || n2 < MIN_SECONDS {
         return None;
@@ -488,11 +545,17 @@ pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<f64> {
     let variance = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
     if variance <= 0.0 {
         // Every value equal: nothing tells the runs apart.
-        return Some(1.0);
+        return Some(Test {
+            p: 1.0,
+            current_higher: 0.0,
+        });
     }
     let z = ((u - mean).abs() - 0.5).max(0.0) / variance.sqrt();
     let normal = Normal::new(0.0, 1.0).expect("the standard normal");
-    Some((2.0 * (1.0 - normal.cdf(z))).min(1.0))
+    Some(Test {
+        p: (2.0 * (1.0 - normal.cdf(z))).min(1.0),
+        current_higher: mean - u,
+    })
 }
 
 #[cfg(test)]
@@ -505,12 +568,14 @@ mod tests {
         // method="asymptotic", use_continuity=True) gives p = 0.012424.
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
         let b = [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0];
-        let p = mann_whitney(&a, &b).unwrap();
-        assert!((p - 0.012424).abs() < 1e-5, "{p}");
+        let test = mann_whitney(&a, &b).unwrap();
+        assert!((test.p - 0.012424).abs() < 1e-5, "{test:?}");
+        assert!(test.current_higher > 0.0, "b is higher");
+        assert!(mann_whitney(&b, &a).unwrap().current_higher < 0.0);
         // The same values: no difference.
-        assert!(mann_whitney(&a, &a).unwrap() > 0.9);
-        assert_eq!(mann_whitney(&[1.0; 6], &[1.0; 6]), Some(1.0));
-        assert_eq!(mann_whitney(&a[..4], &b), None, "too few seconds");
+        assert!(mann_whitney(&a, &a).unwrap().p > 0.9);
+        assert_eq!(mann_whitney(&[1.0; 6], &[1.0; 6]).unwrap().p, 1.0);
+        assert!(mann_whitney(&a[..4], &b).is_none(), "too few seconds");
     }
 
     /// Results with ten steady seconds of group `a`'s end-to-end latency
@@ -671,5 +736,25 @@ mod tests {
         let mut slower = base.clone();
         slower.scenario.consumers[0].processing_time = std::time::Duration::from_millis(5);
         assert!(compare(&base, &slower, ALLOW).is_ok());
+    }
+
+    #[test]
+    fn a_change_with_nothing_to_test_it_is_untested_not_a_regression() {
+        // Results written before per-second latency was kept.
+        let strip = |mut r: Results| {
+            let series = &mut r.brokers[0].series;
+            series.end_to_end_latency_us.clear();
+            series.publish_latency_us = IntervalSeries::default();
+            r
+        };
+        let base = strip(recorded(2_000, 1_000, 1));
+        let slower = strip(recorded(4_000, 1_000, 2));
+        let c = compare(&base, &slower, ALLOW).unwrap();
+        for metric in ["end_to_end_p99", "publish_p99"] {
+            let r = row(&c, metric);
+            assert_eq!(r.verdict, Verdict::Untested, "{r:?}");
+            assert_eq!(r.p_value, None);
+        }
+        assert_eq!(c.regressions().count(), 0);
     }
 }

@@ -574,7 +574,8 @@ end_to_end_p50 = "5ms"
     let ratio = threshold(&json, "rate_ratio", None)["value"]
         .as_f64()
         .unwrap();
-    assert!((0.9..=1.1).contains(&ratio), "{ratio}");
+    // 300 ms of steady load: a scheduler stall moves it, a broken pacer more.
+    assert!((0.7..=1.3).contains(&ratio), "{ratio}");
     assert!(
         json["brokers"][0]["checks"]
             .as_array()

@@ -265,10 +265,15 @@ impl ScenarioFile {
         }
         let thresholds = thresholds(&self.thresholds)?;
         if !load.open_loop() {
-            if let Some((key, _)) = self
-                .thresholds
-                .iter()
-                .find(|(k, _)| k.get_ref() == Metric::RateRatio.key())
+            // At the top level or in a broker's table.
+            let top = self.thresholds.keys();
+            let nested = self.thresholds.values().flat_map(|e| match e.get_ref() {
+                Entry::Table(t) => t.keys().collect(),
+                _ => Vec::new(),
+            });
+            if let Some(key) = top
+                .chain(nested)
+                .find(|k| k.get_ref() == Metric::RateRatio.key())
             {
                 return Err(RawError::at(
                     key.span(),

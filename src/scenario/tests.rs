@@ -390,6 +390,12 @@ fn bad_thresholds_are_named() {
         line,
     );
     assert!(shown.contains("needs a target rate"), "{shown}");
+    let shown = error(
+        &format!("{closed}[thresholds.kafka]\nrate_ratio = 0.9\n"),
+        "thresholds.kafka.rate_ratio",
+        line,
+    );
+    assert!(shown.contains("needs a target rate"), "{shown}");
 }
 
 #[test]

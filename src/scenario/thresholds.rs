@@ -276,8 +276,9 @@ impl Limit {
     /// The limit in `unit`, to compare with a measured value.
     pub fn value_in(self, unit: Unit) -> f64 {
         match (self, unit) {
-            (Limit::Time(d), Unit::Us) => d.as_secs_f64() * 1e6,
-            (Limit::Time(d), _) => d.as_secs_f64(),
+            // Exact: whole microseconds, and nanoseconds to seconds by division.
+            (Limit::Time(d), Unit::Us) => d.as_nanos() as f64 / 1e3,
+            (Limit::Time(d), _) => d.as_nanos() as f64 / 1e9,
             (Limit::Count(n), _) => n as f64,
             (Limit::Ratio(r), _) => r,
         }

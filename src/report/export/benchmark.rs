@@ -28,7 +28,7 @@ struct Figure {
 fn figures(r: &Results) -> Vec<Figure> {
     let mut out = Vec::new();
     for b in &r.brokers {
-        let subject = format!("{}/{}", r.scenario.name, b.broker);
+        let subject = format!("{}/{}", r.scenario.name, super::tracked_name(b));
         let steady = steady_range(b, &b.series.confirmed);
         out.push(Figure {
             subject: subject.clone(),
@@ -47,24 +47,24 @@ fn figures(r: &Results) -> Vec<Figure> {
             bigger_is_better: true,
         });
         let p = &b.latency_us.publish;
-        for (measure, value) in [
-            ("publish_p50", p.p50),
-            ("publish_p99", p.p99),
-            ("publish_p999", p.p999),
-        ] {
-            out.push(latency(&subject, measure, value));
+        // Nothing recorded is no figure (0 would read as the best ever).
+        if p.count > 0 {
+            for (measure, value) in [
+                ("publish_p50", p.p50),
+                ("publish_p99", p.p99),
+                ("publish_p999", p.p999),
+            ] {
+                out.push(latency(&subject, measure, value));
+            }
         }
-        if let Some(worst) = b.worst_recovery_s() {
+        // A fault never recovered from has no time to track: the run's
+        // checks fail it instead.
+        if let Some(worst) = b.worst_recovery_s().filter(|s| s.is_finite()) {
             out.push(Figure {
                 subject: subject.clone(),
                 measure: "recovery",
                 unit: "s",
-                // Never recovered: as long as the whole load, the worst it can show.
-                value: if worst.is_finite() {
-                    worst
-                } else {
-                    b.load.steady_seconds
-                },
+                value: worst,
                 range: None,
                 bigger_is_better: false,
             });
@@ -80,7 +80,12 @@ fn figures(r: &Results) -> Vec<Figure> {
                 range: delivered.and_then(|d| steady_range(b, d)),
                 bigger_is_better: true,
             });
-            if let Some(e) = b.latency_us.end_to_end.get(&g.group) {
+            if let Some(e) = b
+                .latency_us
+                .end_to_end
+                .get(&g.group)
+                .filter(|e| e.count > 0)
+            {
                 for (measure, value) in [
                     ("end_to_end_p50", e.p50),
                     ("end_to_end_p99", e.p99),

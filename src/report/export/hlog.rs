@@ -30,7 +30,7 @@ impl Exporter for Hlog {
             for b in &r.brokers {
                 let mut add = |metric: String, series: &IntervalSeries| -> Result<()> {
                     documents.push(Document {
-                        file_name: format!("{prefix}-{}-{metric}.hlog", b.broker),
+                        file_name: format!("{prefix}-{}-{metric}.hlog", super::tracked_name(b)),
                         content: log(b, &metric, series)?,
                     });
                     Ok(())
@@ -59,9 +59,14 @@ fn log(b: &BrokerResult, metric: &str, series: &IntervalSeries) -> Result<Vec<u8
     header
         .add_comment("[Histogram log format version 1.2]")
         .add_comment(&format!(
-            "[brokerbench {}: {} {} latency, microseconds, one interval per second from the start of the load]",
+            "[brokerbench {}: {} on {}{}: {} latency, microseconds, one interval per second from the start of the load]",
             env!("CARGO_PKG_VERSION"),
             b.broker,
+            b.implementation,
+            b.stand_in_for
+                .as_ref()
+                .map(|p| format!(", a stand-in for {p}"))
+                .unwrap_or_default(),
             metric.replace('-', " of ")
         ))
         .with_start_time(start)

@@ -324,7 +324,7 @@ fn spectrum(
     let points: usize = lines.iter().map(|(_, p)| p.len()).sum();
     let _ = writeln!(
         page,
-        "<figure class=\"chart\" data-chart=\"spectrum-{id}\" data-lines=\"{}\" data-points=\"{points}\">{svg}<figcaption>{}: microseconds from the whole run's histogram, by percentile (HdrHistogram's percentile spectrum).</figcaption></figure>",
+        "<figure class=\"chart\" data-chart=\"spectrum-{id}\" data-lines=\"{}\" data-points=\"{points}\">{svg}<figcaption>{}: the steady phase's histogram, by percentile (HdrHistogram's percentile spectrum).</figcaption></figure>",
         lines.len(),
         escape(caption)
     );

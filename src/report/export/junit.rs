@@ -15,15 +15,21 @@ impl Exporter for Junit {
     fn export(&self, runs: &[Results]) -> Result<Vec<Document>> {
         let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
         w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
+        // Per run, one more testcase: the run completed (every broker of the
+        // scenario measured), which no broker's checks can say.
         let tests: usize = runs
             .iter()
-            .flat_map(|r| &r.brokers)
-            .map(|b| b.checks.len())
+            .map(|r| 1 + r.brokers.iter().map(|b| b.checks.len()).sum::<usize>())
             .sum();
         let failures: usize = runs
             .iter()
-            .flat_map(|r| &r.brokers)
-            .map(|b| b.checks.iter().filter(|c| !c.passed).count())
+            .map(|r| {
+                usize::from(!r.complete)
+                    + r.brokers
+                        .iter()
+                        .map(|b| b.checks.iter().filter(|c| !c.passed).count())
+                        .sum::<usize>()
+            })
             .sum();
         let mut root = BytesStart::new("testsuites");
         root.push_attribute(("name", "brokerbench"));
@@ -31,6 +37,35 @@ impl Exporter for Junit {
         root.push_attribute(("failures", failures.to_string().as_str()));
         w.write_event(Event::Start(root))?;
         for r in runs {
+            let mut suite = BytesStart::new("testsuite");
+            let name = format!("{} run", r.scenario.name);
+            suite.push_attribute(("name", name.as_str()));
+            suite.push_attribute(("tests", "1"));
+            suite.push_attribute(("failures", usize::from(!r.complete).to_string().as_str()));
+            suite.push_attribute(("errors", "0"));
+            suite.push_attribute(("timestamp", r.started_at.as_str()));
+            w.write_event(Event::Start(suite))?;
+            let mut case = BytesStart::new("testcase");
+            case.push_attribute(("name", "complete"));
+            case.push_attribute(("classname", "brokerbench.run"));
+            match &r.incomplete_reason {
+                None if r.complete => w.write_event(Event::Empty(case))?,
+                reason => {
+                    w.write_event(Event::Start(case))?;
+                    let message = format!(
+                        "incomplete: {}",
+                        reason.as_deref().unwrap_or("not every broker was measured")
+                    );
+                    let mut failure = BytesStart::new("failure");
+                    failure.push_attribute(("message", message.as_str()));
+                    failure.push_attribute(("type", "incomplete"));
+                    w.write_event(Event::Start(failure))?;
+                    w.write_event(Event::Text(BytesText::new(&message)))?;
+                    w.write_event(Event::End(BytesEnd::new("failure")))?;
+                    w.write_event(Event::End(BytesEnd::new("testcase")))?;
+                }
+            }
+            w.write_event(Event::End(BytesEnd::new("testsuite")))?;
             for b in &r.brokers {
                 let suite_name = format!("{} on {}", r.scenario.name, broker_label(b));
                 let mut suite = BytesStart::new("testsuite");

@@ -65,6 +65,19 @@ pub fn markdown(results: &Results) -> String {
     markdown::Markdown::default().render(std::slice::from_ref(results))
 }
 
+/// How benchmark trackers and file names name what ran: `kafka`, or for a
+/// stand-in `kafka[tansu 0.6.0]`, so that a stand-in's figures never line
+/// up with the product's.
+fn tracked_name(b: &super::BrokerResult) -> String {
+    match &b.stand_in_for {
+        Some(_) => {
+            let short = b.implementation.split(" (").next().unwrap_or_default();
+            format!("{}[{short}]", b.broker)
+        }
+        None => b.broker.to_string(),
+    }
+}
+
 /// `broker`, or `broker (stand-in for Product)`: how reports name what ran.
 fn broker_label(b: &super::BrokerResult) -> String {
     match &b.stand_in_for {
