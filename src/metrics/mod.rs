@@ -165,6 +165,19 @@ impl Latency {
     }
 }
 
+/// A histogram that [`Latency::compressed`] or [`Latency::summary`] wrote
+/// (base64 of HdrHistogram's V2 form, compressed or not); none if empty or
+/// not one.
+pub fn decode_histogram(encoded: &str) -> Option<Histogram<u64>> {
+    if encoded.is_empty() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    Deserializer::new().deserialize(&mut bytes.as_slice()).ok()
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {

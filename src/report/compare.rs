@@ -14,14 +14,12 @@
 //! duplicates and a slower recovery need the change beyond the threshold (and
 //! for recovery, more than a second, the granularity of client backoff).
 
-use base64::Engine;
-use hdrhistogram::serialization::Deserializer;
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
 use super::{BrokerResult, IntervalSeries, Results};
 use crate::broker::BrokerKind;
+use crate::metrics::decode_histogram;
 
 /// The schema identifier of `compare --format json`.
 pub const SCHEMA: &str = "brokerbench.compare/v1";
@@ -483,16 +481,8 @@ fn quantiles(r: &BrokerResult, series: Option<&IntervalSeries>, q: f64) -> Vec<f
     };
     r.steady(&series.hdr)
         .iter()
-        .filter(|encoded| !encoded.is_empty())
-        .filter_map(|encoded| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .ok()?;
-            let h: Histogram<u64> = Deserializer::new()
-                .deserialize(&mut bytes.as_slice())
-                .ok()?;
-            Some(h.value_at_quantile(q) as f64)
-        })
+        .filter_map(|encoded| decode_histogram(encoded))
+        .map(|h| h.value_at_quantile(q) as f64)
         .collect()
 }
 
@@ -612,12 +602,7 @@ mod tests {
                 second.record(std::time::Duration::from_micros(v));
                 whole.record(std::time::Duration::from_micros(v));
             }
-            let p = second.percentiles();
-            series.count.push(p.count);
-            series.p50.push(p.p50);
-            series.p99.push(p.p99);
-            series.max.push(p.max);
-            series.hdr.push(second.compressed());
+            series.push(&second);
         }
         let broker = serde_json::json!({
             "broker": "jetstream",

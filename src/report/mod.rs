@@ -249,15 +249,18 @@ impl IntervalSeries {
     /// The series of every task's `intervals`, over `seconds` seconds.
     fn of<'a>(intervals: impl IntoIterator<Item = &'a LatencyIntervals>, seconds: usize) -> Self {
         let mut s = IntervalSeries::default();
-        LatencyIntervals::merge(intervals, seconds, |latency| {
-            let summary = latency.percentiles();
-            s.count.push(summary.count);
-            s.p50.push(summary.p50);
-            s.p99.push(summary.p99);
-            s.max.push(summary.max);
-            s.hdr.push(latency.compressed());
-        });
+        LatencyIntervals::merge(intervals, seconds, |latency| s.push(latency));
         s
+    }
+
+    /// Adds the next second's histogram.
+    pub fn push(&mut self, latency: &Latency) {
+        let summary = latency.percentiles();
+        self.count.push(summary.count);
+        self.p50.push(summary.p50);
+        self.p99.push(summary.p99);
+        self.max.push(summary.max);
+        self.hdr.push(latency.compressed());
     }
 }
 

@@ -6,12 +6,11 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use base64::Engine;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
-use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
-use hdrhistogram::Histogram;
+use hdrhistogram::serialization::V2DeflateSerializer;
 
 use super::{Document, Exporter};
+use crate::metrics::decode_histogram;
 use crate::report::{BrokerResult, IntervalSeries, Results};
 
 /// The interval-log exporter.
@@ -81,12 +80,8 @@ fn log(b: &BrokerResult, metric: &str, series: &IntervalSeries) -> Result<Vec<u8
         if encoded.is_empty() {
             continue;
         }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .context("a histogram in results.json is not base64")?;
-        let h: Histogram<u64> = Deserializer::new()
-            .deserialize(&mut bytes.as_slice())
-            .context("a histogram in results.json does not read")?;
+        let h = decode_histogram(encoded)
+            .context("a per-second histogram in results.json does not read")?;
         writer
             .write_histogram(
                 &h,

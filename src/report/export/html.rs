@@ -12,12 +12,10 @@
 use std::fmt::Write;
 
 use anyhow::{anyhow, Result};
-use base64::Engine;
-use hdrhistogram::serialization::Deserializer;
-use hdrhistogram::Histogram;
 use plotters::prelude::*;
 
 use super::{broker_label, Document, Exporter};
+use crate::metrics::decode_histogram;
 use crate::report::{table, BrokerResult, Results};
 
 /// The HTML exporter.
@@ -221,19 +219,6 @@ fn html_table(page: &mut String, t: &comfy_table::Table) {
     page.push_str("</table>\n");
 }
 
-fn decode(encoded: &str) -> Option<Histogram<u64>> {
-    if encoded.is_empty() {
-        return None;
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()?;
-    let h: Histogram<u64> = Deserializer::new()
-        .deserialize(&mut bytes.as_slice())
-        .ok()?;
-    (!h.is_empty()).then_some(h)
-}
-
 /// Percentile axis: x is the number of nines, −log10(1 − p), to 99.999 %.
 const NINES: f64 = 5.0;
 
@@ -262,7 +247,7 @@ fn spectrum(
         .brokers
         .iter()
         .filter_map(|b| {
-            let h = decode(&hdr(b)?)?;
+            let h = decode_histogram(&hdr(b)?).filter(|h| !h.is_empty())?;
             let points = (0..=(NINES * 20.0) as usize)
                 .map(|i| {
                     let x = i as f64 / 20.0;
@@ -282,45 +267,22 @@ fn spectrum(
         .fold(0.0, f64::max)
         .max(0.001)
         * 1.05;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 380)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(caption, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..NINES, 0f64..top)
-            .map_err(plot)?;
-        chart
-            .configure_mesh()
-            .x_labels(6)
-            .x_label_formatter(&percentile_label)
-            .x_desc("percentile")
-            .y_desc("ms")
-            .draw()
-            .map_err(plot)?;
-        for (i, (name, points)) in lines.iter().enumerate() {
-            let colour = COLOURS[i % COLOURS.len()];
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    colour.stroke_width(2),
-                ))
-                .map_err(plot)?
-                .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot)?;
-        root.present().map_err(plot)?;
+    let svg = Chart {
+        size: (900, 380),
+        caption,
+        x: 0.0..NINES,
+        top,
+        x_desc: "percentile",
+        y_desc: "ms",
+        x_labels: Some((6, &percentile_label)),
+        shades: Vec::new(),
+        lines: lines
+            .iter()
+            .map(|(name, points)| (name.clone(), vec![points.clone()]))
+            .collect(),
+        legend: SeriesLabelPosition::UpperLeft,
     }
+    .draw()?;
     let points: usize = lines.iter().map(|(_, p)| p.len()).sum();
     let _ = writeln!(
         page,
@@ -329,6 +291,82 @@ fn spectrum(
         escape(caption)
     );
     Ok(())
+}
+
+/// One chart: lines (each drawn as runs of points, a gap between runs)
+/// over shaded spans, with a legend.
+struct Chart<'a> {
+    size: (u32, u32),
+    caption: &'a str,
+    x: std::ops::Range<f64>,
+    top: f64,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    /// How many x labels, and how to write them; plotters' own by default.
+    x_labels: Option<(usize, &'a LabelFormat)>,
+    /// From, to, colour.
+    shades: Vec<(f64, f64, RGBAColor)>,
+    lines: Vec<(String, Vec<Run>)>,
+    legend: SeriesLabelPosition,
+}
+
+/// How an axis label is written.
+type LabelFormat = dyn Fn(&f64) -> String;
+
+/// Points drawn as one unbroken line.
+type Run = Vec<(f64, f64)>;
+
+impl Chart<'_> {
+    /// The chart as an SVG document.
+    fn draw(self) -> Result<String> {
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, self.size).into_drawing_area();
+            root.fill(&WHITE).map_err(plot)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(self.caption, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(60)
+                .build_cartesian_2d(self.x.clone(), 0f64..self.top)
+                .map_err(plot)?;
+            let mut mesh = chart.configure_mesh();
+            mesh.x_desc(self.x_desc).y_desc(self.y_desc);
+            if let Some((count, format)) = self.x_labels {
+                mesh.x_labels(count).x_label_formatter(format);
+            }
+            mesh.draw().map_err(plot)?;
+            let top = self.top;
+            for (from, to, colour) in self.shades {
+                let span = [(from, 0.0), (to.max(from + 0.05), top)];
+                chart
+                    .draw_series([Rectangle::new(span, colour.filled())])
+                    .map_err(plot)?;
+            }
+            for (i, (name, runs)) in self.lines.iter().enumerate() {
+                let colour = COLOURS[i % COLOURS.len()];
+                for (j, run) in runs.iter().enumerate() {
+                    let drawn = chart
+                        .draw_series(LineSeries::new(run.iter().copied(), colour.stroke_width(2)))
+                        .map_err(plot)?;
+                    if j == 0 {
+                        drawn.label(name.as_str()).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], colour)
+                        });
+                    }
+                }
+            }
+            chart
+                .configure_series_labels()
+                .position(self.legend)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(plot)?;
+            root.present().map_err(plot)?;
+        }
+        Ok(svg)
+    }
 }
 
 fn plot<E: std::fmt::Debug>(e: E) -> anyhow::Error {
@@ -352,26 +390,24 @@ fn over_time(page: &mut String, b: &BrokerResult) -> Result<()> {
             .map(|(&p, &n)| (n > 0).then_some(p as f64 / 1000.0))
             .collect()
     };
-    let mut rates = vec![Line {
-        name: "confirmed".into(),
-        values: counts(&b.series.confirmed),
-    }];
-    for (group, delivered) in &b.series.delivered {
-        rates.push(Line {
-            name: format!("delivered to {group}"),
-            values: counts(delivered),
-        });
-    }
-    let mut p99 = vec![Line {
-        name: "publish".into(),
-        values: p99_ms(&b.series.publish_latency_us),
-    }];
-    for (group, s) in &b.series.end_to_end_latency_us {
-        p99.push(Line {
-            name: format!("end to end, {group}"),
-            values: p99_ms(s),
-        });
-    }
+    let line = |name: String, values| Line { name, values };
+    let rates: Vec<Line> = std::iter::once(line("confirmed".into(), counts(&b.series.confirmed)))
+        .chain(
+            b.series
+                .delivered
+                .iter()
+                .map(|(group, d)| line(format!("delivered to {group}"), counts(d))),
+        )
+        .collect();
+    let p99: Vec<Line> =
+        std::iter::once(line("publish".into(), p99_ms(&b.series.publish_latency_us)))
+            .chain(
+                b.series
+                    .end_to_end_latency_us
+                    .iter()
+                    .map(|(group, s)| line(format!("end to end, {group}"), p99_ms(s))),
+            )
+            .collect();
     let label = broker_label(b);
     time_chart(
         page,
@@ -412,76 +448,50 @@ fn time_chart(
         .fold(0.0, f64::max)
         .max(1e-3)
         * 1.1;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 300)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(caption, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..seconds, 0f64..top)
-            .map_err(plot)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds from the start of the load")
-            .y_desc(unit)
-            .draw()
-            .map_err(plot)?;
-        // The warmup, then each fault's window (down or frozen; a restart
-        // until the broker was ready again).
-        let shade = |from: f64, to: f64, colour: RGBAColor| {
-            Rectangle::new([(from, 0.0), (to.max(from + 0.05), top)], colour.filled())
-        };
-        let steady = b.series.steady_start_s;
-        chart
-            .draw_series([shade(0.0, steady, RGBColor(200, 200, 200).mix(0.3))])
-            .map_err(plot)?;
-        for f in &b.faults {
-            let length = f
-                .broker_ready_after_s
-                .unwrap_or(seconds - f.started_s)
-                .max(f.duration_s);
-            chart
-                .draw_series([shade(
-                    f.started_s,
-                    f.started_s + length,
-                    RGBColor(214, 39, 40).mix(0.15),
-                )])
-                .map_err(plot)?;
-        }
-        for (i, line) in lines.iter().enumerate() {
-            let colour = COLOURS[i % COLOURS.len()];
-            // Each second's value at its middle; a gap where there is none.
-            let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
-            for (s, v) in line.values.iter().enumerate() {
-                match v {
-                    Some(v) => runs.last_mut().expect("one run").push((s as f64 + 0.5, *v)),
-                    None if runs.last().is_some_and(|r| !r.is_empty()) => runs.push(Vec::new()),
-                    None => {}
-                }
-            }
-            for (i, run) in runs.into_iter().filter(|r| !r.is_empty()).enumerate() {
-                let drawn = chart
-                    .draw_series(LineSeries::new(run, colour.stroke_width(2)))
-                    .map_err(plot)?;
-                if i == 0 {
-                    drawn
-                        .label(line.name.as_str())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-                }
-            }
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot)?;
-        root.present().map_err(plot)?;
+    // The warmup, then each fault's window (down or frozen; a restart
+    // until the broker was ready again).
+    let mut shades = vec![(
+        0.0,
+        b.series.steady_start_s,
+        RGBColor(200, 200, 200).mix(0.3),
+    )];
+    for f in &b.faults {
+        let length = f
+            .broker_ready_after_s
+            .unwrap_or(seconds - f.started_s)
+            .max(f.duration_s);
+        shades.push((
+            f.started_s,
+            f.started_s + length,
+            RGBColor(214, 39, 40).mix(0.15),
+        ));
     }
+    // Each second's value at its middle; a gap where there is none.
+    let runs = |line: &Line| {
+        let mut runs: Vec<Run> = vec![Vec::new()];
+        for (s, v) in line.values.iter().enumerate() {
+            match v {
+                Some(v) => runs.last_mut().expect("one run").push((s as f64 + 0.5, *v)),
+                None if runs.last().is_some_and(|r| !r.is_empty()) => runs.push(Vec::new()),
+                None => {}
+            }
+        }
+        runs.retain(|r| !r.is_empty());
+        runs
+    };
+    let svg = Chart {
+        size: (900, 300),
+        caption,
+        x: 0.0..seconds,
+        top,
+        x_desc: "seconds from the start of the load",
+        y_desc: unit,
+        x_labels: None,
+        shades,
+        lines: lines.iter().map(|l| (l.name.clone(), runs(l))).collect(),
+        legend: SeriesLabelPosition::LowerRight,
+    }
+    .draw()?;
     let faults: Vec<String> = b
         .faults
         .iter()

@@ -1,5 +1,6 @@
 //! JUnit XML: a testsuite per broker and run, a testcase per check, so CI
-//! test reporters list each threshold and correctness check by name.
+//! test reporters list each threshold and correctness check by name; and per
+//! run a `complete` testcase, which no broker's checks can stand for.
 
 use anyhow::Result;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
@@ -11,116 +12,136 @@ use crate::report::Results;
 /// The JUnit exporter.
 pub struct Junit;
 
+type Xml = Writer<Vec<u8>>;
+
+/// Opens element `tag` with `attributes`.
+fn open(w: &mut Xml, tag: &str, attributes: &[(&str, &str)]) -> Result<()> {
+    let mut element = BytesStart::new(tag);
+    for &(key, value) in attributes {
+        element.push_attribute((key, value));
+    }
+    w.write_event(Event::Start(element))?;
+    Ok(())
+}
+
+fn close(w: &mut Xml, tag: &str) -> Result<()> {
+    w.write_event(Event::End(BytesEnd::new(tag)))?;
+    Ok(())
+}
+
+/// One `<testcase>`, with a `<failure>` of `kind` saying `message` when it failed.
+fn case(w: &mut Xml, name: &str, class: &str, failure: Option<(&str, String)>) -> Result<()> {
+    let mut element = BytesStart::new("testcase");
+    element.push_attribute(("name", name));
+    element.push_attribute(("classname", class));
+    let Some((kind, message)) = failure else {
+        w.write_event(Event::Empty(element))?;
+        return Ok(());
+    };
+    w.write_event(Event::Start(element))?;
+    open(w, "failure", &[("message", &message), ("type", kind)])?;
+    w.write_event(Event::Text(BytesText::new(&message)))?;
+    close(w, "failure")?;
+    close(w, "testcase")
+}
+
 impl Exporter for Junit {
     fn export(&self, runs: &[Results]) -> Result<Vec<Document>> {
         let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
         w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
-        // Per run, one more testcase: the run completed (every broker of the
-        // scenario measured), which no broker's checks can say.
+        let failed_checks = |r: &Results| -> usize {
+            r.brokers
+                .iter()
+                .map(|b| b.checks.iter().filter(|c| !c.passed).count())
+                .sum()
+        };
         let tests: usize = runs
             .iter()
             .map(|r| 1 + r.brokers.iter().map(|b| b.checks.len()).sum::<usize>())
             .sum();
         let failures: usize = runs
             .iter()
-            .map(|r| {
-                usize::from(!r.complete)
-                    + r.brokers
-                        .iter()
-                        .map(|b| b.checks.iter().filter(|c| !c.passed).count())
-                        .sum::<usize>()
-            })
+            .map(|r| usize::from(!r.complete) + failed_checks(r))
             .sum();
-        let mut root = BytesStart::new("testsuites");
-        root.push_attribute(("name", "brokerbench"));
-        root.push_attribute(("tests", tests.to_string().as_str()));
-        root.push_attribute(("failures", failures.to_string().as_str()));
-        w.write_event(Event::Start(root))?;
+        open(
+            &mut w,
+            "testsuites",
+            &[
+                ("name", "brokerbench"),
+                ("tests", &tests.to_string()),
+                ("failures", &failures.to_string()),
+            ],
+        )?;
         for r in runs {
-            let mut suite = BytesStart::new("testsuite");
-            let name = format!("{} run", r.scenario.name);
-            suite.push_attribute(("name", name.as_str()));
-            suite.push_attribute(("tests", "1"));
-            suite.push_attribute(("failures", usize::from(!r.complete).to_string().as_str()));
-            suite.push_attribute(("errors", "0"));
-            suite.push_attribute(("timestamp", r.started_at.as_str()));
-            w.write_event(Event::Start(suite))?;
-            let mut case = BytesStart::new("testcase");
-            case.push_attribute(("name", "complete"));
-            case.push_attribute(("classname", "brokerbench.run"));
-            match &r.incomplete_reason {
-                None if r.complete => w.write_event(Event::Empty(case))?,
-                reason => {
-                    w.write_event(Event::Start(case))?;
-                    let message = format!(
-                        "incomplete: {}",
-                        reason.as_deref().unwrap_or("not every broker was measured")
-                    );
-                    let mut failure = BytesStart::new("failure");
-                    failure.push_attribute(("message", message.as_str()));
-                    failure.push_attribute(("type", "incomplete"));
-                    w.write_event(Event::Start(failure))?;
-                    w.write_event(Event::Text(BytesText::new(&message)))?;
-                    w.write_event(Event::End(BytesEnd::new("failure")))?;
-                    w.write_event(Event::End(BytesEnd::new("testcase")))?;
-                }
-            }
-            w.write_event(Event::End(BytesEnd::new("testsuite")))?;
+            let incomplete = usize::from(!r.complete).to_string();
+            open(
+                &mut w,
+                "testsuite",
+                &[
+                    ("name", &format!("{} run", r.scenario.name)),
+                    ("tests", "1"),
+                    ("failures", &incomplete),
+                    ("errors", "0"),
+                    ("timestamp", &r.started_at),
+                ],
+            )?;
+            let failure = (!r.complete).then(|| {
+                let why = r
+                    .incomplete_reason
+                    .as_deref()
+                    .unwrap_or("not every broker was measured");
+                ("incomplete", format!("incomplete: {why}"))
+            });
+            case(&mut w, "complete", "brokerbench.run", failure)?;
+            close(&mut w, "testsuite")?;
+
             for b in &r.brokers {
-                let suite_name = format!("{} on {}", r.scenario.name, broker_label(b));
-                let mut suite = BytesStart::new("testsuite");
-                suite.push_attribute(("name", suite_name.as_str()));
-                suite.push_attribute(("tests", b.checks.len().to_string().as_str()));
                 let failed = b.checks.iter().filter(|c| !c.passed).count();
-                suite.push_attribute(("failures", failed.to_string().as_str()));
-                suite.push_attribute(("errors", "0"));
-                suite.push_attribute(("timestamp", r.started_at.as_str()));
-                suite.push_attribute(("time", b.load.steady_seconds.to_string().as_str()));
-                w.write_event(Event::Start(suite))?;
+                let mut attributes = [
+                    (
+                        "name",
+                        format!("{} on {}", r.scenario.name, broker_label(b)),
+                    ),
+                    ("tests", b.checks.len().to_string()),
+                    ("failures", failed.to_string()),
+                    ("errors", "0".into()),
+                    ("timestamp", r.started_at.clone()),
+                    ("time", b.load.steady_seconds.to_string()),
+                ];
+                let attributes: Vec<(&str, &str)> = attributes
+                    .iter_mut()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect();
+                open(&mut w, "testsuite", &attributes)?;
 
                 let mut props = vec![
-                    ("implementation", b.implementation.clone()),
-                    ("endpoint", b.endpoint.clone()),
-                    ("environment", r.environment.clone()),
+                    ("implementation", b.implementation.as_str()),
+                    ("endpoint", b.endpoint.as_str()),
+                    ("environment", r.environment.as_str()),
                 ];
                 if let Some(product) = &b.stand_in_for {
-                    props.push(("stand_in_for", product.clone()));
+                    props.push(("stand_in_for", product.as_str()));
                 }
-                w.write_event(Event::Start(BytesStart::new("properties")))?;
-                for (name, value) in &props {
+                open(&mut w, "properties", &[])?;
+                for (name, value) in props {
                     let mut p = BytesStart::new("property");
-                    p.push_attribute(("name", *name));
-                    p.push_attribute(("value", value.as_str()));
+                    p.push_attribute(("name", name));
+                    p.push_attribute(("value", value));
                     w.write_event(Event::Empty(p))?;
                 }
-                w.write_event(Event::End(BytesEnd::new("properties")))?;
+                close(&mut w, "properties")?;
 
+                let class = format!("brokerbench.{}", b.broker);
                 for c in &b.checks {
                     let name = c.condition(&b.faults);
-                    let mut case = BytesStart::new("testcase");
-                    case.push_attribute(("name", name.as_str()));
-                    case.push_attribute((
-                        "classname",
-                        format!("brokerbench.{}", b.broker).as_str(),
-                    ));
-                    if c.passed {
-                        w.write_event(Event::Empty(case))?;
-                        continue;
-                    }
-                    w.write_event(Event::Start(case))?;
-                    let message = format!("{name}: measured {}", c.measured());
-                    let mut failure = BytesStart::new("failure");
-                    failure.push_attribute(("message", message.as_str()));
-                    failure.push_attribute(("type", "check"));
-                    w.write_event(Event::Start(failure))?;
-                    w.write_event(Event::Text(BytesText::new(&message)))?;
-                    w.write_event(Event::End(BytesEnd::new("failure")))?;
-                    w.write_event(Event::End(BytesEnd::new("testcase")))?;
+                    let failure = (!c.passed)
+                        .then(|| ("check", format!("{name}: measured {}", c.measured())));
+                    case(&mut w, &name, &class, failure)?;
                 }
-                w.write_event(Event::End(BytesEnd::new("testsuite")))?;
+                close(&mut w, "testsuite")?;
             }
         }
-        w.write_event(Event::End(BytesEnd::new("testsuites")))?;
+        close(&mut w, "testsuites")?;
         let mut content = w.into_inner();
         content.push(b'\n');
         Ok(vec![Document {
