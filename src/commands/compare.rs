@@ -18,7 +18,7 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
     let allowance = Allowance {
         max_regression: args.max_regression,
         alpha: args.alpha,
-        min_latency_change_us: args.min_latency_change.as_secs_f64() * 1e6,
+        min_latency_change_us: args.min_latency_change.as_nanos() as f64 / 1e3,
     };
     let comparison = compare(&baseline, &current, allowance)?;
     let text = match args.format {
@@ -113,8 +113,8 @@ fn render(c: &Comparison, markdown: bool) -> String {
         .collect();
     if !untested.is_empty() {
         out.push_str(&format!(
-            "Untested: {} changed beyond the allowance, but without per-second values to test \
-             (fewer than 5 steady seconds, or one run without them): {}.\n",
+            "Untested: {} changed beyond the allowance with nothing to test them (fewer than 5 \
+             whole steady seconds, per-second values missing, or a figure in one run only): {}.\n",
             untested.len(),
             untested.join(", ")
         ));

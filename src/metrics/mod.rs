@@ -166,8 +166,8 @@ impl Latency {
 }
 
 /// A histogram that [`Latency::compressed`] or [`Latency::summary`] wrote
-/// (base64 of HdrHistogram's V2 form, compressed or not); none if empty or
-/// not one.
+/// (base64 of HdrHistogram's V2 form, compressed or not); none for an empty
+/// string (a second without values) or one that does not decode.
 pub fn decode_histogram(encoded: &str) -> Option<Histogram<u64>> {
     if encoded.is_empty() {
         return None;

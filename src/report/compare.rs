@@ -234,9 +234,12 @@ fn comparable(baseline: &Results, current: &Results) -> Result<(), Incomparable>
 
 /// A figure and what can show that its change is real.
 struct Measured {
-    /// None: not measured, or (a recovery) never happened.
+    /// None: not measured, or (a recovery) none seen.
     value: Option<f64>,
     evidence: Evidence,
+    /// A recovery that the run judged never to have happened (the broker
+    /// was back in time to show it); not just one unseen.
+    never: bool,
 }
 
 /// What decides whether a change is real.
@@ -268,6 +271,7 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
     let rate = |r: &BrokerResult| Measured {
         value: Some(r.publish.confirmed_per_s),
         evidence: Evidence::Seconds(as_f64(r.steady(&r.series.confirmed))),
+        never: false,
     };
     add(None, "rate", "msg/s", true, [rate(b), rate(c)]);
     for (metric, q) in [
@@ -278,6 +282,7 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
         let m = |r: &BrokerResult| Measured {
             value: pick(&r.latency_us.publish, q),
             evidence: Evidence::Seconds(quantiles(r, Some(&r.series.publish_latency_us), q)),
+            never: false,
         };
         add(None, metric, "us", false, [m(b), m(c)]);
     }
@@ -295,6 +300,7 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
                     .map(|s| as_f64(r.steady(s)))
                     .unwrap_or_default(),
             ),
+            never: false,
         };
         add(
             group,
@@ -319,6 +325,7 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
                     r.series.end_to_end_latency_us.get(&g.group),
                     q,
                 )),
+                never: false,
             };
             add(group, metric, "us", false, [m(b), m(c)]);
         }
@@ -334,6 +341,7 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
             let m = |v: u64| Measured {
                 value: Some(v as f64),
                 evidence: evidence.clone(),
+                never: false,
             };
             add(group, metric, "count", false, [m(old), m(new)]);
         }
@@ -343,6 +351,7 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
         let m = |f: &super::FaultResult| Measured {
             value: f.publish_recovered_after_s,
             evidence: Evidence::MoreThan(1.0),
+            never: f.recovered == Some(false),
         };
         let metric = format!(
             "recovery (fault {}: {} at {}s)",
@@ -402,11 +411,13 @@ fn judge(what: What<'_>, old: Measured, new: Measured, allowance: Allowance) -> 
                 (true, None) => Verdict::NoSignificantChange, // set by `holm`
             };
         }
-        // A fault recovered from in one run and never in the other.
-        (Some(_), None) if recovery => verdict = Verdict::Regression,
-        (None, Some(_)) if recovery => verdict = Verdict::Improvement,
+        // A fault recovered from in one run and, as that run judged it,
+        // never in the other.
+        (Some(_), None) if recovery && new.never => verdict = Verdict::Regression,
+        (None, Some(_)) if recovery && old.never => verdict = Verdict::Improvement,
         (None, None) => {}
-        // A latency recorded in one run only: nothing to compare it with.
+        // A figure in one run only (a latency nothing recorded, a recovery
+        // too late in the load to see): nothing to compare it with.
         _ => verdict = Verdict::Untested,
     }
     Row {
@@ -741,5 +752,86 @@ mod tests {
             assert_eq!(r.p_value, None);
         }
         assert_eq!(c.regressions().count(), 0);
+    }
+
+    #[test]
+    fn seconds_that_move_against_the_figure_are_no_regression() {
+        // The seconds say "lower" (p tiny), the whole-run p99 says higher:
+        // a test of one thing cannot confirm a change of the other.
+        let base = recorded(4_000, 1_000, 1);
+        let mut odd = recorded(2_000, 1_000, 2);
+        odd.brokers[0]
+            .latency_us
+            .end_to_end
+            .get_mut("a")
+            .unwrap()
+            .p99 = 9_000;
+        let c = compare(&base, &odd, ALLOW).unwrap();
+        let e2e = row(&c, "end_to_end_p99");
+        assert!(e2e.p_value.unwrap() < 0.05, "{e2e:?}");
+        assert_eq!(e2e.verdict, Verdict::NoSignificantChange, "{e2e:?}");
+    }
+
+    #[test]
+    fn counts_need_no_test_and_lost_needs_no_allowance() {
+        let mut base = recorded(2_000, 1_000, 1);
+        base.brokers[0].groups[0].account.lost = 100;
+        let mut one_more = base.clone();
+        one_more.brokers[0].groups[0].account.lost = 101;
+        one_more.brokers[0].groups[0].account.duplicates = 1;
+        let c = compare(&base, &one_more, ALLOW).unwrap();
+        assert_eq!(
+            row(&c, "lost").verdict,
+            Verdict::Regression,
+            "1 % more lost"
+        );
+        assert_eq!(row(&c, "duplicates").verdict, Verdict::Regression, "0 to 1");
+        let c = compare(&one_more, &base, ALLOW).unwrap();
+        assert_eq!(row(&c, "lost").verdict, Verdict::Improvement);
+    }
+
+    #[test]
+    fn a_recovery_is_judged_by_what_each_run_saw() {
+        let fault = |after: Option<f64>, recovered: Option<bool>| {
+            serde_json::from_value::<crate::report::FaultResult>(serde_json::json!({
+                "action": "kill", "at_s": 2.0, "duration_s": 1.0, "started_s": 2.0,
+                "broker_ready_after_s": 1.5, "publish_recovered_after_s": after,
+                "delivery_recovered_after_s": {"a": after}, "recovered": recovered,
+                "messages": {"attempted": 0, "confirmed": 0, "failed": 0, "unknown": 0, "groups": {}}
+            }))
+            .unwrap()
+        };
+        let with = |after, recovered| {
+            let mut r = recorded(2_000, 1_000, 1);
+            r.brokers[0].faults.push(fault(after, recovered));
+            r
+        };
+        let verdict = |a: &Results, b: &Results| {
+            let c = compare(a, b, ALLOW).unwrap();
+            c.rows
+                .iter()
+                .find(|r| r.metric.starts_with("recovery"))
+                .unwrap()
+                .verdict
+        };
+        let quick = with(Some(2.0), Some(true));
+        assert_eq!(
+            verdict(&quick, &with(Some(2.5), Some(true))),
+            Verdict::NoSignificantChange
+        );
+        assert_eq!(
+            verdict(&quick, &with(Some(6.0), Some(true))),
+            Verdict::Regression
+        );
+        assert_eq!(
+            verdict(&quick, &with(None, Some(false))),
+            Verdict::Regression
+        );
+        assert_eq!(
+            verdict(&with(None, Some(false)), &quick),
+            Verdict::Improvement
+        );
+        // Back too late in the load to see a recovery: nothing to compare.
+        assert_eq!(verdict(&quick, &with(None, None)), Verdict::Untested);
     }
 }

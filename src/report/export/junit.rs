@@ -97,7 +97,7 @@ impl Exporter for Junit {
 
             for b in &r.brokers {
                 let failed = b.checks.iter().filter(|c| !c.passed).count();
-                let mut attributes = [
+                let attributes = [
                     (
                         "name",
                         format!("{} on {}", r.scenario.name, broker_label(b)),
@@ -108,10 +108,8 @@ impl Exporter for Junit {
                     ("timestamp", r.started_at.clone()),
                     ("time", b.load.steady_seconds.to_string()),
                 ];
-                let attributes: Vec<(&str, &str)> = attributes
-                    .iter_mut()
-                    .map(|(k, v)| (*k, v.as_str()))
-                    .collect();
+                let attributes: Vec<(&str, &str)> =
+                    attributes.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 open(&mut w, "testsuite", &attributes)?;
 
                 let mut props = vec![

@@ -66,13 +66,21 @@ pub fn markdown(results: &Results) -> String {
 }
 
 /// How benchmark trackers and file names name what ran: `kafka`, or for a
-/// stand-in `kafka[tansu 0.6.0]`, so that a stand-in's figures never line
-/// up with the product's.
+/// stand-in `kafka-on-tansu` (its program, not its version, so that its
+/// series stays one across upgrades), so that a stand-in's figures never
+/// line up with the product's. Safe in file names and globs.
 fn tracked_name(b: &super::BrokerResult) -> String {
     match &b.stand_in_for {
         Some(_) => {
-            let short = b.implementation.split(" (").next().unwrap_or_default();
-            format!("{}[{short}]", b.broker)
+            let program: String = b
+                .implementation
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            format!("{}-on-{program}", b.broker)
         }
         None => b.broker.to_string(),
     }
