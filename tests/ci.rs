@@ -503,7 +503,8 @@ fn the_github_actions_example_parses_and_its_commands_are_ours() {
         };
         let words: Vec<&str> = line[at..]
             .split_whitespace()
-            .take_while(|w| !matches!(*w, ">" | ">>" | "|" | "&&" | ";"))
+            // Up to a redirection or the next command.
+            .take_while(|w| !matches!(*w, ">" | ">>" | "|" | "&&" | ";") && !w.starts_with("2>"))
             .collect();
         if let Err(e) = brokerbench::cli::Cli::try_parse_from(&words) {
             panic!("{line}: {e}");
