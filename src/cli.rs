@@ -50,7 +50,7 @@ pub enum Command {
     ///
     /// A regression is a change for the worse beyond --max-regression that a
     /// Mann-Whitney U test on the per-second values finds real (p <
-    /// --alpha); more lost messages always are. Results of different
+    /// --alpha, 0.01); more lost messages always are. Results of different
     /// scenarios, settings, environments or implementations are refused.
     /// Exit 0: no regression; 1: a regression; 2: cannot compare.
     Compare(CompareArgs),
@@ -69,8 +69,9 @@ pub struct CompareArgs {
     /// one scenario differ by about this much by themselves (docs/ci.md).
     #[arg(long, default_value = "1ms", value_parser = parse_duration)]
     pub min_latency_change: Duration,
-    /// Significance level of the test on per-second values.
-    #[arg(long, default_value_t = 0.05, value_parser = parse_alpha)]
+    /// Significance level of the test on per-second values (docs/ci.md
+    /// says why 0.01: seconds of one run share that run's conditions).
+    #[arg(long, default_value_t = 0.01, value_parser = parse_alpha)]
     pub alpha: f64,
     /// How to print the comparison.
     #[arg(long, value_enum, default_value = "table")]

@@ -145,7 +145,7 @@ brokers = ["jetstream"]
 
 [load]
 rate = 100
-duration = "8s"
+duration = "10s"
 warmup = "1s"
 keys = 20
 
@@ -551,7 +551,7 @@ fn metrics_are_served_during_a_run_and_rise() {
     let scenario = write(
         dir.path(),
         "live.toml",
-        &STEADY.replace("duration = \"8s\"", "duration = \"5s\""),
+        &STEADY.replace("duration = \"10s\"", "duration = \"5s\""),
     );
     let mut child = util::brokerbench()
         .arg("run")
