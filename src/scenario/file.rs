@@ -159,7 +159,9 @@ impl ScenarioFile {
         toml::from_str(text).map_err(|e| RawError::toml(&e))
     }
 
-    pub fn into_plan(self, path: &Path) -> Result<Plan, RawError> {
+    /// The plan of this file; `rate_flag` is `--rate`, when given, which
+    /// decides instead of the file whether a `rate_ratio` has a target.
+    pub fn into_plan(self, path: &Path, rate_flag: Option<f64>) -> Result<Plan, RawError> {
         let name = self.name.get_ref().trim().to_string();
         if name.is_empty()
             || !name
@@ -264,7 +266,8 @@ impl ScenarioFile {
             ));
         }
         let thresholds = thresholds(&self.thresholds)?;
-        if !load.open_loop() {
+        // With --rate, `Plan::apply` checks the rate that will be used.
+        if !load.open_loop() && rate_flag.is_none() {
             // At the top level or in a broker's table.
             let top = self.thresholds.keys();
             let nested = self.thresholds.values().flat_map(|e| match e.get_ref() {

@@ -367,7 +367,7 @@ impl Plan {
     /// Parses and validates scenario `text` (named `path` in errors).
     pub fn parse(path: &Path, text: &str, overrides: &Overrides) -> Result<Plan, ScenarioError> {
         let mut plan = file::ScenarioFile::parse(text)
-            .and_then(|f| f.into_plan(path))
+            .and_then(|f| f.into_plan(path, overrides.rate))
             .map_err(|e| e.in_file(path, text))?;
         plan.apply(overrides)?;
         Ok(plan)

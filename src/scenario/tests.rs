@@ -451,4 +451,12 @@ fn threshold_flags_set_and_replace_limits() {
         err.to_string().starts_with("--rate: rate_ratio needs"),
         "{err}"
     );
+    // A closed-loop file given a target rate on the command line has one.
+    let closed_file = text.replace("rate = 500", "rate = 0");
+    let open = Overrides {
+        rate: Some(300.0),
+        ..Overrides::default()
+    };
+    let plan = Plan::parse(Path::new("t.toml"), &closed_file, &open).unwrap();
+    assert_eq!(plan.load.rate, 300.0);
 }
