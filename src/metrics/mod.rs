@@ -49,14 +49,32 @@ impl Latency {
 
     /// Percentiles and the serialized histogram.
     pub fn summary(&self) -> LatencySummary {
+        LatencySummary {
+            hdr: base64::engine::general_purpose::STANDARD.encode(self.v2()),
+            ..self.percentiles()
+        }
+    }
+
+    /// The histogram in HdrHistogram's V2 form.
+    fn v2(&self) -> Vec<u8> {
         let mut bytes = Vec::new();
         V2Serializer::new()
             .serialize(&self.histogram, &mut bytes)
             .expect("serializing to a Vec cannot fail");
-        LatencySummary {
-            hdr: base64::engine::general_purpose::STANDARD.encode(bytes),
-            ..self.percentiles()
+        bytes
+    }
+
+    /// The histogram in HdrHistogram's compressed V2 form, base64, as
+    /// interval logs carry it; empty for an empty histogram.
+    pub fn compressed(&self) -> String {
+        if self.histogram.is_empty() {
+            return String::new();
         }
+        let mut bytes = Vec::new();
+        V2DeflateSerializer::new()
+            .serialize(&self.histogram, &mut bytes)
+            .expect("serializing to a Vec cannot fail");
+        base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 
     /// Percentiles only (`hdr` left empty).
@@ -112,11 +130,7 @@ impl LatencyIntervals {
     /// Serializes the current second.
     fn finish(&mut self) {
         if let Some((second, latency)) = self.current.take() {
-            let mut bytes = Vec::new();
-            V2Serializer::new()
-                .serialize(&latency.histogram, &mut bytes)
-                .expect("serializing to a Vec cannot fail");
-            self.done.push((second, bytes));
+            self.done.push((second, latency.v2()));
         }
     }
 
@@ -128,11 +142,14 @@ impl LatencyIntervals {
         seconds: usize,
         mut each: impl FnMut(&Latency),
     ) {
-        let mut parts: Vec<(usize, Vec<u8>)> = Vec::new();
+        // Finished seconds as they are; each task's current one serialized.
+        let mut parts: Vec<(usize, std::borrow::Cow<'a, [u8]>)> = Vec::new();
         for intervals in all {
-            let mut intervals = intervals.clone();
-            intervals.finish();
-            parts.extend(intervals.done);
+            let done = intervals.done.iter();
+            parts.extend(done.map(|(s, bytes)| (*s, bytes.as_slice().into())));
+            if let Some((s, latency)) = &intervals.current {
+                parts.push((*s, latency.v2().into()));
+            }
         }
         parts.sort_by_key(|(second, _)| *second);
         let mut parts = parts.into_iter().peekable();
@@ -141,27 +158,12 @@ impl LatencyIntervals {
             latency.histogram.reset();
             while let Some((_, bytes)) = parts.next_if(|(s, _)| *s == second) {
                 let h: Histogram<u64> = Deserializer::new()
-                    .deserialize(&mut bytes.as_slice())
+                    .deserialize(&mut &bytes[..])
                     .expect("histograms serialized here read back");
                 latency.histogram.add(&h).expect("same bounds");
             }
             each(&latency);
         }
-    }
-}
-
-impl Latency {
-    /// The histogram in HdrHistogram's compressed V2 form, base64, as
-    /// interval logs carry it; empty for an empty histogram.
-    pub fn compressed(&self) -> String {
-        if self.histogram.is_empty() {
-            return String::new();
-        }
-        let mut bytes = Vec::new();
-        V2DeflateSerializer::new()
-            .serialize(&self.histogram, &mut bytes)
-            .expect("serializing to a Vec cannot fail");
-        base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 }
 

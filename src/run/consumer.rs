@@ -86,20 +86,18 @@ pub(super) async fn consume(
         match event::decode(&incoming.payload).filter(|e| e.run == cx.run_id) {
             Some(envelope) => {
                 let first = out.log.record(&envelope, incoming.redelivered) == Seen::First;
+                let (since, at) = (cx.since_start(now), cx.ns(now));
+                let latency = Duration::from_nanos(at.saturating_sub(envelope.intended_ns));
                 if first {
-                    out.delivered_at.record(cx.since_start(now));
+                    out.delivered_at.record(since);
                     if let Some(live) = &live {
                         live.delivered.inc();
-                        let ns = cx.ns(now).saturating_sub(envelope.intended_ns);
-                        live.end_to_end_latency.observe(ns as f64 / 1e9);
+                        live.end_to_end_latency.observe(latency.as_secs_f64());
                     }
                 }
                 if first && envelope.intended_ns >= steady_ns {
-                    let at = cx.ns(now);
-                    let latency = Duration::from_nanos(at.saturating_sub(envelope.intended_ns));
                     out.end_to_end.record(latency);
-                    out.end_to_end_intervals
-                        .record(cx.since_start(now), latency);
+                    out.end_to_end_intervals.record(since, latency);
                     out.end_to_end_service
                         .record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
                 }

@@ -210,16 +210,15 @@ impl ProducerTask {
             Ok(()) => {
                 self.out.log.settle(send.seq, PublishStatus::Confirmed);
                 self.progress.confirmed.fetch_add(1, Ordering::Relaxed);
+                let (since, latency) = (self.cx.since_start(now), now - send.due);
                 if let Some(live) = &self.progress.live {
                     live.confirmed.inc();
-                    live.publish_latency.observe((now - send.due).as_secs_f64());
+                    live.publish_latency.observe(latency.as_secs_f64());
                 }
-                self.out.confirmed_at.record(self.cx.since_start(now));
+                self.out.confirmed_at.record(since);
                 if self.cx.ns(send.due) >= self.cx.steady_ns() {
-                    self.out.publish.record(now - send.due);
-                    self.out
-                        .publish_intervals
-                        .record(self.cx.since_start(now), now - send.due);
+                    self.out.publish.record(latency);
+                    self.out.publish_intervals.record(since, latency);
                     self.out.publish_service.record(now - sent);
                 }
                 self.out.steady_confirmed += u64::from(self.cx.in_steady(now));
