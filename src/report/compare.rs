@@ -136,11 +136,17 @@ pub fn compare(
     current: &Results,
     allowance: Allowance,
 ) -> Result<Comparison, Incomparable> {
-    comparable(baseline, current)?;
+    // Each broker of the baseline with its result in the current run.
+    let pairs: Vec<(&BrokerResult, Option<&BrokerResult>)> = baseline
+        .brokers
+        .iter()
+        .map(|b| (b, current.brokers.iter().find(|c| c.broker == b.broker)))
+        .collect();
+    comparable(baseline, current, &pairs)?;
     let mut rows = Vec::new();
     let mut not_compared = Vec::new();
-    for b in &baseline.brokers {
-        match current.brokers.iter().find(|c| c.broker == b.broker) {
+    for &(b, c) in &pairs {
+        match c {
             Some(c) => rows.extend(broker_rows(b, c, allowance)),
             None => not_compared.push(format!("{}: only in the baseline", b.broker)),
         }
@@ -167,7 +173,11 @@ pub fn compare(
 }
 
 /// The same scenario, settings, environment and implementations, or why not.
-fn comparable(baseline: &Results, current: &Results) -> Result<(), Incomparable> {
+fn comparable(
+    baseline: &Results,
+    current: &Results,
+    pairs: &[(&BrokerResult, Option<&BrokerResult>)],
+) -> Result<(), Incomparable> {
     let what = |r: &Results| {
         let mut s = serde_json::to_value(&r.scenario).unwrap_or_default();
         if let Some(o) = s.as_object_mut() {
@@ -211,8 +221,8 @@ fn comparable(baseline: &Results, current: &Results) -> Result<(), Incomparable>
             baseline.environment, current.environment
         )));
     }
-    for b in &baseline.brokers {
-        if let Some(c) = current.brokers.iter().find(|c| c.broker == b.broker) {
+    for &(b, c) in pairs {
+        if let Some(c) = c {
             if b.implementation != c.implementation {
                 return Err(Incomparable(format!(
                     "{}: the implementations differ: baseline {}, current {}",

@@ -605,6 +605,16 @@ impl BrokerResult {
         result
     }
 
+    /// Confirmed messages lost, over every group.
+    pub fn lost(&self) -> u64 {
+        self.groups.iter().map(|g| g.account.lost).sum()
+    }
+
+    /// Duplicate deliveries, over every group.
+    pub fn duplicates(&self) -> u64 {
+        self.groups.iter().map(|g| g.account.duplicates).sum()
+    }
+
     /// Whether every check held.
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)

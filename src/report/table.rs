@@ -146,8 +146,7 @@ pub fn summary(results: &Results, layout: Layout) -> Table {
         } else {
             "max".into()
         };
-        let lost: u64 = b.groups.iter().map(|g| g.account.lost).sum();
-        let duplicates: u64 = b.groups.iter().map(|g| g.account.duplicates).sum();
+        let (lost, duplicates) = (b.lost(), b.duplicates());
         let mut row = vec![b.broker.to_string()];
         if wide {
             row.push(match &b.stand_in_for {
@@ -196,25 +195,26 @@ pub fn summary(results: &Results, layout: Layout) -> Table {
 /// broker's implementation (and, narrow, the target rate), and why a
 /// broker failed.
 pub fn notes(results: &Results, layout: Layout) -> Vec<String> {
+    if layout == Layout::Wide {
+        return Vec::new();
+    }
     let mut notes = Vec::new();
     for b in &results.brokers {
-        if layout != Layout::Wide {
-            let target = match (layout, b.load.open_loop) {
-                (Layout::Narrow, true) => format!("; target {}", rate(b.load.target_rate_per_s)),
-                (Layout::Narrow, false) => "; as fast as possible".into(),
-                _ => String::new(),
-            };
-            let stand_in = b
-                .stand_in_for
-                .as_ref()
-                .map(|p| format!(", a stand-in for {p}"))
-                .unwrap_or_default();
-            notes.push(format!(
-                "{}: {}{stand_in}{target}",
-                b.broker, b.implementation
-            ));
-        }
-        if layout != Layout::Wide && !b.passed() {
+        let target = match (layout, b.load.open_loop) {
+            (Layout::Narrow, true) => format!("; target {}", rate(b.load.target_rate_per_s)),
+            (Layout::Narrow, false) => "; as fast as possible".into(),
+            _ => String::new(),
+        };
+        let stand_in = b
+            .stand_in_for
+            .as_ref()
+            .map(|p| format!(", a stand-in for {p}"))
+            .unwrap_or_default();
+        notes.push(format!(
+            "{}: {}{stand_in}{target}",
+            b.broker, b.implementation
+        ));
+        if !b.passed() {
             notes.push(format!("{}: {}", b.broker, verdict(b)));
         }
     }

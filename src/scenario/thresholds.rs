@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerKind;
 
-/// A figure a threshold can limit.
+/// A figure a threshold can limit; written as its [`Metric::key`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Metric {
     /// Publish latency (corrected for coordinated omission), median.
     PublishP50,
@@ -226,6 +226,20 @@ impl Metric {
                 }
             }
         }
+    }
+}
+
+impl From<Metric> for &'static str {
+    fn from(metric: Metric) -> Self {
+        metric.key()
+    }
+}
+
+impl TryFrom<String> for Metric {
+    type Error = String;
+
+    fn try_from(key: String) -> Result<Self, String> {
+        Metric::from_key(&key)
     }
 }
 

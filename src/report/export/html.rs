@@ -14,7 +14,7 @@ use std::fmt::Write;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use super::{broker_label, Document, Exporter};
+use super::{broker_label, stand_in_notices, Document, Exporter};
 use crate::metrics::decode_histogram;
 use crate::report::{table, BrokerResult, Results};
 
@@ -67,11 +67,9 @@ const COLOURS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// Text safe in HTML content and attribute values.
+fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    quick_xml::escape::escape(text)
 }
 
 fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
@@ -97,14 +95,8 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
             .map(|why| format!(" <span class=\"fail\">Incomplete: {}</span>", escape(why)))
             .unwrap_or_default()
     );
-    for b in r.brokers.iter().filter(|b| b.stand_in_for.is_some()) {
-        let _ = writeln!(
-            page,
-            "<p class=\"note\">{} ran on {}, a stand-in: its figures describe it, not {}.</p>",
-            b.broker,
-            escape(&b.implementation),
-            escape(b.stand_in_for.as_deref().unwrap_or_default())
-        );
+    for notice in stand_in_notices(r) {
+        let _ = writeln!(page, "<p class=\"note\">{}</p>", escape(&notice));
     }
     summary(page, r);
     let _ = writeln!(page, "<h2>Latency by percentile</h2>");
@@ -155,8 +147,7 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
 fn summary(page: &mut String, r: &Results) {
     page.push_str("<h2>Summary</h2>\n<table id=\"summary\">\n<tr><th>broker</th><th>implementation</th><th>rate, msg/s</th><th>confirmed</th><th>publish p50</th><th>publish p99</th><th>publish p99.9</th><th>lost</th><th>duplicates</th><th>checks</th></tr>\n");
     for b in &r.brokers {
-        let lost: u64 = b.groups.iter().map(|g| g.account.lost).sum();
-        let dup: u64 = b.groups.iter().map(|g| g.account.duplicates).sum();
+        let (lost, dup) = (b.lost(), b.duplicates());
         let p = &b.latency_us.publish;
         let cell = |field: &str, value: String, shown: String| {
             format!("<td class=\"n\" data-field=\"{field}\" data-value=\"{value}\">{shown}</td>")

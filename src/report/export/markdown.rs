@@ -7,7 +7,7 @@ use std::fmt::Write;
 use anyhow::Result;
 use comfy_table::{presets, ContentArrangement, Table};
 
-use super::{broker_label, Document, Exporter};
+use super::{broker_label, stand_in_notices, Document, Exporter};
 use crate::report::{table, CheckKind, Results};
 
 /// GitHub's limit on one step's summary.
@@ -99,14 +99,8 @@ fn one_run(r: &Results, rows: usize) -> String {
     if let Some(reason) = &r.incomplete_reason {
         let _ = writeln!(s, "> **Incomplete:** {reason}\n");
     }
-    for b in r.brokers.iter().filter(|b| b.stand_in_for.is_some()) {
-        let _ = writeln!(
-            s,
-            "> {} is {}, a stand-in: its figures describe it, not {}.\n",
-            b.broker,
-            b.implementation,
-            b.stand_in_for.as_deref().unwrap_or_default()
-        );
+    for notice in stand_in_notices(r) {
+        let _ = writeln!(s, "> {notice}\n");
     }
     if r.brokers.is_empty() {
         s.push_str("No broker was measured.\n\n");
@@ -115,11 +109,8 @@ fn one_run(r: &Results, rows: usize) -> String {
     s.push_str(&markdown_table(table::summary(r, table::Layout::Wide)));
     s.push_str("\n\n");
 
-    let mut groups = table::groups(r, table::Layout::Wide);
+    let groups = table::groups_limited(r, rows, table::Layout::Wide);
     let total = r.brokers.iter().map(|b| b.groups.len()).sum::<usize>();
-    if total > rows {
-        groups = table::groups_limited(r, rows, table::Layout::Wide);
-    }
     let _ = writeln!(s, "### Consumer groups\n");
     s.push_str(&markdown_table(groups));
     s.push('\n');
@@ -156,20 +147,16 @@ fn one_run(r: &Results, rows: usize) -> String {
         }
         s.push('\n');
     }
-    let thresholds = r
+    let thresholds: Vec<bool> = r
         .brokers
         .iter()
         .flat_map(|b| b.checks.iter())
         .filter(|c| c.check == CheckKind::Threshold)
-        .count();
-    if thresholds > 0 {
-        let passed = r
-            .brokers
-            .iter()
-            .flat_map(|b| b.checks.iter())
-            .filter(|c| c.check == CheckKind::Threshold && c.passed)
-            .count();
-        let _ = writeln!(s, "Thresholds: {passed} of {thresholds} held.\n");
+        .map(|c| c.passed)
+        .collect();
+    if !thresholds.is_empty() {
+        let passed = thresholds.iter().filter(|&&held| held).count();
+        let _ = writeln!(s, "Thresholds: {passed} of {} held.\n", thresholds.len());
     }
     s
 }

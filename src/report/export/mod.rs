@@ -86,6 +86,22 @@ fn tracked_name(b: &super::BrokerResult) -> String {
     }
 }
 
+/// For each stand-in measured, one sentence that says so (for the top of a
+/// report): `kafka ran on tansu 0.6.0 (Kafka protocol), a stand-in: its
+/// figures describe it, not Apache Kafka.`
+fn stand_in_notices(r: &Results) -> Vec<String> {
+    r.brokers
+        .iter()
+        .filter_map(|b| {
+            let product = b.stand_in_for.as_ref()?;
+            Some(format!(
+                "{} ran on {}, a stand-in: its figures describe it, not {product}.",
+                b.broker, b.implementation
+            ))
+        })
+        .collect()
+}
+
 /// `broker`, or `broker (stand-in for Product)`: how reports name what ran.
 fn broker_label(b: &super::BrokerResult) -> String {
     match &b.stand_in_for {
