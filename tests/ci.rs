@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
+use util::read_json as read;
 
 /// A short run with thresholds a healthy broker on this machine keeps.
 const WITH_THRESHOLDS: &str = r#"
@@ -46,27 +47,13 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// `brokerbench run SCENARIO ARGS --out DIR/results`.
 fn run(scenario: &Path, args: &[&str], dir: &Path) -> Output {
-    util::brokerbench()
-        .arg("run")
-        .arg(scenario)
-        .args(args)
-        .arg("--out")
-        .arg(dir.join("results"))
-        .output()
-        .unwrap()
+    util::run_command(args, dir).arg(scenario).output().unwrap()
 }
 
 /// The results file whose path the run printed (`results: PATH`).
 fn results_path(output: &Output) -> PathBuf {
-    String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .chain(String::from_utf8_lossy(&output.stdout).lines())
-        .find_map(|l| l.strip_prefix("results: ").map(PathBuf::from))
-        .expect("results path printed")
-}
-
-fn read(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let said = String::from_utf8_lossy(&output.stderr) + String::from_utf8_lossy(&output.stdout);
+    util::results_path(&said)
 }
 
 fn thresholds(results: &Value) -> Vec<&Value> {
@@ -85,11 +72,8 @@ fn thresholds_pass_a_healthy_run_and_fail_it_when_set_below_the_measured_value()
     let scenario = write(dir.path(), "gate.toml", WITH_THRESHOLDS);
     // As in a GitHub job: the Markdown report goes to the job summary.
     let summary = dir.path().join("summary.md");
-    let healthy = util::brokerbench()
-        .arg("run")
+    let healthy = util::run_command(&[], dir.path())
         .arg(&scenario)
-        .arg("--out")
-        .arg(dir.path().join("results"))
         .env("GITHUB_STEP_SUMMARY", &summary)
         .output()
         .unwrap();
@@ -553,11 +537,8 @@ fn metrics_are_served_during_a_run_and_rise() {
         "live.toml",
         &STEADY.replace("duration = \"10s\"", "duration = \"5s\""),
     );
-    let mut child = util::brokerbench()
-        .arg("run")
+    let mut child = util::run_command(&["--metrics-addr", "127.0.0.1:0"], dir.path())
         .arg(&scenario)
-        .args(["--metrics-addr", "127.0.0.1:0", "--out"])
-        .arg(dir.path().join("results"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

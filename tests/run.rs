@@ -3,11 +3,12 @@
 mod util;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use util::run_command;
 
 const SHORT: &str = r#"
 name = "short"
@@ -34,28 +35,13 @@ fn scenario(dir: &Path, text: &str) -> std::path::PathBuf {
     path
 }
 
-/// `brokerbench run ARGS --out DIR/results`.
-fn run_command(args: &[&str], dir: &Path) -> Command {
-    let mut command = util::brokerbench();
-    command
-        .arg("run")
-        .args(args)
-        .arg("--out")
-        .arg(dir.join("results"));
-    command
-}
-
 fn run(args: &[&str], dir: &Path) -> Output {
     run_command(args, dir).output().unwrap()
 }
 
 /// The results file whose path the run printed (`results: PATH`).
 fn saved_results(output: &str) -> Value {
-    let path = output
-        .lines()
-        .find_map(|l| l.strip_prefix("results: "))
-        .expect("results path printed");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    util::read_json(&util::results_path(output))
 }
 
 fn validate(results: &Value) {

@@ -10,6 +10,29 @@ pub fn brokerbench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_brokerbench"))
 }
 
+/// `brokerbench run ARGS --out DIR/results`.
+pub fn run_command(args: &[&str], dir: &std::path::Path) -> Command {
+    let mut command = brokerbench();
+    command
+        .arg("run")
+        .args(args)
+        .arg("--out")
+        .arg(dir.join("results"));
+    command
+}
+
+/// The results file whose path a run printed (`results: PATH`) in `said`.
+pub fn results_path(said: &str) -> PathBuf {
+    said.lines()
+        .find_map(|l| l.strip_prefix("results: ").map(PathBuf::from))
+        .expect("results path printed")
+}
+
+/// A JSON file, parsed.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// A process, identified by pid and start time so a reused pid is not mistaken for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proc {
