@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use brokerbench::broker::BrokerKind;
-use brokerbench::driver::{Consumer, Driver};
+use brokerbench::driver::{Consumer, Driver, Settle};
 use brokerbench::env::binaries;
 use brokerbench::env::local::LocalBroker;
 use brokerbench::event::{self, Envelope};
@@ -29,7 +29,7 @@ fn plan() -> Plan {
     Plan::parse(Path::new("drivers.toml"), text, &Overrides::default()).unwrap()
 }
 
-async fn receive(consumer: &mut Box<dyn Consumer>) -> (Envelope, brokerbench::driver::Acker) {
+async fn receive(consumer: &mut Box<dyn Consumer>) -> (Envelope, brokerbench::driver::Settler) {
     let incoming = tokio::time::timeout(Duration::from_secs(20), consumer.next())
         .await
         .expect("a delivery within 20 s")
@@ -37,7 +37,7 @@ async fn receive(consumer: &mut Box<dyn Consumer>) -> (Envelope, brokerbench::dr
         .expect("no receive error");
     (
         event::decode(&incoming.payload).expect("our event"),
-        incoming.ack,
+        incoming.settle,
     )
 }
 
@@ -83,7 +83,7 @@ async fn publishes_confirms_and_redelivers_what_was_not_acked(kind: BrokerKind) 
             "{kind}: one partition/queue keeps order"
         );
         if expected < 5 {
-            ack().await.unwrap();
+            ack(Settle::Ack).await.unwrap();
         } else {
             pending.push(ack);
         }
@@ -109,7 +109,7 @@ async fn publishes_confirms_and_redelivers_what_was_not_acked(kind: BrokerKind) 
                 envelope.seq, expected,
                 "{kind}: redelivery after the group was left"
             );
-            ack().await.unwrap();
+            ack(Settle::Ack).await.unwrap();
         }
         again.close().await;
     }

@@ -80,8 +80,24 @@ impl From<ErrorKind> for Failure {
 /// The outcome of a publish: resolves when the broker confirms or refuses.
 pub type Confirmation = BoxFuture<'static, Result<(), Failure>>;
 
-/// Acknowledges a delivery, after processing.
-pub type Acker = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), ErrorKind>> + Send>;
+/// What the consumer did with a delivery, after processing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Processed (or skipped as a duplicate): acknowledge it (RabbitMQ ack,
+    /// JetStream ack, Kafka offset store).
+    Ack,
+    /// Processing failed; `attempt` counts the group's failed attempts of
+    /// this message, this one included, from 1. The driver hands it back for
+    /// another delivery after the retry delay, or dead-letters it, the way
+    /// its broker's users are told to (`docs/dead-letters.md`).
+    Failed {
+        /// Failed attempts so far, this one included.
+        attempt: u32,
+    },
+}
+
+/// Settles a delivery: acknowledges it, or hands it back as failed.
+pub type Settler = Box<dyn FnOnce(Settle) -> BoxFuture<'static, Result<(), ErrorKind>> + Send>;
 
 /// One received message.
 pub struct Incoming {
@@ -89,8 +105,8 @@ pub struct Incoming {
     pub payload: Vec<u8>,
     /// The broker's own redelivery flag.
     pub redelivered: bool,
-    /// Acknowledge (RabbitMQ ack, JetStream ack, Kafka offset store).
-    pub ack: Acker,
+    /// Acknowledge it, or hand it back as failed.
+    pub settle: Settler,
 }
 
 /// A connected broker.
@@ -105,6 +121,11 @@ pub trait Driver: Send + Sync {
 
     /// A consumer for `group`, subscribed and ready when this returns.
     async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>>;
+
+    /// A reader of `group`'s dead-letter destination, for a group with
+    /// failures: each delivery is one dead letter, its payload the original
+    /// message. Ready when this returns.
+    async fn dead_letters(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>>;
 
     /// The durability settings in force, for the results.
     fn settings(&self) -> Settings;
@@ -129,6 +150,8 @@ pub trait Producer: Send {
 #[async_trait]
 pub trait Consumer: Send {
     /// The next delivery; `None` when the subscription ended for good.
+    /// Cancel-safe: the run's consumer loop drops this future whenever
+    /// something else is ready first, and a delivery must not be lost then.
     async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>>;
 
     /// Leaves the group cleanly: what was received but not acknowledged goes

@@ -6,8 +6,10 @@
 //! another), and per group a `group` label. The motivating articles' own
 //! `event_processed_total{type,status}` counts what each group's consumers
 //! did with each event: `ok` (processed and acknowledged), `retry`
-//! (processed on a redelivery), `dead_letter` (sent to a dead-letter
-//! destination) and `error` (the acknowledgement failed).
+//! (processed on a redelivery), `failed` (processing failed on purpose and
+//! the message went back), `skipped` (processed already: the idempotent
+//! consumer skipped it), `dead_letter` (read from the dead-letter
+//! destination, once per message) and `error` (the acknowledgement failed).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,6 +91,13 @@ pub struct GroupMetrics {
     pub processed_retry: Counter,
     /// The acknowledgement failed.
     pub processed_error: Counter,
+    /// Processing failed on purpose (a poison or transient message) and the
+    /// message was handed back.
+    pub processed_failed: Counter,
+    /// Processed already: skipped by the idempotent consumer.
+    pub processed_skipped: Counter,
+    /// Read from the dead-letter destination, once per message.
+    pub processed_dead_letter: Counter,
 }
 
 impl Default for LiveMetrics {
@@ -131,7 +140,7 @@ impl Default for LiveMetrics {
         // Unprefixed: the name the articles use.
         registry.register(
             "event_processed",
-            "Events a consumer group processed, by event type and status (ok, retry, dead_letter, error)",
+            "Events a consumer group processed, by event type and status (ok, retry, failed, skipped, dead_letter, error)",
             processed.clone(),
         );
         LiveMetrics {
@@ -174,15 +183,15 @@ impl LiveMetrics {
                             })
                             .clone()
                     };
-                    // No dead-letter path is measured yet: the series is
-                    // there, at 0, so that dashboards find it.
-                    processed("dead_letter");
                     GroupMetrics {
                         delivered: self.delivered.get_or_create(&g).clone(),
                         end_to_end_latency: self.end_to_end_latency.get_or_create(&g).clone(),
                         processed_ok: processed("ok"),
                         processed_retry: processed("retry"),
                         processed_error: processed("error"),
+                        processed_failed: processed("failed"),
+                        processed_skipped: processed("skipped"),
+                        processed_dead_letter: processed("dead_letter"),
                     }
                 })
                 .collect(),

@@ -340,7 +340,7 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
             add(group, metric, "us", false, [m(b), m(c)]);
         }
         for (metric, old, new, evidence) in [
-            ("lost", g.account.lost, cg.account.lost, Evidence::AnyChange),
+            ("lost", g.lost(), cg.lost(), Evidence::AnyChange),
             (
                 "duplicates",
                 g.account.duplicates,

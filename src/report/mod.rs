@@ -198,7 +198,8 @@ pub struct FaultMessages {
 /// One group's account of a fault window.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FaultGroup {
-    /// Confirmed, never delivered.
+    /// Confirmed, never delivered (with failures: neither processed nor
+    /// dead-lettered, poison messages included).
     pub lost: u64,
     /// Deliveries beyond the first.
     pub duplicates: u64,
@@ -226,6 +227,13 @@ pub struct Series {
     /// delivery time.
     #[serde(default)]
     pub end_to_end_latency_us: BTreeMap<String, IntervalSeries>,
+    /// Per group with failures, attempts that failed on purpose per second.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed: BTreeMap<String, Vec<u64>>,
+    /// Per group with failures, messages first read from the dead-letter
+    /// destination per second.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dead_lettered: BTreeMap<String, Vec<u64>>,
 }
 
 /// A latency second by second, µs: the steady phase's messages, each in the
@@ -275,6 +283,10 @@ pub struct LatencyResults {
     pub end_to_end: BTreeMap<String, LatencySummary>,
     /// Per group, actual send time to delivery: uncorrected.
     pub end_to_end_service: BTreeMap<String, LatencySummary>,
+    /// Per group with failures, intended send time to the dead-letter
+    /// reader's first read of a message.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub time_to_dead_letter: BTreeMap<String, LatencySummary>,
 }
 
 /// The drain after the load.
@@ -312,6 +324,13 @@ pub enum CheckKind {
     /// A limit from the scenario's `[thresholds]` or `--threshold`.
     #[serde(rename = "threshold")]
     Threshold,
+    /// Every poison message of this group was dead-lettered or is still
+    /// held by the broker: none silently gone.
+    #[serde(rename = "poison_lost == 0")]
+    NoPoisonLost,
+    /// No message this group could process ended in its dead-letter destination.
+    #[serde(rename = "dead_lettered_wrongly == 0")]
+    NoneDeadLetteredWrongly,
 }
 
 /// One check: a correctness condition, or a threshold.
@@ -418,6 +437,13 @@ pub struct Placement {
     pub endpoint: String,
 }
 
+impl GroupResult {
+    /// Confirmed messages gone: `lost`, plus `poison_lost` with failures.
+    pub fn lost(&self) -> u64 {
+        self.account.lost + self.account.failures.as_ref().map_or(0, |f| f.poison_lost)
+    }
+}
+
 impl BrokerResult {
     /// Turns a measurement into results.
     pub fn new(plan: &Plan, broker: BrokerKind, placed: Placement, m: Measurement) -> Self {
@@ -460,22 +486,39 @@ impl BrokerResult {
         let mut groups = Vec::new();
         let mut end_to_end = BTreeMap::new();
         let mut end_to_end_service = BTreeMap::new();
+        let mut time_to_dead_letter = BTreeMap::new();
         let mut checks = Vec::new();
         for (outcome, group) in m.groups.iter().zip(&plan.consumers) {
             let mut account = ledger::group_account(&logs, &outcome.log);
-            // Confirmed and undelivered: still in the broker is backlog, not
-            // loss; if the broker could not be asked, nobody knows: unverified.
-            let undelivered = account.lost;
+            // Confirmed and undelivered (with failures: neither processed nor
+            // dead-lettered): still in the broker is backlog, not loss; if the
+            // broker could not be asked, nobody knows: unverified.
+            let poison_lost = account.failures.as_ref().map_or(0, |f| f.poison_lost);
+            let undelivered = account.lost + poison_lost;
             let backlog = outcome.backlog.map(|held| held.min(undelivered));
             let unverified = if backlog.is_some() { 0 } else { undelivered };
-            account.lost = undelivered - backlog.unwrap_or(undelivered);
+            let mut not_lost = backlog.unwrap_or(undelivered);
+            // The broker says how many it holds, not which: the poison
+            // messages, the ones it is still retrying, are counted as held first.
+            let mut checked = Vec::new();
+            if let Some(f) = account.failures.as_mut() {
+                let held = not_lost.min(f.poison_lost);
+                f.poison_lost -= held;
+                not_lost -= held;
+                checked.push((CheckKind::NoPoisonLost, f.poison_lost));
+                checked.push((CheckKind::NoneDeadLetteredWrongly, f.dead_lettered_wrongly));
+            }
+            account.lost -= not_lost;
             add_errors(&outcome.errors);
             errors_at.merge(&outcome.errors_at);
             for (check, value) in [
                 (CheckKind::NoneLost, account.lost),
                 (CheckKind::NoneUnexpected, account.unexpected),
                 (CheckKind::Drained, backlog.unwrap_or(0) + unverified),
-            ] {
+            ]
+            .into_iter()
+            .chain(checked)
+            {
                 checks.push(Check::correctness(
                     check,
                     Some(group.group.clone()),
@@ -485,6 +528,10 @@ impl BrokerResult {
             }
             end_to_end.insert(group.group.clone(), outcome.end_to_end.summary());
             end_to_end_service.insert(group.group.clone(), outcome.end_to_end_service.summary());
+            if group.failures.is_some() {
+                time_to_dead_letter
+                    .insert(group.group.clone(), outcome.time_to_dead_letter.summary());
+            }
             groups.push(GroupResult {
                 group: group.group.clone(),
                 account,
@@ -520,9 +567,15 @@ impl BrokerResult {
         let seconds = m
             .groups
             .iter()
-            .map(|g| g.delivered_at.seconds())
+            .flat_map(|g| [&g.delivered_at, &g.failed_at, &g.dead_lettered_at])
+            .map(Timeline::seconds)
             .chain([confirmed_at.seconds(), errors_at.seconds()]);
         let seconds = seconds.max().unwrap_or(0);
+        let failing = m
+            .groups
+            .iter()
+            .zip(&plan.consumers)
+            .filter(|(_, c)| c.failures.is_some());
         let series = Series {
             interval_s: 1,
             steady_start_s: round1(
@@ -550,6 +603,13 @@ impl BrokerResult {
                     let series = IntervalSeries::of([&g.end_to_end_intervals], seconds);
                     (c.group.clone(), series)
                 })
+                .collect(),
+            failed: failing
+                .clone()
+                .map(|(g, c)| (c.group.clone(), g.failed_at.per_second(seconds)))
+                .collect(),
+            dead_lettered: failing
+                .map(|(g, c)| (c.group.clone(), g.dead_lettered_at.per_second(seconds)))
                 .collect(),
         };
         let mut result = BrokerResult {
@@ -586,6 +646,7 @@ impl BrokerResult {
                 publish_service: publish_service.summary(),
                 end_to_end,
                 end_to_end_service,
+                time_to_dead_letter,
             },
             faults,
             series,
@@ -607,7 +668,7 @@ impl BrokerResult {
 
     /// Confirmed messages lost, over every group.
     pub fn lost(&self) -> u64 {
-        self.groups.iter().map(|g| g.account.lost).sum()
+        self.groups.iter().map(GroupResult::lost).sum()
     }
 
     /// Duplicate deliveries, over every group.
@@ -688,10 +749,11 @@ fn fault_results(
                 .zip(&plan.consumers)
                 .map(|(g, c)| {
                     let a = ledger::group_account_in(logs, &g.log, &window);
+                    let poison_lost = a.failures.as_ref().map_or(0, |f| f.poison_lost);
                     (
                         c.group.clone(),
                         FaultGroup {
-                            lost: a.lost,
+                            lost: a.lost + poison_lost,
                             duplicates: a.duplicates,
                             recovered: a.recovered,
                         },

@@ -318,7 +318,7 @@ pub fn groups_limited(results: &Results, rows: usize, layout: Layout) -> Table {
         .collect();
     type Column = (&'static str, fn(&GroupResult) -> String);
     let account: [Column; 8] = [
-        ("lost", |g| g.account.lost.to_string()),
+        ("lost", |g| g.lost().to_string()),
         ("late", |g| g.late.to_string()),
         ("backlog", |g| {
             g.backlog.map_or("?".into(), |n| n.to_string())

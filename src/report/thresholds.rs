@@ -64,7 +64,7 @@ fn broker_value(metric: Metric, b: &BrokerResult) -> Option<f64> {
 fn group_value(metric: Metric, b: &BrokerResult, group: &str) -> Option<f64> {
     let g = b.groups.iter().find(|g| g.group == group)?;
     let count = match metric {
-        Metric::Lost => g.account.lost,
+        Metric::Lost => g.lost(),
         Metric::Duplicates => g.account.duplicates,
         Metric::Redelivered => g.account.redelivered,
         Metric::OutOfOrder => g.account.out_of_order,

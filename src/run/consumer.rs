@@ -10,10 +10,10 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::ledger::{self, ProducerLog, Seen};
+use super::ledger::{self, Decision, GroupLog, ProducerLog, Seen};
 use super::{count, GroupOutcome, Progress, RunContext};
-use crate::driver::{self, Consumer, ErrorKind};
-use crate::event;
+use crate::driver::{self, Consumer, ErrorKind, Settle, Settler};
+use crate::event::{self, Envelope};
 use crate::metrics::live::GroupMetrics;
 use crate::scenario::ConsumerGroup;
 
@@ -25,14 +25,23 @@ pub(super) type PublishedLogs = tokio::sync::watch::Receiver<Option<Arc<Vec<Prod
 /// acknowledges each after its processing. Processing and acks run as futures
 /// of this task, concurrently with receiving: waiting for one ack before
 /// receiving the next message would make brokerbench the bottleneck.
+///
+/// A group with failures fails some messages on purpose (their fate comes
+/// from the ledger), hands them back to the driver as failed, skips the
+/// messages it processed already (idempotent on the order id), and reads
+/// its dead-letter destination in the same task, so that one owner keeps
+/// the whole account.
 pub(super) async fn consume(
-    mut consumer: Box<dyn Consumer>,
+    (mut consumer, mut dead_letters): (Box<dyn Consumer>, Option<Box<dyn Consumer>>),
     group: ConsumerGroup,
     cx: RunContext,
     (stop, mut published): (CancellationToken, PublishedLogs),
     (progress, index): (Arc<Progress>, usize),
 ) -> GroupOutcome {
-    let mut out = GroupOutcome::default();
+    let mut out = GroupOutcome {
+        log: GroupLog::for_group(&group),
+        ..GroupOutcome::default()
+    };
     // Once the producers are done: their history, and how many confirmed
     // messages this group still lacks.
     let mut sent: Option<Arc<Vec<ProducerLog>>> = None;
@@ -45,15 +54,16 @@ pub(super) async fn consume(
         .as_ref()
         .and_then(|l| l.groups.get(index))
         .cloned();
+    let failures = out.log.has_failures();
     loop {
-        let next = tokio::select! {
+        let (next, dead) = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             changed = published.changed(), if sent.is_none() && !closed => {
                 let logs = published.borrow_and_update().clone();
                 match (changed, logs) {
                     (Ok(()), Some(logs)) => {
-                        missing = ledger::group_account(&logs, &out.log).lost;
+                        missing = ledger::incomplete(&logs, &out.log);
                         progress.missing[index].store(missing, Ordering::Relaxed);
                         sent = Some(logs);
                     }
@@ -62,15 +72,24 @@ pub(super) async fn consume(
                 }
                 continue;
             }
-            Some((redelivered, acked)) = processing.next(), if !processing.is_empty() => {
-                processed(&live, redelivered, &acked);
-                if let Err(kind) = acked {
+            Some((status, settled)) = processing.next(), if !processing.is_empty() => {
+                processed(&live, status, &settled);
+                if let Err(kind) = settled {
                     count(&mut out.errors, kind);
                     out.errors_at.record(cx.since_start(Instant::now()));
                 }
                 continue;
             }
-            next = consumer.next(), if processing.len() < group.concurrency => next,
+            next = async { dead_letters.as_mut()?.next().await }, if dead_letters.is_some() => {
+                match next {
+                    None => {
+                        dead_letters = None;
+                        continue;
+                    }
+                    next => (next, true),
+                }
+            }
+            next = consumer.next(), if processing.len() < group.concurrency => (next, false),
         };
         let incoming = match next {
             None => break,
@@ -83,9 +102,46 @@ pub(super) async fn consume(
             Some(Ok(incoming)) => incoming,
         };
         let now = Instant::now();
-        match event::decode(&incoming.payload).filter(|e| e.run == cx.run_id) {
+        let envelope = event::decode(&incoming.payload).filter(|e| e.run == cx.run_id);
+        let confirmed = |logs: &Arc<Vec<ProducerLog>>, envelope: &Envelope| {
+            logs.get(envelope.producer as usize)
+                .is_some_and(|p| p.is_confirmed(envelope.seq))
+        };
+        // Counts down a confirmed message this group now has for good.
+        let mut completed = |envelope: &Envelope, out: &mut GroupOutcome| {
+            if sent.as_ref().is_some_and(|logs| confirmed(logs, envelope)) {
+                missing = missing.saturating_sub(1);
+                progress.missing[index].store(missing, Ordering::Relaxed);
+                out.late += u64::from(progress.final_read.load(Ordering::Relaxed));
+            }
+        };
+        if dead {
+            match &envelope {
+                Some(envelope) => {
+                    let (seen, complete) = out.log.record_dead_letter(envelope);
+                    if seen == Seen::First {
+                        let since = cx.since_start(now);
+                        out.dead_lettered_at.record(since);
+                        out.time_to_dead_letter.record(Duration::from_nanos(
+                            cx.ns(now).saturating_sub(envelope.intended_ns),
+                        ));
+                        if let Some(live) = &live {
+                            live.processed_dead_letter.inc();
+                        }
+                    }
+                    if complete {
+                        completed(envelope, &mut out);
+                    }
+                }
+                None => out.log.record_dead_foreign(),
+            }
+            processing.push(settle(incoming.settle, Settle::Ack, Duration::ZERO, None));
+            continue;
+        }
+        let mut decision = None;
+        match &envelope {
             Some(envelope) => {
-                let first = out.log.record(&envelope, incoming.redelivered) == Seen::First;
+                let first = out.log.record(envelope, incoming.redelivered) == Seen::First;
                 let (since, at) = (cx.since_start(now), cx.ns(now));
                 let latency = Duration::from_nanos(at.saturating_sub(envelope.intended_ns));
                 if first {
@@ -102,55 +158,90 @@ pub(super) async fn consume(
                         .record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
                 }
                 out.steady_delivered += u64::from(first && cx.in_steady(now));
-                let confirmed = |logs: &Arc<Vec<ProducerLog>>| {
-                    logs.get(envelope.producer as usize)
-                        .is_some_and(|p| p.is_confirmed(envelope.seq))
-                };
-                if first && sent.as_ref().is_some_and(confirmed) {
-                    missing = missing.saturating_sub(1);
-                    progress.missing[index].store(missing, Ordering::Relaxed);
-                    out.late += u64::from(progress.final_read.load(Ordering::Relaxed));
+                if failures {
+                    let (d, complete) = out.log.decide(envelope).expect("a group with failures");
+                    if complete {
+                        completed(envelope, &mut out);
+                    }
+                    if let Decision::Fail(_) = d {
+                        out.failed_at.record(since);
+                    }
+                    decision = Some(d);
+                } else if first {
+                    completed(envelope, &mut out);
                 }
                 progress.delivered[index].store(out.log.unique(), Ordering::Relaxed);
             }
             None => out.log.record_foreign(),
         }
-        let ack = incoming.ack;
-        let redelivered = incoming.redelivered;
         // The final read takes what is left at full speed.
         let work = if progress.final_read.load(Ordering::Relaxed) {
             Duration::ZERO
         } else {
             group.processing_time
         };
-        processing.push(async move {
-            if !work.is_zero() {
-                tokio::time::sleep(work).await;
-            }
-            (redelivered, ack().await)
-        });
+        let (how, work, status) = match decision {
+            Some(Decision::Skip) => (Settle::Ack, Duration::ZERO, Status::Skipped),
+            Some(Decision::Fail(attempt)) => (Settle::Failed { attempt }, work, Status::Failed),
+            _ if incoming.redelivered => (Settle::Ack, work, Status::Retry),
+            _ => (Settle::Ack, work, Status::Ok),
+        };
+        processing.push(settle(incoming.settle, how, work, Some(status)));
     }
     // Let messages being processed finish and be acknowledged.
     let finish = async {
-        while let Some((redelivered, acked)) = processing.next().await {
-            processed(&live, redelivered, &acked);
-            if let Err(kind) = acked {
+        while let Some((status, settled)) = processing.next().await {
+            processed(&live, status, &settled);
+            if let Err(kind) = settled {
                 count(&mut out.errors, kind);
             }
         }
     };
     let _ = tokio::time::timeout(driver::CALL_TIMEOUT, finish).await;
     let _ = tokio::time::timeout(driver::CALL_TIMEOUT, consumer.close()).await;
+    if let Some(dead_letters) = dead_letters {
+        let _ = tokio::time::timeout(driver::CALL_TIMEOUT, dead_letters.close()).await;
+    }
     out
 }
 
-/// `event_processed_total`: what became of a processed delivery.
-fn processed(live: &Option<GroupMetrics>, redelivered: bool, acked: &Result<(), ErrorKind>) {
-    if let Some(live) = live {
-        match (acked, redelivered) {
-            (Ok(()), false) => live.processed_ok.inc(),
-            (Ok(()), true) => live.processed_retry.inc(),
-            (Err(_), _) => live.processed_error.inc(),
-        };
+/// What processing a delivery came to, for `event_processed_total`.
+#[derive(Clone, Copy, Debug)]
+enum Status {
+    /// Processed on its first delivery.
+    Ok,
+    /// Processed on a redelivery.
+    Retry,
+    /// Processing failed on purpose; handed back.
+    Failed,
+    /// Processed already: skipped by the idempotent consumer.
+    Skipped,
+}
+
+/// Waits `work` (the simulated processing), then settles the delivery `how`.
+async fn settle(
+    settler: Settler,
+    how: Settle,
+    work: Duration,
+    status: Option<Status>,
+) -> (Option<Status>, Result<(), ErrorKind>) {
+    if !work.is_zero() {
+        tokio::time::sleep(work).await;
     }
+    (status, settler(how).await)
+}
+
+/// `event_processed_total`: what became of a delivery (dead letters are
+/// counted when the dead-letter reader sees them).
+fn processed(live: &Option<GroupMetrics>, status: Option<Status>, settled: &Result<(), ErrorKind>) {
+    let (Some(live), Some(status)) = (live, status) else {
+        return;
+    };
+    match (settled, status) {
+        (Err(_), _) => live.processed_error.inc(),
+        (Ok(()), Status::Ok) => live.processed_ok.inc(),
+        (Ok(()), Status::Retry) => live.processed_retry.inc(),
+        (Ok(()), Status::Failed) => live.processed_failed.inc(),
+        (Ok(()), Status::Skipped) => live.processed_skipped.inc(),
+    };
 }

@@ -2,10 +2,13 @@
 //!
 //! Every message is named by (producer, sequence number). Each producer keeps
 //! one status byte per message it attempted; each consumer group keeps one
-//! delivery-count byte per message it saw. That is 1 byte per message per
-//! group plus 1 per message (the budget is 16), needs no locks (each log has
-//! one owner task), and makes the final account exact: a confirmed message
-//! never delivered after the drain is *lost*; one not confirmed yet delivered
+//! delivery-count byte per message it saw, and a group that fails messages on
+//! purpose two more: its failed attempts (with a processed bit) and the
+//! copies its dead-letter reader found. That is at most 3 bytes per message
+//! per group plus 1 per message (the budget is 16), needs no locks (each log
+//! has one owner task), and makes the final account exact: a confirmed
+//! message never delivered (with failures: never processed nor
+//! dead-lettered) after the drain is *lost*; one not confirmed yet delivered
 //! is *recovered*; a delivery of a message never sent is *unexpected*.
 
 use std::collections::HashMap;
@@ -13,6 +16,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Envelope;
+use crate::scenario::{ConsumerGroup, Failures, Fate};
 
 /// What became of one publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,25 +97,87 @@ pub struct GroupLog {
     redelivered: u64,
     foreign: u64,
     out_of_order: u64,
+    /// For a group that fails messages on purpose.
+    failures: Option<FailureLog>,
+}
+
+/// What a group with failures did with each message, and its dead letters.
+#[derive(Clone, Debug)]
+struct FailureLog {
+    group: String,
+    failures: Failures,
+    /// Per producer, per sequence number: failed attempts (low 7 bits,
+    /// saturating at 127) and [`PROCESSED`].
+    state: Vec<Vec<u8>>,
+    /// Per producer, per sequence number: copies read from the dead-letter
+    /// destination (saturating at 255).
+    dead: Vec<Vec<u8>>,
+    failed_attempts: u64,
+    dead_foreign: u64,
+}
+
+/// Set in [`FailureLog::state`] once a message was processed.
+const PROCESSED: u8 = 0x80;
+
+/// The byte of message (`producer`, `seq`) in a per-producer table, grown as needed.
+fn slot(table: &mut Vec<Vec<u8>>, producer: u32, seq: u64) -> &mut u8 {
+    let producer = producer as usize;
+    if table.len() <= producer {
+        table.resize_with(producer + 1, Vec::new);
+    }
+    let row = &mut table[producer];
+    let seq = seq as usize;
+    if row.len() <= seq {
+        row.resize(seq + 1, 0);
+    }
+    &mut row[seq]
+}
+
+/// The byte of message (`producer`, `seq`), 0 if never written.
+fn get(table: &[Vec<u8>], producer: usize, seq: u64) -> u8 {
+    table
+        .get(producer)
+        .and_then(|row| row.get(seq as usize))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// What the consumer is to do with a delivery of a group with failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Process it and acknowledge it.
+    Process,
+    /// This group processed it already: acknowledge it without processing
+    /// (the idempotent consumer's skip, keyed on the order id).
+    Skip,
+    /// Processing fails: this is its `n`-th failed attempt, from 1.
+    Fail(u32),
 }
 
 impl GroupLog {
+    /// An empty log for `group`, tracking its failures if it has any.
+    pub fn for_group(group: &ConsumerGroup) -> Self {
+        GroupLog {
+            failures: group.failures.clone().map(|failures| FailureLog {
+                group: group.group.clone(),
+                failures,
+                state: Vec::new(),
+                dead: Vec::new(),
+                failed_attempts: 0,
+                dead_foreign: 0,
+            }),
+            ..GroupLog::default()
+        }
+    }
+
     /// Records a delivery of one of our messages. `redelivered` is the broker's
     /// own flag (AMQP redelivered, JetStream delivery count above 1).
     pub fn record(&mut self, envelope: &Envelope, redelivered: bool) -> Seen {
         self.delivered += 1;
         self.redelivered += u64::from(redelivered);
-        let producer = envelope.producer as usize;
-        if self.counts.len() <= producer {
-            self.counts.resize_with(producer + 1, Vec::new);
-        }
-        let counts = &mut self.counts[producer];
-        let seq = envelope.seq as usize;
-        if counts.len() <= seq {
-            counts.resize(seq + 1, 0);
-        }
-        counts[seq] = counts[seq].saturating_add(1);
-        if counts[seq] > 1 {
+        let count = slot(&mut self.counts, envelope.producer, envelope.seq);
+        *count = count.saturating_add(1);
+        if *count > 1 {
             return Seen::Duplicate;
         }
         self.unique += 1;
@@ -137,6 +203,59 @@ impl GroupLog {
     pub fn unique(&self) -> u64 {
         self.unique
     }
+
+    /// Whether this group fails messages on purpose.
+    pub fn has_failures(&self) -> bool {
+        self.failures.is_some()
+    }
+
+    /// For a group with failures, what to do with a delivery of `envelope`,
+    /// recorded at once (a failed attempt counts before the message is handed
+    /// back, so its next delivery sees it); `None` for a group without.
+    /// The second value is whether the message is complete now for the
+    /// first time (processed, or dead-lettered before).
+    pub fn decide(&mut self, envelope: &Envelope) -> Option<(Decision, bool)> {
+        let f = self.failures.as_mut()?;
+        let was_dead = get(&f.dead, envelope.producer as usize, envelope.seq) > 0;
+        let state = slot(&mut f.state, envelope.producer, envelope.seq);
+        if *state & PROCESSED != 0 {
+            return Some((Decision::Skip, false));
+        }
+        let failed = u32::from(*state & !PROCESSED);
+        let fate = f.failures.fate(&f.group, envelope.producer, envelope.seq);
+        if f.failures.fails(fate, failed) {
+            *state = (*state & PROCESSED) | (failed as u8 + 1).min(!PROCESSED);
+            f.failed_attempts += 1;
+            Some((Decision::Fail(failed + 1), false))
+        } else {
+            *state |= PROCESSED;
+            Some((Decision::Process, !was_dead))
+        }
+    }
+
+    /// Records a copy of `envelope` read from the dead-letter destination;
+    /// the second value is whether the message is complete now for the
+    /// first time (not processed, and not dead-lettered before).
+    pub fn record_dead_letter(&mut self, envelope: &Envelope) -> (Seen, bool) {
+        let Some(f) = self.failures.as_mut() else {
+            return (Seen::Duplicate, false);
+        };
+        let processed = get(&f.state, envelope.producer as usize, envelope.seq) & PROCESSED != 0;
+        let copies = slot(&mut f.dead, envelope.producer, envelope.seq);
+        *copies = copies.saturating_add(1);
+        if *copies > 1 {
+            (Seen::Duplicate, false)
+        } else {
+            (Seen::First, !processed)
+        }
+    }
+
+    /// Records a dead letter that is not one of this run's messages.
+    pub fn record_dead_foreign(&mut self) {
+        if let Some(f) = self.failures.as_mut() {
+            f.dead_foreign += 1;
+        }
+    }
 }
 
 /// The final account of one consumer group.
@@ -146,11 +265,14 @@ pub struct GroupAccount {
     pub delivered: u64,
     /// Distinct messages of this run delivered.
     pub unique: u64,
-    /// Deliveries beyond the first of a message.
+    /// Deliveries beyond the first of a message, other than the retries of
+    /// its failed attempts: what an idempotent consumer must skip.
     pub duplicates: u64,
     /// Deliveries the broker flagged as redeliveries.
     pub redelivered: u64,
-    /// Confirmed, and never delivered by the end of the drain.
+    /// Confirmed, and never delivered by the end of the drain (in a group
+    /// with failures: a message that is not poison, never processed nor
+    /// dead-lettered).
     pub lost: u64,
     /// Not confirmed (failed or unknown), yet delivered.
     pub recovered: u64,
@@ -158,6 +280,37 @@ pub struct GroupAccount {
     pub unexpected: u64,
     /// First deliveries that came after a later message of the same producer and key.
     pub out_of_order: u64,
+    /// For a group that fails messages on purpose: what became of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<FailureAccount>,
+}
+
+/// What became of the messages a group failed on purpose, and of the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureAccount {
+    /// Poison messages the broker took (confirmed, or seen though not
+    /// confirmed): what the dead-letter destination should hold.
+    pub poison: u64,
+    /// Transient messages the broker took.
+    pub transient: u64,
+    /// Distinct messages processed, transient ones after their retries included.
+    pub processed: u64,
+    /// Attempts that failed on purpose, each handed back to the broker (or
+    /// dead-lettered, at the last).
+    pub failed_attempts: u64,
+    /// Distinct messages of this run read from the dead-letter destination.
+    pub dead_lettered: u64,
+    /// Copies read from the dead-letter destination beyond the first.
+    pub dead_letter_duplicates: u64,
+    /// Messages that are not poison, found in the dead-letter destination.
+    pub dead_lettered_wrongly: u64,
+    /// Poison messages neither processed nor dead-lettered by the end, and
+    /// not held by the broker either.
+    pub poison_lost: u64,
+    /// Dead letters that are not this run's messages.
+    pub dead_letter_unexpected: u64,
+    /// Deliveries per message: how many messages took 1, 2, ... deliveries.
+    pub attempts: std::collections::BTreeMap<u8, u64>,
 }
 
 /// Sequence numbers `from..to` of each producer (indexed like the producers).
@@ -207,34 +360,87 @@ pub fn group_account(producers: &[ProducerLog], group: &GroupLog) -> GroupAccoun
             .map(|&n| u64::from(n))
             .sum::<u64>();
     }
+    if let (Some(a), Some(f)) = (account.failures.as_mut(), &group.failures) {
+        a.failed_attempts = f.failed_attempts;
+        a.dead_letter_unexpected = f.dead_foreign;
+        for (p, copies) in f.dead.iter().enumerate() {
+            let attempted = producers.get(p).map_or(0, ProducerLog::attempted) as usize;
+            a.dead_letter_unexpected += copies
+                .iter()
+                .skip(attempted)
+                .map(|&n| u64::from(n))
+                .sum::<u64>();
+        }
+    }
     account
 }
 
+/// Confirmed messages that `group` has not yet completed: not delivered, or
+/// (with failures) neither processed nor dead-lettered. The drain waits for them.
+pub fn incomplete(producers: &[ProducerLog], group: &GroupLog) -> u64 {
+    let account = group_account_in(producers, group, &everything(producers));
+    account.lost + account.failures.map_or(0, |f| f.poison_lost)
+}
+
 /// Unique, duplicates, lost and recovered among the messages in `window`
-/// (the fields about the group's whole history stay 0).
+/// (the fields about the group's whole history stay 0); with failures, what
+/// became of the poison and transient messages, where `poison_lost` and
+/// `lost` still include what the broker may hold.
 pub fn group_account_in(
     producers: &[ProducerLog],
     group: &GroupLog,
     window: &Window,
 ) -> GroupAccount {
     let mut account = GroupAccount::default();
-    let empty = Vec::new();
+    let mut failures = group.failures.as_ref().map(|_| FailureAccount::default());
     for (p, (log, &(from, to))) in producers.iter().zip(window).enumerate() {
-        let counts = group.counts.get(p).unwrap_or(&empty);
         for seq in from..to.min(log.attempted()) {
-            let count = counts.get(seq as usize).copied().unwrap_or(0);
+            let count = get(&group.counts, p, seq);
             let confirmed = log.status(seq) == Some(PublishStatus::Confirmed as u8);
-            match (confirmed, count) {
-                (true, 0) => account.lost += 1,
-                (false, 0) => {}
-                (confirmed, n) => {
-                    account.unique += 1;
-                    account.duplicates += u64::from(n) - 1;
-                    account.recovered += u64::from(!confirmed);
+            let (Some(f), Some(a)) = (&group.failures, failures.as_mut()) else {
+                match (confirmed, count) {
+                    (true, 0) => account.lost += 1,
+                    (false, 0) => {}
+                    (confirmed, n) => {
+                        account.unique += 1;
+                        account.duplicates += u64::from(n) - 1;
+                        account.recovered += u64::from(!confirmed);
+                    }
+                }
+                continue;
+            };
+            let state = get(&f.state, p, seq);
+            let dead = get(&f.dead, p, seq);
+            let processed = state & PROCESSED != 0;
+            let failed = state & !PROCESSED;
+            let seen = count > 0 || dead > 0;
+            if !confirmed && !seen {
+                continue; // the broker never had it, as far as anyone knows
+            }
+            let fate = f.failures.fate(&f.group, p as u32, seq);
+            a.poison += u64::from(fate == Fate::Poison);
+            a.transient += u64::from(fate == Fate::Transient);
+            a.processed += u64::from(processed);
+            if dead > 0 {
+                a.dead_lettered += 1;
+                a.dead_letter_duplicates += u64::from(dead) - 1;
+                a.dead_lettered_wrongly += u64::from(fate != Fate::Poison);
+            }
+            if count > 0 {
+                account.unique += 1;
+                account.duplicates += u64::from(count.saturating_sub(1 + failed));
+                account.recovered += u64::from(!confirmed);
+                *a.attempts.entry(count).or_default() += 1;
+            }
+            if confirmed && !processed && dead == 0 {
+                match fate {
+                    Fate::Poison => a.poison_lost += 1,
+                    _ => account.lost += 1,
                 }
             }
         }
     }
+    account.failures = failures;
     account
 }
 
@@ -333,6 +539,7 @@ mod tests {
                 recovered: 1,
                 unexpected: 3,
                 out_of_order: 0,
+                failures: None,
             }
         );
     }

@@ -76,6 +76,10 @@ struct State {
     restarted: bool,
     paused: bool,
     queues: BTreeMap<String, VecDeque<Held>>,
+    /// Per group, its dead letters.
+    dead: BTreeMap<String, VecDeque<Held>>,
+    /// Deliveries of a failed message before it is dead-lettered.
+    max_deliveries: u32,
 }
 
 /// One in-memory broker: its state and its knobs.
@@ -175,12 +179,17 @@ impl MemoryBroker {
 
     /// The next message of `group` that is due, waiting while the broker is
     /// down or paused.
-    async fn receive(&self, group: &str) -> Held {
+    async fn receive(&self, group: &str, dead: bool) -> Held {
         loop {
             {
                 let mut state = self.lock();
                 if !state.down && !state.paused {
-                    let queue = state.queues.entry(group.to_string()).or_default();
+                    let queues = if dead {
+                        &mut state.dead
+                    } else {
+                        &mut state.queues
+                    };
+                    let queue = queues.entry(group.to_string()).or_default();
                     if queue.front().is_some_and(|h| h.ready_at <= Instant::now()) {
                         return queue.pop_front().expect("a front");
                     }
@@ -262,10 +271,11 @@ impl Placed for MemoryBroker {
         "in-memory test driver"
     }
 
-    async fn connect(&self, _plan: &Plan, _run_id: u64) -> Result<Box<dyn Driver>> {
+    async fn connect(&self, plan: &Plan, _run_id: u64) -> Result<Box<dyn Driver>> {
         if self.knobs.refuse_connect {
             bail!("the in-memory broker refuses connections");
         }
+        self.lock().max_deliveries = plan.dead_letter.max_deliveries;
         Ok(Box::new(self.clone()))
     }
 
@@ -306,6 +316,15 @@ impl Driver for MemoryBroker {
         Ok(Box::new(MemoryConsumer {
             broker: self.clone(),
             group: group.group.clone(),
+            dead: false,
+        }))
+    }
+
+    async fn dead_letters(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
+        Ok(Box::new(MemoryConsumer {
+            broker: self.clone(),
+            group: group.group.clone(),
+            dead: true,
         }))
     }
 
@@ -338,6 +357,8 @@ impl Producer for MemoryBroker {
 struct MemoryConsumer {
     broker: MemoryBroker,
     group: String,
+    /// Reads the group's dead letters.
+    dead: bool,
 }
 
 #[async_trait]
@@ -347,11 +368,33 @@ impl Consumer for MemoryConsumer {
             payload,
             redelivered,
             ..
-        } = self.broker.receive(&self.group).await;
+        } = self.broker.receive(&self.group, self.dead).await;
+        // A failed message goes back to the end of the queue, or to the
+        // group's dead letters at its last delivery.
+        let (broker, group, copy) = (self.broker.clone(), self.group.clone(), payload.clone());
+        let settle: crate::driver::Settler = Box::new(move |how| {
+            Box::pin(async move {
+                if let crate::driver::Settle::Failed { attempt } = how {
+                    let mut state = broker.lock();
+                    let held = Held {
+                        payload: copy,
+                        ready_at: Instant::now(),
+                        redelivered: true,
+                    };
+                    let queues = if attempt >= state.max_deliveries {
+                        &mut state.dead
+                    } else {
+                        &mut state.queues
+                    };
+                    queues.entry(group).or_default().push_back(held);
+                }
+                Ok(())
+            })
+        });
         Some(Ok(Incoming {
             payload,
             redelivered,
-            ack: Box::new(|| Box::pin(async { Ok(()) })),
+            settle,
         }))
     }
 }

@@ -181,8 +181,15 @@ pub struct GroupOutcome {
     pub delivered_at: Timeline,
     /// When receiving or acknowledging failed.
     pub errors_at: Timeline,
-    /// Confirmed messages first delivered in the final read.
+    /// Confirmed messages first delivered (with failures: completed) in the final read.
     pub late: u64,
+    /// With failures: when attempts failed on purpose.
+    pub failed_at: Timeline,
+    /// With failures: when messages were first read from the dead-letter destination.
+    pub dead_lettered_at: Timeline,
+    /// With failures: intended send time to the first read from the
+    /// dead-letter destination.
+    pub time_to_dead_letter: Latency,
     /// What the broker still held for the group at the end, as it reports
     /// it; `None` if it could not be asked.
     pub backlog: Option<u64>,
@@ -273,7 +280,13 @@ pub async fn measure(
             .consumer(group)
             .await
             .with_context(|| format!("subscribing group {}", group.group))?;
-        consumers.push(consumer);
+        let dead_letters = match group.failures {
+            Some(_) => Some(driver.dead_letters(group).await.with_context(|| {
+                format!("reading group {}'s dead-letter destination", group.group)
+            })?),
+            None => None,
+        };
+        consumers.push((consumer, dead_letters));
     }
     let mut producers = Vec::new();
     for id in 0..plan.load.producers {

@@ -33,6 +33,22 @@ pub(super) struct ScenarioFile {
     recovery: RecoveryFile,
     #[serde(default)]
     thresholds: BTreeMap<Spanned<String>, Spanned<Entry>>,
+    dead_letter: Option<Spanned<DeadLetterFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterFile {
+    max_deliveries: Option<Spanned<i64>>,
+    retry_delay: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailuresFile {
+    poison: Option<Spanned<f64>>,
+    transient: Option<Spanned<f64>>,
+    transient_attempts: Option<Spanned<i64>>,
 }
 
 /// A value under `[thresholds]`: a limit, or a broker's table of limits.
@@ -128,6 +144,7 @@ struct ConsumerFile {
     group: Spanned<String>,
     processing_time: Option<Spanned<String>>,
     concurrency: Option<Spanned<i64>>,
+    failures: Option<Spanned<FailuresFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +153,8 @@ struct RabbitmqFile {
     queue_type: Option<QueueType>,
     persistent: Option<bool>,
     prefetch: Option<Spanned<i64>>,
+    dead_letter_strategy: Option<DeadLetterStrategy>,
+    declare_dead_letter_exchange: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +162,7 @@ struct RabbitmqFile {
 struct JetstreamFile {
     storage: Option<Storage>,
     max_ack_pending: Option<Spanned<i64>>,
+    terminate_last_delivery: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +244,7 @@ impl ScenarioFile {
                 "no consumer group: add at least one [[consumers]] with a `group`",
             ));
         }
+        let dead_letter = dead_letter(self.dead_letter.as_ref())?;
         let mut consumers: Vec<ConsumerGroup> = Vec::new();
         for c in self.consumers {
             let group = c.group.get_ref().clone();
@@ -247,8 +268,22 @@ impl ScenarioFile {
             consumers.push(ConsumerGroup {
                 processing_time: optional_duration(&c.processing_time, d.processing_time)?,
                 concurrency: positive(&c.concurrency, d.concurrency as i64, 100_000)? as usize,
+                failures: c
+                    .failures
+                    .as_ref()
+                    .map(|f| failures(f, &dead_letter))
+                    .transpose()?,
                 ..d
             });
+        }
+        if let Some(written) = &self.dead_letter {
+            if !consumers.iter().any(|c| c.failures.is_some()) {
+                return Err(RawError::field(
+                    "dead_letter",
+                    Some(written.span()),
+                    "no group fails messages: [dead_letter] applies to groups with [consumers.failures]",
+                ));
+            }
         }
         let faults = faults(&self.faults, load.duration)?;
         let d = Recovery::default();
@@ -297,8 +332,80 @@ impl ScenarioFile {
             faults,
             recovery,
             thresholds,
+            dead_letter,
         })
     }
+}
+
+/// `[dead_letter]`, or its defaults.
+fn dead_letter(written: Option<&Spanned<DeadLetterFile>>) -> Result<DeadLetter, RawError> {
+    let d = DeadLetter::default();
+    let Some(written) = written else {
+        return Ok(d);
+    };
+    let w = written.get_ref();
+    let retry_delay = optional_duration(&w.retry_delay, d.retry_delay)?;
+    if retry_delay > Duration::from_secs(3600) {
+        let span = w.retry_delay.as_ref().map(|s| s.span());
+        return Err(RawError::field(
+            "dead_letter.retry_delay",
+            span,
+            "must be at most 1h",
+        ));
+    }
+    Ok(DeadLetter {
+        // The ledger counts up to 127 deliveries of a message.
+        max_deliveries: positive(&w.max_deliveries, d.max_deliveries.into(), 100)? as u32,
+        retry_delay,
+    })
+}
+
+/// A group's `[consumers.failures]`.
+fn failures(
+    written: &Spanned<FailuresFile>,
+    dead_letter: &DeadLetter,
+) -> Result<Failures, RawError> {
+    let w = written.get_ref();
+    let fraction = |value: &Option<Spanned<f64>>| -> Result<f64, RawError> {
+        let Some(v) = value else { return Ok(0.0) };
+        let x = *v.get_ref();
+        if (0.0..=1.0).contains(&x) {
+            Ok(x)
+        } else {
+            Err(RawError::at(
+                v.span(),
+                format!("is a fraction of the messages: from 0 to 1, got {x}"),
+            ))
+        }
+    };
+    let poison = fraction(&w.poison)?;
+    let transient = fraction(&w.transient)?;
+    if poison + transient > 1.0 {
+        let span = w.transient.as_ref().map_or(written.span(), |t| t.span());
+        return Err(RawError::at(
+            span,
+            format!("poison ({poison}) and transient ({transient}) add up to more than 1"),
+        ));
+    }
+    let transient_attempts = positive(&w.transient_attempts, 1, 100)? as u32;
+    if transient > 0.0 && transient_attempts >= dead_letter.max_deliveries {
+        let span = w
+            .transient_attempts
+            .as_ref()
+            .map_or(written.span(), |t| t.span());
+        return Err(RawError::at(
+            span,
+            format!(
+                "is {transient_attempts}, and dead_letter.max_deliveries is {}: every transient message would be dead-lettered; make it less",
+                dead_letter.max_deliveries
+            ),
+        ));
+    }
+    Ok(Failures {
+        poison,
+        transient,
+        transient_attempts,
+    })
 }
 
 /// `[thresholds]` and its per-broker tables.
@@ -363,6 +470,10 @@ impl RabbitmqFile {
             queue_type: self.queue_type.unwrap_or(d.queue_type),
             persistent: self.persistent.unwrap_or(d.persistent),
             prefetch: positive(&self.prefetch, d.prefetch.into(), u16::MAX as i64)? as u16,
+            dead_letter_strategy: self.dead_letter_strategy.unwrap_or(d.dead_letter_strategy),
+            declare_dead_letter_exchange: self
+                .declare_dead_letter_exchange
+                .unwrap_or(d.declare_dead_letter_exchange),
         })
     }
 }
@@ -373,6 +484,9 @@ impl JetstreamFile {
         Ok(JetstreamSettings {
             storage: self.storage.unwrap_or(d.storage),
             max_ack_pending: positive(&self.max_ack_pending, d.max_ack_pending, 1 << 30)?,
+            terminate_last_delivery: self
+                .terminate_last_delivery
+                .unwrap_or(d.terminate_last_delivery),
         })
     }
 }

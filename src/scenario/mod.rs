@@ -52,6 +52,100 @@ pub struct Plan {
     /// Limits on measured figures; each becomes a check.
     #[serde(default, skip_serializing_if = "Thresholds::is_empty")]
     pub thresholds: Thresholds,
+    /// How failed messages are retried and dead-lettered, for groups with
+    /// `failures`.
+    #[serde(default)]
+    pub dead_letter: DeadLetter,
+}
+
+/// How failed messages are retried and dead-lettered (`[dead_letter]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Deliveries of a message before it is dead-lettered: the first one and
+    /// `max_deliveries - 1` retries.
+    pub max_deliveries: u32,
+    /// The wait before a failed message is delivered again: the broker's own
+    /// (JetStream's NAK delay) or the consumer's, before it hands the
+    /// message back (RabbitMQ, Kafka).
+    #[serde(with = "human_duration")]
+    pub retry_delay: Duration,
+}
+
+impl Default for DeadLetter {
+    fn default() -> Self {
+        DeadLetter {
+            max_deliveries: 5,
+            retry_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a consumer group fails to process, on purpose (`[consumers.failures]`).
+/// Which messages fail is decided by [`Failures::fate`] from the message's
+/// producer and sequence number and the group's name alone, so every broker
+/// and every rerun fails the same messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failures {
+    /// Fraction of messages the group can never process.
+    pub poison: f64,
+    /// Fraction that fails the first `transient_attempts` times, then succeeds.
+    pub transient: f64,
+    /// Failed attempts of a transient message before it succeeds.
+    pub transient_attempts: u32,
+}
+
+/// What processing one message does in a group with [`Failures`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Processed on the first attempt.
+    Fine,
+    /// Fails the first `transient_attempts` attempts, then is processed.
+    Transient,
+    /// Fails every attempt: it should end in the dead-letter destination.
+    Poison,
+}
+
+impl Failures {
+    /// The fate of message `seq` of `producer` in group `group`: a hash of
+    /// the three, so the same messages fail on every broker and every run.
+    pub fn fate(&self, group: &str, producer: u32, seq: u64) -> Fate {
+        let u = unit_hash(group, producer, seq);
+        if u < self.poison {
+            Fate::Poison
+        } else if u < self.poison + self.transient {
+            Fate::Transient
+        } else {
+            Fate::Fine
+        }
+    }
+
+    /// Whether attempt `failed + 1` of a message with `fate` fails, when
+    /// `failed` attempts of it failed already.
+    pub fn fails(&self, fate: Fate, failed: u32) -> bool {
+        match fate {
+            Fate::Fine => false,
+            Fate::Transient => failed < self.transient_attempts,
+            Fate::Poison => true,
+        }
+    }
+}
+
+/// A number in [0, 1) from `group`, `producer` and `seq`, the same on every
+/// platform and version: FNV-1a over the group's name, then SplitMix64's
+/// finalizer over it and the message's number.
+fn unit_hash(group: &str, producer: u32, seq: u64) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in group.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let z = mix(mix(h ^ u64::from(producer)) ^ seq);
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// What a fault does to the broker.
@@ -162,6 +256,9 @@ pub struct ConsumerGroup {
     pub processing_time: Duration,
     /// Messages processed at the same time.
     pub concurrency: usize,
+    /// Messages this group fails to process, on purpose; `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Failures>,
 }
 
 /// RabbitMQ queue type.
@@ -183,6 +280,42 @@ pub struct RabbitmqSettings {
     pub persistent: bool,
     /// Unacknowledged deliveries per consumer (basic.qos).
     pub prefetch: u16,
+    /// Quorum queues: whether dead-lettering is confirmed (at least once) or
+    /// fire-and-forget (at most once, RabbitMQ's default). Classic queues
+    /// can only do at most once.
+    #[serde(default)]
+    pub dead_letter_strategy: DeadLetterStrategy,
+    /// Declare the dead-letter exchange the queues name. `false` leaves it
+    /// undeclared, as a set-up with a typo in its name would: RabbitMQ then
+    /// drops dead letters without a word.
+    #[serde(default = "yes")]
+    pub declare_dead_letter_exchange: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// RabbitMQ's `x-dead-letter-strategy` for quorum queues.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeadLetterStrategy {
+    /// The dead-letter queue confirms each dead letter before the source
+    /// queue lets go of it (needs `x-overflow = reject-publish`).
+    #[default]
+    AtLeastOnce,
+    /// Dead letters are published without confirmation: a crash can drop them.
+    AtMostOnce,
+}
+
+impl DeadLetterStrategy {
+    /// The value of `x-dead-letter-strategy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterStrategy::AtLeastOnce => "at-least-once",
+            DeadLetterStrategy::AtMostOnce => "at-most-once",
+        }
+    }
 }
 
 /// JetStream storage.
@@ -202,6 +335,13 @@ pub struct JetstreamSettings {
     pub storage: Storage,
     /// Unacknowledged messages per consumer.
     pub max_ack_pending: i64,
+    /// With failures: on a message's last delivery (`max_deliver`), a failed
+    /// attempt is terminated (`+TERM`, whose advisory is sent at once)
+    /// rather than NAKed. nats-server 2.9 sends the max-deliveries advisory
+    /// only while a pull request waits, which can hold a dead letter back for
+    /// the pull's whole expiry (30 s) once the load stops.
+    #[serde(default = "yes")]
+    pub terminate_last_delivery: bool,
 }
 
 /// Kafka producer acknowledgements.
@@ -299,6 +439,7 @@ impl ConsumerGroup {
             group: name,
             processing_time: Duration::ZERO,
             concurrency: 16,
+            failures: None,
         }
     }
 }
@@ -319,6 +460,8 @@ impl Default for RabbitmqSettings {
             queue_type: QueueType::Quorum,
             persistent: true,
             prefetch: 100,
+            dead_letter_strategy: DeadLetterStrategy::AtLeastOnce,
+            declare_dead_letter_exchange: true,
         }
     }
 }
@@ -328,6 +471,7 @@ impl Default for JetstreamSettings {
         JetstreamSettings {
             storage: Storage::File,
             max_ack_pending: 1000,
+            terminate_last_delivery: true,
         }
     }
 }
@@ -357,6 +501,12 @@ pub struct Overrides {
 }
 
 impl Plan {
+    /// Whether any group fails messages on purpose: then dead letters are
+    /// set up and read.
+    pub fn has_failures(&self) -> bool {
+        self.consumers.iter().any(|c| c.failures.is_some())
+    }
+
     /// Reads, parses and validates a scenario file, then applies `overrides`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Plan, ScenarioError> {
         let text =

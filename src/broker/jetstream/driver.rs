@@ -12,15 +12,39 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::driver::{
-    confirm_within, timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming,
-    Producer, Settings,
+    confirm_within, timed, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming, Producer,
+    Settings, Settle, Settler,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
-use crate::scenario::{ConsumerGroup, JetstreamSettings, Plan, Recovery, Storage, EVENT_TYPE};
+use crate::scenario::{
+    ConsumerGroup, DeadLetter, JetstreamSettings, Plan, Recovery, Storage, EVENT_TYPE,
+};
 
 /// The stream every event goes to.
 pub(super) const STREAM: &str = "BROKERBENCH_ORDERS";
+
+/// The stream that captures the server's advisories about messages that
+/// reached `max_deliver` or were terminated: JetStream's documented
+/// dead-letter pattern. The originals stay in [`STREAM`] (limits retention)
+/// and are fetched by their stream sequence.
+pub(super) const DEAD_LETTER_STREAM: &str = "BROKERBENCH_DEAD_LETTERS";
+
+/// The consumer advisories of [`STREAM`] that [`DEAD_LETTER_STREAM`]
+/// captures, for consumer `consumer` (`*`: every one). One subject for every
+/// kind (nats-server 2.9 lets a consumer filter only within one of its
+/// stream's subjects); the reader keeps the two kinds that mean a dead
+/// letter, [`DEAD_LETTER_ADVISORIES`].
+fn advisories(consumer: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.*.{STREAM}.{consumer}")
+}
+
+/// The advisory types that mean a message will not be delivered again:
+/// it reached `max_deliver`, or a consumer terminated it.
+const DEAD_LETTER_ADVISORIES: [&str; 2] = [
+    "io.nats.jetstream.advisory.v1.max_deliver",
+    "io.nats.jetstream.advisory.v1.terminated",
+];
 
 /// How long the broker waits for an ack before redelivering.
 const ACK_WAIT: Duration = Duration::from_secs(30);
@@ -37,6 +61,8 @@ struct Applied {
     dedup_header: &'static str,
     reconnect: String,
     fsync: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_lettering: Option<String>,
 }
 
 /// One NATS connection shared by every producer and consumer.
@@ -45,6 +71,8 @@ pub(super) struct JetStreamDriver {
     context: jetstream::Context,
     settings: JetstreamSettings,
     recovery: Recovery,
+    dead_letter: DeadLetter,
+    failing: bool,
 }
 
 /// `fut` with the call timeout, its own error left to the caller to read.
@@ -90,7 +118,20 @@ impl JetStreamDriver {
             context,
             settings: plan.jetstream.clone(),
             recovery: plan.recovery.clone(),
+            dead_letter: plan.dead_letter.clone(),
+            failing: plan.has_failures(),
         })
+    }
+
+    /// How this run's consumers hand back a failed message.
+    fn retry(&self) -> Retry {
+        Retry {
+            delay: self.dead_letter.retry_delay,
+            terminate_at: self
+                .settings
+                .terminate_last_delivery
+                .then_some(i64::from(self.dead_letter.max_deliveries)),
+        }
     }
 
     fn storage(&self) -> stream::StorageType {
@@ -114,6 +155,26 @@ impl Driver for JetStreamDriver {
             ..Default::default()
         };
         timed("creating the stream", self.context.create_stream(config)).await?;
+        let _ = timed(
+            "deleting an old dead-letter stream",
+            self.context.delete_stream(DEAD_LETTER_STREAM),
+        )
+        .await;
+        if self.failing {
+            // Created before the load: an advisory nobody captures is gone.
+            let config = stream::Config {
+                name: DEAD_LETTER_STREAM.to_string(),
+                subjects: vec![advisories("*")],
+                storage: self.storage(),
+                num_replicas: 1,
+                ..Default::default()
+            };
+            timed(
+                "creating the dead-letter stream",
+                self.context.create_stream(config),
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -131,6 +192,10 @@ impl Driver for JetStreamDriver {
             ack_wait: ACK_WAIT,
             max_ack_pending: self.settings.max_ack_pending,
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            max_deliver: match group.failures {
+                Some(_) => i64::from(self.dead_letter.max_deliveries),
+                None => 0,
+            },
             ..Default::default()
         };
         let consumer: jetstream::consumer::PullConsumer = timed(
@@ -150,6 +215,44 @@ impl Driver for JetStreamDriver {
             consumer,
             messages: Some(messages),
             recovery: self.recovery.clone(),
+            retry: self.retry(),
+        }))
+    }
+
+    /// A durable pull consumer of the group's advisories in the dead-letter
+    /// stream; each delivery is the original message, fetched by the
+    /// advisory's `stream_seq`.
+    async fn dead_letters(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
+        let captured = timed(
+            "looking up the dead-letter stream",
+            self.context.get_stream(DEAD_LETTER_STREAM),
+        )
+        .await?;
+        let name = format!("{}-dead-letters", group.group);
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            filter_subject: advisories(&group.group),
+            ..Default::default()
+        };
+        let consumer: jetstream::consumer::PullConsumer = timed(
+            &format!("creating durable consumer {name}"),
+            captured.get_or_create_consumer(&name, config),
+        )
+        .await?;
+        let messages = timed("starting to pull", consumer.messages()).await?;
+        let orders = timed("looking up the stream", self.context.get_stream(STREAM)).await?;
+        Ok(Box::new(DeadLetterReader {
+            advisories: JetStreamConsumer {
+                consumer,
+                messages: Some(messages),
+                recovery: self.recovery.clone(),
+                retry: self.retry(),
+            },
+            orders,
+            pulled: None,
         }))
     }
 
@@ -164,6 +267,18 @@ impl Driver for JetStreamDriver {
             dedup_header: "Nats-Msg-Id = order_id",
             reconnect: crate::driver::backoff_description(&self.recovery),
             fsync: "server default (sync_interval 2 min)",
+            dead_lettering: self.failing.then(|| {
+                format!(
+                    "max_deliver {}, NAK with delay {}{}; stream {DEAD_LETTER_STREAM} captures the MAX_DELIVERIES and MSG_TERMINATED advisories; originals fetched by stream sequence",
+                    self.dead_letter.max_deliveries,
+                    humantime::format_duration(self.dead_letter.retry_delay),
+                    if self.settings.terminate_last_delivery {
+                        ", +TERM at the last delivery"
+                    } else {
+                        ""
+                    }
+                )
+            }),
         })
     }
 
@@ -238,6 +353,8 @@ struct JetStreamConsumer {
     /// The pull stream; `None` after it ended or failed, until pulled again.
     messages: Option<pull::Stream>,
     recovery: Recovery,
+    /// How a failed message is handed back.
+    retry: Retry,
 }
 
 impl JetStreamConsumer {
@@ -263,43 +380,134 @@ impl JetStreamConsumer {
     }
 }
 
-#[async_trait]
-impl Consumer for JetStreamConsumer {
-    async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
-        let message = loop {
+impl JetStreamConsumer {
+    /// The next message, pulling again after the stream ended or failed.
+    async fn pull(&mut self) -> Result<jetstream::Message, ErrorKind> {
+        loop {
             let Some(messages) = self.messages.as_mut() else {
-                if let Err(kind) = self.resubscribe().await {
-                    return Some(Err(kind));
-                }
+                self.resubscribe().await?;
                 continue;
             };
             match messages.next().await {
-                Some(Ok(message)) => break message,
+                Some(Ok(message)) => return Ok(message),
                 // Counted, then pulled again on the next call.
                 Some(Err(_)) => {
                     self.messages = None;
-                    return Some(Err(ErrorKind::Receive));
+                    return Err(ErrorKind::Receive);
                 }
                 None => self.messages = None,
             }
+        }
+    }
+}
+
+/// How a consumer hands back a failed message.
+#[derive(Clone, Copy)]
+struct Retry {
+    /// The NAK delay.
+    delay: Duration,
+    /// Terminate instead at this delivery (`max_deliver`), if set.
+    terminate_at: Option<i64>,
+}
+
+/// Settles `message`: ack; for a failed attempt NAK with the retry delay
+/// (the server counts deliveries and stops at `max_deliver`), or `+TERM` at
+/// the last delivery when so configured.
+fn settler(message: jetstream::Message, retry: Retry) -> Settler {
+    let delivered = message.info().map_or(0, |info| info.delivered);
+    Box::new(move |how| {
+        Box::pin(async move {
+            let kind = match how {
+                Settle::Ack => jetstream::AckKind::Ack,
+                Settle::Failed { .. } if retry.terminate_at.is_some_and(|at| delivered >= at) => {
+                    jetstream::AckKind::Term
+                }
+                Settle::Failed { .. } => jetstream::AckKind::Nak(Some(retry.delay)),
+            };
+            match tokio::time::timeout(crate::driver::CALL_TIMEOUT, message.ack_with(kind)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(ErrorKind::Ack),
+            }
+        })
+    })
+}
+
+#[async_trait]
+impl Consumer for JetStreamConsumer {
+    async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
+        let message = match self.pull().await {
+            Ok(message) => message,
+            Err(kind) => return Some(Err(kind)),
         };
         let redelivered = message
             .info()
             .map(|info| info.delivered > 1)
             .unwrap_or(false);
-        let payload = message.payload.to_vec();
-        let ack: Acker = Box::new(move || {
-            Box::pin(async move {
-                match tokio::time::timeout(crate::driver::CALL_TIMEOUT, message.ack()).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) | Err(_) => Err(ErrorKind::Ack),
-                }
-            })
-        });
         Some(Ok(Incoming {
-            payload,
+            payload: message.payload.to_vec(),
             redelivered,
-            ack,
+            settle: settler(message, self.retry),
+        }))
+    }
+}
+
+/// The part of an advisory the dead-letter reader needs.
+#[derive(serde::Deserialize)]
+struct Advisory {
+    r#type: String,
+    stream_seq: Option<u64>,
+}
+
+/// Reads a group's dead letters: advisories from the capture stream, each
+/// turned into the original message.
+struct DeadLetterReader {
+    advisories: JetStreamConsumer,
+    orders: jetstream::stream::Stream,
+    /// An advisory pulled, with the original's stream sequence, not yet handed on.
+    pulled: Option<(jetstream::Message, Option<u64>)>,
+}
+
+#[async_trait]
+impl Consumer for DeadLetterReader {
+    /// Cancel-safe, as the run's consumer loop needs: an advisory pulled
+    /// but not yet turned into its original waits in `pulled` for the next
+    /// call (dropped, it would come back only after the ack wait).
+    async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
+        while self.pulled.is_none() {
+            let advisory = match self.advisories.pull().await {
+                Ok(message) => message,
+                Err(kind) => return Some(Err(kind)),
+            };
+            match serde_json::from_slice::<Advisory>(&advisory.payload) {
+                Ok(a) if !DEAD_LETTER_ADVISORIES.contains(&a.r#type.as_str()) => {
+                    // Another kind of advisory (a consumer created, say).
+                    let _ = timed_raw(advisory.ack()).await;
+                }
+                Ok(a) => self.pulled = Some((advisory, a.stream_seq)),
+                Err(_) => self.pulled = Some((advisory, None)),
+            }
+        }
+        // A dead letter whose advisory cannot be read, or whose original is
+        // gone, is one that is not ours: counted, never dropped.
+        let original = match self.pulled.as_ref().and_then(|(_, seq)| *seq) {
+            Some(seq) => timed_raw(self.orders.get_raw_message(seq))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|m| m.payload.to_vec()),
+            None => None,
+        };
+        let (advisory, _) = self.pulled.take()?;
+        Some(Ok(Incoming {
+            payload: original.unwrap_or_default(),
+            redelivered: false,
+            settle: settler(
+                advisory,
+                Retry {
+                    delay: Duration::ZERO,
+                    terminate_at: None,
+                },
+            ),
         }))
     }
 }

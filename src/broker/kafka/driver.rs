@@ -13,21 +13,31 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
 use crate::driver::{
-    timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
-    CONFIRM_TIMEOUT,
+    timed, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
+    Settle, Settler, CONFIRM_TIMEOUT,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
 use crate::scenario::{
-    Acks, Compression, ConsumerGroup, KafkaSettings, Plan, Recovery, EVENT_TYPE,
+    Acks, Compression, ConsumerGroup, DeadLetter, KafkaSettings, Plan, Recovery, EVENT_TYPE,
 };
+
+/// The topic failed messages are dead-lettered to, by the consumers
+/// themselves: Kafka has no dead-letter queue of its own.
+pub(super) fn dead_letter_topic() -> String {
+    format!("{EVENT_TYPE}.dlq")
+}
+
+/// The header naming the consumer group that dead-lettered a message
+/// (Spring Kafka's name), which each group's dead-letter reader filters on.
+const ORIGINAL_GROUP: &str = "kafka_dlt-original-consumer-group";
 
 /// The durability and delivery settings a Kafka run used, for the results.
 #[derive(Serialize)]
@@ -40,6 +50,8 @@ struct Applied {
     key: &'static str,
     consumer_commit: &'static str,
     reconnect: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_lettering: Option<String>,
 }
 
 /// One producer client shared by every producer task.
@@ -49,6 +61,8 @@ pub(super) struct KafkaDriver {
     settings: KafkaSettings,
     recovery: Recovery,
     run_id: u64,
+    dead_letter: DeadLetter,
+    failing: bool,
 }
 
 /// The configuration every Kafka client of ours starts from, the readiness
@@ -65,7 +79,84 @@ pub(super) fn base_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
+/// Deletes `name` and creates it again with `partitions`; deletion is
+/// asynchronous in Kafka, so creation retries for a while.
+async fn fresh_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+    partitions: i32,
+) -> Result<()> {
+    let options = AdminOptions::new().operation_timeout(Some(crate::driver::CALL_TIMEOUT));
+    let _ = timed(
+        "deleting an old topic",
+        admin.delete_topics(&[name], &options),
+    )
+    .await;
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let deadline = Instant::now() + crate::driver::CALL_TIMEOUT;
+    loop {
+        let results = timed(
+            &format!("creating topic {name}"),
+            admin.create_topics([&topic], &options),
+        )
+        .await?;
+        match results.into_iter().next() {
+            Some(Ok(_)) => return Ok(()),
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(Err((name, code))) => bail!("creating topic {name}: {code}"),
+            None => bail!("creating topic {name}: no answer"),
+        }
+    }
+}
+
 impl KafkaDriver {
+    /// A consumer's configuration for group id `group_id`: from the
+    /// beginning of the topic, with our fetch wait and reconnect backoff.
+    fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = base_config(&self.bootstrap);
+        config
+            .set("group.id", group_id)
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "fetch.wait.max.ms",
+                self.settings.fetch_wait_max.as_millis().to_string(),
+            )
+            .set("session.timeout.ms", "10000")
+            .set(
+                "reconnect.backoff.max.ms",
+                self.recovery.backoff_max.as_millis().to_string(),
+            );
+        config
+    }
+
+    /// Subscribes a consumer made from `config` to `topic` and waits until
+    /// the group gave it partitions; a message that arrives meanwhile is kept.
+    async fn subscribe(
+        &self,
+        group_id: &str,
+        topic: &str,
+        config: &mut ClientConfig,
+    ) -> Result<(Arc<StreamConsumer>, Option<Result<Received, ErrorKind>>)> {
+        let consumer: StreamConsumer = config.create().context("creating the Kafka consumer")?;
+        consumer.subscribe(&[topic]).context("subscribing")?;
+        let consumer = Arc::new(consumer);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut first = None;
+        while first.is_none() && consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+            if Instant::now() > deadline {
+                bail!("consumer group {group_id} got no partitions within 30 s");
+            }
+            if let Ok(received) =
+                tokio::time::timeout(Duration::from_millis(100), receive(&consumer)).await
+            {
+                first = Some(received);
+            }
+        }
+        Ok((consumer, first))
+    }
+
     /// The group id of `group` in this run: scoped to the run, so offsets
     /// of an earlier run never apply.
     fn group_id(&self, group: &ConsumerGroup) -> String {
@@ -115,6 +206,8 @@ impl KafkaDriver {
             settings,
             recovery: plan.recovery.clone(),
             run_id,
+            dead_letter: plan.dead_letter.clone(),
+            failing: plan.has_failures(),
         })
     }
 }
@@ -123,36 +216,11 @@ impl KafkaDriver {
 impl Driver for KafkaDriver {
     async fn setup(&self) -> Result<()> {
         let admin: AdminClient<DefaultClientContext> = base_config(&self.bootstrap).create()?;
-        let options = AdminOptions::new().operation_timeout(Some(crate::driver::CALL_TIMEOUT));
-        // A fresh topic; deletion is asynchronous in Kafka, so creation retries.
-        let _ = timed(
-            "deleting an old topic",
-            admin.delete_topics(&[EVENT_TYPE], &options),
-        )
-        .await;
-        let topic = NewTopic::new(
-            EVENT_TYPE,
-            self.settings.partitions,
-            TopicReplication::Fixed(1),
-        );
-        let deadline = Instant::now() + crate::driver::CALL_TIMEOUT;
-        loop {
-            let results = timed(
-                "creating the topic",
-                admin.create_topics([&topic], &options),
-            )
-            .await?;
-            match results.into_iter().next() {
-                Some(Ok(_)) => return Ok(()),
-                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists)))
-                    if Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Some(Err((name, code))) => bail!("creating topic {name}: {code}"),
-                None => bail!("creating topic {EVENT_TYPE}: no answer"),
-            }
+        fresh_topic(&admin, EVENT_TYPE, self.settings.partitions).await?;
+        if self.failing {
+            fresh_topic(&admin, &dead_letter_topic(), 1).await?;
         }
+        Ok(())
     }
 
     async fn producer(&self, _id: u32) -> Result<Box<dyn Producer>> {
@@ -163,42 +231,50 @@ impl Driver for KafkaDriver {
 
     async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
         let group_id = self.group_id(group);
-        let consumer: StreamConsumer = base_config(&self.bootstrap)
-            .set("group.id", &group_id)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set(
-                "fetch.wait.max.ms",
-                self.settings.fetch_wait_max.as_millis().to_string(),
+        let (consumer, first) = self
+            .subscribe(
+                &group_id,
+                EVENT_TYPE,
+                self.consumer_config(&group_id)
+                    .set("enable.auto.commit", "true")
+                    .set("auto.commit.interval.ms", "1000")
+                    .set("enable.auto.offset.store", "false"),
             )
-            .set("session.timeout.ms", "10000")
-            .set(
-                "reconnect.backoff.max.ms",
-                self.recovery.backoff_max.as_millis().to_string(),
-            )
-            .create()
-            .context("creating the Kafka consumer")?;
-        consumer.subscribe(&[EVENT_TYPE]).context("subscribing")?;
-        let consumer = Arc::new(consumer);
-        // Ready means partitions assigned; a message that arrives meanwhile is kept.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut first = None;
-        while first.is_none() && consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
-            if Instant::now() > deadline {
-                bail!("consumer group {group_id} got no partitions within 30 s");
-            }
-            if let Ok(received) =
-                tokio::time::timeout(Duration::from_millis(100), receive(&consumer)).await
-            {
-                first = Some(received);
-            }
-        }
+            .await?;
+        let (retry, retried) = tokio::sync::mpsc::unbounded_channel();
+        let dead_letters = group.failures.as_ref().map(|_| DeadLetterWriter {
+            producer: self.producer.clone(),
+            group_id: group_id.clone(),
+            max_deliveries: self.dead_letter.max_deliveries,
+            retry_delay: self.dead_letter.retry_delay,
+        });
         Ok(Box::new(KafkaConsumer {
             consumer,
             offsets: Arc::default(),
             first,
+            retry,
+            retried,
+            dead_letters: dead_letters.map(Arc::new),
+        }))
+    }
+
+    /// Reads the dead-letter topic from the start in a group of its own,
+    /// keeping only what `group` dead-lettered.
+    async fn dead_letters(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
+        let group_id = self.group_id(group);
+        let reader_id = format!("{group_id}.dlq-reader");
+        let (consumer, first) = self
+            .subscribe(
+                &reader_id,
+                &dead_letter_topic(),
+                self.consumer_config(&reader_id)
+                    .set("enable.auto.commit", "false"),
+            )
+            .await?;
+        Ok(Box::new(DeadLetterReader {
+            consumer,
+            first,
+            group_id,
         }))
     }
 
@@ -212,6 +288,15 @@ impl Driver for KafkaDriver {
             key: "user_id",
             consumer_commit: "offsets of processed messages, every 1 s",
             reconnect: crate::driver::backoff_description(&self.recovery),
+            dead_lettering: self.failing.then(|| {
+                format!(
+                    "in the consumer: {} deliveries, retried in process after {} with the offset held back; then produced to {} (acks {}, kafka_dlt-original-* headers) and the offset stored only once that is confirmed",
+                    self.dead_letter.max_deliveries,
+                    humantime::format_duration(self.dead_letter.retry_delay),
+                    dead_letter_topic(),
+                    self.settings.acks.as_str()
+                )
+            }),
         })
     }
 
@@ -304,24 +389,125 @@ struct KafkaConsumer {
     consumer: Arc<StreamConsumer>,
     offsets: Arc<Mutex<HashMap<i32, PartitionOffsets>>>,
     first: Option<Result<Received, ErrorKind>>,
+    /// Failed messages, back for another delivery after the retry delay.
+    retry: tokio::sync::mpsc::UnboundedSender<Received>,
+    retried: tokio::sync::mpsc::UnboundedReceiver<Received>,
+    /// For a group with failures: where a message goes after its last attempt.
+    dead_letters: Option<Arc<DeadLetterWriter>>,
+}
+
+/// Dead-letters a group's messages, as Spring Kafka's `DeadLetterPublishingRecoverer` does.
+struct DeadLetterWriter {
+    producer: FutureProducer,
+    group_id: String,
+    max_deliveries: u32,
+    retry_delay: Duration,
+}
+
+impl DeadLetterWriter {
+    /// Produces `message` to the dead-letter topic with where it came from
+    /// in headers, and waits for the broker's confirmation.
+    async fn write(&self, message: &Received, attempts: u32) -> Result<(), ErrorKind> {
+        let partition = message.partition.to_be_bytes();
+        let offset = message.offset.to_be_bytes();
+        let reason = format!("processing failed {attempts} times");
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "kafka_dlt-original-topic",
+                value: Some(EVENT_TYPE),
+            })
+            .insert(Header {
+                key: "kafka_dlt-original-partition",
+                value: Some(&partition[..]),
+            })
+            .insert(Header {
+                key: "kafka_dlt-original-offset",
+                value: Some(&offset[..]),
+            })
+            .insert(Header {
+                key: ORIGINAL_GROUP,
+                value: Some(self.group_id.as_str()),
+            })
+            .insert(Header {
+                key: "kafka_dlt-exception-message",
+                value: Some(reason.as_str()),
+            });
+        if let Some(trace_id) = &message.trace_id {
+            headers = headers.insert(Header {
+                key: "trace_id",
+                value: Some(trace_id.as_slice()),
+            });
+        }
+        let topic = dead_letter_topic();
+        let mut record = FutureRecord::to(&topic)
+            .payload(&message.payload)
+            .headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key);
+        }
+        match self.producer.send(record, CONFIRM_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ErrorKind::Ack),
+        }
+    }
 }
 
 /// A message copied out of librdkafka's buffer.
+#[derive(Clone)]
 struct Received {
     payload: Vec<u8>,
+    key: Option<Vec<u8>>,
+    trace_id: Option<Vec<u8>>,
+    /// The group that dead-lettered it, in a dead-letter reader.
+    dead_lettered_by: Option<Vec<u8>>,
     partition: i32,
     offset: i64,
 }
 
 async fn receive(consumer: &StreamConsumer) -> Result<Received, ErrorKind> {
     match consumer.recv().await {
-        Ok(m) => Ok(Received {
-            payload: m.payload().unwrap_or_default().to_vec(),
-            partition: m.partition(),
-            offset: m.offset(),
-        }),
+        Ok(m) => {
+            let header = |name: &str| {
+                m.headers()?
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value.map(<[u8]>::to_vec))
+            };
+            Ok(Received {
+                payload: m.payload().unwrap_or_default().to_vec(),
+                key: m.key().map(<[u8]>::to_vec),
+                trace_id: header("trace_id"),
+                dead_lettered_by: header(ORIGINAL_GROUP),
+                partition: m.partition(),
+                offset: m.offset(),
+            })
+        }
         Err(_) => Err(ErrorKind::Receive),
     }
+}
+
+/// Marks `offset` of `partition` processed, and stores the offset below the
+/// lowest one still being processed (processing runs concurrently, and a
+/// commit must never skip a message).
+fn processed(
+    consumer: &StreamConsumer,
+    offsets: &Mutex<HashMap<i32, PartitionOffsets>>,
+    partition: i32,
+    offset: i64,
+) -> Result<(), ErrorKind> {
+    let low = {
+        let mut offsets = offsets.lock().expect("offsets lock");
+        let p = offsets.get_mut(&partition).expect("offset was recorded");
+        p.pending.remove(&offset);
+        p.pending.first().copied().unwrap_or(p.next)
+    };
+    // librdkafka stores (and later commits) the given offset + 1.
+    if low > 0 {
+        consumer
+            .store_offset(EVENT_TYPE, partition, low - 1)
+            .map_err(|_| ErrorKind::Ack)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -329,16 +515,17 @@ impl Consumer for KafkaConsumer {
     async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
         let received = match self.first.take() {
             Some(first) => first,
-            None => receive(&self.consumer).await,
+            None => tokio::select! {
+                biased;
+                Some(retried) = self.retried.recv() => Ok(retried),
+                received = receive(&self.consumer) => received,
+            },
         };
-        let Received {
-            payload,
-            partition,
-            offset,
-        } = match received {
+        let received = match received {
             Ok(r) => r,
             Err(kind) => return Some(Err(kind)),
         };
+        let (partition, offset) = (received.partition, received.offset);
         {
             let mut offsets = self.offsets.lock().expect("offsets lock");
             let p = offsets.entry(partition).or_default();
@@ -347,35 +534,76 @@ impl Consumer for KafkaConsumer {
         }
         let consumer = Arc::clone(&self.consumer);
         let offsets = Arc::clone(&self.offsets);
-        let ack: Acker = Box::new(move || {
+        let retry = self.retry.clone();
+        let dead_letters = self.dead_letters.clone();
+        let payload = received.payload.clone();
+        let settle: Settler = Box::new(move |how| {
             Box::pin(async move {
-                // Commit only below the lowest offset still being processed:
-                // processing runs concurrently, and a commit must never skip one.
-                let low = {
-                    let mut offsets = offsets.lock().expect("offsets lock");
-                    let p = offsets.get_mut(&partition).expect("offset was recorded");
-                    p.pending.remove(&offset);
-                    p.pending.first().copied().unwrap_or(p.next)
-                };
-                // librdkafka stores (and later commits) the given offset + 1.
-                if low > 0 {
-                    consumer
-                        .store_offset(EVENT_TYPE, partition, low - 1)
-                        .map_err(|_| ErrorKind::Ack)?;
+                match (how, dead_letters) {
+                    (Settle::Ack, _) | (Settle::Failed { .. }, None) => {
+                        processed(&consumer, &offsets, partition, offset)
+                    }
+                    (Settle::Failed { attempt }, Some(dlq)) => {
+                        if attempt >= dlq.max_deliveries {
+                            // The offset moves on only once the dead letter
+                            // is confirmed: otherwise this is where it is lost.
+                            if dlq.write(&received, attempt).await.is_ok() {
+                                return processed(&consumer, &offsets, partition, offset);
+                            }
+                        }
+                        // Delivered again after the delay, its offset held back meanwhile.
+                        tokio::time::sleep(dlq.retry_delay).await;
+                        let _ = retry.send(received);
+                        Ok(())
+                    }
                 }
-                Ok(())
             })
         });
         Some(Ok(Incoming {
             payload,
             redelivered: false,
-            ack,
+            settle,
         }))
     }
 
     async fn close(self: Box<Self>) {
         // librdkafka commits the stored (processed) offsets when the consumer
         // closes; closing blocks, so it runs off the async threads.
+        let consumer = self.consumer;
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    }
+}
+
+/// Reads a group's dead letters from the shared dead-letter topic.
+struct DeadLetterReader {
+    consumer: Arc<StreamConsumer>,
+    first: Option<Result<Received, ErrorKind>>,
+    group_id: String,
+}
+
+#[async_trait]
+impl Consumer for DeadLetterReader {
+    async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
+        loop {
+            let received = match self.first.take() {
+                Some(first) => first,
+                None => receive(&self.consumer).await,
+            };
+            match received {
+                Err(kind) => return Some(Err(kind)),
+                Ok(r) if r.dead_lettered_by.as_deref() == Some(self.group_id.as_bytes()) => {
+                    return Some(Ok(Incoming {
+                        payload: r.payload,
+                        redelivered: false,
+                        settle: Box::new(|_| Box::pin(async { Ok(()) })),
+                    }))
+                }
+                Ok(_) => {} // another group's
+            }
+        }
+    }
+
+    async fn close(self: Box<Self>) {
         let consumer = self.consumer;
         let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
     }

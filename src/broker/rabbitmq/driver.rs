@@ -9,23 +9,30 @@ use anyhow::{bail, Result};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Serialize;
 
 use crate::driver::{
-    confirm_within, timed, Acker, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming,
-    Producer, Settings,
+    confirm_within, timed, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming, Producer,
+    Settings, Settle, Settler,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
-use crate::scenario::{ConsumerGroup, Plan, QueueType, RabbitmqSettings, Recovery, EVENT_TYPE};
+use crate::scenario::{
+    ConsumerGroup, DeadLetter, DeadLetterStrategy, Plan, QueueType, RabbitmqSettings, Recovery,
+    EVENT_TYPE,
+};
 
 const EXCHANGE: &str = "brokerbench.events";
+
+/// The dead-letter exchange: direct, each group's dead letters routed by the
+/// group's name to its own dead-letter queue.
+const DEAD_LETTER_EXCHANGE: &str = "brokerbench.dead-letters";
 
 /// The durability and delivery settings a RabbitMQ run used, for the results.
 #[derive(Serialize)]
@@ -38,11 +45,23 @@ struct Applied {
     prefetch: u16,
     replicas: u32,
     reconnect: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_lettering: Option<String>,
 }
 
 /// The queue a consumer group reads.
 pub(super) fn queue_name(group: &str) -> String {
     format!("brokerbench.{group}")
+}
+
+/// The queue a consumer group's dead letters go to.
+pub(super) fn dead_letter_queue(group: &str) -> String {
+    format!("brokerbench.{group}.dlq")
+}
+
+/// A string argument: AMQP long strings (lapin's short strings have no wire type).
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
 }
 
 /// RabbitMQ for one run: one AMQP connection shared by every producer and
@@ -64,7 +83,8 @@ struct Session {
     endpoint: Endpoint,
     settings: RabbitmqSettings,
     recovery: Recovery,
-    groups: Vec<String>,
+    groups: Vec<ConsumerGroup>,
+    dead_letter: DeadLetter,
     current: tokio::sync::Mutex<Generation>,
 }
 
@@ -151,46 +171,78 @@ impl Session {
             ),
         )
         .await?;
-        for group in &self.groups {
-            let queue = queue_name(group);
-            if fresh {
-                timed(
-                    "deleting an old queue",
-                    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
-                )
-                .await?;
-            }
-            let mut arguments = FieldTable::default();
-            let queue_type = match self.settings.queue_type {
-                QueueType::Quorum => "quorum",
-                QueueType::Classic => "classic",
-            };
-            arguments.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString(queue_type.into()),
-            );
-            // Queues are always durable; whether messages survive a restart
-            // then depends on the queue type and on `persistent`.
-            let options = QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            timed(
-                &format!("declaring queue {queue}"),
-                channel.queue_declare(queue.as_str().into(), options, arguments),
+        let failing = self.groups.iter().any(|g| g.failures.is_some());
+        if fresh {
+            // An exchange left by an earlier run would catch dead letters
+            // that this one's set-up means to drop. On a channel of its own:
+            // a broker that answers not-found closes the channel.
+            let deleting = timed("opening an AMQP channel", connection.create_channel()).await?;
+            let _ = timed(
+                "deleting an old dead-letter exchange",
+                deleting.exchange_delete(
+                    DEAD_LETTER_EXCHANGE.into(),
+                    ExchangeDeleteOptions::default(),
+                ),
             )
-            .await?;
+            .await;
+            let _ = timed("closing", deleting.close(200, "deleted".into())).await;
+        }
+        let dead_letter_exchange = failing && self.settings.declare_dead_letter_exchange;
+        if dead_letter_exchange {
             timed(
-                &format!("binding queue {queue}"),
-                channel.queue_bind(
-                    queue.as_str().into(),
-                    EXCHANGE.into(),
-                    EVENT_TYPE.into(),
-                    QueueBindOptions::default(),
+                "declaring the dead-letter exchange",
+                channel.exchange_declare(
+                    DEAD_LETTER_EXCHANGE.into(),
+                    ExchangeKind::Direct,
+                    durable,
                     FieldTable::default(),
                 ),
             )
             .await?;
+        }
+        for group in &self.groups {
+            let name = &group.group;
+            let mut queues = vec![(queue_name(name), self.arguments(group))];
+            if group.failures.is_some() {
+                queues.push((dead_letter_queue(name), self.arguments_of_type()));
+            }
+            for (queue, arguments) in queues {
+                if fresh {
+                    timed(
+                        "deleting an old queue",
+                        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
+                    )
+                    .await?;
+                }
+                // Queues are always durable; whether messages survive a restart
+                // then depends on the queue type and on `persistent`.
+                let options = QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                };
+                timed(
+                    &format!("declaring queue {queue}"),
+                    channel.queue_declare(queue.as_str().into(), options, arguments),
+                )
+                .await?;
+            }
+            let mut bindings = vec![(queue_name(name), EXCHANGE, EVENT_TYPE.to_string())];
+            if group.failures.is_some() && dead_letter_exchange {
+                bindings.push((dead_letter_queue(name), DEAD_LETTER_EXCHANGE, name.clone()));
+            }
+            for (queue, exchange, key) in bindings {
+                timed(
+                    &format!("binding queue {queue}"),
+                    channel.queue_bind(
+                        queue.as_str().into(),
+                        exchange.into(),
+                        key.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    ),
+                )
+                .await?;
+            }
         }
         let _ = timed(
             "closing the declaring channel",
@@ -198,6 +250,67 @@ impl Session {
         )
         .await;
         Ok(())
+    }
+
+    /// `x-queue-type` of the configured queue type.
+    fn arguments_of_type(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        let queue_type = match self.settings.queue_type {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        };
+        arguments.insert("x-queue-type".into(), text(queue_type));
+        arguments
+    }
+
+    /// The arguments of `group`'s queue: its type and, for a group with
+    /// failures, its dead-lettering. Quorum queues count deliveries and
+    /// dead-letter at the limit themselves, at least once when asked (which
+    /// needs `x-overflow = reject-publish`, or RabbitMQ 3.10 falls back to
+    /// at most once and only logs it); classic queues only dead-letter what
+    /// the consumer rejects without requeueing, at most once.
+    fn arguments(&self, group: &ConsumerGroup) -> FieldTable {
+        let mut arguments = self.arguments_of_type();
+        if group.failures.is_none() {
+            return arguments;
+        }
+        arguments.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
+        arguments.insert("x-dead-letter-routing-key".into(), text(&group.group));
+        if self.settings.queue_type == QueueType::Quorum {
+            // A limit of N allows N + 1 deliveries.
+            arguments.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(self.dead_letter.max_deliveries) - 1),
+            );
+            let strategy = self.settings.dead_letter_strategy;
+            arguments.insert("x-dead-letter-strategy".into(), text(strategy.as_str()));
+            if strategy == DeadLetterStrategy::AtLeastOnce {
+                arguments.insert("x-overflow".into(), text("reject-publish"));
+            }
+        }
+        arguments
+    }
+
+    /// How dead-lettering runs, in words, for the results.
+    fn dead_lettering(&self) -> Option<String> {
+        self.groups.iter().find(|g| g.failures.is_some())?;
+        let exchange = if self.settings.declare_dead_letter_exchange {
+            format!("exchange {DEAD_LETTER_EXCHANGE}, one queue per group")
+        } else {
+            format!("exchange {DEAD_LETTER_EXCHANGE} left undeclared: dead letters are dropped")
+        };
+        let retry_delay = humantime::format_duration(self.dead_letter.retry_delay);
+        Some(match self.settings.queue_type {
+            QueueType::Quorum => format!(
+                "quorum x-delivery-limit {}, {}, {exchange}; basic.reject(requeue) after the consumer waits {retry_delay}",
+                self.dead_letter.max_deliveries - 1,
+                self.settings.dead_letter_strategy.as_str()
+            ),
+            QueueType::Classic => format!(
+                "classic: the consumer counts attempts and rejects without requeue at {}, at-most-once, {exchange}; requeue after the consumer waits {retry_delay}",
+                self.dead_letter.max_deliveries
+            ),
+        })
     }
 
     /// A channel with publisher confirms.
@@ -214,8 +327,8 @@ impl Session {
         .await
     }
 
-    /// A channel consuming `group`'s queue with the prefetch limit.
-    async fn consumer_channel(&self, group: &str) -> Result<(Channel, lapin::Consumer)> {
+    /// A channel consuming `queue` with the prefetch limit.
+    async fn consumer_channel(&self, queue: &str) -> Result<(Channel, lapin::Consumer)> {
         let prefetch = self.settings.prefetch;
         self.open(|connection| async move {
             let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
@@ -227,8 +340,8 @@ impl Session {
             let consumer = timed(
                 "starting the consumer",
                 channel.basic_consume(
-                    queue_name(group).as_str().into(),
-                    format!("brokerbench-{group}").as_str().into(),
+                    queue.into(),
+                    format!("brokerbench-{queue}").as_str().into(),
                     BasicConsumeOptions::default(), // manual acknowledgement
                     FieldTable::default(),
                 ),
@@ -259,13 +372,25 @@ impl Session {
 }
 
 impl RabbitMqDriver {
+    /// A consumer of `queue`, manual acknowledgement.
+    async fn consume(&self, queue: String) -> Result<Box<dyn Consumer>> {
+        let (channel, consumer) = self.session.consumer_channel(&queue).await?;
+        Ok(Box::new(RabbitConsumer {
+            session: self.session.clone(),
+            queue,
+            channel,
+            consumer,
+        }))
+    }
+
     /// Connects with one AMQP connection for the whole run.
     pub async fn connect(plan: &Plan, endpoint: &Endpoint) -> Result<Self> {
         let mut session = Session {
             endpoint: endpoint.clone(),
             settings: plan.rabbitmq.clone(),
             recovery: plan.recovery.clone(),
-            groups: plan.consumers.iter().map(|c| c.group.clone()).collect(),
+            groups: plan.consumers.clone(),
+            dead_letter: plan.dead_letter.clone(),
             current: tokio::sync::Mutex::new(Generation {
                 number: 0,
                 connection: None,
@@ -298,13 +423,11 @@ impl Driver for RabbitMqDriver {
     }
 
     async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
-        let (channel, consumer) = self.session.consumer_channel(&group.group).await?;
-        Ok(Box::new(RabbitConsumer {
-            session: self.session.clone(),
-            group: group.group.clone(),
-            channel,
-            consumer,
-        }))
+        self.consume(queue_name(&group.group)).await
+    }
+
+    async fn dead_letters(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
+        self.consume(dead_letter_queue(&group.group)).await
     }
 
     fn settings(&self) -> Settings {
@@ -318,6 +441,7 @@ impl Driver for RabbitMqDriver {
             prefetch: s.prefetch,
             replicas: 1,
             reconnect: crate::driver::backoff_description(&self.session.recovery),
+            dead_lettering: self.session.dead_lettering(),
         })
     }
 
@@ -424,7 +548,7 @@ impl Producer for RabbitProducer {
 
 struct RabbitConsumer {
     session: Arc<Session>,
-    group: String,
+    queue: String,
     channel: Channel,
     consumer: lapin::Consumer,
 }
@@ -438,7 +562,7 @@ impl Consumer for RabbitConsumer {
             // ourselves): consume again on a new channel. What was delivered
             // but not acknowledged comes back, flagged as redelivered.
             Some(Err(_)) | None => {
-                return match self.session.consumer_channel(&self.group).await {
+                return match self.session.consumer_channel(&self.queue).await {
                     Ok((channel, consumer)) => {
                         (self.channel, self.consumer) = (channel, consumer);
                         Some(Err(ErrorKind::Receive))
@@ -449,14 +573,27 @@ impl Consumer for RabbitConsumer {
             }
         };
         let acker = delivery.acker;
-        let ack: Acker = Box::new(move || {
+        let session = self.session.clone();
+        let settle: Settler = Box::new(move |how| {
             Box::pin(async move {
-                match tokio::time::timeout(
-                    crate::driver::CALL_TIMEOUT,
-                    acker.ack(BasicAckOptions::default()),
-                )
-                .await
-                {
+                let settled = match how {
+                    Settle::Ack => {
+                        let ack = acker.ack(BasicAckOptions::default());
+                        tokio::time::timeout(crate::driver::CALL_TIMEOUT, ack).await
+                    }
+                    Settle::Failed { attempt } => {
+                        // RabbitMQ cannot delay a redelivery: the consumer waits.
+                        tokio::time::sleep(session.dead_letter.retry_delay).await;
+                        // A quorum queue counts deliveries and dead-letters at
+                        // its limit; a classic queue dead-letters what is
+                        // rejected without requeueing, at the consumer's count.
+                        let requeue = session.settings.queue_type == QueueType::Quorum
+                            || attempt < session.dead_letter.max_deliveries;
+                        let reject = acker.reject(BasicRejectOptions { requeue });
+                        tokio::time::timeout(crate::driver::CALL_TIMEOUT, reject).await
+                    }
+                };
+                match settled {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(_)) | Err(_) => Err(ErrorKind::Ack),
                 }
@@ -465,7 +602,7 @@ impl Consumer for RabbitConsumer {
         Some(Ok(Incoming {
             payload: delivery.data,
             redelivered: delivery.redelivered,
-            ack,
+            settle,
         }))
     }
 

@@ -94,10 +94,7 @@ fn figures(r: &Results) -> Vec<Figure> {
                     out.push(latency(&subject, measure, value));
                 }
             }
-            for (measure, value) in [
-                ("lost", g.account.lost),
-                ("duplicates", g.account.duplicates),
-            ] {
+            for (measure, value) in [("lost", g.lost()), ("duplicates", g.account.duplicates)] {
                 out.push(Figure {
                     subject: subject.clone(),
                     measure,
