@@ -86,6 +86,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             table::summary(&results, layout),
             table::groups(&results, layout)
         );
+        if let Some(dead_letters) = table::dead_letters(&results, layout) {
+            tables.push_str(&format!("\n{dead_letters}"));
+        }
         for note in table::notes(&results, layout) {
             tables.push('\n');
             tables.push_str(&note);

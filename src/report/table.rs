@@ -4,6 +4,7 @@ use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use super::{BrokerResult, GroupResult, Results};
 use crate::metrics::LatencySummary;
+use crate::run::ledger::FailureAccount;
 
 /// A latency in the unit that reads best: `850 µs`, `12.3 ms`, `2.01 s`.
 pub fn latency(us: u64) -> String {
@@ -361,6 +362,64 @@ pub fn groups_limited(results: &Results, rows: usize, layout: Layout) -> Table {
         table.add_row(row);
     }
     table
+}
+
+/// Per group with failures: what became of its poison and transient
+/// messages, and how long dead-lettering took; `None` when no group of the
+/// run fails messages.
+pub fn dead_letters(results: &Results, layout: Layout) -> Option<Table> {
+    let rows: Vec<(&BrokerResult, &GroupResult, &FailureAccount)> = results
+        .brokers
+        .iter()
+        .flat_map(|b| {
+            b.groups
+                .iter()
+                .filter_map(move |g| Some((b, g, g.account.failures.as_ref()?)))
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let wide = layout != Layout::Narrow;
+    let mut header = vec!["broker", "group", "poison", "dead-lettered", "poison lost"];
+    if wide {
+        header.extend(["wrongly", "processed", "failed attempts"]);
+    }
+    header.push(match layout {
+        Layout::Narrow => "to dead letter p99",
+        _ => "to dead letter p50 / p99 / max",
+    });
+    let mut table = new_table(header);
+    for (b, g, f) in rows {
+        let mut row = vec![
+            b.broker.to_string(),
+            g.group.clone(),
+            f.poison.to_string(),
+            f.dead_lettered.to_string(),
+            f.poison_lost.to_string(),
+        ];
+        if wide {
+            row.extend([
+                f.dead_lettered_wrongly.to_string(),
+                format!("{} of {}", f.processed, f.processed + f.poison),
+                f.failed_attempts.to_string(),
+            ]);
+        }
+        let timing = b.latency_us.time_to_dead_letter.get(&g.group);
+        row.push(match (timing, layout) {
+            (Some(t), _) if t.count == 0 => "-".into(),
+            (Some(t), Layout::Narrow) => latency(t.p99),
+            (Some(t), _) => format!(
+                "{} / {} / {}",
+                latency(t.p50),
+                latency(t.p99),
+                latency(t.max)
+            ),
+            (None, _) => "-".into(),
+        });
+        table.add_row(row);
+    }
+    Some(table)
 }
 
 #[cfg(test)]

@@ -309,8 +309,9 @@ pub struct FailureAccount {
     pub poison_lost: u64,
     /// Dead letters that are not this run's messages.
     pub dead_letter_unexpected: u64,
-    /// Deliveries per message: how many messages took 1, 2, ... deliveries.
-    pub attempts: std::collections::BTreeMap<u8, u64>,
+    /// Deliveries per message: `attempts[i]` messages were delivered
+    /// `i + 1` times.
+    pub attempts: Vec<u64>,
 }
 
 /// Sequence numbers `from..to` of each producer (indexed like the producers).
@@ -430,7 +431,11 @@ pub fn group_account_in(
                 account.unique += 1;
                 account.duplicates += u64::from(count.saturating_sub(1 + failed));
                 account.recovered += u64::from(!confirmed);
-                *a.attempts.entry(count).or_default() += 1;
+                let i = usize::from(count) - 1;
+                if a.attempts.len() <= i {
+                    a.attempts.resize(i + 1, 0);
+                }
+                a.attempts[i] += 1;
             }
             if confirmed && !processed && dead == 0 {
                 match fate {
@@ -617,5 +622,122 @@ mod tests {
         let bytes = producer.status.capacity() + group.counts[0].capacity();
         assert!(bytes as u64 <= 2 * n * 2, "{bytes} bytes for {n} messages"); // Vec growth at most doubles
         assert!((bytes as u64) < 16 * n);
+    }
+
+    fn risk() -> ConsumerGroup {
+        ConsumerGroup {
+            failures: Some(Failures {
+                poison: 0.1,
+                transient: 0.2,
+                transient_attempts: 2,
+            }),
+            ..ConsumerGroup::named("risk".into())
+        }
+    }
+
+    /// Sequence numbers of producer 0 with `fate` in group risk.
+    fn with_fate(fate: Fate, n: usize) -> Vec<u64> {
+        let failures = risk().failures.unwrap();
+        (0..)
+            .filter(|&s| failures.fate("risk", 0, s) == fate)
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn a_group_with_failures_fails_retries_skips_and_dead_letters() {
+        let mut group = GroupLog::for_group(&risk());
+        let (poison, transient, fine) = (
+            with_fate(Fate::Poison, 1)[0],
+            with_fate(Fate::Transient, 1)[0],
+            with_fate(Fate::Fine, 1)[0],
+        );
+        let deliver = |group: &mut GroupLog, seq: u64| {
+            group.record(&env(0, seq, 1), false);
+            group.decide(&env(0, seq, 1)).unwrap()
+        };
+        // Fine: processed at once, complete; a second delivery is skipped.
+        assert_eq!(deliver(&mut group, fine), (Decision::Process, true));
+        assert_eq!(deliver(&mut group, fine), (Decision::Skip, false));
+        // Transient: fails twice, then processed.
+        assert_eq!(deliver(&mut group, transient), (Decision::Fail(1), false));
+        assert_eq!(deliver(&mut group, transient), (Decision::Fail(2), false));
+        assert_eq!(deliver(&mut group, transient), (Decision::Process, true));
+        // Poison: fails every time, complete only when dead-lettered.
+        for attempt in 1..=5 {
+            assert_eq!(
+                deliver(&mut group, poison),
+                (Decision::Fail(attempt), false)
+            );
+        }
+        assert_eq!(
+            group.record_dead_letter(&env(0, poison, 1)),
+            (Seen::First, true)
+        );
+        assert_eq!(
+            group.record_dead_letter(&env(0, poison, 1)),
+            (Seen::Duplicate, false)
+        );
+        group.record_dead_foreign();
+        let mut producer = ProducerLog::default();
+        for seq in 0..=poison.max(transient).max(fine) {
+            producer.attempt();
+            producer.settle(seq, PublishStatus::Confirmed);
+        }
+        let account = group_account(&[producer], &group);
+        let f = account.failures.clone().unwrap();
+        assert_eq!((f.processed, f.failed_attempts), (2, 7));
+        assert_eq!((f.dead_lettered, f.dead_letter_duplicates), (1, 1));
+        assert_eq!(f.dead_letter_unexpected, 1);
+        assert_eq!(f.dead_lettered_wrongly, 0);
+        assert_eq!(f.attempts, vec![0, 1, 1, 0, 1]); // fine twice, transient 3, poison 5
+                                                     // Retries are not duplicates: only the skipped delivery is.
+        assert_eq!(account.duplicates, 1);
+        // Every other message was confirmed and never delivered: lost (or
+        // still held by the broker), poison ones as poison_lost.
+        let failures = risk().failures.unwrap();
+        let others: Vec<u64> = (0..=poison.max(transient).max(fine))
+            .filter(|s| ![poison, transient, fine].contains(s))
+            .collect();
+        let poison_others = others
+            .iter()
+            .filter(|&&s| failures.fate("risk", 0, s) == Fate::Poison)
+            .count() as u64;
+        assert_eq!(f.poison_lost, poison_others);
+        assert_eq!(account.lost, others.len() as u64 - poison_others);
+    }
+
+    #[test]
+    fn poison_not_dead_lettered_is_poison_lost_and_a_wrong_dead_letter_is_named() {
+        let mut group = GroupLog::for_group(&risk());
+        let poison = with_fate(Fate::Poison, 2);
+        let fine = with_fate(Fate::Fine, 1)[0];
+        let mut producer = ProducerLog::default();
+        for seq in 0..=poison[1].max(fine) {
+            producer.attempt();
+            producer.settle(seq, PublishStatus::Confirmed);
+            let e = env(0, seq, 1);
+            group.record(&e, false);
+            group.decide(&e);
+        }
+        // Poison[0] reaches the dead-letter destination, poison[1] never
+        // does; `fine` was processed and dead-lettered as well: wrongly.
+        group.record_dead_letter(&env(0, poison[0], 1));
+        assert_eq!(
+            group.record_dead_letter(&env(0, fine, 1)),
+            (Seen::First, false)
+        );
+        let f = group_account(&[producer.clone()], &group).failures.unwrap();
+        assert_eq!(f.dead_lettered, 2);
+        assert_eq!(f.dead_lettered_wrongly, 1);
+        // Every poison message but poison[0] is gone, poison[1] among them.
+        assert!(f.poison >= 2);
+        assert_eq!(f.poison_lost, f.poison - 1);
+        // Incomplete for the drain: those, and the transient messages that
+        // failed once and were never delivered again.
+        assert_eq!(
+            incomplete(&[producer.clone()], &group),
+            f.poison_lost + f.transient
+        );
     }
 }

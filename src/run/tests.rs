@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::memory::{Knobs, MemoryEnv};
 use super::session::{Outcome, Quiet, Session, Stop};
 use crate::report::Results;
-use crate::scenario::{Overrides, Plan};
+use crate::scenario::{Fate, Overrides, Plan};
 
 /// 1000 msg/s for 300 ms from one producer on one key (300 messages, in
 /// order), two consumer groups, unconfirmed messages dropped, a short final read.
@@ -618,4 +618,40 @@ end_to_end_p50 = "5ms"
     );
     let shown = table::summary(&outcome.results, table::Layout::Wide).to_string();
     assert!(shown.contains("NO: end_to_end_p99 <= 5ms (a): "), "{shown}");
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_and_counted_against_the_poison_set() {
+    // Group b fails 5% poison (3 deliveries, then dead-lettered) and 20%
+    // transient (one failure each); group a fails nothing.
+    let plan = plan(
+        "[consumers.failures]\npoison = 0.05\ntransient = 0.2\ntransient_attempts = 1\n[dead_letter]\nmax_deliveries = 3\n",
+    );
+    let (_, json) = run(&plan, Knobs::default()).await;
+    let b = group(&json, "b");
+    let f = &b["failures"];
+    let failures = plan.consumers[1].failures.clone().unwrap();
+    let fates: Vec<_> = (0..300).map(|s| failures.fate("b", 0, s)).collect();
+    let poison = fates.iter().filter(|f| **f == Fate::Poison).count() as u64;
+    let transient = fates.iter().filter(|f| **f == Fate::Transient).count() as u64;
+    assert!(poison > 0 && transient > 0);
+    assert_eq!(f["poison"], poison);
+    assert_eq!(f["transient"], transient);
+    assert_eq!(f["dead_lettered"], poison, "{f}");
+    assert_eq!(f["poison_lost"], 0);
+    assert_eq!(f["dead_lettered_wrongly"], 0);
+    assert_eq!(f["processed"], 300 - poison);
+    assert_eq!(f["failed_attempts"], 3 * poison + transient);
+    assert_eq!(f["attempts"][2], poison);
+    assert_eq!(f["attempts"][1], transient);
+    assert_eq!(b["duplicates"], 0, "retries are not duplicates");
+    assert!(check(&json, "poison_lost == 0", Some("b")));
+    assert!(check(&json, "dead_lettered_wrongly == 0", Some("b")));
+    let broker = &json["brokers"][0];
+    assert_eq!(
+        broker["latency_us"]["time_to_dead_letter"]["b"]["count"],
+        poison
+    );
+    assert!(group(&json, "a").get("failures").is_none());
+    assert!(broker["series"]["dead_lettered"].get("a").is_none());
 }

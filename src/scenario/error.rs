@@ -121,7 +121,8 @@ impl RawError {
 }
 
 /// The dotted path of the field at `offset`: the table from the nearest
-/// header at or above it (`[load]`, the n-th `[[consumers]]`), and the key
+/// header at or above it (`[load]`, the n-th `[[consumers]]`, its
+/// `[consumers.failures]`), and the key
 /// named in the message (unknown/missing field) or written on that line.
 fn field_at(text: &str, offset: usize, message: &str) -> String {
     let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
@@ -153,7 +154,12 @@ fn field_at(text: &str, offset: usize, message: &str) -> String {
             };
             table = format!("{name}[{index}]");
         } else {
-            table = name;
+            // `[consumers.failures]` belongs to the last `[[consumers]]`.
+            let element = name.split_once('.').and_then(|(first, rest)| {
+                let (_, count) = arrays.iter().find(|(n, _)| n == first)?;
+                Some(format!("{first}[{}].{rest}", count - 1))
+            });
+            table = element.unwrap_or(name);
         }
     }
     let line = &text[line_start..line_end];

@@ -460,3 +460,172 @@ fn threshold_flags_set_and_replace_limits() {
     let plan = Plan::parse(Path::new("t.toml"), &closed_file, &open).unwrap();
     assert_eq!(plan.load.rate, 300.0);
 }
+
+/// ORDERS with failures in risk and a `[dead_letter]` table.
+fn failing() -> String {
+    ORDERS.replace(
+        "processing_time = \"2ms\"\n",
+        "processing_time = \"2ms\"\n[consumers.failures]\npoison = 0.01\ntransient = 0.05\ntransient_attempts = 2\n",
+    ) + "[dead_letter]\nmax_deliveries = 5\nretry_delay = \"250ms\"\n"
+}
+
+/// The 1-based line of the first line of `text` that starts with `start`.
+fn line_of(text: &str, start: &str) -> usize {
+    text.lines().position(|l| l.starts_with(start)).unwrap() + 1
+}
+
+#[test]
+fn failures_and_dead_letters_parse_into_the_plan() {
+    let plan = parse(&failing()).unwrap();
+    assert_eq!(
+        plan.consumers[1].failures,
+        Some(Failures {
+            poison: 0.01,
+            transient: 0.05,
+            transient_attempts: 2
+        })
+    );
+    assert!(plan.consumers[0].failures.is_none() && plan.consumers[2].failures.is_none());
+    assert!(plan.has_failures());
+    assert_eq!(
+        plan.dead_letter,
+        DeadLetter {
+            max_deliveries: 5,
+            retry_delay: Duration::from_millis(250)
+        }
+    );
+    // Defaults: at least once, the exchange declared, +TERM at the last delivery.
+    assert_eq!(
+        plan.rabbitmq.dead_letter_strategy,
+        DeadLetterStrategy::AtLeastOnce
+    );
+    assert!(plan.rabbitmq.declare_dead_letter_exchange);
+    assert!(plan.jetstream.terminate_last_delivery);
+    // Without failures nothing changes.
+    let plain = parse(ORDERS).unwrap();
+    assert!(!plain.has_failures());
+    assert_eq!(plain.dead_letter, DeadLetter::default());
+}
+
+#[test]
+fn bad_failures_and_dead_letters_are_named() {
+    let text = failing();
+    let cases = [
+        (
+            "poison = 0.01",
+            "poison = 1.5",
+            "consumers[1].failures.poison",
+            "from 0 to 1",
+        ),
+        (
+            "poison = 0.01",
+            "poison = -0.1",
+            "consumers[1].failures.poison",
+            "from 0 to 1",
+        ),
+        (
+            "transient = 0.05",
+            "transient = 0.995",
+            "consumers[1].failures.transient",
+            "more than 1",
+        ),
+        (
+            "transient_attempts = 2",
+            "transient_attempts = 5",
+            "consumers[1].failures.transient_attempts",
+            "would be dead-lettered",
+        ),
+        (
+            "transient_attempts = 2",
+            "transient_attempts = 0",
+            "consumers[1].failures.transient_attempts",
+            "from 1",
+        ),
+        (
+            "transient_attempts = 2",
+            "attempts = 2",
+            "consumers[1].failures.attempts",
+            "unknown field",
+        ),
+        (
+            "max_deliveries = 5",
+            "max_deliveries = 0",
+            "dead_letter.max_deliveries",
+            "from 1",
+        ),
+        (
+            "max_deliveries = 5",
+            "max_deliveries = 101",
+            "dead_letter.max_deliveries",
+            "from 1 to 100",
+        ),
+        (
+            "retry_delay = \"250ms\"",
+            "retry_delay = \"soon\"",
+            "dead_letter.retry_delay",
+            "not a duration",
+        ),
+        (
+            "retry_delay = \"250ms\"",
+            "retry_delay = \"2h\"",
+            "dead_letter.retry_delay",
+            "at most 1h",
+        ),
+    ];
+    for (from, to, field, says) in cases {
+        let line = line_of(&text, from);
+        let shown = error(&text.replace(from, to), field, line);
+        assert!(shown.contains(says), "{to}: {shown}");
+    }
+    // A [dead_letter] table with no group that fails anything is a mistake.
+    let text = ORDERS.to_string() + "[dead_letter]\nmax_deliveries = 3\n";
+    let shown = error(&text, "dead_letter", line_of(&text, "[dead_letter]"));
+    assert!(shown.contains("no group fails messages"), "{shown}");
+}
+
+#[test]
+fn a_messages_fate_depends_only_on_its_number_and_group() {
+    let f = Failures {
+        poison: 0.01,
+        transient: 0.05,
+        transient_attempts: 2,
+    };
+    let fates = |group: &str| -> Vec<Fate> {
+        (0..2)
+            .flat_map(|p| (0..50_000).map(move |s| (p, s)))
+            .map(|(p, s)| f.fate(group, p, s))
+            .collect()
+    };
+    let risk = fates("risk");
+    assert_eq!(
+        risk,
+        fates("risk"),
+        "the same on every call (every broker, every run)"
+    );
+    let share = |fate| risk.iter().filter(|f| **f == fate).count() as f64 / risk.len() as f64;
+    assert!(
+        (share(Fate::Poison) - 0.01).abs() < 0.002,
+        "{}",
+        share(Fate::Poison)
+    );
+    assert!(
+        (share(Fate::Transient) - 0.05).abs() < 0.004,
+        "{}",
+        share(Fate::Transient)
+    );
+    // Another group fails other messages.
+    let other = fates("billing");
+    let same_poison = risk
+        .iter()
+        .zip(&other)
+        .filter(|(a, b)| **a == Fate::Poison && **b == Fate::Poison)
+        .count();
+    assert!(
+        same_poison < 30,
+        "{same_poison} messages poison in both groups"
+    );
+    // Transient fails its first attempts, poison all, the rest none.
+    assert!(f.fails(Fate::Transient, 0) && f.fails(Fate::Transient, 1));
+    assert!(!f.fails(Fate::Transient, 2));
+    assert!(f.fails(Fate::Poison, 99) && !f.fails(Fate::Fine, 0));
+}

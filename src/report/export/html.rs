@@ -122,6 +122,10 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
     }
     let _ = writeln!(page, "<h2>Consumer groups</h2>");
     html_table(page, &table::groups(r, table::Layout::Wide));
+    if let Some(dead_letters) = table::dead_letters(r, table::Layout::Wide) {
+        let _ = writeln!(page, "<h2>Dead letters</h2>");
+        html_table(page, &dead_letters);
+    }
     checks(page, r);
     let _ = writeln!(
         page,

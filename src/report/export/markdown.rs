@@ -122,6 +122,11 @@ fn one_run(r: &Results, rows: usize) -> String {
         );
     }
     s.push('\n');
+    if let Some(dead_letters) = table::dead_letters(r, table::Layout::Wide) {
+        let _ = writeln!(s, "### Dead letters\n");
+        s.push_str(&markdown_table(dead_letters));
+        s.push_str("\n\n");
+    }
 
     let failed: Vec<String> = r
         .brokers
