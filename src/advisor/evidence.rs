@@ -43,6 +43,25 @@ pub struct Measurement {
     /// Whether its rate, latency and recovery figures enter the score: not a
     /// stand-in's, unless the user accepts stand-ins.
     pub used: bool,
+    /// From a run whose groups fail messages on purpose: what became of
+    /// the poison ones, over those groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<DeadLetters>,
+}
+
+/// A failure run's dead letters, over its groups with failures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DeadLetters {
+    /// Poison messages the broker took.
+    pub poison: u64,
+    /// Poison messages found in the dead-letter destination.
+    pub dead_lettered: u64,
+    /// Poison messages silently gone.
+    pub poison_lost: u64,
+    /// Messages that could be processed, found in the dead-letter destination.
+    pub dead_lettered_wrongly: u64,
+    /// The slowest group's median time from send to dead letter, ms.
+    pub p50_ms: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -78,16 +97,29 @@ struct PublishFile {
 #[derive(Deserialize)]
 struct GroupFile {
     lost: u64,
+    #[serde(default)]
+    failures: Option<FailuresFile>,
+}
+
+#[derive(Deserialize)]
+struct FailuresFile {
+    poison: u64,
+    dead_lettered: u64,
+    dead_lettered_wrongly: u64,
+    poison_lost: u64,
 }
 
 #[derive(Deserialize)]
 struct LatencyFile {
     end_to_end: BTreeMap<String, SummaryFile>,
+    #[serde(default)]
+    time_to_dead_letter: BTreeMap<String, SummaryFile>,
 }
 
 #[derive(Deserialize)]
 struct SummaryFile {
     count: u64,
+    p50: u64,
     p99: u64,
 }
 
@@ -153,6 +185,27 @@ fn read(file: &Path, accept_stand_ins: bool) -> Result<Vec<Measurement>> {
                 .collect();
             let unrecovered_faults = b.faults.iter().filter(|f| f.unrecovered()).count();
             let worst_recovery_s = recoveries.into_iter().flatten().reduce(f64::max);
+            let failing: Vec<&FailuresFile> = b
+                .groups
+                .iter()
+                .filter_map(|g| g.failures.as_ref())
+                .collect();
+            let dead_letters = (!failing.is_empty()).then(|| DeadLetters {
+                poison: failing.iter().map(|f| f.poison).sum(),
+                dead_lettered: failing
+                    .iter()
+                    .map(|f| f.dead_lettered - f.dead_lettered_wrongly.min(f.dead_lettered))
+                    .sum(),
+                poison_lost: failing.iter().map(|f| f.poison_lost).sum(),
+                dead_lettered_wrongly: failing.iter().map(|f| f.dead_lettered_wrongly).sum(),
+                p50_ms: b
+                    .latency_us
+                    .time_to_dead_letter
+                    .values()
+                    .filter(|s| s.count > 0)
+                    .map(|s| s.p50 as f64 / 1000.0)
+                    .reduce(f64::max),
+            });
             Measurement {
                 broker: b.broker,
                 implementation: b.implementation,
@@ -167,6 +220,7 @@ fn read(file: &Path, accept_stand_ins: bool) -> Result<Vec<Measurement>> {
                 complete: b.complete,
                 used: b.stand_in_for.is_none() || accept_stand_ins,
                 stand_in_for: b.stand_in_for,
+                dead_letters,
             }
         })
         .collect())
@@ -197,6 +251,73 @@ pub fn criterion(answers: &Answers, measured: &[Measurement]) -> Option<Criterio
         weight: WEIGHT,
         judged: judged.try_into().expect("three brokers"),
     })
+}
+
+/// How each broker's dead-letter path works, for the measured reason.
+const DEAD_LETTER_PATH: [&str; 3] = [
+    "natively (delivery limit and dead-letter exchange)",
+    "through the advisory bridge (max_deliver advisories captured in a stream)",
+    "by application code in the consumer (a dead-letter topic)",
+];
+
+/// The dead-letter criterion with failure runs as evidence: per broker
+/// measured in such a run, its dead-lettering figures join the reason, and
+/// a poison message that was not dead-lettered lowers the score (in
+/// proportion, and by 3 more when it was silently lost; by 1 when a message
+/// that could be processed was dead-lettered). The reason says what moved.
+pub fn dead_letter_criterion(criterion: &mut Criterion, measured: &[Measurement]) {
+    for (i, kind) in crate::broker::ALL.iter().enumerate() {
+        let runs: Vec<&DeadLetters> = measured
+            .iter()
+            .filter(|m| m.broker == *kind && m.used)
+            .filter_map(|m| m.dead_letters.as_ref())
+            .collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let sum = |f: fn(&DeadLetters) -> u64| runs.iter().map(|d| f(d)).sum::<u64>();
+        let (poison, dead, lost, wrongly) = (
+            sum(|d| d.poison),
+            sum(|d| d.dead_lettered),
+            sum(|d| d.poison_lost),
+            sum(|d| d.dead_lettered_wrongly),
+        );
+        let (score, reason) = &mut criterion.judged[i];
+        let before = *score;
+        if poison > 0 {
+            *score *= (dead as f64 / poison as f64).min(1.0);
+        }
+        if lost > 0 {
+            *score -= 3.0;
+        }
+        if wrongly > 0 {
+            *score -= 1.0;
+        }
+        *score = (score.clamp(0.0, 10.0) * 10.0).round() / 10.0;
+        let share = if poison > 0 {
+            format!(" ({:.0}%)", 100.0 * dead as f64 / poison as f64)
+        } else {
+            String::new()
+        };
+        let mut measured = format!(
+            "measured: dead-lettered {dead} of {poison} poison messages{share} {}",
+            DEAD_LETTER_PATH[i]
+        );
+        if let Some(p50) = runs.iter().filter_map(|d| d.p50_ms).reduce(f64::max) {
+            measured.push_str(&format!(", p50 time to dead letter {p50:.0} ms"));
+        }
+        if lost > 0 {
+            measured.push_str(&format!(", {lost} silently lost"));
+        }
+        if wrongly > 0 {
+            measured.push_str(&format!(", {wrongly} dead-lettered wrongly"));
+        }
+        if *score != before {
+            measured.push_str(&format!(" (moved the score from {before} to {score})"));
+        }
+        reason.push_str("; ");
+        reason.push_str(&measured);
+    }
 }
 
 /// Why a broker measured only through a stand-in keeps the neutral score;

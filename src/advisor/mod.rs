@@ -95,7 +95,7 @@ pub fn advise(answers: &Answers, defaulted: Vec<&'static str>, measured: &[Measu
     let known = facts::criteria(answers);
     let without = rank(&known);
     let measured_criterion = evidence::criterion(answers, measured);
-    let mut all = known;
+    let mut all = with_dead_letters(known, measured);
     all.extend(measured_criterion.clone());
     let ranking = rank(&all);
     let evidence = measured_criterion.map(|c| {
@@ -171,9 +171,17 @@ fn rank(criteria: &[Criterion]) -> Vec<Ranked> {
 
 /// The first broker for `answers`, with the same evidence.
 fn first(answers: &Answers, measured: &[Measurement]) -> BrokerKind {
-    let mut criteria = facts::criteria(answers);
+    let mut criteria = with_dead_letters(facts::criteria(answers), measured);
     criteria.extend(evidence::criterion(answers, measured));
     rank(&criteria)[0].broker
+}
+
+/// `criteria` with the dead-letter one judged on failure runs too.
+fn with_dead_letters(mut criteria: Vec<Criterion>, measured: &[Measurement]) -> Vec<Criterion> {
+    if let Some(c) = criteria.iter_mut().find(|c| c.name == "dead letters") {
+        evidence::dead_letter_criterion(c, measured);
+    }
+    criteria
 }
 
 /// Tries every nearby change of one answer, nearest first (one step of a
@@ -233,7 +241,64 @@ mod tests {
             complete: lost == 0,
             stand_in_for: None,
             used: true,
+            dead_letters: None,
         }
+    }
+
+    /// The dead-letter criterion's score and reason for `broker` in `advice`.
+    fn dead_letter_judgement(advice: &Advice, broker: BrokerKind) -> (f64, String) {
+        let ranked = advice.ranking.iter().find(|r| r.broker == broker).unwrap();
+        let c = ranked
+            .criteria
+            .iter()
+            .find(|c| c.criterion == "dead letters")
+            .unwrap();
+        (c.score, c.reason.clone())
+    }
+
+    #[test]
+    fn failure_runs_are_evidence_for_the_dead_letter_criterion() {
+        let a = answers(DeadLetter::Required, &[Language::Go], 300.0);
+        let run = |broker: &str, dead_lettered, poison_lost| Measurement {
+            dead_letters: Some(evidence::DeadLetters {
+                poison: 37,
+                dead_lettered,
+                poison_lost,
+                dead_lettered_wrongly: 0,
+                p50_ms: Some(420.0),
+            }),
+            ..measured(kind(broker), 200.0, 0)
+        };
+        let before = advise(&a, vec![], &[]);
+        let (rabbit_before, _) = dead_letter_judgement(&before, kind("rabbitmq"));
+        let (jet_before, _) = dead_letter_judgement(&before, kind("jetstream"));
+        let advice = advise(
+            &a,
+            vec![],
+            &[run("rabbitmq", 37, 0), run("jetstream", 20, 17)],
+        );
+        // Every poison message dead-lettered: the figures join the reason,
+        // the score stays.
+        let (score, reason) = dead_letter_judgement(&advice, kind("rabbitmq"));
+        assert_eq!(score, rabbit_before);
+        assert!(
+            reason.contains("measured: dead-lettered 37 of 37 poison messages (100%) natively")
+                && reason.contains("p50 time to dead letter 420 ms")
+                && !reason.contains("moved"),
+            "{reason}"
+        );
+        // Poison messages silently lost: the score drops, and says so.
+        let (score, reason) = dead_letter_judgement(&advice, kind("jetstream"));
+        assert!(score < jet_before, "{score} vs {jet_before}");
+        assert!(
+            reason.contains("dead-lettered 20 of 37")
+                && reason.contains("17 silently lost")
+                && reason.contains(&format!("moved the score from {jet_before} to {score}")),
+            "{reason}"
+        );
+        // Kafka was not measured in a failure run: its reason is the fact alone.
+        let (_, reason) = dead_letter_judgement(&advice, kind("kafka"));
+        assert!(!reason.contains("measured"), "{reason}");
     }
 
     #[test]

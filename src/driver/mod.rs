@@ -132,7 +132,9 @@ pub trait Driver: Send + Sync {
 
     /// How many messages the broker still holds for `group` (ready and
     /// unacknowledged), asked after the group's consumer has closed: what
-    /// was confirmed and not delivered, but not lost.
+    /// was confirmed and not delivered, but not lost. For a group with
+    /// failures, the dead letters not yet read from its dead-letter
+    /// destination count as well.
     async fn backlog(&self, group: &ConsumerGroup) -> Result<u64>;
 
     /// Closes the connection.

@@ -154,7 +154,7 @@ struct RabbitmqFile {
     persistent: Option<bool>,
     prefetch: Option<Spanned<i64>>,
     dead_letter_strategy: Option<DeadLetterStrategy>,
-    declare_dead_letter_exchange: Option<bool>,
+    declare_dead_letter_exchange: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,7 +169,7 @@ struct JetstreamFile {
 #[serde(deny_unknown_fields)]
 struct KafkaFile {
     partitions: Option<Spanned<i64>>,
-    acks: Option<Acks>,
+    acks: Option<Spanned<Acks>>,
     compression: Option<Compression>,
     fetch_wait_max: Option<Spanned<String>>,
 }
@@ -276,8 +276,35 @@ impl ScenarioFile {
                 ..d
             });
         }
+        let declare_span = self
+            .rabbitmq
+            .declare_dead_letter_exchange
+            .as_ref()
+            .map(Spanned::span);
+        let acks_span = self.kafka.acks.as_ref().map(Spanned::span);
+        let rabbitmq = self.rabbitmq.into_settings()?;
+        let kafka = self.kafka.into_settings()?;
+        let failing = consumers.iter().any(|c| c.failures.is_some());
+        if failing
+            && !rabbitmq.declare_dead_letter_exchange
+            && rabbitmq.queue_type == QueueType::Quorum
+            && rabbitmq.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce
+        {
+            return Err(RawError::field(
+                "rabbitmq.declare_dead_letter_exchange",
+                declare_span,
+                "is false with dead_letter_strategy \"at-least-once\": RabbitMQ would keep every dead letter in the source queue, retrying, where brokerbench cannot count it; set dead_letter_strategy = \"at-most-once\" to see a missing exchange drop them",
+            ));
+        }
+        if failing && brokers.contains(&BrokerKind::Kafka) && kafka.acks == Acks::None {
+            return Err(RawError::field(
+                "kafka.acks",
+                acks_span,
+                "is \"0\", and a group fails messages: a dead letter's write must be confirmed before its offset moves on; use \"1\" or \"all\"",
+            ));
+        }
         if let Some(written) = &self.dead_letter {
-            if !consumers.iter().any(|c| c.failures.is_some()) {
+            if !failing {
                 return Err(RawError::field(
                     "dead_letter",
                     Some(written.span()),
@@ -326,9 +353,9 @@ impl ScenarioFile {
             brokers,
             load,
             consumers,
-            rabbitmq: self.rabbitmq.into_settings()?,
+            rabbitmq,
             jetstream: self.jetstream.into_settings()?,
-            kafka: self.kafka.into_settings()?,
+            kafka,
             faults,
             recovery,
             thresholds,
@@ -473,7 +500,7 @@ impl RabbitmqFile {
             dead_letter_strategy: self.dead_letter_strategy.unwrap_or(d.dead_letter_strategy),
             declare_dead_letter_exchange: self
                 .declare_dead_letter_exchange
-                .unwrap_or(d.declare_dead_letter_exchange),
+                .map_or(d.declare_dead_letter_exchange, Spanned::into_inner),
         })
     }
 }
@@ -496,7 +523,7 @@ impl KafkaFile {
         let d = KafkaSettings::default();
         Ok(KafkaSettings {
             partitions: positive(&self.partitions, d.partitions.into(), 10_000)? as i32,
-            acks: self.acks.unwrap_or(d.acks),
+            acks: self.acks.map_or(d.acks, Spanned::into_inner),
             compression: self.compression.unwrap_or(d.compression),
             fetch_wait_max: optional_duration(&self.fetch_wait_max, d.fetch_wait_max)?,
         })

@@ -286,8 +286,10 @@ pub struct RabbitmqSettings {
     #[serde(default)]
     pub dead_letter_strategy: DeadLetterStrategy,
     /// Declare the dead-letter exchange the queues name. `false` leaves it
-    /// undeclared, as a set-up with a typo in its name would: RabbitMQ then
-    /// drops dead letters without a word.
+    /// undeclared, as a set-up with a typo in its name would: with at-most-once
+    /// dead-lettering RabbitMQ then drops dead letters without a word (with
+    /// at-least-once it keeps them in the source queue, retrying, so that
+    /// combination is refused).
     #[serde(default = "yes")]
     pub declare_dead_letter_exchange: bool,
 }

@@ -577,6 +577,26 @@ fn bad_failures_and_dead_letters_are_named() {
         let shown = error(&text.replace(from, to), field, line);
         assert!(shown.contains(says), "{to}: {shown}");
     }
+    // Set-ups whose dead letters brokerbench could not account for.
+    let lossless_typo = text.replace(
+        "prefetch = 100",
+        "prefetch = 100\ndeclare_dead_letter_exchange = false",
+    );
+    let line = line_of(&lossless_typo, "declare_dead_letter_exchange");
+    let shown = error(
+        &lossless_typo,
+        "rabbitmq.declare_dead_letter_exchange",
+        line,
+    );
+    assert!(shown.contains("at-most-once"), "{shown}");
+    assert!(parse(&lossless_typo.replace(
+        "prefetch = 100",
+        "prefetch = 100\ndead_letter_strategy = \"at-most-once\""
+    ))
+    .is_ok());
+    let unconfirmed = text.replace("acks = \"all\"", "acks = \"0\"");
+    let shown = error(&unconfirmed, "kafka.acks", line_of(&unconfirmed, "acks"));
+    assert!(shown.contains("must be confirmed"), "{shown}");
     // A [dead_letter] table with no group that fails anything is a mistake.
     let text = ORDERS.to_string() + "[dead_letter]\nmax_deliveries = 3\n";
     let shown = error(&text, "dead_letter", line_of(&text, "[dead_letter]"));

@@ -284,7 +284,8 @@ impl Driver for JetStreamDriver {
 
     /// Pending plus ack pending of the group's durable consumer; 0 when the
     /// server says the stream or the consumer is gone (a memory stream after
-    /// a crash): then it holds nothing for the group.
+    /// a crash): then it holds nothing for the group. With failures, plus
+    /// the advisories its dead-letter reader has not read.
     async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
         use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
         use async_nats::jetstream::ErrorCode;
@@ -299,13 +300,23 @@ impl Driver for JetStreamDriver {
                 _ => return Err(e.into()),
             },
         };
-        match timed_raw(stream.consumer_info(&group.group)).await? {
-            Ok(info) => Ok(info.num_pending + info.num_ack_pending as u64),
+        let mut held = match timed_raw(stream.consumer_info(&group.group)).await? {
+            Ok(info) => info.num_pending + info.num_ack_pending as u64,
             Err(e) => match e.kind() {
-                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound => Ok(0),
-                _ => Err(e.into()),
+                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound => 0,
+                _ => return Err(e.into()),
             },
+        };
+        // Advisories not yet read from the dead-letter stream.
+        if group.failures.is_some() {
+            if let Ok(Ok(captured)) = timed_raw(self.context.get_stream(DEAD_LETTER_STREAM)).await {
+                let reader = format!("{}-dead-letters", group.group);
+                if let Ok(Ok(info)) = timed_raw(captured.consumer_info(&reader)).await {
+                    held += info.num_pending + info.num_ack_pending as u64;
+                }
+            }
         }
+        Ok(held)
     }
 
     async fn close(&self) {
@@ -488,13 +499,25 @@ impl Consumer for DeadLetterReader {
             }
         }
         // A dead letter whose advisory cannot be read, or whose original is
-        // gone, is one that is not ours: counted, never dropped.
+        // gone from the stream, is one that is not ours: counted, never
+        // dropped. Any other failure to fetch the original is retried: the
+        // advisory stays in `pulled`.
         let original = match self.pulled.as_ref().and_then(|(_, seq)| *seq) {
-            Some(seq) => timed_raw(self.orders.get_raw_message(seq))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|m| m.payload.to_vec()),
+            Some(seq) => match timed_raw(self.orders.get_raw_message(seq)).await {
+                Ok(Ok(message)) => Some(message.payload.to_vec()),
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        jetstream::stream::RawMessageErrorKind::NoMessageFound
+                    ) =>
+                {
+                    None
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return Some(Err(ErrorKind::Receive));
+                }
+            },
             None => None,
         };
         let (advisory, _) = self.pulled.take()?;

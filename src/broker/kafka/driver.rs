@@ -79,6 +79,46 @@ pub(super) fn base_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
+/// The lag of group `group_id`'s committed offsets behind the end of each
+/// of `topic`'s `partitions` (from the start of a partition it never
+/// committed on).
+async fn lag(bootstrap: &str, group_id: &str, topic: &str, partitions: i32) -> Result<u64> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let (bootstrap, group_id, topic) = (
+        bootstrap.to_string(),
+        group_id.to_string(),
+        topic.to_string(),
+    );
+    tokio::task::spawn_blocking(move || -> Result<u64> {
+        let consumer: BaseConsumer = base_config(&bootstrap)
+            .set("group.id", &group_id)
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("creating a Kafka client to ask for the lag")?;
+        let mut asked = TopicPartitionList::new();
+        for partition in 0..partitions {
+            asked.add_partition(&topic, partition);
+        }
+        let committed = consumer.committed_offsets(asked, crate::driver::CALL_TIMEOUT)?;
+        let mut lag = 0;
+        for element in committed.elements() {
+            let (low, high) = consumer.fetch_watermarks(
+                &topic,
+                element.partition(),
+                crate::driver::CALL_TIMEOUT,
+            )?;
+            let from = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => low,
+            };
+            lag += u64::try_from(high - from).unwrap_or(0);
+        }
+        Ok(lag)
+    })
+    .await?
+}
+
 /// Deletes `name` and creates it again with `partitions`; deletion is
 /// asynchronous in Kafka, so creation retries for a while.
 async fn fresh_topic(
@@ -267,8 +307,10 @@ impl Driver for KafkaDriver {
             .subscribe(
                 &reader_id,
                 &dead_letter_topic(),
+                // Commits what it read, so that what it has not can be asked for.
                 self.consumer_config(&reader_id)
-                    .set("enable.auto.commit", "false"),
+                    .set("enable.auto.commit", "true")
+                    .set("auto.commit.interval.ms", "1000"),
             )
             .await?;
         Ok(Box::new(DeadLetterReader {
@@ -303,38 +345,22 @@ impl Driver for KafkaDriver {
     /// The lag of the group's committed offsets behind the end of each
     /// partition (from the start of a partition it never committed on).
     async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
-        use rdkafka::consumer::BaseConsumer;
-        use rdkafka::{Offset, TopicPartitionList};
         let group_id = self.group_id(group);
-        let bootstrap = self.bootstrap.clone();
-        let partitions = self.settings.partitions;
-        tokio::task::spawn_blocking(move || -> Result<u64> {
-            let consumer: BaseConsumer = base_config(&bootstrap)
-                .set("group.id", &group_id)
-                .set("enable.auto.commit", "false")
-                .create()
-                .context("creating a Kafka client to ask for the lag")?;
-            let mut asked = TopicPartitionList::new();
-            for partition in 0..partitions {
-                asked.add_partition(EVENT_TYPE, partition);
-            }
-            let committed = consumer.committed_offsets(asked, crate::driver::CALL_TIMEOUT)?;
-            let mut lag = 0;
-            for element in committed.elements() {
-                let (low, high) = consumer.fetch_watermarks(
-                    EVENT_TYPE,
-                    element.partition(),
-                    crate::driver::CALL_TIMEOUT,
-                )?;
-                let from = match element.offset() {
-                    Offset::Offset(offset) => offset,
-                    _ => low,
-                };
-                lag += u64::try_from(high - from).unwrap_or(0);
-            }
-            Ok(lag)
-        })
-        .await?
+        let mut held = lag(
+            &self.bootstrap,
+            &group_id,
+            EVENT_TYPE,
+            self.settings.partitions,
+        )
+        .await?;
+        // Dead letters the reader has not read. The topic is shared by every
+        // group, so this counts other groups' too: an upper bound, which can
+        // only make the account claim less loss, never more.
+        if group.failures.is_some() {
+            let reader_id = format!("{group_id}.dlq-reader");
+            held += lag(&self.bootstrap, &reader_id, &dead_letter_topic(), 1).await?;
+        }
+        Ok(held)
     }
 
     async fn close(&self) {

@@ -445,36 +445,26 @@ impl Driver for RabbitMqDriver {
         })
     }
 
-    /// The queue's ready messages, once the closed consumer's unacknowledged
-    /// ones are back in it: a passive declare counts only ready messages, and
-    /// a quorum queue returns them a moment after the channel closed.
+    /// The ready messages of the group's queue (and of its dead-letter
+    /// queue), once the closed consumers' unacknowledged ones are back in it.
+    /// Dead letters a quorum queue still holds while it retries an
+    /// at-least-once delivery to the dead-letter queue are not counted: AMQP
+    /// has no way to ask for them.
     async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
         // A connection of its own: the run's may have given up after a fault
         // while the broker is back by now.
         let connection = open_connection(&self.session.endpoint, "brokerbench-backlog").await?;
         let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let queue = queue_name(&group.group);
-        let settle = Instant::now() + Duration::from_secs(5);
-        let mut last = None;
-        let depth = loop {
-            let declared = timed(
-                "asking for the queue depth",
-                channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()),
-            )
-            .await?;
-            let now = (declared.message_count(), declared.consumer_count());
-            if (now.1 == 0 && last == Some(now)) || Instant::now() >= settle {
-                break now.0;
-            }
-            last = Some(now);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let mut queues = vec![queue_name(&group.group)];
+        if group.failures.is_some() {
+            queues.push(dead_letter_queue(&group.group));
+        }
+        let mut depth = 0u64;
+        for queue in queues {
+            depth += u64::from(ready_once_settled(&channel, &queue).await?);
+        }
         let _ = timed("closing", connection.close(200, "asked".into())).await;
-        Ok(depth.into())
+        Ok(depth)
     }
 
     async fn close(&self) {
@@ -485,6 +475,32 @@ impl Driver for RabbitMqDriver {
             )
             .await;
         }
+    }
+}
+
+/// The ready messages of `queue` once its consumers are gone and the count
+/// stopped moving (or after 5 s): a passive declare counts only ready
+/// messages, and a quorum queue returns a closed consumer's unacknowledged
+/// ones a moment after its channel closed.
+async fn ready_once_settled(channel: &Channel, queue: &str) -> Result<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let settle = Instant::now() + Duration::from_secs(5);
+    let mut last = None;
+    loop {
+        let declared = timed(
+            "asking for the queue depth",
+            channel.queue_declare(queue.into(), passive, FieldTable::default()),
+        )
+        .await?;
+        let now = (declared.message_count(), declared.consumer_count());
+        if (now.1 == 0 && last == Some(now)) || Instant::now() >= settle {
+            return Ok(now.0);
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
