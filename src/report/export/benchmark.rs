@@ -94,7 +94,14 @@ fn figures(r: &Results) -> Vec<Figure> {
                     out.push(latency(&subject, measure, value));
                 }
             }
-            for (measure, value) in [("lost", g.lost()), ("duplicates", g.account.duplicates)] {
+            let mut counts = vec![("lost", g.lost()), ("duplicates", g.account.duplicates)];
+            if let Some(f) = &g.account.failures {
+                counts.extend([
+                    ("poison_lost", f.poison_lost),
+                    ("dead_lettered_wrongly", f.dead_lettered_wrongly),
+                ]);
+            }
+            for (measure, value) in counts {
                 out.push(Figure {
                     subject: subject.clone(),
                     measure,
@@ -103,6 +110,15 @@ fn figures(r: &Results) -> Vec<Figure> {
                     range: None,
                     bigger_is_better: false,
                 });
+            }
+            if let Some(t) = b
+                .latency_us
+                .time_to_dead_letter
+                .get(&g.group)
+                .filter(|t| t.count > 0)
+            {
+                out.push(latency(&subject, "time_to_dead_letter_p50", t.p50));
+                out.push(latency(&subject, "time_to_dead_letter_p99", t.p99));
             }
         }
     }

@@ -420,6 +420,29 @@ fn over_time(page: &mut String, b: &BrokerResult) -> Result<()> {
         "ms",
         &p99,
     )?;
+    // Groups with failures: their retries and dead letters, on a scale of their own.
+    let failures: Vec<Line> = b
+        .series
+        .failed
+        .iter()
+        .map(|(group, f)| line(format!("failed attempts, {group}"), counts(f)))
+        .chain(
+            b.series
+                .dead_lettered
+                .iter()
+                .map(|(group, d)| line(format!("dead-lettered, {group}"), counts(d))),
+        )
+        .collect();
+    if !failures.is_empty() {
+        time_chart(
+            page,
+            b,
+            &format!("dead-letters-{}", b.broker),
+            &format!("{label}: failed attempts and dead letters per second"),
+            "msg/s",
+            &failures,
+        )?;
+    }
     Ok(())
 }
 

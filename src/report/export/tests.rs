@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use serde_json::Value;
 
 use super::*;
+use crate::run::memory::Knobs;
 use crate::run::tests::{knobs, plan, run, With};
 
 /// Two brokers, a second of load, 5 ms of delay: latencies in every second.
@@ -286,4 +287,49 @@ async fn a_stand_in_is_named_for_what_it_is_in_trackers_and_files() {
     assert!(!benches
         .iter()
         .any(|b| b.starts_with("memory/jetstream/") || *b == "memory/jetstream"));
+}
+
+#[tokio::test]
+async fn dead_letters_show_in_the_tables_and_every_report() {
+    use crate::report::table::{self, Layout};
+    let plan = plan(
+        "[consumers.failures]\npoison = 0.05\ntransient = 0.1\n[dead_letter]\nmax_deliveries = 3\n",
+    )
+    .with(|p| p.brokers = vec!["rabbitmq".parse().unwrap(), "jetstream".parse().unwrap()]);
+    let (outcome, _) = run(&plan, Knobs::default()).await;
+    let results = outcome.results;
+    let poison = results.brokers[0].groups[1]
+        .account
+        .failures
+        .as_ref()
+        .unwrap()
+        .poison;
+    assert!(poison > 0);
+    for width in [80u16, 120] {
+        let mut t = table::dead_letters(&results, Layout::for_width(Some(width))).unwrap();
+        t.set_width(width);
+        let text = t.to_string();
+        assert!(
+            text.lines().all(|l| l.chars().count() <= width as usize),
+            "{width}\n{text}"
+        );
+        assert!(
+            text.contains("poison lost") && text.contains(&poison.to_string()),
+            "{text}"
+        );
+    }
+    assert!(table::dead_letters(&measured().await, Layout::Wide).is_none());
+    let text = |format| {
+        export(format, std::slice::from_ref(&results))
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.content).to_string())
+            .collect::<String>()
+    };
+    let markdown = text(Format::Markdown);
+    assert!(markdown.contains("### Dead letters"), "{markdown}");
+    let html = text(Format::Html);
+    assert!(html.contains("<h2>Dead letters</h2>"));
+    assert!(html.contains("failed attempts and dead letters per second"));
+    assert!(text(Format::Junit).contains("poison_lost == 0"));
+    assert!(text(Format::GithubActionBenchmark).contains("time_to_dead_letter_p99"));
 }
