@@ -137,6 +137,16 @@ pub trait Driver: Send + Sync {
     /// destination count as well.
     async fn backlog(&self, group: &ConsumerGroup) -> Result<u64>;
 
+    /// Whether [`Driver::backlog`] sees every dead letter the broker still
+    /// holds. RabbitMQ's quorum queues keep at-least-once dead letters that
+    /// are on their way to the dead-letter queue where AMQP cannot count them
+    /// (after a crash for `dead_letter_worker_publisher_confirm_timeout`,
+    /// 3 minutes in 3.10): poison messages missing there are unverified,
+    /// not lost.
+    fn sees_dead_letters_in_flight(&self) -> bool {
+        true
+    }
+
     /// Closes the connection.
     async fn close(&self);
 }

@@ -145,7 +145,10 @@ pub struct GroupResult {
     /// reports its depth); `None` if the broker could not be asked.
     pub backlog: Option<u64>,
     /// Confirmed and not delivered, when the broker could not be asked
-    /// whether it still holds them: neither lost nor backlog, unknown.
+    /// whether it still holds them: neither lost nor backlog, unknown. With
+    /// failures, also poison messages not dead-lettered by the end where the
+    /// broker cannot report dead letters on their way (RabbitMQ quorum
+    /// queues, at least once).
     pub unverified: u64,
     /// First deliveries per second that arrived during the steady phase.
     pub rate_per_s: f64,
@@ -496,7 +499,7 @@ impl BrokerResult {
             let poison_lost = account.failures.as_ref().map_or(0, |f| f.poison_lost);
             let undelivered = account.lost + poison_lost;
             let backlog = outcome.backlog.map(|held| held.min(undelivered));
-            let unverified = if backlog.is_some() { 0 } else { undelivered };
+            let mut unverified = if backlog.is_some() { 0 } else { undelivered };
             let mut not_lost = backlog.unwrap_or(undelivered);
             // The broker says how many it holds, not which: the poison
             // messages, the ones it is still retrying, are counted as held first.
@@ -505,6 +508,12 @@ impl BrokerResult {
                 let held = not_lost.min(f.poison_lost);
                 f.poison_lost -= held;
                 not_lost -= held;
+                // Dead letters the broker may still hold where it cannot be
+                // asked: unverified, not lost.
+                if !m.dead_letters_in_flight_seen {
+                    unverified += f.poison_lost;
+                    f.poison_lost = 0;
+                }
                 checked.push((CheckKind::NoPoisonLost, f.poison_lost));
                 checked.push((CheckKind::NoneDeadLetteredWrongly, f.dead_lettered_wrongly));
             }
@@ -545,7 +554,7 @@ impl BrokerResult {
         // or unverified when it could not be asked.
         let held: Vec<u64> = groups
             .iter()
-            .map(|g| g.backlog.unwrap_or(g.unverified))
+            .map(|g| g.backlog.unwrap_or(0) + g.unverified)
             .collect();
         let faults = fault_results(plan, &m, &logs, &confirmed_at, &held);
         let never_back = faults.iter().any(|f| f.broker_ready_after_s.is_none());

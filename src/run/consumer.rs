@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ledger::{self, Decision, GroupLog, ProducerLog, Seen};
 use super::{count, GroupOutcome, Progress, RunContext};
-use crate::driver::{self, Consumer, ErrorKind, Settle, Settler};
+use crate::driver::{self, Consumer, ErrorKind, Incoming, Settle, Settler};
 use crate::event::{self, Envelope};
 use crate::metrics::live::GroupMetrics;
 use crate::scenario::ConsumerGroup;
@@ -32,7 +32,7 @@ pub(super) type PublishedLogs = tokio::sync::watch::Receiver<Option<Arc<Vec<Prod
 /// its dead-letter destination in the same task, so that one owner keeps
 /// the whole account.
 pub(super) async fn consume(
-    (mut consumer, mut dead_letters): (Box<dyn Consumer>, Option<Box<dyn Consumer>>),
+    (mut consumer, dead_letters): (Box<dyn Consumer>, Option<Box<dyn Consumer>>),
     group: ConsumerGroup,
     cx: RunContext,
     (stop, mut published): (CancellationToken, PublishedLogs),
@@ -55,6 +55,13 @@ pub(super) async fn consume(
         .and_then(|l| l.groups.get(index))
         .cloned();
     let failures = out.log.has_failures();
+    let (mut dead_letters, reader) = match dead_letters {
+        Some(d) => {
+            let (rx, reader) = read_dead_letters(d, stop.clone());
+            (Some(rx), Some(reader))
+        }
+        None => (None, None),
+    };
     loop {
         let (next, dead) = tokio::select! {
             biased;
@@ -80,13 +87,14 @@ pub(super) async fn consume(
                 }
                 continue;
             }
-            next = async { dead_letters.as_mut()?.next().await }, if dead_letters.is_some() => {
+            next = async { dead_letters.as_mut()?.recv().await }, if dead_letters.is_some() => {
                 match next {
-                    None => {
+                    Some(next @ Some(_)) => (next, true),
+                    // The reader's subscription ended for good.
+                    Some(None) | None => {
                         dead_letters = None;
                         continue;
                     }
-                    next => (next, true),
                 }
             }
             next = consumer.next(), if processing.len() < group.concurrency => (next, false),
@@ -199,10 +207,38 @@ pub(super) async fn consume(
     };
     let _ = tokio::time::timeout(driver::CALL_TIMEOUT, finish).await;
     let _ = tokio::time::timeout(driver::CALL_TIMEOUT, consumer.close()).await;
-    if let Some(dead_letters) = dead_letters {
-        let _ = tokio::time::timeout(driver::CALL_TIMEOUT, dead_letters.close()).await;
+    if let Some(reader) = reader {
+        let _ = tokio::time::timeout(driver::CALL_TIMEOUT, reader).await;
     }
     out
+}
+
+/// Reads `dead_letters` in a task of its own until `stop`, then closes it.
+/// Its own task, because a consumer's `next` may be a long reconnection:
+/// dropped and begun again each time another branch of the group's loop
+/// was ready first, it would never finish after a broker restart.
+fn read_dead_letters(
+    mut dead_letters: Box<dyn Consumer>,
+    stop: CancellationToken,
+) -> (
+    tokio::sync::mpsc::Receiver<Option<Result<Incoming, ErrorKind>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = dead_letters.next() => next,
+            };
+            let ended = next.is_none();
+            if tx.send(next).await.is_err() || ended {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(driver::CALL_TIMEOUT, dead_letters.close()).await;
+    });
+    (rx, reader)
 }
 
 /// What processing a delivery came to, for `event_processed_total`.

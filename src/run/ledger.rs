@@ -624,6 +624,27 @@ mod tests {
         assert!((bytes as u64) < 16 * n);
     }
 
+    #[test]
+    fn a_group_with_failures_stays_within_the_memory_budget() {
+        // Plus a state byte per message, and a dead-letter byte per message
+        // up to the last one dead-lettered.
+        let mut group = GroupLog::for_group(&risk());
+        let n = 5_000_000u64;
+        for seq in 0..n {
+            let e = env(0, seq, seq % 1000);
+            group.record(&e, false);
+            if let Some((Decision::Fail(_), _)) = group.decide(&e) {
+                group.record_dead_letter(&e);
+            }
+        }
+        let f = group.failures.as_ref().unwrap();
+        let bytes = group.counts[0].capacity() + f.state[0].capacity() + f.dead[0].capacity();
+        assert!(bytes as u64 <= 3 * n * 2, "{bytes} bytes for {n} messages");
+        assert!((bytes as u64) < 16 * n);
+        // The keys' last sequence numbers are per key, not per message.
+        assert_eq!(group.last_per_key.len(), 1000);
+    }
+
     fn risk() -> ConsumerGroup {
         ConsumerGroup {
             failures: Some(Failures {

@@ -60,6 +60,12 @@ pub(crate) struct Knobs {
     pub refuse_setup: bool,
     /// Closing the driver never returns: the session's bound must end it.
     pub hang_on_close: bool,
+    /// Dead letters vanish instead of reaching the group's dead letters (as
+    /// RabbitMQ at-most-once with no dead-letter exchange).
+    pub drop_dead_letters: bool,
+    /// It cannot say whether it holds dead letters on their way (as RabbitMQ
+    /// quorum queues at least once): [`Driver::sees_dead_letters_in_flight`].
+    pub hide_dead_letters_in_flight: bool,
 }
 
 /// A message held for one group.
@@ -337,6 +343,10 @@ impl Driver for MemoryBroker {
         Ok(state.queues.get(&group.group).map_or(0, |q| q.len() as u64))
     }
 
+    fn sees_dead_letters_in_flight(&self) -> bool {
+        !self.knobs.hide_dead_letters_in_flight
+    }
+
     async fn close(&self) {
         if self.knobs.hang_on_close {
             std::future::pending::<()>().await;
@@ -376,12 +386,16 @@ impl Consumer for MemoryConsumer {
             Box::pin(async move {
                 if let crate::driver::Settle::Failed { attempt } = how {
                     let mut state = broker.lock();
+                    let dead = attempt >= state.max_deliveries;
+                    if dead && broker.knobs.drop_dead_letters {
+                        return Ok(());
+                    }
                     let held = Held {
                         payload: copy,
                         ready_at: Instant::now(),
                         redelivered: true,
                     };
-                    let queues = if attempt >= state.max_deliveries {
+                    let queues = if dead {
                         &mut state.dead
                     } else {
                         &mut state.queues

@@ -207,6 +207,10 @@ pub struct Measurement {
     pub faults: Vec<FaultEvent>,
     /// Durability settings the driver used.
     pub settings: Settings,
+    /// Whether the backlog the driver reports includes dead letters on their
+    /// way to the dead-letter destination (see
+    /// [`Driver::sees_dead_letters_in_flight`]).
+    pub dead_letters_in_flight_seen: bool,
     /// Payload size of a message, bytes.
     pub message_bytes: usize,
     /// When the load (warmup first) began; timelines count from here.
@@ -425,6 +429,7 @@ pub async fn measure(
         };
     }
     let settings = driver.settings();
+    let dead_letters_in_flight_seen = driver.sees_dead_letters_in_flight();
     driver.close().await;
     let sample = Envelope {
         run: run_id,
@@ -440,6 +445,7 @@ pub async fn measure(
         groups: groups.into_iter().map(|(_, g)| g).collect(),
         faults: fault_events,
         settings,
+        dead_letters_in_flight_seen,
         message_bytes: event::encode(&sample, plan.load.message_size).payload.len(),
         load_start: cx.start,
         steady_start: cx.steady_start,

@@ -655,3 +655,35 @@ async fn poison_messages_are_dead_lettered_and_counted_against_the_poison_set() 
     assert!(group(&json, "a").get("failures").is_none());
     assert!(broker["series"]["dead_lettered"].get("a").is_none());
 }
+
+#[tokio::test]
+async fn poison_messages_gone_are_lost_unless_the_broker_cannot_be_asked() {
+    let plan = plan("[consumers.failures]\npoison = 0.05\n[dead_letter]\nmax_deliveries = 2\n");
+    let plan = plan.with(|p| {
+        p.load.drain_timeout = Duration::from_millis(300);
+        p.load.final_read = Duration::from_millis(100);
+    });
+    // Dropped, and the broker says it holds nothing: poison_lost, and it fails.
+    let (_, json) = run(&plan, knobs(|k| k.drop_dead_letters = true)).await;
+    let b = group(&json, "b");
+    let poison = b["failures"]["poison"].as_u64().unwrap();
+    assert!(poison > 0);
+    assert_eq!(b["failures"]["poison_lost"], poison, "{b}");
+    assert_eq!(b["failures"]["dead_lettered"], 0);
+    assert!(!check(&json, "poison_lost == 0", Some("b")));
+    // The same, where the broker cannot report dead letters on their way:
+    // unverified, never lost; the drained check fails instead.
+    let (_, json) = run(
+        &plan,
+        knobs(|k| {
+            k.drop_dead_letters = true;
+            k.hide_dead_letters_in_flight = true;
+        }),
+    )
+    .await;
+    let b = group(&json, "b");
+    assert_eq!(b["failures"]["poison_lost"], 0, "{b}");
+    assert_eq!(b["unverified"], poison);
+    assert!(check(&json, "poison_lost == 0", Some("b")));
+    assert!(!check(&json, "drained", Some("b")));
+}

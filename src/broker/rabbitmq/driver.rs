@@ -378,6 +378,7 @@ impl RabbitMqDriver {
         Ok(Box::new(RabbitConsumer {
             session: self.session.clone(),
             queue,
+            broken: false,
             channel,
             consumer,
         }))
@@ -565,29 +566,51 @@ impl Producer for RabbitProducer {
 struct RabbitConsumer {
     session: Arc<Session>,
     queue: String,
+    /// The subscription broke and is not replaced yet.
+    broken: bool,
     channel: Channel,
     consumer: lapin::Consumer,
 }
 
 #[async_trait]
 impl Consumer for RabbitConsumer {
+    /// Cancel-safe: a broken subscription is marked before it is replaced,
+    /// so a call dropped while resubscribing is taken up by the next one
+    /// (polled again, lapin's ended consumer would wait forever).
     async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>> {
-        let delivery = match self.consumer.next().await {
-            Some(Ok(delivery)) => delivery,
-            // The channel or connection broke (we never cancel the consumer
-            // ourselves): consume again on a new channel. What was delivered
-            // but not acknowledged comes back, flagged as redelivered.
-            Some(Err(_)) | None => {
-                return match self.session.consumer_channel(&self.queue).await {
-                    Ok((channel, consumer)) => {
-                        (self.channel, self.consumer) = (channel, consumer);
-                        Some(Err(ErrorKind::Receive))
-                    }
-                    Err(_) if self.session.current().await.is_err() => None,
-                    Err(_) => Some(Err(ErrorKind::Receive)),
-                };
+        if !self.broken {
+            match self.consumer.next().await {
+                Some(Ok(delivery)) => return Some(Ok(self.incoming(delivery))),
+                // The channel or connection broke (we never cancel the
+                // consumer ourselves).
+                Some(Err(_)) | None => self.broken = true,
             }
-        };
+        }
+        // Consume again on a new channel. What was delivered but not
+        // acknowledged comes back, flagged as redelivered.
+        match self.session.consumer_channel(&self.queue).await {
+            Ok((channel, consumer)) => {
+                (self.channel, self.consumer) = (channel, consumer);
+                self.broken = false;
+                Some(Err(ErrorKind::Receive))
+            }
+            Err(_) if self.session.current().await.is_err() => None,
+            Err(_) => Some(Err(ErrorKind::Receive)),
+        }
+    }
+
+    async fn close(self: Box<Self>) {
+        let _ = timed(
+            "closing the consumer channel",
+            self.channel.close(200, "consumer done".into()),
+        )
+        .await;
+    }
+}
+
+impl RabbitConsumer {
+    /// A delivery, with how to settle it.
+    fn incoming(&self, delivery: lapin::message::Delivery) -> Incoming {
         let acker = delivery.acker;
         let session = self.session.clone();
         let settle: Settler = Box::new(move |how| {
@@ -615,18 +638,10 @@ impl Consumer for RabbitConsumer {
                 }
             })
         });
-        Some(Ok(Incoming {
+        Incoming {
             payload: delivery.data,
             redelivered: delivery.redelivered,
             settle,
-        }))
-    }
-
-    async fn close(self: Box<Self>) {
-        let _ = timed(
-            "closing the consumer channel",
-            self.channel.close(200, "consumer done".into()),
-        )
-        .await;
+        }
     }
 }
