@@ -22,9 +22,7 @@ fn run_saved(scenario: &str, args: &[&str]) -> (i32, Value, (tempfile::TempDir, 
     let _machine = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("scenario.toml");
-    std::fs::write(&path, scenario).unwrap();
+    let (dir, path) = util::scenario_file(scenario);
     let out = util::run_command(&[path.to_str().unwrap()], dir.path())
         .args(args)
         .arg("--json")
@@ -45,26 +43,25 @@ fn poison_with(extra: &str) -> String {
     format!("{poison}\n{extra}")
 }
 
+/// poison.toml with the broker killed at `at` for 2 s, clients backing off
+/// at most 2 s.
+fn killed_at(at: &str) -> String {
+    poison_with(&format!(
+        "[[faults]]\nat = \"{at}\"\naction = \"kill\"\nduration = \"2s\"\n\n[recovery]\nbackoff_max = \"2s\"\n"
+    ))
+}
+
 /// Group `group` of broker result `b`.
 fn group<'a>(b: &'a Value, name: &str) -> &'a Value {
-    b["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["group"] == name)
-        .unwrap_or_else(|| panic!("no group {name}"))
+    util::element(&b["groups"], name, |g| g["group"] == name)
 }
 
 /// Whether `b`'s check `name` for `group` passed.
 fn passed(b: &Value, name: &str, group: &str) -> bool {
-    b["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == name && c["group"] == group)
-        .unwrap_or_else(|| panic!("no check {name} for {group}"))["passed"]
-        .as_bool()
-        .unwrap()
+    let check = util::element(&b["checks"], name, |c| {
+        c["check"] == name && c["group"] == group
+    });
+    check["passed"].as_bool().unwrap()
 }
 
 fn count(v: &Value) -> u64 {
@@ -181,19 +178,9 @@ fn advice_cites(saved: &Path, results: &Value) {
 fn a_crash_during_retries_loses_no_poison_message_on_durable_settings() {
     // 5% poison with a 500 ms retry delay: at any moment dozens of messages
     // are between attempts when the broker is killed at 3 s for 2 s.
-    let scenario = poison_with(
-        r#"
-[[faults]]
-at = "3s"
-action = "kill"
-duration = "2s"
-
-[recovery]
-backoff_max = "2s"
-"#,
-    )
-    .replace("poison = 0.01", "poison = 0.05")
-    .replace(r#"retry_delay = "100ms""#, r#"retry_delay = "500ms""#);
+    let scenario = killed_at("3s")
+        .replace("poison = 0.01", "poison = 0.05")
+        .replace(r#"retry_delay = "100ms""#, r#"retry_delay = "500ms""#);
     let (_, results) = run(
         &scenario,
         &["--duration", "10s", "--brokers", "rabbitmq,jetstream"],
@@ -281,28 +268,18 @@ fn at_most_once_dead_lettering_killed_mid_way_loses_poison_messages() {
     // 30% poison and no retry delay, some are on their way when the broker
     // is killed: gone, and said so. (At least once, the same run keeps them
     // all: tests/dead_letters.rs's crash test and docs/dead-letters.md.)
-    let scenario = poison_with(
-        r#"
-[[faults]]
-at = "4s"
-action = "kill"
-duration = "2s"
-
-[recovery]
-backoff_max = "2s"
-"#,
-    )
-    .replace("poison = 0.01", "poison = 0.3")
-    .replace(r#"retry_delay = "100ms""#, r#"retry_delay = "0s""#)
-    .replace("rate = 200", "rate = 1000")
-    .replace(
-        "keys = 1000",
-        "keys = 1000\ndrain_timeout = \"8s\"\nfinal_read = \"4s\"",
-    )
-    .replace(
-        r#"queue_type = "quorum" # classic queues can only dead-letter at most once"#,
-        "queue_type = \"quorum\"\ndead_letter_strategy = \"at-most-once\"",
-    );
+    let scenario = killed_at("4s")
+        .replace("poison = 0.01", "poison = 0.3")
+        .replace(r#"retry_delay = "100ms""#, r#"retry_delay = "0s""#)
+        .replace("rate = 200", "rate = 1000")
+        .replace(
+            "keys = 1000",
+            "keys = 1000\ndrain_timeout = \"8s\"\nfinal_read = \"4s\"",
+        )
+        .replace(
+            r#"queue_type = "quorum" # classic queues can only dead-letter at most once"#,
+            "queue_type = \"quorum\"\ndead_letter_strategy = \"at-most-once\"",
+        );
     let (code, results) = run(&scenario, &["--duration", "10s", "--brokers", "rabbitmq"]);
     assert_eq!(code, 1);
     let b = &results["brokers"][0];

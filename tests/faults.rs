@@ -17,9 +17,7 @@ fn run(scenario: &str, args: &[&str]) -> (Output, Value, Duration) {
     let _machine = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("scenario.toml");
-    std::fs::write(&path, scenario).unwrap();
+    let (dir, path) = util::scenario_file(scenario);
     let started = Instant::now();
     let out = util::brokerbench()
         .arg("run")
@@ -48,12 +46,7 @@ fn broker<'a>(results: &'a Value, name: &str) -> &'a Value {
 
 /// The first check named `name` of broker result `b`.
 fn check<'a>(b: &'a Value, name: &str) -> &'a Value {
-    b["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == name)
-        .unwrap_or_else(|| panic!("no check {name}"))
+    util::element(&b["checks"], name, |c| c["check"] == name)
 }
 
 fn lost(b: &Value) -> u64 {

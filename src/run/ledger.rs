@@ -352,28 +352,28 @@ pub fn group_account(producers: &[ProducerLog], group: &GroupLog) -> GroupAccoun
     account.redelivered = group.redelivered;
     account.out_of_order = group.out_of_order;
     // Not ours, or sequence numbers (or producers) that were never attempted.
-    account.unexpected = group.foreign;
-    for (p, counts) in group.counts.iter().enumerate() {
-        let attempted = producers.get(p).map_or(0, ProducerLog::attempted) as usize;
-        account.unexpected += counts
-            .iter()
-            .skip(attempted)
-            .map(|&n| u64::from(n))
-            .sum::<u64>();
-    }
+    account.unexpected = group.foreign + never_attempted(producers, &group.counts);
     if let (Some(a), Some(f)) = (account.failures.as_mut(), &group.failures) {
         a.failed_attempts = f.failed_attempts;
-        a.dead_letter_unexpected = f.dead_foreign;
-        for (p, copies) in f.dead.iter().enumerate() {
+        a.dead_letter_unexpected = f.dead_foreign + never_attempted(producers, &f.dead);
+    }
+    account
+}
+
+/// The counts in a per-producer `table` of messages no producer attempted.
+fn never_attempted(producers: &[ProducerLog], table: &[Vec<u8>]) -> u64 {
+    table
+        .iter()
+        .enumerate()
+        .map(|(p, counts)| {
             let attempted = producers.get(p).map_or(0, ProducerLog::attempted) as usize;
-            a.dead_letter_unexpected += copies
+            counts
                 .iter()
                 .skip(attempted)
                 .map(|&n| u64::from(n))
-                .sum::<u64>();
-        }
-    }
-    account
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// Confirmed messages that `group` has not yet completed: not delivered, or

@@ -21,11 +21,34 @@ pub fn run_command(args: &[&str], dir: &std::path::Path) -> Command {
     command
 }
 
+/// A new temporary directory holding `scenario` as `scenario.toml`, and that
+/// file's path.
+pub fn scenario_file(scenario: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scenario.toml");
+    std::fs::write(&path, scenario).unwrap();
+    (dir, path)
+}
+
 /// The results file whose path a run printed (`results: PATH`) in `said`.
 pub fn results_path(said: &str) -> PathBuf {
     said.lines()
         .find_map(|l| l.strip_prefix("results: ").map(PathBuf::from))
         .expect("results path printed")
+}
+
+/// The first element of JSON array `list` for which `is` holds; the
+/// panic names `what` when there is none.
+pub fn element<'a>(
+    list: &'a serde_json::Value,
+    what: &str,
+    is: impl Fn(&serde_json::Value) -> bool,
+) -> &'a serde_json::Value {
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .find(|v| is(v))
+        .unwrap_or_else(|| panic!("no {what}"))
 }
 
 /// A JSON file, parsed.
