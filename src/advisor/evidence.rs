@@ -262,9 +262,10 @@ const DEAD_LETTER_PATH: [&str; 3] = [
 
 /// The dead-letter criterion with failure runs as evidence: per broker
 /// measured in such a run, its dead-lettering figures join the reason, and
-/// a poison message that was not dead-lettered lowers the score (in
-/// proportion, and by 3 more when it was silently lost; by 1 when a message
-/// that could be processed was dead-lettered). The reason says what moved.
+/// a poison message silently lost lowers the score (in proportion to the
+/// poison messages whose fate is known, and by 3 more; by 1 when a message
+/// that could be processed was dead-lettered). Poison messages still held
+/// or unverified at the end move nothing. The reason says what moved.
 pub fn dead_letter_criterion(criterion: &mut Criterion, measured: &[Measurement]) {
     for (i, kind) in crate::broker::ALL.iter().enumerate() {
         let runs: Vec<&DeadLetters> = measured
@@ -282,10 +283,14 @@ pub fn dead_letter_criterion(criterion: &mut Criterion, measured: &[Measurement]
             sum(|d| d.poison_lost),
             sum(|d| d.dead_lettered_wrongly),
         );
+        // Poison messages still held by the broker, or that it could not be
+        // asked about, were neither dead-lettered nor lost: they count for
+        // nothing either way.
+        let unknown = poison.saturating_sub(dead + lost);
         let (score, reason) = &mut criterion.judged[i];
         let before = *score;
-        if poison > 0 {
-            *score *= (dead as f64 / poison as f64).min(1.0);
+        if dead + lost > 0 {
+            *score *= dead as f64 / (dead + lost) as f64;
         }
         if lost > 0 {
             *score -= 3.0;
@@ -303,6 +308,11 @@ pub fn dead_letter_criterion(criterion: &mut Criterion, measured: &[Measurement]
             "measured: dead-lettered {dead} of {poison} poison messages{share} {}",
             DEAD_LETTER_PATH[i]
         );
+        if unknown > 0 {
+            measured.push_str(&format!(
+                ", {unknown} still held by the broker or unverified at the end"
+            ));
+        }
         if let Some(p50) = runs.iter().filter_map(|d| d.p50_ms).reduce(f64::max) {
             measured.push_str(&format!(", p50 time to dead letter {p50:.0} ms"));
         }

@@ -299,6 +299,16 @@ mod tests {
         // Kafka was not measured in a failure run: its reason is the fact alone.
         let (_, reason) = dead_letter_judgement(&advice, kind("kafka"));
         assert!(!reason.contains("measured"), "{reason}");
+        // Poison messages the broker still held at the end move nothing.
+        let held = advise(&a, vec![], &[run("rabbitmq", 30, 0)]);
+        let (score, reason) = dead_letter_judgement(&held, kind("rabbitmq"));
+        assert_eq!(score, rabbit_before);
+        assert!(
+            reason.contains("dead-lettered 30 of 37")
+                && reason.contains("7 still held by the broker or unverified")
+                && !reason.contains("moved"),
+            "{reason}"
+        );
     }
 
     #[test]

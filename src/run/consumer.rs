@@ -27,10 +27,10 @@ pub(super) type PublishedLogs = tokio::sync::watch::Receiver<Option<Arc<Vec<Prod
 /// receiving the next message would make brokerbench the bottleneck.
 ///
 /// A group with failures fails some messages on purpose (their fate comes
-/// from the ledger), hands them back to the driver as failed, skips the
-/// messages it processed already (idempotent on the order id), and reads
-/// its dead-letter destination in the same task, so that one owner keeps
-/// the whole account.
+/// from the ledger), hands them back to the driver as failed, and skips the
+/// messages it processed already (idempotent on the order id). A reader
+/// task of its own reads the group's dead-letter destination and sends what
+/// it reads here, so that one owner keeps the whole account.
 pub(super) async fn consume(
     (mut consumer, dead_letters): (Box<dyn Consumer>, Option<Box<dyn Consumer>>),
     group: ConsumerGroup,
@@ -55,9 +55,11 @@ pub(super) async fn consume(
         .and_then(|l| l.groups.get(index))
         .cloned();
     let failures = out.log.has_failures();
+    // The reader stops when this group's loop does, whyever it ends.
+    let stop_reader = stop.child_token();
     let (mut dead_letters, reader) = match dead_letters {
         Some(d) => {
-            let (rx, reader) = read_dead_letters(d, stop.clone());
+            let (rx, reader) = read_dead_letters(d, stop_reader.clone());
             (Some(rx), Some(reader))
         }
         None => (None, None),
@@ -124,24 +126,9 @@ pub(super) async fn consume(
             }
         };
         if dead {
-            match &envelope {
-                Some(envelope) => {
-                    let (seen, complete) = out.log.record_dead_letter(envelope);
-                    if seen == Seen::First {
-                        let since = cx.since_start(now);
-                        out.dead_lettered_at.record(since);
-                        out.time_to_dead_letter.record(Duration::from_nanos(
-                            cx.ns(now).saturating_sub(envelope.intended_ns),
-                        ));
-                        if let Some(live) = &live {
-                            live.processed_dead_letter.inc();
-                        }
-                    }
-                    if complete {
-                        completed(envelope, &mut out);
-                    }
-                }
-                None => out.log.record_dead_foreign(),
+            let complete = record_dead_letter(&mut out, envelope.as_ref(), &cx, now, &live);
+            if let (true, Some(envelope)) = (complete, &envelope) {
+                completed(envelope, &mut out);
             }
             processing.push(settle(incoming.settle, Settle::Ack, Duration::ZERO, None));
             continue;
@@ -196,6 +183,18 @@ pub(super) async fn consume(
         };
         processing.push(settle(incoming.settle, how, work, Some(status)));
     }
+    // Dead letters the reader read before it stopped are recorded too, and
+    // acknowledged with the rest.
+    stop_reader.cancel();
+    if let Some(rx) = dead_letters.as_mut() {
+        while let Ok(Some(next)) = rx.try_recv() {
+            if let Ok(incoming) = next {
+                let envelope = event::decode(&incoming.payload).filter(|e| e.run == cx.run_id);
+                record_dead_letter(&mut out, envelope.as_ref(), &cx, Instant::now(), &live);
+                processing.push(settle(incoming.settle, Settle::Ack, Duration::ZERO, None));
+            }
+        }
+    }
     // Let messages being processed finish and be acknowledged.
     let finish = async {
         while let Some((status, settled)) = processing.next().await {
@@ -211,6 +210,33 @@ pub(super) async fn consume(
         let _ = tokio::time::timeout(driver::CALL_TIMEOUT, reader).await;
     }
     out
+}
+
+/// Records a dead letter read from the group's dead-letter destination
+/// (`envelope`: `None` when it is not one of this run's messages); whether
+/// its message is complete now for the first time.
+fn record_dead_letter(
+    out: &mut GroupOutcome,
+    envelope: Option<&Envelope>,
+    cx: &RunContext,
+    now: Instant,
+    live: &Option<GroupMetrics>,
+) -> bool {
+    let Some(envelope) = envelope else {
+        out.log.record_dead_foreign();
+        return false;
+    };
+    let (seen, complete) = out.log.record_dead_letter(envelope);
+    if seen == Seen::First {
+        out.dead_lettered_at.record(cx.since_start(now));
+        out.time_to_dead_letter.record(Duration::from_nanos(
+            cx.ns(now).saturating_sub(envelope.intended_ns),
+        ));
+        if let Some(live) = live {
+            live.processed_dead_letter.inc();
+        }
+    }
+    complete
 }
 
 /// Reads `dead_letters` in a task of its own until `stop`, then closes it.
@@ -232,7 +258,11 @@ fn read_dead_letters(
                 next = dead_letters.next() => next,
             };
             let ended = next.is_none();
-            if tx.send(next).await.is_err() || ended {
+            let sent = tokio::select! {
+                _ = stop.cancelled() => false,
+                sent = tx.send(next) => sent.is_ok(),
+            };
+            if !sent || ended {
                 break;
             }
         }

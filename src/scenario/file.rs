@@ -286,6 +286,7 @@ impl ScenarioFile {
         let kafka = self.kafka.into_settings()?;
         let failing = consumers.iter().any(|c| c.failures.is_some());
         if failing
+            && brokers.contains(&BrokerKind::Rabbitmq)
             && !rabbitmq.declare_dead_letter_exchange
             && rabbitmq.queue_type == QueueType::Quorum
             && rabbitmq.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce

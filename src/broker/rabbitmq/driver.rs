@@ -468,6 +468,10 @@ impl Driver for RabbitMqDriver {
         Ok(depth)
     }
 
+    fn sees_dead_letters_in_flight(&self) -> bool {
+        sees_dead_letters_in_flight(&self.session.settings)
+    }
+
     async fn close(&self) {
         if let Ok((_, connection)) = self.session.current().await {
             let _ = timed(
@@ -477,6 +481,16 @@ impl Driver for RabbitMqDriver {
             .await;
         }
     }
+}
+
+/// Whether a queue depth shows every dead letter RabbitMQ still holds: not
+/// with quorum queues dead-lettering at least once, which keep dead letters
+/// on their way to the dead-letter queue (after a crash, for
+/// `dead_letter_worker_publisher_confirm_timeout`: 3 minutes in 3.10) where
+/// AMQP cannot count them.
+pub(super) fn sees_dead_letters_in_flight(settings: &RabbitmqSettings) -> bool {
+    settings.queue_type != QueueType::Quorum
+        || settings.dead_letter_strategy != DeadLetterStrategy::AtLeastOnce
 }
 
 /// The ready messages of `queue` once its consumers are gone and the count
@@ -643,5 +657,31 @@ impl RabbitConsumer {
             redelivered: delivery.redelivered,
             settle,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_at_least_once_quorum_queues_hide_dead_letters_in_flight() {
+        let with = |queue_type, dead_letter_strategy| RabbitmqSettings {
+            queue_type,
+            dead_letter_strategy,
+            ..RabbitmqSettings::default()
+        };
+        assert!(!sees_dead_letters_in_flight(&with(
+            QueueType::Quorum,
+            DeadLetterStrategy::AtLeastOnce
+        )));
+        assert!(sees_dead_letters_in_flight(&with(
+            QueueType::Quorum,
+            DeadLetterStrategy::AtMostOnce
+        )));
+        assert!(sees_dead_letters_in_flight(&with(
+            QueueType::Classic,
+            DeadLetterStrategy::AtLeastOnce
+        )));
     }
 }
