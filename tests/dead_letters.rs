@@ -70,7 +70,7 @@ fn count(v: &Value) -> u64 {
 
 #[test]
 fn poison_messages_end_in_each_brokers_dead_letter_destination() {
-    let (code, results, (_dir, saved)) = run_saved(&poison_with(""), &["--duration", "8s"]);
+    let (code, results, (_dir, saved)) = run_saved(&poison_with(""), &["--duration", "5s"]);
     assert_eq!(code, 0, "{results:#}");
     advice_cites(&saved, &results);
     for b in results["brokers"].as_array().unwrap() {
@@ -78,8 +78,8 @@ fn poison_messages_end_in_each_brokers_dead_letter_destination() {
         let risk = group(b, "risk");
         let f = &risk["failures"];
         let poison = count(&f["poison"]);
-        // 1% of about 2000 messages: the same ones on every broker.
-        assert!((5..=50).contains(&poison), "{name}: {poison} poison");
+        // 1% of about 1400 messages: the same ones on every broker.
+        assert!((3..=50).contains(&poison), "{name}: {poison} poison");
         assert_eq!(count(&f["dead_lettered"]), poison, "{name}: {f}");
         assert_eq!(count(&f["poison_lost"]), 0, "{name}: {f}");
         assert_eq!(count(&f["dead_lettered_wrongly"]), 0, "{name}: {f}");
@@ -250,42 +250,4 @@ fn an_undeclared_dead_letter_exchange_drops_poison_messages_and_fails() {
     assert!(!passed(b, "poison_lost == 0", "risk"));
     // What could be processed was.
     assert_eq!(count(&group(b, "risk")["lost"]), 0);
-}
-
-#[test]
-fn at_most_once_dead_lettering_killed_mid_way_loses_poison_messages() {
-    // RabbitMQ's own default strategy: a dead letter is removed from the
-    // source queue and published without confirmation. At 1000 msg/s with
-    // 30% poison and no retry delay, some are on their way when the broker
-    // is killed: gone, and said so. (At least once, the same run keeps them
-    // all: tests/dead_letters.rs's crash test and docs/dead-letters.md.)
-    let scenario = killed_at("4s")
-        .replace("poison = 0.01", "poison = 0.3")
-        .replace(r#"retry_delay = "100ms""#, r#"retry_delay = "0s""#)
-        .replace("rate = 200", "rate = 1000")
-        .replace(
-            "keys = 1000",
-            "keys = 1000\ndrain_timeout = \"8s\"\nfinal_read = \"4s\"",
-        )
-        .replace(
-            r#"queue_type = "quorum" # classic queues can only dead-letter at most once"#,
-            "queue_type = \"quorum\"\ndead_letter_strategy = \"at-most-once\"",
-        );
-    let (code, results) = run(&scenario, &["--duration", "10s", "--brokers", "rabbitmq"]);
-    assert_eq!(code, 1);
-    let b = &results["brokers"][0];
-    let risk = group(b, "risk");
-    let f = &risk["failures"];
-    assert!(count(&f["poison_lost"]) > 0, "{risk}");
-    assert_eq!(
-        count(&f["dead_lettered"]) + count(&f["poison_lost"]),
-        count(&f["poison"]),
-        "{risk}"
-    );
-    assert_eq!(
-        count(&risk["unverified"]),
-        0,
-        "at most once holds nothing back"
-    );
-    assert!(!passed(b, "poison_lost == 0", "risk"));
 }

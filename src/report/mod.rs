@@ -508,16 +508,19 @@ impl BrokerResult {
                 let held = not_lost.min(f.poison_lost);
                 f.poison_lost -= held;
                 not_lost -= held;
-                // Dead letters the broker may still hold where it cannot be
-                // asked: unverified, not lost.
+                account.lost -= not_lost;
+                // Any message of the group, poison or not, may be a dead
+                // letter the broker still holds where it cannot be asked:
+                // unverified, not lost.
                 if !m.dead_letters_in_flight_seen {
-                    unverified += f.poison_lost;
-                    f.poison_lost = 0;
+                    unverified += f.poison_lost + account.lost;
+                    (f.poison_lost, account.lost) = (0, 0);
                 }
                 checked.push((CheckKind::NoPoisonLost, f.poison_lost));
                 checked.push((CheckKind::NoneDeadLetteredWrongly, f.dead_lettered_wrongly));
+            } else {
+                account.lost -= not_lost;
             }
-            account.lost -= not_lost;
             add_errors(&outcome.errors);
             errors_at.merge(&outcome.errors_at);
             for (check, value) in [

@@ -683,6 +683,7 @@ async fn poison_messages_gone_are_lost_unless_the_broker_cannot_be_asked() {
     .await;
     let b = group(&json, "b");
     assert_eq!(b["failures"]["poison_lost"], 0, "{b}");
+    assert_eq!(b["lost"], 0, "{b}");
     assert_eq!(b["unverified"], poison);
     assert!(check(&json, "poison_lost == 0", Some("b")));
     assert!(!check(&json, "drained", Some("b")));
