@@ -443,7 +443,7 @@ pub struct Placement {
 impl GroupResult {
     /// Confirmed messages gone: `lost`, plus `poison_lost` with failures.
     pub fn lost(&self) -> u64 {
-        self.account.lost + self.account.failures.as_ref().map_or(0, |f| f.poison_lost)
+        self.account.gone()
     }
 }
 
@@ -496,8 +496,7 @@ impl BrokerResult {
             // Confirmed and undelivered (with failures: neither processed nor
             // dead-lettered): still in the broker is backlog, not loss; if the
             // broker could not be asked, nobody knows: unverified.
-            let poison_lost = account.failures.as_ref().map_or(0, |f| f.poison_lost);
-            let undelivered = account.lost + poison_lost;
+            let undelivered = account.gone();
             let backlog = outcome.backlog.map(|held| held.min(undelivered));
             let mut unverified = if backlog.is_some() { 0 } else { undelivered };
             let mut not_lost = backlog.unwrap_or(undelivered);
@@ -761,11 +760,10 @@ fn fault_results(
                 .zip(&plan.consumers)
                 .map(|(g, c)| {
                     let a = ledger::group_account_in(logs, &g.log, &window);
-                    let poison_lost = a.failures.as_ref().map_or(0, |f| f.poison_lost);
                     (
                         c.group.clone(),
                         FaultGroup {
-                            lost: a.lost + poison_lost,
+                            lost: a.gone(),
                             duplicates: a.duplicates,
                             recovered: a.recovered,
                         },

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::ledger::{self, Decision, GroupLog, ProducerLog, Seen};
 use super::{count, GroupOutcome, Progress, RunContext};
 use crate::driver::{self, Consumer, ErrorKind, Incoming, Settle, Settler};
-use crate::event::{self, Envelope};
+use crate::event::Envelope;
 use crate::metrics::live::GroupMetrics;
 use crate::scenario::ConsumerGroup;
 
@@ -54,7 +54,6 @@ pub(super) async fn consume(
         .as_ref()
         .and_then(|l| l.groups.get(index))
         .cloned();
-    let failures = out.log.has_failures();
     // The reader stops when this group's loop does, whyever it ends.
     let stop_reader = stop.child_token();
     let (mut dead_letters, reader) = match dead_letters {
@@ -112,7 +111,7 @@ pub(super) async fn consume(
             Some(Ok(incoming)) => incoming,
         };
         let now = Instant::now();
-        let envelope = event::decode(&incoming.payload).filter(|e| e.run == cx.run_id);
+        let envelope = cx.envelope(&incoming.payload);
         let confirmed = |logs: &Arc<Vec<ProducerLog>>, envelope: &Envelope| {
             logs.get(envelope.producer as usize)
                 .is_some_and(|p| p.is_confirmed(envelope.seq))
@@ -153,8 +152,9 @@ pub(super) async fn consume(
                         .record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
                 }
                 out.steady_delivered += u64::from(first && cx.in_steady(now));
-                if failures {
-                    let (d, complete) = out.log.decide(envelope).expect("a group with failures");
+                // With failures a message is complete once processed (or
+                // dead-lettered); without, once delivered.
+                if let Some((d, complete)) = out.log.decide(envelope) {
                     if complete {
                         completed(envelope, &mut out);
                     }
@@ -189,7 +189,7 @@ pub(super) async fn consume(
     if let Some(rx) = dead_letters.as_mut() {
         while let Ok(Some(next)) = rx.try_recv() {
             if let Ok(incoming) = next {
-                let envelope = event::decode(&incoming.payload).filter(|e| e.run == cx.run_id);
+                let envelope = cx.envelope(&incoming.payload);
                 record_dead_letter(&mut out, envelope.as_ref(), &cx, Instant::now(), &live);
                 processing.push(settle(incoming.settle, Settle::Ack, Duration::ZERO, None));
             }

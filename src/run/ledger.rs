@@ -104,7 +104,8 @@ pub struct GroupLog {
 /// What a group with failures did with each message, and its dead letters.
 #[derive(Clone, Debug)]
 struct FailureLog {
-    group: String,
+    /// The group's part of each message's fate ([`Failures::seed`]).
+    seed: u64,
     failures: Failures,
     /// Per producer, per sequence number: failed attempts (low 7 bits,
     /// saturating at 127) and [`PROCESSED`].
@@ -159,7 +160,7 @@ impl GroupLog {
     pub fn for_group(group: &ConsumerGroup) -> Self {
         GroupLog {
             failures: group.failures.clone().map(|failures| FailureLog {
-                group: group.group.clone(),
+                seed: Failures::seed(&group.group),
                 failures,
                 state: Vec::new(),
                 dead: Vec::new(),
@@ -204,11 +205,6 @@ impl GroupLog {
         self.unique
     }
 
-    /// Whether this group fails messages on purpose.
-    pub fn has_failures(&self) -> bool {
-        self.failures.is_some()
-    }
-
     /// For a group with failures, what to do with a delivery of `envelope`,
     /// recorded at once (a failed attempt counts before the message is handed
     /// back, so its next delivery sees it); `None` for a group without.
@@ -222,7 +218,7 @@ impl GroupLog {
             return Some((Decision::Skip, false));
         }
         let failed = u32::from(*state & !PROCESSED);
-        let fate = f.failures.fate(&f.group, envelope.producer, envelope.seq);
+        let fate = f.failures.fate_of(f.seed, envelope.producer, envelope.seq);
         if f.failures.fails(fate, failed) {
             *state = (*state & PROCESSED) | (failed as u8 + 1).min(!PROCESSED);
             f.failed_attempts += 1;
@@ -314,6 +310,13 @@ pub struct FailureAccount {
     pub attempts: Vec<u64>,
 }
 
+impl GroupAccount {
+    /// Confirmed messages gone: `lost`, plus `poison_lost` with failures.
+    pub fn gone(&self) -> u64 {
+        self.lost + self.failures.as_ref().map_or(0, |f| f.poison_lost)
+    }
+}
+
 /// Sequence numbers `from..to` of each producer (indexed like the producers).
 pub type Window = [(u64, u64)];
 
@@ -379,8 +382,7 @@ fn never_attempted(producers: &[ProducerLog], table: &[Vec<u8>]) -> u64 {
 /// Confirmed messages that `group` has not yet completed: not delivered, or
 /// (with failures) neither processed nor dead-lettered. The drain waits for them.
 pub fn incomplete(producers: &[ProducerLog], group: &GroupLog) -> u64 {
-    let account = group_account_in(producers, group, &everything(producers));
-    account.lost + account.failures.map_or(0, |f| f.poison_lost)
+    group_account_in(producers, group, &everything(producers)).gone()
 }
 
 /// Unique, duplicates, lost and recovered among the messages in `window`
@@ -418,7 +420,7 @@ pub fn group_account_in(
             if !confirmed && !seen {
                 continue; // the broker never had it, as far as anyone knows
             }
-            let fate = f.failures.fate(&f.group, p as u32, seq);
+            let fate = f.failures.fate_of(f.seed, p as u32, seq);
             a.poison += u64::from(fate == Fate::Poison);
             a.transient += u64::from(fate == Fate::Transient);
             a.processed += u64::from(processed);

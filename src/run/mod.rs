@@ -258,6 +258,11 @@ impl RunContext {
         at >= self.steady_start && at < self.end
     }
 
+    /// The envelope of a received payload, if it is one of this run's messages.
+    fn envelope(&self, payload: &[u8]) -> Option<Envelope> {
+        event::decode(payload).filter(|e| e.run == self.run_id)
+    }
+
     /// Time since the load began, for timelines.
     fn since_start(&self, at: Instant) -> Duration {
         at.saturating_duration_since(self.start)

@@ -109,7 +109,20 @@ impl Failures {
     /// The fate of message `seq` of `producer` in group `group`: a hash of
     /// the three, so the same messages fail on every broker and every run.
     pub fn fate(&self, group: &str, producer: u32, seq: u64) -> Fate {
-        let u = unit_hash(group, producer, seq);
+        self.fate_of(Failures::seed(group), producer, seq)
+    }
+
+    /// The group's part of its messages' fates: FNV-1a over its name, worked
+    /// out once rather than for every message.
+    pub fn seed(group: &str) -> u64 {
+        group.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    /// [`Failures::fate`], with the group's [`Failures::seed`].
+    pub fn fate_of(&self, seed: u64, producer: u32, seq: u64) -> Fate {
+        let u = unit_hash(seed, producer, seq);
         if u < self.poison {
             Fate::Poison
         } else if u < self.poison + self.transient {
@@ -130,21 +143,17 @@ impl Failures {
     }
 }
 
-/// A number in [0, 1) from `group`, `producer` and `seq`, the same on every
-/// platform and version: FNV-1a over the group's name, then SplitMix64's
-/// finalizer over it and the message's number.
-fn unit_hash(group: &str, producer: u32, seq: u64) -> f64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in group.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+/// A number in [0, 1) from a group's `seed`, `producer` and `seq`, the same
+/// on every platform and version: SplitMix64's finalizer over the seed and
+/// the message's number.
+fn unit_hash(seed: u64, producer: u32, seq: u64) -> f64 {
     let mix = |mut z: u64| {
         z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     };
-    let z = mix(mix(h ^ u64::from(producer)) ^ seq);
+    let z = mix(mix(seed ^ u64::from(producer)) ^ seq);
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
