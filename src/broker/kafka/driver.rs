@@ -178,6 +178,7 @@ impl KafkaDriver {
         group_id: &str,
         topic: &str,
         config: &mut ClientConfig,
+        origin: bool,
     ) -> Result<(Arc<StreamConsumer>, Option<Result<Received, ErrorKind>>)> {
         let consumer: StreamConsumer = config.create().context("creating the Kafka consumer")?;
         consumer.subscribe(&[topic]).context("subscribing")?;
@@ -189,7 +190,7 @@ impl KafkaDriver {
                 bail!("consumer group {group_id} got no partitions within 30 s");
             }
             if let Ok(received) =
-                tokio::time::timeout(Duration::from_millis(100), receive(&consumer)).await
+                tokio::time::timeout(Duration::from_millis(100), receive(&consumer, origin)).await
             {
                 first = Some(received);
             }
@@ -279,6 +280,7 @@ impl Driver for KafkaDriver {
                     .set("enable.auto.commit", "true")
                     .set("auto.commit.interval.ms", "1000")
                     .set("enable.auto.offset.store", "false"),
+                group.failures.is_some(),
             )
             .await?;
         let (retry, retried) = tokio::sync::mpsc::unbounded_channel();
@@ -311,6 +313,7 @@ impl Driver for KafkaDriver {
                 self.consumer_config(&reader_id)
                     .set("enable.auto.commit", "true")
                     .set("auto.commit.interval.ms", "1000"),
+                true,
             )
             .await?;
         Ok(Box::new(DeadLetterReader {
@@ -490,10 +493,15 @@ struct Received {
     offset: i64,
 }
 
-async fn receive(consumer: &StreamConsumer) -> Result<Received, ErrorKind> {
+/// The next message; with `origin`, also its key and the headers a dead
+/// letter needs or carries (a group without failures copies only the payload).
+async fn receive(consumer: &StreamConsumer, origin: bool) -> Result<Received, ErrorKind> {
     match consumer.recv().await {
         Ok(m) => {
             let header = |name: &str| {
+                if !origin {
+                    return None;
+                }
                 m.headers()?
                     .iter()
                     .find(|h| h.key == name)
@@ -501,7 +509,7 @@ async fn receive(consumer: &StreamConsumer) -> Result<Received, ErrorKind> {
             };
             Ok(Received {
                 payload: m.payload().unwrap_or_default().to_vec(),
-                key: m.key().map(<[u8]>::to_vec),
+                key: m.key().filter(|_| origin).map(<[u8]>::to_vec),
                 trace_id: header("trace_id"),
                 dead_lettered_by: header(ORIGINAL_GROUP),
                 partition: m.partition(),
@@ -510,6 +518,12 @@ async fn receive(consumer: &StreamConsumer) -> Result<Received, ErrorKind> {
         }
         Err(_) => Err(ErrorKind::Receive),
     }
+}
+
+/// Closes `consumer`: librdkafka commits the stored (processed) offsets then;
+/// closing blocks, so it runs off the async threads.
+async fn close(consumer: Arc<StreamConsumer>) {
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
 }
 
 /// Marks `offset` of `partition` processed, and stores the offset below the
@@ -544,7 +558,7 @@ impl Consumer for KafkaConsumer {
             None => tokio::select! {
                 biased;
                 Some(retried) = self.retried.recv() => Ok(retried),
-                received = receive(&self.consumer) => received,
+                received = receive(&self.consumer, self.dead_letters.is_some()) => received,
             },
         };
         let received = match received {
@@ -562,14 +576,13 @@ impl Consumer for KafkaConsumer {
         let offsets = Arc::clone(&self.offsets);
         let retry = self.retry.clone();
         let dead_letters = self.dead_letters.clone();
-        let payload = received.payload.clone();
+        // Only a group with failures may need the message again.
+        let kept = dead_letters.is_some().then(|| received.clone());
+        let payload = received.payload;
         let settle: Settler = Box::new(move |how| {
             Box::pin(async move {
-                match (how, dead_letters) {
-                    (Settle::Ack, _) | (Settle::Failed { .. }, None) => {
-                        processed(&consumer, &offsets, partition, offset)
-                    }
-                    (Settle::Failed { attempt }, Some(dlq)) => {
+                match (how, dead_letters, kept) {
+                    (Settle::Failed { attempt }, Some(dlq), Some(received)) => {
                         if attempt >= dlq.max_deliveries {
                             // The offset moves on only once the dead letter
                             // is confirmed: otherwise this is where it is lost.
@@ -582,6 +595,7 @@ impl Consumer for KafkaConsumer {
                         let _ = retry.send(received);
                         Ok(())
                     }
+                    _ => processed(&consumer, &offsets, partition, offset),
                 }
             })
         });
@@ -593,10 +607,7 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn close(self: Box<Self>) {
-        // librdkafka commits the stored (processed) offsets when the consumer
-        // closes; closing blocks, so it runs off the async threads.
-        let consumer = self.consumer;
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        close(self.consumer).await;
     }
 }
 
@@ -613,7 +624,7 @@ impl Consumer for DeadLetterReader {
         loop {
             let received = match self.first.take() {
                 Some(first) => first,
-                None => receive(&self.consumer).await,
+                None => receive(&self.consumer, true).await,
             };
             match received {
                 Err(kind) => return Some(Err(kind)),
@@ -630,7 +641,6 @@ impl Consumer for DeadLetterReader {
     }
 
     async fn close(self: Box<Self>) {
-        let consumer = self.consumer;
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        close(self.consumer).await;
     }
 }
