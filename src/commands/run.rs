@@ -89,7 +89,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         if let Some(dead_letters) = table::dead_letters(&results, layout) {
             tables.push_str(&format!("\n{dead_letters}"));
         }
-        for note in table::notes(&results, layout) {
+        if let Some(harness) = table::harness(&results, layout) {
+            tables.push_str(&format!("\n{harness}"));
+        }
+        for note in table::notes(&results, layout)
+            .into_iter()
+            .chain(table::harness_warnings(&results))
+        {
             tables.push('\n');
             tables.push_str(&note);
         }

@@ -6,6 +6,7 @@
 //! form (base64), so anyone can re-analyse or merge runs with any HdrHistogram
 //! library.
 
+pub mod harness;
 pub mod live;
 
 use std::time::Duration;

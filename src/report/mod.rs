@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerKind;
 use crate::driver::{ErrorKind, Settings};
+use crate::metrics::harness::HarnessUse;
 use crate::metrics::{Latency, LatencyIntervals, LatencySummary, Timeline};
 use crate::run::{ledger, Measurement};
 use crate::scenario::thresholds::{Metric, Unit};
@@ -87,6 +88,12 @@ pub struct BrokerResult {
     pub drain: DrainResult,
     /// Correctness checks and whether they held.
     pub checks: Vec<Check>,
+    /// brokerbench's own use of the machine over the steady window, and
+    /// whether it may have been the limit (absent from files written before
+    /// brokerbench measured itself, and when the run never reached the
+    /// steady window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harness: Option<HarnessUse>,
     /// The broker's run finished: not interrupted, and the broker came back
     /// after every fault.
     pub complete: bool,
@@ -669,6 +676,10 @@ impl BrokerResult {
                 final_read_seconds: round1(m.final_read_elapsed.as_secs_f64()),
             },
             checks,
+            harness: m.harness.as_ref().map(|(start, end)| {
+                let delivered: u64 = m.groups.iter().map(|g| g.steady_delivered).sum();
+                HarnessUse::between(start, end, steady_confirmed + delivered)
+            }),
             complete,
         };
         let limits = plan.thresholds.for_broker(broker);

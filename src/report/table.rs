@@ -3,6 +3,7 @@
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use super::{BrokerResult, GroupResult, Results};
+use crate::metrics::harness::HarnessUse;
 use crate::metrics::LatencySummary;
 use crate::run::ledger::FailureAccount;
 
@@ -420,6 +421,63 @@ pub fn dead_letters(results: &Results, layout: Layout) -> Option<Table> {
         table.add_row(row);
     }
     Some(table)
+}
+
+/// Per broker, brokerbench's own use of the machine over the steady window:
+/// the proof that the harness was not the limit, or the warning that it may
+/// have been; `None` when no broker carries the figures.
+pub fn harness(results: &Results, layout: Layout) -> Option<Table> {
+    let rows: Vec<(&BrokerResult, &HarnessUse)> = results
+        .brokers
+        .iter()
+        .filter_map(|b| Some((b, b.harness.as_ref()?)))
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let wide = layout != Layout::Narrow;
+    let mut header = vec!["broker", "brokerbench cores", "CPU per message"];
+    if wide {
+        header.extend(["busiest worker", "machine busy", "peak memory"]);
+    }
+    header.push("harness the limit?");
+    let mut table = new_table(header);
+    for (b, h) in rows {
+        let mut row = vec![
+            b.broker.to_string(),
+            format!("{:.2} of {}", h.cores_used, h.cores),
+            h.cpu_per_message_us
+                .map_or("-".into(), |us| format!("{us:.1} µs")),
+        ];
+        if wide {
+            row.extend([
+                if h.worker_busy.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{:.0}%", h.busiest_worker() * 100.0)
+                },
+                h.machine_busy
+                    .map_or("-".into(), |m| format!("{:.0}%", m * 100.0)),
+                format!("{:.0} MiB", h.max_rss_mib),
+            ]);
+        }
+        row.push(if h.limited { "MAYBE" } else { "no" }.into());
+        table.add_row(row);
+    }
+    Some(table)
+}
+
+/// Per broker whose harness figures call for one, a warning line: the
+/// harness may have been the limit, or the machine was saturated.
+pub fn harness_warnings(results: &Results) -> Vec<String> {
+    results
+        .brokers
+        .iter()
+        .filter_map(|b| {
+            let warning = b.harness.as_ref()?.warning.as_ref()?;
+            Some(format!("warning: {}: {warning}", b.broker))
+        })
+        .collect()
 }
 
 #[cfg(test)]

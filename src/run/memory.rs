@@ -36,6 +36,9 @@ pub(crate) struct Knobs {
     /// Take this long over each publish, one at a time: a broker whose
     /// capacity is one message per `slow`.
     pub slow: Option<Duration>,
+    /// Spin the CPU this long in every send, on the producer's own thread:
+    /// a harness made the limit by heavy per-message work.
+    pub burn: Option<Duration>,
     /// Refuse every n-th publish without storing it: failed.
     pub refuse: Option<u64>,
     /// Store every n-th publish but answer it with a refusal: recovered.
@@ -357,6 +360,12 @@ impl Driver for MemoryBroker {
 #[async_trait]
 impl Producer for MemoryBroker {
     async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure> {
+        if let Some(burn) = self.knobs.burn {
+            let spin = Instant::now();
+            while spin.elapsed() < burn {
+                std::hint::spin_loop();
+            }
+        }
         if self.lock().down {
             return Err(ErrorKind::Connection.because("connection refused"));
         }

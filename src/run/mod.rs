@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::driver::{Driver, ErrorCounts, ErrorKind, Settings, CALL_TIMEOUT};
 use crate::env::FaultTarget;
 use crate::event::{self, Envelope};
+use crate::metrics::harness::Reading;
 use crate::metrics::live::BrokerMetrics;
 use crate::metrics::{Latency, LatencyIntervals, Timeline};
 use crate::scenario::Plan;
@@ -227,6 +228,9 @@ pub struct Measurement {
     pub final_read_elapsed: Duration,
     /// Set when the run was cancelled before it finished.
     pub cancelled: bool,
+    /// brokerbench's own use of the machine at the start and the end of the
+    /// steady window (absent if the run never reached it).
+    pub harness: Option<(Reading, Reading)>,
 }
 
 /// Shared, read-only facts of one run.
@@ -352,10 +356,15 @@ pub async fn measure(
     } else {
         Phase::Warmup
     });
+    // The harness reads its own use of the machine over the steady window.
+    let steady_reading = std::sync::OnceLock::new();
+    let end_reading = std::sync::OnceLock::new();
     let phases = async {
         tokio::time::sleep_until(cx.steady_start.into()).await;
         progress.set_phase(Phase::Steady);
+        let _ = steady_reading.set(Reading::now());
         tokio::time::sleep_until(cx.end.into()).await;
+        let _ = end_reading.set(Reading::now());
         progress.set_phase(Phase::Drain);
         std::future::pending::<()>().await
     };
@@ -384,6 +393,12 @@ pub async fn measure(
     let steady_elapsed = Instant::now()
         .min(cx.end)
         .saturating_duration_since(cx.steady_start);
+    // Stopped early: the window ends now.
+    let _ = end_reading.set(Reading::now());
+    let harness = steady_reading
+        .get()
+        .cloned()
+        .zip(end_reading.get().cloned());
     producer_outcomes.sort_by_key(|(id, _)| *id);
     let mut producer_outcomes: Vec<ProducerOutcome> =
         producer_outcomes.into_iter().map(|(_, o)| o).collect();
@@ -459,6 +474,7 @@ pub async fn measure(
         drain_elapsed: drain.elapsed,
         final_read_elapsed,
         cancelled: cancel.is_cancelled(),
+        harness,
     })
 }
 

@@ -154,8 +154,12 @@ impl<'a> Session<'a> {
                             not.push_str(&format!(", {n} {what}"));
                         }
                     }
+                    let limited = match &result.harness {
+                        Some(h) if h.limited => " (the harness may have been the limit)",
+                        _ => "",
+                    };
                     observer.say(format!(
-                        "{kind}: {} confirmed of {} sent{not}, {:.0} msg/s, checks {}",
+                        "{kind}: {} confirmed of {} sent{not}, {:.0} msg/s{limited}, checks {}",
                         p.confirmed,
                         p.attempted,
                         p.rate_per_s,

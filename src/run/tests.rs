@@ -156,7 +156,48 @@ async fn a_clean_run_of_two_brokers_accounts_for_every_message() {
             }
         }
         assert_eq!(broker["drain"]["timed_out"], false);
+        // The harness measured itself over the steady window, and was not the limit.
+        let harness = &broker["harness"];
+        assert_eq!(harness["limited"], false, "{harness}");
+        assert!(harness["wall_s"].as_f64().unwrap() > 0.25, "{harness}");
+        assert!(harness["messages"].as_u64().unwrap() > 0, "{harness}");
+        assert!(harness["worker_busy"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty()));
     }
+}
+
+/// A harness made the limit (one runtime worker, a millisecond of CPU per
+/// send at 1000 msg/s) says so: in the results, which fall short of the
+/// target, and in the warning.
+#[tokio::test(flavor = "current_thread")]
+async fn a_harness_that_is_the_limit_says_so() {
+    let plan = plan("").with(|p| p.load.duration = Duration::from_secs(1));
+    let slow = knobs(|k| k.burn = Some(Duration::from_micros(1500)));
+    let (outcome, json) = run(&plan, slow).await;
+    let broker = &outcome.results.brokers[0];
+    let harness = broker
+        .harness
+        .as_ref()
+        .expect("the harness measured itself");
+    assert!(harness.limited, "{harness:?}");
+    assert!(harness.busiest_worker() > 0.9, "{harness:?}");
+    assert!(broker.publish.unsent > 0, "it could not keep up: {json:#}");
+    let warning = harness.warning.as_deref().unwrap_or_default();
+    assert!(
+        warning.starts_with(
+            "the harness may have been the limit: its busiest runtime worker was busy"
+        ),
+        "{warning}"
+    );
+    let table = crate::report::table::harness(&outcome.results, crate::report::table::Layout::Wide)
+        .expect("a harness table")
+        .to_string();
+    assert!(table.contains("MAYBE"), "{table}");
+    assert_eq!(
+        crate::report::table::harness_warnings(&outcome.results),
+        [format!("warning: rabbitmq: {warning}")]
+    );
 }
 
 /// A knob, and what it must do to the figures: `(pointer, value)` into the

@@ -126,6 +126,13 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
         let _ = writeln!(page, "<h2>Dead letters</h2>");
         html_table(page, &dead_letters);
     }
+    if let Some(harness) = table::harness(r, table::Layout::Wide) {
+        let _ = writeln!(page, "<h2>The harness itself</h2>");
+        html_table(page, &harness);
+        for warning in table::harness_warnings(r) {
+            let _ = writeln!(page, "<p class=\"warning\">{}</p>", escape(&warning));
+        }
+    }
     checks(page, r);
     let _ = writeln!(
         page,

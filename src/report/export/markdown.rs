@@ -127,6 +127,14 @@ fn one_run(r: &Results, rows: usize) -> String {
         s.push_str(&markdown_table(dead_letters));
         s.push_str("\n\n");
     }
+    if let Some(harness) = table::harness(r, table::Layout::Wide) {
+        let _ = writeln!(s, "### The harness itself\n");
+        s.push_str(&markdown_table(harness));
+        s.push_str("\n\n");
+        for warning in table::harness_warnings(r) {
+            let _ = writeln!(s, "> **{warning}**\n");
+        }
+    }
 
     let failed: Vec<String> = r
         .brokers
