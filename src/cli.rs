@@ -178,6 +178,11 @@ pub struct RunArgs {
     /// Measured load duration, e.g. 20s or 2m [default: the scenario's].
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Publish only: leave the scenario's consumer groups out, as the
+    /// brokers' own publish benchmarks do (a scenario with no [[consumers]]
+    /// publishes only too).
+    #[arg(long)]
+    pub publish_only: bool,
     /// Set or replace a threshold: METRIC=VALUE for every broker, or
     /// BROKER.METRIC=VALUE for one, e.g. end_to_end_p99=50ms,
     /// kafka.rate_ratio=0.95 (docs/ci.md lists the metrics). Repeatable.

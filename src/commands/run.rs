@@ -37,6 +37,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         rate: args.rate,
         duration: args.duration,
         thresholds: args.thresholds.clone(),
+        publish_only: args.publish_only,
     };
     let plan = Plan::load(&args.scenario, &overrides)?;
     let mut site = Site::prepare(&args, &plan).await?;
@@ -44,7 +45,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     tokio::spawn(interrupts(stop.clone()));
     let mut screen = Screen::new(&plan, args.json);
     screen.say(format!(
-        "brokerbench {}: scenario '{}' on {}; {} at {}, {} producer(s), {} group(s)",
+        "brokerbench {}: scenario '{}' on {}; {} at {}, {} producer(s), {}",
         env!("CARGO_PKG_VERSION"),
         plan.name,
         plan.brokers
@@ -59,7 +60,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             "max rate".into()
         },
         plan.load.producers,
-        plan.consumers.len(),
+        match plan.consumers.len() {
+            0 => "publish only".to_string(),
+            n => format!("{n} group(s)"),
+        }
     ));
     let mut session = Session::new(&plan, args.out.clone(), stop);
     let mut serving = None;
@@ -81,11 +85,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 
     if !results.brokers.is_empty() {
         let layout = table::Layout::of_terminal();
-        let mut tables = format!(
-            "{}\n{}",
-            table::summary(&results, layout),
-            table::groups(&results, layout)
-        );
+        let mut tables = table::summary(&results, layout).to_string();
+        if !results.scenario.publish_only() {
+            tables.push_str(&format!("\n{}", table::groups(&results, layout)));
+        }
         if let Some(dead_letters) = table::dead_letters(&results, layout) {
             tables.push_str(&format!("\n{dead_letters}"));
         }

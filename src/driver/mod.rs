@@ -147,6 +147,12 @@ pub trait Driver: Send + Sync {
         true
     }
 
+    /// Publish only (no consumer group): how many messages the run's fresh
+    /// destination holds (RabbitMQ's publish-only queue, the JetStream
+    /// stream, the Kafka topic), asked once the producers are done. Fewer
+    /// than were confirmed means confirmed messages are gone.
+    async fn stored(&self) -> Result<u64>;
+
     /// Closes the connection.
     async fn close(&self);
 }

@@ -136,6 +136,21 @@ pub struct PublishResult {
     pub rate_per_s: f64,
     /// Confirmations per second that arrived during the steady phase.
     pub confirmed_per_s: f64,
+    /// Publish only: the messages the broker held at the end, asked once the
+    /// producers were done (absent with consumer groups, or when the broker
+    /// could not be asked). Fewer than `confirmed` means confirmed messages
+    /// are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<u64>,
+}
+
+impl PublishResult {
+    /// Publish only: confirmed messages the broker no longer holds (at
+    /// least); 0 when it was not asked.
+    pub fn gone(&self) -> u64 {
+        self.stored
+            .map_or(0, |stored| self.confirmed.saturating_sub(stored))
+    }
 }
 
 /// One consumer group's account.
@@ -559,6 +574,16 @@ impl BrokerResult {
                 rate_per_s: per_s(outcome.steady_delivered),
             });
         }
+        // Publish only: what the broker no longer holds is lost.
+        if let Some(stored) = m.stored {
+            let gone = account.confirmed.saturating_sub(stored);
+            checks.push(Check::correctness(
+                CheckKind::NoneLost,
+                None,
+                gone == 0,
+                gone,
+            ));
+        }
         // Per group, the undelivered that are not lost: held by the broker,
         // or unverified when it could not be asked.
         let held: Vec<u64> = groups
@@ -657,6 +682,7 @@ impl BrokerResult {
                 unsent,
                 rate_per_s: per_s(steady_sent),
                 confirmed_per_s: per_s(steady_confirmed),
+                stored: m.stored,
             },
             groups,
             latency_us: LatencyResults {
@@ -688,9 +714,10 @@ impl BrokerResult {
         result
     }
 
-    /// Confirmed messages lost, over every group.
+    /// Confirmed messages lost, over every group (publish only: those the
+    /// broker no longer holds).
     pub fn lost(&self) -> u64 {
-        self.groups.iter().map(GroupResult::lost).sum()
+        self.groups.iter().map(GroupResult::lost).sum::<u64>() + self.publish.gone()
     }
 
     /// Duplicate deliveries, over every group.

@@ -165,7 +165,11 @@ pub fn summary(results: &Results, layout: Layout) -> Table {
             format!("{}/{}", b.publish.confirmed, b.publish.attempted),
             percentiles_for(&b.latency_us.publish, layout),
             percentiles_for(&worst_end_to_end(b), layout),
-            lost.to_string(),
+            // Publish only, lost is known when the broker said what it holds.
+            match b.groups.is_empty() && b.publish.stored.is_none() {
+                true => "-".into(),
+                false => lost.to_string(),
+            },
         ]);
         if show_dup {
             row.push(duplicates.to_string());

@@ -81,6 +81,8 @@ struct Held {
 #[derive(Default)]
 struct State {
     published: u64,
+    /// Publishes stored (not refused, not dropped), copies included.
+    stored: u64,
     down: bool,
     restarted: bool,
     paused: bool,
@@ -161,6 +163,7 @@ impl MemoryBroker {
             return Some(Some(Ok(())));
         }
         let copies = if every(k.duplicate) { 2 } else { 1 };
+        state.stored += copies;
         let ready_at = Instant::now() + k.delay;
         for queue in state.queues.values_mut() {
             for copy in 0..copies {
@@ -348,6 +351,10 @@ impl Driver for MemoryBroker {
 
     fn sees_dead_letters_in_flight(&self) -> bool {
         !self.knobs.hide_dead_letters_in_flight
+    }
+
+    async fn stored(&self) -> Result<u64> {
+        Ok(self.lock().stored)
     }
 
     async fn close(&self) {

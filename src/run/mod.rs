@@ -228,6 +228,9 @@ pub struct Measurement {
     pub final_read_elapsed: Duration,
     /// Set when the run was cancelled before it finished.
     pub cancelled: bool,
+    /// Publish only: what the broker held at the end ([`Driver::stored`]);
+    /// `None` with consumer groups, or when it could not be asked.
+    pub stored: Option<u64>,
     /// brokerbench's own use of the machine at the start and the end of the
     /// steady window (absent if the run never reached it).
     pub harness: Option<(Reading, Reading)>,
@@ -448,6 +451,14 @@ pub async fn measure(
                 .and_then(Result::ok),
         };
     }
+    // Publish only: whatever the broker no longer holds is lost.
+    let stored = match plan.publish_only() && !broker_down {
+        true => tokio::time::timeout(CALL_TIMEOUT, driver.stored())
+            .await
+            .ok()
+            .and_then(Result::ok),
+        false => None,
+    };
     let settings = driver.settings();
     let dead_letters_in_flight_seen = driver.sees_dead_letters_in_flight();
     driver.close().await;
@@ -474,6 +485,7 @@ pub async fn measure(
         drain_elapsed: drain.elapsed,
         final_read_elapsed,
         cancelled: cancel.is_cancelled(),
+        stored,
         harness,
     })
 }

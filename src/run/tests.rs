@@ -729,3 +729,29 @@ async fn poison_messages_gone_are_lost_unless_the_broker_cannot_be_asked() {
     assert!(check(&json, "poison_lost == 0", Some("b")));
     assert!(!check(&json, "drained", Some("b")));
 }
+
+/// Publish only, the broker's store is the account: what it no longer holds
+/// of the confirmed messages is lost; no group figures are made up.
+#[tokio::test]
+async fn publish_only_counts_what_the_broker_no_longer_holds() {
+    let plan = plan("").with(|p| p.consumers.clear());
+    assert!(plan.publish_only());
+    let (outcome, json) = run(&plan, Knobs::default()).await;
+    assert!(outcome.results.passed(), "{json:#}");
+    let broker = &json["brokers"][0];
+    assert_eq!(broker["publish"]["confirmed"], 300);
+    assert_eq!(broker["publish"]["stored"], 300);
+    assert_eq!(broker["groups"].as_array().map(Vec::len), Some(0));
+    assert!(check(&json, "lost == 0", None));
+    let markdown = crate::report::export::markdown(&outcome.results);
+    assert!(!markdown.contains("Consumer groups"), "{markdown}");
+
+    let (outcome, json) = run(&plan, knobs(|k| k.drop_after_confirm = Some(10))).await;
+    assert!(!outcome.results.passed());
+    assert_eq!(json["brokers"][0]["publish"]["stored"], 270);
+    assert!(!check(&json, "lost == 0", None));
+    assert_eq!(outcome.results.brokers[0].lost(), 30);
+    let summary =
+        crate::report::table::summary(&outcome.results, crate::report::table::Layout::Wide);
+    assert!(summary.to_string().contains("NO: lost 30"), "{summary}");
+}

@@ -237,13 +237,8 @@ impl ScenarioFile {
             drain_timeout: optional_duration(&l.drain_timeout, d.drain_timeout)?,
             final_read: optional_duration(&l.final_read, d.final_read)?,
         };
-        if self.consumers.is_empty() {
-            return Err(RawError::field(
-                "consumers",
-                None,
-                "no consumer group: add at least one [[consumers]] with a `group`",
-            ));
-        }
+        // No [[consumers]]: publish only, as the brokers' own publish
+        // benchmarks measure.
         let dead_letter = dead_letter(self.dead_letter.as_ref())?;
         let mut consumers: Vec<ConsumerGroup> = Vec::new();
         for c in self.consumers {

@@ -509,9 +509,16 @@ pub struct Overrides {
     pub duration: Option<Duration>,
     /// `--threshold [BROKER.]METRIC=VALUE`, in order.
     pub thresholds: Vec<String>,
+    /// `--publish-only`: the file's consumer groups are left out.
+    pub publish_only: bool,
 }
 
 impl Plan {
+    /// Whether the run only publishes: no consumer group.
+    pub fn publish_only(&self) -> bool {
+        self.consumers.is_empty()
+    }
+
     /// Whether any group fails messages on purpose: then dead letters are
     /// set up and read.
     pub fn has_failures(&self) -> bool {
@@ -547,6 +554,9 @@ impl Plan {
                 ));
             }
             self.load.rate = rate;
+        }
+        if overrides.publish_only {
+            self.consumers.clear();
         }
         if let Some(duration) = overrides.duration {
             if duration.is_zero() {

@@ -195,11 +195,13 @@ fn overrides_replace_the_file_values() {
         rate: Some(0.0),
         duration: Some(Duration::from_secs(3)),
         thresholds: Vec::new(),
+        publish_only: true,
     };
     let plan = Plan::parse(Path::new("t.toml"), ORDERS, &overrides).unwrap();
     assert_eq!(plan.brokers, ["kafka".parse::<BrokerKind>().unwrap()]);
     assert_eq!(plan.load.rate, 0.0);
     assert_eq!(plan.load.duration, Duration::from_secs(3));
+    assert!(plan.consumers.is_empty() && plan.publish_only());
     let bad = Overrides {
         rate: Some(-1.0),
         ..Overrides::default()

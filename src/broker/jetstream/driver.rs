@@ -319,6 +319,12 @@ impl Driver for JetStreamDriver {
         Ok(held)
     }
 
+    async fn stored(&self) -> Result<u64> {
+        let mut stream = timed("asking for the stream", self.context.get_stream(STREAM)).await?;
+        let info = timed("asking for the stream's state", stream.info()).await?;
+        Ok(info.state.messages)
+    }
+
     async fn close(&self) {
         let _ = timed("flushing the NATS connection", self.client.flush()).await;
     }

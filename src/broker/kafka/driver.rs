@@ -366,6 +366,19 @@ impl Driver for KafkaDriver {
         Ok(held)
     }
 
+    async fn stored(&self) -> Result<u64> {
+        // The topic is fresh: its lag for a group that never committed is
+        // every message in it.
+        let nobody = format!("brokerbench.{}.stored", self.run_id);
+        lag(
+            &self.bootstrap,
+            &nobody,
+            EVENT_TYPE,
+            self.settings.partitions,
+        )
+        .await
+    }
+
     async fn close(&self) {
         let producer = self.producer.clone();
         let _ =

@@ -50,6 +50,9 @@ struct Applied {
 }
 
 /// The queue a consumer group reads.
+/// Publish only: the queue that keeps what is published.
+pub(super) const PUBLISH_ONLY_QUEUE: &str = "brokerbench.publish-only";
+
 pub(super) fn queue_name(group: &str) -> String {
     format!("brokerbench.{group}")
 }
@@ -200,37 +203,54 @@ impl Session {
             )
             .await?;
         }
+        // Per queue: its arguments and its bindings. Publish only, one queue
+        // keeps what is published (unrouted messages would be dropped and
+        // still confirmed), as RabbitMQ's own PerfTest does.
+        let mut queues = Vec::new();
         for group in &self.groups {
             let name = &group.group;
-            let mut queues = vec![(queue_name(name), self.arguments(group))];
+            let events = vec![(EXCHANGE, EVENT_TYPE.to_string())];
+            queues.push((queue_name(name), self.arguments(group), events));
             if group.failures.is_some() {
-                queues.push((dead_letter_queue(name), self.arguments_of_type()));
-            }
-            for (queue, arguments) in queues {
-                if fresh {
-                    timed(
-                        "deleting an old queue",
-                        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
-                    )
-                    .await?;
-                }
-                // Queues are always durable; whether messages survive a restart
-                // then depends on the queue type and on `persistent`.
-                let options = QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
+                let dead_letters = match dead_letter_exchange {
+                    true => vec![(DEAD_LETTER_EXCHANGE, name.clone())],
+                    false => Vec::new(),
                 };
+                queues.push((
+                    dead_letter_queue(name),
+                    self.arguments_of_type(),
+                    dead_letters,
+                ));
+            }
+        }
+        if self.groups.is_empty() {
+            let bindings = vec![(EXCHANGE, EVENT_TYPE.to_string())];
+            queues.push((
+                PUBLISH_ONLY_QUEUE.to_string(),
+                self.arguments_of_type(),
+                bindings,
+            ));
+        }
+        for (queue, arguments, bindings) in queues {
+            if fresh {
                 timed(
-                    &format!("declaring queue {queue}"),
-                    channel.queue_declare(queue.as_str().into(), options, arguments),
+                    "deleting an old queue",
+                    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
                 )
                 .await?;
             }
-            let mut bindings = vec![(queue_name(name), EXCHANGE, EVENT_TYPE.to_string())];
-            if group.failures.is_some() && dead_letter_exchange {
-                bindings.push((dead_letter_queue(name), DEAD_LETTER_EXCHANGE, name.clone()));
-            }
-            for (queue, exchange, key) in bindings {
+            // Queues are always durable; whether messages survive a restart
+            // then depends on the queue type and on `persistent`.
+            let options = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            timed(
+                &format!("declaring queue {queue}"),
+                channel.queue_declare(queue.as_str().into(), options, arguments),
+            )
+            .await?;
+            for (exchange, key) in bindings {
                 timed(
                     &format!("binding queue {queue}"),
                     channel.queue_bind(
@@ -470,6 +490,14 @@ impl Driver for RabbitMqDriver {
 
     fn sees_dead_letters_in_flight(&self) -> bool {
         sees_dead_letters_in_flight(&self.session.settings)
+    }
+
+    async fn stored(&self) -> Result<u64> {
+        let connection = open_connection(&self.session.endpoint, "brokerbench-stored").await?;
+        let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
+        let depth = ready_once_settled(&channel, PUBLISH_ONLY_QUEUE).await;
+        let _ = timed("closing", connection.close(200, "asked".into())).await;
+        Ok(depth?.into())
     }
 
     async fn close(&self) {

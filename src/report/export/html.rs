@@ -120,8 +120,10 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
     for b in &r.brokers {
         over_time(page, b)?;
     }
-    let _ = writeln!(page, "<h2>Consumer groups</h2>");
-    html_table(page, &table::groups(r, table::Layout::Wide));
+    if !r.scenario.publish_only() {
+        let _ = writeln!(page, "<h2>Consumer groups</h2>");
+        html_table(page, &table::groups(r, table::Layout::Wide));
+    }
     if let Some(dead_letters) = table::dead_letters(r, table::Layout::Wide) {
         let _ = writeln!(page, "<h2>Dead letters</h2>");
         html_table(page, &dead_letters);

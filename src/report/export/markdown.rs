@@ -109,19 +109,21 @@ fn one_run(r: &Results, rows: usize) -> String {
     s.push_str(&markdown_table(table::summary(r, table::Layout::Wide)));
     s.push_str("\n\n");
 
-    let groups = table::groups_limited(r, rows, table::Layout::Wide);
     let total = r.brokers.iter().map(|b| b.groups.len()).sum::<usize>();
-    let _ = writeln!(s, "### Consumer groups\n");
-    s.push_str(&markdown_table(groups));
-    s.push('\n');
-    if total > rows {
-        let _ = writeln!(
-            s,
-            "\n{} more group row(s) are in results.json.",
-            total - rows
-        );
+    if total > 0 {
+        let groups = table::groups_limited(r, rows, table::Layout::Wide);
+        let _ = writeln!(s, "### Consumer groups\n");
+        s.push_str(&markdown_table(groups));
+        s.push('\n');
+        if total > rows {
+            let _ = writeln!(
+                s,
+                "\n{} more group row(s) are in results.json.",
+                total - rows
+            );
+        }
+        s.push('\n');
     }
-    s.push('\n');
     if let Some(dead_letters) = table::dead_letters(r, table::Layout::Wide) {
         let _ = writeln!(s, "### Dead letters\n");
         s.push_str(&markdown_table(dead_letters));
