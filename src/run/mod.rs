@@ -248,6 +248,7 @@ struct RunContext {
     /// No more waiting for confirmations or deliveries after this.
     deadline: Instant,
     message_size: usize,
+    encoding: event::Encoding,
     keys: u64,
 }
 
@@ -325,6 +326,7 @@ pub async fn measure(
         end,
         deadline: end + plan.load.drain_timeout,
         message_size: plan.load.message_size,
+        encoding: plan.load.encoding,
         keys: plan.load.keys,
     };
     // The publish history, frozen, for the consumers once the producers are done.
@@ -477,7 +479,9 @@ pub async fn measure(
         faults: fault_events,
         settings,
         dead_letters_in_flight_seen,
-        message_bytes: event::encode(&sample, plan.load.message_size).payload.len(),
+        message_bytes: event::encode(&sample, plan.load.message_size, plan.load.encoding)
+            .payload
+            .len(),
         load_start: cx.start,
         steady_start: cx.steady_start,
         steady_elapsed,

@@ -190,7 +190,11 @@ impl ProducerTask {
         };
         match self
             .producer
-            .send(event::encode(&envelope, self.cx.message_size))
+            .send(event::encode(
+                &envelope,
+                self.cx.message_size,
+                self.cx.encoding,
+            ))
             .await
         {
             Ok(confirmation) => {

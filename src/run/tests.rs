@@ -755,3 +755,28 @@ async fn publish_only_counts_what_the_broker_no_longer_holds() {
         crate::report::table::summary(&outcome.results, crate::report::table::Layout::Wide);
     assert!(summary.to_string().contains("NO: lost 30"), "{summary}");
 }
+
+/// Binary messages of 64 bytes go through the same accounting as JSON ones.
+#[tokio::test]
+async fn small_binary_messages_are_accounted_for_like_json_ones() {
+    let plan = plan("").with(|p| {
+        p.load.encoding = crate::event::Encoding::Binary;
+        p.load.message_size = 64;
+    });
+    let (outcome, json) = run(&plan, knobs(|k| k.duplicate = Some(50))).await;
+    assert!(outcome.results.passed(), "{json:#}");
+    let broker = &json["brokers"][0];
+    assert_eq!(broker["load"]["message_bytes"], 64);
+    assert_eq!(json["scenario"]["load"]["encoding"], "binary");
+    for name in ["a", "b"] {
+        let g = group(&json, name);
+        assert_eq!(g["unique"], 300, "{g}");
+        assert_eq!(g["duplicates"], 6, "{g}");
+    }
+    assert!(
+        broker["latency_us"]["end_to_end"]["a"]["count"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}

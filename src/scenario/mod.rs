@@ -20,6 +20,7 @@ pub use error::ScenarioError;
 pub use thresholds::Thresholds;
 
 use crate::broker::BrokerKind;
+pub use crate::event::Encoding;
 
 /// The subject / routing key / topic every event is published to.
 pub const EVENT_TYPE: &str = "events.order.created.v1";
@@ -232,8 +233,12 @@ pub struct Load {
     pub warmup: Duration,
     /// Producer tasks, each with its own channel/publisher over the one connection.
     pub producers: u32,
-    /// Payload size in bytes (the JSON event is padded to it).
+    /// Payload size in bytes (the event is padded to it, never cut).
     pub message_size: usize,
+    /// `json` (the versioned event, at least about 264 bytes) or `binary`
+    /// (the envelope alone, 46 bytes, for small messages).
+    #[serde(default)]
+    pub encoding: Encoding,
     /// Distinct `user_id` values; the partition key, and per-key order is checked.
     pub keys: u64,
     /// Publishes awaiting confirmation per producer before it waits.
@@ -435,6 +440,7 @@ impl Default for Load {
             warmup: Duration::ZERO,
             producers: 1,
             message_size: 512,
+            encoding: Encoding::Json,
             keys: 1000,
             max_in_flight: 1000,
             drain_timeout: Duration::from_secs(30),

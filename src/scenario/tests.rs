@@ -178,14 +178,30 @@ fn missing_required_field_is_named() {
 }
 
 #[test]
-fn duplicate_and_missing_groups_are_refused() {
+fn duplicate_groups_are_refused_and_no_group_publishes_only() {
     error(
         &ORDERS.replace("group = \"points\"", "group = \"risk\""),
         "consumers[2].group",
         20,
     );
-    let err = parse("name = \"x\"\n[load]\nrate = 1\nduration = \"1s\"\n").unwrap_err();
-    assert_eq!(err.field(), Some("consumers"), "{err}");
+    let plan = parse("name = \"x\"\n[load]\nrate = 1\nduration = \"1s\"\n").unwrap();
+    assert!(plan.publish_only());
+}
+
+#[test]
+fn the_encoding_is_json_unless_the_file_says_binary() {
+    assert_eq!(parse(ORDERS).unwrap().load.encoding, Encoding::Json);
+    let binary = ORDERS.replace("producers = 2", "producers = 2\nencoding = \"binary\"");
+    assert_eq!(parse(&binary).unwrap().load.encoding, Encoding::Binary);
+    let shown = error(
+        &ORDERS.replace("producers = 2", "producers = 2\nencoding = \"protobuf\""),
+        "load.encoding",
+        11,
+    );
+    assert!(
+        shown.contains("json") && shown.contains("binary"),
+        "{shown}"
+    );
 }
 
 #[test]
