@@ -1,5 +1,6 @@
-//! Each driver against its real broker: publish with confirmation, receive,
-//! acknowledge after processing, and get back what was not acknowledged.
+//! Each driver against its real broker: publish with confirmation (in both
+//! encodings), receive, acknowledge after processing, and get back what was
+//! not acknowledged; publish only, the broker's count of what it stores.
 
 mod util;
 
@@ -10,12 +11,12 @@ use brokerbench::broker::BrokerKind;
 use brokerbench::driver::{Consumer, Driver, Settle};
 use brokerbench::env::binaries;
 use brokerbench::env::local::LocalBroker;
-use brokerbench::event::{self, Envelope};
+use brokerbench::event::{self, Encoding, Envelope};
 use brokerbench::scenario::{Overrides, Plan};
 
 const RUN: u64 = 0xfeed;
 
-fn plan() -> Plan {
+fn scenario(publish_only: bool) -> Plan {
     let text = r#"
         name = "drivers"
         [load]
@@ -26,7 +27,27 @@ fn plan() -> Plan {
         [kafka]
         partitions = 1
     "#;
-    Plan::parse(Path::new("drivers.toml"), text, &Overrides::default()).unwrap()
+    let overrides = Overrides {
+        publish_only,
+        ..Overrides::default()
+    };
+    Plan::parse(Path::new("drivers.toml"), text, &overrides).unwrap()
+}
+
+/// Message `seq` of the run; odd ones binary and small, even ones JSON.
+fn message(seq: u64) -> event::Outgoing {
+    let envelope = Envelope {
+        run: RUN,
+        producer: 0,
+        seq,
+        key: seq % 3,
+        intended_ns: 0,
+        sent_ns: 0,
+    };
+    match seq % 2 {
+        0 => event::encode(&envelope, 300, Encoding::Json),
+        _ => event::encode(&envelope, 64, Encoding::Binary),
+    }
 }
 
 async fn receive(consumer: &mut Box<dyn Consumer>) -> (Envelope, brokerbench::driver::Settler) {
@@ -46,7 +67,7 @@ async fn publishes_confirms_and_redelivers_what_was_not_acked(kind: BrokerKind) 
     let broker = LocalBroker::start(binaries::locate(kind).await.unwrap(), dir.path())
         .await
         .unwrap();
-    let plan = plan();
+    let plan = scenario(false);
     let group = &plan.consumers[0];
     let driver: Box<dyn Driver> = brokerbench::broker::connect(&plan, broker.endpoint(), RUN)
         .await
@@ -58,15 +79,7 @@ async fn publishes_confirms_and_redelivers_what_was_not_acked(kind: BrokerKind) 
 
     let mut confirmations = Vec::new();
     for seq in 0..10 {
-        let envelope = Envelope {
-            run: RUN,
-            producer: 0,
-            seq,
-            key: seq % 3,
-            intended_ns: 0,
-            sent_ns: 0,
-        };
-        confirmations.push(producer.send(event::encode(&envelope, 300)).await.unwrap());
+        confirmations.push(producer.send(message(seq)).await.unwrap());
     }
     for confirmation in confirmations {
         confirmation
@@ -113,6 +126,20 @@ async fn publishes_confirms_and_redelivers_what_was_not_acked(kind: BrokerKind) 
         }
         again.close().await;
     }
+    driver.close().await;
+
+    // Publish only: a fresh destination, and the broker says what it holds.
+    let plan = scenario(true);
+    let driver = brokerbench::broker::connect(&plan, broker.endpoint(), RUN)
+        .await
+        .unwrap();
+    driver.setup().await.unwrap();
+    let mut producer = driver.producer(0).await.unwrap();
+    for seq in 0..7 {
+        let confirmation = producer.send(message(seq)).await.unwrap();
+        confirmation.await.unwrap();
+    }
+    assert_eq!(driver.stored().await.unwrap(), 7, "{kind}: stored");
     driver.close().await;
     broker.shutdown().await.unwrap();
 }
