@@ -12,9 +12,9 @@ pub(crate) mod commands;
 pub mod driver;
 pub mod env;
 pub mod event;
-pub(crate) mod metrics;
+pub mod metrics;
 pub(crate) mod report;
-pub(crate) mod run;
+pub mod run;
 pub mod scenario;
 
 use std::process::ExitCode;
