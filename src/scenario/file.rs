@@ -173,6 +173,10 @@ struct KafkaFile {
     acks: Option<Spanned<Acks>>,
     compression: Option<Compression>,
     fetch_wait_max: Option<Spanned<String>>,
+    idempotent: Option<Spanned<bool>>,
+    linger: Option<Spanned<String>>,
+    batch_size: Option<Spanned<i64>>,
+    batch_messages: Option<Spanned<i64>>,
 }
 
 impl ScenarioFile {
@@ -519,11 +523,40 @@ impl JetstreamFile {
 impl KafkaFile {
     fn into_settings(self) -> Result<KafkaSettings, RawError> {
         let d = KafkaSettings::default();
+        let acks = self.acks.as_ref().map_or(d.acks, |a| *a.get_ref());
+        if let Some(idempotent) = self.idempotent.as_ref().filter(|i| *i.get_ref()) {
+            if acks != Acks::All {
+                return Err(RawError::at(
+                    idempotent.span(),
+                    format!(
+                        "is true with acks = \"{}\": the idempotent producer needs acks = \"all\"",
+                        acks.as_str()
+                    ),
+                ));
+            }
+        }
+        if let Some(linger) = &self.linger {
+            if duration(linger)? > Duration::from_secs(900) {
+                return Err(RawError::at(
+                    linger.span(),
+                    "must be at most 900s (librdkafka's limit)",
+                ));
+            }
+        }
         Ok(KafkaSettings {
             partitions: positive(&self.partitions, d.partitions.into(), 10_000)? as i32,
-            acks: self.acks.map_or(d.acks, Spanned::into_inner),
+            acks,
             compression: self.compression.unwrap_or(d.compression),
             fetch_wait_max: optional_duration(&self.fetch_wait_max, d.fetch_wait_max)?,
+            // The idempotent producer needs acks = all: on by default then.
+            idempotent: self
+                .idempotent
+                .as_ref()
+                .map_or(acks == Acks::All, |i| *i.get_ref()),
+            linger: optional_duration(&self.linger, d.linger)?,
+            batch_size: positive(&self.batch_size, d.batch_size.into(), 2_147_483_647)? as u32,
+            batch_messages: positive(&self.batch_messages, d.batch_messages.into(), 1_000_000)?
+                as u32,
         })
     }
 }

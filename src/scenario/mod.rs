@@ -411,8 +411,10 @@ impl Compression {
     }
 }
 
-/// Kafka settings.
+/// Kafka settings. Fields missing from results files written before they
+/// existed read as their defaults.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
 pub struct KafkaSettings {
     /// Partitions of the topic; messages are keyed by `user_id`.
     pub partitions: i32,
@@ -426,6 +428,15 @@ pub struct KafkaSettings {
     /// bounds end-to-end latency on tansu.
     #[serde(with = "human_duration")]
     pub fetch_wait_max: Duration,
+    /// The idempotent producer (`enable.idempotence`); needs acks = all.
+    pub idempotent: bool,
+    /// `linger.ms`: how long the producer waits to fill a batch.
+    #[serde(with = "human_duration")]
+    pub linger: Duration,
+    /// `batch.size`: the most bytes in one batch per partition.
+    pub batch_size: u32,
+    /// `batch.num.messages`: the most messages in one batch.
+    pub batch_messages: u32,
 }
 
 // The defaults of everything a scenario file may leave out, one `Default`
@@ -500,6 +511,10 @@ impl Default for KafkaSettings {
             acks: Acks::All,
             compression: Compression::None,
             fetch_wait_max: Duration::from_millis(10),
+            idempotent: true,
+            linger: Duration::from_millis(5),
+            batch_size: 1_000_000,
+            batch_messages: 10_000,
         }
     }
 }

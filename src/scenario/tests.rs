@@ -667,3 +667,41 @@ fn a_messages_fate_depends_only_on_its_number_and_group() {
     assert!(!f.fails(Fate::Transient, 2));
     assert!(f.fails(Fate::Poison, 99) && !f.fails(Fate::Fine, 0));
 }
+
+#[test]
+fn kafka_producer_settings_default_as_before_and_idempotence_needs_acks_all() {
+    let kafka = parse(ORDERS).unwrap().kafka;
+    assert!(kafka.idempotent);
+    assert_eq!(kafka.linger, Duration::from_millis(5));
+    assert_eq!(
+        (kafka.batch_size, kafka.batch_messages),
+        (1_000_000, 10_000)
+    );
+    let leader_only = ORDERS.replace("acks = \"all\"", "acks = \"1\"");
+    assert!(!parse(&leader_only).unwrap().kafka.idempotent);
+    let tuned = ORDERS.replace(
+        "compression = \"none\"",
+        "compression = \"none\"\nidempotent = false\nlinger = \"20ms\"\nbatch_size = 65536\nbatch_messages = 1000",
+    );
+    let kafka = parse(&tuned).unwrap().kafka;
+    assert!(!kafka.idempotent);
+    assert_eq!(kafka.linger, Duration::from_millis(20));
+    assert_eq!((kafka.batch_size, kafka.batch_messages), (65536, 1000));
+    let shown = error(
+        &leader_only.replace(
+            "compression = \"none\"",
+            "compression = \"none\"\nidempotent = true",
+        ),
+        "kafka.idempotent",
+        32,
+    );
+    assert!(shown.contains("needs acks = \"all\""), "{shown}");
+    error(
+        &ORDERS.replace(
+            "compression = \"none\"",
+            "compression = \"none\"\nlinger = \"1h\"",
+        ),
+        "kafka.linger",
+        32,
+    );
+}

@@ -46,6 +46,9 @@ struct Applied {
     replicas: u32,
     acks: Acks,
     idempotent_producer: bool,
+    linger_ms: u64,
+    batch_size: u32,
+    batch_messages: u32,
     compression: Compression,
     key: &'static str,
     consumer_commit: &'static str,
@@ -211,12 +214,11 @@ impl KafkaDriver {
         let mut config = base_config(&bootstrap);
         config
             .set("acks", settings.acks.as_str())
-            .set(
-                "enable.idempotence",
-                (settings.acks == Acks::All).to_string(),
-            )
+            .set("enable.idempotence", settings.idempotent.to_string())
             .set("compression.type", settings.compression.as_str())
-            .set("linger.ms", "5")
+            .set("linger.ms", settings.linger.as_millis().to_string())
+            .set("batch.size", settings.batch_size.to_string())
+            .set("batch.num.messages", settings.batch_messages.to_string())
             .set("request.timeout.ms", "10000")
             .set(
                 "message.timeout.ms",
@@ -328,7 +330,10 @@ impl Driver for KafkaDriver {
             partitions: self.settings.partitions,
             replicas: 1,
             acks: self.settings.acks,
-            idempotent_producer: self.settings.acks == Acks::All,
+            idempotent_producer: self.settings.idempotent,
+            linger_ms: self.settings.linger.as_millis() as u64,
+            batch_size: self.settings.batch_size,
+            batch_messages: self.settings.batch_messages,
             compression: self.settings.compression,
             key: "user_id",
             consumer_commit: "offsets of processed messages, every 1 s",
