@@ -118,6 +118,18 @@ fn every_broker_accounts_for_every_message_and_matches_the_schema() {
         );
         assert!(b["latency_us"]["publish"]["p50"].as_u64().unwrap() > 0);
         assert!(!b["settings"].as_object().unwrap().is_empty());
+        // brokerbench measured itself over the steady window: 300/s
+        // confirmed and 300/s delivered to each group, with time to spare.
+        let harness = &b["harness"];
+        assert!(
+            harness["cpu_per_message_us"].as_f64().unwrap() > 0.0,
+            "{name}: {harness}"
+        );
+        assert!(
+            harness["messages"].as_u64().unwrap() >= 900,
+            "{name}: {harness}"
+        );
+        assert_eq!(harness["limited"], false, "{name}: {harness}");
     }
     assert_eq!(brokers[2]["implementation"], "tansu 0.6.0 (Kafka protocol)");
 }
