@@ -155,8 +155,6 @@ impl HarnessUse {
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cores_used = share(user + system);
-        let busiest = worker_busy.iter().copied().fold(0.0, f64::max);
-        let limited = busiest > WORKER_LIMIT || cores_used > CORES_LIMIT * cores as f64;
         let mut use_ = HarnessUse {
             wall_s: round3(wall_s),
             cpu_user_s: round3(user),
@@ -169,9 +167,10 @@ impl HarnessUse {
             worker_busy,
             machine_busy,
             max_rss_mib: round3(end.max_rss_kib as f64 / 1024.0),
-            limited,
+            limited: false,
             warning: None,
         };
+        use_.limited = use_.worker_saturated() || use_.cores_saturated();
         use_.warning = use_.warning_text();
         use_
     }
@@ -181,19 +180,29 @@ impl HarnessUse {
         self.worker_busy.iter().copied().fold(0.0, f64::max)
     }
 
+    /// A runtime worker was busy more than [`WORKER_LIMIT`] of the window.
+    fn worker_saturated(&self) -> bool {
+        self.busiest_worker() > WORKER_LIMIT
+    }
+
+    /// brokerbench used more than [`CORES_LIMIT`] of the machine's cores.
+    fn cores_saturated(&self) -> bool {
+        self.cores_used > CORES_LIMIT * self.cores as f64
+    }
+
     fn warning_text(&self) -> Option<String> {
         let machine = self.machine_busy.filter(|m| *m > MACHINE_LIMIT);
         if !self.limited && machine.is_none() {
             return None;
         }
         let mut said = Vec::new();
-        if self.busiest_worker() > WORKER_LIMIT {
+        if self.worker_saturated() {
             said.push(format!(
                 "its busiest runtime worker was busy {:.0}% of the steady window",
                 self.busiest_worker() * 100.0
             ));
         }
-        if self.cores_used > CORES_LIMIT * self.cores as f64 {
+        if self.cores_saturated() {
             said.push(format!(
                 "it used {:.2} of the machine's {} cores",
                 self.cores_used, self.cores

@@ -575,8 +575,19 @@ impl BrokerResult {
             });
         }
         // Publish only: what the broker no longer holds is lost.
-        if let Some(stored) = m.stored {
-            let gone = account.confirmed.saturating_sub(stored);
+        let published = PublishResult {
+            attempted: account.attempted,
+            confirmed: account.confirmed,
+            failed: account.failed,
+            unknown: account.unknown,
+            resent,
+            unsent,
+            rate_per_s: per_s(steady_sent),
+            confirmed_per_s: per_s(steady_confirmed),
+            stored: m.stored,
+        };
+        if published.stored.is_some() {
+            let gone = published.gone();
             checks.push(Check::correctness(
                 CheckKind::NoneLost,
                 None,
@@ -673,17 +684,7 @@ impl BrokerResult {
                     .to_string(),
                 ),
             },
-            publish: PublishResult {
-                attempted: account.attempted,
-                confirmed: account.confirmed,
-                failed: account.failed,
-                unknown: account.unknown,
-                resent,
-                unsent,
-                rate_per_s: per_s(steady_sent),
-                confirmed_per_s: per_s(steady_confirmed),
-                stored: m.stored,
-            },
+            publish: published,
             groups,
             latency_us: LatencyResults {
                 publish: publish.summary(),
