@@ -12,9 +12,16 @@
 //!
 //! Benchmarks compare brokers at 100 bytes and below, where the JSON event
 //! (about 264 bytes at least) does not fit: [`Encoding::Binary`] carries the
-//! same envelope in [`BINARY_BYTES`] bytes, padded with zeros to the message
-//! size, for the same ledger and latency accounting. The order id, user id
-//! and trace id still travel in the message's properties or headers.
+//! same envelope and the trace id in [`BINARY_BYTES`] bytes, padded with
+//! zeros to the message size, for the same ledger and latency accounting.
+//! The order id (from which the envelope is read back), user id and trace
+//! id travel in the message's properties or headers as well, unless the
+//! scenario turns headers off.
+//!
+//! Encoding builds no `String` per message: ids are written straight into
+//! the payload, and drivers write them into headers only when asked.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,12 +43,13 @@ pub enum Encoding {
 /// The first byte of a binary payload; a JSON event starts with `{`.
 const BINARY_MAGIC: u8 = 0xBB;
 
-/// The binary layout's version, after the magic byte.
-const BINARY_VERSION: u8 = 1;
+/// The binary layout's version, after the magic byte (2 added the trace id).
+const BINARY_VERSION: u8 = 2;
 
 /// Bytes of a binary payload before padding: magic, version, run (8),
-/// producer (4), seq (8), key (8), intended and sent times (8 each).
-pub const BINARY_BYTES: usize = 2 + 8 + 4 + 8 + 8 + 8 + 8;
+/// producer (4), seq (8), key (8), intended and sent times (8 each), trace
+/// id (16).
+pub const BINARY_BYTES: usize = 2 + 8 + 4 + 8 + 8 + 8 + 8 + 16;
 
 /// The benchmark's part of a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,61 +69,122 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The business id consumers are idempotent on.
-    pub fn order_id(&self) -> String {
-        format!("ord-{:x}-{}-{}", self.run, self.producer, self.seq)
+    /// The business id consumers are idempotent on: `ord-<run>-<producer>-<seq>`.
+    pub fn order_id(&self) -> OrderId {
+        OrderId(*self)
+    }
+
+    /// The partition and ordering key: `user-<key>`.
+    pub fn user_id(&self) -> UserId {
+        UserId(self.key)
+    }
+}
+
+/// An order id, written when shown: no `String` per message.
+#[derive(Clone, Copy, Debug)]
+pub struct OrderId(Envelope);
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ord-{:x}-{}-{}", self.0.run, self.0.producer, self.0.seq)
+    }
+}
+
+/// A user id, written when shown.
+#[derive(Clone, Copy, Debug)]
+pub struct UserId(u64);
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "user-{}", self.0)
+    }
+}
+
+/// A W3C trace id, 32 hex digits, written when shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceId(pub u128);
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// Serializes a value as the string it displays as, written straight into
+/// the output.
+struct Shown<T>(T);
+
+impl<T: fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
     }
 }
 
 #[derive(Serialize)]
-struct OrderCreated<'a> {
+#[serde(bound(serialize = "T: fmt::Display"))]
+struct OrderCreated<'a, T> {
     version: &'static str,
-    order_id: &'a str,
-    user_id: &'a str,
+    order_id: Shown<OrderId>,
+    user_id: Shown<UserId>,
     total: f64,
-    timestamp: &'a str,
-    trace_id: &'a str,
+    timestamp: Shown<T>,
+    trace_id: Shown<TraceId>,
     bench: &'a Envelope,
 }
 
-/// One encoded message with the metadata drivers put in headers.
+/// One encoded message, with what drivers put in headers or keys.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
-    /// The JSON event, padded to the message size.
+    /// The encoded message, padded to the message size.
     pub payload: Vec<u8>,
+    /// Whose ids it carries.
+    pub envelope: Envelope,
+    /// Its trace id, also in the payload.
+    pub trace_id: TraceId,
+}
+
+impl Outgoing {
     /// Business id (AMQP message-id, `Nats-Msg-Id`).
-    pub order_id: String,
+    pub fn order_id(&self) -> OrderId {
+        self.envelope.order_id()
+    }
+
     /// Partition / ordering key.
-    pub user_id: String,
-    /// W3C trace id, 32 hex digits, also sent as a header.
-    pub trace_id: String,
+    pub fn user_id(&self) -> UserId {
+        self.envelope.user_id()
+    }
 }
 
 /// Encodes `envelope` in `encoding`, padded to `size` bytes, or of its
-/// natural size if `size` is smaller: the event is never cut.
+/// natural size if `size` is smaller: the event is never cut. Every message
+/// carries a fresh trace id in its payload.
 /// Its type, `events.order.created.v1`, travels as the subject / routing key /
 /// topic and (AMQP) the `type` property.
 pub fn encode(envelope: &Envelope, size: usize, encoding: Encoding) -> Outgoing {
-    let order_id = envelope.order_id();
-    let user_id = format!("user-{}", envelope.key);
-    let trace_id = format!("{:032x}", rand::random::<u128>());
-    if encoding == Encoding::Binary {
-        return Outgoing {
-            payload: encode_binary(envelope, size),
-            order_id,
-            user_id,
-            trace_id,
-        };
+    let trace_id = TraceId(rand::random::<u128>());
+    let payload = match encoding {
+        Encoding::Binary => encode_binary(envelope, trace_id, size),
+        Encoding::Json => encode_json(envelope, trace_id, size),
+    };
+    Outgoing {
+        payload,
+        envelope: *envelope,
+        trace_id,
     }
-    let timestamp = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+}
+
+/// The JSON event of `envelope`, padded to `size` bytes.
+fn encode_json(envelope: &Envelope, trace_id: TraceId, size: usize) -> Vec<u8> {
     let event = OrderCreated {
         version: VERSION,
-        order_id: &order_id,
-        user_id: &user_id,
+        order_id: Shown(envelope.order_id()),
+        user_id: Shown(envelope.user_id()),
         // A plausible amount that differs per order, in cents precision.
         total: ((envelope.seq * 7919 + envelope.key * 104_729) % 100_000) as f64 / 100.0 + 1.0,
-        timestamp: &timestamp,
-        trace_id: &trace_id,
+        timestamp: Shown(humantime::format_rfc3339_millis(
+            std::time::SystemTime::now(),
+        )),
+        trace_id: Shown(trace_id),
         bench: envelope,
     };
     let mut payload = Vec::with_capacity(size.max(256));
@@ -128,16 +197,12 @@ pub fn encode(envelope: &Envelope, size: usize, encoding: Encoding) -> Outgoing 
         payload.resize(size - 2, b'x');
         payload.extend_from_slice(br#""}"#);
     }
-    Outgoing {
-        payload,
-        order_id,
-        user_id,
-        trace_id,
-    }
+    payload
 }
 
-/// The binary layout of `envelope`, padded with zeros to `size` bytes.
-fn encode_binary(envelope: &Envelope, size: usize) -> Vec<u8> {
+/// The binary layout of `envelope` and its trace id, padded with zeros to
+/// `size` bytes.
+fn encode_binary(envelope: &Envelope, trace_id: TraceId, size: usize) -> Vec<u8> {
     let mut payload = Vec::with_capacity(size.max(BINARY_BYTES));
     payload.extend_from_slice(&[BINARY_MAGIC, BINARY_VERSION]);
     payload.extend_from_slice(&envelope.run.to_le_bytes());
@@ -150,12 +215,16 @@ fn encode_binary(envelope: &Envelope, size: usize) -> Vec<u8> {
     ] {
         payload.extend_from_slice(&field.to_le_bytes());
     }
+    payload.extend_from_slice(&trace_id.0.to_le_bytes());
     payload.resize(size.max(BINARY_BYTES), 0);
     payload
 }
 
 /// Reads a binary payload's envelope.
 fn decode_binary(payload: &[u8]) -> Option<Envelope> {
+    if payload.len() < BINARY_BYTES {
+        return None;
+    }
     let (head, rest) = payload.split_first_chunk::<2>()?;
     if *head != [BINARY_MAGIC, BINARY_VERSION] {
         return None;
@@ -217,6 +286,7 @@ mod tests {
             assert_eq!(json["version"], "v1");
             assert_eq!(json["order_id"], "ord-abc-1-42");
             assert_eq!(json["user_id"], "user-7");
+            assert_eq!(json["trace_id"], out.trace_id.to_string());
             assert_eq!(json["trace_id"].as_str().unwrap().len(), 32);
             assert!(json["total"].as_f64().unwrap() > 0.0);
             assert!(json["timestamp"].as_str().unwrap().ends_with('Z'));
@@ -242,7 +312,7 @@ mod tests {
         let binary = encode(&envelope(), 64, Encoding::Binary).payload;
         assert_eq!(decode(&binary[..BINARY_BYTES - 1]), None, "cut short");
         let mut other_version = binary.clone();
-        other_version[1] = 2;
+        other_version[1] = 1;
         assert_eq!(decode(&other_version), None);
     }
 
@@ -261,9 +331,14 @@ mod tests {
                 let out = encode(&e, size, Encoding::Binary);
                 assert_eq!(out.payload.len(), len, "size {size}");
                 assert_eq!(decode(&out.payload), Some(e));
-                // The ids still travel beside the payload.
-                assert_eq!(out.order_id, e.order_id());
-                assert_eq!(out.user_id, format!("user-{}", e.key));
+                // The ids still travel beside the payload, the trace id in it.
+                assert_eq!(out.envelope, e);
+                assert_eq!(out.user_id().to_string(), format!("user-{}", e.key));
+                let trace = &out.payload[BINARY_BYTES - 16..BINARY_BYTES];
+                assert_eq!(
+                    u128::from_le_bytes(trace.try_into().unwrap()),
+                    out.trace_id.0
+                );
             }
         }
     }

@@ -12,11 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use anyhow::Result;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Outgoing;
@@ -77,8 +80,11 @@ impl From<ErrorKind> for Failure {
     }
 }
 
-/// The outcome of a publish: resolves when the broker confirms or refuses.
-pub type Confirmation = BoxFuture<'static, Result<(), Failure>>;
+/// The run's name for one send, handed back with the broker's answer to it.
+pub type Token = u64;
+
+/// The broker's answer to one send: confirmed, or why not.
+pub type Answer = (Token, Result<(), Failure>);
 
 /// What the consumer did with a delivery, after processing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,11 +163,77 @@ pub trait Driver: Send + Sync {
     async fn close(&self);
 }
 
-/// Publishes messages, each with its own confirmation.
+/// Publishes messages; the broker's answers come back in one stream, each
+/// under the token its send was given, so that no send costs a future, a
+/// timer or a channel of its own. Timeouts are the caller's: it knows when
+/// each send went out.
 #[async_trait]
 pub trait Producer: Send {
-    /// Sends one message in order and returns its pending confirmation.
-    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure>;
+    /// Sends one message, in order after the ones before it; the answer
+    /// comes from [`Producer::poll_answer`] under `token`. An error means it
+    /// was not sent, and no answer will come.
+    async fn send(&mut self, token: Token, message: Outgoing) -> Result<(), Failure>;
+
+    /// The next answer to a message sent: confirmed or refused. Pending
+    /// while none is in (and forever while nothing is outstanding).
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer>;
+
+    /// An answer already in, without waiting.
+    fn ready(&mut self) -> Option<Answer> {
+        match self.poll_answer(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(answer) => Some(answer),
+            Poll::Pending => None,
+        }
+    }
+}
+
+/// Answers still to come as futures, one per send, each resolving to its
+/// token's answer: for client libraries whose confirmation is a future
+/// (lapin's `PublisherConfirm`, rdkafka's `DeliveryFuture`).
+pub(crate) struct Awaited<F> {
+    futures: FuturesUnordered<Tagged<F>>,
+}
+
+impl<F: Future<Output = Result<(), Failure>> + Unpin> Awaited<F> {
+    pub(crate) fn new() -> Self {
+        Awaited {
+            futures: FuturesUnordered::new(),
+        }
+    }
+
+    /// Waits for `confirmation`, the answer to `token`.
+    pub(crate) fn push(&mut self, token: Token, confirmation: F) {
+        self.futures.push(Tagged {
+            token,
+            confirmation,
+        });
+    }
+
+    /// The next answer in; pending while there is none.
+    pub(crate) fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer> {
+        match self.futures.poll_next_unpin(cx) {
+            Poll::Ready(Some(answer)) => Poll::Ready(answer),
+            // Empty: the caller polls again after its next send.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A confirmation future with the token of its send.
+struct Tagged<F> {
+    token: Token,
+    confirmation: F,
+}
+
+impl<F: Future<Output = Result<(), Failure>> + Unpin> Future for Tagged<F> {
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let token = self.token;
+        Pin::new(&mut self.confirmation)
+            .poll(cx)
+            .map(|result| (token, result))
+    }
 }
 
 /// Receives messages of one consumer group.
@@ -235,15 +307,6 @@ pub(crate) async fn within<T, E: Into<anyhow::Error>>(
         Ok(result) => result.map_err(Into::into).with_context(|| what.to_string()),
         Err(_) => anyhow::bail!("{what}: no answer within {limit:?}"),
     }
-}
-
-/// Waits for a confirmation with [`CONFIRM_TIMEOUT`].
-pub(crate) async fn confirm_within<T>(
-    fut: impl Future<Output = Result<T, Failure>>,
-) -> Result<T, Failure> {
-    tokio::time::timeout(CONFIRM_TIMEOUT, fut)
-        .await
-        .unwrap_or_else(|_| Err(ErrorKind::Timeout.because("no confirmation within 30 s")))
 }
 
 #[cfg(test)]

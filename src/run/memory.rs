@@ -8,15 +8,17 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use crate::broker::BrokerKind;
 use crate::driver::{
-    Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
+    Answer, Awaited, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings, Token,
 };
 use crate::env::{Endpoint, Environment, FaultTarget, Placed};
 use crate::event::Outgoing;
@@ -312,7 +314,10 @@ impl Driver for MemoryBroker {
     }
 
     async fn producer(&self, _id: u32) -> Result<Box<dyn Producer>> {
-        Ok(Box::new(self.clone()))
+        Ok(Box::new(MemoryProducer {
+            broker: self.clone(),
+            answers: Awaited::new(),
+        }))
     }
 
     async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
@@ -364,19 +369,31 @@ impl Driver for MemoryBroker {
     }
 }
 
+/// Publishes to the in-memory broker; each publish's answer is a future.
+struct MemoryProducer {
+    broker: MemoryBroker,
+    answers: Awaited<BoxFuture<'static, Result<(), Failure>>>,
+}
+
 #[async_trait]
-impl Producer for MemoryBroker {
-    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure> {
-        if let Some(burn) = self.knobs.burn {
+impl Producer for MemoryProducer {
+    async fn send(&mut self, token: Token, message: Outgoing) -> Result<(), Failure> {
+        if let Some(burn) = self.broker.knobs.burn {
             let spin = Instant::now();
             while spin.elapsed() < burn {
                 std::hint::spin_loop();
             }
         }
-        if self.lock().down {
+        if self.broker.lock().down {
             return Err(ErrorKind::Connection.because("connection refused"));
         }
-        Ok(Box::pin(self.clone().publish(message.payload)))
+        let answer = Box::pin(self.broker.clone().publish(message.payload));
+        self.answers.push(token, answer);
+        Ok(())
+    }
+
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer> {
+        self.answers.poll_answer(cx)
     }
 }
 

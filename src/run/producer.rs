@@ -2,19 +2,17 @@
 //! loop at rate 0), confirmations awaited concurrently, and in retry mode
 //! unconfirmed messages sent again with the reconnection backoff.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::PublishStatus;
 use super::pacer::Pacer;
 use super::{count, ProducerOutcome, Progress, RunContext};
-use crate::driver::{self, Failure, Producer};
+use crate::driver::{self, Answer, ErrorKind, Failure, Producer, Token, CONFIRM_TIMEOUT};
 use crate::event::{self, Envelope};
 use crate::scenario::{Plan, Unconfirmed};
 
@@ -28,12 +26,14 @@ struct Send {
     attempt: u32,
 }
 
-/// The broker's answer to one send.
-struct Answer {
+/// A send awaiting the broker's answer.
+struct Outstanding {
     send: Send,
     sent: Instant,
-    result: Result<(), Failure>,
 }
+
+/// How often sends are checked for an answer overdue by [`CONFIRM_TIMEOUT`].
+const OVERDUE_CHECK: Duration = Duration::from_secs(1);
 
 /// How long after the end of the load a producer still sends what fell due
 /// before it: the timer can wake a little late.
@@ -51,7 +51,12 @@ pub(super) struct ProducerTask {
     max_in_flight: usize,
     progress: Arc<Progress>,
     out: ProducerOutcome,
-    in_flight: FuturesUnordered<BoxFuture<'static, Answer>>,
+    /// Sends awaiting an answer, by token.
+    in_flight: HashMap<Token, Outstanding>,
+    /// The token of the next send.
+    next_token: Token,
+    /// When sends are next checked for an overdue answer.
+    overdue_check: Instant,
     /// Messages to send again, each with the earliest time to do so.
     retries: Vec<(Instant, Send)>,
 }
@@ -74,7 +79,9 @@ impl ProducerTask {
             max_in_flight: plan.load.max_in_flight,
             progress,
             out: ProducerOutcome::default(),
-            in_flight: FuturesUnordered::new(),
+            in_flight: HashMap::new(),
+            next_token: 0,
+            overdue_check: Instant::now() + OVERDUE_CHECK,
             retries: Vec::new(),
         }
     }
@@ -107,8 +114,11 @@ impl ProducerTask {
             if Instant::now() >= self.cx.deadline {
                 break; // what is still in flight, or never sent, stays unknown
             }
-            let slot = self.in_flight.len() < self.max_in_flight;
             let now = Instant::now();
+            if now >= self.overdue_check {
+                self.time_out(now);
+            }
+            let slot = self.in_flight.len() < self.max_in_flight;
             // A retry whose time has come goes first.
             if let Some(i) = self
                 .retries
@@ -137,9 +147,11 @@ impl ProducerTask {
             }
             // Nothing to send yet: wait for the next due time, retry time or answer.
             let next_retry = self.retries.iter().map(|(at, _)| *at).min();
+            let overdue = (!self.in_flight.is_empty()).then_some(self.overdue_check);
             let wake = [
                 due.filter(|_| slot),
                 next_retry.filter(|_| slot),
+                overdue,
                 Some(self.cx.deadline),
             ]
             .into_iter()
@@ -149,7 +161,7 @@ impl ProducerTask {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => self.settle(answer),
+                answer = std::future::poll_fn(|cx| self.producer.poll_answer(cx)), if !self.in_flight.is_empty() => self.settle(answer),
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
@@ -166,7 +178,7 @@ impl ProducerTask {
     }
 
     async fn send(&mut self, send: Send) {
-        while let Some(Some(answer)) = self.in_flight.next().now_or_never() {
+        while let Some(answer) = self.producer.ready() {
             self.settle(answer);
         }
         let sent = Instant::now();
@@ -188,27 +200,42 @@ impl ProducerTask {
             attempt: send.attempt + 1,
             ..send
         };
-        match self
-            .producer
-            .send(event::encode(
-                &envelope,
-                self.cx.message_size,
-                self.cx.encoding,
-            ))
-            .await
-        {
-            Ok(confirmation) => {
-                self.in_flight.push(
-                    confirmation
-                        .map(move |result| Answer { send, sent, result })
-                        .boxed(),
-                );
+        let token = self.next_token;
+        self.next_token += 1;
+        let message = event::encode(&envelope, self.cx.message_size, self.cx.encoding);
+        match self.producer.send(token, message).await {
+            Ok(()) => {
+                self.in_flight.insert(token, Outstanding { send, sent });
             }
             Err(failure) => self.failed(send, failure),
         }
     }
 
-    fn settle(&mut self, Answer { send, sent, result }: Answer) {
+    /// Gives up on the sends unanswered for [`CONFIRM_TIMEOUT`]: a timeout
+    /// each (an answer that still comes is ignored).
+    fn time_out(&mut self, now: Instant) {
+        self.overdue_check = now + OVERDUE_CHECK;
+        let overdue: Vec<Token> = self
+            .in_flight
+            .iter()
+            .filter(|(_, o)| now.duration_since(o.sent) >= CONFIRM_TIMEOUT)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in overdue {
+            if let Some(Outstanding { send, .. }) = self.in_flight.remove(&token) {
+                self.failed(
+                    send,
+                    ErrorKind::Timeout.because("no confirmation within 30 s"),
+                );
+            }
+        }
+    }
+
+    fn settle(&mut self, (token, result): Answer) {
+        // None: an answer after its send timed out, already counted.
+        let Some(Outstanding { send, sent }) = self.in_flight.remove(&token) else {
+            return;
+        };
         let now = Instant::now();
         match result {
             Ok(()) => {

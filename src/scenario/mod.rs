@@ -236,9 +236,17 @@ pub struct Load {
     /// Payload size in bytes (the event is padded to it, never cut).
     pub message_size: usize,
     /// `json` (the versioned event, at least about 264 bytes) or `binary`
-    /// (the envelope alone, 46 bytes, for small messages).
+    /// (the envelope and trace id alone, 62 bytes, for small messages).
     #[serde(default)]
     pub encoding: Encoding,
+    /// Whether each message carries its order id and trace id in headers or
+    /// properties as well (AMQP `message-id` and a `trace_id` header,
+    /// JetStream `Nats-Msg-Id` for the server's duplicate detection and
+    /// `trace_id`, a Kafka `trace_id` header). Off, the payload alone
+    /// carries them, as the brokers' reference clients send no headers:
+    /// for like-for-like comparisons.
+    #[serde(default = "yes")]
+    pub headers: bool,
     /// Distinct `user_id` values; the partition key, and per-key order is checked.
     pub keys: u64,
     /// Publishes awaiting confirmation per producer before it waits.
@@ -452,6 +460,7 @@ impl Default for Load {
             producers: 1,
             message_size: 512,
             encoding: Encoding::Json,
+            headers: true,
             keys: 1000,
             max_in_flight: 1000,
             drain_timeout: Duration::from_secs(30),

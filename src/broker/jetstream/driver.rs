@@ -2,7 +2,7 @@
 //! `events.order.created.v1`, async publishes whose acks are awaited
 //! concurrently, and one durable pull consumer per group with explicit acks.
 
-use std::future::IntoFuture;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::driver::{
-    confirm_within, timed, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming, Producer,
-    Settings, Settle, Settler,
+    timed, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings, Settle,
+    Settler, Token,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
@@ -73,6 +73,8 @@ pub(super) struct JetStreamDriver {
     recovery: Recovery,
     dead_letter: DeadLetter,
     failing: bool,
+    /// Whether messages carry `Nats-Msg-Id` and `trace_id` headers.
+    headers: bool,
 }
 
 /// `fut` with the call timeout, its own error left to the caller to read.
@@ -120,6 +122,7 @@ impl JetStreamDriver {
             recovery: plan.recovery.clone(),
             dead_letter: plan.dead_letter.clone(),
             failing: plan.has_failures(),
+            headers: plan.load.headers,
         })
     }
 
@@ -179,9 +182,9 @@ impl Driver for JetStreamDriver {
     }
 
     async fn producer(&self, _id: u32) -> Result<Box<dyn Producer>> {
-        Ok(Box::new(JetStreamProducer {
-            context: self.context.clone(),
-        }))
+        Ok(Box::new(
+            JetStreamProducer::new(self.client.clone(), self.headers).await?,
+        ))
     }
 
     async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
@@ -264,7 +267,11 @@ impl Driver for JetStreamDriver {
             consumer: "durable pull, explicit ack after processing",
             max_ack_pending: self.settings.max_ack_pending,
             ack_wait: humantime::format_duration(ACK_WAIT).to_string(),
-            dedup_header: "Nats-Msg-Id = order_id",
+            dedup_header: if self.headers {
+                "Nats-Msg-Id = order_id"
+            } else {
+                "none (headers = false)"
+            },
             reconnect: crate::driver::backoff_description(&self.recovery),
             fsync: "server default (sync_interval 2 min)",
             dead_lettering: self.failing.then(|| {
@@ -330,38 +337,116 @@ impl Driver for JetStreamDriver {
     }
 }
 
+/// Publishes to the stream's subject with a reply subject of its own,
+/// `<inbox>.<token>`, and reads every publish ack from one wildcard
+/// subscription, as nats.go's `PublishAsync` does: no request, oneshot
+/// channel or timer per message.
 struct JetStreamProducer {
-    context: jetstream::Context,
+    client: async_nats::Client,
+    /// `_INBOX.<unique>.`: each send's reply subject is this and its token.
+    inbox: String,
+    acks: async_nats::Subscriber,
+    /// Whether each message carries `Nats-Msg-Id` and `trace_id` headers.
+    headers: bool,
 }
+
+impl JetStreamProducer {
+    async fn new(client: async_nats::Client, headers: bool) -> Result<Self> {
+        let inbox = format!("{}.", client.new_inbox());
+        let acks = timed(
+            "subscribing to publish acks",
+            client.subscribe(format!("{inbox}*")),
+        )
+        .await?;
+        Ok(JetStreamProducer {
+            client,
+            inbox,
+            acks,
+            headers,
+        })
+    }
+}
+
+/// The answer a publish ack carries: the stream stored it, or an error
+/// (`{"error":{"code":503,...}}`), or no stream listens (status 503).
+fn publish_ack(ack: &async_nats::Message) -> Result<(), Failure> {
+    if ack.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        return Err(ErrorKind::Refused.because("no stream listens on the subject (no responders)"));
+    }
+    let error = ack
+        .payload
+        .windows(ERROR_FIELD.len())
+        .any(|w| w == ERROR_FIELD);
+    if !error {
+        return Ok(());
+    }
+    #[derive(serde::Deserialize)]
+    struct Refusal {
+        error: Option<serde_json::Value>,
+    }
+    let why = serde_json::from_slice::<Refusal>(&ack.payload)
+        .ok()
+        .and_then(|r| r.error)
+        .map_or_else(
+            || String::from_utf8_lossy(&ack.payload).into_owned(),
+            |e| e.to_string(),
+        );
+    Err(ErrorKind::Refused.because(why))
+}
+
+/// What marks a publish ack as an error.
+const ERROR_FIELD: &[u8] = b"\"error\"";
 
 #[async_trait]
 impl Producer for JetStreamProducer {
-    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            message.order_id.as_str(),
-        );
-        headers.insert("trace_id", message.trace_id.as_str());
-        let publish =
-            self.context
-                .publish_with_headers(EVENT_TYPE, headers, message.payload.into());
-        let ack = match tokio::time::timeout(crate::driver::CALL_TIMEOUT, publish).await {
-            Ok(Ok(ack)) => ack,
-            Ok(Err(e)) => return Err(ErrorKind::Send.because(e)),
-            Err(_) => return Err(ErrorKind::Timeout.because("publish: no answer")),
+    async fn send(&mut self, token: Token, message: Outgoing) -> Result<(), Failure> {
+        let reply = format!("{}{token}", self.inbox);
+        let order_id = message.order_id();
+        let payload = message.payload.into();
+        let publish = if self.headers {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, order_id.to_string());
+            headers.insert("trace_id", message.trace_id.to_string());
+            tokio::time::timeout(
+                crate::driver::CALL_TIMEOUT,
+                self.client
+                    .publish_with_reply_and_headers(EVENT_TYPE, reply, headers, payload),
+            )
+            .await
+        } else {
+            tokio::time::timeout(
+                crate::driver::CALL_TIMEOUT,
+                self.client.publish_with_reply(EVENT_TYPE, reply, payload),
+            )
+            .await
         };
-        Ok(Box::pin(confirm_within(async move {
-            use async_nats::jetstream::context::PublishErrorKind as Kind;
-            ack.into_future().await.map(|_| ()).map_err(|e| {
-                let kind = match e.kind() {
-                    Kind::TimedOut => ErrorKind::Timeout,
-                    Kind::BrokenPipe => ErrorKind::Connection,
-                    _ => ErrorKind::Refused,
-                };
-                kind.because(e)
-            })
-        })))
+        match publish {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ErrorKind::Send.because(e)),
+            Err(_) => Err(ErrorKind::Timeout.because("publish: no answer")),
+        }
+    }
+
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer> {
+        loop {
+            match self.acks.poll_next_unpin(cx) {
+                Poll::Ready(Some(ack)) => {
+                    let token = ack
+                        .subject
+                        .as_str()
+                        .rsplit('.')
+                        .next()
+                        .and_then(|t| t.parse::<Token>().ok());
+                    // Something else on our inbox: not an answer.
+                    if let Some(token) = token {
+                        return Poll::Ready((token, publish_ack(&ack)));
+                    }
+                }
+                // The subscription ended (the client closed): what is
+                // outstanding times out.
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -4,24 +4,28 @@
 //! offsets committed only up to what has been processed.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::io::Write as _;
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
+use futures_util::future::{FutureExt, Map};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
 use crate::driver::{
-    timed, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
-    Settle, Settler, CONFIRM_TIMEOUT,
+    timed, Answer, Awaited, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
+    Settle, Settler, Token, CONFIRM_TIMEOUT,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
@@ -66,6 +70,8 @@ pub(super) struct KafkaDriver {
     run_id: u64,
     dead_letter: DeadLetter,
     failing: bool,
+    /// Whether messages carry a `trace_id` header.
+    headers: bool,
 }
 
 /// The configuration every Kafka client of ours starts from, the readiness
@@ -251,6 +257,7 @@ impl KafkaDriver {
             run_id,
             dead_letter: plan.dead_letter.clone(),
             failing: plan.has_failures(),
+            headers: plan.load.headers,
         })
     }
 }
@@ -269,6 +276,8 @@ impl Driver for KafkaDriver {
     async fn producer(&self, _id: u32) -> Result<Box<dyn Producer>> {
         Ok(Box::new(KafkaProducer {
             producer: self.producer.clone(),
+            headers: self.headers,
+            deliveries: Awaited::new(),
         }))
     }
 
@@ -393,35 +402,57 @@ impl Driver for KafkaDriver {
 
 struct KafkaProducer {
     producer: FutureProducer,
+    /// Whether messages carry a `trace_id` header.
+    headers: bool,
+    /// Delivery reports still to come.
+    deliveries: Awaited<Map<DeliveryFuture, fn(DeliveryReport) -> Result<(), Failure>>>,
+}
+
+/// What rdkafka's delivery future yields.
+type DeliveryReport = <DeliveryFuture as Future>::Output;
+
+/// The answer in a delivery report.
+fn delivered(report: DeliveryReport) -> Result<(), Failure> {
+    match report {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
+            Err(ErrorKind::Timeout.because(e))
+        }
+        Ok(Err((e, _))) => Err(ErrorKind::Refused.because(e)),
+        Err(_canceled) => Err(ErrorKind::Connection.because("the producer was closed")),
+    }
 }
 
 #[async_trait]
 impl Producer for KafkaProducer {
-    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure> {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "trace_id",
-            value: Some(message.trace_id.as_str()),
-        });
-        let record = FutureRecord::to(EVENT_TYPE)
-            .key(&message.user_id)
-            .payload(&message.payload)
-            .headers(headers);
-        // Enqueues in librdkafka; the delivery report is the confirmation.
+    async fn send(&mut self, token: Token, message: Outgoing) -> Result<(), Failure> {
+        // The key, `user-<key>`, written on the stack.
+        let mut key = [0u8; 32];
+        let mut rest = &mut key[..];
+        write!(rest, "{}", message.user_id()).expect("a user id fits in 32 bytes");
+        let len = 32 - rest.len();
+        let key = &key[..len];
+        let mut record = FutureRecord::to(EVENT_TYPE)
+            .key(key)
+            .payload(&message.payload);
+        if self.headers {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "trace_id",
+                value: Some(&message.trace_id.to_string()),
+            }));
+        }
+        // Enqueues in librdkafka; the delivery report is the answer.
         let delivery = self
             .producer
             .send_result(record)
             .map_err(|(e, _)| ErrorKind::Send.because(e))?;
-        Ok(Box::pin(async move {
-            match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((
-                    e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
-                    _,
-                ))) => Err(ErrorKind::Timeout.because(e)),
-                Ok(Err((e, _))) => Err(ErrorKind::Refused.because(e)),
-                Err(_canceled) => Err(ErrorKind::Connection.because("the producer was closed")),
-            }
-        }))
+        let report: fn(DeliveryReport) -> Result<(), Failure> = delivered;
+        self.deliveries.push(token, delivery.map(report));
+        Ok(())
+    }
+
+    fn poll_answer(&mut self, cx: &mut TaskContext<'_>) -> Poll<Answer> {
+        self.deliveries.poll_answer(cx)
     }
 }
 

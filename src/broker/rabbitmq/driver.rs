@@ -3,10 +3,12 @@
 //! flight, manual acks after processing, and a prefetch limit.
 
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
@@ -18,8 +20,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use serde::Serialize;
 
 use crate::driver::{
-    confirm_within, timed, Confirmation, Consumer, Driver, ErrorKind, Failure, Incoming, Producer,
-    Settings, Settle, Settler,
+    timed, Answer, Awaited, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
+    Settle, Settler, Token,
 };
 use crate::env::Endpoint;
 use crate::event::Outgoing;
@@ -88,6 +90,9 @@ struct Session {
     recovery: Recovery,
     groups: Vec<ConsumerGroup>,
     dead_letter: DeadLetter,
+    /// Whether messages carry `message-id`, `type`, `content-type` and a
+    /// `trace_id` header.
+    headers: bool,
     current: tokio::sync::Mutex<Generation>,
 }
 
@@ -412,6 +417,7 @@ impl RabbitMqDriver {
             recovery: plan.recovery.clone(),
             groups: plan.consumers.clone(),
             dead_letter: plan.dead_letter.clone(),
+            headers: plan.load.headers,
             current: tokio::sync::Mutex::new(Generation {
                 number: 0,
                 connection: None,
@@ -440,6 +446,7 @@ impl Driver for RabbitMqDriver {
         Ok(Box::new(RabbitProducer {
             session: self.session.clone(),
             channel,
+            confirms: Awaited::new(),
         }))
     }
 
@@ -547,61 +554,97 @@ async fn ready_once_settled(channel: &Channel, queue: &str) -> Result<u32> {
     }
 }
 
+/// Publishes on one confirm-mode channel, many messages at a time: each
+/// `basic.publish` queues its frames at once, in send order, and lapin's I/O
+/// thread writes whatever is queued together; the writes and the broker's
+/// confirmations are awaited in [`Awaited`], not one by one.
 struct RabbitProducer {
     session: Arc<Session>,
     channel: Channel,
+    confirms: Awaited<BoxFuture<'static, Result<(), Failure>>>,
+}
+
+impl RabbitProducer {
+    /// The message's properties: persistent or not, and with
+    /// [`Session::headers`] its ids, type and trace id.
+    fn properties(&self, message: &Outgoing) -> BasicProperties {
+        let mode = if self.session.settings.persistent {
+            2
+        } else {
+            1
+        };
+        let properties = BasicProperties::default().with_delivery_mode(mode);
+        if !self.session.headers {
+            return properties;
+        }
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "trace_id".into(),
+            AMQPValue::LongString(message.trace_id.to_string().into()),
+        );
+        properties
+            .with_content_type("application/json".into())
+            .with_type(EVENT_TYPE.into())
+            .with_message_id(message.order_id().to_string().into())
+            .with_headers(headers)
+    }
+}
+
+/// Publishes `payload` on `channel` and waits for the broker's confirm.
+fn publish(
+    channel: Channel,
+    payload: Vec<u8>,
+    properties: BasicProperties,
+) -> BoxFuture<'static, Result<(), Failure>> {
+    Box::pin(async move {
+        let confirm = channel
+            .basic_publish(
+                EXCHANGE.into(),
+                EVENT_TYPE.into(),
+                BasicPublishOptions::default(),
+                &payload,
+                properties,
+            )
+            .await
+            .map_err(|e| ErrorKind::Connection.because(e))?;
+        match confirm.await {
+            Ok(confirmation) if confirmation.is_ack() => Ok(()),
+            Ok(_) => Err(ErrorKind::Refused.because("the broker nacked it (basic.nack)")),
+            Err(e) => Err(ErrorKind::Connection.because(e)),
+        }
+    })
 }
 
 #[async_trait]
 impl Producer for RabbitProducer {
-    async fn send(&mut self, message: Outgoing) -> Result<Confirmation, Failure> {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "trace_id".into(),
-            AMQPValue::LongString(message.trace_id.as_str().into()),
-        );
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_type(EVENT_TYPE.into())
-            .with_message_id(message.order_id.as_str().into())
-            .with_delivery_mode(if self.session.settings.persistent {
-                2
-            } else {
-                1
-            })
-            .with_headers(headers);
-        // A broken channel is replaced (reconnecting if need be), then the
-        // message is published once more on the new one.
-        let mut replaced = false;
-        let confirm = loop {
-            let publish = self.channel.basic_publish(
-                EXCHANGE.into(),
-                EVENT_TYPE.into(),
-                BasicPublishOptions::default(),
-                &message.payload,
-                properties.clone(),
-            );
-            match tokio::time::timeout(crate::driver::CALL_TIMEOUT, publish).await {
-                Ok(Ok(confirm)) => break confirm,
-                Ok(Err(_)) if !replaced => {
-                    self.channel = self
-                        .session
-                        .publisher_channel()
-                        .await
-                        .map_err(|e| ErrorKind::Connection.because(format!("{e:#}")))?;
-                    replaced = true;
-                }
-                Ok(Err(e)) => return Err(ErrorKind::Connection.because(e)),
-                Err(_) => return Err(ErrorKind::Timeout.because("basic.publish: no answer")),
-            }
-        };
-        Ok(Box::pin(confirm_within(async move {
-            match confirm.await {
-                Ok(confirmation) if confirmation.is_ack() => Ok(()),
-                Ok(_) => Err(ErrorKind::Refused.because("the broker nacked it (basic.nack)")),
-                Err(e) => Err(ErrorKind::Connection.because(e)),
-            }
-        })))
+    async fn send(&mut self, token: Token, message: Outgoing) -> Result<(), Failure> {
+        // A closed channel is replaced (reconnecting if need be) first.
+        if !self.channel.status().connected() {
+            self.channel = self
+                .session
+                .publisher_channel()
+                .await
+                .map_err(|e| ErrorKind::Connection.because(format!("{e:#}")))?;
+        }
+        let properties = self.properties(&message);
+        let mut confirm = publish(self.channel.clone(), message.payload, properties);
+        // The first poll queues the frames, so messages go out in send
+        // order; the write and the confirm are awaited with the others.
+        match confirm
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Pending => self.confirms.push(token, confirm),
+            Poll::Ready(Err(failure)) => return Err(failure),
+            Poll::Ready(Ok(())) => self
+                .confirms
+                .push(token, Box::pin(std::future::ready(Ok(())))),
+        }
+        Ok(())
+    }
+
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer> {
+        self.confirms.poll_answer(cx)
     }
 }
 
