@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -107,8 +108,8 @@ pub type Settler = Box<dyn FnOnce(Settle) -> BoxFuture<'static, Result<(), Error
 
 /// One received message.
 pub struct Incoming {
-    /// The raw payload.
-    pub payload: Vec<u8>,
+    /// The raw payload (shared with the client's buffer where it allows).
+    pub payload: Bytes,
     /// The broker's own redelivery flag.
     pub redelivered: bool,
     /// Acknowledge it, or hand it back as failed.

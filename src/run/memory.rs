@@ -439,7 +439,7 @@ impl Consumer for MemoryConsumer {
             })
         });
         Some(Ok(Incoming {
-            payload,
+            payload: payload.into(),
             redelivered,
             settle,
         }))

@@ -102,19 +102,19 @@ impl ProducerTask {
         let last_send = self.cx.end + SEND_GRACE;
         let mut k: u64 = 0;
         loop {
-            let open = Instant::now() < last_send;
+            // One reading of the clock per turn: it is read per message.
+            let now = Instant::now();
             let due = match (&pacer, limit) {
-                (Some(p), Some(n)) if k < n && open => Some(p.intended(k)),
-                (None, _) if Instant::now() < self.cx.end => Some(Instant::now()),
+                (Some(p), Some(n)) if k < n && now < last_send => Some(p.intended(k)),
+                (None, _) if now < self.cx.end => Some(now),
                 _ => None,
             };
             if due.is_none() && self.in_flight.is_empty() && self.retries.is_empty() {
                 break;
             }
-            if Instant::now() >= self.cx.deadline {
+            if now >= self.cx.deadline {
                 break; // what is still in flight, or never sent, stays unknown
             }
-            let now = Instant::now();
             if now >= self.overdue_check {
                 self.time_out(now);
             }
@@ -128,19 +128,22 @@ impl ProducerTask {
             {
                 let (_, send) = self.retries.swap_remove(i);
                 self.out.resent += 1;
-                self.send(send).await;
+                self.send(send, now).await;
                 continue;
             }
             if let Some(due) = due.filter(|d| *d <= now && slot) {
                 let seq = self.out.log.attempt();
                 self.progress.attempted[self.id as usize].fetch_add(1, Ordering::Relaxed);
                 let key = rand::random_range(0..self.cx.keys);
-                self.send(Send {
-                    seq,
-                    key,
-                    due,
-                    attempt: 0,
-                })
+                self.send(
+                    Send {
+                        seq,
+                        key,
+                        due,
+                        attempt: 0,
+                    },
+                    now,
+                )
                 .await;
                 k += 1;
                 continue;
@@ -161,7 +164,7 @@ impl ProducerTask {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                answer = std::future::poll_fn(|cx| self.producer.poll_answer(cx)), if !self.in_flight.is_empty() => self.settle(answer),
+                answer = std::future::poll_fn(|cx| self.producer.poll_answer(cx)), if !self.in_flight.is_empty() => self.settle(answer, Instant::now()),
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
@@ -177,11 +180,12 @@ impl ProducerTask {
         self.out
     }
 
-    async fn send(&mut self, send: Send) {
+    /// Sends `send` at `sent`, the time read for this turn, after settling
+    /// the answers already in.
+    async fn send(&mut self, send: Send, sent: Instant) {
         while let Some(answer) = self.producer.ready() {
-            self.settle(answer);
+            self.settle(answer, sent);
         }
-        let sent = Instant::now();
         let envelope = Envelope {
             run: self.cx.run_id,
             producer: self.id,
@@ -231,12 +235,12 @@ impl ProducerTask {
         }
     }
 
-    fn settle(&mut self, (token, result): Answer) {
+    /// Settles an answer that came in at `now`.
+    fn settle(&mut self, (token, result): Answer, now: Instant) {
         // None: an answer after its send timed out, already counted.
         let Some(Outstanding { send, sent }) = self.in_flight.remove(&token) else {
             return;
         };
-        let now = Instant::now();
         match result {
             Ok(()) => {
                 self.out.log.settle(send.seq, PublishStatus::Confirmed);

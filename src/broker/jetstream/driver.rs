@@ -515,8 +515,8 @@ struct Retry {
 /// Settles `message`: ack; for a failed attempt NAK with the retry delay
 /// (the server counts deliveries and stops at `max_deliver`), or `+TERM` at
 /// the last delivery when so configured.
-fn settler(message: jetstream::Message, retry: Retry) -> Settler {
-    let delivered = message.info().map_or(0, |info| info.delivered);
+/// `delivered` is the message's delivery count.
+fn settler(message: jetstream::Message, delivered: i64, retry: Retry) -> Settler {
     Box::new(move |how| {
         Box::pin(async move {
             let kind = match how {
@@ -541,14 +541,11 @@ impl Consumer for JetStreamConsumer {
             Ok(message) => message,
             Err(kind) => return Some(Err(kind)),
         };
-        let redelivered = message
-            .info()
-            .map(|info| info.delivered > 1)
-            .unwrap_or(false);
+        let delivered = message.info().map_or(0, |info| info.delivered);
         Some(Ok(Incoming {
-            payload: message.payload.to_vec(),
-            redelivered,
-            settle: settler(message, self.retry),
+            payload: message.payload.clone(),
+            redelivered: delivered > 1,
+            settle: settler(message, delivered, self.retry),
         }))
     }
 }
@@ -613,10 +610,11 @@ impl Consumer for DeadLetterReader {
         };
         let (advisory, _) = self.pulled.take()?;
         Some(Ok(Incoming {
-            payload: original.unwrap_or_default(),
+            payload: original.unwrap_or_default().into(),
             redelivered: false,
             settle: settler(
                 advisory,
+                0,
                 Retry {
                     delay: Duration::ZERO,
                     terminate_at: None,

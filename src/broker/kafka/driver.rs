@@ -518,7 +518,7 @@ impl DeadLetterWriter {
         }
         let topic = dead_letter_topic();
         let mut record = FutureRecord::to(&topic)
-            .payload(&message.payload)
+            .payload(&message.payload[..])
             .headers(headers);
         if let Some(key) = &message.key {
             record = record.key(key);
@@ -533,7 +533,7 @@ impl DeadLetterWriter {
 /// A message copied out of librdkafka's buffer.
 #[derive(Clone)]
 struct Received {
-    payload: Vec<u8>,
+    payload: bytes::Bytes,
     key: Option<Vec<u8>>,
     trace_id: Option<Vec<u8>>,
     /// The group that dead-lettered it, in a dead-letter reader.
@@ -557,7 +557,7 @@ async fn receive(consumer: &StreamConsumer, origin: bool) -> Result<Received, Er
                     .and_then(|h| h.value.map(<[u8]>::to_vec))
             };
             Ok(Received {
-                payload: m.payload().unwrap_or_default().to_vec(),
+                payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
                 key: m.key().filter(|_| origin).map(<[u8]>::to_vec),
                 trace_id: header("trace_id"),
                 dead_lettered_by: header(ORIGINAL_GROUP),

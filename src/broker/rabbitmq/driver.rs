@@ -398,14 +398,18 @@ impl Session {
 
 impl RabbitMqDriver {
     /// A consumer of `queue`, manual acknowledgement.
-    async fn consume(&self, queue: String) -> Result<Box<dyn Consumer>> {
+    /// A consumer of `queue`; with `batched`, its acknowledgements go out
+    /// as `multiple` acks ([`Acks`]).
+    async fn consume(&self, queue: String, batched: bool) -> Result<Box<dyn Consumer>> {
         let (channel, consumer) = self.session.consumer_channel(&queue).await?;
+        let acks = batched.then(|| Acks::new(channel.clone(), self.session.settings.prefetch));
         Ok(Box::new(RabbitConsumer {
             session: self.session.clone(),
             queue,
             broken: false,
             channel,
             consumer,
+            acks,
         }))
     }
 
@@ -451,11 +455,14 @@ impl Driver for RabbitMqDriver {
     }
 
     async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
-        self.consume(queue_name(&group.group)).await
+        // A group that fails messages rejects some of them one by one; a
+        // `multiple` ack could take in one meant for rejection.
+        self.consume(queue_name(&group.group), group.failures.is_none())
+            .await
     }
 
     async fn dead_letters(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
-        self.consume(dead_letter_queue(&group.group)).await
+        self.consume(dead_letter_queue(&group.group), false).await
     }
 
     fn settings(&self) -> Settings {
@@ -655,6 +662,118 @@ struct RabbitConsumer {
     broken: bool,
     channel: Channel,
     consumer: lapin::Consumer,
+    /// The channel's acknowledgements, when they go out as `multiple` acks.
+    acks: Option<Arc<Acks>>,
+}
+
+/// How long a processed delivery may wait for its `multiple` ack.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// A consumer channel's acknowledgements sent as `multiple` acks: one frame
+/// acknowledges every delivery up to a tag, so a message processed waits
+/// until all before it are, then goes out with them when a batch (half the
+/// prefetch) is complete, or [`ACK_DELAY`] after the first of them.
+struct Acks {
+    channel: Channel,
+    batch: u64,
+    state: std::sync::Mutex<AckState>,
+}
+
+#[derive(Default)]
+struct AckState {
+    /// The lowest delivery tag not processed yet (tags start at 1).
+    next: u64,
+    /// Processed tags above `next`.
+    processed: std::collections::BTreeSet<u64>,
+    /// The highest tag acknowledged to the broker.
+    sent: u64,
+    /// Whether a delayed ack is on its way.
+    scheduled: bool,
+}
+
+impl Acks {
+    fn new(channel: Channel, prefetch: u16) -> Arc<Self> {
+        Arc::new(Acks {
+            channel,
+            batch: (u64::from(prefetch) / 2).max(1),
+            state: std::sync::Mutex::new(AckState {
+                next: 1,
+                ..AckState::default()
+            }),
+        })
+    }
+
+    /// Delivery `tag` was processed: acknowledges what a batch completes,
+    /// or makes sure a delayed ack will.
+    async fn processed(self: &Arc<Self>, tag: u64) -> Result<(), ErrorKind> {
+        let (ack, schedule) = {
+            let mut guard = self.state.lock().expect("acks lock");
+            let state = &mut *guard;
+            state.processed.insert(tag);
+            while state.processed.remove(&state.next) {
+                state.next += 1;
+            }
+            if state.next - 1 >= state.sent + self.batch {
+                (self.send(state), false)
+            } else {
+                let schedule = !state.scheduled && state.next - 1 > state.sent;
+                state.scheduled |= schedule;
+                (None, schedule)
+            }
+        };
+        if schedule {
+            let acks = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(ACK_DELAY).await;
+                let _ = acks.flush().await;
+            });
+        }
+        match ack {
+            Some(ack) => Self::finish(ack).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Acknowledges every processed delivery not acknowledged yet.
+    async fn flush(&self) -> Result<(), ErrorKind> {
+        let ack = {
+            let mut state = self.state.lock().expect("acks lock");
+            state.scheduled = false;
+            self.send(&mut state)
+        };
+        match ack {
+            Some(ack) => Self::finish(ack).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the `multiple` ack up to the processed prefix, if it grew.
+    /// Its frame is queued before the lock is let go, so acks go out in
+    /// order: an ack for a lower tag after a higher one would be refused.
+    fn send(&self, state: &mut AckState) -> Option<BoxFuture<'static, lapin::Result<()>>> {
+        let top = state.next - 1;
+        if top <= state.sent {
+            return None;
+        }
+        state.sent = top;
+        let channel = self.channel.clone();
+        let mut ack: BoxFuture<'static, lapin::Result<()>> = Box::pin(async move {
+            channel
+                .basic_ack(top, BasicAckOptions { multiple: true })
+                .await
+        });
+        match ack.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => Some(Box::pin(std::future::ready(result))),
+            Poll::Pending => Some(ack),
+        }
+    }
+
+    async fn finish(ack: BoxFuture<'static, lapin::Result<()>>) -> Result<(), ErrorKind> {
+        match tokio::time::timeout(crate::driver::CALL_TIMEOUT, ack).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(ErrorKind::Ack),
+        }
+    }
 }
 
 #[async_trait]
@@ -675,6 +794,10 @@ impl Consumer for RabbitConsumer {
         // acknowledged comes back, flagged as redelivered.
         match self.session.consumer_channel(&self.queue).await {
             Ok((channel, consumer)) => {
+                // Tags start again at 1 on the new channel.
+                if self.acks.is_some() {
+                    self.acks = Some(Acks::new(channel.clone(), self.session.settings.prefetch));
+                }
                 (self.channel, self.consumer) = (channel, consumer);
                 self.broken = false;
                 Some(Err(ErrorKind::Receive))
@@ -685,6 +808,10 @@ impl Consumer for RabbitConsumer {
     }
 
     async fn close(self: Box<Self>) {
+        // What was processed is acknowledged before the channel closes.
+        if let Some(acks) = &self.acks {
+            let _ = acks.flush().await;
+        }
         let _ = timed(
             "closing the consumer channel",
             self.channel.close(200, "consumer done".into()),
@@ -698,9 +825,13 @@ impl RabbitConsumer {
     fn incoming(&self, delivery: lapin::message::Delivery) -> Incoming {
         let acker = delivery.acker;
         let session = self.session.clone();
+        let (acks, tag) = (self.acks.clone(), delivery.delivery_tag);
         let settle: Settler = Box::new(move |how| {
             Box::pin(async move {
                 let settled = match how {
+                    Settle::Ack if acks.is_some() => {
+                        return acks.expect("batched").processed(tag).await;
+                    }
                     Settle::Ack => {
                         let ack = acker.ack(BasicAckOptions::default());
                         tokio::time::timeout(crate::driver::CALL_TIMEOUT, ack).await
@@ -724,7 +855,7 @@ impl RabbitConsumer {
             })
         });
         Incoming {
-            payload: delivery.data,
+            payload: delivery.data.into(),
             redelivered: delivery.redelivered,
             settle,
         }
