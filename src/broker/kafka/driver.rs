@@ -405,8 +405,11 @@ struct KafkaProducer {
     /// Whether messages carry a `trace_id` header.
     headers: bool,
     /// Delivery reports still to come.
-    deliveries: Awaited<Map<DeliveryFuture, fn(DeliveryReport) -> Result<(), Failure>>>,
+    deliveries: Awaited<Map<DeliveryFuture, ReadReport>>,
 }
+
+/// Reads the answer in a delivery report.
+type ReadReport = fn(DeliveryReport) -> Result<(), Failure>;
 
 /// What rdkafka's delivery future yields.
 type DeliveryReport = <DeliveryFuture as Future>::Output;
@@ -446,7 +449,7 @@ impl Producer for KafkaProducer {
             .producer
             .send_result(record)
             .map_err(|(e, _)| ErrorKind::Send.because(e))?;
-        let report: fn(DeliveryReport) -> Result<(), Failure> = delivered;
+        let report: ReadReport = delivered;
         self.deliveries.push(token, delivery.map(report));
         Ok(())
     }

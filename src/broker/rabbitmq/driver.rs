@@ -713,7 +713,7 @@ impl Acks {
             while state.processed.remove(&state.next) {
                 state.next += 1;
             }
-            if state.next - 1 >= state.sent + self.batch {
+            if state.next > state.sent + self.batch {
                 (self.send(state), false)
             } else {
                 let schedule = !state.scheduled && state.next - 1 > state.sent;
