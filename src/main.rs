@@ -2,6 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of the system allocator: the clients allocate per
+/// message (frames, buffers, futures), and glibc's malloc was a fifth of
+/// brokerbench's CPU at 170k msg/s (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = brokerbench::cli::Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
