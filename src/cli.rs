@@ -183,6 +183,17 @@ pub struct RunArgs {
     /// publishes only too).
     #[arg(long)]
     pub publish_only: bool,
+    /// Search each broker's highest sustainable rate instead of running the
+    /// load once: a closed-loop window, then open-loop windows of at most
+    /// 5 s, halving from that rate and bisecting to within 3%. A rate holds
+    /// when at least 99% of it is sent and confirmed, nothing is lost and every --slo
+    /// holds. The scenario's faults are left out.
+    #[arg(long)]
+    pub find_max: bool,
+    /// An objective a rate must meet for --find-max: [BROKER.]METRIC<VALUE,
+    /// e.g. end_to_end_p99<50ms or publish_p99<20ms. Repeatable.
+    #[arg(long, value_name = "[BROKER.]METRIC<VALUE", requires = "find_max")]
+    pub slo: Vec<String>,
     /// Set or replace a threshold: METRIC=VALUE for every broker, or
     /// BROKER.METRIC=VALUE for one, e.g. end_to_end_p99=50ms,
     /// kafka.rate_ratio=0.95 (docs/ci.md lists the metrics). Repeatable.

@@ -27,6 +27,10 @@ pub struct Measurement {
     pub target_rate_per_s: f64,
     /// Confirmed messages per second in the steady phase.
     pub confirmed_per_s: f64,
+    /// From `run --find-max`: the highest rate that held (99% achieved,
+    /// nothing lost, its SLO met); it stands for the broker's rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sustainable_per_s: Option<f64>,
     /// The worst p99 end-to-end latency over the groups, in milliseconds.
     pub p99_ms: Option<f64>,
     /// Confirmed messages never delivered, over all groups.
@@ -82,6 +86,13 @@ struct BrokerFile {
     latency_us: LatencyFile,
     faults: Vec<FaultFile>,
     complete: bool,
+    #[serde(default)]
+    find_max: Option<FindMaxFile>,
+}
+
+#[derive(Deserialize)]
+struct FindMaxFile {
+    found_per_s: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +223,7 @@ fn read(file: &Path, accept_stand_ins: bool) -> Result<Vec<Measurement>> {
                 file: file.to_path_buf(),
                 target_rate_per_s: b.load.target_rate_per_s,
                 confirmed_per_s: b.publish.confirmed_per_s,
+                sustainable_per_s: b.find_max.and_then(|f| f.found_per_s),
                 p99_ms: p99_us.map(|us| us as f64 / 1000.0),
                 lost: b.groups.iter().map(|g| g.lost).sum(),
                 faults: b.faults.len(),
@@ -351,15 +363,26 @@ fn judge(answers: &Answers, mine: &[&Measurement]) -> Judged {
     let rate = answers.rate;
     let mut score = 10.0;
     let mut reasons = Vec::new();
-    // Throughput: only runs offered at least the user's rate say anything.
+    // Throughput: only runs offered at least the user's rate say anything,
+    // and a search's highest sustainable rate stands for its broker's.
     let relevant: Vec<&&Measurement> = mine
         .iter()
-        .filter(|m| m.target_rate_per_s == 0.0 || m.target_rate_per_s >= rate)
+        .filter(|m| {
+            m.sustainable_per_s.is_some()
+                || m.target_rate_per_s == 0.0
+                || m.target_rate_per_s >= rate
+        })
         .collect();
     let best = relevant
         .iter()
-        .map(|m| m.confirmed_per_s)
+        .map(|m| m.sustainable_per_s.unwrap_or(m.confirmed_per_s))
         .fold(0.0, f64::max);
+    let searched = relevant.iter().any(|m| m.sustainable_per_s == Some(best));
+    let confirmed = if searched {
+        "sustainable (--find-max)"
+    } else {
+        "confirmed"
+    };
     if relevant.is_empty() {
         let most = mine.iter().map(|m| m.target_rate_per_s).fold(0.0, f64::max);
         reasons.push(format!(
@@ -367,12 +390,12 @@ fn judge(answers: &Answers, mine: &[&Measurement]) -> Judged {
         ));
     } else if best >= 0.98 * rate {
         reasons.push(format!(
-            "sustained your rate: {best:.0} msg/s confirmed (you need {rate:.0})"
+            "sustained your rate: {best:.0} msg/s {confirmed} (you need {rate:.0})"
         ));
     } else {
         score = 10.0 * (best / rate).min(1.0);
         reasons.push(format!(
-            "did not sustain your rate: {best:.0} msg/s confirmed of the {rate:.0} you need"
+            "did not sustain your rate: {best:.0} msg/s {confirmed} of the {rate:.0} you need"
         ));
     }
     if let Some(p99) = relevant

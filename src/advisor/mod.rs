@@ -233,6 +233,7 @@ mod tests {
             file: "results.json".into(),
             target_rate_per_s: 0.0,
             confirmed_per_s,
+            sustainable_per_s: None,
             p99_ms: Some(2.0),
             lost,
             faults: 1,
@@ -415,6 +416,46 @@ mod tests {
         let effects = &only_rabbit.evidence.unwrap().effects;
         assert_eq!(effects[1].score, evidence::UNMEASURED);
         assert!(effects[1].reason.starts_with("not measured"));
+    }
+
+    #[test]
+    fn a_searched_sustainable_rate_stands_for_the_broker() {
+        let a = answers(DeadLetter::Useful, &[Language::Java], 5_000.0);
+        // The search's result is its step at the rate found, offered below
+        // the user's rate: that rate, not the step's, is the evidence.
+        let searched = |broker, found| Measurement {
+            target_rate_per_s: 2_000.0,
+            sustainable_per_s: found,
+            ..measured(kind(broker), 2_000.0, 0)
+        };
+        let evidence = [
+            searched("rabbitmq", Some(12_000.0)),
+            searched("jetstream", Some(3_000.0)),
+        ];
+        let advice = advise(&a, vec![], &evidence);
+        let effects = &advice.evidence.as_ref().unwrap().effects;
+        let effect = |k| effects.iter().find(|e| e.broker == kind(k)).unwrap();
+        assert_eq!(effect("rabbitmq").score, 10.0, "{effects:?}");
+        assert!(
+            effect("rabbitmq")
+                .reason
+                .contains("sustained your rate: 12000 msg/s sustainable (--find-max)"),
+            "{effects:?}"
+        );
+        assert_eq!(effect("jetstream").score, 6.0, "{effects:?}");
+        assert!(
+            effect("jetstream")
+                .reason
+                .contains("3000 msg/s sustainable (--find-max) of the 5000 you need"),
+            "{effects:?}"
+        );
+        // A search where nothing held says only what its step measured.
+        let nothing = advise(&a, vec![], &[searched("rabbitmq", None)]);
+        let effects = &nothing.evidence.unwrap().effects;
+        assert!(
+            effects[0].reason.starts_with("measured only up to 2000"),
+            "{effects:?}"
+        );
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         duration: args.duration,
         thresholds: args.thresholds.clone(),
         publish_only: args.publish_only,
+        find_max: args.find_max,
+        slo: args.slo.clone(),
     };
     let plan = Plan::load(&args.scenario, &overrides)?;
     let mut site = Site::prepare(&args, &plan).await?;
@@ -91,6 +93,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         }
         if let Some(dead_letters) = table::dead_letters(&results, layout) {
             tables.push_str(&format!("\n{dead_letters}"));
+        }
+        if let Some(search) = table::find_max(&results, layout) {
+            tables.push_str(&format!("\n{search}"));
         }
         if let Some(harness) = table::harness(&results, layout) {
             tables.push_str(&format!("\n{harness}"));

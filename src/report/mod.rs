@@ -7,7 +7,7 @@
 
 pub mod compare;
 pub mod export;
-mod figure;
+pub(crate) mod figure;
 pub mod table;
 pub(crate) mod thresholds;
 
@@ -94,6 +94,11 @@ pub struct BrokerResult {
     /// steady window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub harness: Option<HarnessUse>,
+    /// `run --find-max`: every step of the search and the rate found. The
+    /// rest of this result is the step at the rate found (or, if none
+    /// held, the last step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find_max: Option<crate::run::find_max::FindMaxResult>,
     /// The broker's run finished: not interrupted, and the broker came back
     /// after every fault.
     pub complete: bool,
@@ -453,6 +458,7 @@ pub struct ResultsError {
 }
 
 /// What ran where, as the environment placed it.
+#[derive(Clone)]
 pub struct Placement {
     /// Implementation and version.
     pub implementation: String,
@@ -707,6 +713,7 @@ impl BrokerResult {
                 let delivered: u64 = m.groups.iter().map(|g| g.steady_delivered).sum();
                 HarnessUse::between(start, end, steady_confirmed + delivered)
             }),
+            find_max: None,
             complete,
         };
         let limits = plan.thresholds.for_broker(broker);

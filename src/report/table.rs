@@ -3,8 +3,10 @@
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use super::{BrokerResult, GroupResult, Results};
+use crate::broker::BrokerKind;
 use crate::metrics::harness::HarnessUse;
 use crate::metrics::LatencySummary;
+use crate::run::find_max::{FindMaxResult, Phase};
 use crate::run::ledger::FailureAccount;
 
 /// A latency in the unit that reads best: `850 µs`, `12.3 ms`, `2.01 s`.
@@ -469,6 +471,85 @@ pub fn harness(results: &Results, layout: Layout) -> Option<Table> {
         table.add_row(row);
     }
     Some(table)
+}
+
+/// `--find-max`: every step of every broker's search, in the order run.
+pub fn find_max(results: &Results, layout: Layout) -> Option<Table> {
+    let searches: Vec<(&BrokerResult, &FindMaxResult)> = results
+        .brokers
+        .iter()
+        .filter_map(|b| Some((b, b.find_max.as_ref()?)))
+        .collect();
+    if searches.is_empty() {
+        return None;
+    }
+    let wide = layout != Layout::Narrow;
+    let mut header = vec!["broker", "step", "target", "confirmed"];
+    if wide {
+        header.extend(["publish p99", "end to end p99"]);
+    }
+    header.push("held?");
+    let mut table = new_table(header);
+    for (b, search) in searches {
+        for (n, step) in search.steps.iter().enumerate() {
+            let mut row = vec![
+                b.broker.to_string(),
+                format!("{} {}", n + 1, phase(step.phase)),
+                match step.target_per_s {
+                    0.0 => "max".to_string(),
+                    target => rate(target),
+                },
+                rate(step.confirmed_per_s),
+            ];
+            if wide {
+                row.extend([
+                    step.publish_p99_us.map_or("-".into(), latency),
+                    step.end_to_end_p99_us.map_or("-".into(), latency),
+                ]);
+            }
+            row.push(match (step.phase, step.held) {
+                (Phase::ClosedLoop, _) => "ceiling".into(),
+                (_, true) => "yes".into(),
+                (_, false) => format!("no: {}", step.why_not.join(", ")),
+            });
+            table.add_row(row);
+        }
+    }
+    Some(table)
+}
+
+/// What `--find-max` found, a line per broker.
+pub fn find_max_found(results: &Results) -> Vec<String> {
+    results
+        .brokers
+        .iter()
+        .filter_map(|b| Some(found(b.broker, b.find_max.as_ref()?)))
+        .collect()
+}
+
+/// What `--find-max` found for `broker`, in a line.
+pub fn found(broker: BrokerKind, search: &FindMaxResult) -> String {
+    let mut rule = "99% of the target sent and confirmed, nothing lost".to_string();
+    for slo in &search.slo {
+        rule.push_str(&format!(", {slo}"));
+    }
+    match search.found_per_s {
+        Some(found) => format!(
+            "{broker}: highest sustainable rate {} (closed loop {}; {rule})",
+            rate(found),
+            rate(search.closed_loop_per_s)
+        ),
+        None => format!("{broker}: no rate held ({rule})"),
+    }
+}
+
+/// A step's phase in words.
+pub fn phase(phase: Phase) -> &'static str {
+    match phase {
+        Phase::ClosedLoop => "closed loop",
+        Phase::Coarse => "coarse",
+        Phase::Bisect => "bisect",
+    }
 }
 
 /// Per broker whose harness figures call for one, a warning line: the

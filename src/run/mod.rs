@@ -21,6 +21,7 @@
 
 mod consumer;
 pub mod faults;
+pub mod find_max;
 pub mod ledger;
 #[cfg(test)]
 pub(crate) mod memory;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
+use super::find_max::{FindMaxResult, Search, Step};
 use super::{measure, Measurement, Progress};
 use crate::broker::BrokerKind;
 use crate::env::{Environment, Placed};
@@ -165,6 +166,9 @@ impl<'a> Session<'a> {
                         p.rate_per_s,
                         if result.passed() { "passed" } else { "FAILED" }
                     ));
+                    if let Some(search) = &result.find_max {
+                        observer.say(crate::report::table::found(kind, search));
+                    }
                     results.brokers.push(*result);
                     results.write(&dir)?;
                 }
@@ -187,24 +191,51 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// Connects to and measures one placed broker, then lets it go.
+    /// Measures one placed broker (once, or with `--find-max` step by
+    /// step), then lets it go.
     async fn measure_one(
         &self,
         kind: BrokerKind,
         mut placed: Box<dyn Placed>,
         observer: &mut dyn Observer,
     ) -> Measured {
-        let plan = self.plan;
-        let progress = Arc::new(Progress {
-            live: self.live.as_ref().map(|l| l.for_broker(kind, plan)),
-            ..Progress::new(plan.consumers.len(), plan.load.producers as usize)
-        });
-        observer.started(kind, progress.clone());
         let placement = Placement {
             implementation: placed.implementation().to_string(),
             stand_in_for: placed.stand_in_for().map(str::to_string),
             endpoint: placed.endpoint().shown(),
         };
+        let measured = match &self.plan.find_max {
+            None => {
+                let (plan, run_id) = (self.plan, self.run_id);
+                self.measure_plan(kind, plan, run_id, placed.as_mut(), &placement, observer)
+                    .await
+            }
+            Some(_) => {
+                self.find_max(kind, placed.as_mut(), &placement, observer)
+                    .await
+            }
+        };
+        if let Err(err) = placed.shutdown().await {
+            observer.say(format!("warning: stopping {kind}: {err:#}"));
+        }
+        measured
+    }
+
+    /// Connects to the placed broker and measures `plan` on it once.
+    async fn measure_plan(
+        &self,
+        kind: BrokerKind,
+        plan: &Plan,
+        run_id: u64,
+        placed: &mut dyn Placed,
+        placement: &Placement,
+        observer: &mut dyn Observer,
+    ) -> Measured {
+        let progress = Arc::new(Progress {
+            live: self.live.as_ref().map(|l| l.for_broker(kind, plan)),
+            ..Progress::new(plan.consumers.len(), plan.load.producers as usize)
+        });
+        observer.started(kind, progress.clone());
         let shown = placement.endpoint.clone();
         // The run's own deadlines end it; this bound only guards against a
         // client call that never returns, so that no run can hang.
@@ -212,14 +243,14 @@ impl<'a> Session<'a> {
         let bound = load.warmup + load.duration + load.drain_timeout + load.final_read + self.slack;
         let measured = tokio::time::timeout(bound, async {
             let driver = placed
-                .connect(plan, self.run_id)
+                .connect(plan, run_id)
                 .await
                 .with_context(|| format!("cannot reach {kind} at {shown}"))?;
             let measured: Result<Measurement> = measure(
                 plan,
                 driver.as_ref(),
-                placed.as_mut(),
-                self.run_id,
+                placed,
+                run_id,
                 &self.stop.token,
                 &progress,
             )
@@ -228,9 +259,6 @@ impl<'a> Session<'a> {
         })
         .await;
         observer.ended(kind);
-        if let Err(err) = placed.shutdown().await {
-            observer.say(format!("warning: stopping {kind}: {err:#}"));
-        }
         match measured {
             Err(_elapsed) => Measured::Hung(format!(
                 "{kind} did not finish within {} (load, drain timeout, final read and {} for \
@@ -238,9 +266,70 @@ impl<'a> Session<'a> {
                 humantime::format_duration(bound),
                 humantime::format_duration(self.slack)
             )),
-            Ok(Ok(m)) => Measured::Done(Box::new(BrokerResult::new(plan, kind, placement, m))),
+            Ok(Ok(m)) => Measured::Done(Box::new(BrokerResult::new(
+                plan,
+                kind,
+                placement.clone(),
+                m,
+            ))),
             Ok(Err(err)) => Measured::Failed(err),
         }
+    }
+
+    /// `--find-max`: measures step after step on the placed broker as the
+    /// [`Search`] directs. The result is the step at the highest rate that
+    /// held (or the last step), with every step in its `find_max`.
+    async fn find_max(
+        &self,
+        kind: BrokerKind,
+        placed: &mut dyn Placed,
+        placement: &Placement,
+        observer: &mut dyn Observer,
+    ) -> Measured {
+        let mut search = Search::default();
+        let mut steps = Vec::new();
+        let (mut found, mut last): (Option<BrokerResult>, Option<BrokerResult>) = (None, None);
+        while let Some((phase, rate)) = search.next() {
+            if self.stop.is_stopped() {
+                break;
+            }
+            let plan = self.plan.find_max_step(rate);
+            // A run id per step: no step reads another's messages as its own.
+            let run_id = self.run_id.wrapping_add(steps.len() as u64 + 1);
+            let result = match self
+                .measure_plan(kind, &plan, run_id, placed, placement, observer)
+                .await
+            {
+                Measured::Done(result) => *result,
+                other => return other,
+            };
+            let step = Step::judge(phase, rate, self.plan, &result);
+            observer.say(step_line(kind, steps.len() + 1, &step));
+            search.record(phase, rate, step.held, result.publish.confirmed_per_s);
+            if step.held {
+                found = Some(result);
+            } else {
+                last = Some(result);
+            }
+            steps.push(step);
+        }
+        let Some(mut result) = found.or(last) else {
+            return Measured::Failed(anyhow::anyhow!(
+                "{kind}: stopped before the search measured anything"
+            ));
+        };
+        result.find_max = Some(FindMaxResult {
+            slo: self
+                .plan
+                .find_max
+                .as_ref()
+                .map(|f| f.slo.clone())
+                .unwrap_or_default(),
+            closed_loop_per_s: search.closed_loop(),
+            found_per_s: search.found(),
+            steps,
+        });
+        Measured::Done(Box::new(result))
     }
 
     /// Whether the run is complete, and if not, why.
@@ -278,6 +367,32 @@ impl<'a> Session<'a> {
             ),
         };
     }
+}
+
+/// One line per step of `--find-max`, as it is measured.
+fn step_line(kind: BrokerKind, n: usize, step: &Step) -> String {
+    let target = match step.target_per_s {
+        0.0 => "as fast as confirmed".to_string(),
+        rate => format!("{rate:.0} msg/s"),
+    };
+    let verdict = match (step.phase, step.held) {
+        (crate::run::find_max::Phase::ClosedLoop, _) => "the ceiling".to_string(),
+        (_, true) => "held".to_string(),
+        (_, false) => format!("did not hold: {}", step.why_not.join(", ")),
+    };
+    let verdict = match step.harness_limited {
+        true => format!("{verdict} (the harness may have been the limit)"),
+        false => verdict,
+    };
+    let ms =
+        |us: Option<u64>| us.map_or("-".to_string(), |us| format!("{:.1} ms", us as f64 / 1e3));
+    format!(
+        "{kind}: find-max step {n} ({}) at {target}: {:.0} msg/s confirmed, publish p99 {}, end to end p99 {}; {verdict}",
+        crate::report::table::phase(step.phase),
+        step.confirmed_per_s,
+        ms(step.publish_p99_us),
+        ms(step.end_to_end_p99_us),
+    )
 }
 
 /// How one broker's measurement ended.

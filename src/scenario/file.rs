@@ -364,6 +364,7 @@ impl ScenarioFile {
             recovery,
             thresholds,
             dead_letter,
+            find_max: None,
         })
     }
 }

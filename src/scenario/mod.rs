@@ -57,6 +57,46 @@ pub struct Plan {
     /// `failures`.
     #[serde(default)]
     pub dead_letter: DeadLetter,
+    /// `run --find-max`: search each broker's highest sustainable rate
+    /// instead of running the load once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find_max: Option<FindMax>,
+}
+
+/// `run --find-max [--slo METRIC<VALUE]`: what a rate must meet to hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FindMax {
+    /// The service-level objectives as written, e.g. `end_to_end_p99<50ms`.
+    pub slo: Vec<String>,
+    /// The limits they set.
+    #[serde(skip)]
+    pub limits: Thresholds,
+}
+
+impl FindMax {
+    /// The search with `slo`, each `[BROKER.]METRIC<VALUE`: the figure may
+    /// not exceed the value.
+    pub fn new(slo: &[String]) -> Result<FindMax, String> {
+        let mut limits = Thresholds::default();
+        for objective in slo {
+            let (metric, value) = objective.split_once('<').ok_or_else(|| {
+                format!("'{objective}' is not METRIC<VALUE, e.g. end_to_end_p99<50ms")
+            })?;
+            let key = metric.rsplit('.').next().unwrap_or(metric).trim();
+            let known = thresholds::Metric::from_key(key)?;
+            if known.is_minimum() || known.scope() == thresholds::Scope::Fault {
+                return Err(format!(
+                    "{key} cannot be an SLO of --find-max: use a latency or a count \
+                     (e.g. end_to_end_p99<50ms, publish_p99<20ms)"
+                ));
+            }
+            limits.set_from_flag(&format!("{}={}", metric.trim(), value.trim()))?;
+        }
+        Ok(FindMax {
+            slo: slo.to_vec(),
+            limits,
+        })
+    }
 }
 
 /// How failed messages are retried and dead-lettered (`[dead_letter]`).
@@ -541,6 +581,10 @@ pub struct Overrides {
     pub thresholds: Vec<String>,
     /// `--publish-only`: the file's consumer groups are left out.
     pub publish_only: bool,
+    /// `--find-max`: search each broker's highest sustainable rate.
+    pub find_max: bool,
+    /// `--slo METRIC<VALUE`, for `--find-max`.
+    pub slo: Vec<String>,
 }
 
 impl Plan {
@@ -596,6 +640,10 @@ impl Plan {
                 ));
             }
             self.load.duration = duration;
+        }
+        if overrides.find_max {
+            self.find_max =
+                Some(FindMax::new(&overrides.slo).map_err(|e| ScenarioError::flag("--slo", e))?);
         }
         for assignment in &overrides.thresholds {
             self.thresholds

@@ -212,12 +212,42 @@ fn overrides_replace_the_file_values() {
         duration: Some(Duration::from_secs(3)),
         thresholds: Vec::new(),
         publish_only: true,
+        find_max: true,
+        slo: vec![
+            "end_to_end_p99<50ms".into(),
+            "kafka.publish_p99<20ms".into(),
+        ],
     };
     let plan = Plan::parse(Path::new("t.toml"), ORDERS, &overrides).unwrap();
     assert_eq!(plan.brokers, ["kafka".parse::<BrokerKind>().unwrap()]);
     assert_eq!(plan.load.rate, 0.0);
     assert_eq!(plan.load.duration, Duration::from_secs(3));
     assert!(plan.consumers.is_empty() && plan.publish_only());
+    let search = plan.find_max.as_ref().unwrap();
+    assert_eq!(search.slo, overrides.slo);
+    assert_eq!(search.limits.iter().count(), 2);
+    // A step: at most 1 s of warmup and 5 s of load, no faults.
+    let step = plan.find_max_step(2_000.0);
+    assert_eq!(step.load.rate, 2_000.0);
+    assert!(step.load.duration <= Duration::from_secs(5) && step.faults.is_empty());
+    for (slo, says) in [
+        ("end_to_end_p99=50ms", "is not METRIC<VALUE"),
+        ("rate_ratio<0.9", "cannot be an SLO"),
+        ("recovery<5s", "cannot be an SLO"),
+        ("end_to_end_p99<soon", "not a duration"),
+    ] {
+        let bad = Overrides {
+            find_max: true,
+            slo: vec![slo.into()],
+            ..Overrides::default()
+        };
+        let err = Plan::parse(Path::new("t.toml"), ORDERS, &bad).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("--slo:") && text.contains(says),
+            "{slo}: {text}"
+        );
+    }
     let bad = Overrides {
         rate: Some(-1.0),
         ..Overrides::default()

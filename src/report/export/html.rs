@@ -128,6 +128,13 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
         let _ = writeln!(page, "<h2>Dead letters</h2>");
         html_table(page, &dead_letters);
     }
+    if let Some(search) = table::find_max(r, table::Layout::Wide) {
+        let _ = writeln!(page, "<h2>Highest sustainable rate (--find-max)</h2>");
+        for found in table::find_max_found(r) {
+            let _ = writeln!(page, "<p>{}</p>", escape(&found));
+        }
+        html_table(page, &search);
+    }
     if let Some(harness) = table::harness(r, table::Layout::Wide) {
         let _ = writeln!(page, "<h2>The harness itself</h2>");
         html_table(page, &harness);

@@ -129,6 +129,15 @@ fn one_run(r: &Results, rows: usize) -> String {
         s.push_str(&markdown_table(dead_letters));
         s.push_str("\n\n");
     }
+    if let Some(search) = table::find_max(r, table::Layout::Wide) {
+        let _ = writeln!(s, "### Highest sustainable rate (--find-max)\n");
+        for found in table::find_max_found(r) {
+            let _ = writeln!(s, "- {found}");
+        }
+        s.push('\n');
+        s.push_str(&markdown_table(search));
+        s.push_str("\n\n");
+    }
     if let Some(harness) = table::harness(r, table::Layout::Wide) {
         let _ = writeln!(s, "### The harness itself\n");
         s.push_str(&markdown_table(harness));

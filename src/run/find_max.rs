@@ -1,0 +1,284 @@
+//! `run --find-max`: each broker's highest sustainable open-loop rate.
+//!
+//! A closed-loop window first measures the most the broker confirms. Open-loop
+//! windows then start at that rate and halve it (the coarse step) until one
+//! holds, and bisect between the highest rate that held and the lowest that
+//! did not, to within 3%. A rate holds when at least 99% of the target rate
+//! was both sent and confirmed, every SLO limit holds, no confirmed message is lost and the
+//! window completes. Every window is a step in the results, held or not.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::figure::show;
+use crate::report::BrokerResult;
+use crate::scenario::thresholds::Metric;
+use crate::scenario::Plan;
+
+/// The most a step's measured window lasts (the scenario's duration if shorter).
+pub const STEP_WINDOW: Duration = Duration::from_secs(5);
+/// The most a step's warmup lasts.
+pub const STEP_WARMUP: Duration = Duration::from_secs(1);
+/// The most a step's drain and final read last.
+pub const STEP_DRAIN: Duration = Duration::from_secs(10);
+/// The share of the target rate a step must achieve.
+pub const ACHIEVED: f64 = 0.99;
+/// The search ends when the lowest rate that failed is within this factor
+/// of the highest that held.
+pub const PRECISION: f64 = 1.03;
+/// The most steps a search takes, the closed-loop window included.
+pub const MAX_STEPS: usize = 12;
+/// No step below this rate, msg/s.
+pub const MIN_RATE: f64 = 10.0;
+
+/// What a step was for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// As fast as confirmations allow: the ceiling.
+    ClosedLoop,
+    /// The closed-loop rate, then halves of it, until one holds.
+    Coarse,
+    /// Between the highest rate that held and the lowest that did not.
+    Bisect,
+}
+
+/// One measured window of the search.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub phase: Phase,
+    /// The offered rate, msg/s; 0 for the closed-loop window.
+    pub target_per_s: f64,
+    /// Messages sent per second in the window.
+    pub achieved_per_s: f64,
+    /// Confirmations per second in the window.
+    pub confirmed_per_s: f64,
+    /// Corrected publish latency, p99, µs.
+    pub publish_p99_us: Option<u64>,
+    /// Corrected end-to-end latency, p99 of the slowest group, µs.
+    pub end_to_end_p99_us: Option<u64>,
+    /// Confirmed messages lost.
+    pub lost: u64,
+    /// Whether the rate held (always false for the closed-loop window, which
+    /// has no target to hold).
+    pub held: bool,
+    /// Whether brokerbench itself may have been the limit in the window
+    /// (its `harness` block): then a rate that did not hold says as much
+    /// about brokerbench as about the broker.
+    pub harness_limited: bool,
+    /// Why it did not hold, one reason each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub why_not: Vec<String>,
+}
+
+/// A broker's search, in its results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FindMaxResult {
+    /// The SLO every held rate met, as written.
+    pub slo: Vec<String>,
+    /// The closed-loop window's confirmed rate, msg/s.
+    pub closed_loop_per_s: f64,
+    /// The highest rate that held, msg/s; none if none did.
+    pub found_per_s: Option<f64>,
+    /// Every window, in the order run.
+    pub steps: Vec<Step>,
+}
+
+impl Step {
+    /// The step at `target` (0: closed loop), judged from its result
+    /// against the plan's SLO limits.
+    pub fn judge(phase: Phase, target: f64, plan: &Plan, b: &BrokerResult) -> Step {
+        let end_to_end_p99_us = b
+            .latency_us
+            .end_to_end
+            .values()
+            .filter(|s| s.count > 0)
+            .map(|s| s.p99)
+            .max();
+        let publish = &b.latency_us.publish;
+        let mut why_not = Vec::new();
+        // Sent on time is not enough: the broker must confirm at the rate too.
+        let achieved = b.publish.rate_per_s.min(b.publish.confirmed_per_s);
+        if phase != Phase::ClosedLoop && achieved < ACHIEVED * target {
+            why_not.push(format!(
+                "{:.1}% of the target sent and confirmed",
+                100.0 * achieved / target
+            ));
+        }
+        let lost = b.lost();
+        if lost > 0 {
+            why_not.push(format!("{lost} lost"));
+        }
+        if !b.complete {
+            why_not.push("the window did not complete".into());
+        }
+        let harness_limited = b.harness.as_ref().is_some_and(|h| h.limited);
+        let limits = plan
+            .find_max
+            .as_ref()
+            .map(|f| f.limits.for_broker(b.broker))
+            .unwrap_or_default();
+        for check in crate::report::thresholds::checks(&limits, b) {
+            if check.passed {
+                continue;
+            }
+            let metric = check.metric.map_or("?", Metric::key);
+            why_not.push(match (check.value, check.limit, check.unit) {
+                (Some(v), Some(l), Some(unit)) => {
+                    format!("{metric} {} over {}", show(v, unit), show(l, unit))
+                }
+                _ => format!("{metric} not measured"),
+            });
+        }
+        Step {
+            phase,
+            target_per_s: target,
+            achieved_per_s: b.publish.rate_per_s,
+            confirmed_per_s: b.publish.confirmed_per_s,
+            publish_p99_us: (publish.count > 0).then_some(publish.p99),
+            end_to_end_p99_us,
+            lost,
+            held: phase != Phase::ClosedLoop && why_not.is_empty(),
+            harness_limited,
+            why_not,
+        }
+    }
+}
+
+/// Where the search stands: which rate to try next.
+#[derive(Debug, Default)]
+pub struct Search {
+    closed_loop: Option<f64>,
+    /// The highest rate that held.
+    held: Option<f64>,
+    /// The lowest rate that did not.
+    failed: Option<f64>,
+    steps: usize,
+}
+
+impl Search {
+    /// The next step and its target rate (0: closed loop); none when done.
+    pub fn next(&self) -> Option<(Phase, f64)> {
+        let Some(ceiling) = self.closed_loop else {
+            return Some((Phase::ClosedLoop, 0.0));
+        };
+        if self.steps >= MAX_STEPS {
+            return None;
+        }
+        match (self.held, self.failed) {
+            (None, None) => Some((Phase::Coarse, whole(ceiling.max(MIN_RATE)))),
+            (None, Some(failed)) => {
+                let half = whole(failed / 2.0);
+                (half >= MIN_RATE).then_some((Phase::Coarse, half))
+            }
+            // Held at the closed-loop rate: no open-loop rate above it is offered.
+            (Some(_), None) => None,
+            (Some(held), Some(failed)) => {
+                let middle = whole((held + failed) / 2.0);
+                (failed > held * PRECISION && middle > held && middle < failed)
+                    .then_some((Phase::Bisect, middle))
+            }
+        }
+    }
+
+    /// What step (`phase`, `target`) came to: `confirmed_per_s` for the
+    /// closed-loop window, whether it held for the others.
+    pub fn record(&mut self, phase: Phase, target: f64, held: bool, confirmed_per_s: f64) {
+        self.steps += 1;
+        match phase {
+            Phase::ClosedLoop => self.closed_loop = Some(confirmed_per_s),
+            _ if held => self.held = Some(self.held.map_or(target, |h| h.max(target))),
+            _ => self.failed = Some(self.failed.map_or(target, |f| f.min(target))),
+        }
+    }
+
+    /// The highest rate that held.
+    pub fn found(&self) -> Option<f64> {
+        self.held
+    }
+
+    /// The closed-loop window's confirmed rate.
+    pub fn closed_loop(&self) -> f64 {
+        self.closed_loop.unwrap_or(0.0)
+    }
+}
+
+/// A rate in whole messages per second.
+fn whole(rate: f64) -> f64 {
+    rate.round().max(1.0)
+}
+
+impl Plan {
+    /// The plan of one step at `rate` (0: closed loop): a short window
+    /// ([`STEP_WARMUP`], [`STEP_WINDOW`], [`STEP_DRAIN`], or the
+    /// scenario's own if shorter) and no faults.
+    pub fn find_max_step(&self, rate: f64) -> Plan {
+        let mut step = self.clone();
+        let load = &mut step.load;
+        load.rate = rate;
+        load.warmup = load.warmup.min(STEP_WARMUP);
+        load.duration = load.duration.min(STEP_WINDOW);
+        load.drain_timeout = load.drain_timeout.min(STEP_DRAIN);
+        load.final_read = load.final_read.min(STEP_DRAIN);
+        step.faults.clear();
+        step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a search against a broker that holds any rate up to `capacity`.
+    fn search(closed_loop: f64, capacity: f64) -> (Vec<(Phase, f64)>, Option<f64>) {
+        let mut search = Search::default();
+        let mut steps = Vec::new();
+        while let Some((phase, rate)) = search.next() {
+            steps.push((phase, rate));
+            search.record(phase, rate, rate <= capacity, closed_loop);
+        }
+        (steps, search.found())
+    }
+
+    #[test]
+    fn it_halves_from_the_closed_loop_rate_then_bisects_to_within_three_percent() {
+        let (steps, found) = search(10_000.0, 9_000.0);
+        assert_eq!(steps[0], (Phase::ClosedLoop, 0.0));
+        assert_eq!(steps[1], (Phase::Coarse, 10_000.0));
+        assert_eq!(steps[2], (Phase::Coarse, 5_000.0));
+        assert!(steps[3..].iter().all(|(p, _)| *p == Phase::Bisect));
+        let found = found.unwrap();
+        assert!((9_000.0 / PRECISION..=9_000.0).contains(&found), "{found}");
+        assert!(steps.len() <= MAX_STEPS);
+    }
+
+    #[test]
+    fn a_tight_slo_goes_down_in_halves_and_a_loose_one_stops_at_the_ceiling() {
+        let (steps, found) = search(10_000.0, 1_000.0);
+        let coarse: Vec<f64> = steps
+            .iter()
+            .filter(|(p, _)| *p == Phase::Coarse)
+            .map(|(_, r)| *r)
+            .collect();
+        assert_eq!(coarse, [10_000.0, 5_000.0, 2_500.0, 1_250.0, 625.0]);
+        let found = found.unwrap();
+        assert!((1_000.0 / PRECISION..=1_000.0).contains(&found), "{found}");
+
+        let (steps, found) = search(10_000.0, 20_000.0);
+        assert_eq!(steps.len(), 2, "held at the closed-loop rate: done");
+        assert_eq!(found, Some(10_000.0));
+    }
+
+    #[test]
+    fn nothing_holds_down_to_the_lowest_rate() {
+        let (steps, found) = search(100.0, 0.0);
+        assert_eq!(found, None);
+        assert!(steps.iter().all(|(_, r)| *r == 0.0 || *r >= MIN_RATE));
+        assert_eq!(
+            steps.last().unwrap().1,
+            12.0,
+            "100, 50, 25, 12, then below 10"
+        );
+    }
+}
