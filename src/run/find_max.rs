@@ -277,8 +277,8 @@ mod tests {
         assert!(steps.iter().all(|(_, r)| *r == 0.0 || *r >= MIN_RATE));
         assert_eq!(
             steps.last().unwrap().1,
-            12.0,
-            "100, 50, 25, 12, then below 10"
+            13.0,
+            "100, 50, 25, 13 (12.5 rounded), then below 10"
         );
     }
 }
