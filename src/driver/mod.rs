@@ -179,6 +179,13 @@ pub trait Producer: Send {
     /// while none is in (and forever while nothing is outstanding).
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer>;
 
+    /// How long a send may wait for its answer before the caller counts a
+    /// timeout; `None` when the client library times sends out itself and
+    /// answers with the failure (librdkafka's `message.timeout.ms`).
+    fn confirm_timeout(&self) -> Option<Duration> {
+        Some(CONFIRM_TIMEOUT)
+    }
+
     /// An answer already in, without waiting.
     fn ready(&mut self) -> Option<Answer> {
         match self.poll_answer(&mut Context::from_waker(Waker::noop())) {

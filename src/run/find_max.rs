@@ -83,6 +83,10 @@ pub struct FindMaxResult {
     pub found_per_s: Option<f64>,
     /// Every window, in the order run.
     pub steps: Vec<Step>,
+    /// Why the search stopped before it was done (a window that could not
+    /// be measured); then the result is incomplete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 impl Step {

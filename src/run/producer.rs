@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::ledger::PublishStatus;
 use super::pacer::Pacer;
 use super::{count, ProducerOutcome, Progress, RunContext};
-use crate::driver::{self, Answer, ErrorKind, Failure, Producer, Token, CONFIRM_TIMEOUT};
+use crate::driver::{self, Answer, ErrorKind, Failure, Producer, Token};
 use crate::event::{self, Envelope};
 use crate::scenario::{Plan, Unconfirmed};
 
@@ -32,7 +32,8 @@ struct Outstanding {
     sent: Instant,
 }
 
-/// How often sends are checked for an answer overdue by [`CONFIRM_TIMEOUT`].
+/// How often sends are checked for an answer overdue by the producer's
+/// [`Producer::confirm_timeout`].
 const OVERDUE_CHECK: Duration = Duration::from_secs(1);
 
 /// How long after the end of the load a producer still sends what fell due
@@ -57,6 +58,8 @@ pub(super) struct ProducerTask {
     next_token: Token,
     /// When sends are next checked for an overdue answer.
     overdue_check: Instant,
+    /// How long a send may wait for its answer (none: the client decides).
+    confirm_timeout: Option<Duration>,
     /// Messages to send again, each with the earliest time to do so.
     retries: Vec<(Instant, Send)>,
 }
@@ -70,6 +73,7 @@ impl ProducerTask {
         cx: RunContext,
         progress: Arc<Progress>,
     ) -> Self {
+        let confirm_timeout = producer.confirm_timeout();
         ProducerTask {
             producer,
             id,
@@ -82,6 +86,7 @@ impl ProducerTask {
             in_flight: HashMap::new(),
             next_token: 0,
             overdue_check: Instant::now() + OVERDUE_CHECK,
+            confirm_timeout,
             retries: Vec::new(),
         }
     }
@@ -115,7 +120,7 @@ impl ProducerTask {
             if now >= self.cx.deadline {
                 break; // what is still in flight, or never sent, stays unknown
             }
-            if now >= self.overdue_check {
+            if now >= self.overdue_check && self.confirm_timeout.is_some() {
                 self.time_out(now);
             }
             let slot = self.in_flight.len() < self.max_in_flight;
@@ -150,7 +155,8 @@ impl ProducerTask {
             }
             // Nothing to send yet: wait for the next due time, retry time or answer.
             let next_retry = self.retries.iter().map(|(at, _)| *at).min();
-            let overdue = (!self.in_flight.is_empty()).then_some(self.overdue_check);
+            let overdue = (!self.in_flight.is_empty() && self.confirm_timeout.is_some())
+                .then_some(self.overdue_check);
             let wake = [
                 due.filter(|_| slot),
                 next_retry.filter(|_| slot),
@@ -183,6 +189,10 @@ impl ProducerTask {
     /// Sends `send` at `sent`, the time read for this turn, after settling
     /// the answers already in.
     async fn send(&mut self, send: Send, sent: Instant) {
+        // A send may finish without ever waiting (the clients queue it):
+        // this gives the runtime back now and then, so that a producer
+        // flooded with answers cannot starve the consumers on its worker.
+        tokio::task::consume_budget().await;
         while let Some(answer) = self.producer.ready() {
             self.settle(answer, sent);
         }
@@ -215,22 +225,26 @@ impl ProducerTask {
         }
     }
 
-    /// Gives up on the sends unanswered for [`CONFIRM_TIMEOUT`]: a timeout
-    /// each (an answer that still comes is ignored).
+    /// Gives up on the sends unanswered for the producer's confirm
+    /// timeout: a timeout each (an answer that still comes is ignored).
     fn time_out(&mut self, now: Instant) {
         self.overdue_check = now + OVERDUE_CHECK;
+        let Some(limit) = self.confirm_timeout else {
+            return;
+        };
         let overdue: Vec<Token> = self
             .in_flight
             .iter()
-            .filter(|(_, o)| now.duration_since(o.sent) >= CONFIRM_TIMEOUT)
+            .filter(|(_, o)| now.duration_since(o.sent) >= limit)
             .map(|(token, _)| *token)
             .collect();
         for token in overdue {
             if let Some(Outstanding { send, .. }) = self.in_flight.remove(&token) {
-                self.failed(
-                    send,
-                    ErrorKind::Timeout.because("no confirmation within 30 s"),
+                let why = format!(
+                    "no confirmation within {}",
+                    humantime::format_duration(limit)
                 );
+                self.failed(send, ErrorKind::Timeout.because(why));
             }
         }
     }

@@ -289,6 +289,7 @@ impl<'a> Session<'a> {
         let mut search = Search::default();
         let mut steps = Vec::new();
         let (mut found, mut last): (Option<BrokerResult>, Option<BrokerResult>) = (None, None);
+        let mut stopped = None;
         while let Some((phase, rate)) = search.next() {
             if self.stop.is_stopped() {
                 break;
@@ -301,6 +302,15 @@ impl<'a> Session<'a> {
                 .await
             {
                 Measured::Done(result) => *result,
+                // What was measured stands; the search says why it stopped.
+                Measured::Hung(reason) if !steps.is_empty() => {
+                    stopped = Some(reason);
+                    break;
+                }
+                Measured::Failed(err) if !steps.is_empty() => {
+                    stopped = Some(format!("{err:#}"));
+                    break;
+                }
                 other => return other,
             };
             let step = Step::judge(phase, rate, self.plan, &result);
@@ -318,6 +328,10 @@ impl<'a> Session<'a> {
                 "{kind}: stopped before the search measured anything"
             ));
         };
+        if let Some(why) = &stopped {
+            observer.say(format!("{kind}: the search stopped early: {why}"));
+            result.complete = false;
+        }
         result.find_max = Some(FindMaxResult {
             slo: self
                 .plan
@@ -328,6 +342,7 @@ impl<'a> Session<'a> {
             closed_loop_per_s: search.closed_loop(),
             found_per_s: search.found(),
             steps,
+            stopped,
         });
         Measured::Done(Box::new(result))
     }

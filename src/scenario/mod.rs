@@ -642,8 +642,19 @@ impl Plan {
             self.load.duration = duration;
         }
         if overrides.find_max {
-            self.find_max =
-                Some(FindMax::new(&overrides.slo).map_err(|e| ScenarioError::flag("--slo", e))?);
+            let search =
+                FindMax::new(&overrides.slo).map_err(|e| ScenarioError::flag("--slo", e))?;
+            let per_group = search
+                .limits
+                .iter()
+                .find(|(_, m, _)| m.scope() == thresholds::Scope::Group);
+            if let (true, Some((_, metric, _))) = (self.consumers.is_empty(), per_group) {
+                return Err(ScenarioError::flag(
+                    "--slo",
+                    format!("{metric} is measured per consumer group, and this run publishes only"),
+                ));
+            }
+            self.find_max = Some(search);
         }
         for assignment in &overrides.thresholds {
             self.thresholds

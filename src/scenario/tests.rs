@@ -213,10 +213,7 @@ fn overrides_replace_the_file_values() {
         thresholds: Vec::new(),
         publish_only: true,
         find_max: true,
-        slo: vec![
-            "end_to_end_p99<50ms".into(),
-            "kafka.publish_p99<20ms".into(),
-        ],
+        slo: vec!["publish_p99<50ms".into(), "kafka.publish_p99<20ms".into()],
     };
     let plan = Plan::parse(Path::new("t.toml"), ORDERS, &overrides).unwrap();
     assert_eq!(plan.brokers, ["kafka".parse::<BrokerKind>().unwrap()]);
@@ -248,6 +245,16 @@ fn overrides_replace_the_file_values() {
             "{slo}: {text}"
         );
     }
+    // A group's latency cannot be an objective of a run with no group.
+    let publishing = Overrides {
+        slo: vec!["end_to_end_p99<50ms".into()],
+        ..overrides.clone()
+    };
+    let err = Plan::parse(Path::new("t.toml"), ORDERS, &publishing).unwrap_err();
+    assert!(
+        err.to_string().contains("measured per consumer group"),
+        "{err}"
+    );
     let bad = Overrides {
         rate: Some(-1.0),
         ..Overrides::default()

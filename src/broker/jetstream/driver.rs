@@ -46,6 +46,10 @@ const DEAD_LETTER_ADVISORIES: [&str; 2] = [
     "io.nats.jetstream.advisory.v1.terminated",
 ];
 
+/// How long a publish waits for its ack: async-nats's default for
+/// JetStream publishes, which brokerbench used before it read acks itself.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long the broker waits for an ack before redelivering.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 
@@ -112,7 +116,11 @@ pub(super) async fn open_connection(
 impl JetStreamDriver {
     /// Connects with one NATS connection for the whole run.
     pub async fn connect(plan: &Plan, endpoint: &Endpoint) -> Result<Self> {
-        let options = options("brokerbench", plan.recovery.backoff_max);
+        // Room for every publish ack a producer may have outstanding: a full
+        // subscription drops messages.
+        let capacity = (plan.load.max_in_flight * 2).max(65_536);
+        let options =
+            options("brokerbench", plan.recovery.backoff_max).subscription_capacity(capacity);
         let client = open_connection(endpoint, options).await?;
         let context = jetstream::new(client.clone());
         Ok(JetStreamDriver {
@@ -425,6 +433,11 @@ impl Producer for JetStreamProducer {
             Ok(Err(e)) => Err(ErrorKind::Send.because(e)),
             Err(_) => Err(ErrorKind::Timeout.because("publish: no answer")),
         }
+    }
+
+    /// As long as async-nats waits for a publish ack by default (5 s).
+    fn confirm_timeout(&self) -> Option<Duration> {
+        Some(PUBLISH_ACK_TIMEOUT)
     }
 
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer> {

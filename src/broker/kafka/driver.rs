@@ -457,6 +457,12 @@ impl Producer for KafkaProducer {
     fn poll_answer(&mut self, cx: &mut TaskContext<'_>) -> Poll<Answer> {
         self.deliveries.poll_answer(cx)
     }
+
+    /// librdkafka times every message out itself (`message.timeout.ms`, at
+    /// least the give-up time) and reports it as a failed delivery.
+    fn confirm_timeout(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Per partition: offsets received but not processed, and the next offset.
