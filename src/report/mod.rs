@@ -722,6 +722,20 @@ impl BrokerResult {
         result
     }
 
+    /// The slowest group's end-to-end latencies: each percentile the worst
+    /// over the groups, the count over all of them.
+    pub fn worst_end_to_end(&self) -> LatencySummary {
+        let mut worst = LatencySummary::default();
+        for s in self.latency_us.end_to_end.values() {
+            worst.count += s.count;
+            worst.p50 = worst.p50.max(s.p50);
+            worst.p99 = worst.p99.max(s.p99);
+            worst.p999 = worst.p999.max(s.p999);
+            worst.max = worst.max.max(s.max);
+        }
+        worst
+    }
+
     /// Confirmed messages lost, over every group (publish only: those the
     /// broker no longer holds).
     pub fn lost(&self) -> u64 {

@@ -41,18 +41,6 @@ fn percentiles(s: &LatencySummary) -> String {
 }
 
 /// The worst group's end-to-end figures, percentile by percentile.
-fn worst_end_to_end(b: &BrokerResult) -> LatencySummary {
-    let mut worst = LatencySummary::default();
-    for s in b.latency_us.end_to_end.values() {
-        worst.count += s.count;
-        worst.p50 = worst.p50.max(s.p50);
-        worst.p99 = worst.p99.max(s.p99);
-        worst.p999 = worst.p999.max(s.p999);
-        worst.max = worst.max.max(s.max);
-    }
-    worst
-}
-
 fn new_table(header: Vec<&str>) -> Table {
     let mut table = Table::new();
     table
@@ -166,7 +154,7 @@ pub fn summary(results: &Results, layout: Layout) -> Table {
             },
             format!("{}/{}", b.publish.confirmed, b.publish.attempted),
             percentiles_for(&b.latency_us.publish, layout),
-            percentiles_for(&worst_end_to_end(b), layout),
+            percentiles_for(&b.worst_end_to_end(), layout),
             // Publish only, lost is known when the broker said what it holds.
             match b.groups.is_empty() && b.publish.stored.is_none() {
                 true => "-".into(),

@@ -93,13 +93,8 @@ impl Step {
     /// The step at `target` (0: closed loop), judged from its result
     /// against the plan's SLO limits.
     pub fn judge(phase: Phase, target: f64, plan: &Plan, b: &BrokerResult) -> Step {
-        let end_to_end_p99_us = b
-            .latency_us
-            .end_to_end
-            .values()
-            .filter(|s| s.count > 0)
-            .map(|s| s.p99)
-            .max();
+        let end_to_end = b.worst_end_to_end();
+        let end_to_end_p99_us = (end_to_end.count > 0).then_some(end_to_end.p99);
         let publish = &b.latency_us.publish;
         let mut why_not = Vec::new();
         // Sent on time is not enough: the broker must confirm at the rate too.
