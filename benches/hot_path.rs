@@ -82,7 +82,9 @@ fn group() -> Group {
     }
 }
 
-/// Publishes message `k`: returns its payload once "confirmed".
+/// Publishes message `k`: returns its payload once "confirmed". Never
+/// inlined, so that `scripts/instructions-per-message` can count it alone.
+#[inline(never)]
 fn publish(p: &mut Publisher, k: u64, (encoding, size): (Encoding, usize)) -> Vec<u8> {
     let due = p.pacer.intended(k);
     let seq = p.log.attempt();
@@ -107,7 +109,8 @@ fn publish(p: &mut Publisher, k: u64, (encoding, size): (Encoding, usize)) -> Ve
     outgoing.payload
 }
 
-/// Delivers `payload` to the group.
+/// Delivers `payload` to the group. Never inlined, as `publish`.
+#[inline(never)]
 fn deliver(g: &mut Group, epoch: Instant, payload: &[u8]) {
     let envelope = event::decode(payload).expect("our message");
     let now = Instant::now();

@@ -537,6 +537,7 @@ pub fn phase(phase: Phase) -> &'static str {
         Phase::ClosedLoop => "closed loop",
         Phase::Coarse => "coarse",
         Phase::Bisect => "bisect",
+        Phase::Repeat => "repeat",
     }
 }
 

@@ -107,6 +107,12 @@ impl ProducerTask {
         let last_send = self.cx.end + SEND_GRACE;
         let mut k: u64 = 0;
         loop {
+            // A send may finish without ever waiting (the clients queue it):
+            // this gives the runtime back now and then, so that a producer
+            // flooded with answers cannot starve the consumers on its worker.
+            // It comes before the clock is read, so a turn given away never
+            // ages the reading that is written into the message.
+            tokio::task::consume_budget().await;
             // One reading of the clock per turn: it is read per message.
             let now = Instant::now();
             let due = match (&pacer, limit) {
@@ -189,10 +195,6 @@ impl ProducerTask {
     /// Sends `send` at `sent`, the time read for this turn, after settling
     /// the answers already in.
     async fn send(&mut self, send: Send, sent: Instant) {
-        // A send may finish without ever waiting (the clients queue it):
-        // this gives the runtime back now and then, so that a producer
-        // flooded with answers cannot starve the consumers on its worker.
-        tokio::task::consume_budget().await;
         while let Some(answer) = self.producer.ready() {
             self.settle(answer, sent);
         }
