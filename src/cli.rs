@@ -187,7 +187,8 @@ pub struct RunArgs {
     /// load once: a closed-loop window, then open-loop windows of at most
     /// 5 s, halving from that rate and bisecting to within 3%. A rate holds
     /// when at least 99% of it is sent and confirmed, nothing is lost and every --slo
-    /// holds. The scenario's faults are left out.
+    /// holds; a rate below the ceiling that did not hold is measured once
+    /// more. The scenario's faults are left out.
     #[arg(long)]
     pub find_max: bool,
     /// An objective a rate must meet for --find-max: [BROKER.]METRIC<VALUE,

@@ -131,7 +131,8 @@ fn find_max_comes_close_to_the_ceiling_and_lower_under_a_tight_slo() {
     }
 
     // Tight: a p99 each broker misses at its closed-loop rate, open loop
-    // (RabbitMQ's is about 10-15 ms there, JetStream's seconds).
+    // (RabbitMQ's is about 10-15 ms there, JetStream's in memory 1-2 s: its
+    // one group reads more slowly than the producers publish).
     let tight = [("rabbitmq", 5), ("jetstream", 20)];
     let slo: Vec<String> = tight
         .iter()

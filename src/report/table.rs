@@ -6,7 +6,7 @@ use super::{BrokerResult, GroupResult, Results};
 use crate::broker::BrokerKind;
 use crate::metrics::harness::HarnessUse;
 use crate::metrics::LatencySummary;
-use crate::run::find_max::{FindMaxResult, Phase};
+use crate::run::find_max::{FindMaxResult, Phase, MAX_STEPS};
 use crate::run::ledger::FailureAccount;
 
 /// A latency in the unit that reads best: `850 µs`, `12.3 ms`, `2.01 s`.
@@ -520,6 +520,11 @@ pub fn found(broker: BrokerKind, search: &FindMaxResult) -> String {
     let mut rule = "99% of the target sent and confirmed, nothing lost".to_string();
     for slo in &search.slo {
         rule.push_str(&format!(", {slo}"));
+    }
+    if search.step_limit_reached {
+        rule.push_str(&format!(
+            "; the {MAX_STEPS}-step limit ended the search before 3%, so this is a lower bound"
+        ));
     }
     match search.found_per_s {
         Some(found) => format!(

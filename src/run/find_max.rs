@@ -5,10 +5,11 @@
 //! holds, and bisect between the highest rate that held and the lowest that
 //! did not, to within 3%. A rate holds when at least 99% of the target rate
 //! was both sent and confirmed, every SLO limit holds, no confirmed message is lost and the
-//! window completes. A rate that did not hold is measured once more, and
-//! fails only if it fails again: on a shared machine one noisy window (a
-//! latency spike at its end leaves 1-2% of a 2 s window's confirmations
-//! outside it) would otherwise end the search far below the broker's rate.
+//! window completes. A rate below the ceiling that did not hold is measured
+//! once more, and fails only if it fails again: on a shared machine one
+//! noisy window (a latency spike at its end leaves 1-2% of a 2 s window's
+//! confirmations outside it) would otherwise end the search far below the
+//! broker's rate. So a rate found held in one window of at most two.
 //! Every window is a step in the results, held or not.
 
 use std::time::Duration;
@@ -31,7 +32,8 @@ pub const ACHIEVED: f64 = 0.99;
 /// The search ends when the lowest rate that failed is within this factor
 /// of the highest that held.
 pub const PRECISION: f64 = 1.03;
-/// The most steps a search takes, the closed-loop window included.
+/// The most steps a search takes, the closed-loop window included (and
+/// then the repeat of the last step, if it did not hold).
 pub const MAX_STEPS: usize = 16;
 /// No step below this rate, msg/s.
 pub const MIN_RATE: f64 = 10.0;
@@ -93,6 +95,11 @@ pub struct FindMaxResult {
     /// be measured); then the result is incomplete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// Whether the step limit ended the search before the highest rate that
+    /// held and the lowest that did not were within 3% of each other: the
+    /// rate found is then a lower bound, further from the broker's rate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub step_limit_reached: bool,
 }
 
 impl Step {
@@ -157,7 +164,7 @@ pub struct Search {
     closed_loop: Option<f64>,
     /// The highest rate that held.
     held: Option<f64>,
-    /// The lowest rate that did not, twice.
+    /// The lowest rate that did not hold (twice, below the ceiling).
     failed: Option<f64>,
     /// A rate that did not hold once, to be measured again.
     again: Option<f64>,
@@ -166,16 +173,27 @@ pub struct Search {
 
 impl Search {
     /// The next step and its target rate (0: closed loop); none when done.
+    /// A rate to measure again is measured even at the step limit.
     pub fn next(&self) -> Option<(Phase, f64)> {
-        let Some(ceiling) = self.closed_loop else {
-            return Some((Phase::ClosedLoop, 0.0));
-        };
-        if self.steps >= MAX_STEPS {
-            return None;
-        }
         if let Some(rate) = self.again {
             return Some((Phase::Repeat, rate));
         }
+        if self.steps >= MAX_STEPS {
+            return None;
+        }
+        self.next_unlimited()
+    }
+
+    /// Whether the step limit, rather than the precision, ended the search.
+    pub fn step_limit_reached(&self) -> bool {
+        self.again.is_none() && self.steps >= MAX_STEPS && self.next_unlimited().is_some()
+    }
+
+    /// The next step but for the step limit and a rate to measure again.
+    fn next_unlimited(&self) -> Option<(Phase, f64)> {
+        let Some(ceiling) = self.closed_loop else {
+            return Some((Phase::ClosedLoop, 0.0));
+        };
         match (self.held, self.failed) {
             (None, None) => Some((Phase::Coarse, whole(ceiling.max(MIN_RATE)))),
             (None, Some(failed)) => {
@@ -248,12 +266,13 @@ mod tests {
     use super::*;
 
     /// Runs a search against a broker that holds any rate up to `capacity`,
-    /// but for the windows numbered in `noisy` (from 0, the closed loop).
-    fn search_noisy(
+    /// but for the windows numbered in `noisy` (from 0, the closed loop):
+    /// the steps, the rate found and whether the step limit ended it.
+    fn search_all(
         closed_loop: f64,
         capacity: f64,
         noisy: &[usize],
-    ) -> (Vec<(Phase, f64)>, Option<f64>) {
+    ) -> (Vec<(Phase, f64)>, Option<f64>, bool) {
         let mut search = Search::default();
         let mut steps = Vec::new();
         while let Some((phase, rate)) = search.next() {
@@ -261,7 +280,17 @@ mod tests {
             steps.push((phase, rate));
             search.record(phase, rate, held, closed_loop);
         }
-        (steps, search.found())
+        (steps, search.found(), search.step_limit_reached())
+    }
+
+    /// As [`search_all`], without the step limit's verdict.
+    fn search_noisy(
+        closed_loop: f64,
+        capacity: f64,
+        noisy: &[usize],
+    ) -> (Vec<(Phase, f64)>, Option<f64>) {
+        let (steps, found, _) = search_all(closed_loop, capacity, noisy);
+        (steps, found)
     }
 
     /// Runs a search against a broker that holds any rate up to `capacity`.
@@ -287,7 +316,7 @@ mod tests {
         // Each rate below the ceiling that did not hold was measured twice.
         for (n, (phase, rate)) in steps.iter().enumerate().skip(2) {
             if *rate > 9_000.0 && *phase != Phase::Repeat {
-                assert_eq!(steps[n + 1], (Phase::Repeat, *rate), "{steps:?}");
+                assert_eq!(steps.get(n + 1), Some(&(Phase::Repeat, *rate)), "{steps:?}");
             }
         }
         assert!(steps[3..]
@@ -295,7 +324,6 @@ mod tests {
             .all(|(p, _)| matches!(p, Phase::Bisect | Phase::Repeat)));
         let found = found.unwrap();
         assert!((9_000.0 / PRECISION..=9_000.0).contains(&found), "{found}");
-        assert!(steps.len() <= MAX_STEPS);
     }
 
     #[test]
@@ -336,5 +364,36 @@ mod tests {
         // A rate that fails twice is not retried a third time.
         let (steps, _) = search_noisy(10_000.0, 9_000.0, &[2, 3]);
         assert_eq!(steps[4], (Phase::Coarse, 2_500.0), "{steps:?}");
+    }
+
+    #[test]
+    fn every_rate_below_the_ceiling_that_did_not_hold_is_measured_again_even_at_the_limit() {
+        let (mut limited, mut repeat_past_the_limit) = (0, 0);
+        for k in 1..=300 {
+            // Capacities from 1/1400 of the ceiling to a fifth of it.
+            let capacity = f64::from(k) * 5_000.0 / 7.0;
+            let (steps, found, limit) = search_all(1_000_000.0, capacity, &[]);
+            for (n, &(phase, rate)) in steps.iter().enumerate().skip(2) {
+                if phase != Phase::Repeat && rate > capacity {
+                    let next = steps.get(n + 1);
+                    assert_eq!(next, Some(&(Phase::Repeat, rate)), "{capacity}: {steps:?}");
+                }
+            }
+            assert!(steps.len() <= MAX_STEPS + 1, "{steps:?}");
+            repeat_past_the_limit += usize::from(steps.len() == MAX_STEPS + 1);
+            if limit {
+                limited += 1;
+            } else if let Some(found) = found {
+                // Ended by the precision: within 3% below the capacity.
+                assert!(
+                    (capacity / PRECISION..=capacity).contains(&found),
+                    "{capacity}: {steps:?}"
+                );
+            }
+        }
+        assert!(limited > 0 && repeat_past_the_limit > 0);
+        // A search that ends within 3%, or at the ceiling, is not limited.
+        assert!(!search_all(10_000.0, 9_000.0, &[]).2);
+        assert!(!search_all(10_000.0, 20_000.0, &[]).2);
     }
 }

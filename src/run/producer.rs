@@ -113,6 +113,14 @@ impl ProducerTask {
             // It comes before the clock is read, so a turn given away never
             // ages the reading that is written into the message.
             tokio::task::consume_budget().await;
+            // The answers already in are settled first, for the same reason.
+            if let Some(answer) = self.producer.ready() {
+                let at = Instant::now();
+                self.settle(answer, at);
+                while let Some(answer) = self.producer.ready() {
+                    self.settle(answer, at);
+                }
+            }
             // One reading of the clock per turn: it is read per message.
             let now = Instant::now();
             let due = match (&pacer, limit) {
@@ -192,12 +200,8 @@ impl ProducerTask {
         self.out
     }
 
-    /// Sends `send` at `sent`, the time read for this turn, after settling
-    /// the answers already in.
+    /// Sends `send` at `sent`, the time read for this turn.
     async fn send(&mut self, send: Send, sent: Instant) {
-        while let Some(answer) = self.producer.ready() {
-            self.settle(answer, sent);
-        }
         let envelope = Envelope {
             run: self.cx.run_id,
             producer: self.id,
@@ -219,7 +223,10 @@ impl ProducerTask {
         let token = self.next_token;
         self.next_token += 1;
         let message = event::encode(&envelope, self.cx.message_size, self.cx.encoding);
-        match self.producer.send(token, message).await {
+        // Out of the runtime's budget, which the turn already paid: the
+        // send waits only if the client's queue is full, never to give the
+        // turn away after `sent` was written into the message.
+        match tokio::task::unconstrained(self.producer.send(token, message)).await {
             Ok(()) => {
                 self.in_flight.insert(token, Outstanding { send, sent });
             }

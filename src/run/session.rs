@@ -343,6 +343,7 @@ impl<'a> Session<'a> {
             found_per_s: search.found(),
             steps,
             stopped,
+            step_limit_reached: search.step_limit_reached(),
         });
         Measured::Done(Box::new(result))
     }
