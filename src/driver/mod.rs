@@ -5,8 +5,11 @@
 //! confirmed path: RabbitMQ publisher confirms and manual acks (lapin),
 //! JetStream publish acks and durable pull consumers with explicit acks
 //! (async-nats), Kafka delivery reports and committed offsets (rdkafka).
-//! One connection is reused per broker for the whole run (Kafka: one producer
-//! client, plus one consumer client per group, as its group protocol needs).
+//! Connections are reused for the whole run: RabbitMQ one; JetStream one for
+//! the producers and one per consumer group, as separate services would
+//! have (on one, a group's pulls and acks waited behind the publishes);
+//! Kafka one producer client, plus one consumer client per group, as its
+//! group protocol needs.
 //! Every network call has a timeout. A failed publish is data, not a crash:
 //! it is counted under an [`ErrorKind`].
 
