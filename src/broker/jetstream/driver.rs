@@ -147,10 +147,7 @@ impl JetStreamDriver {
 
     /// A connection of `service`'s own: a consumer group's.
     async fn service_context(&self, service: &str) -> Result<jetstream::Context> {
-        let options = options(
-            &format!("brokerbench-{service}"),
-            self.recovery.backoff_max,
-        );
+        let options = options(&format!("brokerbench-{service}"), self.recovery.backoff_max);
         let client = open_connection(&self.endpoint, options).await?;
         Ok(jetstream::new(client))
     }
@@ -240,9 +237,10 @@ impl Driver for JetStreamDriver {
         // 15 s idle heartbeat). Against nats-server 2.9 a shorter expiry or
         // heartbeat made delivery stall for 1-5 s at 500 msg/s (missed
         // heartbeats restart the pull), and explicit batch requests were worse;
-        // the defaults gave sub-millisecond medians. Once, at ~150k msg/s, the
-        // stream stopped pulling until its 30 s expiry: the drain timeout then
-        // marks the run incomplete rather than hiding it.
+        // the defaults gave sub-millisecond medians. The stalls at ~150k
+        // msg/s came from sharing the producers' connection (module doc);
+        // the drain timeout would still mark a run incomplete rather than
+        // hide one.
         let messages = timed("starting to pull", consumer.messages()).await?;
         Ok(Box::new(JetStreamConsumer {
             consumer,
