@@ -6,8 +6,8 @@
 //! one for the producers, one for each consumer group. On one shared
 //! connection a group's pull requests and acks waited behind the producers'
 //! publishes (nats-server 2.9 handles pull requests in the connection's read
-//! loop): at 150-180k msg/s closed loop a group read 4-10k msg/s until the
-//! load stopped, then 150-200k msg/s.
+//! loop): at 150-160k msg/s closed loop a group read 3-11k msg/s until the
+//! load stopped, then 130-210k msg/s (docs/performance.md).
 
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -124,7 +124,7 @@ pub(super) async fn open_connection(
 }
 
 impl JetStreamDriver {
-    /// Connects with one NATS connection for the whole run.
+    /// Connects the producers' NATS connection, for the whole run.
     pub async fn connect(plan: &Plan, endpoint: &Endpoint) -> Result<Self> {
         // Room for every publish ack a producer may have outstanding: a full
         // subscription drops messages.
@@ -145,9 +145,14 @@ impl JetStreamDriver {
         })
     }
 
-    /// A connection of `service`'s own: a consumer group's.
+    /// A connection of `service`'s own: a consumer group's, or its
+    /// dead-letter reader's.
     async fn service_context(&self, service: &str) -> Result<jetstream::Context> {
-        let options = options(&format!("brokerbench-{service}"), self.recovery.backoff_max);
+        // Room for every unacknowledged message the server may send (a full
+        // subscription drops messages).
+        let unacked = usize::try_from(self.settings.max_ack_pending).unwrap_or(0);
+        let options = options(&format!("brokerbench-{service}"), self.recovery.backoff_max)
+            .subscription_capacity((unacked + 1024).max(65_536));
         let client = open_connection(&self.endpoint, options).await?;
         Ok(jetstream::new(client))
     }
@@ -294,7 +299,7 @@ impl Driver for JetStreamDriver {
             replicas: 1,
             publish_acks: true,
             consumer: "durable pull, explicit ack after processing",
-            connections: "one for the producers, one per consumer group",
+            connections: "one for the producers, one per consumer group and per dead-letter reader",
             max_ack_pending: self.settings.max_ack_pending,
             ack_wait: humantime::format_duration(ACK_WAIT).to_string(),
             dedup_header: if self.headers {
@@ -583,6 +588,22 @@ impl Consumer for JetStreamConsumer {
             settle: settler(message, delivered, self.retry),
         }))
     }
+
+    async fn close(mut self: Box<Self>) {
+        self.finish().await;
+    }
+}
+
+impl JetStreamConsumer {
+    /// Stops pulling, and sends what the group's own connection still
+    /// queues (its last acks) before the connection goes with the consumer:
+    /// a request on it goes out after them, and its answer comes after the
+    /// server read them. The backlog is asked for on the producers'
+    /// connection after this.
+    async fn finish(&mut self) {
+        self.messages = None;
+        let _ = timed_raw(self.consumer.get_info()).await;
+    }
 }
 
 /// The part of an advisory the dead-letter reader needs.
@@ -656,5 +677,9 @@ impl Consumer for DeadLetterReader {
                 },
             ),
         }))
+    }
+
+    async fn close(mut self: Box<Self>) {
+        self.advisories.finish().await;
     }
 }
