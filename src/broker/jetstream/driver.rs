@@ -101,10 +101,17 @@ async fn timed_raw<T>(fut: impl std::future::Future<Output = T>) -> Result<T> {
 /// NATS connection options shared by the run and the readiness probe:
 /// every request has a timeout, reconnection follows our backoff.
 pub(super) fn options(name: &str, backoff_max: Duration) -> async_nats::ConnectOptions {
+    // async-nats asks for a delay before its very first attempt too (as
+    // attempt 1): that one goes at once, or every connection would wait
+    // the first backoff step, about a second, before it is made.
+    let first = std::sync::atomic::AtomicBool::new(true);
     async_nats::ConnectOptions::new()
         .name(name)
         .max_reconnects(None)
         .reconnect_delay_callback(move |attempts| {
+            if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                return Duration::ZERO;
+            }
             crate::driver::backoff(attempts.saturating_sub(1) as u32, backoff_max)
         })
         .connection_timeout(crate::driver::CALL_TIMEOUT)
