@@ -257,6 +257,7 @@ impl Driver for JetStreamDriver {
         Ok(Box::new(JetStreamConsumer {
             consumer,
             messages: Some(messages),
+            client: context.client(),
             recovery: self.recovery.clone(),
             retry: self.retry(),
         }))
@@ -292,6 +293,7 @@ impl Driver for JetStreamDriver {
             advisories: JetStreamConsumer {
                 consumer,
                 messages: Some(messages),
+                client: context.client(),
                 recovery: self.recovery.clone(),
                 retry: self.retry(),
             },
@@ -501,6 +503,8 @@ struct JetStreamConsumer {
     consumer: jetstream::consumer::PullConsumer,
     /// The pull stream; `None` after it ended or failed, until pulled again.
     messages: Option<pull::Stream>,
+    /// The group's own connection.
+    client: async_nats::Client,
     recovery: Recovery,
     /// How a failed message is handed back.
     retry: Retry,
@@ -606,10 +610,13 @@ impl JetStreamConsumer {
     /// queues (its last acks) before the connection goes with the consumer:
     /// a request on it goes out after them, and its answer comes after the
     /// server read them. The backlog is asked for on the producers'
-    /// connection after this.
+    /// connection after this. Not while the connection is down (a broker
+    /// killed for good): then nothing queued can go out anyway.
     async fn finish(&mut self) {
         self.messages = None;
-        let _ = timed_raw(self.consumer.get_info()).await;
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            let _ = timed_raw(self.consumer.get_info()).await;
+        }
     }
 }
 
