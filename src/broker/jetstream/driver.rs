@@ -4,10 +4,11 @@
 //!
 //! One connection per simulated service, as separate services would have:
 //! one for the producers, one for each consumer group. On one shared
-//! connection a group's pull requests and acks waited behind the producers'
-//! publishes (nats-server 2.9 handles pull requests in the connection's read
-//! loop): at 150-160k msg/s closed loop a group read 3-11k msg/s until the
-//! load stopped, then 130-210k msg/s (docs/performance.md).
+//! connection a group read 3-11k msg/s at 150-160k msg/s closed loop until
+//! the load stopped, then 130-210k msg/s, and three groups stalled for
+//! seconds (docs/performance.md); most likely its pull requests and acks
+//! waited behind the publishes (nats-server 2.9 handles pull requests in the
+//! connection's read loop).
 
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -250,7 +251,7 @@ impl Driver for JetStreamDriver {
         // heartbeat made delivery stall for 1-5 s at 500 msg/s (missed
         // heartbeats restart the pull), and explicit batch requests were worse;
         // the defaults gave sub-millisecond medians. The stalls at ~150k
-        // msg/s came from sharing the producers' connection (module doc);
+        // msg/s went away with a connection per group (module doc);
         // the drain timeout would still mark a run incomplete rather than
         // hide one.
         let messages = timed("starting to pull", consumer.messages()).await?;
