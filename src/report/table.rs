@@ -6,7 +6,7 @@ use super::{BrokerResult, GroupResult, Results};
 use crate::broker::BrokerKind;
 use crate::metrics::harness::HarnessUse;
 use crate::metrics::LatencySummary;
-use crate::run::find_max::{FindMaxResult, Phase, MAX_STEPS};
+use crate::run::find_max::{FindMaxResult, Phase, Step, MAX_STEPS};
 use crate::run::ledger::FailureAccount;
 
 /// A latency in the unit that reads best: `850 µs`, `12.3 ms`, `2.01 s`.
@@ -40,7 +40,6 @@ fn percentiles(s: &LatencySummary) -> String {
     )
 }
 
-/// The worst group's end-to-end figures, percentile by percentile.
 fn new_table(header: Vec<&str>) -> Table {
     let mut table = Table::new();
     table
@@ -534,6 +533,30 @@ pub fn found(broker: BrokerKind, search: &FindMaxResult) -> String {
         ),
         None => format!("{broker}: no rate held ({rule})"),
     }
+}
+
+/// One line per step of `--find-max`, printed as it is measured.
+pub fn step_line(broker: BrokerKind, n: usize, step: &Step) -> String {
+    let target = match step.target_per_s {
+        0.0 => "as fast as confirmed".to_string(),
+        rate => format!("{rate:.0} msg/s"),
+    };
+    let verdict = match (step.phase, step.held) {
+        (Phase::ClosedLoop, _) => "the ceiling".to_string(),
+        (_, true) => "held".to_string(),
+        (_, false) => format!("did not hold: {}", step.why_not.join(", ")),
+    };
+    let verdict = match step.harness_limited {
+        true => format!("{verdict} (the harness may have been the limit)"),
+        false => verdict,
+    };
+    format!(
+        "{broker}: find-max step {n} ({}) at {target}: {:.0} msg/s confirmed, publish p99 {}, end to end p99 {}; {verdict}",
+        phase(step.phase),
+        step.confirmed_per_s,
+        step.publish_p99_us.map_or("-".into(), latency),
+        step.end_to_end_p99_us.map_or("-".into(), latency),
+    )
 }
 
 /// A step's phase in words.

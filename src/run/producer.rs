@@ -134,8 +134,8 @@ impl ProducerTask {
             if now >= self.cx.deadline {
                 break; // what is still in flight, or never sent, stays unknown
             }
-            if now >= self.overdue_check && self.confirm_timeout.is_some() {
-                self.time_out(now);
+            if let Some(limit) = self.confirm_timeout.filter(|_| now >= self.overdue_check) {
+                self.time_out(now, limit);
             }
             let slot = self.in_flight.len() < self.max_in_flight;
             // A retry whose time has come goes first.
@@ -234,13 +234,10 @@ impl ProducerTask {
         }
     }
 
-    /// Gives up on the sends unanswered for the producer's confirm
+    /// Gives up on the sends unanswered for `limit`, the producer's confirm
     /// timeout: a timeout each (an answer that still comes is ignored).
-    fn time_out(&mut self, now: Instant) {
+    fn time_out(&mut self, now: Instant, limit: Duration) {
         self.overdue_check = now + OVERDUE_CHECK;
-        let Some(limit) = self.confirm_timeout else {
-            return;
-        };
         let overdue: Vec<Token> = self
             .in_flight
             .iter()

@@ -314,7 +314,11 @@ impl<'a> Session<'a> {
                 other => return other,
             };
             let step = Step::judge(phase, rate, self.plan, &result);
-            observer.say(step_line(kind, steps.len() + 1, &step));
+            observer.say(crate::report::table::step_line(
+                kind,
+                steps.len() + 1,
+                &step,
+            ));
             search.record(phase, rate, step.held, result.publish.confirmed_per_s);
             if step.held {
                 found = Some(result);
@@ -383,32 +387,6 @@ impl<'a> Session<'a> {
             ),
         };
     }
-}
-
-/// One line per step of `--find-max`, as it is measured.
-fn step_line(kind: BrokerKind, n: usize, step: &Step) -> String {
-    let target = match step.target_per_s {
-        0.0 => "as fast as confirmed".to_string(),
-        rate => format!("{rate:.0} msg/s"),
-    };
-    let verdict = match (step.phase, step.held) {
-        (crate::run::find_max::Phase::ClosedLoop, _) => "the ceiling".to_string(),
-        (_, true) => "held".to_string(),
-        (_, false) => format!("did not hold: {}", step.why_not.join(", ")),
-    };
-    let verdict = match step.harness_limited {
-        true => format!("{verdict} (the harness may have been the limit)"),
-        false => verdict,
-    };
-    let ms =
-        |us: Option<u64>| us.map_or("-".to_string(), |us| format!("{:.1} ms", us as f64 / 1e3));
-    format!(
-        "{kind}: find-max step {n} ({}) at {target}: {:.0} msg/s confirmed, publish p99 {}, end to end p99 {}; {verdict}",
-        crate::report::table::phase(step.phase),
-        step.confirmed_per_s,
-        ms(step.publish_p99_us),
-        ms(step.end_to_end_p99_us),
-    )
 }
 
 /// How one broker's measurement ended.
