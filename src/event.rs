@@ -23,9 +23,11 @@
 
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrayvec::ArrayString;
+use memchr::memmem;
 
 use serde::{Deserialize, Serialize};
 
@@ -260,6 +262,31 @@ fn encode_json(envelope: &Envelope, trace_id: TraceId, size: usize) -> Vec<u8> {
     payload
 }
 
+/// What comes before each of the envelope's numbers in the JSON event, in
+/// the order [`envelope_fields`] gives them: written by [`write_event`],
+/// read by [`decode_written`].
+const ENVELOPE_KEYS: [&[u8]; 6] = [
+    br#"","bench":{"run":"#,
+    br#","producer":"#,
+    br#","seq":"#,
+    br#","key":"#,
+    br#","intended_ns":"#,
+    br#","sent_ns":"#,
+];
+
+/// The envelope's numbers, in the order of [`ENVELOPE_KEYS`] (and of its
+/// fields, as serde writes them).
+fn envelope_fields(envelope: &Envelope) -> [u64; 6] {
+    [
+        envelope.run,
+        u64::from(envelope.producer),
+        envelope.seq,
+        envelope.key,
+        envelope.intended_ns,
+        envelope.sent_ns,
+    ]
+}
+
 /// Room for the longest JSON event before padding, so that writing it
 /// never grows the buffer.
 const JSON_CAPACITY: usize = 384;
@@ -285,15 +312,7 @@ fn write_event(out: &mut Vec<u8>, event: &OrderCreated) {
     serde_json::to_writer(&mut *out, &event.total).expect("writing to a Vec cannot fail");
     string(out, br#","timestamp":""#, event.timestamp);
     string(out, br#"","trace_id":""#, event.trace_id);
-    let bench = event.bench;
-    for (key, value) in [
-        (&br#"","bench":{"run":"#[..], bench.run),
-        (br#","producer":"#, u64::from(bench.producer)),
-        (br#","seq":"#, bench.seq),
-        (br#","key":"#, bench.key),
-        (br#","intended_ns":"#, bench.intended_ns),
-        (br#","sent_ns":"#, bench.sent_ns),
-    ] {
+    for (key, value) in ENVELOPE_KEYS.into_iter().zip(envelope_fields(event.bench)) {
         out.extend_from_slice(key);
         out.extend_from_slice(number.format(value).as_bytes());
     }
@@ -358,8 +377,46 @@ pub fn decode(payload: &[u8]) -> Option<Envelope> {
     if payload.first() == Some(&BINARY_MAGIC) {
         return decode_binary(payload);
     }
+    if let Some(envelope) = decode_written(payload) {
+        return Some(envelope);
+    }
     let incoming: Incoming = serde_json::from_slice(payload).ok()?;
     (incoming.version == VERSION).then_some(incoming.bench)
+}
+
+/// Reads the envelope of an event as [`write_event`] lays it out, without
+/// parsing the rest: most of the cost of reading a whole event is its keys
+/// and its padding, which say nothing the envelope does not. The ids before
+/// `bench` hold no quote, so the first `","bench":{` is the key; what
+/// follows the envelope (the padding) is not read. Anything laid out
+/// otherwise is read whole.
+fn decode_written(payload: &[u8]) -> Option<Envelope> {
+    static BENCH: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(ENVELOPE_KEYS[0]));
+    let after_version = payload
+        .strip_prefix(br#"{"version":""#)?
+        .strip_prefix(VERSION.as_bytes())?
+        .strip_prefix(br#"","#)?;
+    let mut rest = &after_version[BENCH.find(after_version)?..];
+    let mut fields = [0; 6];
+    for (key, field) in ENVELOPE_KEYS.into_iter().zip(&mut fields) {
+        let number = rest.strip_prefix(key)?;
+        let digits = number.iter().take_while(|b| b.is_ascii_digit()).count();
+        *field = std::str::from_utf8(&number[..digits]).ok()?.parse().ok()?;
+        rest = &number[digits..];
+    }
+    if rest.first() != Some(&b'}') {
+        return None;
+    }
+    let [run, producer, seq, key, intended_ns, sent_ns] = fields;
+    Some(Envelope {
+        run,
+        producer: u32::try_from(producer).ok()?,
+        seq,
+        key,
+        intended_ns,
+        sent_ns,
+    })
 }
 
 #[cfg(test)]
@@ -456,6 +513,25 @@ mod tests {
             );
             assert!(serde_json::to_vec(&event).unwrap().len() <= JSON_CAPACITY);
         }
+    }
+
+    #[test]
+    fn events_laid_out_otherwise_are_read_whole() {
+        let out = encode(&envelope(), 300, Encoding::Json);
+        assert_eq!(decode_written(&out.payload), Some(envelope()), "ours");
+        let mut event: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+        let pretty = serde_json::to_vec_pretty(&event).unwrap();
+        assert_eq!(decode_written(&pretty), None);
+        assert_eq!(decode(&pretty), Some(envelope()));
+        event["version"] = "v2".into();
+        assert_eq!(decode(&serde_json::to_vec(&event).unwrap()), None);
+        // Cut inside the envelope, or a producer beyond u32: not read.
+        let plain = encode(&envelope(), 0, Encoding::Json).payload;
+        assert_eq!(decode(&plain[..plain.len() - 2]), None);
+        let text = String::from_utf8(plain).unwrap();
+        let wide = text.replace(r#""producer":1,"#, r#""producer":4294967296,"#);
+        assert_ne!(wide, text);
+        assert_eq!(decode(wide.as_bytes()), None);
     }
 
     #[test]

@@ -11,8 +11,6 @@
 //! dead-lettered) after the drain is *lost*; one not confirmed yet delivered
 //! is *recovered*; a delivery of a message never sent is *unexpected*.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::event::Envelope;
@@ -90,8 +88,9 @@ pub enum Seen {
 pub struct GroupLog {
     /// Per producer, per sequence number: deliveries (saturating at 255).
     counts: Vec<Vec<u8>>,
-    /// Per (producer, key): highest sequence number delivered so far.
-    last_per_key: HashMap<(u32, u64), u64>,
+    /// Per (producer, key): highest sequence number delivered so far
+    /// (foldhash: a lookup per delivery, and the keys are ours).
+    last_per_key: foldhash::HashMap<(u32, u64), u64>,
     delivered: u64,
     unique: u64,
     redelivered: u64,
