@@ -445,7 +445,9 @@ const ERROR_FIELD: &[u8] = b"\"error\"";
 #[async_trait]
 impl Producer for JetStreamProducer {
     async fn send(&mut self, token: Token, message: Outgoing) -> Result<(), Failure> {
-        let reply = format!("{}{token}", self.inbox);
+        let mut reply = String::with_capacity(self.inbox.len() + 20);
+        reply.push_str(&self.inbox);
+        reply.push_str(itoa::Buffer::new().format(token));
         let order_id = message.order_id();
         let payload = message.payload.into();
         let publish = if self.headers {

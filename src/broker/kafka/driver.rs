@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -429,19 +428,16 @@ fn delivered(report: DeliveryReport) -> Result<(), Failure> {
 #[async_trait]
 impl Producer for KafkaProducer {
     async fn send(&mut self, token: Token, message: Outgoing) -> Result<(), Failure> {
-        // The key, `user-<key>`, written on the stack.
-        let mut key = [0u8; 32];
-        let mut rest = &mut key[..];
-        write!(rest, "{}", message.user_id()).expect("a user id fits in 32 bytes");
-        let len = 32 - rest.len();
-        let key = &key[..len];
+        // The key, `user-<key>`, and the trace id, written on the stack.
+        let key = message.user_id().text();
+        let trace_id = message.trace_id.text();
         let mut record = FutureRecord::to(EVENT_TYPE)
-            .key(key)
+            .key(key.as_str())
             .payload(&message.payload);
         if self.headers {
             record = record.headers(OwnedHeaders::new().insert(Header {
                 key: "trace_id",
-                value: Some(&message.trace_id.to_string()),
+                value: Some(trace_id.as_str()),
             }));
         }
         // Enqueues in librdkafka; the delivery report is the answer.
