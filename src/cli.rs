@@ -191,6 +191,12 @@ pub struct RunArgs {
     /// more. The scenario's faults are left out.
     #[arg(long)]
     pub find_max: bool,
+    /// Leave the run's queues, streams and topics in the broker, with their
+    /// messages. By default they are deleted once the run's account is
+    /// taken, as the brokers' own benchmark tools delete theirs: a broker
+    /// left holding them writes them to disk at the next run's cost.
+    #[arg(long)]
+    pub keep_data: bool,
     /// An objective a rate must meet for --find-max: [BROKER.]METRIC<VALUE,
     /// e.g. end_to_end_p99<50ms or publish_p99<20ms. Repeatable.
     #[arg(long, value_name = "[BROKER.]METRIC<VALUE", requires = "find_max")]

@@ -148,6 +148,7 @@ async fn publishes_confirms_and_redelivers_what_was_not_acked(kind: BrokerKind) 
         }
         again.close().await;
     }
+    driver.teardown().await.unwrap();
     driver.close().await;
 
     // Publish only: a fresh destination, and the broker says what it holds.
@@ -159,6 +160,13 @@ async fn publishes_confirms_and_redelivers_what_was_not_acked(kind: BrokerKind) 
     let mut producer = driver.producer(0).await.unwrap();
     send_confirmed(&mut producer, 7, kind).await;
     assert_eq!(driver.stored().await.unwrap(), 7, "{kind}: stored");
+    // Once the account is taken, the run's data goes.
+    driver.teardown().await.unwrap();
+    let left = driver.stored().await;
+    assert!(
+        !matches!(left, Ok(n) if n > 0),
+        "{kind}: {left:?} left after the teardown"
+    );
     driver.close().await;
     broker.shutdown().await.unwrap();
 }

@@ -38,6 +38,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         duration: args.duration,
         thresholds: args.thresholds.clone(),
         publish_only: args.publish_only,
+        keep_data: args.keep_data,
         find_max: args.find_max,
         slo: args.slo.clone(),
     };

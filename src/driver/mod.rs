@@ -163,6 +163,13 @@ pub trait Driver: Send + Sync {
     /// than were confirmed means confirmed messages are gone.
     async fn stored(&self) -> Result<u64>;
 
+    /// Deletes what [`Driver::setup`] made (queues, streams, topics) with the
+    /// messages in them, once the run's account is taken. A broker left
+    /// holding a run's messages writes them to disk and keeps them, at the
+    /// cost of whatever it serves next; the brokers' own benchmark tools
+    /// delete theirs too. `run --keep-data` leaves them for a look.
+    async fn teardown(&self) -> Result<()>;
+
     /// Closes the connection.
     async fn close(&self);
 }

@@ -362,6 +362,11 @@ impl Driver for MemoryBroker {
         Ok(self.lock().stored)
     }
 
+    /// Nothing outlives the process.
+    async fn teardown(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn close(&self) {
         if self.knobs.hang_on_close {
             std::future::pending::<()>().await;

@@ -464,6 +464,15 @@ pub async fn measure(
     };
     let settings = driver.settings();
     let dead_letters_in_flight_seen = driver.sees_dead_letters_in_flight();
+    // The account is taken: the run's data goes (a broker that is down
+    // keeps it; the next run's set-up deletes it).
+    if !plan.keep_data && !broker_down {
+        match tokio::time::timeout(CALL_TIMEOUT, driver.teardown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: {}: {e:#}", plan.name),
+            Err(_) => eprintln!("warning: {}: deleting the run's data: no answer", plan.name),
+        }
+    }
     driver.close().await;
     let sample = Envelope {
         run: run_id,

@@ -365,6 +365,7 @@ impl ScenarioFile {
             thresholds,
             dead_letter,
             find_max: None,
+            keep_data: false,
         })
     }
 }

@@ -61,6 +61,10 @@ pub struct Plan {
     /// instead of running the load once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub find_max: Option<FindMax>,
+    /// `run --keep-data`: the run's queues, streams and topics stay in the
+    /// broker afterwards, with their messages.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_data: bool,
 }
 
 /// `run --find-max [--slo METRIC<VALUE]`: what a rate must meet to hold.
@@ -585,6 +589,8 @@ pub struct Overrides {
     pub find_max: bool,
     /// `--slo METRIC<VALUE`, for `--find-max`.
     pub slo: Vec<String>,
+    /// `--keep-data`: leave the run's data in the broker.
+    pub keep_data: bool,
 }
 
 impl Plan {
@@ -632,6 +638,7 @@ impl Plan {
         if overrides.publish_only {
             self.consumers.clear();
         }
+        self.keep_data = overrides.keep_data;
         if let Some(duration) = overrides.duration {
             if duration.is_zero() {
                 return Err(ScenarioError::flag(

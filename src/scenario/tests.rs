@@ -214,8 +214,15 @@ fn overrides_replace_the_file_values() {
         publish_only: true,
         find_max: true,
         slo: vec!["publish_p99<50ms".into(), "kafka.publish_p99<20ms".into()],
+        keep_data: true,
     };
     let plan = Plan::parse(Path::new("t.toml"), ORDERS, &overrides).unwrap();
+    assert!(plan.keep_data && plan.find_max_step(1.0).keep_data);
+    assert!(
+        !Plan::parse(Path::new("t.toml"), ORDERS, &Overrides::default())
+            .unwrap()
+            .keep_data
+    );
     assert_eq!(plan.brokers, ["kafka".parse::<BrokerKind>().unwrap()]);
     assert_eq!(plan.load.rate, 0.0);
     assert_eq!(plan.load.duration, Duration::from_secs(3));

@@ -377,6 +377,18 @@ impl Driver for JetStreamDriver {
         Ok(info.state.messages)
     }
 
+    async fn teardown(&self) -> Result<()> {
+        timed("deleting the stream", self.context.delete_stream(STREAM)).await?;
+        if self.failing {
+            timed(
+                "deleting the dead-letter stream",
+                self.context.delete_stream(DEAD_LETTER_STREAM),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn close(&self) {
         let _ = timed("flushing the NATS connection", self.client.flush()).await;
     }

@@ -392,6 +392,27 @@ impl Driver for KafkaDriver {
         .await
     }
 
+    async fn teardown(&self) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = base_config(&self.bootstrap).create()?;
+        let options = AdminOptions::new().operation_timeout(Some(crate::driver::CALL_TIMEOUT));
+        let mut topics = vec![EVENT_TYPE.to_string()];
+        if self.failing {
+            topics.push(dead_letter_topic());
+        }
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let results = timed(
+            "deleting the topics",
+            admin.delete_topics(&topics, &options),
+        )
+        .await?;
+        for result in results {
+            if let Err((name, code)) = result {
+                bail!("deleting topic {name}: {code}");
+            }
+        }
+        Ok(())
+    }
+
     async fn close(&self) {
         let producer = self.producer.clone();
         let _ =

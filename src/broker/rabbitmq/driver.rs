@@ -514,6 +514,29 @@ impl Driver for RabbitMqDriver {
         Ok(depth?.into())
     }
 
+    /// The queues, dead-letter queues included (exchanges hold no
+    /// messages); deleting one that `setup` did not declare is no error.
+    async fn teardown(&self) -> Result<()> {
+        let connection = open_connection(&self.session.endpoint, "brokerbench-teardown").await?;
+        let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
+        let mut queues = vec![PUBLISH_ONLY_QUEUE.to_string()];
+        for group in &self.session.groups {
+            queues.push(queue_name(&group.group));
+            queues.push(dead_letter_queue(&group.group));
+        }
+        let mut deleted = Ok(());
+        for queue in &queues {
+            let deleting =
+                channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default());
+            if let Err(e) = timed(&format!("deleting queue {queue}"), deleting).await {
+                deleted = Err(e);
+                break;
+            }
+        }
+        let _ = timed("closing", connection.close(200, "deleted".into())).await;
+        deleted
+    }
+
     async fn close(&self) {
         if let Ok((_, connection)) = self.session.current().await {
             let _ = timed(
