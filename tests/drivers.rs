@@ -13,7 +13,7 @@ use brokerbench::driver::{Consumer, Driver, Producer, Settle};
 use brokerbench::env::binaries;
 use brokerbench::env::local::LocalBroker;
 use brokerbench::event::{self, Encoding, Envelope};
-use brokerbench::scenario::{Overrides, Plan};
+use brokerbench::scenario::{Exchange, Overrides, Plan};
 
 const RUN: u64 = 0xfeed;
 
@@ -35,6 +35,13 @@ fn scenario(publish_only: bool) -> Plan {
     let mut plan = Plan::parse(Path::new("drivers.toml"), text, &overrides).unwrap();
     // Publish only goes without headers: the payload alone carries the ids.
     plan.load.headers = !publish_only;
+    // RabbitMQ: every other real-broker test publishes through the topic
+    // exchange, the default; here the group's queue is bound to a direct
+    // one, and publish only goes straight to its queue.
+    plan.rabbitmq.exchange = match publish_only {
+        true => Exchange::Default,
+        false => Exchange::Direct,
+    };
     plan
 }
 

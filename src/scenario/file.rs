@@ -157,6 +157,7 @@ struct RabbitmqFile {
     prefetch: Option<Spanned<i64>>,
     dead_letter_strategy: Option<DeadLetterStrategy>,
     declare_dead_letter_exchange: Option<Spanned<bool>>,
+    exchange: Option<Spanned<Exchange>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,6 +286,7 @@ impl ScenarioFile {
             .as_ref()
             .map(Spanned::span);
         let acks_span = self.kafka.acks.as_ref().map(Spanned::span);
+        let exchange_span = self.rabbitmq.exchange.as_ref().map(Spanned::span);
         let rabbitmq = self.rabbitmq.into_settings()?;
         let kafka = self.kafka.into_settings()?;
         let failing = consumers.iter().any(|c| c.failures.is_some());
@@ -298,6 +300,13 @@ impl ScenarioFile {
                 "rabbitmq.declare_dead_letter_exchange",
                 declare_span,
                 "is false with dead_letter_strategy \"at-least-once\": RabbitMQ would keep every dead letter in the source queue, retrying, where brokerbench cannot count it; set dead_letter_strategy = \"at-most-once\" to see a missing exchange drop them",
+            ));
+        }
+        if rabbitmq.exchange == Exchange::Default && consumers.len() > 1 {
+            return Err(RawError::field(
+                "rabbitmq.exchange",
+                exchange_span,
+                format!("is \"default\", which routes to one queue, and {} consumer groups each need every event; use \"topic\" or \"direct\"", consumers.len()),
             ));
         }
         if failing && brokers.contains(&BrokerKind::Kafka) && kafka.acks == Acks::None {
@@ -507,6 +516,7 @@ impl RabbitmqFile {
             declare_dead_letter_exchange: self
                 .declare_dead_letter_exchange
                 .map_or(d.declare_dead_letter_exchange, Spanned::into_inner),
+            exchange: self.exchange.map_or(d.exchange, Spanned::into_inner),
         })
     }
 }

@@ -337,6 +337,23 @@ pub enum QueueType {
     Classic,
 }
 
+/// Where RabbitMQ publishes go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Exchange {
+    /// A topic exchange each group's queue binds with the event type, as
+    /// event-driven services route by event type.
+    #[default]
+    Topic,
+    /// A direct exchange bound the same way: an exact match, cheaper for the
+    /// broker to route.
+    Direct,
+    /// RabbitMQ's nameless default exchange, straight to the one queue (publish
+    /// only, or a single group), as the brokers' reference publishers send:
+    /// the least routing work.
+    Default,
+}
+
 /// RabbitMQ settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RabbitmqSettings {
@@ -358,6 +375,9 @@ pub struct RabbitmqSettings {
     /// combination is refused).
     #[serde(default = "yes")]
     pub declare_dead_letter_exchange: bool,
+    /// Where publishes go.
+    #[serde(default)]
+    pub exchange: Exchange,
 }
 
 fn yes() -> bool {
@@ -543,6 +563,7 @@ impl Default for RabbitmqSettings {
             prefetch: 100,
             dead_letter_strategy: DeadLetterStrategy::AtLeastOnce,
             declare_dead_letter_exchange: true,
+            exchange: Exchange::Topic,
         }
     }
 }

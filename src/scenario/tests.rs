@@ -172,6 +172,19 @@ fn unknown_setting_value_is_named() {
 }
 
 #[test]
+fn the_default_exchange_cannot_fan_out() {
+    let text = ORDERS.replace(
+        "queue_type = \"quorum\"",
+        "queue_type = \"quorum\"\nexchange = \"default\"",
+    );
+    let shown = error(&text, "rabbitmq.exchange", 24);
+    assert!(shown.contains("consumer groups"), "{shown}");
+    // One group, or none: the default exchange reaches its one queue.
+    let one = "name = \"x\"\n[load]\nrate = 1\nduration = \"1s\"\n[[consumers]]\ngroup = \"g\"\n[rabbitmq]\nexchange = \"default\"\n";
+    assert_eq!(parse(one).unwrap().rabbitmq.exchange, Exchange::Default);
+}
+
+#[test]
 fn missing_required_field_is_named() {
     let err = parse("name = \"x\"\n[load]\nrate = 1\n[[consumers]]\ngroup = \"g\"\n").unwrap_err();
     assert_eq!(err.field(), Some("load.duration"), "{err}");

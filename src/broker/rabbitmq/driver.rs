@@ -15,7 +15,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Serialize;
 
@@ -26,11 +26,19 @@ use crate::driver::{
 use crate::env::Endpoint;
 use crate::event::Outgoing;
 use crate::scenario::{
-    ConsumerGroup, DeadLetter, DeadLetterStrategy, Plan, QueueType, RabbitmqSettings, Recovery,
-    EVENT_TYPE,
+    ConsumerGroup, DeadLetter, DeadLetterStrategy, Exchange, Plan, QueueType, RabbitmqSettings,
+    Recovery, EVENT_TYPE,
 };
 
-const EXCHANGE: &str = "brokerbench.events";
+/// The events exchange of each type: one name per type, as an exchange
+/// cannot change type once declared.
+fn exchange_name(exchange: Exchange) -> &'static str {
+    match exchange {
+        Exchange::Topic => "brokerbench.events",
+        Exchange::Direct => "brokerbench.events.direct",
+        Exchange::Default => "",
+    }
+}
 
 /// The dead-letter exchange: direct, each group's dead letters routed by the
 /// group's name to its own dead-letter queue.
@@ -40,6 +48,7 @@ const DEAD_LETTER_EXCHANGE: &str = "brokerbench.dead-letters";
 #[derive(Serialize)]
 struct Applied {
     queue_type: QueueType,
+    exchange: Exchange,
     durable_queues: bool,
     persistent_messages: bool,
     publisher_confirms: bool,
@@ -169,16 +178,30 @@ impl Session {
             durable: true,
             ..Default::default()
         };
-        timed(
-            "declaring the exchange",
-            channel.exchange_declare(
-                EXCHANGE.into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        let exchange = self.settings.exchange;
+        let kind = match exchange {
+            Exchange::Topic => Some(ExchangeKind::Topic),
+            Exchange::Direct => Some(ExchangeKind::Direct),
+            // Always there, and nothing binds to it.
+            Exchange::Default => None,
+        };
+        if let Some(kind) = kind {
+            timed(
+                "declaring the exchange",
+                channel.exchange_declare(
+                    exchange_name(exchange).into(),
+                    kind,
+                    durable,
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        }
+        // Each queue's binding to the events exchange.
+        let events = || match exchange {
+            Exchange::Default => Vec::new(),
+            _ => vec![(exchange_name(exchange), EVENT_TYPE.to_string())],
+        };
         let failing = self.groups.iter().any(|g| g.failures.is_some());
         if fresh {
             // An exchange left by an earlier run would catch dead letters
@@ -214,8 +237,7 @@ impl Session {
         let mut queues = Vec::new();
         for group in &self.groups {
             let name = &group.group;
-            let events = vec![(EXCHANGE, EVENT_TYPE.to_string())];
-            queues.push((queue_name(name), self.arguments(group), events));
+            queues.push((queue_name(name), self.arguments(group), events()));
             if group.failures.is_some() {
                 let dead_letters = match dead_letter_exchange {
                     true => vec![(DEAD_LETTER_EXCHANGE, name.clone())],
@@ -229,11 +251,10 @@ impl Session {
             }
         }
         if self.groups.is_empty() {
-            let bindings = vec![(EXCHANGE, EVENT_TYPE.to_string())];
             queues.push((
                 PUBLISH_ONLY_QUEUE.to_string(),
                 self.arguments_of_type(),
-                bindings,
+                events(),
             ));
         }
         for (queue, arguments, bindings) in queues {
@@ -339,6 +360,18 @@ impl Session {
     }
 
     /// A channel with publisher confirms.
+    /// Where publishes go: the events exchange with the event type, or the
+    /// default exchange with the one queue's name.
+    fn route(&self) -> (ShortString, ShortString) {
+        let exchange = self.settings.exchange;
+        let routing_key = match (exchange, self.groups.first()) {
+            (Exchange::Default, Some(group)) => queue_name(&group.group),
+            (Exchange::Default, None) => PUBLISH_ONLY_QUEUE.to_string(),
+            _ => EVENT_TYPE.to_string(),
+        };
+        (exchange_name(exchange).into(), routing_key.into())
+    }
+
     async fn publisher_channel(&self) -> Result<Channel> {
         self.open(|connection| async move {
             let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
@@ -448,6 +481,7 @@ impl Driver for RabbitMqDriver {
     async fn producer(&self, _id: u32) -> Result<Box<dyn Producer>> {
         let channel = self.session.publisher_channel().await?;
         Ok(Box::new(RabbitProducer {
+            route: self.session.route(),
             session: self.session.clone(),
             channel,
             confirms: Awaited::new(),
@@ -469,6 +503,7 @@ impl Driver for RabbitMqDriver {
         let s = &self.session.settings;
         Settings::of(&Applied {
             queue_type: s.queue_type,
+            exchange: s.exchange,
             durable_queues: true,
             persistent_messages: s.persistent,
             publisher_confirms: true,
@@ -591,6 +626,8 @@ async fn ready_once_settled(channel: &Channel, queue: &str) -> Result<u32> {
 struct RabbitProducer {
     session: Arc<Session>,
     channel: Channel,
+    /// The events exchange and the routing key.
+    route: (ShortString, ShortString),
     confirms: Awaited<BoxFuture<'static, Result<(), Failure>>>,
 }
 
@@ -620,17 +657,19 @@ impl RabbitProducer {
     }
 }
 
-/// Publishes `payload` on `channel` and waits for the broker's confirm.
+/// Publishes `payload` on `channel` to `(exchange, routing key)` and waits
+/// for the broker's confirm.
 fn publish(
     channel: Channel,
+    (exchange, routing_key): (ShortString, ShortString),
     payload: Vec<u8>,
     properties: BasicProperties,
 ) -> BoxFuture<'static, Result<(), Failure>> {
     Box::pin(async move {
         let confirm = channel
             .basic_publish(
-                EXCHANGE.into(),
-                EVENT_TYPE.into(),
+                exchange,
+                routing_key,
                 BasicPublishOptions::default(),
                 &payload,
                 properties,
@@ -657,7 +696,12 @@ impl Producer for RabbitProducer {
                 .map_err(|e| ErrorKind::Connection.because(format!("{e:#}")))?;
         }
         let properties = self.properties(&message);
-        let mut confirm = publish(self.channel.clone(), message.payload, properties);
+        let mut confirm = publish(
+            self.channel.clone(),
+            self.route.clone(),
+            message.payload,
+            properties,
+        );
         // The first poll queues the frames, so messages go out in send
         // order; the write and the confirm are awaited with the others.
         match confirm
