@@ -193,8 +193,9 @@ pub struct RunArgs {
     pub find_max: bool,
     /// Leave the run's queues, streams and topics in the broker, with their
     /// messages. By default they are deleted once the run's account is
-    /// taken, as the brokers' own benchmark tools delete theirs: a broker
-    /// left holding them writes them to disk at the next run's cost.
+    /// taken, as RabbitMQ's PerfTest and the side-by-side reference clients
+    /// delete theirs: a broker left holding them writes them to disk at the
+    /// next run's cost.
     #[arg(long)]
     pub keep_data: bool,
     /// An objective a rate must meet for --find-max: [BROKER.]METRIC<VALUE,

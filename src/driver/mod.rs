@@ -166,8 +166,8 @@ pub trait Driver: Send + Sync {
     /// Deletes what [`Driver::setup`] made (queues, streams, topics) with the
     /// messages in them, once the run's account is taken. A broker left
     /// holding a run's messages writes them to disk and keeps them, at the
-    /// cost of whatever it serves next; the brokers' own benchmark tools
-    /// delete theirs too. `run --keep-data` leaves them for a look.
+    /// cost of whatever it serves next; RabbitMQ's PerfTest and the
+    /// reference clients delete theirs too. `run --keep-data` leaves them.
     async fn teardown(&self) -> Result<()>;
 
     /// Closes the connection.

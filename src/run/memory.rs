@@ -71,6 +71,8 @@ pub(crate) struct Knobs {
     /// It cannot say whether it holds dead letters on their way (as RabbitMQ
     /// quorum queues at least once): [`Driver::sees_dead_letters_in_flight`].
     pub hide_dead_letters_in_flight: bool,
+    /// Counts [`Driver::teardown`]s, for the test that set it.
+    pub teardowns: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A message held for one group.
@@ -362,8 +364,15 @@ impl Driver for MemoryBroker {
         Ok(self.lock().stored)
     }
 
-    /// Nothing outlives the process.
+    /// Forgets every message, as a real broker deleting its queues would.
     async fn teardown(&self) -> Result<()> {
+        let mut state = self.lock();
+        state.stored = 0;
+        state.queues.clear();
+        state.dead.clear();
+        self.knobs
+            .teardowns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

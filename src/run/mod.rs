@@ -464,16 +464,21 @@ pub async fn measure(
     };
     let settings = driver.settings();
     let dead_letters_in_flight_seen = driver.sees_dead_letters_in_flight();
-    // The account is taken: the run's data goes (a broker that is down
-    // keeps it; the next run's set-up deletes it).
+    driver.close().await;
+    // The account is taken: the run's data goes, after the clients closed
+    // (a producer that looks a deleted topic up could have it made again).
+    // A broker that is down keeps it.
     if !plan.keep_data && !broker_down {
-        match tokio::time::timeout(CALL_TIMEOUT, driver.teardown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("warning: {}: {e:#}", plan.name),
-            Err(_) => eprintln!("warning: {}: deleting the run's data: no answer", plan.name),
+        let deleted = tokio::time::timeout(2 * CALL_TIMEOUT, driver.teardown()).await;
+        let failed = match deleted {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some("no answer".to_string()),
+        };
+        if let Some(why) = failed {
+            eprintln!("warning: deleting the run's queues, streams or topics: {why}");
         }
     }
-    driver.close().await;
     let sample = Envelope {
         run: run_id,
         producer: 0,

@@ -3,6 +3,7 @@
 //! the in-memory driver. No broker is needed; each test takes well under 2 s.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -453,7 +454,13 @@ async fn a_broker_that_never_comes_back_fails_whatever_it_lost() {
         k.never_back = true;
         k.delay = Duration::from_millis(200); // some are still queued at the kill
     });
+    let teardowns = knobs.teardowns.clone();
     let (outcome, json) = run(&plan, knobs).await;
+    assert_eq!(
+        teardowns.load(Ordering::Relaxed),
+        0,
+        "nothing to delete on a dead broker"
+    );
     let fault = &json["brokers"][0]["faults"][0];
     assert!(fault["broker_ready_after_s"].is_null(), "{fault}");
     assert!(fault["publish_recovered_after_s"].is_null(), "{fault}");
@@ -736,11 +743,21 @@ async fn poison_messages_gone_are_lost_unless_the_broker_cannot_be_asked() {
 async fn publish_only_counts_what_the_broker_no_longer_holds() {
     let plan = plan("").with(|p| p.consumers.clear());
     assert!(plan.publish_only());
-    let (outcome, json) = run(&plan, Knobs::default()).await;
+    let counted = Knobs::default();
+    let teardowns = counted.teardowns.clone();
+    let (outcome, json) = run(&plan, counted).await;
     assert!(outcome.results.passed(), "{json:#}");
     let broker = &json["brokers"][0];
     assert_eq!(broker["publish"]["confirmed"], 300);
+    // Asked before the run's data was deleted, once.
     assert_eq!(broker["publish"]["stored"], 300);
+    assert_eq!(teardowns.load(Ordering::Relaxed), 1);
+    let keep = plan.clone().with(|p| p.keep_data = true);
+    let counted = Knobs::default();
+    let teardowns = counted.teardowns.clone();
+    let (_, json) = run(&keep, counted).await;
+    assert_eq!(teardowns.load(Ordering::Relaxed), 0, "--keep-data");
+    assert_eq!(json["scenario"]["keep_data"], true);
     assert_eq!(broker["groups"].as_array().map(Vec::len), Some(0));
     assert!(check(&json, "lost == 0", None));
     let markdown = crate::report::export::markdown(&outcome.results);

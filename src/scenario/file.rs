@@ -302,7 +302,10 @@ impl ScenarioFile {
                 "is false with dead_letter_strategy \"at-least-once\": RabbitMQ would keep every dead letter in the source queue, retrying, where brokerbench cannot count it; set dead_letter_strategy = \"at-most-once\" to see a missing exchange drop them",
             ));
         }
-        if rabbitmq.exchange == Exchange::Default && consumers.len() > 1 {
+        if rabbitmq.exchange == Exchange::Default
+            && consumers.len() > 1
+            && brokers.contains(&BrokerKind::Rabbitmq)
+        {
             return Err(RawError::field(
                 "rabbitmq.exchange",
                 exchange_span,

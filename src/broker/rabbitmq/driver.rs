@@ -1,6 +1,8 @@
-//! RabbitMQ through lapin: a topic exchange, one durable queue per consumer
-//! group bound to `events.order.created.v1`, publisher confirms with many in
-//! flight, manual acks after processing, and a prefetch limit.
+//! RabbitMQ through lapin: a topic exchange (or a direct one, or the default
+//! exchange straight to the one queue: `[rabbitmq] exchange`), one durable
+//! queue per consumer group bound to `events.order.created.v1`, publisher
+//! confirms with many in flight, manual acks after processing, and a
+//! prefetch limit.
 
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -359,7 +361,6 @@ impl Session {
         })
     }
 
-    /// A channel with publisher confirms.
     /// Where publishes go: the events exchange with the event type, or the
     /// default exchange with the one queue's name.
     fn route(&self) -> (ShortString, ShortString) {
@@ -372,6 +373,7 @@ impl Session {
         (exchange_name(exchange).into(), routing_key.into())
     }
 
+    /// A channel with publisher confirms.
     async fn publisher_channel(&self) -> Result<Channel> {
         self.open(|connection| async move {
             let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
