@@ -113,13 +113,12 @@ impl ProducerTask {
             // It comes before the clock is read, so a turn given away never
             // ages the reading that is written into the message.
             tokio::task::consume_budget().await;
-            // The answers already in are settled first, for the same reason.
-            if let Some(answer) = self.producer.ready() {
-                let at = Instant::now();
+            // The answers already in are settled first, for the same reason,
+            // at one reading of the clock (none when there are none).
+            let mut settled_at = None;
+            while let Some(answer) = self.producer.ready() {
+                let at = *settled_at.get_or_insert_with(Instant::now);
                 self.settle(answer, at);
-                while let Some(answer) = self.producer.ready() {
-                    self.settle(answer, at);
-                }
             }
             // One reading of the clock per turn: it is read per message.
             let now = Instant::now();

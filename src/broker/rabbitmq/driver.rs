@@ -32,13 +32,14 @@ use crate::scenario::{
     Recovery, EVENT_TYPE,
 };
 
-/// The events exchange of each type: one name per type, as an exchange
-/// cannot change type once declared.
-fn exchange_name(exchange: Exchange) -> &'static str {
+/// The events exchange to declare, and its kind: one name per kind, as an
+/// exchange cannot change kind once declared. None for the default
+/// exchange, which is always there and which nothing binds to.
+fn events_exchange(exchange: Exchange) -> Option<(&'static str, ExchangeKind)> {
     match exchange {
-        Exchange::Topic => "brokerbench.events",
-        Exchange::Direct => "brokerbench.events.direct",
-        Exchange::Default => "",
+        Exchange::Topic => Some(("brokerbench.events", ExchangeKind::Topic)),
+        Exchange::Direct => Some(("brokerbench.events.direct", ExchangeKind::Direct)),
+        Exchange::Default => None,
     }
 }
 
@@ -180,29 +181,18 @@ impl Session {
             durable: true,
             ..Default::default()
         };
-        let exchange = self.settings.exchange;
-        let kind = match exchange {
-            Exchange::Topic => Some(ExchangeKind::Topic),
-            Exchange::Direct => Some(ExchangeKind::Direct),
-            // Always there, and nothing binds to it.
-            Exchange::Default => None,
-        };
-        if let Some(kind) = kind {
+        let events_exchange = events_exchange(self.settings.exchange);
+        if let Some((name, kind)) = events_exchange.clone() {
             timed(
                 "declaring the exchange",
-                channel.exchange_declare(
-                    exchange_name(exchange).into(),
-                    kind,
-                    durable,
-                    FieldTable::default(),
-                ),
+                channel.exchange_declare(name.into(), kind, durable, FieldTable::default()),
             )
             .await?;
         }
-        // Each queue's binding to the events exchange.
-        let events = || match exchange {
-            Exchange::Default => Vec::new(),
-            _ => vec![(exchange_name(exchange), EVENT_TYPE.to_string())],
+        // Each queue's binding to the events exchange, if any.
+        let events = || match &events_exchange {
+            Some((name, _)) => vec![(*name, EVENT_TYPE.to_string())],
+            None => Vec::new(),
         };
         let failing = self.groups.iter().any(|g| g.failures.is_some());
         if fresh {
@@ -364,13 +354,14 @@ impl Session {
     /// Where publishes go: the events exchange with the event type, or the
     /// default exchange with the one queue's name.
     fn route(&self) -> (ShortString, ShortString) {
-        let exchange = self.settings.exchange;
-        let routing_key = match (exchange, self.groups.first()) {
-            (Exchange::Default, Some(group)) => queue_name(&group.group),
-            (Exchange::Default, None) => PUBLISH_ONLY_QUEUE.to_string(),
-            _ => EVENT_TYPE.to_string(),
+        let (exchange, routing_key) = match events_exchange(self.settings.exchange) {
+            Some((name, _)) => (name, EVENT_TYPE.to_string()),
+            None => match self.groups.first() {
+                Some(group) => ("", queue_name(&group.group)),
+                None => ("", PUBLISH_ONLY_QUEUE.to_string()),
+            },
         };
-        (exchange_name(exchange).into(), routing_key.into())
+        (exchange.into(), routing_key.into())
     }
 
     /// A channel with publisher confirms.
@@ -432,6 +423,24 @@ impl Session {
 }
 
 impl RabbitMqDriver {
+    /// Runs `work` on a channel of a connection of its own, named `name`,
+    /// and closes that connection whatever `work` came to. The run's
+    /// connection may have given up after a fault while the broker is back
+    /// by now.
+    async fn on_own_channel<T>(
+        &self,
+        name: &str,
+        work: impl AsyncFnOnce(&Channel) -> Result<T>,
+    ) -> Result<T> {
+        let connection = open_connection(&self.session.endpoint, name).await?;
+        let result = match timed("opening an AMQP channel", connection.create_channel()).await {
+            Ok(channel) => work(&channel).await,
+            Err(e) => Err(e),
+        };
+        let _ = timed("closing", connection.close(200, "done".into())).await;
+        result
+    }
+
     /// A consumer of `queue`, manual acknowledgement.
     /// A consumer of `queue`; with `batched`, its acknowledgements go out
     /// as `multiple` acks ([`Acks`]).
@@ -523,20 +532,18 @@ impl Driver for RabbitMqDriver {
     /// at-least-once delivery to the dead-letter queue are not counted: AMQP
     /// has no way to ask for them.
     async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
-        // A connection of its own: the run's may have given up after a fault
-        // while the broker is back by now.
-        let connection = open_connection(&self.session.endpoint, "brokerbench-backlog").await?;
-        let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
         let mut queues = vec![queue_name(&group.group)];
         if group.failures.is_some() {
             queues.push(dead_letter_queue(&group.group));
         }
-        let mut depth = 0u64;
-        for queue in queues {
-            depth += u64::from(ready_once_settled(&channel, &queue).await?);
-        }
-        let _ = timed("closing", connection.close(200, "asked".into())).await;
-        Ok(depth)
+        self.on_own_channel("brokerbench-backlog", async |channel| {
+            let mut depth = 0u64;
+            for queue in queues {
+                depth += u64::from(ready_once_settled(channel, &queue).await?);
+            }
+            Ok(depth)
+        })
+        .await
     }
 
     fn sees_dead_letters_in_flight(&self) -> bool {
@@ -544,34 +551,31 @@ impl Driver for RabbitMqDriver {
     }
 
     async fn stored(&self) -> Result<u64> {
-        let connection = open_connection(&self.session.endpoint, "brokerbench-stored").await?;
-        let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
-        let depth = ready_once_settled(&channel, PUBLISH_ONLY_QUEUE).await;
-        let _ = timed("closing", connection.close(200, "asked".into())).await;
-        Ok(depth?.into())
+        self.on_own_channel("brokerbench-stored", async |channel| {
+            Ok(ready_once_settled(channel, PUBLISH_ONLY_QUEUE)
+                .await?
+                .into())
+        })
+        .await
     }
 
     /// The queues, dead-letter queues included (exchanges hold no
     /// messages); deleting one that `setup` did not declare is no error.
     async fn teardown(&self) -> Result<()> {
-        let connection = open_connection(&self.session.endpoint, "brokerbench-teardown").await?;
-        let channel = timed("opening an AMQP channel", connection.create_channel()).await?;
         let mut queues = vec![PUBLISH_ONLY_QUEUE.to_string()];
         for group in &self.session.groups {
             queues.push(queue_name(&group.group));
             queues.push(dead_letter_queue(&group.group));
         }
-        let mut deleted = Ok(());
-        for queue in &queues {
-            let deleting =
-                channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default());
-            if let Err(e) = timed(&format!("deleting queue {queue}"), deleting).await {
-                deleted = Err(e);
-                break;
+        self.on_own_channel("brokerbench-teardown", async |channel| {
+            for queue in &queues {
+                let deleting =
+                    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default());
+                timed(&format!("deleting queue {queue}"), deleting).await?;
             }
-        }
-        let _ = timed("closing", connection.close(200, "deleted".into())).await;
-        deleted
+            Ok(())
+        })
+        .await
     }
 
     async fn close(&self) {
