@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::advisor::answers::GivenAnswers;
-use crate::broker::BrokerKind;
+use crate::kind::BrokerKind;
 
 /// Measure RabbitMQ, NATS JetStream and Kafka on your own event traffic.
 #[derive(Debug, Parser)]
@@ -278,7 +278,7 @@ pub struct UpArgs {
 
 impl clap::ValueEnum for BrokerKind {
     fn value_variants<'a>() -> &'a [Self] {
-        &crate::broker::ALL
+        &crate::kind::ALL
     }
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {

@@ -12,6 +12,7 @@ pub(crate) mod commands;
 pub mod driver;
 pub mod env;
 pub mod event;
+pub mod kind;
 pub mod metrics;
 pub(crate) mod report;
 pub mod run;

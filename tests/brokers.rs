@@ -7,10 +7,10 @@ mod util;
 
 use std::time::Duration;
 
-use brokerbench::broker::handshake;
-use brokerbench::broker::BrokerKind;
+use brokerbench::broker::{self, handshake};
 use brokerbench::env::binaries;
 use brokerbench::env::local::LocalBroker;
+use brokerbench::kind::BrokerKind;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -40,7 +40,7 @@ async fn survives_crash_pause_and_restart(kind: BrokerKind) {
         endpoint.url()
     );
     let topic = "brokerbench.test";
-    let client = kind.broker();
+    let client = broker::registry(kind);
 
     // A plain round trip.
     client

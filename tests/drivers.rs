@@ -8,11 +8,11 @@ mod util;
 use std::path::Path;
 use std::time::Duration;
 
-use brokerbench::broker::BrokerKind;
 use brokerbench::driver::{Consumer, Driver, Producer, Settle};
 use brokerbench::env::binaries;
 use brokerbench::env::local::LocalBroker;
 use brokerbench::event::{self, Encoding, Envelope};
+use brokerbench::kind::BrokerKind;
 use brokerbench::scenario::{Exchange, Overrides, Plan};
 
 const RUN: u64 = 0xfeed;

@@ -9,9 +9,9 @@ mod util;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use brokerbench::broker::BrokerKind;
 use brokerbench::env::binaries;
 use brokerbench::env::local::free_ports;
+use brokerbench::kind::BrokerKind;
 use serde_json::Value;
 
 /// A nats-server run by shell commands, killed when the test ends.

@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::BrokerKind;
+use crate::kind::BrokerKind;
 
 /// Do failed messages need a dead-letter queue?
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

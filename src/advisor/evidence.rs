@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::answers::Answers;
 use super::facts::{Criterion, Judged};
-use crate::broker::BrokerKind;
+use crate::kind::BrokerKind;
 
 /// The weight of measured evidence: more than any single known fact, since
 /// it is the user's own traffic on their own machines.
@@ -243,7 +243,7 @@ pub fn criterion(answers: &Answers, measured: &[Measurement]) -> Option<Criterio
     if measured.is_empty() {
         return None;
     }
-    let judged: Vec<Judged> = crate::broker::ALL
+    let judged: Vec<Judged> = crate::kind::ALL
         .iter()
         .map(|kind| {
             let all: Vec<&Measurement> = measured.iter().filter(|m| m.broker == *kind).collect();
@@ -279,7 +279,7 @@ const DEAD_LETTER_PATH: [&str; 3] = [
 /// that could be processed was dead-lettered). Poison messages still held
 /// or unverified at the end move nothing. The reason says what moved.
 pub fn dead_letter_criterion(criterion: &mut Criterion, measured: &[Measurement]) {
-    for (i, kind) in crate::broker::ALL.iter().enumerate() {
+    for (i, kind) in crate::kind::ALL.iter().enumerate() {
         let runs: Vec<&DeadLetters> = measured
             .iter()
             .filter(|m| m.broker == *kind && m.used)

@@ -7,7 +7,7 @@ use super::answers::{Answers, DeadLetter, Delivery, Hosting, Language, Ordering,
 pub type Judged = (f64, String);
 
 /// One criterion: its name, its weight for these answers, and per broker (in
-/// [`crate::broker::ALL`] order) a score and a reason.
+/// [`crate::kind::ALL`] order) a score and a reason.
 #[derive(Clone, Debug)]
 pub struct Criterion {
     pub name: &'static str,
@@ -478,7 +478,7 @@ fn operations(a: &Answers) -> Criterion {
             ),
         ],
     };
-    let judged: Vec<Judged> = crate::broker::ALL
+    let judged: Vec<Judged> = crate::kind::ALL
         .iter()
         .zip(base)
         .map(|(kind, (score, reason))| {

@@ -13,7 +13,8 @@ use answers::Answers;
 use evidence::Measurement;
 use facts::Criterion;
 
-use crate::broker::BrokerKind;
+use crate::broker;
+use crate::kind::BrokerKind;
 
 /// The schema name of `advise --json` output.
 pub const SCHEMA: &str = "brokerbench.advice/v1";
@@ -87,7 +88,7 @@ pub struct Flip {
 
 /// The product a recommendation names.
 pub fn product(kind: BrokerKind) -> &'static str {
-    kind.info().product
+    broker::info(kind).product
 }
 
 /// Scores `answers`, with `measured` results as evidence if any.
@@ -104,7 +105,7 @@ pub fn advise(answers: &Answers, defaulted: Vec<&'static str>, measured: &[Measu
             measurements: measured.to_vec(),
             changed_ranking: order(&without) != order(&ranking),
             ranking_without: order(&without),
-            effects: crate::broker::ALL
+            effects: crate::kind::ALL
                 .iter()
                 .zip(&c.judged)
                 .map(|(kind, (score, reason))| Effect {
@@ -131,7 +132,7 @@ pub fn advise(answers: &Answers, defaulted: Vec<&'static str>, measured: &[Measu
 /// Weighted means, best first; ties keep RabbitMQ, JetStream, Kafka order.
 fn rank(criteria: &[Criterion]) -> Vec<Ranked> {
     let total_weight: f64 = criteria.iter().map(|c| c.weight).sum();
-    let mut ranked: Vec<Ranked> = crate::broker::ALL
+    let mut ranked: Vec<Ranked> = crate::kind::ALL
         .iter()
         .enumerate()
         .map(|(i, kind)| {

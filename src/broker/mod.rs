@@ -7,42 +7,24 @@
 //! is the one place that maps a [`BrokerKind`] to its module: adding a broker
 //! (Redis Streams, Pulsar) means a new module and one line there.
 
+mod endpoint;
 mod jetstream;
 mod kafka;
 mod rabbitmq;
+mod version;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Result;
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use crate::driver::Driver;
-use crate::env::Endpoint;
+use crate::kind::BrokerKind;
+
 use crate::scenario::Plan;
-
-/// The brokers brokerbench compares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BrokerKind {
-    /// RabbitMQ, spoken to over AMQP 0-9-1 (lapin).
-    Rabbitmq,
-    /// NATS with JetStream (async-nats).
-    Jetstream,
-    /// A broker that speaks the Apache Kafka protocol (rdkafka); locally, tansu.
-    Kafka,
-}
-
-/// Every broker, in the order results list them.
-pub const ALL: [BrokerKind; 3] = [
-    BrokerKind::Rabbitmq,
-    BrokerKind::Jetstream,
-    BrokerKind::Kafka,
-];
+pub use endpoint::Endpoint;
 
 /// The registry: the one place that maps a kind to its module.
 pub fn registry(kind: BrokerKind) -> &'static dyn Broker {
@@ -53,41 +35,9 @@ pub fn registry(kind: BrokerKind) -> &'static dyn Broker {
     }
 }
 
-impl BrokerKind {
-    /// This broker's module.
-    pub fn broker(self) -> &'static dyn Broker {
-        registry(self)
-    }
-
-    /// The name used on the command line, in scenario files and in results.
-    pub fn as_str(self) -> &'static str {
-        self.info().name
-    }
-
-    /// Its names, program, ports and compose service.
-    pub fn info(self) -> &'static Info {
-        self.broker().info()
-    }
-}
-
-impl fmt::Display for BrokerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for BrokerKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = ALL.iter().map(|k| k.as_str()).collect();
-            format!(
-                "unknown broker '{s}' (expected one of: {})",
-                names.join(", ")
-            )
-        })
-    }
+/// The names, program, ports and compose service of `kind`.
+pub fn info(kind: BrokerKind) -> &'static Info {
+    registry(kind).info()
 }
 
 /// The durable consumer (consumer group) that [`Broker::fetch_one`] reads
@@ -168,8 +118,6 @@ pub struct Helper {
 
 /// The plain facts about one broker.
 pub struct Info {
-    /// Name on the command line, in scenario files and results: `rabbitmq`.
-    pub name: &'static str,
     /// The product, for people: `RabbitMQ`.
     pub display_name: &'static str,
     /// The product a recommendation names.
@@ -238,7 +186,7 @@ pub trait Broker: Send + Sync {
     /// implementation and version that will run, as results name it. By
     /// default, the version the program prints for `--version`.
     async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
-        let version = crate::env::binaries::version_flag(found).await?;
+        let version = version::version_flag(found).await?;
         let (before, after) = self.info().implementation;
         Ok((found.to_path_buf(), format!("{before}{version}{after}")))
     }
@@ -275,27 +223,19 @@ pub trait Broker: Send + Sync {
 
 /// Connects to the broker at `endpoint` with the scenario's settings.
 pub async fn connect(plan: &Plan, endpoint: &Endpoint, run_id: u64) -> Result<Box<dyn Driver>> {
-    endpoint.kind.broker().connect(plan, endpoint, run_id).await
+    registry(endpoint.kind)
+        .connect(plan, endpoint, run_id)
+        .await
 }
 
 /// One readiness attempt against the broker at `endpoint`.
 pub async fn handshake(endpoint: &Endpoint) -> Result<()> {
-    endpoint.kind.broker().handshake(endpoint).await
+    registry(endpoint.kind).handshake(endpoint).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_names_round_trip() {
-        for kind in ALL {
-            assert_eq!(kind.as_str().parse::<BrokerKind>().unwrap(), kind);
-            assert_eq!(kind.info().name, format!("{kind}"));
-        }
-        let err = "kafak".parse::<BrokerKind>().unwrap_err();
-        assert!(err.contains("kafak") && err.contains("jetstream"), "{err}");
-    }
 
     #[test]
     fn named_ports_are_assigned_by_role() {
@@ -315,10 +255,10 @@ mod tests {
         let compose =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
                 .unwrap();
-        for kind in ALL {
-            assert!(kind.info().install_hint().contains("install"), "{kind}");
+        for kind in crate::kind::ALL {
+            assert!(info(kind).install_hint().contains("install"), "{kind}");
             assert!(
-                compose.contains(&format!("\n  {}:\n", kind.info().compose_service)),
+                compose.contains(&format!("\n  {}:\n", info(kind).compose_service)),
                 "{kind}"
             );
         }

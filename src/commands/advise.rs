@@ -9,9 +9,9 @@ use comfy_table::{presets, ContentArrangement, Table};
 
 use crate::advisor::answers::{self, GivenAnswers};
 use crate::advisor::{self, evidence, Advice};
-use crate::broker::BrokerKind;
 use crate::cli::AdviseArgs;
 use crate::exit;
+use crate::kind::BrokerKind;
 use crate::scenario::{Overrides, Plan, ScenarioError};
 
 pub fn run(args: AdviseArgs) -> Result<ExitCode> {

@@ -11,11 +11,12 @@ use futures_util::future::try_join_all;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::DataDir;
-use crate::broker::{self, BrokerKind};
+use crate::broker;
 use crate::cli::{EnvCommand, UpArgs};
 use crate::env::binaries;
 use crate::env::local::LocalBroker;
 use crate::exit;
+use crate::kind::BrokerKind;
 use crate::scenario::dedup;
 
 pub async fn run(command: EnvCommand) -> Result<ExitCode> {
@@ -29,7 +30,7 @@ pub async fn run(command: EnvCommand) -> Result<ExitCode> {
 async fn check() -> Result<ExitCode> {
     let mut table = plain_table(["broker", "program", "version", "status"]);
     let mut missing = Vec::new();
-    for kind in broker::ALL {
+    for kind in crate::kind::ALL {
         match binaries::locate(kind).await {
             Ok(binary) => {
                 table.add_row([
@@ -42,7 +43,7 @@ async fn check() -> Result<ExitCode> {
             Err(err) => {
                 table.add_row([
                     kind.as_str(),
-                    kind.info().program,
+                    broker::info(kind).program,
                     "-",
                     &format!("missing: {err:#}"),
                 ]);
@@ -58,7 +59,7 @@ async fn check() -> Result<ExitCode> {
     for kind in &missing {
         println!(
             "{kind} is missing; install it with:\n    {}",
-            kind.info().install_hint()
+            broker::info(*kind).install_hint()
         );
     }
     println!("(or install all three with: sudo scripts/install-brokers)");
@@ -165,7 +166,7 @@ async fn smoke(kinds: &[BrokerKind]) -> Result<ExitCode> {
         let started = Instant::now();
         let payload = format!("brokerbench smoke test via {}", broker.kind());
         let topic = "brokerbench.smoke";
-        let client = broker.kind().broker();
+        let client = broker::registry(broker.kind());
         client
             .publish_durable(broker.endpoint(), topic, payload.as_bytes())
             .await?;

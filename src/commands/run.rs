@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::DataDir;
-use crate::broker::BrokerKind;
 use crate::cli::{EnvKind, RunArgs};
 use crate::env::binaries::{self, Binary};
 use crate::env::compose::ComposeBroker;
@@ -25,6 +24,7 @@ use crate::env::external::{CommandBroker, Targets};
 use crate::env::local::LocalBroker;
 use crate::env::{Environment, Placed};
 use crate::exit;
+use crate::kind::BrokerKind;
 use crate::metrics::live::LiveMetrics;
 use crate::report::{export, table};
 use crate::run::session::{Observer, Outcome, Session, Stop};

@@ -11,7 +11,8 @@ use anyhow::{Context, Result};
 
 use super::external::CommandBroker;
 use super::{Endpoint, Operation};
-use crate::broker::BrokerKind;
+use crate::broker;
+use crate::kind::BrokerKind;
 
 /// One broker's service in a compose project.
 #[derive(Clone, Debug)]
@@ -29,7 +30,7 @@ impl ComposeBroker {
             .map(|s| s.to_string())
             .chain([self.file.display().to_string()])
             .chain(verb.iter().map(|s| s.to_string()))
-            .chain([self.kind.info().compose_service.to_string()])
+            .chain([broker::info(self.kind).compose_service.to_string()])
             .collect()
     }
 
@@ -58,11 +59,11 @@ impl ComposeBroker {
     pub fn image(&self) -> Result<String> {
         let text = std::fs::read_to_string(&self.file)
             .with_context(|| format!("reading {}", self.file.display()))?;
-        image_of(&text, self.kind.info().compose_service).with_context(|| {
+        image_of(&text, broker::info(self.kind).compose_service).with_context(|| {
             format!(
                 "{} has no `image:` for service {}",
                 self.file.display(),
-                self.kind.info().compose_service
+                broker::info(self.kind).compose_service
             )
         })
     }
@@ -79,7 +80,7 @@ impl ComposeBroker {
             .into_iter()
             .map(|op| (op, compose.command(op)))
             .collect();
-        let endpoint = Endpoint::local(kind, "127.0.0.1", kind.info().compose_port);
+        let endpoint = Endpoint::local(kind, "127.0.0.1", broker::info(kind).compose_port);
         let broker =
             CommandBroker::new(endpoint, implementation, commands).with_down(compose.down());
         broker.execute("up", &compose.up()).await.context(

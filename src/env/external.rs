@@ -29,7 +29,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Endpoint, FaultTarget, Operation, Placed};
-use crate::broker::{self, BrokerKind};
+use crate::broker;
+use crate::kind::BrokerKind;
 use crate::scenario::{FaultAction, Plan, RawError, ScenarioError};
 
 /// How long a fault command may run, unless the targets file says otherwise.
@@ -335,7 +336,7 @@ impl Targets {
         let implementation = target.implementation.clone().unwrap_or_else(|| {
             format!(
                 "{} at {} (version not stated in {})",
-                kind.info().display_name,
+                broker::info(kind).display_name,
                 endpoint.shown(),
                 self.file.display()
             )

@@ -28,7 +28,8 @@ use tokio::process::{Child, Command};
 
 use super::binaries::Binary;
 use super::{Endpoint, FaultTarget, Placed};
-use crate::broker::{self, BrokerKind, Launch, Ports};
+use crate::broker::{self, Launch, Ports};
+use crate::kind::BrokerKind;
 
 const HOST: &str = "127.0.0.1";
 
@@ -60,7 +61,7 @@ impl LocalBroker {
         let dir = run_dir.join(kind.as_str());
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
-        let roles = kind.info().extra_ports;
+        let roles = broker::info(kind).extra_ports;
         // A port found free can be taken before the broker binds it (another
         // program picking ports the same way): then pick fresh ones.
         let mut attempts = 0;
@@ -142,7 +143,7 @@ impl LocalBroker {
         if self.is_running() {
             bail!("{} is already running", self.kind());
         }
-        let helper = self.kind().broker().helper(&self.ports)?;
+        let helper = broker::registry(self.kind()).helper(&self.ports)?;
         for port in self.ports() {
             let in_use = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err();
             let ours = self.helper.is_some() && helper.as_ref().map(|h| h.port) == Some(port);
@@ -170,7 +171,7 @@ impl LocalBroker {
             .with_context(|| format!("starting {}", self.binary.path.display()))?;
         self.process = Some(child);
         self.paused = false;
-        let deadline = started + self.kind().info().ready_deadline;
+        let deadline = started + broker::info(self.kind()).ready_deadline;
         loop {
             if !self.is_running() {
                 bail!(
@@ -193,7 +194,7 @@ impl LocalBroker {
                     "{} at {} was not ready within {:?} (last attempt: {err:#}); its log ({}) ends with:\n{}",
                     self.kind(),
                     self.endpoint.url(),
-                    self.kind().info().ready_deadline,
+                    broker::info(self.kind()).ready_deadline,
                     self.log_path().display(),
                     self.log_tail(log_start)
                 );
@@ -298,7 +299,7 @@ impl LocalBroker {
     }
 
     fn command(&self) -> Result<Command> {
-        self.kind().broker().command(&Launch {
+        broker::registry(self.kind()).command(&Launch {
             program: &self.binary.path,
             dir: &self.dir,
             host: HOST,
@@ -351,7 +352,7 @@ impl Placed for LocalBroker {
     }
 
     fn stand_in_for(&self) -> Option<&str> {
-        self.kind().info().local_stand_in_for
+        broker::info(self.kind()).local_stand_in_for
     }
 
     async fn shutdown(self: Box<Self>) -> Result<()> {

@@ -27,7 +27,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::broker::BrokerKind;
+use crate::kind::BrokerKind;
 use crate::scenario::{Plan, EVENT_TYPE};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

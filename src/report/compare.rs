@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
 use super::{BrokerResult, IntervalSeries, Results};
-use crate::broker::BrokerKind;
+use crate::kind::BrokerKind;
 use crate::metrics::decode_histogram;
 
 /// The schema identifier of `compare --format json`.

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::BrokerKind;
 use crate::driver::{ErrorKind, Settings};
+use crate::kind::BrokerKind;
 use crate::metrics::harness::HarnessUse;
 use crate::metrics::{Latency, LatencyIntervals, LatencySummary, Timeline};
 use crate::run::{ledger, Measurement};

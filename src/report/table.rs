@@ -3,7 +3,7 @@
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use super::{BrokerResult, GroupResult, Results};
-use crate::broker::BrokerKind;
+use crate::kind::BrokerKind;
 use crate::metrics::harness::HarnessUse;
 use crate::metrics::LatencySummary;
 use crate::run::find_max::{FindMaxResult, Phase, Step, MAX_STEPS};

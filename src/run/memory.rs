@@ -16,12 +16,13 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
-use crate::broker::BrokerKind;
+use crate::broker::Endpoint;
 use crate::driver::{
     Answer, Awaited, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings, Token,
 };
-use crate::env::{Endpoint, Environment, FaultTarget, Placed};
+use crate::env::{Environment, FaultTarget, Placed};
 use crate::event::Outgoing;
+use crate::kind::BrokerKind;
 use crate::scenario::{ConsumerGroup, Plan};
 
 /// What the in-memory broker does wrong, on purpose. "Every n-th" counts

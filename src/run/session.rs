@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::find_max::{FindMaxResult, Search, Step};
 use super::{measure, Measurement, Progress};
-use crate::broker::BrokerKind;
 use crate::env::{Environment, Placed};
+use crate::kind::BrokerKind;
 use crate::metrics::live::LiveMetrics;
 use crate::report::{BrokerResult, Placement, Results};
 use crate::scenario::Plan;

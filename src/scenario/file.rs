@@ -201,7 +201,7 @@ impl ScenarioFile {
             ));
         }
         let brokers = match self.brokers {
-            None => crate::broker::ALL.to_vec(),
+            None => crate::kind::ALL.to_vec(),
             Some(list) => {
                 if list.get_ref().is_empty() {
                     return Err(RawError::at(

@@ -19,8 +19,8 @@ pub(crate) use error::RawError;
 pub use error::ScenarioError;
 pub use thresholds::Thresholds;
 
-use crate::broker::BrokerKind;
 pub use crate::event::Encoding;
+use crate::kind::BrokerKind;
 
 /// The subject / routing key / topic every event is published to.
 pub const EVENT_TYPE: &str = "events.order.created.v1";

@@ -71,7 +71,7 @@ fn error(text: &str, field: &str, line: usize) -> String {
 fn the_issue_example_parses_into_a_plan() {
     let plan = parse(ORDERS).unwrap();
     assert_eq!(plan.name, "orders");
-    assert_eq!(plan.brokers, crate::broker::ALL);
+    assert_eq!(plan.brokers, crate::kind::ALL);
     assert_eq!(plan.load.rate, 500.0);
     assert_eq!(plan.load.duration, Duration::from_secs(30));
     assert_eq!(plan.load.warmup, Duration::from_secs(5));

@@ -19,11 +19,11 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::broker::Endpoint;
 use crate::driver::{
     timed, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings, Settle,
     Settler, Token,
 };
-use crate::env::Endpoint;
 use crate::event::Outgoing;
 use crate::scenario::{
     ConsumerGroup, DeadLetter, JetstreamSettings, Plan, Recovery, Storage, EVENT_TYPE,

@@ -13,13 +13,12 @@ use futures_util::StreamExt;
 use tokio::process::Command;
 
 use super::{Broker, Info, Install, Launch, PortRole, PROBE_CONSUMER};
+use crate::broker::Endpoint;
 use crate::driver::{timed, Driver, CALL_TIMEOUT};
-use crate::env::Endpoint;
 use crate::scenario::Plan;
 use driver::{open_connection, options, JetStreamDriver};
 
 static INFO: Info = Info {
-    name: "jetstream",
     display_name: "NATS JetStream",
     product: "NATS JetStream",
     program: "nats-server",

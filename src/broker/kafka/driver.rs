@@ -22,11 +22,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
+use crate::broker::Endpoint;
 use crate::driver::{
     timed, Answer, Awaited, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
     Settle, Settler, Token, CONFIRM_TIMEOUT,
 };
-use crate::env::Endpoint;
 use crate::event::Outgoing;
 use crate::scenario::{
     Acks, Compression, ConsumerGroup, DeadLetter, KafkaSettings, Plan, Recovery, EVENT_TYPE,

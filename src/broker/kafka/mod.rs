@@ -16,8 +16,8 @@ use rdkafka::Message;
 use tokio::process::Command;
 
 use super::{Broker, Info, Install, Launch, PROBE_CONSUMER};
+use crate::broker::Endpoint;
 use crate::driver::{timed, Driver, CALL_TIMEOUT};
-use crate::env::Endpoint;
 use crate::scenario::Plan;
 use driver::{base_config, KafkaDriver};
 
@@ -25,7 +25,6 @@ use driver::{base_config, KafkaDriver};
 pub const TANSU_VERSION: &str = "0.6.0";
 
 static INFO: Info = Info {
-    name: "kafka",
     display_name: "Kafka-protocol broker",
     product: "Apache Kafka (or a Kafka-protocol broker)",
     program: "tansu",

@@ -21,11 +21,11 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Serialize;
 
+use crate::broker::Endpoint;
 use crate::driver::{
     timed, Answer, Awaited, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
     Settle, Settler, Token,
 };
-use crate::env::Endpoint;
 use crate::event::Outgoing;
 use crate::scenario::{
     ConsumerGroup, DeadLetter, DeadLetterStrategy, Exchange, Plan, QueueType, RabbitmqSettings,

@@ -17,13 +17,12 @@ use lapin::options::{
 use tokio::process::Command;
 
 use super::{Broker, Helper, Info, Install, Launch, PortRole, Ports};
+use crate::broker::Endpoint;
 use crate::driver::{timed, Driver};
-use crate::env::Endpoint;
 use crate::scenario::Plan;
 use driver::{open_connection, RabbitMqDriver};
 
 static INFO: Info = Info {
-    name: "rabbitmq",
     display_name: "RabbitMQ",
     product: "RabbitMQ",
     program: "rabbitmq-server",

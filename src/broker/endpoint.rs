@@ -1,0 +1,89 @@
+//! Where a running broker can be reached, in the form its own client wants.
+//!
+//! An endpoint is made from a host and port (a broker started locally) or
+//! from a URL the user gave, which is checked against the form the broker's
+//! client expects; a password in it is never shown.
+
+use serde::Serialize;
+
+use super::registry;
+use crate::kind::BrokerKind;
+
+/// Where a running broker can be reached, with the address each client wants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// Which broker this is.
+    pub kind: BrokerKind,
+    /// An AMQP URI, a NATS URL, or a Kafka `bootstrap.servers` list.
+    url: String,
+}
+
+impl Endpoint {
+    /// A broker listening on `host:port`, reached with its default account.
+    pub fn local(kind: BrokerKind, host: &str, port: u16) -> Self {
+        Endpoint {
+            kind,
+            url: registry(kind).local_url(host, port),
+        }
+    }
+
+    /// A broker at a URL the user gave, checked for the form its client expects.
+    pub fn new(kind: BrokerKind, url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        if !registry(kind).accepts_url(url) {
+            return Err(format!("'{url}' is not {}", super::info(kind).url_form));
+        }
+        Ok(Endpoint {
+            kind,
+            url: url.to_string(),
+        })
+    }
+
+    /// The address in the form the broker's own client expects:
+    /// an AMQP URI, a NATS URL, or a Kafka `bootstrap.servers` entry.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// The address with any password replaced by `***`, for output and results.
+    pub fn shown(&self) -> String {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return self.url.clone();
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                let hidden = if userinfo.contains(':') { ":***" } else { "" };
+                format!("{scheme}://{user}{hidden}@{host}{path}")
+            }
+            None => self.url.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_urls_are_checked_and_passwords_never_shown() {
+        let kind = |name: &str| name.parse::<BrokerKind>().unwrap();
+        let amqp = Endpoint::new(kind("rabbitmq"), "amqp://app:s3cret@mq1:5672/orders").unwrap();
+        assert_eq!(amqp.url(), "amqp://app:s3cret@mq1:5672/orders");
+        assert_eq!(amqp.shown(), "amqp://app:***@mq1:5672/orders");
+        let nats = Endpoint::new(kind("jetstream"), "nats://token@n1:4222").unwrap();
+        assert_eq!(nats.shown(), "nats://token@n1:4222");
+        let kafka = Endpoint::new(kind("kafka"), "k1:9092, k2:9092").unwrap();
+        assert_eq!(kafka.shown(), "k1:9092, k2:9092");
+        for (name, bad) in [
+            ("rabbitmq", "nats://mq1:5672"),
+            ("jetstream", "n1:4222"),
+            ("kafka", "kafka://k1:9092"),
+            ("kafka", "k1"),
+        ] {
+            let err = Endpoint::new(kind(name), bad).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+}
