@@ -15,6 +15,7 @@ pub mod event;
 pub mod kind;
 pub mod metrics;
 pub(crate) mod report;
+pub(crate) mod results;
 pub mod run;
 pub mod scenario;
 

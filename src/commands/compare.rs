@@ -10,7 +10,7 @@ use super::report::results_file;
 use crate::cli::{CompareArgs, CompareFormat};
 use crate::exit;
 use crate::report::compare::{compare, Allowance, Comparison, Row, Verdict};
-use crate::report::Results;
+use crate::results::Results;
 
 pub fn run(args: CompareArgs) -> Result<ExitCode> {
     let baseline = Results::read(&results_file(&args.baseline))?;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use crate::cli::ReportArgs;
 use crate::exit;
 use crate::report::export::{exporter, Document};
-use crate::report::Results;
+use crate::results::Results;
 
 pub fn run(args: ReportArgs) -> Result<ExitCode> {
     let paths: Vec<PathBuf> = args.results.iter().map(|p| results_file(p)).collect();

@@ -17,9 +17,9 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use super::{BrokerResult, IntervalSeries, Results};
 use crate::kind::BrokerKind;
 use crate::metrics::decode_histogram;
+use crate::results::{BrokerResult, IntervalSeries, Results};
 
 /// The schema identifier of `compare --format json`.
 pub const SCHEMA: &str = "brokerbench.compare/v1";
@@ -358,7 +358,7 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
     }
     for (i, (fb, fc)) in b.faults.iter().zip(&c.faults).enumerate() {
         // One value per run; client backoff moves it by about a second.
-        let m = |f: &super::FaultResult| Measured {
+        let m = |f: &crate::results::FaultResult| Measured {
             value: f.publish_recovered_after_s,
             evidence: Evidence::MoreThan(1.0),
             never: f.recovered == Some(false),
@@ -803,7 +803,7 @@ mod tests {
     #[test]
     fn a_recovery_is_judged_by_what_each_run_saw() {
         let fault = |after: Option<f64>, recovered: Option<bool>| {
-            serde_json::from_value::<crate::report::FaultResult>(serde_json::json!({
+            serde_json::from_value::<crate::results::FaultResult>(serde_json::json!({
                 "action": "kill", "at_s": 2.0, "duration_s": 1.0, "started_s": 2.0,
                 "broker_ready_after_s": 1.5, "publish_recovered_after_s": after,
                 "delivery_recovered_after_s": {"a": after}, "recovered": recovered,

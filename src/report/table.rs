@@ -2,12 +2,12 @@
 
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
-use super::{BrokerResult, GroupResult, Results};
 use crate::kind::BrokerKind;
 use crate::metrics::harness::HarnessUse;
 use crate::metrics::LatencySummary;
-use crate::run::find_max::{FindMaxResult, Phase, Step, MAX_STEPS};
-use crate::run::ledger::FailureAccount;
+use crate::results::account::FailureAccount;
+use crate::results::find_max::{FindMaxResult, Phase, Step, MAX_STEPS};
+use crate::results::{BrokerResult, GroupResult, Results};
 
 /// A latency in the unit that reads best: `850 µs`, `12.3 ms`, `2.01 s`.
 pub fn latency(us: u64) -> String {
@@ -218,7 +218,7 @@ pub fn notes(results: &Results, layout: Layout) -> Vec<String> {
 
 /// `yes`, or `NO` and what failed, in words.
 fn verdict(b: &BrokerResult) -> String {
-    use super::CheckKind;
+    use crate::results::CheckKind;
     let mut why: Vec<String> = Vec::new();
     let total = |kind: CheckKind| -> u64 {
         b.checks

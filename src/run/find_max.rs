@@ -14,10 +14,9 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use crate::report::figure::show;
-use crate::report::BrokerResult;
+use crate::results::figure::show;
+use crate::results::find_max::{Phase, Step, MAX_STEPS};
+use crate::results::BrokerResult;
 use crate::scenario::thresholds::Metric;
 use crate::scenario::Plan;
 
@@ -32,129 +31,60 @@ pub const ACHIEVED: f64 = 0.99;
 /// The search ends when the lowest rate that failed is within this factor
 /// of the highest that held.
 pub const PRECISION: f64 = 1.03;
-/// The most steps a search takes, the closed-loop window included (and
-/// then the repeat of the last step, if it did not hold).
-pub const MAX_STEPS: usize = 16;
 /// No step below this rate, msg/s.
 pub const MIN_RATE: f64 = 10.0;
 
-/// What a step was for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// As fast as confirmations allow: the ceiling.
-    ClosedLoop,
-    /// The closed-loop rate, then halves of it, until one holds.
-    Coarse,
-    /// Between the highest rate that held and the lowest that did not.
-    Bisect,
-    /// A rate that did not hold, measured once more.
-    Repeat,
-}
-
-/// One measured window of the search.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Step {
-    pub phase: Phase,
-    /// The offered rate, msg/s; 0 for the closed-loop window.
-    pub target_per_s: f64,
-    /// Messages sent per second in the window.
-    pub achieved_per_s: f64,
-    /// Confirmations per second in the window.
-    pub confirmed_per_s: f64,
-    /// Corrected publish latency, p99, µs.
-    pub publish_p99_us: Option<u64>,
-    /// Corrected end-to-end latency, p99 of the slowest group, µs.
-    pub end_to_end_p99_us: Option<u64>,
-    /// Confirmed messages lost.
-    pub lost: u64,
-    /// Whether the rate held (always false for the closed-loop window, which
-    /// has no target to hold).
-    pub held: bool,
-    /// Whether brokerbench itself may have been the limit in the window
-    /// (its `harness` block): then a rate that did not hold says as much
-    /// about brokerbench as about the broker.
-    pub harness_limited: bool,
-    /// Why it did not hold, one reason each.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub why_not: Vec<String>,
-}
-
-/// A broker's search, in its results.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FindMaxResult {
-    /// The SLO every held rate met, as written.
-    pub slo: Vec<String>,
-    /// The closed-loop window's confirmed rate, msg/s.
-    pub closed_loop_per_s: f64,
-    /// The highest rate that held, msg/s; none if none did.
-    pub found_per_s: Option<f64>,
-    /// Every window, in the order run.
-    pub steps: Vec<Step>,
-    /// Why the search stopped before it was done (a window that could not
-    /// be measured); then the result is incomplete.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped: Option<String>,
-    /// Whether the step limit ended the search before the highest rate that
-    /// held and the lowest that did not were within 3% of each other: the
-    /// rate found is then a lower bound, further from the broker's rate.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub step_limit_reached: bool,
-}
-
-impl Step {
-    /// The step at `target` (0: closed loop), judged from its result
-    /// against the plan's SLO limits.
-    pub fn judge(phase: Phase, target: f64, plan: &Plan, b: &BrokerResult) -> Step {
-        let end_to_end = b.worst_end_to_end();
-        let end_to_end_p99_us = (end_to_end.count > 0).then_some(end_to_end.p99);
-        let publish = &b.latency_us.publish;
-        let mut why_not = Vec::new();
-        // Sent on time is not enough: the broker must confirm at the rate too.
-        let achieved = b.publish.rate_per_s.min(b.publish.confirmed_per_s);
-        if phase != Phase::ClosedLoop && achieved < ACHIEVED * target {
-            why_not.push(format!(
-                "{:.1}% of the target sent and confirmed",
-                100.0 * achieved / target
-            ));
+/// The step at `target` (0: closed loop), judged from its result
+/// against the plan's SLO limits.
+pub fn judge_step(phase: Phase, target: f64, plan: &Plan, b: &BrokerResult) -> Step {
+    let end_to_end = b.worst_end_to_end();
+    let end_to_end_p99_us = (end_to_end.count > 0).then_some(end_to_end.p99);
+    let publish = &b.latency_us.publish;
+    let mut why_not = Vec::new();
+    // Sent on time is not enough: the broker must confirm at the rate too.
+    let achieved = b.publish.rate_per_s.min(b.publish.confirmed_per_s);
+    if phase != Phase::ClosedLoop && achieved < ACHIEVED * target {
+        why_not.push(format!(
+            "{:.1}% of the target sent and confirmed",
+            100.0 * achieved / target
+        ));
+    }
+    let lost = b.lost();
+    if lost > 0 {
+        why_not.push(format!("{lost} lost"));
+    }
+    if !b.complete {
+        why_not.push("the window did not complete".into());
+    }
+    let harness_limited = b.harness.as_ref().is_some_and(|h| h.limited);
+    let limits = plan
+        .find_max
+        .as_ref()
+        .map(|f| f.limits.for_broker(b.broker))
+        .unwrap_or_default();
+    for check in crate::results::thresholds::checks(&limits, b) {
+        if check.passed {
+            continue;
         }
-        let lost = b.lost();
-        if lost > 0 {
-            why_not.push(format!("{lost} lost"));
-        }
-        if !b.complete {
-            why_not.push("the window did not complete".into());
-        }
-        let harness_limited = b.harness.as_ref().is_some_and(|h| h.limited);
-        let limits = plan
-            .find_max
-            .as_ref()
-            .map(|f| f.limits.for_broker(b.broker))
-            .unwrap_or_default();
-        for check in crate::report::thresholds::checks(&limits, b) {
-            if check.passed {
-                continue;
+        let metric = check.metric.map_or("?", Metric::key);
+        why_not.push(match (check.value, check.limit, check.unit) {
+            (Some(v), Some(l), Some(unit)) => {
+                format!("{metric} {} over {}", show(v, unit), show(l, unit))
             }
-            let metric = check.metric.map_or("?", Metric::key);
-            why_not.push(match (check.value, check.limit, check.unit) {
-                (Some(v), Some(l), Some(unit)) => {
-                    format!("{metric} {} over {}", show(v, unit), show(l, unit))
-                }
-                _ => format!("{metric} not measured"),
-            });
-        }
-        Step {
-            phase,
-            target_per_s: target,
-            achieved_per_s: b.publish.rate_per_s,
-            confirmed_per_s: b.publish.confirmed_per_s,
-            publish_p99_us: (publish.count > 0).then_some(publish.p99),
-            end_to_end_p99_us,
-            lost,
-            held: phase != Phase::ClosedLoop && why_not.is_empty(),
-            harness_limited,
-            why_not,
-        }
+            _ => format!("{metric} not measured"),
+        });
+    }
+    Step {
+        phase,
+        target_per_s: target,
+        achieved_per_s: b.publish.rate_per_s,
+        confirmed_per_s: b.publish.confirmed_per_s,
+        publish_p99_us: (publish.count > 0).then_some(publish.p99),
+        end_to_end_p99_us,
+        lost,
+        held: phase != Phase::ClosedLoop && why_not.is_empty(),
+        harness_limited,
+        why_not,
     }
 }
 

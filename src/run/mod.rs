@@ -19,6 +19,7 @@
 //! most the broker's start deadline, and closing adds at most a few call
 //! timeouts.
 
+pub mod account;
 mod consumer;
 pub mod faults;
 pub mod find_max;

@@ -15,12 +15,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use super::find_max::{FindMaxResult, Search, Step};
+use super::account::{broker_result, Placement};
+use super::find_max::{self, Search};
 use super::{measure, Measurement, Progress};
 use crate::env::{Environment, Placed};
 use crate::kind::BrokerKind;
 use crate::metrics::live::LiveMetrics;
-use crate::report::{BrokerResult, Placement, Results};
+use crate::results::find_max::FindMaxResult;
+use crate::results::{BrokerResult, Results};
 use crate::scenario::Plan;
 
 /// Beyond the load and the drain timeout: a broker's start deadline (90 s for
@@ -266,12 +268,7 @@ impl<'a> Session<'a> {
                 humantime::format_duration(bound),
                 humantime::format_duration(self.slack)
             )),
-            Ok(Ok(m)) => Measured::Done(Box::new(BrokerResult::new(
-                plan,
-                kind,
-                placement.clone(),
-                m,
-            ))),
+            Ok(Ok(m)) => Measured::Done(Box::new(broker_result(plan, kind, placement.clone(), m))),
             Ok(Err(err)) => Measured::Failed(err),
         }
     }
@@ -313,7 +310,7 @@ impl<'a> Session<'a> {
                 }
                 other => return other,
             };
-            let step = Step::judge(phase, rate, self.plan, &result);
+            let step = find_max::judge_step(phase, rate, self.plan, &result);
             observer.say(crate::report::table::step_line(
                 kind,
                 steps.len() + 1,

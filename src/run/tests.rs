@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::memory::{Knobs, MemoryEnv};
 use super::session::{Outcome, Quiet, Session, Stop};
-use crate::report::Results;
+use crate::results::Results;
 use crate::scenario::{Fate, Overrides, Plan};
 
 /// 1000 msg/s for 300 ms from one producer on one key (300 messages, in
@@ -639,7 +639,7 @@ end_to_end_p50 = "5ms"
     let measured = b.latency_us.end_to_end["a"].p99;
     let judge = |us: u64| {
         let limits = [(Metric::EndToEndP99, Limit::Time(Duration::from_micros(us)))].into();
-        crate::report::thresholds::checks(&limits, b)
+        crate::results::thresholds::checks(&limits, b)
             .iter()
             .find(|c| c.group.as_deref() == Some("a"))
             .unwrap()

@@ -10,7 +10,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{Document, Exporter};
-use crate::report::{BrokerResult, Results};
+use crate::results::{BrokerResult, Results};
 
 /// One figure of one broker.
 struct Figure {

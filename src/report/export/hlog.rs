@@ -11,7 +11,7 @@ use hdrhistogram::serialization::V2DeflateSerializer;
 
 use super::{Document, Exporter};
 use crate::metrics::decode_histogram;
-use crate::report::{BrokerResult, IntervalSeries, Results};
+use crate::results::{BrokerResult, IntervalSeries, Results};
 
 /// The interval-log exporter.
 pub struct Hlog;

@@ -16,7 +16,8 @@ use plotters::prelude::*;
 
 use super::{broker_label, stand_in_notices, Document, Exporter};
 use crate::metrics::decode_histogram;
-use crate::report::{table, BrokerResult, Results};
+use crate::report::table;
+use crate::results::{BrokerResult, Results};
 
 /// The HTML exporter.
 pub struct Html;
@@ -394,7 +395,7 @@ struct Line {
 fn over_time(page: &mut String, b: &BrokerResult) -> Result<()> {
     let counts = |values: &[u64]| values.iter().map(|&v| Some(v as f64)).collect();
     // A second without a value (the warmup, a stall) has no p99, not 0.
-    let p99_ms = |s: &crate::report::IntervalSeries| {
+    let p99_ms = |s: &crate::results::IntervalSeries| {
         s.p99
             .iter()
             .zip(&s.count)

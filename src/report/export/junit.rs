@@ -7,7 +7,7 @@ use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::Writer;
 
 use super::{broker_label, Document, Exporter};
-use crate::report::Results;
+use crate::results::Results;
 
 /// The JUnit exporter.
 pub struct Junit;

@@ -8,7 +8,8 @@ use anyhow::Result;
 use comfy_table::{presets, ContentArrangement, Table};
 
 use super::{broker_label, stand_in_notices, Document, Exporter};
-use crate::report::{table, CheckKind, Results};
+use crate::report::table;
+use crate::results::{CheckKind, Results};
 
 /// GitHub's limit on one step's summary.
 pub const GITHUB_SUMMARY_LIMIT: usize = 1024 * 1024;

@@ -12,7 +12,7 @@ pub(crate) mod markdown;
 
 use anyhow::Result;
 
-use super::Results;
+use crate::results::Results;
 
 /// A report format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -69,7 +69,7 @@ pub fn markdown(results: &Results) -> String {
 /// stand-in `kafka-on-tansu` (its program, not its version, so that its
 /// series stays one across upgrades), so that a stand-in's figures never
 /// line up with the product's. Safe in file names and globs.
-fn tracked_name(b: &super::BrokerResult) -> String {
+fn tracked_name(b: &crate::results::BrokerResult) -> String {
     match &b.stand_in_for {
         Some(_) => {
             let program: String = b
@@ -103,7 +103,7 @@ fn stand_in_notices(r: &Results) -> Vec<String> {
 }
 
 /// `broker`, or `broker (stand-in for Product)`: how reports name what ran.
-fn broker_label(b: &super::BrokerResult) -> String {
+fn broker_label(b: &crate::results::BrokerResult) -> String {
     match &b.stand_in_for {
         Some(product) => format!("{} (stand-in for {product})", b.broker),
         None => b.broker.to_string(),

@@ -81,7 +81,7 @@ async fn junit_has_a_testcase_per_check_and_a_failure_per_failed_one() {
     let check = results.brokers[1]
         .checks
         .iter_mut()
-        .find(|c| c.check == crate::report::CheckKind::Threshold)
+        .find(|c| c.check == crate::results::CheckKind::Threshold)
         .unwrap();
     check.passed = false;
     let documents = export(Format::Junit, std::slice::from_ref(&results));
@@ -184,7 +184,7 @@ async fn markdown_stays_under_its_budget_however_many_groups() {
     for b in &mut big.brokers {
         let group = b.groups[0].clone();
         b.groups = (0..5_000)
-            .map(|i| crate::report::GroupResult {
+            .map(|i| crate::results::GroupResult {
                 group: format!("group-with-a-long-name-{i}"),
                 ..group.clone()
             })
@@ -208,7 +208,7 @@ async fn terminal_tables_fit_80_and_120_columns() {
     // A failed broker, whose reasons are long.
     results.brokers[1].groups[0].account.lost = 3;
     for check in &mut results.brokers[1].checks {
-        if check.check == crate::report::CheckKind::NoneLost && check.group.as_deref() == Some("a")
+        if check.check == crate::results::CheckKind::NoneLost && check.group.as_deref() == Some("a")
         {
             check.passed = false;
             check.value = Some(3.0);
