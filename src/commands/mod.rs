@@ -5,6 +5,7 @@ pub mod compare;
 pub mod env;
 pub mod report;
 pub mod run;
+mod screen;
 
 use std::path::{Path, PathBuf};
 

@@ -5,17 +5,14 @@
 //! stops the load, drains briefly and writes what was measured (marked
 //! incomplete), the second exits at once.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::screen::Screen;
 use super::DataDir;
 use crate::cli::{EnvKind, RunArgs};
 use crate::env::binaries::{self, Binary};
@@ -27,8 +24,8 @@ use crate::exit;
 use crate::kind::BrokerKind;
 use crate::metrics::live::LiveMetrics;
 use crate::report::{export, table};
-use crate::run::session::{Observer, Outcome, Session, Stop};
-use crate::run::{Phase, Progress};
+use crate::results::Results;
+use crate::run::session::{Outcome, Session, Stop};
 use crate::scenario::{Overrides, Plan};
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
@@ -46,8 +43,63 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let mut site = Site::prepare(&args, &plan).await?;
     let stop = Stop::default();
     tokio::spawn(interrupts(stop.clone()));
-    let mut screen = Screen::new(&plan, args.json);
-    screen.say(format!(
+    let screen = Screen::new(&plan, args.json);
+    screen.line(start_line(&plan));
+    let mut session = Session::new(&plan, args.out.clone(), stop);
+    let mut serving = None;
+    if let Some(addr) = args.metrics_addr {
+        let live = Arc::new(LiveMetrics::default());
+        let (bound, task) = Arc::clone(&live).serve(addr).await?;
+        screen.line(format!("metrics: http://{bound}/metrics"));
+        session = session.with_live_metrics(live);
+        serving = Some(task);
+    }
+    let Outcome {
+        results,
+        path,
+        failure,
+    } = session.run(&mut site, &screen).await?;
+    if let Some(task) = serving {
+        task.abort();
+    }
+
+    if !results.brokers.is_empty() {
+        screen.line(tables(&results));
+    }
+    screen.line(format!("results: {}", path.display()));
+    if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY") {
+        // GitHub Actions shows this file as the job's summary.
+        // The run's own verdict stands whatever happens to its summary.
+        if let Err(err) = append(Path::new(&summary), &export::markdown(&results)) {
+            screen.line(format!(
+                "warning: could not write the job summary to {}: {err}",
+                summary.to_string_lossy()
+            ));
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results).context("serializing results")?
+        );
+    }
+    if let Some(err) = failure {
+        // Measured brokers are saved; the run itself could not be completed.
+        return Err(err.context(format!("results so far: {}", path.display())));
+    }
+    if let Some(reason) = &results.incomplete_reason {
+        screen.line(format!("incomplete: {reason}"));
+    }
+    Ok(ExitCode::from(if results.passed() {
+        exit::OK
+    } else {
+        exit::CHECK_FAILED
+    }))
+}
+
+/// The line that opens a run: the scenario, its brokers and its load.
+fn start_line(plan: &Plan) -> String {
+    format!(
         "brokerbench {}: scenario '{}' on {}; {} at {}, {} producer(s), {}",
         env!("CARGO_PKG_VERSION"),
         plan.name,
@@ -67,78 +119,34 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             0 => "publish only".to_string(),
             n => format!("{n} group(s)"),
         }
-    ));
-    let mut session = Session::new(&plan, args.out.clone(), stop);
-    let mut serving = None;
-    if let Some(addr) = args.metrics_addr {
-        let live = Arc::new(LiveMetrics::default());
-        let (bound, task) = Arc::clone(&live).serve(addr).await?;
-        screen.say(format!("metrics: http://{bound}/metrics"));
-        session = session.with_live_metrics(live);
-        serving = Some(task);
-    }
-    let Outcome {
-        results,
-        path,
-        failure,
-    } = session.run(&mut site, &mut screen).await?;
-    if let Some(task) = serving {
-        task.abort();
-    }
+    )
+}
 
-    if !results.brokers.is_empty() {
-        let layout = table::Layout::of_terminal();
-        let mut tables = table::summary(&results, layout).to_string();
-        if !results.scenario.publish_only() {
-            tables.push_str(&format!("\n{}", table::groups(&results, layout)));
-        }
-        if let Some(dead_letters) = table::dead_letters(&results, layout) {
-            tables.push_str(&format!("\n{dead_letters}"));
-        }
-        if let Some(search) = table::find_max(&results, layout) {
-            tables.push_str(&format!("\n{search}"));
-        }
-        if let Some(harness) = table::harness(&results, layout) {
-            tables.push_str(&format!("\n{harness}"));
-        }
-        for note in table::notes(&results, layout)
-            .into_iter()
-            .chain(table::harness_warnings(&results))
-        {
-            tables.push('\n');
-            tables.push_str(&note);
-        }
-        screen.say(tables);
+/// The tables printed after the run: the comparison, the groups, dead
+/// letters, the find-max search, the harness, and their notes.
+fn tables(results: &Results) -> String {
+    let layout = table::Layout::of_terminal();
+    let mut tables = table::summary(&results, layout).to_string();
+    if !results.scenario.publish_only() {
+        tables.push_str(&format!("\n{}", table::groups(&results, layout)));
     }
-    screen.say(format!("results: {}", path.display()));
-    if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY") {
-        // GitHub Actions shows this file as the job's summary.
-        // The run's own verdict stands whatever happens to its summary.
-        if let Err(err) = append(Path::new(&summary), &export::markdown(&results)) {
-            screen.say(format!(
-                "warning: could not write the job summary to {}: {err}",
-                summary.to_string_lossy()
-            ));
-        }
+    if let Some(dead_letters) = table::dead_letters(&results, layout) {
+        tables.push_str(&format!("\n{dead_letters}"));
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&results).context("serializing results")?
-        );
+    if let Some(search) = table::find_max(&results, layout) {
+        tables.push_str(&format!("\n{search}"));
     }
-    if let Some(err) = failure {
-        // Measured brokers are saved; the run itself could not be completed.
-        return Err(err.context(format!("results so far: {}", path.display())));
+    if let Some(harness) = table::harness(&results, layout) {
+        tables.push_str(&format!("\n{harness}"));
     }
-    if let Some(reason) = &results.incomplete_reason {
-        screen.say(format!("incomplete: {reason}"));
+    for note in table::notes(&results, layout)
+        .into_iter()
+        .chain(table::harness_warnings(&results))
+    {
+        tables.push('\n');
+        tables.push_str(&note);
     }
-    Ok(ExitCode::from(if results.passed() {
-        exit::OK
-    } else {
-        exit::CHECK_FAILED
-    }))
+    tables
 }
 
 fn append(path: &Path, text: &str) -> std::io::Result<()> {
@@ -148,47 +156,6 @@ fn append(path: &Path, text: &str) -> std::io::Result<()> {
         .append(true)
         .open(path)?;
     writeln!(file, "{text}")
-}
-
-/// The terminal: lines on stdout (stderr with --json, so that stdout
-/// carries only JSON) and a progress bar per broker on a terminal.
-struct Screen {
-    json: bool,
-    load: Duration,
-    bar: Option<(ProgressBar, tokio::task::JoinHandle<()>)>,
-}
-
-impl Screen {
-    fn new(plan: &Plan, json: bool) -> Self {
-        Screen {
-            json,
-            load: plan.load.warmup + plan.load.duration,
-            bar: None,
-        }
-    }
-}
-
-impl Observer for Screen {
-    fn started(&mut self, kind: BrokerKind, progress: Arc<Progress>) {
-        let bar = progress_bar(self.load, kind.as_str(), self.json);
-        let ticker = tokio::spawn(tick(bar.clone(), progress, self.load));
-        self.bar = Some((bar, ticker));
-    }
-
-    fn ended(&mut self, _kind: BrokerKind) {
-        if let Some((bar, ticker)) = self.bar.take() {
-            ticker.abort();
-            bar.finish_and_clear();
-        }
-    }
-
-    fn say(&mut self, line: String) {
-        if self.json {
-            eprintln!("{line}")
-        } else {
-            println!("{line}")
-        }
-    }
 }
 
 /// Where the brokers come from. Prepared before anything runs, so that a
@@ -278,47 +245,4 @@ async fn interrupts(stop: Stop) {
     stop.stop(name);
     tokio::select! { _ = interrupt.recv() => {}, _ = terminate.recv() => {} }
     std::process::exit(130);
-}
-
-fn progress_bar(load: Duration, broker: &str, json: bool) -> ProgressBar {
-    let total = load.as_millis() as u64;
-    let bar = ProgressBar::with_draw_target(
-        Some(total),
-        if std::io::stdout().is_terminal() && !json {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} {wide_bar} {elapsed:>4} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(broker.to_string());
-    bar
-}
-
-async fn tick(bar: ProgressBar, progress: Arc<Progress>, load: Duration) {
-    let started = tokio::time::Instant::now();
-    loop {
-        let phase = progress.phase();
-        if matches!(phase, Phase::Warmup | Phase::Steady) {
-            bar.set_position(started.elapsed().min(load).as_millis() as u64);
-        }
-        let delivered = progress
-            .delivered
-            .iter()
-            .map(|d| d.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(0);
-        bar.set_message(format!(
-            "{:<6} sent {} confirmed {} delivered {}",
-            phase.as_str(),
-            progress.sent.load(Ordering::Relaxed),
-            progress.confirmed.load(Ordering::Relaxed),
-            delivered
-        ));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

@@ -535,6 +535,34 @@ pub fn found(broker: BrokerKind, search: &FindMaxResult) -> String {
     }
 }
 
+/// A broker's headline, printed once its result is in: what was confirmed
+/// of what was sent, the rate, and whether its checks passed.
+pub fn headline(result: &BrokerResult) -> String {
+    let p = &result.publish;
+    let mut not = String::new();
+    for (n, what) in [
+        (p.failed, "failed"),
+        (p.unknown, "unknown"),
+        (p.unsent, "unsent"),
+    ] {
+        if n > 0 {
+            not.push_str(&format!(", {n} {what}"));
+        }
+    }
+    let limited = match &result.harness {
+        Some(h) if h.limited => " (the harness may have been the limit)",
+        _ => "",
+    };
+    format!(
+        "{}: {} confirmed of {} sent{not}, {:.0} msg/s{limited}, checks {}",
+        result.broker,
+        p.confirmed,
+        p.attempted,
+        p.rate_per_s,
+        if result.passed() { "passed" } else { "FAILED" }
+    )
+}
+
 /// One line per step of `--find-max`, printed as it is measured.
 pub fn step_line(broker: BrokerKind, n: usize, step: &Step) -> String {
     let target = match step.target_per_s {

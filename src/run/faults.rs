@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::events::{Event, Observer};
 use super::Progress;
 use crate::env::FaultTarget;
 use crate::scenario::{Fault, FaultAction};
@@ -40,6 +41,7 @@ pub async fn inject(
     deadline: Instant,
     cancel: &CancellationToken,
     progress: &Progress,
+    observer: &dyn Observer,
 ) -> Vec<FaultEvent> {
     let mut events = Vec::new();
     for fault in faults {
@@ -53,12 +55,23 @@ pub async fn inject(
             .iter()
             .map(|a| a.load(Ordering::Relaxed))
             .collect();
+        observer.event(Event::FaultApplied {
+            action: fault.action,
+            at: fault.at,
+        });
         let outcome = apply(fault, target, deadline).await;
+        let ready = outcome.is_ok().then(Instant::now);
+        let error = outcome.err().map(|e| format!("{e:#}"));
+        observer.event(Event::Recovered {
+            action: fault.action,
+            after: ready.map(|r| r.saturating_duration_since(started)),
+            error: error.as_deref(),
+        });
         events.push(FaultEvent {
             fault: fault.clone(),
             started,
-            ready: outcome.is_ok().then(Instant::now),
-            error: outcome.err().map(|e| format!("{e:#}")),
+            ready,
+            error,
             window_start,
         });
     }

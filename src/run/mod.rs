@@ -21,6 +21,7 @@
 
 pub mod account;
 mod consumer;
+pub mod events;
 pub mod faults;
 pub mod find_max;
 pub mod ledger;
@@ -48,6 +49,7 @@ use crate::metrics::harness::Reading;
 use crate::metrics::live::BrokerMetrics;
 use crate::metrics::{Latency, LatencyIntervals, Timeline};
 use crate::scenario::Plan;
+use events::Observer;
 use faults::FaultEvent;
 use ledger::{GroupLog, ProducerLog};
 use pacer::Pacer;
@@ -289,6 +291,7 @@ pub async fn measure(
     run_id: u64,
     cancel: &CancellationToken,
     progress: &Arc<Progress>,
+    observer: &dyn Observer,
 ) -> Result<Measurement> {
     progress.set_phase(Phase::Setup);
     driver.setup().await.context("setting up the topology")?;
@@ -382,6 +385,7 @@ pub async fn measure(
         cx.deadline,
         cancel,
         progress,
+        observer,
     );
     tokio::pin!(phases, fault_run);
     let mut fault_events = None;

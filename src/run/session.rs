@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use super::account::{broker_result, Placement};
+use super::events::{Event, Observer};
 use super::find_max::{self, Search};
 use super::{measure, Measurement, Progress};
 use crate::env::{Environment, Placed};
@@ -54,23 +55,6 @@ impl Stop {
         self.why.get().map(String::as_str)
     }
 }
-
-/// What the person running the session sees while it runs.
-pub trait Observer: Send {
-    /// A broker's measurement starts; `progress` is live until it ends.
-    fn started(&mut self, _kind: BrokerKind, _progress: Arc<Progress>) {}
-    /// That measurement is over (the broker is being stopped).
-    fn ended(&mut self, _kind: BrokerKind) {}
-    /// A line of news: a broker's headline, a warning.
-    fn say(&mut self, _line: String) {}
-}
-
-/// An observer that shows nothing.
-#[cfg(test)]
-pub struct Quiet;
-
-#[cfg(test)]
-impl Observer for Quiet {}
 
 /// What a session produced.
 pub struct Outcome {
@@ -123,11 +107,7 @@ impl<'a> Session<'a> {
 
     /// Measures every broker of the plan, placed by `env`. `Err` only when
     /// the results cannot be written.
-    pub async fn run(
-        &self,
-        env: &mut dyn Environment,
-        observer: &mut dyn Observer,
-    ) -> Result<Outcome> {
+    pub async fn run(&self, env: &mut dyn Environment, observer: &dyn Observer) -> Result<Outcome> {
         let plan = self.plan;
         let mut results = Results::new(plan, env.name());
         let dir = results.directory(&self.out);
@@ -146,36 +126,15 @@ impl<'a> Session<'a> {
             };
             match self.measure_one(kind, placed, observer).await {
                 Measured::Done(result) => {
-                    let p = &result.publish;
-                    let mut not = String::new();
-                    for (n, what) in [
-                        (p.failed, "failed"),
-                        (p.unknown, "unknown"),
-                        (p.unsent, "unsent"),
-                    ] {
-                        if n > 0 {
-                            not.push_str(&format!(", {n} {what}"));
-                        }
-                    }
-                    let limited = match &result.harness {
-                        Some(h) if h.limited => " (the harness may have been the limit)",
-                        _ => "",
-                    };
-                    observer.say(format!(
-                        "{kind}: {} confirmed of {} sent{not}, {:.0} msg/s{limited}, checks {}",
-                        p.confirmed,
-                        p.attempted,
-                        p.rate_per_s,
-                        if result.passed() { "passed" } else { "FAILED" }
-                    ));
-                    if let Some(search) = &result.find_max {
-                        observer.say(crate::report::table::found(kind, search));
-                    }
+                    observer.event(Event::BrokerDone { result: &result });
                     results.brokers.push(*result);
                     results.write(&dir)?;
                 }
                 Measured::Hung(reason) => {
-                    observer.say(format!("{kind}: {reason}"));
+                    observer.event(Event::Hung {
+                        kind,
+                        reason: &reason,
+                    });
                     unfinished.push(reason);
                 }
                 Measured::Failed(err) => {
@@ -199,13 +158,18 @@ impl<'a> Session<'a> {
         &self,
         kind: BrokerKind,
         mut placed: Box<dyn Placed>,
-        observer: &mut dyn Observer,
+        observer: &dyn Observer,
     ) -> Measured {
         let placement = Placement {
             implementation: placed.implementation().to_string(),
             stand_in_for: placed.stand_in_for().map(str::to_string),
             endpoint: placed.endpoint().shown(),
         };
+        observer.event(Event::Placed {
+            kind,
+            implementation: &placement.implementation,
+            endpoint: &placement.endpoint,
+        });
         let measured = match &self.plan.find_max {
             None => {
                 let (plan, run_id) = (self.plan, self.run_id);
@@ -218,7 +182,11 @@ impl<'a> Session<'a> {
             }
         };
         if let Err(err) = placed.shutdown().await {
-            observer.say(format!("warning: stopping {kind}: {err:#}"));
+            observer.event(Event::Warning {
+                kind,
+                doing: "stopping",
+                error: &err,
+            });
         }
         measured
     }
@@ -231,13 +199,16 @@ impl<'a> Session<'a> {
         run_id: u64,
         placed: &mut dyn Placed,
         placement: &Placement,
-        observer: &mut dyn Observer,
+        observer: &dyn Observer,
     ) -> Measured {
         let progress = Arc::new(Progress {
             live: self.live.as_ref().map(|l| l.for_broker(kind, plan)),
             ..Progress::new(plan.consumers.len(), plan.load.producers as usize)
         });
-        observer.started(kind, progress.clone());
+        observer.event(Event::Measuring {
+            kind,
+            progress: progress.clone(),
+        });
         let shown = placement.endpoint.clone();
         // The run's own deadlines end it; this bound only guards against a
         // client call that never returns, so that no run can hang.
@@ -255,12 +226,13 @@ impl<'a> Session<'a> {
                 run_id,
                 &self.stop.token,
                 &progress,
+                observer,
             )
             .await;
             measured.with_context(|| format!("{kind} at {shown}"))
         })
         .await;
-        observer.ended(kind);
+        observer.event(Event::Measured { kind });
         match measured {
             Err(_elapsed) => Measured::Hung(format!(
                 "{kind} did not finish within {} (load, drain timeout, final read and {} for \
@@ -281,7 +253,7 @@ impl<'a> Session<'a> {
         kind: BrokerKind,
         placed: &mut dyn Placed,
         placement: &Placement,
-        observer: &mut dyn Observer,
+        observer: &dyn Observer,
     ) -> Measured {
         let mut search = Search::default();
         let mut steps = Vec::new();
@@ -311,11 +283,11 @@ impl<'a> Session<'a> {
                 other => return other,
             };
             let step = find_max::judge_step(phase, rate, self.plan, &result);
-            observer.say(crate::report::table::step_line(
+            observer.event(Event::Step {
                 kind,
-                steps.len() + 1,
-                &step,
-            ));
+                number: steps.len() + 1,
+                step: &step,
+            });
             search.record(phase, rate, step.held, result.publish.confirmed_per_s);
             if step.held {
                 found = Some(result);
@@ -330,7 +302,7 @@ impl<'a> Session<'a> {
             ));
         };
         if let Some(why) = &stopped {
-            observer.say(format!("{kind}: the search stopped early: {why}"));
+            observer.event(Event::SearchStopped { kind, why });
             result.complete = false;
         }
         result.find_max = Some(FindMaxResult {

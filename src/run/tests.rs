@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::events::{Event, Observer, Quiet};
 use super::memory::{Knobs, MemoryEnv};
-use super::session::{Outcome, Quiet, Session, Stop};
+use super::session::{Outcome, Session, Stop};
 use crate::results::Results;
 use crate::scenario::{Fate, Overrides, Plan};
 
@@ -73,10 +74,7 @@ async fn run_with(
         dir.path().to_path_buf(),
         Stop::default(),
     ));
-    let outcome = session
-        .run(&mut MemoryEnv(knobs), &mut Quiet)
-        .await
-        .unwrap();
+    let outcome = session.run(&mut MemoryEnv(knobs), &Quiet).await.unwrap();
     let written: Value = serde_json::from_slice(&std::fs::read(&outcome.path).unwrap()).unwrap();
     let mut json = serde_json::to_value(&outcome.results).unwrap();
     assert_eq!(written, json, "results.json is what the session returned");
@@ -413,6 +411,60 @@ async fn a_kill_is_recorded_with_its_recovery_times() {
     assert!(outcome.results.passed(), "{json:#}");
 }
 
+/// Records the events a run emits, each as a short name with its figures.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl Observer for Recorder {
+    fn event(&self, event: Event<'_>) {
+        let name = match event {
+            Event::Placed { kind, .. } => format!("placed {kind}"),
+            Event::Measuring { kind, progress } => {
+                assert_eq!(progress.delivered.len(), 2, "one counter per group");
+                format!("measuring {kind}")
+            }
+            Event::Measured { kind } => format!("measured {kind}"),
+            Event::FaultApplied { action, at } => {
+                format!("{} at {} ms", action.as_str(), at.as_millis())
+            }
+            Event::Recovered { after, error, .. } => {
+                let after = after.expect("back after the kill");
+                assert!(error.is_none());
+                assert!((200..300).contains(&after.as_millis()), "{after:?}");
+                "recovered".into()
+            }
+            Event::BrokerDone { result } => format!("done {}", result.broker),
+            other => format!("{other:?}"),
+        };
+        self.0.lock().unwrap().push(name);
+    }
+}
+
+#[tokio::test]
+async fn the_engine_tells_its_observer_what_happens_in_order() {
+    let plan = plan("[[faults]]\nat = \"100ms\"\naction = \"kill\"\nduration = \"200ms\"\n")
+        .with(|p| p.load.duration = Duration::from_millis(600));
+    let dir = tempfile::tempdir().unwrap();
+    let session = Session::new(&plan, dir.path().to_path_buf(), Stop::default());
+    let recorder = Recorder::default();
+    let outcome = session
+        .run(&mut MemoryEnv(Knobs::default()), &recorder)
+        .await
+        .unwrap();
+    assert!(outcome.results.passed());
+    assert_eq!(
+        *recorder.0.lock().unwrap(),
+        [
+            "placed rabbitmq",
+            "measuring rabbitmq",
+            "kill at 100 ms",
+            "recovered",
+            "measured rabbitmq",
+            "done rabbitmq"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn a_pause_shows_in_corrected_publish_latency() {
     let plan = plan("[[faults]]\nat = \"100ms\"\naction = \"pause\"\nduration = \"150ms\"\n");
@@ -524,7 +576,7 @@ async fn an_interrupted_run_is_incomplete_and_keeps_what_it_measured() {
     let dir = tempfile::tempdir().unwrap();
     let session = Session::new(&plan, dir.path().to_path_buf(), stop);
     let outcome = session
-        .run(&mut MemoryEnv(Knobs::default()), &mut Quiet)
+        .run(&mut MemoryEnv(Knobs::default()), &Quiet)
         .await
         .unwrap();
     let results = &outcome.results;
