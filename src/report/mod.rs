@@ -4,3 +4,6 @@
 pub mod compare;
 pub mod export;
 pub mod table;
+
+#[cfg(test)]
+mod tests;
