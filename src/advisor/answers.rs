@@ -606,12 +606,17 @@ fn one_more<T: Choice + Ord, const D: usize>(now: &Vec<T>) -> Vec<(Vec<T>, usize
         .collect()
 }
 
+/// The limits of the rate criterion's bands, in events per second: what
+/// any broker takes on one node, one queue, one stream.
+pub const RATE_ANY: f64 = 500.0;
+pub const RATE_SINGLE_QUEUE: f64 = 20_000.0;
+pub const RATE_SINGLE_STREAM: f64 = 100_000.0;
+
 /// Rates that stand for each band of the rate criterion.
 const RATE_BANDS: [f64; 4] = [300.0, 5_000.0, 50_000.0, 200_000.0];
 
 /// Which band of the rate criterion `rate` falls in.
 fn band(rate: f64) -> usize {
-    use super::facts::{RATE_ANY, RATE_SINGLE_QUEUE, RATE_SINGLE_STREAM};
     [RATE_ANY, RATE_SINGLE_QUEUE, RATE_SINGLE_STREAM]
         .iter()
         .filter(|limit| rate > **limit)

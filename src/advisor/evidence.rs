@@ -1,15 +1,16 @@
 //! Measured evidence: results.json files from `brokerbench run`, judged
 //! against the user's answers (their rate, their latency target).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use anyhow::Result;
+use serde::Serialize;
 
 use super::answers::Answers;
-use super::facts::{Criterion, Judged};
+use super::facts::{Criterion, Judged, PerBroker};
 use crate::kind::BrokerKind;
+use crate::results::account::FailureAccount;
+use crate::results::{BrokerResult, Results};
 
 /// The weight of measured evidence: more than any single known fact, since
 /// it is the user's own traffic on their own machines.
@@ -68,90 +69,6 @@ pub struct DeadLetters {
     pub p50_ms: Option<f64>,
 }
 
-#[derive(Deserialize)]
-struct ResultsFile {
-    schema: String,
-    brokers: Vec<BrokerFile>,
-}
-
-#[derive(Deserialize)]
-struct BrokerFile {
-    broker: BrokerKind,
-    implementation: String,
-    #[serde(default)]
-    stand_in_for: Option<String>,
-    load: LoadFile,
-    publish: PublishFile,
-    groups: Vec<GroupFile>,
-    latency_us: LatencyFile,
-    faults: Vec<FaultFile>,
-    complete: bool,
-    #[serde(default)]
-    find_max: Option<FindMaxFile>,
-}
-
-#[derive(Deserialize)]
-struct FindMaxFile {
-    found_per_s: Option<f64>,
-}
-
-#[derive(Deserialize)]
-struct LoadFile {
-    target_rate_per_s: f64,
-}
-
-#[derive(Deserialize)]
-struct PublishFile {
-    confirmed_per_s: f64,
-}
-
-#[derive(Deserialize)]
-struct GroupFile {
-    lost: u64,
-    #[serde(default)]
-    failures: Option<FailuresFile>,
-}
-
-#[derive(Deserialize)]
-struct FailuresFile {
-    poison: u64,
-    dead_lettered: u64,
-    dead_lettered_wrongly: u64,
-    poison_lost: u64,
-}
-
-#[derive(Deserialize)]
-struct LatencyFile {
-    end_to_end: BTreeMap<String, SummaryFile>,
-    #[serde(default)]
-    time_to_dead_letter: BTreeMap<String, SummaryFile>,
-}
-
-#[derive(Deserialize)]
-struct SummaryFile {
-    count: u64,
-    p50: u64,
-    p99: u64,
-}
-
-#[derive(Deserialize)]
-struct FaultFile {
-    publish_recovered_after_s: Option<f64>,
-    /// The run's own verdict: absent in files from before it existed
-    /// (then: did publishing recover?), null when it could not be judged.
-    #[serde(default)]
-    recovered: Option<serde_json::Value>,
-}
-
-impl FaultFile {
-    fn unrecovered(&self) -> bool {
-        match &self.recovered {
-            Some(verdict) => verdict == &serde_json::Value::Bool(false),
-            None => self.publish_recovered_after_s.is_none(),
-        }
-    }
-}
-
 /// Reads results files written by `brokerbench run`; a stand-in's figures
 /// are used only if `accept_stand_ins`.
 pub fn load(files: &[PathBuf], accept_stand_ins: bool) -> Result<Vec<Measurement>> {
@@ -163,79 +80,71 @@ pub fn load(files: &[PathBuf], accept_stand_ins: bool) -> Result<Vec<Measurement
 }
 
 fn read(file: &Path, accept_stand_ins: bool) -> Result<Vec<Measurement>> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("could not read results {}", file.display()))?;
-    let results: ResultsFile = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not a results.json written by `brokerbench run`",
-            file.display()
-        )
-    })?;
-    if results.schema != "brokerbench.results/v1" {
-        bail!(
-            "{}: schema {} is not brokerbench.results/v1",
-            file.display(),
-            results.schema
-        );
-    }
+    let results = Results::read(file)?;
     Ok(results
         .brokers
         .into_iter()
-        .map(|b| {
-            let p99_us = b
-                .latency_us
-                .end_to_end
-                .values()
-                .filter(|s| s.count > 0)
-                .map(|s| s.p99)
-                .max();
-            let recoveries: Vec<Option<f64>> = b
-                .faults
-                .iter()
-                .map(|f| f.publish_recovered_after_s)
-                .collect();
-            let unrecovered_faults = b.faults.iter().filter(|f| f.unrecovered()).count();
-            let worst_recovery_s = recoveries.into_iter().flatten().reduce(f64::max);
-            let failing: Vec<&FailuresFile> = b
-                .groups
-                .iter()
-                .filter_map(|g| g.failures.as_ref())
-                .collect();
-            let dead_letters = (!failing.is_empty()).then(|| DeadLetters {
-                poison: failing.iter().map(|f| f.poison).sum(),
-                dead_lettered: failing
-                    .iter()
-                    .map(|f| f.dead_lettered - f.dead_lettered_wrongly.min(f.dead_lettered))
-                    .sum(),
-                poison_lost: failing.iter().map(|f| f.poison_lost).sum(),
-                dead_lettered_wrongly: failing.iter().map(|f| f.dead_lettered_wrongly).sum(),
-                p50_ms: b
-                    .latency_us
-                    .time_to_dead_letter
-                    .values()
-                    .filter(|s| s.count > 0)
-                    .map(|s| s.p50 as f64 / 1000.0)
-                    .reduce(f64::max),
-            });
-            Measurement {
-                broker: b.broker,
-                implementation: b.implementation,
-                file: file.to_path_buf(),
-                target_rate_per_s: b.load.target_rate_per_s,
-                confirmed_per_s: b.publish.confirmed_per_s,
-                sustainable_per_s: b.find_max.and_then(|f| f.found_per_s),
-                p99_ms: p99_us.map(|us| us as f64 / 1000.0),
-                lost: b.groups.iter().map(|g| g.lost).sum(),
-                faults: b.faults.len(),
-                worst_recovery_s,
-                unrecovered_faults,
-                complete: b.complete,
-                used: b.stand_in_for.is_none() || accept_stand_ins,
-                stand_in_for: b.stand_in_for,
-                dead_letters,
-            }
-        })
+        .map(|b| measurement(file, b, accept_stand_ins))
         .collect())
+}
+
+/// What one broker's result says, as evidence.
+fn measurement(file: &Path, b: BrokerResult, accept_stand_ins: bool) -> Measurement {
+    let p99_us = b
+        .latency_us
+        .end_to_end
+        .values()
+        .filter(|s| s.count > 0)
+        .map(|s| s.p99)
+        .max();
+    let unrecovered_faults = b
+        .faults
+        .iter()
+        .filter(|f| f.recovered == Some(false))
+        .count();
+    let worst_recovery_s = b
+        .faults
+        .iter()
+        .filter_map(|f| f.publish_recovered_after_s)
+        .reduce(f64::max);
+    let failing: Vec<&FailureAccount> = b
+        .groups
+        .iter()
+        .filter_map(|g| g.account.failures.as_ref())
+        .collect();
+    let dead_letters = (!failing.is_empty()).then(|| DeadLetters {
+        poison: failing.iter().map(|f| f.poison).sum(),
+        dead_lettered: failing
+            .iter()
+            .map(|f| f.dead_lettered - f.dead_lettered_wrongly.min(f.dead_lettered))
+            .sum(),
+        poison_lost: failing.iter().map(|f| f.poison_lost).sum(),
+        dead_lettered_wrongly: failing.iter().map(|f| f.dead_lettered_wrongly).sum(),
+        p50_ms: b
+            .latency_us
+            .time_to_dead_letter
+            .values()
+            .filter(|s| s.count > 0)
+            .map(|s| s.p50 as f64 / 1000.0)
+            .reduce(f64::max),
+    });
+    Measurement {
+        broker: b.broker,
+        file: file.to_path_buf(),
+        target_rate_per_s: b.load.target_rate_per_s,
+        confirmed_per_s: b.publish.confirmed_per_s,
+        sustainable_per_s: b.find_max.as_ref().and_then(|f| f.found_per_s),
+        p99_ms: p99_us.map(|us| us as f64 / 1000.0),
+        lost: b.groups.iter().map(|g| g.account.lost).sum(),
+        faults: b.faults.len(),
+        worst_recovery_s,
+        unrecovered_faults,
+        complete: b.complete,
+        used: b.stand_in_for.is_none() || accept_stand_ins,
+        implementation: b.implementation,
+        stand_in_for: b.stand_in_for,
+        dead_letters,
+    }
 }
 
 /// The evidence criterion: per broker, a score from its measurements.
@@ -243,34 +152,35 @@ pub fn criterion(answers: &Answers, measured: &[Measurement]) -> Option<Criterio
     if measured.is_empty() {
         return None;
     }
-    let judged: Vec<Judged> = crate::kind::ALL
-        .iter()
-        .map(|kind| {
-            let all: Vec<&Measurement> = measured.iter().filter(|m| m.broker == *kind).collect();
-            let mine: Vec<&Measurement> = all.iter().copied().filter(|m| m.used).collect();
-            match (all.first(), mine.is_empty()) {
-                (None, _) => (
-                    UNMEASURED,
-                    "not measured: no results for it were given".to_string(),
-                ),
-                (Some(stand_in), true) => (UNMEASURED, stand_in_only(stand_in, &all)),
-                (Some(_), false) => judge(answers, &mine),
-            }
-        })
-        .collect();
+    let judged = PerBroker::from_fn(|kind| {
+        let all: Vec<&Measurement> = measured.iter().filter(|m| m.broker == kind).collect();
+        let mine: Vec<&Measurement> = all.iter().copied().filter(|m| m.used).collect();
+        match (all.first(), mine.is_empty()) {
+            (None, _) => (
+                UNMEASURED,
+                "not measured: no results for it were given".to_string(),
+            ),
+            (Some(stand_in), true) => (UNMEASURED, stand_in_only(stand_in, &all)),
+            (Some(_), false) => judge(answers, &mine),
+        }
+    });
     Some(Criterion {
         name: "measured",
         weight: WEIGHT,
-        judged: judged.try_into().expect("three brokers"),
+        judged,
     })
 }
 
 /// How each broker's dead-letter path works, for the measured reason.
-const DEAD_LETTER_PATH: [&str; 3] = [
-    "natively (delivery limit and dead-letter exchange)",
-    "through the advisory bridge (max_deliver advisories captured in a stream)",
-    "by application code in the consumer (a dead-letter topic)",
-];
+fn dead_letter_path(kind: BrokerKind) -> &'static str {
+    match kind {
+        BrokerKind::Rabbitmq => "natively (delivery limit and dead-letter exchange)",
+        BrokerKind::Jetstream => {
+            "through the advisory bridge (max_deliver advisories captured in a stream)"
+        }
+        BrokerKind::Kafka => "by application code in the consumer (a dead-letter topic)",
+    }
+}
 
 /// The dead-letter criterion with failure runs as evidence: per broker
 /// measured in such a run, its dead-lettering figures join the reason, and
@@ -279,10 +189,10 @@ const DEAD_LETTER_PATH: [&str; 3] = [
 /// that could be processed was dead-lettered). Poison messages still held
 /// or unverified at the end move nothing. The reason says what moved.
 pub fn dead_letter_criterion(criterion: &mut Criterion, measured: &[Measurement]) {
-    for (i, kind) in crate::kind::ALL.iter().enumerate() {
+    for kind in crate::kind::ALL {
         let runs: Vec<&DeadLetters> = measured
             .iter()
-            .filter(|m| m.broker == *kind && m.used)
+            .filter(|m| m.broker == kind && m.used)
             .filter_map(|m| m.dead_letters.as_ref())
             .collect();
         if runs.is_empty() {
@@ -299,7 +209,7 @@ pub fn dead_letter_criterion(criterion: &mut Criterion, measured: &[Measurement]
         // asked about, were neither dead-lettered nor lost: they count for
         // nothing either way.
         let unknown = poison.saturating_sub(dead + lost);
-        let (score, reason) = &mut criterion.judged[i];
+        let (score, reason) = criterion.judged.get_mut(kind);
         let before = *score;
         if dead + lost > 0 {
             *score *= dead as f64 / (dead + lost) as f64;
@@ -318,7 +228,7 @@ pub fn dead_letter_criterion(criterion: &mut Criterion, measured: &[Measurement]
         };
         let mut measured = format!(
             "measured: dead-lettered {dead} of {poison} poison messages{share} {}",
-            DEAD_LETTER_PATH[i]
+            dead_letter_path(kind)
         );
         if unknown > 0 {
             measured.push_str(&format!(
@@ -439,4 +349,39 @@ fn judge(answers: &Answers, mine: &[&Measurement]) -> Judged {
     }
     let score = (score.clamp(0.0, 10.0) * 10.0).round() / 10.0;
     (score, reasons.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::run::memory::Knobs;
+    use crate::run::tests::{plan, run, With};
+
+    #[tokio::test]
+    async fn evidence_is_read_through_the_one_reader_older_files_included() {
+        let plan = plan("[[faults]]\nat = \"100ms\"\naction = \"kill\"\nduration = \"200ms\"\n")
+            .with(|p| p.load.duration = Duration::from_millis(600));
+        let (_, mut json) = run(&plan, Knobs::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let today = dir.path().join("results.json");
+        std::fs::write(&today, json.to_string()).unwrap();
+        let m = load(&[today], false).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].broker, m[0].faults, m[0].lost), (BrokerKind::Rabbitmq, 1, 0));
+        assert_eq!(m[0].unrecovered_faults, 0);
+        assert!(m[0].worst_recovery_s.is_some() && m[0].complete && m[0].used);
+
+        // A file from before the recovery verdict: publishing that never
+        // came back counts as not recovered, as it did then.
+        let fault = &mut json["brokers"][0]["faults"][0];
+        fault.as_object_mut().unwrap().remove("recovered");
+        fault["publish_recovered_after_s"] = serde_json::Value::Null;
+        let older = dir.path().join("older.json");
+        std::fs::write(&older, json.to_string()).unwrap();
+        let m = load(&[older], false).unwrap();
+        assert_eq!(m[0].unrecovered_faults, 1);
+        assert_eq!(m[0].worst_recovery_s, None);
+    }
 }

@@ -1,42 +1,95 @@
 //! What is known about each broker, as scores from 0 to 10 with the reason
 //! in plain words. docs/advisor.md gives the sources.
 
-use super::answers::{Answers, DeadLetter, Delivery, Hosting, Language, Ordering, Replay};
+use super::answers::{
+    Answers, DeadLetter, Delivery, Hosting, Language, Ordering, Replay, RATE_ANY,
+    RATE_SINGLE_QUEUE, RATE_SINGLE_STREAM,
+};
+use crate::kind::BrokerKind;
 
 /// A score and its reason, for one broker.
 pub type Judged = (f64, String);
 
-/// One criterion: its name, its weight for these answers, and per broker (in
-/// [`crate::kind::ALL`] order) a score and a reason.
+/// One value per broker, named by broker. Keyed, not positional: a broker
+/// added to [`BrokerKind`] is a compile error here (in [`PerBroker::get`])
+/// and in every fact written for the others, until its own are written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PerBroker<T> {
+    pub rabbitmq: T,
+    pub jetstream: T,
+    pub kafka: T,
+}
+
+impl<T> PerBroker<T> {
+    /// Each broker's value from `f`.
+    pub fn from_fn(mut f: impl FnMut(BrokerKind) -> T) -> Self {
+        PerBroker {
+            rabbitmq: f(BrokerKind::Rabbitmq),
+            jetstream: f(BrokerKind::Jetstream),
+            kafka: f(BrokerKind::Kafka),
+        }
+    }
+
+    /// The value of `kind`.
+    pub fn get(&self, kind: BrokerKind) -> &T {
+        match kind {
+            BrokerKind::Rabbitmq => &self.rabbitmq,
+            BrokerKind::Jetstream => &self.jetstream,
+            BrokerKind::Kafka => &self.kafka,
+        }
+    }
+
+    /// The value of `kind`, to change.
+    pub fn get_mut(&mut self, kind: BrokerKind) -> &mut T {
+        match kind {
+            BrokerKind::Rabbitmq => &mut self.rabbitmq,
+            BrokerKind::Jetstream => &mut self.jetstream,
+            BrokerKind::Kafka => &mut self.kafka,
+        }
+    }
+}
+
+/// One criterion: its name, its weight for these answers, and per broker a
+/// score and a reason.
 #[derive(Clone, Debug)]
 pub struct Criterion {
     pub name: &'static str,
     pub weight: f64,
-    pub judged: [Judged; 3],
+    pub judged: PerBroker<Judged>,
 }
 
-fn judged(r: (f64, &str), j: (f64, &str), k: (f64, &str)) -> [Judged; 3] {
-    [
-        (r.0, r.1.to_string()),
-        (j.0, j.1.to_string()),
-        (k.0, k.1.to_string()),
-    ]
+fn judged(rabbitmq: (f64, &str), jetstream: (f64, &str), kafka: (f64, &str)) -> PerBroker<Judged> {
+    let owned = |(score, reason): (f64, &str)| (score, reason.to_string());
+    PerBroker {
+        rabbitmq: owned(rabbitmq),
+        jetstream: owned(jetstream),
+        kafka: owned(kafka),
+    }
+}
+
+/// Facts written per broker in RabbitMQ, JetStream, Kafka order.
+fn per<T>(rabbitmq: T, jetstream: T, kafka: T) -> PerBroker<T> {
+    PerBroker {
+        rabbitmq,
+        jetstream,
+        kafka,
+    }
 }
 
 /// How mature the client for `language` is on each broker: score, and the
 /// client a team would use.
-pub fn clients(language: Language) -> [(f64, &'static str); 3] {
+pub fn clients(language: Language) -> PerBroker<(f64, &'static str)> {
     use Language::*;
     match language {
-        Go => [
+        Go => per(
             (10.0, "amqp091-go, maintained by the RabbitMQ team"),
             (10.0, "nats.go, the reference client, by the NATS team"),
             (
                 9.0,
                 "confluent-kafka-go (librdkafka) or franz-go, both mature",
             ),
-        ],
-        Python => [
+        ),
+        Python => per(
             (
                 9.0,
                 "pika and aio-pika, long-lived and documented by RabbitMQ",
@@ -46,8 +99,8 @@ pub fn clients(language: Language) -> [(f64, &'static str); 3] {
                 "nats-py, official, asyncio only, JetStream API thinner than Go's",
             ),
             (10.0, "confluent-kafka-python (librdkafka), by Confluent"),
-        ],
-        Node => [
+        ),
+        Node => per(
             (
                 8.0,
                 "amqplib, community but the de-facto client for a decade",
@@ -57,32 +110,32 @@ pub fn clients(language: Language) -> [(f64, &'static str); 3] {
                 8.0,
                 "confluent-kafka-javascript (new) or KafkaJS (barely maintained)",
             ),
-        ],
-        Java => [
+        ),
+        Java => per(
             (10.0, "the RabbitMQ Java client, by the RabbitMQ team"),
             (9.0, "jnats, official"),
             (10.0, "the Apache Kafka Java client, the reference"),
-        ],
-        Dotnet => [
+        ),
+        Dotnet => per(
             (10.0, "RabbitMQ.Client, by the RabbitMQ team"),
             (9.0, "NATS.Net, official"),
             (10.0, "confluent-kafka-dotnet (librdkafka), by Confluent"),
-        ],
-        Rust => [
+        ),
+        Rust => per(
             (7.0, "lapin, community maintained"),
             (9.0, "async-nats, official"),
             (8.0, "rust-rdkafka (librdkafka), community maintained"),
-        ],
-        Ruby => [
+        ),
+        Ruby => per(
             (8.0, "Bunny, community, long established"),
             (6.0, "nats-pure, official but less used"),
             (8.0, "rdkafka-ruby / Karafka, community, active"),
-        ],
-        Php => [
+        ),
+        Php => per(
             (8.0, "php-amqplib, community, widely used"),
             (4.0, "community clients only, JetStream support partial"),
             (7.0, "php-rdkafka (librdkafka), community"),
-        ],
+        ),
     }
 }
 
@@ -131,34 +184,27 @@ fn dead_letter(a: &Answers) -> Criterion {
 
 fn languages(a: &Answers) -> Criterion {
     // The weakest client among the languages sets each broker's score.
-    let judged: Vec<Judged> = (0..3)
-        .map(|i| {
-            let weakest = a
-                .languages
-                .iter()
-                .map(|l| (clients(*l)[i].0, *l))
-                .min_by(|x, y| x.0.total_cmp(&y.0))
-                .expect("at least one language");
-            let list = a
-                .languages
-                .iter()
-                .map(|l| format!("{}: {}", super::answers::value(l), clients(*l)[i].1))
-                .collect::<Vec<_>>()
-                .join("; ");
-            (weakest.0, list)
-        })
-        .collect();
+    let judged = PerBroker::from_fn(|kind| {
+        let weakest = a
+            .languages
+            .iter()
+            .map(|l| (clients(*l).get(kind).0, *l))
+            .min_by(|x, y| x.0.total_cmp(&y.0))
+            .expect("at least one language");
+        let list = a
+            .languages
+            .iter()
+            .map(|l| format!("{}: {}", super::answers::value(l), clients(*l).get(kind).1))
+            .collect::<Vec<_>>()
+            .join("; ");
+        (weakest.0, list)
+    });
     Criterion {
         name: "client languages",
         weight: if a.languages.len() > 1 { 2.0 } else { 1.0 },
-        judged: judged.try_into().expect("three brokers"),
+        judged,
     }
 }
-
-/// Rate thresholds, in events per second.
-pub const RATE_ANY: f64 = 500.0;
-pub const RATE_SINGLE_QUEUE: f64 = 20_000.0;
-pub const RATE_SINGLE_STREAM: f64 = 100_000.0;
 
 fn rate(a: &Answers) -> Criterion {
     let r = a.rate;
@@ -454,8 +500,8 @@ fn fan_out(a: &Answers) -> Criterion {
 }
 
 fn operations(a: &Answers) -> Criterion {
-    let base: [(f64, &str); 3] = match a.hosting {
-        Hosting::SelfHosted => [
+    let base = match a.hosting {
+        Hosting::SelfHosted => per(
             (
                 7.0,
                 "self-hosted: one Erlang service; quorum queues want three nodes",
@@ -468,33 +514,30 @@ fn operations(a: &Answers) -> Criterion {
                 4.0,
                 "self-hosted: JVM brokers plus KRaft controllers, partitions to plan and rebalance",
             ),
-        ],
-        Hosting::Managed => [
+        ),
+        Hosting::Managed => per(
             (8.0, "managed: Amazon MQ, CloudAMQP and others offer it"),
             (6.0, "managed: Synadia Cloud; fewer providers"),
             (
                 10.0,
                 "managed: offered by every large cloud and by Confluent, Aiven and others",
             ),
-        ],
+        ),
     };
-    let judged: Vec<Judged> = crate::kind::ALL
-        .iter()
-        .zip(base)
-        .map(|(kind, (score, reason))| {
-            if a.experience.contains(kind) {
-                (
-                    (score + 3.0).min(10.0),
-                    format!("{reason}; the team already runs it"),
-                )
-            } else {
-                (score, reason.to_string())
-            }
-        })
-        .collect();
+    let judged = PerBroker::from_fn(|kind| {
+        let (score, reason): (f64, &str) = *base.get(kind);
+        if a.experience.contains(&kind) {
+            (
+                (score + 3.0).min(10.0),
+                format!("{reason}; the team already runs it"),
+            )
+        } else {
+            (score, reason.to_string())
+        }
+    });
     Criterion {
         name: "operations",
         weight: 1.5,
-        judged: judged.try_into().expect("three brokers"),
+        judged,
     }
 }

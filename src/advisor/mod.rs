@@ -106,13 +106,15 @@ pub fn advise(answers: &Answers, defaulted: Vec<&'static str>, measured: &[Measu
             changed_ranking: order(&without) != order(&ranking),
             ranking_without: order(&without),
             effects: crate::kind::ALL
-                .iter()
-                .zip(&c.judged)
-                .map(|(kind, (score, reason))| Effect {
-                    broker: *kind,
-                    weight: c.weight,
-                    score: *score,
-                    reason: reason.clone(),
+                .into_iter()
+                .map(|kind| {
+                    let (score, reason) = c.judged.get(kind);
+                    Effect {
+                        broker: kind,
+                        weight: c.weight,
+                        score: *score,
+                        reason: reason.clone(),
+                    }
                 })
                 .collect(),
         }
@@ -133,16 +135,15 @@ pub fn advise(answers: &Answers, defaulted: Vec<&'static str>, measured: &[Measu
 fn rank(criteria: &[Criterion]) -> Vec<Ranked> {
     let total_weight: f64 = criteria.iter().map(|c| c.weight).sum();
     let mut ranked: Vec<Ranked> = crate::kind::ALL
-        .iter()
-        .enumerate()
-        .map(|(i, kind)| {
+        .into_iter()
+        .map(|kind| {
             let mut scored: Vec<Scored> = criteria
                 .iter()
                 .map(|c| Scored {
                     criterion: c.name,
                     weight: c.weight,
-                    score: c.judged[i].0,
-                    reason: c.judged[i].1.clone(),
+                    score: c.judged.get(kind).0,
+                    reason: c.judged.get(kind).1.clone(),
                 })
                 .collect();
             let sum: f64 = scored.iter().map(|s| s.weight * s.score).sum();
@@ -159,7 +160,7 @@ fn rank(criteria: &[Criterion]) -> Vec<Ranked> {
                 .map(|s| format!("{} ({}/10): {}", s.criterion, s.score, s.reason))
                 .collect();
             Ranked {
-                broker: *kind,
+                broker: kind,
                 score,
                 reasons,
                 criteria: scored,

@@ -126,22 +126,22 @@ fn start_line(plan: &Plan) -> String {
 /// letters, the find-max search, the harness, and their notes.
 fn tables(results: &Results) -> String {
     let layout = table::Layout::of_terminal();
-    let mut tables = table::summary(&results, layout).to_string();
+    let mut tables = table::summary(results, layout).to_string();
     if !results.scenario.publish_only() {
-        tables.push_str(&format!("\n{}", table::groups(&results, layout)));
+        tables.push_str(&format!("\n{}", table::groups(results, layout)));
     }
-    if let Some(dead_letters) = table::dead_letters(&results, layout) {
+    if let Some(dead_letters) = table::dead_letters(results, layout) {
         tables.push_str(&format!("\n{dead_letters}"));
     }
-    if let Some(search) = table::find_max(&results, layout) {
+    if let Some(search) = table::find_max(results, layout) {
         tables.push_str(&format!("\n{search}"));
     }
-    if let Some(harness) = table::harness(&results, layout) {
+    if let Some(harness) = table::harness(results, layout) {
         tables.push_str(&format!("\n{harness}"));
     }
-    for note in table::notes(&results, layout)
+    for note in table::notes(results, layout)
         .into_iter()
-        .chain(table::harness_warnings(&results))
+        .chain(table::harness_warnings(results))
     {
         tables.push('\n');
         tables.push_str(&note);
