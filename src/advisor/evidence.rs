@@ -369,7 +369,10 @@ mod tests {
         std::fs::write(&today, json.to_string()).unwrap();
         let m = load(&[today], false).unwrap();
         assert_eq!(m.len(), 1);
-        assert_eq!((m[0].broker, m[0].faults, m[0].lost), (BrokerKind::Rabbitmq, 1, 0));
+        assert_eq!(
+            (m[0].broker, m[0].faults, m[0].lost),
+            (BrokerKind::Rabbitmq, 1, 0)
+        );
         assert_eq!(m[0].unrecovered_faults, 0);
         assert!(m[0].worst_recovery_s.is_some() && m[0].complete && m[0].used);
 

@@ -1,7 +1,7 @@
 //! brokerbench in CI, as a pipeline uses it: thresholds that pass or fail a
 //! run, on real brokers with the real binary.
 
-mod util;
+use crate::util;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

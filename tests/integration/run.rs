@@ -1,6 +1,6 @@
 //! `brokerbench run` as a user runs it: real brokers, the real binary.
 
-mod util;
+use crate::util;
 
 use std::path::Path;
 use std::process::{Output, Stdio};

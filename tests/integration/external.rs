@@ -4,7 +4,7 @@
 //! daemon of its own, and the commands are the shell lines an operator would
 //! write (kill -9 by pid file, start again on the same port and store).
 
-mod util;
+use crate::util;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -3,7 +3,7 @@
 //! evidence from a real run changing the ranking, and a written scenario that
 //! `brokerbench run` runs.
 
-mod util;
+use crate::util;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: the brokerbench binary, and
 //! process inspection through /proc so tests can prove nothing was left running.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::PathBuf;
 use std::process::Command;

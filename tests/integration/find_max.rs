@@ -3,7 +3,7 @@
 //! tight SLO finds a lower one, and every step is in the results and the
 //! tables.
 
-mod util;
+use crate::util;
 
 use serde_json::Value;
 use util::run_command;

@@ -1,7 +1,7 @@
 //! Faults on a timeline against real brokers: what happens to the orders
 //! when the broker crashes, is paused, or never comes back.
 
-mod util;
+use crate::util;
 
 use std::path::Path;
 use std::process::Output;

@@ -2,7 +2,7 @@
 //! dead-letter destination, a crash during their retries loses none on
 //! durable settings, and a known-lossy set-up is caught.
 
-mod util;
+use crate::util;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! `brokerbench env ...` as a user runs it: the real binary, real brokers,
 //! real signals.
 
-mod util;
+use crate::util;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

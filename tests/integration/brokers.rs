@@ -3,7 +3,7 @@
 //! read back what was persisted before the crash; pause and resume it;
 //! restart it gracefully; and leave nothing running.
 
-mod util;
+use crate::util;
 
 use std::time::Duration;
 

@@ -3,8 +3,6 @@
 //! not acknowledged; publish only (with no headers), the broker's count of
 //! what it stores.
 
-mod util;
-
 use std::path::Path;
 use std::time::Duration;
 
