@@ -1,7 +1,11 @@
 //! RabbitMQ: AMQP 0-9-1 through lapin; locally, the release's own
 //! `rabbitmq-server` script with a private node name, ports, cookie and epmd.
 
+mod consumer;
 mod driver;
+mod producer;
+mod session;
+mod topology;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,8 @@ use super::{Broker, Helper, Info, Install, Launch, PortRole, Ports};
 use crate::broker::Endpoint;
 use crate::driver::{timed, Driver};
 use crate::scenario::Plan;
-use driver::{open_connection, RabbitMqDriver};
+use driver::RabbitMqDriver;
+use session::open_connection;
 
 static INFO: Info = Info {
     display_name: "RabbitMQ",
