@@ -19,7 +19,7 @@ use statrs::distribution::{ContinuousCDF, Normal};
 
 use crate::kind::BrokerKind;
 use crate::metrics::decode_histogram;
-use crate::results::{BrokerResult, IntervalSeries, Results};
+use crate::results::{BrokerResult, GroupResult, IntervalSeries, Results};
 
 /// The schema identifier of `compare --format json`.
 pub const SCHEMA: &str = "brokerbench.compare/v1";
@@ -278,6 +278,23 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
             };
             rows.push(judge(what, old, new, allowance));
         };
+    publish_rows(b, c, &mut add);
+    for g in &b.groups {
+        let Some(cg) = c.groups.iter().find(|x| x.group == g.group) else {
+            continue;
+        };
+        group_rows(b, c, g, cg, &mut add);
+    }
+    recovery_rows(b, c, &mut add);
+    rows
+}
+
+/// The publishing rows, through `add`: the confirmed rate and latency quantiles.
+fn publish_rows(
+    b: &BrokerResult,
+    c: &BrokerResult,
+    add: &mut impl FnMut(Option<&str>, &str, &str, bool, [Measured; 2]),
+) {
     let rate = |r: &BrokerResult| Measured {
         value: Some(r.publish.confirmed_per_s),
         evidence: Evidence::Seconds(as_f64(r.steady(&r.series.confirmed))),
@@ -296,66 +313,79 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
         };
         add(None, metric, "us", false, [m(b), m(c)]);
     }
-    for g in &b.groups {
-        let Some(cg) = c.groups.iter().find(|x| x.group == g.group) else {
-            continue;
-        };
-        let group = Some(g.group.as_str());
-        let rate = |r: &BrokerResult, rate_per_s: f64| Measured {
-            value: Some(rate_per_s),
-            evidence: Evidence::Seconds(
-                r.series
-                    .delivered
-                    .get(&g.group)
-                    .map(|s| as_f64(r.steady(s)))
-                    .unwrap_or_default(),
-            ),
+}
+
+/// Group `g`'s rows against `cg`, through `add`: delivery, latency, lost, duplicates.
+fn group_rows(
+    b: &BrokerResult,
+    c: &BrokerResult,
+    g: &GroupResult,
+    cg: &GroupResult,
+    add: &mut impl FnMut(Option<&str>, &str, &str, bool, [Measured; 2]),
+) {
+    let group = Some(g.group.as_str());
+    let rate = |r: &BrokerResult, rate_per_s: f64| Measured {
+        value: Some(rate_per_s),
+        evidence: Evidence::Seconds(
+            r.series
+                .delivered
+                .get(&g.group)
+                .map(|s| as_f64(r.steady(s)))
+                .unwrap_or_default(),
+        ),
+        never: false,
+    };
+    add(
+        group,
+        "delivery_rate",
+        "msg/s",
+        true,
+        [rate(b, g.rate_per_s), rate(c, cg.rate_per_s)],
+    );
+    for (metric, q) in [
+        ("end_to_end_p50", 0.5),
+        ("end_to_end_p99", 0.99),
+        ("end_to_end_p999", 0.999),
+    ] {
+        let m = |r: &BrokerResult| Measured {
+            value: r
+                .latency_us
+                .end_to_end
+                .get(&g.group)
+                .and_then(|s| pick(s, q)),
+            evidence: Evidence::Seconds(quantiles(
+                r,
+                r.series.end_to_end_latency_us.get(&g.group),
+                q,
+            )),
             never: false,
         };
-        add(
-            group,
-            "delivery_rate",
-            "msg/s",
-            true,
-            [rate(b, g.rate_per_s), rate(c, cg.rate_per_s)],
-        );
-        for (metric, q) in [
-            ("end_to_end_p50", 0.5),
-            ("end_to_end_p99", 0.99),
-            ("end_to_end_p999", 0.999),
-        ] {
-            let m = |r: &BrokerResult| Measured {
-                value: r
-                    .latency_us
-                    .end_to_end
-                    .get(&g.group)
-                    .and_then(|s| pick(s, q)),
-                evidence: Evidence::Seconds(quantiles(
-                    r,
-                    r.series.end_to_end_latency_us.get(&g.group),
-                    q,
-                )),
-                never: false,
-            };
-            add(group, metric, "us", false, [m(b), m(c)]);
-        }
-        for (metric, old, new, evidence) in [
-            ("lost", g.lost(), cg.lost(), Evidence::AnyChange),
-            (
-                "duplicates",
-                g.account.duplicates,
-                cg.account.duplicates,
-                Evidence::MoreThan(0.0),
-            ),
-        ] {
-            let m = |v: u64| Measured {
-                value: Some(v as f64),
-                evidence: evidence.clone(),
-                never: false,
-            };
-            add(group, metric, "count", false, [m(old), m(new)]);
-        }
+        add(group, metric, "us", false, [m(b), m(c)]);
     }
+    for (metric, old, new, evidence) in [
+        ("lost", g.lost(), cg.lost(), Evidence::AnyChange),
+        (
+            "duplicates",
+            g.account.duplicates,
+            cg.account.duplicates,
+            Evidence::MoreThan(0.0),
+        ),
+    ] {
+        let m = |v: u64| Measured {
+            value: Some(v as f64),
+            evidence: evidence.clone(),
+            never: false,
+        };
+        add(group, metric, "count", false, [m(old), m(new)]);
+    }
+}
+
+/// The recovery rows, through `add`: one per fault, the runs' faults paired in order.
+fn recovery_rows(
+    b: &BrokerResult,
+    c: &BrokerResult,
+    add: &mut impl FnMut(Option<&str>, &str, &str, bool, [Measured; 2]),
+) {
     for (i, (fb, fc)) in b.faults.iter().zip(&c.faults).enumerate() {
         // One value per run; client backoff moves it by about a second.
         let m = |f: &crate::results::FaultResult| Measured {
@@ -371,7 +401,6 @@ fn broker_rows(b: &BrokerResult, c: &BrokerResult, allowance: Allowance) -> Vec<
         );
         add(None, &metric, "s", false, [m(fb), m(fc)]);
     }
-    rows
 }
 
 /// Which figure a row is about.

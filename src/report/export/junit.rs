@@ -7,7 +7,7 @@ use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::Writer;
 
 use super::{broker_label, Document, Exporter};
-use crate::results::Results;
+use crate::results::{BrokerResult, Results};
 
 /// The JUnit exporter.
 pub struct Junit;
@@ -73,70 +73,9 @@ impl Exporter for Junit {
             ],
         )?;
         for r in runs {
-            let incomplete = usize::from(!r.complete).to_string();
-            open(
-                &mut w,
-                "testsuite",
-                &[
-                    ("name", &format!("{} run", r.scenario.name)),
-                    ("tests", "1"),
-                    ("failures", &incomplete),
-                    ("errors", "0"),
-                    ("timestamp", &r.started_at),
-                ],
-            )?;
-            let failure = (!r.complete).then(|| {
-                let why = r
-                    .incomplete_reason
-                    .as_deref()
-                    .unwrap_or("not every broker was measured");
-                ("incomplete", format!("incomplete: {why}"))
-            });
-            case(&mut w, "complete", "brokerbench.run", failure)?;
-            close(&mut w, "testsuite")?;
-
+            run_suite(&mut w, r)?;
             for b in &r.brokers {
-                let failed = b.checks.iter().filter(|c| !c.passed).count();
-                let attributes = [
-                    (
-                        "name",
-                        format!("{} on {}", r.scenario.name, broker_label(b)),
-                    ),
-                    ("tests", b.checks.len().to_string()),
-                    ("failures", failed.to_string()),
-                    ("errors", "0".into()),
-                    ("timestamp", r.started_at.clone()),
-                    ("time", b.load.steady_seconds.to_string()),
-                ];
-                let attributes: Vec<(&str, &str)> =
-                    attributes.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                open(&mut w, "testsuite", &attributes)?;
-
-                let mut props = vec![
-                    ("implementation", b.implementation.as_str()),
-                    ("endpoint", b.endpoint.as_str()),
-                    ("environment", r.environment.as_str()),
-                ];
-                if let Some(product) = &b.stand_in_for {
-                    props.push(("stand_in_for", product.as_str()));
-                }
-                open(&mut w, "properties", &[])?;
-                for (name, value) in props {
-                    let mut p = BytesStart::new("property");
-                    p.push_attribute(("name", name));
-                    p.push_attribute(("value", value));
-                    w.write_event(Event::Empty(p))?;
-                }
-                close(&mut w, "properties")?;
-
-                let class = format!("brokerbench.{}", b.broker);
-                for c in &b.checks {
-                    let name = c.condition(&b.faults);
-                    let failure = (!c.passed)
-                        .then(|| ("check", format!("{name}: measured {}", c.measured())));
-                    case(&mut w, &name, &class, failure)?;
-                }
-                close(&mut w, "testsuite")?;
+                broker_suite(&mut w, r, b)?;
             }
         }
         close(&mut w, "testsuites")?;
@@ -147,4 +86,76 @@ impl Exporter for Junit {
             content,
         }])
     }
+}
+
+/// The run's `<testsuite>`, holding its one `complete` testcase.
+fn run_suite(w: &mut Xml, r: &Results) -> Result<()> {
+    let incomplete = usize::from(!r.complete).to_string();
+    open(
+        w,
+        "testsuite",
+        &[
+            ("name", &format!("{} run", r.scenario.name)),
+            ("tests", "1"),
+            ("failures", &incomplete),
+            ("errors", "0"),
+            ("timestamp", &r.started_at),
+        ],
+    )?;
+    let failure = (!r.complete).then(|| {
+        let why = r
+            .incomplete_reason
+            .as_deref()
+            .unwrap_or("not every broker was measured");
+        ("incomplete", format!("incomplete: {why}"))
+    });
+    case(w, "complete", "brokerbench.run", failure)?;
+    close(w, "testsuite")
+}
+
+/// Broker `b`'s `<testsuite>`: its properties and a testcase per check.
+fn broker_suite(w: &mut Xml, r: &Results, b: &BrokerResult) -> Result<()> {
+    let failed = b.checks.iter().filter(|c| !c.passed).count();
+    let attributes = [
+        (
+            "name",
+            format!("{} on {}", r.scenario.name, broker_label(b)),
+        ),
+        ("tests", b.checks.len().to_string()),
+        ("failures", failed.to_string()),
+        ("errors", "0".into()),
+        ("timestamp", r.started_at.clone()),
+        ("time", b.load.steady_seconds.to_string()),
+    ];
+    let attributes: Vec<(&str, &str)> = attributes.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    open(w, "testsuite", &attributes)?;
+    properties(w, r, b)?;
+
+    let class = format!("brokerbench.{}", b.broker);
+    for c in &b.checks {
+        let name = c.condition(&b.faults);
+        let failure = (!c.passed).then(|| ("check", format!("{name}: measured {}", c.measured())));
+        case(w, &name, &class, failure)?;
+    }
+    close(w, "testsuite")
+}
+
+/// Broker `b`'s `<properties>`: what ran, where, and what it stands in for.
+fn properties(w: &mut Xml, r: &Results, b: &BrokerResult) -> Result<()> {
+    let mut props = vec![
+        ("implementation", b.implementation.as_str()),
+        ("endpoint", b.endpoint.as_str()),
+        ("environment", r.environment.as_str()),
+    ];
+    if let Some(product) = &b.stand_in_for {
+        props.push(("stand_in_for", product.as_str()));
+    }
+    open(w, "properties", &[])?;
+    for (name, value) in props {
+        let mut p = BytesStart::new("property");
+        p.push_attribute(("name", name));
+        p.push_attribute(("value", value));
+        w.write_event(Event::Empty(p))?;
+    }
+    close(w, "properties")
 }

@@ -71,6 +71,45 @@ fn markdown_table(mut table: Table) -> String {
 /// One run: the verdict line, what ran, the tables and the failed checks,
 /// with at most `rows` group rows and failed checks each.
 fn one_run(r: &Results, rows: usize) -> String {
+    let mut s = heading(r);
+    if r.brokers.is_empty() {
+        s.push_str("No broker was measured.\n\n");
+        return s;
+    }
+    s.push_str(&markdown_table(table::summary(r, table::Layout::Wide)));
+    s.push_str("\n\n");
+
+    s.push_str(&groups_section(r, rows));
+    if let Some(dead_letters) = table::dead_letters(r, table::Layout::Wide) {
+        let _ = writeln!(s, "### Dead letters\n");
+        s.push_str(&markdown_table(dead_letters));
+        s.push_str("\n\n");
+    }
+    if let Some(search) = table::find_max(r, table::Layout::Wide) {
+        let _ = writeln!(s, "### Highest sustainable rate (--find-max)\n");
+        for found in table::find_max_found(r) {
+            let _ = writeln!(s, "- {found}");
+        }
+        s.push('\n');
+        s.push_str(&markdown_table(search));
+        s.push_str("\n\n");
+    }
+    if let Some(harness) = table::harness(r, table::Layout::Wide) {
+        let _ = writeln!(s, "### The harness itself\n");
+        s.push_str(&markdown_table(harness));
+        s.push_str("\n\n");
+        for warning in table::harness_warnings(r) {
+            let _ = writeln!(s, "> **{warning}**\n");
+        }
+    }
+
+    s.push_str(&failed_checks_section(r, rows));
+    s.push_str(&thresholds_line(r));
+    s
+}
+
+/// The heading: the verdict, what ran, and why incomplete or a stand-in.
+fn heading(r: &Results) -> String {
     let mut s = String::new();
     let verdict = if r.passed() {
         "passed"
@@ -103,13 +142,12 @@ fn one_run(r: &Results, rows: usize) -> String {
     for notice in stand_in_notices(r) {
         let _ = writeln!(s, "> {notice}\n");
     }
-    if r.brokers.is_empty() {
-        s.push_str("No broker was measured.\n\n");
-        return s;
-    }
-    s.push_str(&markdown_table(table::summary(r, table::Layout::Wide)));
-    s.push_str("\n\n");
+    s
+}
 
+/// The consumer groups, at most `rows` rows; empty without groups.
+fn groups_section(r: &Results, rows: usize) -> String {
+    let mut s = String::new();
     let total = r.brokers.iter().map(|b| b.groups.len()).sum::<usize>();
     if total > 0 {
         let groups = table::groups_limited(r, rows, table::Layout::Wide);
@@ -125,29 +163,12 @@ fn one_run(r: &Results, rows: usize) -> String {
         }
         s.push('\n');
     }
-    if let Some(dead_letters) = table::dead_letters(r, table::Layout::Wide) {
-        let _ = writeln!(s, "### Dead letters\n");
-        s.push_str(&markdown_table(dead_letters));
-        s.push_str("\n\n");
-    }
-    if let Some(search) = table::find_max(r, table::Layout::Wide) {
-        let _ = writeln!(s, "### Highest sustainable rate (--find-max)\n");
-        for found in table::find_max_found(r) {
-            let _ = writeln!(s, "- {found}");
-        }
-        s.push('\n');
-        s.push_str(&markdown_table(search));
-        s.push_str("\n\n");
-    }
-    if let Some(harness) = table::harness(r, table::Layout::Wide) {
-        let _ = writeln!(s, "### The harness itself\n");
-        s.push_str(&markdown_table(harness));
-        s.push_str("\n\n");
-        for warning in table::harness_warnings(r) {
-            let _ = writeln!(s, "> **{warning}**\n");
-        }
-    }
+    s
+}
 
+/// The failed checks, at most `rows` of them; empty when none failed.
+fn failed_checks_section(r: &Results, rows: usize) -> String {
+    let mut s = String::new();
     let failed: Vec<String> = r
         .brokers
         .iter()
@@ -172,6 +193,12 @@ fn one_run(r: &Results, rows: usize) -> String {
         }
         s.push('\n');
     }
+    s
+}
+
+/// How many thresholds held; empty when the run has none.
+fn thresholds_line(r: &Results) -> String {
+    let mut s = String::new();
     let thresholds: Vec<bool> = r
         .brokers
         .iter()
