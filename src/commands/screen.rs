@@ -99,6 +99,10 @@ impl Observer for Screen {
             Event::Warning { kind, doing, error } => {
                 self.line(format!("warning: {doing} {kind}: {error:#}"))
             }
+            // On stderr, as warnings of the teardown always were.
+            Event::TeardownFailed { error } => {
+                eprintln!("warning: deleting the run's queues, streams or topics: {error:#}")
+            }
             Event::Placed { .. } => {}
         }
     }

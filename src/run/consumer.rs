@@ -2,6 +2,7 @@
 //! latency histograms on arrival, processes and acknowledges concurrently,
 //! and counts down the confirmed messages it still lacks for the drain.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,49 +43,31 @@ pub(super) async fn consume(
         log: GroupLog::for_group(&group),
         ..GroupOutcome::default()
     };
-    // Once the producers are done: their history, and how many confirmed
-    // messages this group still lacks.
-    let mut sent: Option<Arc<Vec<ProducerLog>>> = None;
-    let mut missing = 0u64;
+    let mut countdown = Countdown::new(Arc::clone(&progress), index);
     let mut closed = false;
     let mut processing = FuturesUnordered::new();
-    let steady_ns = cx.steady_ns();
-    let live = progress
-        .live
-        .as_ref()
-        .and_then(|l| l.groups.get(index))
-        .cloned();
+    let live = progress.live.as_ref().and_then(|l| l.groups.get(index));
+    let live = live.cloned();
     // The reader stops when this group's loop does, whyever it ends.
     let stop_reader = stop.child_token();
-    let (mut dead_letters, reader) = match dead_letters {
-        Some(d) => {
-            let (rx, reader) = read_dead_letters(d, stop_reader.clone());
-            (Some(rx), Some(reader))
-        }
-        None => (None, None),
-    };
+    let reading = dead_letters.map(|d| read_dead_letters(d, stop_reader.clone()));
+    let (mut dead_letters, reader) = reading.unzip();
     loop {
         let (next, dead) = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            changed = published.changed(), if sent.is_none() && !closed => {
+            changed = published.changed(), if countdown.sent.is_none() && !closed => {
                 let logs = published.borrow_and_update().clone();
-                match (changed, logs) {
-                    (Ok(()), Some(logs)) => {
-                        missing = ledger::incomplete(&logs, &out.log);
-                        progress.missing[index].store(missing, Ordering::Relaxed);
-                        sent = Some(logs);
-                    }
-                    (Ok(()), None) => {}
-                    (Err(_), _) => closed = true,
+                closed = changed.is_err();
+                if let (false, Some(logs)) = (closed, logs) {
+                    countdown.start(logs, &out);
                 }
                 continue;
             }
             Some((status, settled)) = processing.next(), if !processing.is_empty() => {
                 processed(&live, status, &settled);
                 if let Err(kind) = settled {
-                    count(&mut out.errors, kind);
-                    out.errors_at.record(cx.since_start(Instant::now()));
+                    out.error(kind, &cx);
                 }
                 continue;
             }
@@ -92,7 +75,7 @@ pub(super) async fn consume(
                 match next {
                     Some(next @ Some(_)) => (next, true),
                     // The reader's subscription ended for good.
-                    Some(None) | None => {
+                    _ => {
                         dead_letters = None;
                         continue;
                     }
@@ -103,8 +86,7 @@ pub(super) async fn consume(
         let incoming = match next {
             None => break,
             Some(Err(kind)) => {
-                count(&mut out.errors, kind);
-                out.errors_at.record(cx.since_start(Instant::now()));
+                out.error(kind, &cx);
                 tokio::time::sleep(Duration::from_millis(10)).await; // no hot loop on a broken subscription
                 continue;
             }
@@ -112,75 +94,20 @@ pub(super) async fn consume(
         };
         let now = Instant::now();
         let envelope = cx.envelope(&incoming.payload);
-        let confirmed = |logs: &Arc<Vec<ProducerLog>>, envelope: &Envelope| {
-            logs.get(envelope.producer as usize)
-                .is_some_and(|p| p.is_confirmed(envelope.seq))
-        };
-        // Counts down a confirmed message this group now has for good.
-        let mut completed = |envelope: &Envelope, out: &mut GroupOutcome| {
-            if sent.as_ref().is_some_and(|logs| confirmed(logs, envelope)) {
-                missing = missing.saturating_sub(1);
-                progress.missing[index].store(missing, Ordering::Relaxed);
-                out.late += u64::from(progress.final_read.load(Ordering::Relaxed));
-            }
-        };
         if dead {
-            let complete = record_dead_letter(&mut out, envelope.as_ref(), &cx, now, &live);
-            if let (true, Some(envelope)) = (complete, &envelope) {
-                completed(envelope, &mut out);
-            }
+            let at = (&cx, now, &live);
+            record_dead_letter(&mut out, envelope.as_ref(), at, Some(&mut countdown));
             processing.push(settle(incoming.settle, Settle::Ack, Duration::ZERO, None));
             continue;
         }
-        let mut decision = None;
-        match &envelope {
-            Some(envelope) => {
-                let first = out.log.record(envelope, incoming.redelivered) == Seen::First;
-                let (since, at) = (cx.since_start(now), cx.ns(now));
-                let latency = Duration::from_nanos(at.saturating_sub(envelope.intended_ns));
-                if first {
-                    out.delivered_at.record(since);
-                    if let Some(live) = &live {
-                        live.delivered.inc();
-                        live.end_to_end_latency.observe(latency.as_secs_f64());
-                    }
-                }
-                if first && envelope.intended_ns >= steady_ns {
-                    out.end_to_end.record(latency);
-                    out.end_to_end_intervals.record(since, latency);
-                    out.end_to_end_service
-                        .record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
-                }
-                out.steady_delivered += u64::from(first && cx.in_steady(now));
-                // With failures a message is complete once processed (or
-                // dead-lettered); without, once delivered.
-                if let Some((d, complete)) = out.log.decide(envelope) {
-                    if complete {
-                        completed(envelope, &mut out);
-                    }
-                    if let Decision::Fail(_) = d {
-                        out.failed_at.record(since);
-                    }
-                    decision = Some(d);
-                } else if first {
-                    completed(envelope, &mut out);
-                }
-                progress.delivered[index].store(out.log.unique(), Ordering::Relaxed);
-            }
-            None => out.log.record_foreign(),
-        }
+        let arrived = (now, incoming.redelivered);
+        let decision = record_delivery(&mut out, envelope, arrived, &cx, &live, &mut countdown);
         // The final read takes what is left at full speed.
-        let work = if progress.final_read.load(Ordering::Relaxed) {
-            Duration::ZERO
-        } else {
-            group.processing_time
+        let work = match progress.final_read.load(Ordering::Relaxed) {
+            true => Duration::ZERO,
+            false => group.processing_time,
         };
-        let (how, work, status) = match decision {
-            Some(Decision::Skip) => (Settle::Ack, Duration::ZERO, Status::Skipped),
-            Some(Decision::Fail(attempt)) => (Settle::Failed { attempt }, work, Status::Failed),
-            _ if incoming.redelivered => (Settle::Ack, work, Status::Retry),
-            _ => (Settle::Ack, work, Status::Ok),
-        };
+        let (how, work, status) = settlement(decision, incoming.redelivered, work);
         processing.push(settle(incoming.settle, how, work, Some(status)));
     }
     // Dead letters the reader read before it stopped are recorded too, and
@@ -190,21 +117,13 @@ pub(super) async fn consume(
         while let Ok(Some(next)) = rx.try_recv() {
             if let Ok(incoming) = next {
                 let envelope = cx.envelope(&incoming.payload);
-                record_dead_letter(&mut out, envelope.as_ref(), &cx, Instant::now(), &live);
+                let at = (&cx, Instant::now(), &live);
+                record_dead_letter(&mut out, envelope.as_ref(), at, None);
                 processing.push(settle(incoming.settle, Settle::Ack, Duration::ZERO, None));
             }
         }
     }
-    // Let messages being processed finish and be acknowledged.
-    let finish = async {
-        while let Some((status, settled)) = processing.next().await {
-            processed(&live, status, &settled);
-            if let Err(kind) = settled {
-                count(&mut out.errors, kind);
-            }
-        }
-    };
-    let _ = tokio::time::timeout(driver::CALL_TIMEOUT, finish).await;
+    finish(&mut processing, &mut out, &live).await;
     let _ = tokio::time::timeout(driver::CALL_TIMEOUT, consumer.close()).await;
     if let Some(reader) = reader {
         let _ = tokio::time::timeout(driver::CALL_TIMEOUT, reader).await;
@@ -212,19 +131,173 @@ pub(super) async fn consume(
     out
 }
 
+/// What this group still lacks for the drain: once the producers are done,
+/// their history, and how many confirmed messages the group does not have
+/// for good yet ([`Progress::missing`]).
+struct Countdown {
+    sent: Option<Arc<Vec<ProducerLog>>>,
+    missing: u64,
+    progress: Arc<Progress>,
+    index: usize,
+}
+
+impl Countdown {
+    /// Group `index`'s countdown, kept in `progress`.
+    fn new(progress: Arc<Progress>, index: usize) -> Self {
+        Countdown {
+            sent: None,
+            missing: 0,
+            progress,
+            index,
+        }
+    }
+
+    /// The producers are done: counts what the group lacks of `logs`.
+    fn start(&mut self, logs: Arc<Vec<ProducerLog>>, out: &GroupOutcome) {
+        self.missing = ledger::incomplete(&logs, &out.log);
+        self.progress.missing[self.index].store(self.missing, Ordering::Relaxed);
+        self.sent = Some(logs);
+    }
+
+    /// Counts down a confirmed message this group now has for good.
+    fn completed(&mut self, envelope: &Envelope, out: &mut GroupOutcome) {
+        let confirmed = self.sent.as_ref().is_some_and(|logs| {
+            logs.get(envelope.producer as usize)
+                .is_some_and(|p| p.is_confirmed(envelope.seq))
+        });
+        if confirmed {
+            self.missing = self.missing.saturating_sub(1);
+            self.progress.missing[self.index].store(self.missing, Ordering::Relaxed);
+            out.late += u64::from(self.progress.final_read.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// Records a delivery that `arrived` (when, and whether the broker flagged
+/// it redelivered): the ledger, the latency of a first delivery, and what
+/// the group decides to do with it (with failures: process, fail on purpose
+/// or skip); none for a message that is not this run's.
+fn record_delivery(
+    out: &mut GroupOutcome,
+    envelope: Option<Envelope>,
+    (now, redelivered): (Instant, bool),
+    cx: &RunContext,
+    live: &Option<GroupMetrics>,
+    countdown: &mut Countdown,
+) -> Option<Decision> {
+    let Some(envelope) = &envelope else {
+        out.log.record_foreign();
+        return None;
+    };
+    let decision = decide(out, envelope, (now, redelivered), cx, live, countdown);
+    countdown.progress.delivered[countdown.index].store(out.log.unique(), Ordering::Relaxed);
+    decision
+}
+
+/// [`record_delivery`] of one of this run's messages.
+fn decide(
+    out: &mut GroupOutcome,
+    envelope: &Envelope,
+    (now, redelivered): (Instant, bool),
+    cx: &RunContext,
+    live: &Option<GroupMetrics>,
+    countdown: &mut Countdown,
+) -> Option<Decision> {
+    let first = out.log.record(envelope, redelivered) == Seen::First;
+    let (since, at) = (cx.since_start(now), cx.ns(now));
+    let latency = Duration::from_nanos(at.saturating_sub(envelope.intended_ns));
+    if first {
+        out.delivered_at.record(since);
+        if let Some(live) = live {
+            live.delivered.inc();
+            live.end_to_end_latency.observe(latency.as_secs_f64());
+        }
+    }
+    if first && envelope.intended_ns >= cx.steady_ns() {
+        out.end_to_end.record(latency);
+        out.end_to_end_intervals.record(since, latency);
+        out.end_to_end_service
+            .record(Duration::from_nanos(at.saturating_sub(envelope.sent_ns)));
+    }
+    out.steady_delivered += u64::from(first && cx.in_steady(now));
+    // With failures a message is complete once processed (or
+    // dead-lettered); without, once delivered.
+    match out.log.decide(envelope) {
+        Some((decision, complete)) => {
+            if complete {
+                countdown.completed(envelope, out);
+            }
+            if let Decision::Fail(_) = decision {
+                out.failed_at.record(since);
+            }
+            Some(decision)
+        }
+        None => {
+            if first {
+                countdown.completed(envelope, out);
+            }
+            None
+        }
+    }
+}
+
+/// How a delivery is settled, after how much simulated `work`, and what
+/// processing it came to: a duplicate is skipped at once, a message failed
+/// on purpose is handed back as failed, the rest acknowledged.
+fn settlement(
+    decision: Option<Decision>,
+    redelivered: bool,
+    work: Duration,
+) -> (Settle, Duration, Status) {
+    match decision {
+        Some(Decision::Skip) => (Settle::Ack, Duration::ZERO, Status::Skipped),
+        Some(Decision::Fail(attempt)) => (Settle::Failed { attempt }, work, Status::Failed),
+        _ if redelivered => (Settle::Ack, work, Status::Retry),
+        _ => (Settle::Ack, work, Status::Ok),
+    }
+}
+
+impl GroupOutcome {
+    /// Counts a receive or ack error, now.
+    fn error(&mut self, kind: ErrorKind, cx: &RunContext) {
+        count(&mut self.errors, kind);
+        self.errors_at.record(cx.since_start(Instant::now()));
+    }
+}
+
+/// Lets messages being processed finish and be acknowledged, for at most
+/// the call timeout.
+async fn finish(
+    processing: &mut FuturesUnordered<
+        impl Future<Output = (Option<Status>, Result<(), ErrorKind>)>,
+    >,
+    out: &mut GroupOutcome,
+    live: &Option<GroupMetrics>,
+) {
+    let finish = async {
+        while let Some((status, settled)) = processing.next().await {
+            processed(live, status, &settled);
+            if let Err(kind) = settled {
+                count(&mut out.errors, kind);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(driver::CALL_TIMEOUT, finish).await;
+}
+
 /// Records a dead letter read from the group's dead-letter destination
-/// (`envelope`: `None` when it is not one of this run's messages); whether
-/// its message is complete now for the first time.
+/// (`envelope`: `None` when it is not one of this run's messages), read at
+/// `now`; counts down its message on `countdown` if that message is
+/// complete now for the first time.
 fn record_dead_letter(
     out: &mut GroupOutcome,
     envelope: Option<&Envelope>,
-    cx: &RunContext,
-    now: Instant,
-    live: &Option<GroupMetrics>,
-) -> bool {
+    (cx, now, live): (&RunContext, Instant, &Option<GroupMetrics>),
+    countdown: Option<&mut Countdown>,
+) {
     let Some(envelope) = envelope else {
         out.log.record_dead_foreign();
-        return false;
+        return;
     };
     let (seen, complete) = out.log.record_dead_letter(envelope);
     if seen == Seen::First {
@@ -236,7 +309,9 @@ fn record_dead_letter(
             live.processed_dead_letter.inc();
         }
     }
-    complete
+    if let (true, Some(countdown)) = (complete, countdown) {
+        countdown.completed(envelope, out);
+    }
 }
 
 /// Reads `dead_letters` in a task of its own until `stop`, then closes it.

@@ -84,6 +84,12 @@ pub enum Event<'a> {
         /// What bound it overran.
         reason: &'a str,
     },
+    /// Deleting the run's queues, streams or topics failed; the results
+    /// stand.
+    TeardownFailed {
+        /// What went wrong.
+        error: &'a anyhow::Error,
+    },
     /// Something failed that does not stop the run.
     Warning {
         /// Which broker.

@@ -42,14 +42,14 @@ use anyhow::{Context, Result};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{Driver, ErrorCounts, ErrorKind, Settings, CALL_TIMEOUT};
+use crate::driver::{Consumer, Driver, ErrorCounts, ErrorKind, Producer, Settings, CALL_TIMEOUT};
 use crate::env::FaultTarget;
 use crate::event::{self, Envelope};
 use crate::metrics::harness::Reading;
 use crate::metrics::live::BrokerMetrics;
 use crate::metrics::{Latency, LatencyIntervals, Timeline};
 use crate::scenario::Plan;
-use events::Observer;
+use events::{Event, Observer};
 use faults::FaultEvent;
 use ledger::{GroupLog, ProducerLog};
 use pacer::Pacer;
@@ -296,6 +296,93 @@ pub async fn measure(
     progress.set_phase(Phase::Setup);
     driver.setup().await.context("setting up the topology")?;
     let epoch = Instant::now();
+    let (consumers, producers) = open_clients(plan, driver).await?;
+
+    // Everything is connected: the clock starts now.
+    let start = Instant::now() + Duration::from_millis(10);
+    let end = start + plan.load.warmup + plan.load.duration;
+    let cx = RunContext {
+        run_id,
+        epoch,
+        start,
+        steady_start: start + plan.load.warmup,
+        end,
+        deadline: end + plan.load.drain_timeout,
+        message_size: plan.load.message_size,
+        encoding: plan.load.encoding,
+        keys: plan.load.keys,
+    };
+    // The publish history, frozen, for the consumers once the producers are done.
+    let (share_logs, published) = tokio::sync::watch::channel(None);
+    let stop_consumers = CancellationToken::new();
+    let groups = (stop_consumers.clone(), published);
+    let mut group_tasks = spawn_groups(plan, consumers, &cx, groups, progress);
+    let producer_tasks = spawn_producers(plan, producers, &cx, progress, cancel);
+    let faults = (target, observer);
+    let loaded = load_and_drain(
+        plan,
+        &cx,
+        producer_tasks,
+        share_logs,
+        faults,
+        cancel,
+        progress,
+    );
+    let mut loaded = loaded.await?;
+
+    progress.set_phase(Phase::Report);
+    stop_consumers.cancel();
+    let mut groups: Vec<(usize, GroupOutcome)> = Vec::new();
+    while let Some(joined) = group_tasks.join_next().await {
+        groups.push(joined.context("a consumer task failed")?);
+    }
+    groups.sort_by_key(|(index, _)| *index);
+    let broker_down = loaded.faults.iter().any(|f| f.ready.is_none());
+    let stored = ask_the_broker(plan, driver, &mut groups, progress, broker_down).await;
+    let settings = driver.settings();
+    let dead_letters_in_flight_seen = driver.sees_dead_letters_in_flight();
+    driver.close().await;
+    // The account is taken: the run's data goes, after the clients closed
+    // (a producer that looks a deleted topic up could have it made again).
+    // A broker that is down keeps it.
+    if !plan.keep_data && !broker_down {
+        teardown(driver, observer).await;
+    }
+    let sample = Envelope {
+        run: run_id,
+        producer: 0,
+        seq: 0,
+        key: 0,
+        intended_ns: 0,
+        sent_ns: 0,
+    };
+    Ok(Measurement {
+        producers: std::mem::take(&mut loaded.producers),
+        publish_logs: loaded.publish_logs,
+        groups: groups.into_iter().map(|(_, g)| g).collect(),
+        faults: loaded.faults,
+        settings,
+        dead_letters_in_flight_seen,
+        message_bytes: event::encode(&sample, plan.load.message_size, plan.load.encoding)
+            .payload
+            .len(),
+        load_start: cx.start,
+        steady_start: cx.steady_start,
+        steady_elapsed: loaded.steady_elapsed,
+        drain_timed_out: loaded.drain.timed_out,
+        drain_elapsed: loaded.drain.elapsed,
+        final_read_elapsed: loaded.final_read_elapsed,
+        cancelled: cancel.is_cancelled(),
+        stored,
+        harness: loaded.harness,
+    })
+}
+
+/// Each group's consumer (and dead-letter reader), then each producer.
+async fn open_clients(
+    plan: &Plan,
+    driver: &dyn Driver,
+) -> Result<(Vec<GroupClients>, Vec<Box<dyn Producer>>)> {
     let mut consumers = Vec::new();
     for group in &plan.consumers {
         let consumer = driver
@@ -319,47 +406,81 @@ pub async fn measure(
                 .with_context(|| format!("creating producer {id}"))?,
         );
     }
+    Ok((consumers, producers))
+}
 
-    // Everything is connected: the clock starts now.
-    let start = Instant::now() + Duration::from_millis(10);
-    let end = start + plan.load.warmup + plan.load.duration;
-    let cx = RunContext {
-        run_id,
-        epoch,
-        start,
-        steady_start: start + plan.load.warmup,
-        end,
-        deadline: end + plan.load.drain_timeout,
-        message_size: plan.load.message_size,
-        encoding: plan.load.encoding,
-        keys: plan.load.keys,
-    };
-    // The publish history, frozen, for the consumers once the producers are done.
-    let (share_logs, published) = tokio::sync::watch::channel(None);
-    let stop_consumers = CancellationToken::new();
+/// One task per consumer group, stopped by `stop` once the account is
+/// taken; `published` gives them the publish history after the load.
+fn spawn_groups(
+    plan: &Plan,
+    consumers: Vec<GroupClients>,
+    cx: &RunContext,
+    (stop, published): (CancellationToken, consumer::PublishedLogs),
+    progress: &Arc<Progress>,
+) -> JoinSet<(usize, GroupOutcome)> {
     let mut group_tasks = JoinSet::new();
     for (index, (consumer, group)) in consumers.into_iter().zip(&plan.consumers).enumerate() {
         let task = consumer::consume(
             consumer,
             group.clone(),
             cx.clone(),
-            (stop_consumers.clone(), published.clone()),
+            (stop.clone(), published.clone()),
             (progress.clone(), index),
         );
         group_tasks.spawn(async move { (index, task.await) });
     }
+    group_tasks
+}
+
+/// One task per producer, each paced on its share of the schedule (closed
+/// loop: unpaced).
+fn spawn_producers(
+    plan: &Plan,
+    producers: Vec<Box<dyn Producer>>,
+    cx: &RunContext,
+    progress: &Arc<Progress>,
+    cancel: &CancellationToken,
+) -> JoinSet<(u32, ProducerOutcome)> {
     let mut producer_tasks = JoinSet::new();
     for (id, producer) in producers.into_iter().enumerate() {
         let id = id as u32;
         let pacer = plan
             .load
             .open_loop()
-            .then(|| Pacer::new(start, plan.load.rate, id, plan.load.producers));
+            .then(|| Pacer::new(cx.start, plan.load.rate, id, plan.load.producers));
         let task = ProducerTask::new(producer, id, plan, cx.clone(), progress.clone());
         let cancel = cancel.clone();
         producer_tasks.spawn(async move { (id, task.run(pacer, cancel).await) });
     }
+    producer_tasks
+}
 
+/// A group's consumer and, with failures, its dead-letter reader.
+type GroupClients = (Box<dyn Consumer>, Option<Box<dyn Consumer>>);
+
+/// What the load, the faults and the drain left.
+struct Loaded {
+    producers: Vec<ProducerOutcome>,
+    publish_logs: Arc<Vec<ProducerLog>>,
+    faults: Vec<FaultEvent>,
+    steady_elapsed: Duration,
+    harness: Option<(Reading, Reading)>,
+    drain: Drain,
+    final_read_elapsed: Duration,
+}
+
+/// The load with its phases and the fault timeline, until the producers
+/// are done; then the drain (the groups get the publish history and count
+/// down what they lack), the rest of the fault timeline, and the final read.
+async fn load_and_drain(
+    plan: &Plan,
+    cx: &RunContext,
+    mut producer_tasks: JoinSet<(u32, ProducerOutcome)>,
+    share_logs: tokio::sync::watch::Sender<Option<Arc<Vec<ProducerLog>>>>,
+    (target, observer): (&mut dyn FaultTarget, &dyn Observer),
+    cancel: &CancellationToken,
+    progress: &Arc<Progress>,
+) -> Result<Loaded> {
     // Load and faults; producers end after their confirmations (or the deadline).
     progress.set_phase(if plan.load.warmup.is_zero() {
         Phase::Steady
@@ -411,13 +532,13 @@ pub async fn measure(
         .cloned()
         .zip(end_reading.get().cloned());
     producer_outcomes.sort_by_key(|(id, _)| *id);
-    let mut producer_outcomes: Vec<ProducerOutcome> =
+    let mut producers: Vec<ProducerOutcome> =
         producer_outcomes.into_iter().map(|(_, o)| o).collect();
 
     // Drain: the consumers get the publish history and count down what they lack.
     progress.set_phase(Phase::Drain);
     let publish_logs: Arc<Vec<ProducerLog>> = Arc::new(
-        producer_outcomes
+        producers
             .iter_mut()
             .map(|p| std::mem::take(&mut p.log))
             .collect(),
@@ -425,13 +546,13 @@ pub async fn measure(
     share_logs.send_replace(Some(Arc::clone(&publish_logs)));
     let drain = drain(progress, cx.deadline, cancel).await;
     // A fault still in progress (a broker slow to come back) ends here.
-    let fault_events = match fault_events {
+    let faults = match fault_events {
         Some(events) => events,
         None => fault_run.await,
     };
     // The final read: what the drain left, read at full speed (Jepsen's);
     // pointless, like asking for the backlog, when the broker is still down.
-    let broker_down = fault_events.iter().any(|f| f.ready.is_none());
+    let broker_down = faults.iter().any(|f| f.ready.is_none());
     let mut final_read_elapsed = Duration::ZERO;
     if drain.timed_out && !cancel.is_cancelled() && !broker_down && !plan.load.final_read.is_zero()
     {
@@ -440,15 +561,28 @@ pub async fn measure(
             .await
             .elapsed;
     }
-    progress.set_phase(Phase::Report);
-    stop_consumers.cancel();
-    let mut groups: Vec<(usize, GroupOutcome)> = Vec::new();
-    while let Some(joined) = group_tasks.join_next().await {
-        groups.push(joined.context("a consumer task failed")?);
-    }
-    groups.sort_by_key(|(index, _)| *index);
-    // What each group still lacks is either still in the broker or lost:
-    // ask the broker, now that the consumers are closed.
+    Ok(Loaded {
+        producers,
+        publish_logs,
+        faults,
+        steady_elapsed,
+        harness,
+        drain,
+        final_read_elapsed,
+    })
+}
+
+/// Asks the broker, now that the consumers are closed, what each group
+/// still lacks that it holds (backlog, not loss); publish only, what it
+/// stores, so that whatever it no longer holds is lost. Not asked while it
+/// is down.
+async fn ask_the_broker(
+    plan: &Plan,
+    driver: &dyn Driver,
+    groups: &mut [(usize, GroupOutcome)],
+    progress: &Progress,
+    broker_down: bool,
+) -> Option<u64> {
     for ((index, outcome), group) in groups.iter_mut().zip(&plan.consumers) {
         outcome.backlog = match progress.missing[*index].load(Ordering::Relaxed) {
             0 => Some(0),
@@ -459,59 +593,23 @@ pub async fn measure(
                 .and_then(Result::ok),
         };
     }
-    // Publish only: whatever the broker no longer holds is lost.
-    let stored = match plan.publish_only() && !broker_down {
+    match plan.publish_only() && !broker_down {
         true => tokio::time::timeout(CALL_TIMEOUT, driver.stored())
             .await
             .ok()
             .and_then(Result::ok),
         false => None,
-    };
-    let settings = driver.settings();
-    let dead_letters_in_flight_seen = driver.sees_dead_letters_in_flight();
-    driver.close().await;
-    // The account is taken: the run's data goes, after the clients closed
-    // (a producer that looks a deleted topic up could have it made again).
-    // A broker that is down keeps it.
-    if !plan.keep_data && !broker_down {
-        let deleted = tokio::time::timeout(2 * CALL_TIMEOUT, driver.teardown()).await;
-        let failed = match deleted {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("{e:#}")),
-            Err(_) => Some("no answer".to_string()),
-        };
-        if let Some(why) = failed {
-            eprintln!("warning: deleting the run's queues, streams or topics: {why}");
-        }
     }
-    let sample = Envelope {
-        run: run_id,
-        producer: 0,
-        seq: 0,
-        key: 0,
-        intended_ns: 0,
-        sent_ns: 0,
+}
+
+/// Deletes the run's queues, streams or topics; a failure is a warning.
+async fn teardown(driver: &dyn Driver, observer: &dyn Observer) {
+    let error = match tokio::time::timeout(2 * CALL_TIMEOUT, driver.teardown()).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(_) => anyhow::anyhow!("no answer"),
     };
-    Ok(Measurement {
-        producers: producer_outcomes,
-        publish_logs,
-        groups: groups.into_iter().map(|(_, g)| g).collect(),
-        faults: fault_events,
-        settings,
-        dead_letters_in_flight_seen,
-        message_bytes: event::encode(&sample, plan.load.message_size, plan.load.encoding)
-            .payload
-            .len(),
-        load_start: cx.start,
-        steady_start: cx.steady_start,
-        steady_elapsed,
-        drain_timed_out: drain.timed_out,
-        drain_elapsed: drain.elapsed,
-        final_read_elapsed,
-        cancelled: cancel.is_cancelled(),
-        stored,
-        harness,
-    })
+    observer.event(Event::TeardownFailed { error: &error });
 }
 
 /// How the drain ended.

@@ -150,36 +150,12 @@ impl ProducerTask {
                 continue;
             }
             if let Some(due) = due.filter(|d| *d <= now && slot) {
-                let seq = self.out.log.attempt();
-                self.progress.attempted[self.id as usize].fetch_add(1, Ordering::Relaxed);
-                let key = rand::random_range(0..self.cx.keys);
-                self.send(
-                    Send {
-                        seq,
-                        key,
-                        due,
-                        attempt: 0,
-                    },
-                    now,
-                )
-                .await;
+                self.send_new(due, now).await;
                 k += 1;
                 continue;
             }
             // Nothing to send yet: wait for the next due time, retry time or answer.
-            let next_retry = self.retries.iter().map(|(at, _)| *at).min();
-            let overdue = (!self.in_flight.is_empty() && self.confirm_timeout.is_some())
-                .then_some(self.overdue_check);
-            let wake = [
-                due.filter(|_| slot),
-                next_retry.filter(|_| slot),
-                overdue,
-                Some(self.cx.deadline),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("the deadline is always there");
+            let wake = self.wake(due, slot);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -197,6 +173,39 @@ impl ProducerTask {
             self.out.unsent = due.saturating_sub(k);
         }
         self.out
+    }
+
+    /// Sends the next new message, due at `due`, at `now`.
+    async fn send_new(&mut self, due: Instant, now: Instant) {
+        let seq = self.out.log.attempt();
+        self.progress.attempted[self.id as usize].fetch_add(1, Ordering::Relaxed);
+        let key = rand::random_range(0..self.cx.keys);
+        let send = Send {
+            seq,
+            key,
+            due,
+            attempt: 0,
+        };
+        self.send(send, now).await;
+    }
+
+    /// When to look again with nothing to send yet: the next due time or
+    /// retry time (when a slot is free), the next overdue check, or the
+    /// deadline.
+    fn wake(&self, due: Option<Instant>, slot: bool) -> Instant {
+        let next_retry = self.retries.iter().map(|(at, _)| *at).min();
+        let overdue = (!self.in_flight.is_empty() && self.confirm_timeout.is_some())
+            .then_some(self.overdue_check);
+        [
+            due.filter(|_| slot),
+            next_retry.filter(|_| slot),
+            overdue,
+            Some(self.cx.deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("the deadline is always there")
     }
 
     /// Sends `send` at `sent`, the time read for this turn.
