@@ -116,7 +116,7 @@ pub struct ReportArgs {
     pub results: Vec<PathBuf>,
     /// The report's format.
     #[arg(long, value_enum)]
-    pub format: crate::report::export::Format,
+    pub(crate) format: crate::report::export::Format,
     /// The file (one-file formats) or directory (several-file formats) to write.
     #[arg(long, value_name = "PATH")]
     pub out: Option<PathBuf>,
@@ -126,7 +126,7 @@ pub struct ReportArgs {
 pub struct AdviseArgs {
     /// One flag per question, from the questions' own definitions.
     #[command(flatten)]
-    pub given: GivenAnswers,
+    pub(crate) given: GivenAnswers,
     /// Answers from a TOML file (keys as in `--json` output's `answers`); flags win.
     #[arg(long, value_name = "FILE")]
     pub answers: Option<PathBuf>,

@@ -19,7 +19,7 @@ use crate::kind::BrokerKind;
 /// Do failed messages need a dead-letter queue?
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum DeadLetter {
+pub(crate) enum DeadLetter {
     /// Failures must be parked and inspected, never dropped or retried forever.
     Required,
     /// Nice to have; the team could write it.
@@ -33,7 +33,7 @@ pub enum DeadLetter {
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
 )]
 #[serde(rename_all = "kebab-case")]
-pub enum Language {
+pub(crate) enum Language {
     Go,
     Python,
     Node,
@@ -47,7 +47,7 @@ pub enum Language {
 /// What must stay in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum Ordering {
+pub(crate) enum Ordering {
     /// Each message stands alone.
     None,
     /// Messages of one key (an order, a user) in order.
@@ -59,7 +59,7 @@ pub enum Ordering {
 /// Must consumers be able to read old messages again?
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum Replay {
+pub(crate) enum Replay {
     /// A message is gone once every group has it.
     No,
     /// Re-read the last hours or days (a new consumer, a bug fix).
@@ -71,7 +71,7 @@ pub enum Replay {
 /// The delivery guarantee the business needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Losing some is acceptable (metrics, presence).
     BestEffort,
     /// Nothing may be lost; duplicates are handled by idempotent consumers.
@@ -83,7 +83,7 @@ pub enum Delivery {
 /// Who runs the brokers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum Hosting {
+pub(crate) enum Hosting {
     /// The team operates them.
     SelfHosted,
     /// A cloud provider's managed service.
@@ -93,60 +93,60 @@ pub enum Hosting {
 /// Answers as given: from a file, flags or the prompts; any may be missing.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GivenAnswers {
-    pub dead_letter: Option<DeadLetter>,
-    pub languages: Option<Vec<Language>>,
-    pub rate: Option<f64>,
-    pub ordering: Option<Ordering>,
-    pub replay: Option<Replay>,
-    pub delivery: Option<Delivery>,
-    pub latency_ms: Option<f64>,
-    pub groups: Option<u32>,
-    pub hosting: Option<Hosting>,
-    pub experience: Option<Vec<BrokerKind>>,
+pub(crate) struct GivenAnswers {
+    pub(crate) dead_letter: Option<DeadLetter>,
+    pub(crate) languages: Option<Vec<Language>>,
+    pub(crate) rate: Option<f64>,
+    pub(crate) ordering: Option<Ordering>,
+    pub(crate) replay: Option<Replay>,
+    pub(crate) delivery: Option<Delivery>,
+    pub(crate) latency_ms: Option<f64>,
+    pub(crate) groups: Option<u32>,
+    pub(crate) hosting: Option<Hosting>,
+    pub(crate) experience: Option<Vec<BrokerKind>>,
 }
 
 /// A complete set of answers.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Answers {
-    pub dead_letter: DeadLetter,
-    pub languages: Vec<Language>,
+pub(crate) struct Answers {
+    pub(crate) dead_letter: DeadLetter,
+    pub(crate) languages: Vec<Language>,
     /// Peak events per second.
-    pub rate: f64,
-    pub ordering: Ordering,
-    pub replay: Replay,
-    pub delivery: Delivery,
+    pub(crate) rate: f64,
+    pub(crate) ordering: Ordering,
+    pub(crate) replay: Replay,
+    pub(crate) delivery: Delivery,
     /// p99 end-to-end latency target in milliseconds; 0 means none.
-    pub latency_ms: f64,
+    pub(crate) latency_ms: f64,
     /// Consumer groups: how many services receive each event.
-    pub groups: u32,
-    pub hosting: Hosting,
+    pub(crate) groups: u32,
+    pub(crate) hosting: Hosting,
     /// Brokers the team already runs in production.
-    pub experience: Vec<BrokerKind>,
+    pub(crate) experience: Vec<BrokerKind>,
 }
 
 /// Where one question's answer lives, and how it may be varied.
 pub(crate) struct Question<T: 'static> {
     /// The key in answers files and JSON; the flag is `--` and the key with dashes.
-    pub key: &'static str,
+    pub(crate) key: &'static str,
     /// The question as asked.
-    pub text: &'static str,
+    pub(crate) text: &'static str,
     /// Why it matters, shown with the prompt.
-    pub why: &'static str,
+    pub(crate) why: &'static str,
     /// The neutral default; `None` for a deciding question, which must be answered.
-    pub default: Option<T>,
+    pub(crate) default: Option<T>,
     /// The default as shown, when it needs words (`0 (no target)`).
-    pub default_shown: Option<&'static str>,
+    pub(crate) default_shown: Option<&'static str>,
     /// The flag's value name in help and messages, when not derived.
-    pub value_name: Option<&'static str>,
+    pub(crate) value_name: Option<&'static str>,
     /// Bounds an answer must keep, said as an error.
-    pub check: fn(&T) -> Result<(), String>,
+    pub(crate) check: fn(&T) -> Result<(), String>,
     /// The answers the flip search tries instead, with their distance.
-    pub nearby: fn(&T) -> Vec<(T, usize)>,
+    pub(crate) nearby: fn(&T) -> Vec<(T, usize)>,
     /// The answer as given.
-    pub given: fn(&mut GivenAnswers) -> &mut Option<T>,
+    pub(crate) given: fn(&mut GivenAnswers) -> &mut Option<T>,
     /// The answer in a complete set.
-    pub answer: fn(&mut Answers) -> &mut T,
+    pub(crate) answer: fn(&mut Answers) -> &mut T,
 }
 
 /// An answer's type: how it is parsed from a flag, written back as one, and
@@ -436,15 +436,15 @@ pub(crate) trait Ask: Sync {
 pub(crate) struct Change {
     /// Steps from the current answer: the next value of a deciding question
     /// or rate band is 1, any other answer 2.
-    pub distance: usize,
+    pub(crate) distance: usize,
     /// The question's key.
-    pub question: &'static str,
+    pub(crate) question: &'static str,
     /// The answer now, as a flag value.
-    pub from: String,
+    pub(crate) from: String,
     /// The answer tried, as a flag value.
-    pub to: String,
+    pub(crate) to: String,
     /// All answers, with this one changed.
-    pub answers: Answers,
+    pub(crate) answers: Answers,
 }
 
 impl<T: Value> Ask for Question<T> {
@@ -608,9 +608,9 @@ fn one_more<T: Choice + Ord, const D: usize>(now: &Vec<T>) -> Vec<(Vec<T>, usize
 
 /// The limits of the rate criterion's bands, in events per second: what
 /// any broker takes on one node, one queue, one stream.
-pub const RATE_ANY: f64 = 500.0;
-pub const RATE_SINGLE_QUEUE: f64 = 20_000.0;
-pub const RATE_SINGLE_STREAM: f64 = 100_000.0;
+pub(crate) const RATE_ANY: f64 = 500.0;
+pub(crate) const RATE_SINGLE_QUEUE: f64 = 20_000.0;
+pub(crate) const RATE_SINGLE_STREAM: f64 = 100_000.0;
 
 /// Rates that stand for each band of the rate criterion.
 const RATE_BANDS: [f64; 4] = [300.0, 5_000.0, 50_000.0, 200_000.0];
@@ -843,7 +843,7 @@ impl clap::FromArgMatches for GivenAnswers {
 
 impl GivenAnswers {
     /// The deciding answers that are missing, as the flags that give them.
-    pub fn missing(&mut self) -> Vec<String> {
+    pub(crate) fn missing(&mut self) -> Vec<String> {
         QUESTIONS
             .iter()
             .filter(|q| q.deciding() && !q.answered(self))
@@ -852,7 +852,7 @@ impl GivenAnswers {
     }
 
     /// `self`, with every answer `over` gives replacing it.
-    pub fn overridden_by(mut self, mut over: GivenAnswers) -> GivenAnswers {
+    pub(crate) fn overridden_by(mut self, mut over: GivenAnswers) -> GivenAnswers {
         for q in QUESTIONS {
             q.prefer(&mut self, &mut over);
         }
@@ -860,18 +860,18 @@ impl GivenAnswers {
     }
 
     /// An error naming the flag of the first answer out of bounds.
-    pub fn check(&mut self) -> Result<()> {
+    pub(crate) fn check(&mut self) -> Result<()> {
         QUESTIONS.iter().try_for_each(|q| q.check(self))
     }
 
     /// Asks every question not answered yet, each with why it matters.
-    pub fn ask(&mut self) -> Result<()> {
+    pub(crate) fn ask(&mut self) -> Result<()> {
         QUESTIONS.iter().try_for_each(|q| q.ask(self))
     }
 
     /// Complete answers, or the list of deciding answers missing. The second
     /// value names the questions that took their neutral default.
-    pub fn complete(mut self) -> Result<(Answers, Vec<&'static str>), Vec<String>> {
+    pub(crate) fn complete(mut self) -> Result<(Answers, Vec<&'static str>), Vec<String>> {
         let missing = self.missing();
         if !missing.is_empty() {
             return Err(missing);
@@ -909,18 +909,18 @@ impl Answers {
     }
 
     /// The same answers as `brokerbench advise` flags.
-    pub fn as_flags(&self) -> Vec<String> {
+    pub(crate) fn as_flags(&self) -> Vec<String> {
         QUESTIONS.iter().map(|q| q.as_flag(self)).collect()
     }
 }
 
 /// Values by their serde names, comma-separated, e.g. `go,python`.
-pub fn list<T: Serialize>(values: &[T]) -> String {
+pub(crate) fn list<T: Serialize>(values: &[T]) -> String {
     values.iter().map(value).collect::<Vec<_>>().join(",")
 }
 
 /// The name serde gives a unit enum value, e.g. `at-least-once`.
-pub fn value<T: Serialize>(v: &T) -> String {
+pub(crate) fn value<T: Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -14,64 +14,64 @@ use crate::results::{BrokerResult, Results};
 
 /// The weight of measured evidence: more than any single known fact, since
 /// it is the user's own traffic on their own machines.
-pub const WEIGHT: f64 = 3.0;
+pub(crate) const WEIGHT: f64 = 3.0;
 /// The score of a broker that was not measured while others were.
-pub const UNMEASURED: f64 = 5.0;
+pub(crate) const UNMEASURED: f64 = 5.0;
 
 /// What one results file says about one broker.
 #[derive(Clone, Debug, Serialize)]
-pub struct Measurement {
-    pub broker: BrokerKind,
-    pub implementation: String,
-    pub file: PathBuf,
+pub(crate) struct Measurement {
+    pub(crate) broker: BrokerKind,
+    pub(crate) implementation: String,
+    pub(crate) file: PathBuf,
     /// Target rate of the run; 0 for as fast as possible.
-    pub target_rate_per_s: f64,
+    pub(crate) target_rate_per_s: f64,
     /// Confirmed messages per second in the steady phase.
-    pub confirmed_per_s: f64,
+    pub(crate) confirmed_per_s: f64,
     /// From `run --find-max`: the highest rate that held (99% achieved,
     /// nothing lost, its SLO met); it stands for the broker's rate.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sustainable_per_s: Option<f64>,
+    pub(crate) sustainable_per_s: Option<f64>,
     /// The worst p99 end-to-end latency over the groups, in milliseconds.
-    pub p99_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
     /// Confirmed messages never delivered, over all groups.
-    pub lost: u64,
-    pub faults: usize,
+    pub(crate) lost: u64,
+    pub(crate) faults: usize,
     /// The slowest publish recovery after a fault that recovered.
-    pub worst_recovery_s: Option<f64>,
+    pub(crate) worst_recovery_s: Option<f64>,
     /// Faults after which publishing never recovered.
-    pub unrecovered_faults: usize,
-    pub complete: bool,
+    pub(crate) unrecovered_faults: usize,
+    pub(crate) complete: bool,
     /// The product the implementation stands in for (local tansu: Apache
     /// Kafka), if it is a stand-in.
-    pub stand_in_for: Option<String>,
+    pub(crate) stand_in_for: Option<String>,
     /// Whether its rate, latency and recovery figures enter the score: not a
     /// stand-in's, unless the user accepts stand-ins.
-    pub used: bool,
+    pub(crate) used: bool,
     /// From a run whose groups fail messages on purpose: what became of
     /// the poison ones, over those groups.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dead_letters: Option<DeadLetters>,
+    pub(crate) dead_letters: Option<DeadLetters>,
 }
 
 /// A failure run's dead letters, over its groups with failures.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     /// Poison messages the broker took.
-    pub poison: u64,
+    pub(crate) poison: u64,
     /// Poison messages found in the dead-letter destination.
-    pub dead_lettered: u64,
+    pub(crate) dead_lettered: u64,
     /// Poison messages silently gone.
-    pub poison_lost: u64,
+    pub(crate) poison_lost: u64,
     /// Messages that could be processed, found in the dead-letter destination.
-    pub dead_lettered_wrongly: u64,
+    pub(crate) dead_lettered_wrongly: u64,
     /// The slowest group's median time from send to dead letter, ms.
-    pub p50_ms: Option<f64>,
+    pub(crate) p50_ms: Option<f64>,
 }
 
 /// Reads results files written by `brokerbench run`; a stand-in's figures
 /// are used only if `accept_stand_ins`.
-pub fn load(files: &[PathBuf], accept_stand_ins: bool) -> Result<Vec<Measurement>> {
+pub(crate) fn load(files: &[PathBuf], accept_stand_ins: bool) -> Result<Vec<Measurement>> {
     let mut measured = Vec::new();
     for file in files {
         measured.extend(read(file, accept_stand_ins)?);
@@ -148,7 +148,7 @@ fn measurement(file: &Path, b: BrokerResult, accept_stand_ins: bool) -> Measurem
 }
 
 /// The evidence criterion: per broker, a score from its measurements.
-pub fn criterion(answers: &Answers, measured: &[Measurement]) -> Option<Criterion> {
+pub(crate) fn criterion(answers: &Answers, measured: &[Measurement]) -> Option<Criterion> {
     if measured.is_empty() {
         return None;
     }
@@ -188,7 +188,7 @@ fn dead_letter_path(kind: BrokerKind) -> &'static str {
 /// poison messages whose fate is known, and by 3 more; by 1 when a message
 /// that could be processed was dead-lettered). Poison messages still held
 /// or unverified at the end move nothing. The reason says what moved.
-pub fn dead_letter_criterion(criterion: &mut Criterion, measured: &[Measurement]) {
+pub(crate) fn dead_letter_criterion(criterion: &mut Criterion, measured: &[Measurement]) {
     for kind in crate::kind::ALL {
         let runs: Vec<&DeadLetters> = measured
             .iter()

@@ -8,21 +8,21 @@ use super::answers::{
 use crate::kind::BrokerKind;
 
 /// A score and its reason, for one broker.
-pub type Judged = (f64, String);
+pub(crate) type Judged = (f64, String);
 
 /// One value per broker, named by broker. Keyed, not positional: a broker
 /// added to [`BrokerKind`] is a compile error here (in [`PerBroker::get`])
 /// and in every fact written for the others, until its own are written.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PerBroker<T> {
-    pub rabbitmq: T,
-    pub jetstream: T,
-    pub kafka: T,
+pub(crate) struct PerBroker<T> {
+    pub(crate) rabbitmq: T,
+    pub(crate) jetstream: T,
+    pub(crate) kafka: T,
 }
 
 impl<T> PerBroker<T> {
     /// Each broker's value from `f`.
-    pub fn from_fn(mut f: impl FnMut(BrokerKind) -> T) -> Self {
+    pub(crate) fn from_fn(mut f: impl FnMut(BrokerKind) -> T) -> Self {
         PerBroker {
             rabbitmq: f(BrokerKind::Rabbitmq),
             jetstream: f(BrokerKind::Jetstream),
@@ -31,7 +31,7 @@ impl<T> PerBroker<T> {
     }
 
     /// The value of `kind`.
-    pub fn get(&self, kind: BrokerKind) -> &T {
+    pub(crate) fn get(&self, kind: BrokerKind) -> &T {
         match kind {
             BrokerKind::Rabbitmq => &self.rabbitmq,
             BrokerKind::Jetstream => &self.jetstream,
@@ -40,7 +40,7 @@ impl<T> PerBroker<T> {
     }
 
     /// The value of `kind`, to change.
-    pub fn get_mut(&mut self, kind: BrokerKind) -> &mut T {
+    pub(crate) fn get_mut(&mut self, kind: BrokerKind) -> &mut T {
         match kind {
             BrokerKind::Rabbitmq => &mut self.rabbitmq,
             BrokerKind::Jetstream => &mut self.jetstream,
@@ -52,10 +52,10 @@ impl<T> PerBroker<T> {
 /// One criterion: its name, its weight for these answers, and per broker a
 /// score and a reason.
 #[derive(Clone, Debug)]
-pub struct Criterion {
-    pub name: &'static str,
-    pub weight: f64,
-    pub judged: PerBroker<Judged>,
+pub(crate) struct Criterion {
+    pub(crate) name: &'static str,
+    pub(crate) weight: f64,
+    pub(crate) judged: PerBroker<Judged>,
 }
 
 fn judged(rabbitmq: (f64, &str), jetstream: (f64, &str), kafka: (f64, &str)) -> PerBroker<Judged> {
@@ -78,7 +78,7 @@ fn per<T>(rabbitmq: T, jetstream: T, kafka: T) -> PerBroker<T> {
 
 /// How mature the client for `language` is on each broker: score, and the
 /// client a team would use.
-pub fn clients(language: Language) -> PerBroker<(f64, &'static str)> {
+pub(crate) fn clients(language: Language) -> PerBroker<(f64, &'static str)> {
     use Language::*;
     match language {
         Go => per(
@@ -140,7 +140,7 @@ pub fn clients(language: Language) -> PerBroker<(f64, &'static str)> {
 }
 
 /// Every criterion for `answers`, before measured evidence.
-pub fn criteria(a: &Answers) -> Vec<Criterion> {
+pub(crate) fn criteria(a: &Answers) -> Vec<Criterion> {
     vec![
         dead_letter(a),
         languages(a),

@@ -2,10 +2,10 @@
 //! per broker and criterion into a ranking with its reasons; measured results
 //! enter as one more criterion. docs/advisor.md explains the model.
 
-pub mod answers;
-pub mod evidence;
-pub mod facts;
-pub mod scenario;
+pub(crate) mod answers;
+pub(crate) mod evidence;
+pub(crate) mod facts;
+pub(crate) mod scenario;
 
 use serde::Serialize;
 
@@ -17,82 +17,86 @@ use crate::broker;
 use crate::kind::BrokerKind;
 
 /// The schema name of `advise --json` output.
-pub const SCHEMA: &str = "brokerbench.advice/v1";
+pub(crate) const SCHEMA: &str = "brokerbench.advice/v1";
 
 /// The advice: a ranking with reasons, what the evidence changed, and the
 /// nearest change of answers that would flip the first place.
 #[derive(Clone, Debug, Serialize)]
-pub struct Advice {
-    pub schema: &'static str,
+pub(crate) struct Advice {
+    pub(crate) schema: &'static str,
     /// The first broker of the ranking.
-    pub recommendation: BrokerKind,
-    pub ranking: Vec<Ranked>,
-    pub answers: Answers,
+    pub(crate) recommendation: BrokerKind,
+    pub(crate) ranking: Vec<Ranked>,
+    pub(crate) answers: Answers,
     /// Questions not answered, which took their neutral default.
-    pub defaulted: Vec<&'static str>,
-    pub evidence: Option<Evidence>,
-    pub nearest_flip: Option<Flip>,
+    pub(crate) defaulted: Vec<&'static str>,
+    pub(crate) evidence: Option<Evidence>,
+    pub(crate) nearest_flip: Option<Flip>,
 }
 
 /// One broker's place.
 #[derive(Clone, Debug, Serialize)]
-pub struct Ranked {
-    pub broker: BrokerKind,
+pub(crate) struct Ranked {
+    pub(crate) broker: BrokerKind,
     /// 0 to 100: the weighted mean of the criteria scores, times ten.
-    pub score: f64,
+    pub(crate) score: f64,
     /// The reasons, most weighty first: "criterion (score/10): why".
-    pub reasons: Vec<String>,
-    pub criteria: Vec<Scored>,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) criteria: Vec<Scored>,
 }
 
 /// One criterion for one broker.
 #[derive(Clone, Debug, Serialize)]
-pub struct Scored {
-    pub criterion: &'static str,
-    pub weight: f64,
+pub(crate) struct Scored {
+    pub(crate) criterion: &'static str,
+    pub(crate) weight: f64,
     /// 0 to 10.
-    pub score: f64,
-    pub reason: String,
+    pub(crate) score: f64,
+    pub(crate) reason: String,
 }
 
 /// What measured results did to the ranking.
 #[derive(Clone, Debug, Serialize)]
-pub struct Evidence {
-    pub measurements: Vec<Measurement>,
+pub(crate) struct Evidence {
+    pub(crate) measurements: Vec<Measurement>,
     /// The order on answers alone.
-    pub ranking_without: Vec<BrokerKind>,
+    pub(crate) ranking_without: Vec<BrokerKind>,
     /// Whether the measurements changed the order.
-    pub changed_ranking: bool,
+    pub(crate) changed_ranking: bool,
     /// Per broker, the measured criterion's score and reasons.
-    pub effects: Vec<Effect>,
+    pub(crate) effects: Vec<Effect>,
 }
 
 /// The measured criterion for one broker.
 #[derive(Clone, Debug, Serialize)]
-pub struct Effect {
-    pub broker: BrokerKind,
-    pub weight: f64,
+pub(crate) struct Effect {
+    pub(crate) broker: BrokerKind,
+    pub(crate) weight: f64,
     /// 0 to 10.
-    pub score: f64,
-    pub reason: String,
+    pub(crate) score: f64,
+    pub(crate) reason: String,
 }
 
 /// The nearest change of one answer that puts another broker first.
 #[derive(Clone, Debug, Serialize)]
-pub struct Flip {
-    pub question: &'static str,
-    pub from: String,
-    pub to: String,
-    pub first: BrokerKind,
+pub(crate) struct Flip {
+    pub(crate) question: &'static str,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) first: BrokerKind,
 }
 
 /// The product a recommendation names.
-pub fn product(kind: BrokerKind) -> &'static str {
+pub(crate) fn product(kind: BrokerKind) -> &'static str {
     broker::info(kind).product
 }
 
 /// Scores `answers`, with `measured` results as evidence if any.
-pub fn advise(answers: &Answers, defaulted: Vec<&'static str>, measured: &[Measurement]) -> Advice {
+pub(crate) fn advise(
+    answers: &Answers,
+    defaulted: Vec<&'static str>,
+    measured: &[Measurement],
+) -> Advice {
     let known = facts::criteria(answers);
     let without = rank(&known);
     let measured_criterion = evidence::criterion(answers, measured);

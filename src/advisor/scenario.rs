@@ -7,10 +7,10 @@ use super::answers::{Answers, Delivery};
 
 /// The most consumer groups a written scenario gets; more add load on the
 /// machine running brokerbench rather than insight.
-pub const MAX_GROUPS: u32 = 16;
+pub(crate) const MAX_GROUPS: u32 = 16;
 
 /// The scenario, as TOML text with comments.
-pub fn emit(answers: &Answers) -> String {
+pub(crate) fn emit(answers: &Answers) -> String {
     let durable = answers.delivery != Delivery::BestEffort;
     let groups = answers.groups.clamp(1, MAX_GROUPS);
     let producers = match answers.rate {

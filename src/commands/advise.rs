@@ -14,7 +14,7 @@ use crate::exit;
 use crate::kind::BrokerKind;
 use crate::scenario::{Overrides, Plan, ScenarioError};
 
-pub fn run(args: AdviseArgs) -> Result<ExitCode> {
+pub(crate) fn run(args: AdviseArgs) -> Result<ExitCode> {
     let from_file = match &args.answers {
         Some(file) => read_answers(file)?,
         None => GivenAnswers::default(),
@@ -72,7 +72,7 @@ fn read_answers(file: &Path) -> Result<GivenAnswers> {
 }
 
 /// The advice for people.
-pub fn render(advice: &Advice) -> String {
+pub(crate) fn render(advice: &Advice) -> String {
     let mut out = String::new();
     let first = &advice.ranking[0];
     out.push_str(&format!(

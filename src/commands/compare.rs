@@ -12,7 +12,7 @@ use crate::exit;
 use crate::report::compare::{compare, Allowance, Comparison, Row, Verdict};
 use crate::results::Results;
 
-pub fn run(args: CompareArgs) -> Result<ExitCode> {
+pub(crate) fn run(args: CompareArgs) -> Result<ExitCode> {
     let baseline = Results::read(&results_file(&args.baseline))?;
     let current = Results::read(&results_file(&args.current))?;
     let allowance = Allowance {

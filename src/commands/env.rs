@@ -19,7 +19,7 @@ use crate::exit;
 use crate::kind::BrokerKind;
 use crate::scenario::dedup;
 
-pub async fn run(command: EnvCommand) -> Result<ExitCode> {
+pub(crate) async fn run(command: EnvCommand) -> Result<ExitCode> {
     match command {
         EnvCommand::Check => check().await,
         EnvCommand::Up(args) => up(args).await,

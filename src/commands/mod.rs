@@ -1,10 +1,10 @@
 //! What each subcommand does, on top of the library modules.
 
-pub mod advise;
-pub mod compare;
-pub mod env;
-pub mod report;
-pub mod run;
+pub(crate) mod advise;
+pub(crate) mod compare;
+pub(crate) mod env;
+pub(crate) mod report;
+pub(crate) mod run;
 mod screen;
 
 use std::path::{Path, PathBuf};

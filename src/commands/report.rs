@@ -12,7 +12,7 @@ use crate::exit;
 use crate::report::export::{exporter, Document};
 use crate::results::Results;
 
-pub fn run(args: ReportArgs) -> Result<ExitCode> {
+pub(crate) fn run(args: ReportArgs) -> Result<ExitCode> {
     let paths: Vec<PathBuf> = args.results.iter().map(|p| results_file(p)).collect();
     let runs = paths
         .iter()

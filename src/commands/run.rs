@@ -28,7 +28,7 @@ use crate::results::Results;
 use crate::run::session::{Outcome, Session, Stop};
 use crate::scenario::{Overrides, Plan};
 
-pub async fn run(args: RunArgs) -> Result<ExitCode> {
+pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let overrides = Overrides {
         brokers: args.brokers.clone(),
         rate: args.rate,

@@ -19,6 +19,8 @@ pub(crate) struct Screen {
     json: bool,
     load: Duration,
     bar: Mutex<Option<(ProgressBar, tokio::task::JoinHandle<()>)>>,
+    /// What runs now, as placed: the progress bar names it.
+    placed: Mutex<String>,
 }
 
 impl Screen {
@@ -27,6 +29,7 @@ impl Screen {
             json,
             load: plan.load.warmup + plan.load.duration,
             bar: Mutex::new(None),
+            placed: Mutex::new(String::new()),
         }
     }
 
@@ -53,11 +56,16 @@ impl Observer for Screen {
     fn event(&self, event: Event<'_>) {
         match event {
             Event::Measuring { kind, progress } => {
-                let bar = progress_bar(self.load, kind.as_str(), self.json);
+                let placed = self
+                    .placed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let bar = progress_bar(self.load, kind.as_str(), &placed, self.json);
                 let ticker = tokio::spawn(tick(bar.clone(), progress, self.load));
                 *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = Some((bar, ticker));
             }
-            Event::Measured { .. } => {
+            Event::Measured => {
                 let taken = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take();
                 if let Some((bar, ticker)) = taken {
                     ticker.abort();
@@ -103,12 +111,21 @@ impl Observer for Screen {
             Event::TeardownFailed { error } => {
                 eprintln!("warning: deleting the run's queues, streams or topics: {error:#}")
             }
-            Event::Placed { .. } => {}
+            Event::Placed {
+                kind,
+                implementation,
+                endpoint,
+            } => {
+                *self.placed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    format!("{kind}: {implementation} at {endpoint}");
+            }
         }
     }
 }
 
-fn progress_bar(load: Duration, broker: &str, json: bool) -> ProgressBar {
+/// A bar over the load's time, named by `broker`, with `placed` (what runs
+/// where) beside its counters; hidden unless stdout is a terminal.
+fn progress_bar(load: Duration, broker: &str, placed: &str, json: bool) -> ProgressBar {
     let total = load.as_millis() as u64;
     let bar = ProgressBar::with_draw_target(
         Some(total),
@@ -124,6 +141,7 @@ fn progress_bar(load: Duration, broker: &str, json: bool) -> ProgressBar {
             .progress_chars("=> "),
     );
     bar.set_prefix(broker.to_string());
+    bar.println(placed);
     bar
 }
 

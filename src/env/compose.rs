@@ -16,11 +16,11 @@ use crate::kind::BrokerKind;
 
 /// One broker's service in a compose project.
 #[derive(Clone, Debug)]
-pub struct ComposeBroker {
+pub(crate) struct ComposeBroker {
     /// The compose file.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Which broker.
-    pub kind: BrokerKind,
+    pub(crate) kind: BrokerKind,
 }
 
 impl ComposeBroker {
@@ -35,7 +35,7 @@ impl ComposeBroker {
     }
 
     /// The argv for `operation` on this broker's service.
-    pub fn command(&self, operation: Operation) -> Vec<String> {
+    pub(crate) fn command(&self, operation: Operation) -> Vec<String> {
         self.compose(match operation {
             Operation::Kill => &["kill", "-s", "KILL"],
             Operation::Start => &["start"],
@@ -46,17 +46,17 @@ impl ComposeBroker {
     }
 
     /// Starts the service and waits for its healthcheck.
-    pub fn up(&self) -> Vec<String> {
+    pub(crate) fn up(&self) -> Vec<String> {
         self.compose(&["up", "--detach", "--wait"])
     }
 
     /// Stops the service (its volume, and so its data, stays).
-    pub fn down(&self) -> Vec<String> {
+    pub(crate) fn down(&self) -> Vec<String> {
         self.compose(&["stop"])
     }
 
     /// The image the service runs, as the compose file names it.
-    pub fn image(&self) -> Result<String> {
+    pub(crate) fn image(&self) -> Result<String> {
         let text = std::fs::read_to_string(&self.file)
             .with_context(|| format!("reading {}", self.file.display()))?;
         image_of(&text, broker::info(self.kind).compose_service).with_context(|| {
@@ -70,7 +70,7 @@ impl ComposeBroker {
 
     /// Starts the service and returns it as a broker driven by `docker
     /// compose` commands, ready when it answers its protocol.
-    pub async fn place(file: &Path, kind: BrokerKind) -> Result<CommandBroker> {
+    pub(crate) async fn place(file: &Path, kind: BrokerKind) -> Result<CommandBroker> {
         let compose = ComposeBroker {
             file: file.to_path_buf(),
             kind,

@@ -34,14 +34,14 @@ use crate::kind::BrokerKind;
 use crate::scenario::{FaultAction, Plan, RawError, ScenarioError};
 
 /// How long a fault command may run, unless the targets file says otherwise.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a broker may take to answer again after `start`, `restart` or
 /// `resume`, unless the targets file says otherwise.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A broker reached at a fixed address and driven by commands.
 #[derive(Debug)]
-pub struct CommandBroker {
+pub(crate) struct CommandBroker {
     endpoint: Endpoint,
     implementation: String,
     commands: BTreeMap<Operation, Vec<String>>,
@@ -53,7 +53,7 @@ pub struct CommandBroker {
 
 impl CommandBroker {
     /// A broker at `endpoint`, faults applied by `commands` (argv each).
-    pub fn new(
+    pub(crate) fn new(
         endpoint: Endpoint,
         implementation: String,
         commands: BTreeMap<Operation, Vec<String>>,
@@ -69,19 +69,19 @@ impl CommandBroker {
     }
 
     /// Runs `down` when the measurement is over.
-    pub fn with_down(mut self, down: Vec<String>) -> Self {
+    pub(crate) fn with_down(mut self, down: Vec<String>) -> Self {
         self.down = Some(down);
         self
     }
 
     /// The argv run for `operation`, if any.
-    pub fn command(&self, operation: Operation) -> Option<&[String]> {
+    pub(crate) fn command(&self, operation: Operation) -> Option<&[String]> {
         self.commands.get(&operation).map(Vec::as_slice)
     }
 
     /// Runs an argv with the command timeout; its output goes into the error
     /// when it fails.
-    pub async fn execute(&self, action: &str, argv: &[String]) -> Result<()> {
+    pub(crate) async fn execute(&self, action: &str, argv: &[String]) -> Result<()> {
         let shown = argv.join(" ");
         let output = tokio::time::timeout(
             self.command_timeout,
@@ -122,7 +122,7 @@ impl CommandBroker {
     }
 
     /// Polls the protocol handshake until the broker answers.
-    pub async fn wait_ready(&self) -> Result<Duration> {
+    pub(crate) async fn wait_ready(&self) -> Result<Duration> {
         let started = Instant::now();
         let deadline = started + self.ready_timeout;
         loop {
@@ -188,7 +188,7 @@ impl Placed for CommandBroker {
 
 /// A targets file: per broker, where it is and how to apply faults.
 #[derive(Debug)]
-pub struct Targets {
+pub(crate) struct Targets {
     file: PathBuf,
     text: String,
     parsed: TargetsFile,
@@ -210,14 +210,14 @@ struct TargetFile {
 
 impl Targets {
     /// Reads and checks a targets file.
-    pub fn load(file: &Path) -> Result<Self, ScenarioError> {
+    pub(crate) fn load(file: &Path) -> Result<Self, ScenarioError> {
         let text =
             std::fs::read_to_string(file).map_err(|e| ScenarioError::unreadable(file, &e))?;
         Self::parse(file, text)
     }
 
     /// Parses targets `text` (named `file` in errors).
-    pub fn parse(file: &Path, text: String) -> Result<Self, ScenarioError> {
+    pub(crate) fn parse(file: &Path, text: String) -> Result<Self, ScenarioError> {
         let parsed: TargetsFile =
             toml::from_str(&text).map_err(|e| RawError::toml(&e).in_file(file, &text))?;
         let targets = Targets {
@@ -293,7 +293,11 @@ impl Targets {
     /// The broker `kind` for a run of `plan`: an error naming the file and
     /// field when it is not in the file, or when the plan's faults need a
     /// command the file does not give.
-    pub fn broker(&self, kind: BrokerKind, plan: &Plan) -> Result<CommandBroker, ScenarioError> {
+    pub(crate) fn broker(
+        &self,
+        kind: BrokerKind,
+        plan: &Plan,
+    ) -> Result<CommandBroker, ScenarioError> {
         let Some(spanned) = self.target(kind) else {
             return Err(self.error(RawError::field(
                 kind.as_str(),

@@ -17,19 +17,19 @@ use serde::{Deserialize, Serialize};
 
 /// A runtime worker busier than this share of the window may have held the
 /// load back (its tasks queued behind each other).
-pub const WORKER_LIMIT: f64 = 0.9;
+pub(crate) const WORKER_LIMIT: f64 = 0.9;
 
 /// brokerbench using more than this share of the machine's cores may have
 /// been the limit.
-pub const CORES_LIMIT: f64 = 0.9;
+pub(crate) const CORES_LIMIT: f64 = 0.9;
 
 /// A machine busier than this share of all its cores was saturated, by
 /// brokerbench, the broker or anything else on it.
-pub const MACHINE_LIMIT: f64 = 0.95;
+pub(crate) const MACHINE_LIMIT: f64 = 0.95;
 
 /// The process's and the machine's use of the CPU at one instant.
 #[derive(Clone, Debug)]
-pub struct Reading {
+pub(crate) struct Reading {
     at: Instant,
     user: Duration,
     system: Duration,
@@ -43,7 +43,7 @@ pub struct Reading {
 
 impl Reading {
     /// Reads now.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         let (user, system, max_rss_kib) = match getrusage(UsageWho::RUSAGE_SELF) {
             Ok(u) => (
                 Duration::from_micros(u.user_time().num_microseconds().max(0) as u64),
@@ -93,45 +93,45 @@ fn machine_ticks(stat: &str) -> Option<(u64, u64)> {
 /// brokerbench's own use of the machine over the steady window, and whether
 /// it may have been the limit. In every `results.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct HarnessUse {
+pub(crate) struct HarnessUse {
     /// Length of the window (the steady phase), seconds.
-    pub wall_s: f64,
+    pub(crate) wall_s: f64,
     /// brokerbench's user CPU time in the window, seconds (every thread of
     /// the process: the runtime, the client libraries' own threads).
-    pub cpu_user_s: f64,
+    pub(crate) cpu_user_s: f64,
     /// Its system CPU time in the window, seconds.
-    pub cpu_system_s: f64,
+    pub(crate) cpu_system_s: f64,
     /// Messages it handled in the window: confirmations plus deliveries to
     /// every group (the denominator of `cpu_per_message_us`).
-    pub messages: u64,
+    pub(crate) messages: u64,
     /// User plus system CPU per message handled, microseconds; absent when
     /// no message was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_per_message_us: Option<f64>,
+    pub(crate) cpu_per_message_us: Option<f64>,
     /// CPU time over wall time: how many cores' worth brokerbench used.
-    pub cores_used: f64,
+    pub(crate) cores_used: f64,
     /// The cores the machine offers this process.
-    pub cores: usize,
+    pub(crate) cores: usize,
     /// Per async runtime worker, the share of the window it was busy (0 to 1).
-    pub worker_busy: Vec<f64>,
+    pub(crate) worker_busy: Vec<f64>,
     /// The share of all the machine's CPU that was busy in the window, every
     /// process included (Linux only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub machine_busy: Option<f64>,
+    pub(crate) machine_busy: Option<f64>,
     /// brokerbench's peak resident memory by the end of the window, MiB.
-    pub max_rss_mib: f64,
+    pub(crate) max_rss_mib: f64,
     /// brokerbench itself was near saturation: a runtime worker busy more
     /// than 90% of the window, or more than 90% of the cores used.
-    pub limited: bool,
+    pub(crate) limited: bool,
     /// What the figures say, when brokerbench may have been the limit or the
     /// machine was saturated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warning: Option<String>,
+    pub(crate) warning: Option<String>,
 }
 
 impl HarnessUse {
     /// The use between `start` and `end`, with `messages` handled in between.
-    pub fn between(start: &Reading, end: &Reading, messages: u64) -> Self {
+    pub(crate) fn between(start: &Reading, end: &Reading, messages: u64) -> Self {
         let wall = end.at.saturating_duration_since(start.at);
         let wall_s = wall.as_secs_f64();
         let user = end.user.saturating_sub(start.user).as_secs_f64();
@@ -176,7 +176,7 @@ impl HarnessUse {
     }
 
     /// The busiest runtime worker's share of the window.
-    pub fn busiest_worker(&self) -> f64 {
+    pub(crate) fn busiest_worker(&self) -> f64 {
         self.worker_busy.iter().copied().fold(0.0, f64::max)
     }
 

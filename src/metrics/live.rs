@@ -55,7 +55,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// The metrics of a run, served while it lasts.
-pub struct LiveMetrics {
+pub(crate) struct LiveMetrics {
     registry: Registry,
     published: Family<BrokerLabels, Counter>,
     confirmed: Family<BrokerLabels, Counter>,
@@ -67,37 +67,37 @@ pub struct LiveMetrics {
 
 /// One broker's handles: what the producer and consumer tasks update.
 #[derive(Clone, Debug)]
-pub struct BrokerMetrics {
+pub(crate) struct BrokerMetrics {
     /// Publishes sent (resends included).
-    pub published: Counter,
+    pub(crate) published: Counter,
     /// Publishes the broker confirmed.
-    pub confirmed: Counter,
+    pub(crate) confirmed: Counter,
     /// Publish latency from the intended send time, seconds.
-    pub publish_latency: Histogram,
+    pub(crate) publish_latency: Histogram,
     /// Per group (in plan order).
-    pub groups: Vec<GroupMetrics>,
+    pub(crate) groups: Vec<GroupMetrics>,
 }
 
 /// One group's handles.
 #[derive(Clone, Debug)]
-pub struct GroupMetrics {
+pub(crate) struct GroupMetrics {
     /// First deliveries.
-    pub delivered: Counter,
+    pub(crate) delivered: Counter,
     /// End-to-end latency from the intended send time, seconds.
-    pub end_to_end_latency: Histogram,
+    pub(crate) end_to_end_latency: Histogram,
     /// `event_processed_total` by status: ok, retry, dead_letter, error.
-    pub processed_ok: Counter,
+    pub(crate) processed_ok: Counter,
     /// Processed on a redelivery.
-    pub processed_retry: Counter,
+    pub(crate) processed_retry: Counter,
     /// The acknowledgement failed.
-    pub processed_error: Counter,
+    pub(crate) processed_error: Counter,
     /// Processing failed on purpose (a poison or transient message) and the
     /// message was handed back.
-    pub processed_failed: Counter,
+    pub(crate) processed_failed: Counter,
     /// Processed already: skipped by the idempotent consumer.
-    pub processed_skipped: Counter,
+    pub(crate) processed_skipped: Counter,
     /// Read from the dead-letter destination, once per message.
-    pub processed_dead_letter: Counter,
+    pub(crate) processed_dead_letter: Counter,
 }
 
 impl Default for LiveMetrics {
@@ -157,7 +157,7 @@ impl Default for LiveMetrics {
 
 impl LiveMetrics {
     /// The handles of `broker`'s run of `plan`.
-    pub fn for_broker(&self, broker: BrokerKind, plan: &Plan) -> BrokerMetrics {
+    pub(crate) fn for_broker(&self, broker: BrokerKind, plan: &Plan) -> BrokerMetrics {
         let b = BrokerLabels {
             broker: broker.to_string(),
         };
@@ -199,7 +199,7 @@ impl LiveMetrics {
     }
 
     /// The text exposition of every metric now.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -207,7 +207,7 @@ impl LiveMetrics {
 
     /// Serves `/metrics` on `addr` until the returned task is aborted; the
     /// address actually bound (port 0 picks one).
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         addr: SocketAddr,
     ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {

@@ -6,8 +6,8 @@
 //! form (base64), so anyone can re-analyse or merge runs with any HdrHistogram
 //! library.
 
-pub mod harness;
-pub mod live;
+pub(crate) mod harness;
+pub(crate) mod live;
 
 use std::time::Duration;
 

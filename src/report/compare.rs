@@ -22,59 +22,59 @@ use crate::metrics::decode_histogram;
 use crate::results::{BrokerResult, GroupResult, IntervalSeries, Results};
 
 /// The schema identifier of `compare --format json`.
-pub const SCHEMA: &str = "brokerbench.compare/v1";
+pub(crate) const SCHEMA: &str = "brokerbench.compare/v1";
 
 /// What a comparison allows.
 #[derive(Clone, Copy, Debug)]
-pub struct Allowance {
+pub(crate) struct Allowance {
     /// The largest change for the worse that is not a regression, as a
     /// fraction (0.10: 10 %).
-    pub max_regression: f64,
+    pub(crate) max_regression: f64,
     /// Significance level of the test.
-    pub alpha: f64,
+    pub(crate) alpha: f64,
     /// The smallest latency change, µs, that can be a regression: below
     /// it, two runs of one scenario on loopback differ by themselves.
-    pub min_latency_change_us: f64,
+    pub(crate) min_latency_change_us: f64,
 }
 
 /// Results that cannot be compared, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot compare: {0}")]
-pub struct Incomparable(pub String);
+pub(crate) struct Incomparable(pub String);
 
 /// One metric's comparison.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// The broker.
-    pub broker: BrokerKind,
+    pub(crate) broker: BrokerKind,
     /// What ran in the current run, e.g. `tansu 0.6.0 (Kafka protocol)`.
-    pub implementation: String,
+    pub(crate) implementation: String,
     /// The product that implementation stands in for, if it is a stand-in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stand_in_for: Option<String>,
+    pub(crate) stand_in_for: Option<String>,
     /// The consumer group, for per-group metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     /// `rate`, `publish_p99`, `end_to_end_p99`, `lost`, `recovery` ...
-    pub metric: String,
+    pub(crate) metric: String,
     /// `msg/s`, `us`, `count` or `s`.
-    pub unit: String,
+    pub(crate) unit: String,
     /// Higher is better (rates) or lower is better (everything else).
-    pub higher_is_better: bool,
+    pub(crate) higher_is_better: bool,
     /// The baseline's figure; null when it was not measured (no latency
     /// recorded) or, for a recovery, when it never recovered.
-    pub baseline: Option<f64>,
+    pub(crate) baseline: Option<f64>,
     /// The current run's figure, likewise.
-    pub current: Option<f64>,
+    pub(crate) current: Option<f64>,
     /// (current − baseline) / baseline; null when either is null or the
     /// baseline is 0.
-    pub change: Option<f64>,
+    pub(crate) change: Option<f64>,
     /// The test's two-sided p-value on the per-second values, Holm-adjusted
     /// over every test of the comparison; null when the metric has no
     /// per-second values or fewer than 5 steady seconds on a side.
-    pub p_value: Option<f64>,
+    pub(crate) p_value: Option<f64>,
     /// What the change is.
-    pub verdict: Verdict,
+    pub(crate) verdict: Verdict,
     /// Beyond the allowance (computed before rounding).
     #[serde(skip)]
     beyond: bool,
@@ -86,7 +86,7 @@ pub struct Row {
 /// What a row shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Worse beyond the allowance, and shown to be real.
     Regression,
     /// Better beyond the allowance, and shown to be real.
@@ -100,29 +100,29 @@ pub enum Verdict {
 
 /// A whole comparison.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Comparison {
+pub(crate) struct Comparison {
     /// Always [`SCHEMA`].
-    pub schema: String,
+    pub(crate) schema: String,
     /// The scenario compared.
-    pub scenario: String,
+    pub(crate) scenario: String,
     /// The allowance, as a fraction.
-    pub max_regression: f64,
+    pub(crate) max_regression: f64,
     /// The smallest latency change that can be a regression, µs.
-    pub min_latency_change_us: f64,
+    pub(crate) min_latency_change_us: f64,
     /// The significance level.
-    pub alpha: f64,
+    pub(crate) alpha: f64,
     /// The test used on per-second values.
-    pub test: String,
+    pub(crate) test: String,
     /// Every metric compared.
-    pub rows: Vec<Row>,
+    pub(crate) rows: Vec<Row>,
     /// Brokers in only one of the two runs, not compared.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub not_compared: Vec<String>,
+    pub(crate) not_compared: Vec<String>,
 }
 
 impl Comparison {
     /// Rows that regressed.
-    pub fn regressions(&self) -> impl Iterator<Item = &Row> {
+    pub(crate) fn regressions(&self) -> impl Iterator<Item = &Row> {
         self.rows
             .iter()
             .filter(|r| r.verdict == Verdict::Regression)
@@ -131,7 +131,7 @@ impl Comparison {
 
 /// Compares `current` with `baseline`; refuses results of different
 /// scenarios, settings, environments or implementations.
-pub fn compare(
+pub(crate) fn compare(
     baseline: &Results,
     current: &Results,
     allowance: Allowance,
@@ -541,18 +541,18 @@ const MIN_SECONDS: usize = 5;
 
 /// A Mann-Whitney U test's outcome.
 #[derive(Clone, Copy, Debug)]
-pub struct Test {
+pub(crate) struct Test {
     /// Two-sided p-value.
-    pub p: f64,
+    pub(crate) p: f64,
     /// Positive when the second sample's values tend to be higher, negative
     /// when lower (n1·n2/2 − U of the first sample).
-    pub current_higher: f64,
+    pub(crate) current_higher: f64,
 }
 
 /// The Mann-Whitney U test of `a` against `b` (normal approximation,
 /// tie-corrected, with continuity correction); none with fewer than
 /// [`MIN_SECONDS`] values on a side.
-pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<Test> {
+pub(crate) fn mann_whitney(a: &[f64], b: &[f64]) -> Option<Test> {
     let (n1, n2) = (a.len(), b.len());
     if n1 < MIN_SECONDS || n2 < MIN_SECONDS {
         return None;

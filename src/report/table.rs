@@ -10,7 +10,7 @@ use crate::results::find_max::{FindMaxResult, Phase, Step, MAX_STEPS};
 use crate::results::{BrokerResult, GroupResult, Results};
 
 /// A latency in the unit that reads best: `850 µs`, `12.3 ms`, `2.01 s`.
-pub fn latency(us: u64) -> String {
+pub(crate) fn latency(us: u64) -> String {
     match us {
         0..=999 => format!("{us} µs"),
         1_000..=99_999 => format!("{:.1} ms", us as f64 / 1e3),
@@ -51,7 +51,7 @@ fn new_table(header: Vec<&str>) -> Table {
 
 /// How much a table may spread: the terminal's width decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
+pub(crate) enum Layout {
     /// Under 100 columns: the deciding figures only.
     Narrow,
     /// Under 150 columns: p50 and p99, implementations in the table.
@@ -63,7 +63,7 @@ pub enum Layout {
 impl Layout {
     /// The layout for a terminal `width` columns wide; `None` (not a
     /// terminal) is [`Layout::Wide`].
-    pub fn for_width(width: Option<u16>) -> Self {
+    pub(crate) fn for_width(width: Option<u16>) -> Self {
         match width {
             Some(w) if w < 100 => Layout::Narrow,
             Some(w) if w < 150 => Layout::Medium,
@@ -72,7 +72,7 @@ impl Layout {
     }
 
     /// The layout for this process's standard output.
-    pub fn of_terminal() -> Self {
+    pub(crate) fn of_terminal() -> Self {
         Layout::for_width(Table::new().width())
     }
 }
@@ -94,7 +94,7 @@ fn percentiles_for(s: &LatencySummary, layout: Layout) -> String {
 /// [`notes`]; narrow, so are the target rate and the columns that say
 /// nothing (no duplicates, no faults), so that every column stays readable
 /// on 80 and 120 columns.
-pub fn summary(results: &Results, layout: Layout) -> Table {
+pub(crate) fn summary(results: &Results, layout: Layout) -> Table {
     let narrow = layout == Layout::Narrow;
     let any_duplicates = results
         .brokers
@@ -189,7 +189,7 @@ pub fn summary(results: &Results, layout: Layout) -> Table {
 /// What a table of `layout` left out, as lines to print under it: each
 /// broker's implementation (and, narrow, the target rate), and why a
 /// broker failed.
-pub fn notes(results: &Results, layout: Layout) -> Vec<String> {
+pub(crate) fn notes(results: &Results, layout: Layout) -> Vec<String> {
     if layout == Layout::Wide {
         return Vec::new();
     }
@@ -297,14 +297,14 @@ fn verdict(b: &BrokerResult) -> String {
 }
 
 /// Per consumer group: delivery rate, end-to-end latency and the account.
-pub fn groups(results: &Results, layout: Layout) -> Table {
+pub(crate) fn groups(results: &Results, layout: Layout) -> Table {
     groups_limited(results, usize::MAX, layout)
 }
 
 /// [`groups`], the first `rows` rows only. Below a wide layout, the
 /// account's columns that are 0 for every group are left out (the reports
 /// and results.json have them).
-pub fn groups_limited(results: &Results, rows: usize, layout: Layout) -> Table {
+pub(crate) fn groups_limited(results: &Results, rows: usize, layout: Layout) -> Table {
     let all: Vec<(&BrokerResult, &GroupResult)> = results
         .brokers
         .iter()
@@ -361,7 +361,7 @@ pub fn groups_limited(results: &Results, rows: usize, layout: Layout) -> Table {
 /// Per group with failures: what became of its poison and transient
 /// messages, and how long dead-lettering took; `None` when no group of the
 /// run fails messages.
-pub fn dead_letters(results: &Results, layout: Layout) -> Option<Table> {
+pub(crate) fn dead_letters(results: &Results, layout: Layout) -> Option<Table> {
     let rows: Vec<(&BrokerResult, &GroupResult, &FailureAccount)> = results
         .brokers
         .iter()
@@ -419,7 +419,7 @@ pub fn dead_letters(results: &Results, layout: Layout) -> Option<Table> {
 /// Per broker, brokerbench's own use of the machine over the steady window:
 /// the proof that the harness was not the limit, or the warning that it may
 /// have been; `None` when no broker carries the figures.
-pub fn harness(results: &Results, layout: Layout) -> Option<Table> {
+pub(crate) fn harness(results: &Results, layout: Layout) -> Option<Table> {
     let rows: Vec<(&BrokerResult, &HarnessUse)> = results
         .brokers
         .iter()
@@ -461,7 +461,7 @@ pub fn harness(results: &Results, layout: Layout) -> Option<Table> {
 }
 
 /// `--find-max`: every step of every broker's search, in the order run.
-pub fn find_max(results: &Results, layout: Layout) -> Option<Table> {
+pub(crate) fn find_max(results: &Results, layout: Layout) -> Option<Table> {
     let searches: Vec<(&BrokerResult, &FindMaxResult)> = results
         .brokers
         .iter()
@@ -506,7 +506,7 @@ pub fn find_max(results: &Results, layout: Layout) -> Option<Table> {
 }
 
 /// What `--find-max` found, a line per broker.
-pub fn find_max_found(results: &Results) -> Vec<String> {
+pub(crate) fn find_max_found(results: &Results) -> Vec<String> {
     results
         .brokers
         .iter()
@@ -515,7 +515,7 @@ pub fn find_max_found(results: &Results) -> Vec<String> {
 }
 
 /// What `--find-max` found for `broker`, in a line.
-pub fn found(broker: BrokerKind, search: &FindMaxResult) -> String {
+pub(crate) fn found(broker: BrokerKind, search: &FindMaxResult) -> String {
     let mut rule = "99% of the target sent and confirmed, nothing lost".to_string();
     for slo in &search.slo {
         rule.push_str(&format!(", {slo}"));
@@ -537,7 +537,7 @@ pub fn found(broker: BrokerKind, search: &FindMaxResult) -> String {
 
 /// A broker's headline, printed once its result is in: what was confirmed
 /// of what was sent, the rate, and whether its checks passed.
-pub fn headline(result: &BrokerResult) -> String {
+pub(crate) fn headline(result: &BrokerResult) -> String {
     let p = &result.publish;
     let mut not = String::new();
     for (n, what) in [
@@ -564,7 +564,7 @@ pub fn headline(result: &BrokerResult) -> String {
 }
 
 /// One line per step of `--find-max`, printed as it is measured.
-pub fn step_line(broker: BrokerKind, n: usize, step: &Step) -> String {
+pub(crate) fn step_line(broker: BrokerKind, n: usize, step: &Step) -> String {
     let target = match step.target_per_s {
         0.0 => "as fast as confirmed".to_string(),
         rate => format!("{rate:.0} msg/s"),
@@ -588,7 +588,7 @@ pub fn step_line(broker: BrokerKind, n: usize, step: &Step) -> String {
 }
 
 /// A step's phase in words.
-pub fn phase(phase: Phase) -> &'static str {
+pub(crate) fn phase(phase: Phase) -> &'static str {
     match phase {
         Phase::ClosedLoop => "closed loop",
         Phase::Coarse => "coarse",
@@ -599,7 +599,7 @@ pub fn phase(phase: Phase) -> &'static str {
 
 /// Per broker whose harness figures call for one, a warning line: the
 /// harness may have been the limit, or the machine was saturated.
-pub fn harness_warnings(results: &Results) -> Vec<String> {
+pub(crate) fn harness_warnings(results: &Results) -> Vec<String> {
     results
         .brokers
         .iter()

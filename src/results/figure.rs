@@ -5,7 +5,7 @@ use serde::{Deserialize, Deserializer, Serializer};
 
 use crate::scenario::thresholds::Unit;
 
-pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     match *value {
         None => s.serialize_none(),
@@ -14,12 +14,12 @@ pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::E
     }
 }
 
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     Option::<f64>::deserialize(d)
 }
 
 /// A value in `unit`, for people: `61.2ms`, `3.5s`, `12`, `0.987`.
-pub fn show(value: f64, unit: Unit) -> String {
+pub(crate) fn show(value: f64, unit: Unit) -> String {
     match unit {
         Unit::Us if value >= 1e6 => format!("{}s", trim(value / 1e6)),
         Unit::Us if value >= 1e3 => format!("{}ms", trim(value / 1e3)),

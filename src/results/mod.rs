@@ -7,9 +7,9 @@
 //! Results are written after every broker, so a later failure or a Ctrl-C
 //! loses nothing already measured.
 
-pub mod account;
+pub(crate) mod account;
 pub(crate) mod figure;
-pub mod find_max;
+pub(crate) mod find_max;
 pub(crate) mod thresholds;
 
 use std::collections::BTreeMap;
@@ -26,132 +26,132 @@ use crate::scenario::thresholds::{Metric, Unit};
 use crate::scenario::{FaultAction, Plan};
 
 /// The schema identifier written at the top of every results file.
-pub const SCHEMA: &str = "brokerbench.results/v1";
+pub(crate) const SCHEMA: &str = "brokerbench.results/v1";
 
 /// A whole run: one scenario against one or more brokers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Results {
+pub(crate) struct Results {
     /// Always [`SCHEMA`].
-    pub schema: String,
+    pub(crate) schema: String,
     /// brokerbench version that produced the file.
-    pub tool_version: String,
+    pub(crate) tool_version: String,
     /// When the run started, RFC 3339 UTC.
-    pub started_at: String,
+    pub(crate) started_at: String,
     /// Where the brokers ran: `local` (child processes).
-    pub environment: String,
+    pub(crate) environment: String,
     /// The scenario as resolved (defaults and command-line overrides applied).
-    pub scenario: Plan,
+    pub(crate) scenario: Plan,
     /// One entry per broker measured, in run order.
-    pub brokers: Vec<BrokerResult>,
+    pub(crate) brokers: Vec<BrokerResult>,
     /// Every broker of the scenario ran to the end.
-    pub complete: bool,
+    pub(crate) complete: bool,
     /// Why the run is incomplete, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub incomplete_reason: Option<String>,
+    pub(crate) incomplete_reason: Option<String>,
 }
 
 /// One broker's results.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BrokerResult {
+pub(crate) struct BrokerResult {
     /// `rabbitmq`, `jetstream` or `kafka`.
-    pub broker: BrokerKind,
+    pub(crate) broker: BrokerKind,
     /// What actually ran, with its version, e.g. `tansu 0.6.0 (Kafka protocol)`.
-    pub implementation: String,
+    pub(crate) implementation: String,
     /// The product that implementation stands in for, when it is not that
     /// product (local tansu: `Apache Kafka`); its figures describe the stand-in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stand_in_for: Option<String>,
+    pub(crate) stand_in_for: Option<String>,
     /// The address it was measured at.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// Durability and delivery settings in force.
-    pub settings: Settings,
+    pub(crate) settings: Settings,
     /// Load: open loop (paced) or closed loop (rate 0, as fast as confirmations allow).
-    pub load: LoadResult,
+    pub(crate) load: LoadResult,
     /// Publish outcomes over all producers.
-    pub publish: PublishResult,
+    pub(crate) publish: PublishResult,
     /// One entry per consumer group.
-    pub groups: Vec<GroupResult>,
+    pub(crate) groups: Vec<GroupResult>,
     /// Latency histograms, microseconds.
-    pub latency_us: LatencyResults,
+    pub(crate) latency_us: LatencyResults,
     /// Faults applied, in order, with recovery times and the messages of each.
-    pub faults: Vec<FaultResult>,
+    pub(crate) faults: Vec<FaultResult>,
     /// Per-second counts from the start of the load, to chart a run.
-    pub series: Series,
+    pub(crate) series: Series,
     /// Failures by kind, over publishes, deliveries and acks.
-    pub errors: BTreeMap<ErrorKind, u64>,
+    pub(crate) errors: BTreeMap<ErrorKind, u64>,
     /// Per kind of publish failure, the first thing the broker or its client
     /// said, e.g. `refused`: "stream not found".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub first_errors: BTreeMap<ErrorKind, String>,
+    pub(crate) first_errors: BTreeMap<ErrorKind, String>,
     /// The drain after the load.
-    pub drain: DrainResult,
+    pub(crate) drain: DrainResult,
     /// Correctness checks and whether they held.
-    pub checks: Vec<Check>,
+    pub(crate) checks: Vec<Check>,
     /// brokerbench's own use of the machine over the steady window, and
     /// whether it may have been the limit (absent from files written before
     /// brokerbench measured itself, and when the run never reached the
     /// steady window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub harness: Option<HarnessUse>,
+    pub(crate) harness: Option<HarnessUse>,
     /// `run --find-max`: every step of the search and the rate found. The
     /// rest of this result is the step at the rate found (or, if none
     /// held, the last step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub find_max: Option<find_max::FindMaxResult>,
+    pub(crate) find_max: Option<find_max::FindMaxResult>,
     /// The broker's run finished: not interrupted, and the broker came back
     /// after every fault.
-    pub complete: bool,
+    pub(crate) complete: bool,
 }
 
 /// The load as offered and achieved.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LoadResult {
+pub(crate) struct LoadResult {
     /// Paced by intended send times (true) or closed loop (false, rate 0).
-    pub open_loop: bool,
+    pub(crate) open_loop: bool,
     /// Target rate, messages/s (0: as fast as possible).
-    pub target_rate_per_s: f64,
+    pub(crate) target_rate_per_s: f64,
     /// Payload bytes per message.
-    pub message_bytes: usize,
+    pub(crate) message_bytes: usize,
     /// Measured (steady) time, seconds.
-    pub steady_seconds: f64,
+    pub(crate) steady_seconds: f64,
     /// When the load started (warmup included), RFC 3339 UTC with
     /// milliseconds: second 0 of `series`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
+    pub(crate) started_at: Option<String>,
 }
 
 /// Publish outcomes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PublishResult {
+pub(crate) struct PublishResult {
     /// Publishes attempted (warmup included).
-    pub attempted: u64,
+    pub(crate) attempted: u64,
     /// Confirmed by the broker.
-    pub confirmed: u64,
+    pub(crate) confirmed: u64,
     /// Refused by the broker or not sent.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// No answer by the end of the drain.
-    pub unknown: u64,
+    pub(crate) unknown: u64,
     /// Sends of a message again after no or a negative confirmation (retry mode).
-    pub resent: u64,
+    pub(crate) resent: u64,
     /// Messages that fell due during the load but were not sent by its end
     /// (the producers could not keep up): offered, never attempted.
-    pub unsent: u64,
+    pub(crate) unsent: u64,
     /// Sends per second during the steady phase (by actual send time).
-    pub rate_per_s: f64,
+    pub(crate) rate_per_s: f64,
     /// Confirmations per second that arrived during the steady phase.
-    pub confirmed_per_s: f64,
+    pub(crate) confirmed_per_s: f64,
     /// Publish only: the messages the broker held at the end, asked once the
     /// producers were done (absent with consumer groups, or when the broker
     /// could not be asked). Fewer than `confirmed` means confirmed messages
     /// are gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stored: Option<u64>,
+    pub(crate) stored: Option<u64>,
 }
 
 impl PublishResult {
     /// Publish only: confirmed messages the broker no longer holds (at
     /// least); 0 when it was not asked.
-    pub fn gone(&self) -> u64 {
+    pub(crate) fn gone(&self) -> u64 {
         self.stored
             .map_or(0, |stored| self.confirmed.saturating_sub(stored))
     }
@@ -159,127 +159,127 @@ impl PublishResult {
 
 /// One consumer group's account.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct GroupResult {
+pub(crate) struct GroupResult {
     /// Group name.
-    pub group: String,
+    pub(crate) group: String,
     /// The ledger's account (see `docs/architecture.md`, "Ledger").
     #[serde(flatten)]
-    pub account: account::GroupAccount,
+    pub(crate) account: account::GroupAccount,
     /// Confirmed, delivered only in the final read.
-    pub late: u64,
+    pub(crate) late: u64,
     /// Confirmed, not delivered, still held by the broker at the end (as it
     /// reports its depth); `None` if the broker could not be asked.
-    pub backlog: Option<u64>,
+    pub(crate) backlog: Option<u64>,
     /// Confirmed and not delivered, when the broker could not be asked
     /// whether it still holds them: neither lost nor backlog, unknown. With
     /// failures, also poison messages not dead-lettered by the end where the
     /// broker cannot report dead letters on their way (RabbitMQ quorum
     /// queues, at least once).
-    pub unverified: u64,
+    pub(crate) unverified: u64,
     /// First deliveries per second that arrived during the steady phase.
-    pub rate_per_s: f64,
+    pub(crate) rate_per_s: f64,
 }
 
 /// One fault and what it did.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FaultResult {
+pub(crate) struct FaultResult {
     /// What was done to the broker.
-    pub action: FaultAction,
+    pub(crate) action: FaultAction,
     /// When, as planned: seconds from the start of the steady phase.
-    pub at_s: f64,
+    pub(crate) at_s: f64,
     /// Planned down (kill) or frozen (pause) time, seconds.
-    pub duration_s: f64,
+    pub(crate) duration_s: f64,
     /// When it was applied: seconds from the start of the load (the series' clock).
-    pub started_s: f64,
+    pub(crate) started_s: f64,
     /// From the fault to the broker accepting clients again (kill, restart)
     /// or running again (pause), seconds; null if it never came back.
-    pub broker_ready_after_s: Option<f64>,
+    pub(crate) broker_ready_after_s: Option<f64>,
     /// From the fault to the first publish confirmation after the broker was
     /// ready again, seconds; null if none came.
-    pub publish_recovered_after_s: Option<f64>,
+    pub(crate) publish_recovered_after_s: Option<f64>,
     /// Per group, from the fault to the first new delivery after the broker
     /// was ready again, seconds; null if none came.
-    pub delivery_recovered_after_s: BTreeMap<String, Option<f64>>,
+    pub(crate) delivery_recovered_after_s: BTreeMap<String, Option<f64>>,
     /// Why the broker did not come back, if it did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Whether publishing and every group worked again after the fault:
     /// false if the broker never came back, or came back at least
     /// `recovery.backoff_max` before the end of the load and then never
     /// confirmed a publish or delivered to a group again; null if it came
     /// back later than that, with too little load left to show it.
-    pub recovered: Option<bool>,
+    pub(crate) recovered: Option<bool>,
     /// The messages first sent from this fault until the next one (or the
     /// end); the first fault also owns the messages sent before it.
-    pub messages: FaultMessages,
+    pub(crate) messages: FaultMessages,
 }
 
 /// The account of the messages sent in one fault's window.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FaultMessages {
+pub(crate) struct FaultMessages {
     /// Publish outcomes.
     #[serde(flatten)]
-    pub publish: account::PublishAccount,
+    pub(crate) publish: account::PublishAccount,
     /// Per group: lost, duplicates, recovered.
-    pub groups: BTreeMap<String, FaultGroup>,
+    pub(crate) groups: BTreeMap<String, FaultGroup>,
 }
 
 /// One group's account of a fault window.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FaultGroup {
+pub(crate) struct FaultGroup {
     /// Confirmed, never delivered (with failures: neither processed nor
     /// dead-lettered, poison messages included).
-    pub lost: u64,
+    pub(crate) lost: u64,
     /// Deliveries beyond the first.
-    pub duplicates: u64,
+    pub(crate) duplicates: u64,
     /// Not confirmed, yet delivered.
-    pub recovered: u64,
+    pub(crate) recovered: u64,
 }
 
 /// Per-second counts from the start of the load (warmup included).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Series {
+pub(crate) struct Series {
     /// Seconds per entry.
-    pub interval_s: u32,
+    pub(crate) interval_s: u32,
     /// Where the steady phase starts, seconds from the start of the load.
-    pub steady_start_s: f64,
+    pub(crate) steady_start_s: f64,
     /// Publish confirmations per second.
-    pub confirmed: Vec<u64>,
+    pub(crate) confirmed: Vec<u64>,
     /// Publish, receive and ack errors per second.
-    pub errors: Vec<u64>,
+    pub(crate) errors: Vec<u64>,
     /// First deliveries per second, per group.
-    pub delivered: BTreeMap<String, Vec<u64>>,
+    pub(crate) delivered: BTreeMap<String, Vec<u64>>,
     /// Publish latency (corrected) second by second, by confirmation time.
     #[serde(default)]
-    pub publish_latency_us: IntervalSeries,
+    pub(crate) publish_latency_us: IntervalSeries,
     /// Per group, end-to-end latency (corrected) second by second, by
     /// delivery time.
     #[serde(default)]
-    pub end_to_end_latency_us: BTreeMap<String, IntervalSeries>,
+    pub(crate) end_to_end_latency_us: BTreeMap<String, IntervalSeries>,
     /// Per group with failures, attempts that failed on purpose per second.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub failed: BTreeMap<String, Vec<u64>>,
+    pub(crate) failed: BTreeMap<String, Vec<u64>>,
     /// Per group with failures, messages first read from the dead-letter
     /// destination per second.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub dead_lettered: BTreeMap<String, Vec<u64>>,
+    pub(crate) dead_lettered: BTreeMap<String, Vec<u64>>,
 }
 
 /// A latency second by second, µs: the steady phase's messages, each in the
 /// second it completed in (as HdrHistogram interval logs keep them).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct IntervalSeries {
+pub(crate) struct IntervalSeries {
     /// Values recorded.
-    pub count: Vec<u64>,
+    pub(crate) count: Vec<u64>,
     /// Median (0 where none).
-    pub p50: Vec<u64>,
+    pub(crate) p50: Vec<u64>,
     /// 99th percentile.
-    pub p99: Vec<u64>,
+    pub(crate) p99: Vec<u64>,
     /// Maximum.
-    pub max: Vec<u64>,
+    pub(crate) max: Vec<u64>,
     /// Each second's histogram in HdrHistogram's compressed V2 form, base64,
     /// as interval logs hold it ("" where empty).
-    pub hdr: Vec<String>,
+    pub(crate) hdr: Vec<String>,
 }
 
 impl IntervalSeries {
@@ -294,7 +294,7 @@ impl IntervalSeries {
     }
 
     /// Adds the next second's histogram.
-    pub fn push(&mut self, latency: &Latency) {
+    pub(crate) fn push(&mut self, latency: &Latency) {
         let summary = latency.percentiles();
         self.count.push(summary.count);
         self.p50.push(summary.p50);
@@ -306,35 +306,35 @@ impl IntervalSeries {
 
 /// Latency summaries, microseconds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LatencyResults {
+pub(crate) struct LatencyResults {
     /// Intended send time to confirmation: corrected for coordinated omission.
-    pub publish: LatencySummary,
+    pub(crate) publish: LatencySummary,
     /// Actual send time to confirmation: service time, uncorrected.
-    pub publish_service: LatencySummary,
+    pub(crate) publish_service: LatencySummary,
     /// Per group, intended send time to delivery: corrected.
-    pub end_to_end: BTreeMap<String, LatencySummary>,
+    pub(crate) end_to_end: BTreeMap<String, LatencySummary>,
     /// Per group, actual send time to delivery: uncorrected.
-    pub end_to_end_service: BTreeMap<String, LatencySummary>,
+    pub(crate) end_to_end_service: BTreeMap<String, LatencySummary>,
     /// Per group with failures, intended send time to the dead-letter
     /// reader's first read of a message.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub time_to_dead_letter: BTreeMap<String, LatencySummary>,
+    pub(crate) time_to_dead_letter: BTreeMap<String, LatencySummary>,
 }
 
 /// The drain after the load.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DrainResult {
+pub(crate) struct DrainResult {
     /// How long it took, seconds.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     /// It ended by the drain timeout with confirmed messages not yet delivered.
-    pub timed_out: bool,
+    pub(crate) timed_out: bool,
     /// How long the final read took after the drain ran out, seconds.
-    pub final_read_seconds: f64,
+    pub(crate) final_read_seconds: f64,
 }
 
 /// What a correctness check checks; serialized as the condition it states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CheckKind {
+pub(crate) enum CheckKind {
     /// No confirmed message of this group was lost.
     #[serde(rename = "lost == 0")]
     NoneLost,
@@ -367,30 +367,30 @@ pub enum CheckKind {
 
 /// One check: a correctness condition, or a threshold.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Check {
+pub(crate) struct Check {
     /// What is checked.
-    pub check: CheckKind,
+    pub(crate) check: CheckKind,
     /// For a threshold: the metric it limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metric: Option<Metric>,
+    pub(crate) metric: Option<Metric>,
     /// The consumer group, for per-group checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     /// For a per-fault threshold: the fault's index in `faults`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fault: Option<usize>,
+    pub(crate) fault: Option<usize>,
     /// Whether it held.
-    pub passed: bool,
+    pub(crate) passed: bool,
     /// The measured value, in `unit` for a threshold; null when there was
     /// nothing to measure (which fails a threshold).
     #[serde(with = "figure")]
-    pub value: Option<f64>,
+    pub(crate) value: Option<f64>,
     /// For a threshold: its limit, in `unit`.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "figure")]
-    pub limit: Option<f64>,
+    pub(crate) limit: Option<f64>,
     /// For a threshold: the unit of `value` and `limit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unit: Option<Unit>,
+    pub(crate) unit: Option<Unit>,
 }
 
 impl Check {
@@ -415,7 +415,7 @@ impl Check {
 
     /// What it checks and where, in words: `lost == 0 (billing)`,
     /// `end_to_end_p99 <= 50ms (billing)`, `recovery <= 10s (fault 1: kill at 5s)`.
-    pub fn condition(&self, faults: &[FaultResult]) -> String {
+    pub(crate) fn condition(&self, faults: &[FaultResult]) -> String {
         let what = match (self.metric, self.limit, self.unit) {
             (Some(metric), Some(limit), Some(unit)) => format!(
                 "{metric} {} {}",
@@ -445,7 +445,7 @@ impl Check {
     }
 
     /// The measured value in words, in the check's unit.
-    pub fn measured(&self) -> String {
+    pub(crate) fn measured(&self) -> String {
         match (self.value, self.unit) {
             (None, _) => "not measured".into(),
             (Some(v), Some(unit)) => figure::show(v, unit),
@@ -457,16 +457,16 @@ impl Check {
 /// A results file that cannot be read.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", file.display())]
-pub struct ResultsError {
+pub(crate) struct ResultsError {
     /// The file.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// What is wrong with it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl GroupResult {
     /// Confirmed messages gone: `lost`, plus `poison_lost` with failures.
-    pub fn lost(&self) -> u64 {
+    pub(crate) fn lost(&self) -> u64 {
         self.account.gone()
     }
 }
@@ -474,7 +474,7 @@ impl GroupResult {
 impl BrokerResult {
     /// The slowest group's end-to-end latencies: each percentile the worst
     /// over the groups, the count over all of them.
-    pub fn worst_end_to_end(&self) -> LatencySummary {
+    pub(crate) fn worst_end_to_end(&self) -> LatencySummary {
         let mut worst = LatencySummary::default();
         for s in self.latency_us.end_to_end.values() {
             worst.count += s.count;
@@ -488,23 +488,23 @@ impl BrokerResult {
 
     /// Confirmed messages lost, over every group (publish only: those the
     /// broker no longer holds).
-    pub fn lost(&self) -> u64 {
+    pub(crate) fn lost(&self) -> u64 {
         self.groups.iter().map(GroupResult::lost).sum::<u64>() + self.publish.gone()
     }
 
     /// Duplicate deliveries, over every group.
-    pub fn duplicates(&self) -> u64 {
+    pub(crate) fn duplicates(&self) -> u64 {
         self.groups.iter().map(|g| g.account.duplicates).sum()
     }
 
     /// Whether every check held.
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
     }
 
     /// The whole seconds of a per-second `series` that fall within the
     /// steady (measured) phase.
-    pub fn steady<'a, T>(&self, series: &'a [T]) -> &'a [T] {
+    pub(crate) fn steady<'a, T>(&self, series: &'a [T]) -> &'a [T] {
         let start = self.series.steady_start_s.ceil() as usize;
         let end = (self.series.steady_start_s + self.load.steady_seconds).floor() as usize;
         let end = end.min(series.len());
@@ -513,7 +513,7 @@ impl BrokerResult {
 
     /// The longest time any fault took until publishing was confirmed again;
     /// `None` without faults, infinite if publishing never recovered.
-    pub fn worst_recovery_s(&self) -> Option<f64> {
+    pub(crate) fn worst_recovery_s(&self) -> Option<f64> {
         self.faults
             .iter()
             .map(|f| f.publish_recovered_after_s.unwrap_or(f64::INFINITY))
@@ -523,7 +523,7 @@ impl BrokerResult {
 
 impl Results {
     /// Results of a run that is about to start.
-    pub fn new(plan: &Plan, environment: &str) -> Self {
+    pub(crate) fn new(plan: &Plan, environment: &str) -> Self {
         Results {
             schema: SCHEMA.to_string(),
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -537,12 +537,12 @@ impl Results {
     }
 
     /// Whether every check of every broker held and the run completed.
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.complete && self.brokers.iter().all(BrokerResult::passed)
     }
 
     /// The directory `results/<scenario>-<UTC timestamp>` under `parent`.
-    pub fn directory(&self, parent: &Path) -> PathBuf {
+    pub(crate) fn directory(&self, parent: &Path) -> PathBuf {
         let stamp: String = self
             .started_at
             .chars()
@@ -553,7 +553,7 @@ impl Results {
 
     /// Reads a `results.json` written by `brokerbench run`; the error names
     /// the file and, for a file that is not one, the line and column.
-    pub fn read(path: &Path) -> Result<Results, ResultsError> {
+    pub(crate) fn read(path: &Path) -> Result<Results, ResultsError> {
         let text = std::fs::read_to_string(path).map_err(|e| ResultsError {
             file: path.to_path_buf(),
             message: e.to_string(),
@@ -592,7 +592,7 @@ impl Results {
     }
 
     /// Writes `results.json` into `dir` (atomically: a reader never sees half a file).
-    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+    pub(crate) fn write(&self, dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("could not create '{}'", dir.display()))?;
         let path = dir.join("results.json");

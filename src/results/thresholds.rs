@@ -10,7 +10,7 @@ use crate::scenario::thresholds::{Limit, Metric, Scope};
 /// A check for each of `limits` on `b`. A figure that was not measured (no
 /// latency recorded, a fault never recovered from) fails its threshold: a
 /// limit is a promise, and nothing was shown to keep it.
-pub fn checks(limits: &BTreeMap<Metric, Limit>, b: &BrokerResult) -> Vec<Check> {
+pub(crate) fn checks(limits: &BTreeMap<Metric, Limit>, b: &BrokerResult) -> Vec<Check> {
     let mut checks = Vec::new();
     for (&metric, &limit) in limits {
         let mut check = |value: Option<f64>, group: Option<&str>, fault: Option<usize>| {

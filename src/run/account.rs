@@ -25,17 +25,17 @@ use crate::scenario::Plan;
 
 /// What ran where, as the environment placed it.
 #[derive(Clone)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// Implementation and version.
-    pub implementation: String,
+    pub(crate) implementation: String,
     /// What it stands in for, if it is a stand-in.
-    pub stand_in_for: Option<String>,
+    pub(crate) stand_in_for: Option<String>,
     /// Where it was reached, password hidden.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 /// Turns a measurement into results.
-pub fn broker_result(
+pub(crate) fn broker_result(
     plan: &Plan,
     broker: BrokerKind,
     placed: Placement,

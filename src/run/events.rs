@@ -16,7 +16,7 @@ use crate::scenario::FaultAction;
 
 /// One thing that happened during a run.
 #[derive(Debug)]
-pub enum Event<'a> {
+pub(crate) enum Event<'a> {
     /// A broker was placed: started (local, compose) or reached (external).
     Placed {
         /// Which broker.
@@ -35,10 +35,7 @@ pub enum Event<'a> {
         progress: Arc<Progress>,
     },
     /// That measurement is over.
-    Measured {
-        /// Which broker.
-        kind: BrokerKind,
-    },
+    Measured,
     /// A fault of the timeline was applied to the broker being measured.
     FaultApplied {
         /// What was done.
@@ -103,14 +100,14 @@ pub enum Event<'a> {
 
 /// Whoever watches a run. Events come from the session and from the fault
 /// timeline, which runs beside the load, so an observer is shared.
-pub trait Observer: Send + Sync {
+pub(crate) trait Observer: Send + Sync {
     /// Something happened.
     fn event(&self, event: Event<'_>);
 }
 
 /// An observer that shows nothing.
 #[cfg(test)]
-pub struct Quiet;
+pub(crate) struct Quiet;
 
 #[cfg(test)]
 impl Observer for Quiet {

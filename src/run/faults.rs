@@ -17,24 +17,24 @@ use crate::scenario::{Fault, FaultAction};
 
 /// What happened when one fault was applied.
 #[derive(Clone, Debug)]
-pub struct FaultEvent {
+pub(crate) struct FaultEvent {
     /// The fault as planned.
-    pub fault: Fault,
+    pub(crate) fault: Fault,
     /// When it was applied.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// When the broker was ready again (kill, restart) or resumed (pause);
     /// `None` if it never came back.
-    pub ready: Option<Instant>,
+    pub(crate) ready: Option<Instant>,
     /// Why the broker did not come back, if it did not.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Per producer, the number of messages attempted when the fault started.
-    pub window_start: Vec<u64>,
+    pub(crate) window_start: Vec<u64>,
 }
 
 /// Applies `faults` to `target` at `steady_start + fault.at`, one after the
 /// other, until done, cancelled or `deadline` (the end of the drain): a broker
 /// still down then is recorded as never back, and is not started again.
-pub async fn inject(
+pub(crate) async fn inject(
     faults: &[Fault],
     target: &mut dyn FaultTarget,
     steady_start: Instant,

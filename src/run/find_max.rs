@@ -21,22 +21,22 @@ use crate::scenario::thresholds::Metric;
 use crate::scenario::Plan;
 
 /// The most a step's measured window lasts (the scenario's duration if shorter).
-pub const STEP_WINDOW: Duration = Duration::from_secs(5);
+pub(crate) const STEP_WINDOW: Duration = Duration::from_secs(5);
 /// The most a step's warmup lasts.
-pub const STEP_WARMUP: Duration = Duration::from_secs(1);
+pub(crate) const STEP_WARMUP: Duration = Duration::from_secs(1);
 /// The most a step's drain and final read last.
-pub const STEP_DRAIN: Duration = Duration::from_secs(10);
+pub(crate) const STEP_DRAIN: Duration = Duration::from_secs(10);
 /// The share of the target rate a step must achieve.
-pub const ACHIEVED: f64 = 0.99;
+pub(crate) const ACHIEVED: f64 = 0.99;
 /// The search ends when the lowest rate that failed is within this factor
 /// of the highest that held.
-pub const PRECISION: f64 = 1.03;
+pub(crate) const PRECISION: f64 = 1.03;
 /// No step below this rate, msg/s.
-pub const MIN_RATE: f64 = 10.0;
+pub(crate) const MIN_RATE: f64 = 10.0;
 
 /// The step at `target` (0: closed loop), judged from its result
 /// against the plan's SLO limits.
-pub fn judge_step(phase: Phase, target: f64, plan: &Plan, b: &BrokerResult) -> Step {
+pub(crate) fn judge_step(phase: Phase, target: f64, plan: &Plan, b: &BrokerResult) -> Step {
     let end_to_end = b.worst_end_to_end();
     let end_to_end_p99_us = (end_to_end.count > 0).then_some(end_to_end.p99);
     let publish = &b.latency_us.publish;
@@ -90,7 +90,7 @@ pub fn judge_step(phase: Phase, target: f64, plan: &Plan, b: &BrokerResult) -> S
 
 /// Where the search stands: which rate to try next.
 #[derive(Debug, Default)]
-pub struct Search {
+pub(crate) struct Search {
     closed_loop: Option<f64>,
     /// The highest rate that held.
     held: Option<f64>,
@@ -104,7 +104,7 @@ pub struct Search {
 impl Search {
     /// The next step and its target rate (0: closed loop); none when done.
     /// A rate to measure again is measured even at the step limit.
-    pub fn next(&self) -> Option<(Phase, f64)> {
+    pub(crate) fn next(&self) -> Option<(Phase, f64)> {
         if let Some(rate) = self.again {
             return Some((Phase::Repeat, rate));
         }
@@ -115,7 +115,7 @@ impl Search {
     }
 
     /// Whether the step limit, rather than the precision, ended the search.
-    pub fn step_limit_reached(&self) -> bool {
+    pub(crate) fn step_limit_reached(&self) -> bool {
         self.again.is_none() && self.steps >= MAX_STEPS && self.next_unlimited().is_some()
     }
 
@@ -145,7 +145,7 @@ impl Search {
     /// when it did not hold twice in a row; but the closed-loop rate, the
     /// first open-loop step, is measured once: open loop seldom holds right
     /// at the ceiling, and the bisection below it finds how close it comes.
-    pub fn record(&mut self, phase: Phase, target: f64, held: bool, confirmed_per_s: f64) {
+    pub(crate) fn record(&mut self, phase: Phase, target: f64, held: bool, confirmed_per_s: f64) {
         self.steps += 1;
         self.again = None;
         let first = self.held.is_none() && self.failed.is_none();
@@ -159,12 +159,12 @@ impl Search {
     }
 
     /// The highest rate that held.
-    pub fn found(&self) -> Option<f64> {
+    pub(crate) fn found(&self) -> Option<f64> {
         self.held
     }
 
     /// The closed-loop window's confirmed rate.
-    pub fn closed_loop(&self) -> f64 {
+    pub(crate) fn closed_loop(&self) -> f64 {
         self.closed_loop.unwrap_or(0.0)
     }
 }
@@ -178,7 +178,7 @@ impl Plan {
     /// The plan of one step at `rate` (0: closed loop): a short window
     /// ([`STEP_WARMUP`], [`STEP_WINDOW`], [`STEP_DRAIN`], or the
     /// scenario's own if shorter) and no faults.
-    pub fn find_max_step(&self, rate: f64) -> Plan {
+    pub(crate) fn find_max_step(&self, rate: f64) -> Plan {
         let mut step = self.clone();
         let load = &mut step.load;
         load.rate = rate;

@@ -11,7 +11,7 @@
 //! dead-lettered) after the drain is *lost*; one not confirmed yet delivered
 //! is *recovered*; a delivery of a message never sent is *unexpected*.
 
-pub use crate::results::account::{FailureAccount, GroupAccount, PublishAccount};
+pub(crate) use crate::results::account::{FailureAccount, GroupAccount, PublishAccount};
 
 use crate::event::Envelope;
 use crate::scenario::{ConsumerGroup, Failures, Fate};
@@ -249,12 +249,12 @@ pub fn everything(producers: &[ProducerLog]) -> Vec<(u64, u64)> {
 }
 
 /// Publish outcomes of all producers.
-pub fn publish_account(producers: &[ProducerLog]) -> PublishAccount {
+pub(crate) fn publish_account(producers: &[ProducerLog]) -> PublishAccount {
     publish_account_in(producers, &everything(producers))
 }
 
 /// Publish outcomes of the messages in `window`.
-pub fn publish_account_in(producers: &[ProducerLog], window: &Window) -> PublishAccount {
+pub(crate) fn publish_account_in(producers: &[ProducerLog], window: &Window) -> PublishAccount {
     let mut account = PublishAccount::default();
     for (log, &(from, to)) in producers.iter().zip(window) {
         let to = to.min(log.attempted()) as usize;
@@ -272,7 +272,7 @@ pub fn publish_account_in(producers: &[ProducerLog], window: &Window) -> Publish
 }
 
 /// The account of `group` against what `producers` sent.
-pub fn group_account(producers: &[ProducerLog], group: &GroupLog) -> GroupAccount {
+pub(crate) fn group_account(producers: &[ProducerLog], group: &GroupLog) -> GroupAccount {
     let mut account = group_account_in(producers, group, &everything(producers));
     account.delivered = group.delivered;
     account.redelivered = group.redelivered;
@@ -312,7 +312,7 @@ pub fn incomplete(producers: &[ProducerLog], group: &GroupLog) -> u64 {
 /// (the fields about the group's whole history stay 0); with failures, what
 /// became of the poison and transient messages, where `poison_lost` and
 /// `lost` still include what the broker may hold.
-pub fn group_account_in(
+pub(crate) fn group_account_in(
     producers: &[ProducerLog],
     group: &GroupLog,
     window: &Window,

@@ -19,17 +19,17 @@
 //! most the broker's start deadline, and closing adds at most a few call
 //! timeouts.
 
-pub mod account;
+pub(crate) mod account;
 mod consumer;
-pub mod events;
-pub mod faults;
-pub mod find_max;
+pub(crate) mod events;
+pub(crate) mod faults;
+pub(crate) mod find_max;
 pub mod ledger;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod pacer;
 mod producer;
-pub mod session;
+pub(crate) mod session;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -75,7 +75,7 @@ pub struct Progress {
     /// Set when the drain ran out and the groups read on at full speed.
     pub final_read: AtomicBool,
     /// Live metrics to update, when `--metrics-addr` serves them.
-    pub live: Option<BrokerMetrics>,
+    pub(crate) live: Option<BrokerMetrics>,
 }
 
 impl Progress {
@@ -209,7 +209,7 @@ pub struct Measurement {
     /// Per consumer group, in plan order.
     pub groups: Vec<GroupOutcome>,
     /// The faults applied, in order.
-    pub faults: Vec<FaultEvent>,
+    pub(crate) faults: Vec<FaultEvent>,
     /// Durability settings the driver used.
     pub settings: Settings,
     /// Whether the backlog the driver reports includes dead letters on their
@@ -237,7 +237,7 @@ pub struct Measurement {
     pub stored: Option<u64>,
     /// brokerbench's own use of the machine at the start and the end of the
     /// steady window (absent if the run never reached it).
-    pub harness: Option<(Reading, Reading)>,
+    pub(crate) harness: Option<(Reading, Reading)>,
 }
 
 /// Shared, read-only facts of one run.
@@ -284,7 +284,7 @@ impl RunContext {
 /// Runs `plan` over a connected `driver`, applying the plan's faults to
 /// `target`. Setup errors (topology, subscriptions) are returned: the broker
 /// cannot be measured. Everything after is data.
-pub async fn measure(
+pub(crate) async fn measure(
     plan: &Plan,
     driver: &dyn Driver,
     target: &mut dyn FaultTarget,

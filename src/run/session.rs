@@ -28,11 +28,11 @@ use crate::scenario::Plan;
 
 /// Beyond the load and the drain timeout: a broker's start deadline (90 s for
 /// RabbitMQ) after a fault, and a few 10 s call timeouts while closing.
-pub const MEASURE_SLACK: Duration = Duration::from_secs(150);
+pub(crate) const MEASURE_SLACK: Duration = Duration::from_secs(150);
 
 /// Stops a session early, and remembers why (the signal's name).
 #[derive(Clone, Default)]
-pub struct Stop {
+pub(crate) struct Stop {
     token: CancellationToken,
     why: Arc<std::sync::OnceLock<String>>,
 }
@@ -40,35 +40,35 @@ pub struct Stop {
 impl Stop {
     /// Stops the session: the load stops, what was measured is written,
     /// marked incomplete with `why` (the first reason given is kept).
-    pub fn stop(&self, why: &str) {
+    pub(crate) fn stop(&self, why: &str) {
         let _ = self.why.set(why.to_string());
         self.token.cancel();
     }
 
     /// Whether it was stopped.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.token.is_cancelled()
     }
 
     /// Why it was stopped, if it was.
-    pub fn why(&self) -> Option<&str> {
+    pub(crate) fn why(&self) -> Option<&str> {
         self.why.get().map(String::as_str)
     }
 }
 
 /// What a session produced.
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// The results, as written.
-    pub results: Results,
+    pub(crate) results: Results,
     /// Where they were written.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Why the session stopped before the last broker: a broker could not
     /// be started, reached or set up. The results so far are written.
-    pub failure: Option<anyhow::Error>,
+    pub(crate) failure: Option<anyhow::Error>,
 }
 
 /// One scenario, run against the plan's brokers in turn.
-pub struct Session<'a> {
+pub(crate) struct Session<'a> {
     plan: &'a Plan,
     run_id: u64,
     stop: Stop,
@@ -80,7 +80,7 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// A session for `plan`, writing `results.json` into
     /// `<out>/<scenario>-<UTC time>/`; `stop` stops it (the first signal).
-    pub fn new(plan: &'a Plan, out: PathBuf, stop: Stop) -> Self {
+    pub(crate) fn new(plan: &'a Plan, out: PathBuf, stop: Stop) -> Self {
         Session {
             plan,
             run_id: rand::random(),
@@ -92,7 +92,7 @@ impl<'a> Session<'a> {
     }
 
     /// Updates `live` (served by `--metrics-addr`) as brokers are measured.
-    pub fn with_live_metrics(mut self, live: Arc<LiveMetrics>) -> Self {
+    pub(crate) fn with_live_metrics(mut self, live: Arc<LiveMetrics>) -> Self {
         self.live = Some(live);
         self
     }
@@ -100,14 +100,18 @@ impl<'a> Session<'a> {
     /// Time allowed beyond the load and the drain timeout before a broker's
     /// measurement is abandoned as hung (default [`MEASURE_SLACK`]).
     #[cfg(test)]
-    pub fn with_slack(mut self, slack: Duration) -> Self {
+    pub(crate) fn with_slack(mut self, slack: Duration) -> Self {
         self.slack = slack;
         self
     }
 
     /// Measures every broker of the plan, placed by `env`. `Err` only when
     /// the results cannot be written.
-    pub async fn run(&self, env: &mut dyn Environment, observer: &dyn Observer) -> Result<Outcome> {
+    pub(crate) async fn run(
+        &self,
+        env: &mut dyn Environment,
+        observer: &dyn Observer,
+    ) -> Result<Outcome> {
         let plan = self.plan;
         let mut results = Results::new(plan, env.name());
         let dir = results.directory(&self.out);
@@ -232,7 +236,7 @@ impl<'a> Session<'a> {
             measured.with_context(|| format!("{kind} at {shown}"))
         })
         .await;
-        observer.event(Event::Measured { kind });
+        observer.event(Event::Measured);
         match measured {
             Err(_elapsed) => Measured::Hung(format!(
                 "{kind} did not finish within {} (load, drain timeout, final read and {} for \

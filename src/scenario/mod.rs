@@ -8,7 +8,7 @@
 
 mod error;
 mod file;
-pub mod thresholds;
+pub(crate) mod thresholds;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

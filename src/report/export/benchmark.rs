@@ -155,7 +155,7 @@ struct Entry {
 }
 
 /// github-action-benchmark's two custom tools' files.
-pub struct GithubActionBenchmark;
+pub(crate) struct GithubActionBenchmark;
 
 impl Exporter for GithubActionBenchmark {
     fn export(&self, runs: &[Results]) -> Result<Vec<Document>> {
@@ -197,7 +197,7 @@ struct Metric {
 }
 
 /// Bencher Metric Format: `{benchmark: {measure: {value, lower_value, upper_value}}}`.
-pub struct Bmf;
+pub(crate) struct Bmf;
 
 impl Exporter for Bmf {
     fn export(&self, runs: &[Results]) -> Result<Vec<Document>> {

@@ -14,7 +14,7 @@ use crate::metrics::decode_histogram;
 use crate::results::{BrokerResult, IntervalSeries, Results};
 
 /// The interval-log exporter.
-pub struct Hlog;
+pub(crate) struct Hlog;
 
 impl Exporter for Hlog {
     fn export(&self, runs: &[Results]) -> Result<Vec<Document>> {

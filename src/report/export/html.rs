@@ -20,7 +20,7 @@ use crate::report::table;
 use crate::results::{BrokerResult, Results};
 
 /// The HTML exporter.
-pub struct Html;
+pub(crate) struct Html;
 
 impl Exporter for Html {
     fn export(&self, runs: &[Results]) -> Result<Vec<Document>> {

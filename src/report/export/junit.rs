@@ -10,7 +10,7 @@ use super::{broker_label, Document, Exporter};
 use crate::results::{BrokerResult, Results};
 
 /// The JUnit exporter.
-pub struct Junit;
+pub(crate) struct Junit;
 
 type Xml = Writer<Vec<u8>>;
 

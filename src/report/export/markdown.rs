@@ -12,12 +12,12 @@ use crate::report::table;
 use crate::results::{CheckKind, Results};
 
 /// GitHub's limit on one step's summary.
-pub const GITHUB_SUMMARY_LIMIT: usize = 1024 * 1024;
+pub(crate) const GITHUB_SUMMARY_LIMIT: usize = 1024 * 1024;
 
 /// The Markdown exporter.
-pub struct Markdown {
+pub(crate) struct Markdown {
     /// Bytes the report may take; parts are cut to fit.
-    pub budget: usize,
+    pub(crate) budget: usize,
 }
 
 impl Default for Markdown {
@@ -40,7 +40,7 @@ impl Exporter for Markdown {
 
 impl Markdown {
     /// The report of `runs`, within the budget.
-    pub fn render(&self, runs: &[Results]) -> String {
+    pub(crate) fn render(&self, runs: &[Results]) -> String {
         // Most rows first; fewer until it fits (the tables' rows dominate).
         let mut rows = usize::MAX;
         loop {

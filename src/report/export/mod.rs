@@ -16,7 +16,7 @@ use crate::results::Results;
 
 /// A report format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// GitHub-flavoured Markdown for a job summary (stays under its 1 MiB limit).
     Markdown,
     /// One self-contained HTML file with charts (no network needed to open it).
@@ -35,21 +35,21 @@ pub enum Format {
 
 /// One file of a report.
 #[derive(Debug)]
-pub struct Document {
+pub(crate) struct Document {
     /// The file name it is written under in a directory.
-    pub file_name: String,
+    pub(crate) file_name: String,
     /// Its content.
-    pub content: Vec<u8>,
+    pub(crate) content: Vec<u8>,
 }
 
 /// Turns results into a report.
-pub trait Exporter {
+pub(crate) trait Exporter {
     /// The report of `runs` (one or more results files, in the order given).
     fn export(&self, runs: &[Results]) -> Result<Vec<Document>>;
 }
 
 /// The exporter of `format`.
-pub fn exporter(format: Format) -> Box<dyn Exporter> {
+pub(crate) fn exporter(format: Format) -> Box<dyn Exporter> {
     match format {
         Format::Markdown => Box::new(markdown::Markdown::default()),
         Format::Html => Box::new(html::Html),
@@ -61,7 +61,7 @@ pub fn exporter(format: Format) -> Box<dyn Exporter> {
 }
 
 /// Markdown for one run, as `run` appends it to `$GITHUB_STEP_SUMMARY`.
-pub fn markdown(results: &Results) -> String {
+pub(crate) fn markdown(results: &Results) -> String {
     markdown::Markdown::default().render(std::slice::from_ref(results))
 }
 
