@@ -189,179 +189,26 @@ impl ScenarioFile {
     /// The plan of this file; `rate_flag` is `--rate`, when given, which
     /// decides instead of the file whether a `rate_ratio` has a target.
     pub fn into_plan(self, path: &Path, rate_flag: Option<f64>) -> Result<Plan, RawError> {
-        let name = self.name.get_ref().trim().to_string();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(RawError::at(
-                self.name.span(),
-                "must be non-empty and use only letters, digits, '-', '_' and '.' (it names the results directory)",
-            ));
-        }
-        let brokers = match self.brokers {
-            None => crate::kind::ALL.to_vec(),
-            Some(list) => {
-                if list.get_ref().is_empty() {
-                    return Err(RawError::at(
-                        list.span(),
-                        "lists no broker; leave it out to measure all three",
-                    ));
-                }
-                let mut kinds = Vec::new();
-                for b in list.into_inner() {
-                    kinds.push(
-                        b.get_ref()
-                            .parse::<BrokerKind>()
-                            .map_err(|e| RawError::at(b.span(), e))?,
-                    );
-                }
-                dedup(kinds)
-            }
-        };
-        let l = self.load;
-        let rate = *l.rate.get_ref();
-        if !(rate.is_finite() && rate >= 0.0) {
-            return Err(RawError::at(
-                l.rate.span(),
-                format!("must be 0 (as fast as possible) or more, got {rate}"),
-            ));
-        }
-        let duration = duration(&l.duration)?;
-        if duration.is_zero() {
-            return Err(RawError::at(l.duration.span(), "must be more than 0"));
-        }
-        let d = Load::default();
-        let load = Load {
-            rate,
-            duration,
-            warmup: optional_duration(&l.warmup, d.warmup)?,
-            producers: positive(&l.producers, d.producers.into(), 1024)? as u32,
-            message_size: positive(&l.message_size, d.message_size as i64, 16 << 20)? as usize,
-            encoding: l.encoding.unwrap_or(d.encoding),
-            headers: l.headers.unwrap_or(d.headers),
-            keys: positive(&l.keys, d.keys as i64, 1 << 32)? as u64,
-            max_in_flight: positive(&l.max_in_flight, d.max_in_flight as i64, 1 << 20)? as usize,
-            drain_timeout: optional_duration(&l.drain_timeout, d.drain_timeout)?,
-            final_read: optional_duration(&l.final_read, d.final_read)?,
-        };
+        let name = plan_name(&self.name)?;
+        let brokers = brokers(self.brokers)?;
+        let load = load(self.load)?;
         // No [[consumers]]: publish only, as the brokers' own publish
         // benchmarks measure.
         let dead_letter = dead_letter(self.dead_letter.as_ref())?;
-        let mut consumers: Vec<ConsumerGroup> = Vec::new();
-        for c in self.consumers {
-            let group = c.group.get_ref().clone();
-            if group.is_empty()
-                || !group
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch))
-            {
-                return Err(RawError::at(
-                    c.group.span(),
-                    "must be non-empty and use only letters, digits, '-' and '_' (it names queues and consumers)",
-                ));
-            }
-            if consumers.iter().any(|g| g.group == group) {
-                return Err(RawError::at(
-                    c.group.span(),
-                    format!("group '{group}' appears twice"),
-                ));
-            }
-            let d = ConsumerGroup::named(group);
-            consumers.push(ConsumerGroup {
-                processing_time: optional_duration(&c.processing_time, d.processing_time)?,
-                concurrency: positive(&c.concurrency, d.concurrency as i64, 100_000)? as usize,
-                failures: c
-                    .failures
-                    .as_ref()
-                    .map(|f| failures(f, &dead_letter))
-                    .transpose()?,
-                ..d
-            });
-        }
-        let declare_span = self
-            .rabbitmq
-            .declare_dead_letter_exchange
-            .as_ref()
-            .map(Spanned::span);
-        let acks_span = self.kafka.acks.as_ref().map(Spanned::span);
-        let exchange_span = self.rabbitmq.exchange.as_ref().map(Spanned::span);
-        let rabbitmq = self.rabbitmq.into_settings()?;
-        let kafka = self.kafka.into_settings()?;
+        let consumers = consumer_groups(self.consumers, &dead_letter)?;
         let failing = consumers.iter().any(|c| c.failures.is_some());
-        if failing
-            && brokers.contains(&BrokerKind::Rabbitmq)
-            && !rabbitmq.declare_dead_letter_exchange
-            && rabbitmq.queue_type == QueueType::Quorum
-            && rabbitmq.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce
-        {
-            return Err(RawError::field(
-                "rabbitmq.declare_dead_letter_exchange",
-                declare_span,
-                "is false with dead_letter_strategy \"at-least-once\": RabbitMQ would keep every dead letter in the source queue, retrying, where brokerbench cannot count it; set dead_letter_strategy = \"at-most-once\" to see a missing exchange drop them",
-            ));
-        }
-        if rabbitmq.exchange == Exchange::Default
-            && consumers.len() > 1
-            && brokers.contains(&BrokerKind::Rabbitmq)
-        {
-            return Err(RawError::field(
-                "rabbitmq.exchange",
-                exchange_span,
-                format!("is \"default\", which routes to one queue, and {} consumer groups each need every event; use \"topic\" or \"direct\"", consumers.len()),
-            ));
-        }
-        if failing && brokers.contains(&BrokerKind::Kafka) && kafka.acks == Acks::None {
-            return Err(RawError::field(
-                "kafka.acks",
-                acks_span,
-                "is \"0\", and a group fails messages: a dead letter's write must be confirmed before its offset moves on; use \"1\" or \"all\"",
-            ));
-        }
-        if let Some(written) = &self.dead_letter {
-            if !failing {
-                return Err(RawError::field(
-                    "dead_letter",
-                    Some(written.span()),
-                    "no group fails messages: [dead_letter] applies to groups with [consumers.failures]",
-                ));
-            }
-        }
+        let (rabbitmq, kafka) = broker_settings(
+            self.rabbitmq,
+            self.kafka,
+            &brokers,
+            consumers.len(),
+            failing,
+        )?;
+        check_dead_letter_used(self.dead_letter.as_ref(), failing)?;
         let faults = faults(&self.faults, load.duration)?;
-        let d = Recovery::default();
-        let recovery = Recovery {
-            on_unconfirmed: self.recovery.on_unconfirmed.unwrap_or(d.on_unconfirmed),
-            backoff_max: optional_duration(&self.recovery.backoff_max, d.backoff_max)?,
-            give_up: optional_duration(&self.recovery.give_up, d.give_up)?,
-        };
-        if recovery.backoff_max < Duration::from_secs(1) {
-            let span = self.recovery.backoff_max.as_ref().map(|s| s.span());
-            return Err(RawError::field(
-                "recovery.backoff_max",
-                span,
-                "must be at least 1s (the first wait)",
-            ));
-        }
+        let recovery = recovery(&self.recovery)?;
         let thresholds = thresholds(&self.thresholds)?;
-        // With --rate, `Plan::apply` checks the rate that will be used.
-        if !load.open_loop() && rate_flag.is_none() {
-            // At the top level or in a broker's table.
-            let top = self.thresholds.keys();
-            let nested = self.thresholds.values().flat_map(|e| match e.get_ref() {
-                Entry::Table(t) => t.keys().collect(),
-                _ => Vec::new(),
-            });
-            if let Some(key) = top
-                .chain(nested)
-                .find(|k| k.get_ref() == Metric::RateRatio.key())
-            {
-                return Err(RawError::at(
-                    key.span(),
-                    "needs a target rate: load.rate is 0 (as fast as possible)",
-                ));
-            }
-        }
+        check_rate_ratio_target(&self.thresholds, &load, rate_flag)?;
         Ok(Plan {
             name,
             description: self.description,
@@ -380,6 +227,224 @@ impl ScenarioFile {
             keep_data: false,
         })
     }
+}
+
+/// The scenario's `name`, trimmed, if it can name the results directory.
+fn plan_name(written: &Spanned<String>) -> Result<String, RawError> {
+    let name = written.get_ref().trim().to_string();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(RawError::at(
+            written.span(),
+            "must be non-empty and use only letters, digits, '-', '_' and '.' (it names the results directory)",
+        ));
+    }
+    Ok(name)
+}
+
+/// The `brokers` to measure, without repeats; all of them when left out.
+fn brokers(written: Option<Spanned<Vec<Spanned<String>>>>) -> Result<Vec<BrokerKind>, RawError> {
+    let Some(list) = written else {
+        return Ok(crate::kind::ALL.to_vec());
+    };
+    if list.get_ref().is_empty() {
+        return Err(RawError::at(
+            list.span(),
+            "lists no broker; leave it out to measure all three",
+        ));
+    }
+    let mut kinds = Vec::new();
+    for b in list.into_inner() {
+        kinds.push(
+            b.get_ref()
+                .parse::<BrokerKind>()
+                .map_err(|e| RawError::at(b.span(), e))?,
+        );
+    }
+    Ok(dedup(kinds))
+}
+
+/// `[load]`, its unwritten settings at their defaults.
+fn load(l: LoadFile) -> Result<Load, RawError> {
+    let rate = *l.rate.get_ref();
+    if !(rate.is_finite() && rate >= 0.0) {
+        return Err(RawError::at(
+            l.rate.span(),
+            format!("must be 0 (as fast as possible) or more, got {rate}"),
+        ));
+    }
+    let duration = duration(&l.duration)?;
+    if duration.is_zero() {
+        return Err(RawError::at(l.duration.span(), "must be more than 0"));
+    }
+    let d = Load::default();
+    Ok(Load {
+        rate,
+        duration,
+        warmup: optional_duration(&l.warmup, d.warmup)?,
+        producers: positive(&l.producers, d.producers.into(), 1024)? as u32,
+        message_size: positive(&l.message_size, d.message_size as i64, 16 << 20)? as usize,
+        encoding: l.encoding.unwrap_or(d.encoding),
+        headers: l.headers.unwrap_or(d.headers),
+        keys: positive(&l.keys, d.keys as i64, 1 << 32)? as u64,
+        max_in_flight: positive(&l.max_in_flight, d.max_in_flight as i64, 1 << 20)? as usize,
+        drain_timeout: optional_duration(&l.drain_timeout, d.drain_timeout)?,
+        final_read: optional_duration(&l.final_read, d.final_read)?,
+    })
+}
+
+/// The `[[consumers]]` groups, in order, each named once.
+fn consumer_groups(
+    written: Vec<ConsumerFile>,
+    dead_letter: &DeadLetter,
+) -> Result<Vec<ConsumerGroup>, RawError> {
+    let mut consumers: Vec<ConsumerGroup> = Vec::new();
+    for c in written {
+        let group = c.group.get_ref().clone();
+        if group.is_empty()
+            || !group
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch))
+        {
+            return Err(RawError::at(
+                c.group.span(),
+                "must be non-empty and use only letters, digits, '-' and '_' (it names queues and consumers)",
+            ));
+        }
+        if consumers.iter().any(|g| g.group == group) {
+            return Err(RawError::at(
+                c.group.span(),
+                format!("group '{group}' appears twice"),
+            ));
+        }
+        let d = ConsumerGroup::named(group);
+        consumers.push(ConsumerGroup {
+            processing_time: optional_duration(&c.processing_time, d.processing_time)?,
+            concurrency: positive(&c.concurrency, d.concurrency as i64, 100_000)? as usize,
+            failures: c
+                .failures
+                .as_ref()
+                .map(|f| failures(f, dead_letter))
+                .transpose()?,
+            ..d
+        });
+    }
+    Ok(consumers)
+}
+
+/// `[rabbitmq]` and `[kafka]`, refused where they cannot count the `groups`
+/// consumer groups' events (`failing`: some group fails messages).
+fn broker_settings(
+    rabbitmq: RabbitmqFile,
+    kafka: KafkaFile,
+    brokers: &[BrokerKind],
+    groups: usize,
+    failing: bool,
+) -> Result<(RabbitmqSettings, KafkaSettings), RawError> {
+    let declare_span = rabbitmq
+        .declare_dead_letter_exchange
+        .as_ref()
+        .map(Spanned::span);
+    let acks_span = kafka.acks.as_ref().map(Spanned::span);
+    let exchange_span = rabbitmq.exchange.as_ref().map(Spanned::span);
+    let rabbitmq = rabbitmq.into_settings()?;
+    let kafka = kafka.into_settings()?;
+    if failing
+        && brokers.contains(&BrokerKind::Rabbitmq)
+        && !rabbitmq.declare_dead_letter_exchange
+        && rabbitmq.queue_type == QueueType::Quorum
+        && rabbitmq.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce
+    {
+        return Err(RawError::field(
+            "rabbitmq.declare_dead_letter_exchange",
+            declare_span,
+            "is false with dead_letter_strategy \"at-least-once\": RabbitMQ would keep every dead letter in the source queue, retrying, where brokerbench cannot count it; set dead_letter_strategy = \"at-most-once\" to see a missing exchange drop them",
+        ));
+    }
+    if rabbitmq.exchange == Exchange::Default
+        && groups > 1
+        && brokers.contains(&BrokerKind::Rabbitmq)
+    {
+        return Err(RawError::field(
+            "rabbitmq.exchange",
+            exchange_span,
+            format!("is \"default\", which routes to one queue, and {groups} consumer groups each need every event; use \"topic\" or \"direct\""),
+        ));
+    }
+    if failing && brokers.contains(&BrokerKind::Kafka) && kafka.acks == Acks::None {
+        return Err(RawError::field(
+            "kafka.acks",
+            acks_span,
+            "is \"0\", and a group fails messages: a dead letter's write must be confirmed before its offset moves on; use \"1\" or \"all\"",
+        ));
+    }
+    Ok((rabbitmq, kafka))
+}
+
+/// Refuses a written `[dead_letter]` when no group fails messages.
+fn check_dead_letter_used(
+    written: Option<&Spanned<DeadLetterFile>>,
+    failing: bool,
+) -> Result<(), RawError> {
+    if let Some(written) = written {
+        if !failing {
+            return Err(RawError::field(
+                "dead_letter",
+                Some(written.span()),
+                "no group fails messages: [dead_letter] applies to groups with [consumers.failures]",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `[recovery]`, or its defaults.
+fn recovery(written: &RecoveryFile) -> Result<Recovery, RawError> {
+    let d = Recovery::default();
+    let recovery = Recovery {
+        on_unconfirmed: written.on_unconfirmed.unwrap_or(d.on_unconfirmed),
+        backoff_max: optional_duration(&written.backoff_max, d.backoff_max)?,
+        give_up: optional_duration(&written.give_up, d.give_up)?,
+    };
+    if recovery.backoff_max < Duration::from_secs(1) {
+        let span = written.backoff_max.as_ref().map(|s| s.span());
+        return Err(RawError::field(
+            "recovery.backoff_max",
+            span,
+            "must be at least 1s (the first wait)",
+        ));
+    }
+    Ok(recovery)
+}
+
+/// Refuses a `rate_ratio` limit when the load has no target rate.
+fn check_rate_ratio_target(
+    written: &BTreeMap<Spanned<String>, Spanned<Entry>>,
+    load: &Load,
+    rate_flag: Option<f64>,
+) -> Result<(), RawError> {
+    // With --rate, `Plan::apply` checks the rate that will be used.
+    if !load.open_loop() && rate_flag.is_none() {
+        // At the top level or in a broker's table.
+        let top = written.keys();
+        let nested = written.values().flat_map(|e| match e.get_ref() {
+            Entry::Table(t) => t.keys().collect(),
+            _ => Vec::new(),
+        });
+        if let Some(key) = top
+            .chain(nested)
+            .find(|k| k.get_ref() == Metric::RateRatio.key())
+        {
+            return Err(RawError::at(
+                key.span(),
+                "needs a target rate: load.rate is 0 (as fast as possible)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `[dead_letter]`, or its defaults.
