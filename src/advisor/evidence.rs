@@ -97,10 +97,15 @@ fn measurement(file: &Path, b: BrokerResult, accept_stand_ins: bool) -> Measurem
         .filter(|s| s.count > 0)
         .map(|s| s.p99)
         .max();
+    // A fault without the run's own verdict (null, or absent from files
+    // written before it existed) did not recover if publishing did not.
     let unrecovered_faults = b
         .faults
         .iter()
-        .filter(|f| f.recovered == Some(false))
+        .filter(|f| {
+            f.recovered
+                .map_or(f.publish_recovered_after_s.is_none(), |r| !r)
+        })
         .count();
     let worst_recovery_s = b
         .faults
@@ -376,15 +381,18 @@ mod tests {
         assert_eq!(m[0].unrecovered_faults, 0);
         assert!(m[0].worst_recovery_s.is_some() && m[0].complete && m[0].used);
 
-        // A file from before the recovery verdict: publishing that never
-        // came back counts as not recovered, as it did then.
+        // A file from before the recovery verdict (or with none): publishing
+        // that never came back counts as not recovered.
         let fault = &mut json["brokers"][0]["faults"][0];
         fault.as_object_mut().unwrap().remove("recovered");
         fault["publish_recovered_after_s"] = serde_json::Value::Null;
         let older = dir.path().join("older.json");
         std::fs::write(&older, json.to_string()).unwrap();
-        let m = load(&[older], false).unwrap();
+        let m = load(std::slice::from_ref(&older), false).unwrap();
         assert_eq!(m[0].unrecovered_faults, 1);
         assert_eq!(m[0].worst_recovery_s, None);
+        json["brokers"][0]["faults"][0]["recovered"] = serde_json::Value::Null;
+        std::fs::write(&older, json.to_string()).unwrap();
+        assert_eq!(load(&[older], false).unwrap()[0].unrecovered_faults, 1);
     }
 }

@@ -573,22 +573,7 @@ impl Results {
                 ),
             });
         }
-        let mut results: Results = serde_json::from_str(&text).map_err(at)?;
-        results.upgrade(&value);
-        Ok(results)
-    }
-
-    /// Brings a file written by an older brokerbench to today's model,
-    /// `value` being the file as read: a fault without a `recovered`
-    /// verdict (files from before it existed) recovered if publishing did.
-    fn upgrade(&mut self, value: &serde_json::Value) {
-        for (b, broker) in self.brokers.iter_mut().enumerate() {
-            for (f, fault) in broker.faults.iter_mut().enumerate() {
-                if value["brokers"][b]["faults"][f].get("recovered").is_none() {
-                    fault.recovered = Some(fault.publish_recovered_after_s.is_some());
-                }
-            }
-        }
+        serde_json::from_str(&text).map_err(at)
     }
 
     /// Writes `results.json` into `dir` (atomically: a reader never sees half a file).
