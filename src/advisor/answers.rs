@@ -94,59 +94,59 @@ pub(crate) enum Hosting {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GivenAnswers {
-    pub(crate) dead_letter: Option<DeadLetter>,
-    pub(crate) languages: Option<Vec<Language>>,
-    pub(crate) rate: Option<f64>,
-    pub(crate) ordering: Option<Ordering>,
-    pub(crate) replay: Option<Replay>,
-    pub(crate) delivery: Option<Delivery>,
-    pub(crate) latency_ms: Option<f64>,
-    pub(crate) groups: Option<u32>,
-    pub(crate) hosting: Option<Hosting>,
-    pub(crate) experience: Option<Vec<BrokerKind>>,
+    pub dead_letter: Option<DeadLetter>,
+    pub languages: Option<Vec<Language>>,
+    pub rate: Option<f64>,
+    pub ordering: Option<Ordering>,
+    pub replay: Option<Replay>,
+    pub delivery: Option<Delivery>,
+    pub latency_ms: Option<f64>,
+    pub groups: Option<u32>,
+    pub hosting: Option<Hosting>,
+    pub experience: Option<Vec<BrokerKind>>,
 }
 
 /// A complete set of answers.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub(crate) struct Answers {
-    pub(crate) dead_letter: DeadLetter,
-    pub(crate) languages: Vec<Language>,
+    pub dead_letter: DeadLetter,
+    pub languages: Vec<Language>,
     /// Peak events per second.
-    pub(crate) rate: f64,
-    pub(crate) ordering: Ordering,
-    pub(crate) replay: Replay,
-    pub(crate) delivery: Delivery,
+    pub rate: f64,
+    pub ordering: Ordering,
+    pub replay: Replay,
+    pub delivery: Delivery,
     /// p99 end-to-end latency target in milliseconds; 0 means none.
-    pub(crate) latency_ms: f64,
+    pub latency_ms: f64,
     /// Consumer groups: how many services receive each event.
-    pub(crate) groups: u32,
-    pub(crate) hosting: Hosting,
+    pub groups: u32,
+    pub hosting: Hosting,
     /// Brokers the team already runs in production.
-    pub(crate) experience: Vec<BrokerKind>,
+    pub experience: Vec<BrokerKind>,
 }
 
 /// Where one question's answer lives, and how it may be varied.
 pub(crate) struct Question<T: 'static> {
     /// The key in answers files and JSON; the flag is `--` and the key with dashes.
-    pub(crate) key: &'static str,
+    pub key: &'static str,
     /// The question as asked.
-    pub(crate) text: &'static str,
+    pub text: &'static str,
     /// Why it matters, shown with the prompt.
-    pub(crate) why: &'static str,
+    pub why: &'static str,
     /// The neutral default; `None` for a deciding question, which must be answered.
-    pub(crate) default: Option<T>,
+    pub default: Option<T>,
     /// The default as shown, when it needs words (`0 (no target)`).
-    pub(crate) default_shown: Option<&'static str>,
+    pub default_shown: Option<&'static str>,
     /// The flag's value name in help and messages, when not derived.
-    pub(crate) value_name: Option<&'static str>,
+    pub value_name: Option<&'static str>,
     /// Bounds an answer must keep, said as an error.
-    pub(crate) check: fn(&T) -> Result<(), String>,
+    pub check: fn(&T) -> Result<(), String>,
     /// The answers the flip search tries instead, with their distance.
-    pub(crate) nearby: fn(&T) -> Vec<(T, usize)>,
+    pub nearby: fn(&T) -> Vec<(T, usize)>,
     /// The answer as given.
-    pub(crate) given: fn(&mut GivenAnswers) -> &mut Option<T>,
+    pub given: fn(&mut GivenAnswers) -> &mut Option<T>,
     /// The answer in a complete set.
-    pub(crate) answer: fn(&mut Answers) -> &mut T,
+    pub answer: fn(&mut Answers) -> &mut T,
 }
 
 /// An answer's type: how it is parsed from a flag, written back as one, and
@@ -436,15 +436,15 @@ pub(crate) trait Ask: Sync {
 pub(crate) struct Change {
     /// Steps from the current answer: the next value of a deciding question
     /// or rate band is 1, any other answer 2.
-    pub(crate) distance: usize,
+    pub distance: usize,
     /// The question's key.
-    pub(crate) question: &'static str,
+    pub question: &'static str,
     /// The answer now, as a flag value.
-    pub(crate) from: String,
+    pub from: String,
     /// The answer tried, as a flag value.
-    pub(crate) to: String,
+    pub to: String,
     /// All answers, with this one changed.
-    pub(crate) answers: Answers,
+    pub answers: Answers,
 }
 
 impl<T: Value> Ask for Question<T> {

@@ -21,52 +21,52 @@ pub(crate) const UNMEASURED: f64 = 5.0;
 /// What one results file says about one broker.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Measurement {
-    pub(crate) broker: BrokerKind,
-    pub(crate) implementation: String,
-    pub(crate) file: PathBuf,
+    pub broker: BrokerKind,
+    pub implementation: String,
+    pub file: PathBuf,
     /// Target rate of the run; 0 for as fast as possible.
-    pub(crate) target_rate_per_s: f64,
+    pub target_rate_per_s: f64,
     /// Confirmed messages per second in the steady phase.
-    pub(crate) confirmed_per_s: f64,
+    pub confirmed_per_s: f64,
     /// From `run --find-max`: the highest rate that held (99% achieved,
     /// nothing lost, its SLO met); it stands for the broker's rate.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) sustainable_per_s: Option<f64>,
+    pub sustainable_per_s: Option<f64>,
     /// The worst p99 end-to-end latency over the groups, in milliseconds.
-    pub(crate) p99_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
     /// Confirmed messages never delivered, over all groups.
-    pub(crate) lost: u64,
-    pub(crate) faults: usize,
+    pub lost: u64,
+    pub faults: usize,
     /// The slowest publish recovery after a fault that recovered.
-    pub(crate) worst_recovery_s: Option<f64>,
+    pub worst_recovery_s: Option<f64>,
     /// Faults after which publishing never recovered.
-    pub(crate) unrecovered_faults: usize,
-    pub(crate) complete: bool,
+    pub unrecovered_faults: usize,
+    pub complete: bool,
     /// The product the implementation stands in for (local tansu: Apache
     /// Kafka), if it is a stand-in.
-    pub(crate) stand_in_for: Option<String>,
+    pub stand_in_for: Option<String>,
     /// Whether its rate, latency and recovery figures enter the score: not a
     /// stand-in's, unless the user accepts stand-ins.
-    pub(crate) used: bool,
+    pub used: bool,
     /// From a run whose groups fail messages on purpose: what became of
     /// the poison ones, over those groups.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) dead_letters: Option<DeadLetters>,
+    pub dead_letters: Option<DeadLetters>,
 }
 
 /// A failure run's dead letters, over its groups with failures.
 #[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct DeadLetters {
     /// Poison messages the broker took.
-    pub(crate) poison: u64,
+    pub poison: u64,
     /// Poison messages found in the dead-letter destination.
-    pub(crate) dead_lettered: u64,
+    pub dead_lettered: u64,
     /// Poison messages silently gone.
-    pub(crate) poison_lost: u64,
+    pub poison_lost: u64,
     /// Messages that could be processed, found in the dead-letter destination.
-    pub(crate) dead_lettered_wrongly: u64,
+    pub dead_lettered_wrongly: u64,
     /// The slowest group's median time from send to dead letter, ms.
-    pub(crate) p50_ms: Option<f64>,
+    pub p50_ms: Option<f64>,
 }
 
 /// Reads results files written by `brokerbench run`; a stand-in's figures

@@ -15,9 +15,9 @@ pub(crate) type Judged = (f64, String);
 /// and in every fact written for the others, until its own are written.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct PerBroker<T> {
-    pub(crate) rabbitmq: T,
-    pub(crate) jetstream: T,
-    pub(crate) kafka: T,
+    pub rabbitmq: T,
+    pub jetstream: T,
+    pub kafka: T,
 }
 
 impl<T> PerBroker<T> {
@@ -53,9 +53,9 @@ impl<T> PerBroker<T> {
 /// score and a reason.
 #[derive(Clone, Debug)]
 pub(crate) struct Criterion {
-    pub(crate) name: &'static str,
-    pub(crate) weight: f64,
-    pub(crate) judged: PerBroker<Judged>,
+    pub name: &'static str,
+    pub weight: f64,
+    pub judged: PerBroker<Judged>,
 }
 
 fn judged(rabbitmq: (f64, &str), jetstream: (f64, &str), kafka: (f64, &str)) -> PerBroker<Judged> {

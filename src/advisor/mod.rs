@@ -23,67 +23,67 @@ pub(crate) const SCHEMA: &str = "brokerbench.advice/v1";
 /// nearest change of answers that would flip the first place.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Advice {
-    pub(crate) schema: &'static str,
+    pub schema: &'static str,
     /// The first broker of the ranking.
-    pub(crate) recommendation: BrokerKind,
-    pub(crate) ranking: Vec<Ranked>,
-    pub(crate) answers: Answers,
+    pub recommendation: BrokerKind,
+    pub ranking: Vec<Ranked>,
+    pub answers: Answers,
     /// Questions not answered, which took their neutral default.
-    pub(crate) defaulted: Vec<&'static str>,
-    pub(crate) evidence: Option<Evidence>,
-    pub(crate) nearest_flip: Option<Flip>,
+    pub defaulted: Vec<&'static str>,
+    pub evidence: Option<Evidence>,
+    pub nearest_flip: Option<Flip>,
 }
 
 /// One broker's place.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Ranked {
-    pub(crate) broker: BrokerKind,
+    pub broker: BrokerKind,
     /// 0 to 100: the weighted mean of the criteria scores, times ten.
-    pub(crate) score: f64,
+    pub score: f64,
     /// The reasons, most weighty first: "criterion (score/10): why".
-    pub(crate) reasons: Vec<String>,
-    pub(crate) criteria: Vec<Scored>,
+    pub reasons: Vec<String>,
+    pub criteria: Vec<Scored>,
 }
 
 /// One criterion for one broker.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Scored {
-    pub(crate) criterion: &'static str,
-    pub(crate) weight: f64,
+    pub criterion: &'static str,
+    pub weight: f64,
     /// 0 to 10.
-    pub(crate) score: f64,
-    pub(crate) reason: String,
+    pub score: f64,
+    pub reason: String,
 }
 
 /// What measured results did to the ranking.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Evidence {
-    pub(crate) measurements: Vec<Measurement>,
+    pub measurements: Vec<Measurement>,
     /// The order on answers alone.
-    pub(crate) ranking_without: Vec<BrokerKind>,
+    pub ranking_without: Vec<BrokerKind>,
     /// Whether the measurements changed the order.
-    pub(crate) changed_ranking: bool,
+    pub changed_ranking: bool,
     /// Per broker, the measured criterion's score and reasons.
-    pub(crate) effects: Vec<Effect>,
+    pub effects: Vec<Effect>,
 }
 
 /// The measured criterion for one broker.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Effect {
-    pub(crate) broker: BrokerKind,
-    pub(crate) weight: f64,
+    pub broker: BrokerKind,
+    pub weight: f64,
     /// 0 to 10.
-    pub(crate) score: f64,
-    pub(crate) reason: String,
+    pub score: f64,
+    pub reason: String,
 }
 
 /// The nearest change of one answer that puts another broker first.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Flip {
-    pub(crate) question: &'static str,
-    pub(crate) from: String,
-    pub(crate) to: String,
-    pub(crate) first: BrokerKind,
+    pub question: &'static str,
+    pub from: String,
+    pub to: String,
+    pub first: BrokerKind,
 }
 
 /// The product a recommendation names.

@@ -18,9 +18,9 @@ use crate::kind::BrokerKind;
 #[derive(Clone, Debug)]
 pub(crate) struct ComposeBroker {
     /// The compose file.
-    pub(crate) file: PathBuf,
+    pub file: PathBuf,
     /// Which broker.
-    pub(crate) kind: BrokerKind,
+    pub kind: BrokerKind,
 }
 
 impl ComposeBroker {

@@ -95,38 +95,38 @@ fn machine_ticks(stat: &str) -> Option<(u64, u64)> {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) struct HarnessUse {
     /// Length of the window (the steady phase), seconds.
-    pub(crate) wall_s: f64,
+    pub wall_s: f64,
     /// brokerbench's user CPU time in the window, seconds (every thread of
     /// the process: the runtime, the client libraries' own threads).
-    pub(crate) cpu_user_s: f64,
+    pub cpu_user_s: f64,
     /// Its system CPU time in the window, seconds.
-    pub(crate) cpu_system_s: f64,
+    pub cpu_system_s: f64,
     /// Messages it handled in the window: confirmations plus deliveries to
     /// every group (the denominator of `cpu_per_message_us`).
-    pub(crate) messages: u64,
+    pub messages: u64,
     /// User plus system CPU per message handled, microseconds; absent when
     /// no message was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) cpu_per_message_us: Option<f64>,
+    pub cpu_per_message_us: Option<f64>,
     /// CPU time over wall time: how many cores' worth brokerbench used.
-    pub(crate) cores_used: f64,
+    pub cores_used: f64,
     /// The cores the machine offers this process.
-    pub(crate) cores: usize,
+    pub cores: usize,
     /// Per async runtime worker, the share of the window it was busy (0 to 1).
-    pub(crate) worker_busy: Vec<f64>,
+    pub worker_busy: Vec<f64>,
     /// The share of all the machine's CPU that was busy in the window, every
     /// process included (Linux only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) machine_busy: Option<f64>,
+    pub machine_busy: Option<f64>,
     /// brokerbench's peak resident memory by the end of the window, MiB.
-    pub(crate) max_rss_mib: f64,
+    pub max_rss_mib: f64,
     /// brokerbench itself was near saturation: a runtime worker busy more
     /// than 90% of the window, or more than 90% of the cores used.
-    pub(crate) limited: bool,
+    pub limited: bool,
     /// What the figures say, when brokerbench may have been the limit or the
     /// machine was saturated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) warning: Option<String>,
+    pub warning: Option<String>,
 }
 
 impl HarnessUse {

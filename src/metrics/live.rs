@@ -69,35 +69,35 @@ pub(crate) struct LiveMetrics {
 #[derive(Clone, Debug)]
 pub(crate) struct BrokerMetrics {
     /// Publishes sent (resends included).
-    pub(crate) published: Counter,
+    pub published: Counter,
     /// Publishes the broker confirmed.
-    pub(crate) confirmed: Counter,
+    pub confirmed: Counter,
     /// Publish latency from the intended send time, seconds.
-    pub(crate) publish_latency: Histogram,
+    pub publish_latency: Histogram,
     /// Per group (in plan order).
-    pub(crate) groups: Vec<GroupMetrics>,
+    pub groups: Vec<GroupMetrics>,
 }
 
 /// One group's handles.
 #[derive(Clone, Debug)]
 pub(crate) struct GroupMetrics {
     /// First deliveries.
-    pub(crate) delivered: Counter,
+    pub delivered: Counter,
     /// End-to-end latency from the intended send time, seconds.
-    pub(crate) end_to_end_latency: Histogram,
+    pub end_to_end_latency: Histogram,
     /// `event_processed_total` by status: ok, retry, dead_letter, error.
-    pub(crate) processed_ok: Counter,
+    pub processed_ok: Counter,
     /// Processed on a redelivery.
-    pub(crate) processed_retry: Counter,
+    pub processed_retry: Counter,
     /// The acknowledgement failed.
-    pub(crate) processed_error: Counter,
+    pub processed_error: Counter,
     /// Processing failed on purpose (a poison or transient message) and the
     /// message was handed back.
-    pub(crate) processed_failed: Counter,
+    pub processed_failed: Counter,
     /// Processed already: skipped by the idempotent consumer.
-    pub(crate) processed_skipped: Counter,
+    pub processed_skipped: Counter,
     /// Read from the dead-letter destination, once per message.
-    pub(crate) processed_dead_letter: Counter,
+    pub processed_dead_letter: Counter,
 }
 
 impl Default for LiveMetrics {

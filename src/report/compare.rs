@@ -29,12 +29,12 @@ pub(crate) const SCHEMA: &str = "brokerbench.compare/v1";
 pub(crate) struct Allowance {
     /// The largest change for the worse that is not a regression, as a
     /// fraction (0.10: 10 %).
-    pub(crate) max_regression: f64,
+    pub max_regression: f64,
     /// Significance level of the test.
-    pub(crate) alpha: f64,
+    pub alpha: f64,
     /// The smallest latency change, µs, that can be a regression: below
     /// it, two runs of one scenario on loopback differ by themselves.
-    pub(crate) min_latency_change_us: f64,
+    pub min_latency_change_us: f64,
 }
 
 /// Results that cannot be compared, and why.
@@ -46,35 +46,35 @@ pub(crate) struct Incomparable(pub String);
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Row {
     /// The broker.
-    pub(crate) broker: BrokerKind,
+    pub broker: BrokerKind,
     /// What ran in the current run, e.g. `tansu 0.6.0 (Kafka protocol)`.
-    pub(crate) implementation: String,
+    pub implementation: String,
     /// The product that implementation stands in for, if it is a stand-in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) stand_in_for: Option<String>,
+    pub stand_in_for: Option<String>,
     /// The consumer group, for per-group metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) group: Option<String>,
+    pub group: Option<String>,
     /// `rate`, `publish_p99`, `end_to_end_p99`, `lost`, `recovery` ...
-    pub(crate) metric: String,
+    pub metric: String,
     /// `msg/s`, `us`, `count` or `s`.
-    pub(crate) unit: String,
+    pub unit: String,
     /// Higher is better (rates) or lower is better (everything else).
-    pub(crate) higher_is_better: bool,
+    pub higher_is_better: bool,
     /// The baseline's figure; null when it was not measured (no latency
     /// recorded) or, for a recovery, when it never recovered.
-    pub(crate) baseline: Option<f64>,
+    pub baseline: Option<f64>,
     /// The current run's figure, likewise.
-    pub(crate) current: Option<f64>,
+    pub current: Option<f64>,
     /// (current − baseline) / baseline; null when either is null or the
     /// baseline is 0.
-    pub(crate) change: Option<f64>,
+    pub change: Option<f64>,
     /// The test's two-sided p-value on the per-second values, Holm-adjusted
     /// over every test of the comparison; null when the metric has no
     /// per-second values or fewer than 5 steady seconds on a side.
-    pub(crate) p_value: Option<f64>,
+    pub p_value: Option<f64>,
     /// What the change is.
-    pub(crate) verdict: Verdict,
+    pub verdict: Verdict,
     /// Beyond the allowance (computed before rounding).
     #[serde(skip)]
     beyond: bool,
@@ -102,22 +102,22 @@ pub(crate) enum Verdict {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Comparison {
     /// Always [`SCHEMA`].
-    pub(crate) schema: String,
+    pub schema: String,
     /// The scenario compared.
-    pub(crate) scenario: String,
+    pub scenario: String,
     /// The allowance, as a fraction.
-    pub(crate) max_regression: f64,
+    pub max_regression: f64,
     /// The smallest latency change that can be a regression, µs.
-    pub(crate) min_latency_change_us: f64,
+    pub min_latency_change_us: f64,
     /// The significance level.
-    pub(crate) alpha: f64,
+    pub alpha: f64,
     /// The test used on per-second values.
-    pub(crate) test: String,
+    pub test: String,
     /// Every metric compared.
-    pub(crate) rows: Vec<Row>,
+    pub rows: Vec<Row>,
     /// Brokers in only one of the two runs, not compared.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) not_compared: Vec<String>,
+    pub not_compared: Vec<String>,
 }
 
 impl Comparison {
@@ -543,10 +543,10 @@ const MIN_SECONDS: usize = 5;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Test {
     /// Two-sided p-value.
-    pub(crate) p: f64,
+    pub p: f64,
     /// Positive when the second sample's values tend to be higher, negative
     /// when lower (n1·n2/2 − U of the first sample).
-    pub(crate) current_higher: f64,
+    pub current_higher: f64,
 }
 
 /// The Mann-Whitney U test of `a` against `b` (normal approximation,

@@ -7,40 +7,40 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PublishAccount {
     /// Publishes attempted.
-    pub(crate) attempted: u64,
+    pub attempted: u64,
     /// Confirmed by the broker.
-    pub(crate) confirmed: u64,
+    pub confirmed: u64,
     /// Refused by the broker, or failed to send.
-    pub(crate) failed: u64,
+    pub failed: u64,
     /// No answer by the end of the drain.
-    pub(crate) unknown: u64,
+    pub unknown: u64,
 }
 
 /// The final account of one consumer group.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct GroupAccount {
     /// Deliveries, duplicates included.
-    pub(crate) delivered: u64,
+    pub delivered: u64,
     /// Distinct messages of this run delivered.
-    pub(crate) unique: u64,
+    pub unique: u64,
     /// Deliveries beyond the first of a message, other than the retries of
     /// its failed attempts: what an idempotent consumer must skip.
-    pub(crate) duplicates: u64,
+    pub duplicates: u64,
     /// Deliveries the broker flagged as redeliveries.
-    pub(crate) redelivered: u64,
+    pub redelivered: u64,
     /// Confirmed, and never delivered by the end of the drain (in a group
     /// with failures: a message that is not poison, never processed nor
     /// dead-lettered).
-    pub(crate) lost: u64,
+    pub lost: u64,
     /// Not confirmed (failed or unknown), yet delivered.
-    pub(crate) recovered: u64,
+    pub recovered: u64,
     /// Delivered, but never sent in this run.
-    pub(crate) unexpected: u64,
+    pub unexpected: u64,
     /// First deliveries that came after a later message of the same producer and key.
-    pub(crate) out_of_order: u64,
+    pub out_of_order: u64,
     /// For a group that fails messages on purpose: what became of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) failures: Option<FailureAccount>,
+    pub failures: Option<FailureAccount>,
 }
 
 /// What became of the messages a group failed on purpose, and of the rest.
@@ -48,28 +48,28 @@ pub(crate) struct GroupAccount {
 pub(crate) struct FailureAccount {
     /// Poison messages the broker took (confirmed, or seen though not
     /// confirmed): what the dead-letter destination should hold.
-    pub(crate) poison: u64,
+    pub poison: u64,
     /// Transient messages the broker took.
-    pub(crate) transient: u64,
+    pub transient: u64,
     /// Distinct messages processed, transient ones after their retries included.
-    pub(crate) processed: u64,
+    pub processed: u64,
     /// Attempts that failed on purpose, each handed back to the broker (or
     /// dead-lettered, at the last).
-    pub(crate) failed_attempts: u64,
+    pub failed_attempts: u64,
     /// Distinct messages of this run read from the dead-letter destination.
-    pub(crate) dead_lettered: u64,
+    pub dead_lettered: u64,
     /// Copies read from the dead-letter destination beyond the first.
-    pub(crate) dead_letter_duplicates: u64,
+    pub dead_letter_duplicates: u64,
     /// Messages that are not poison, found in the dead-letter destination.
-    pub(crate) dead_lettered_wrongly: u64,
+    pub dead_lettered_wrongly: u64,
     /// Poison messages neither processed nor dead-lettered by the end, and
     /// not held by the broker either.
-    pub(crate) poison_lost: u64,
+    pub poison_lost: u64,
     /// Dead letters that are not this run's messages.
-    pub(crate) dead_letter_unexpected: u64,
+    pub dead_letter_unexpected: u64,
     /// Deliveries per message: `attempts[i]` messages were delivered
     /// `i + 1` times.
-    pub(crate) attempts: Vec<u64>,
+    pub attempts: Vec<u64>,
 }
 
 impl GroupAccount {

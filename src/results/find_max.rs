@@ -23,49 +23,49 @@ pub(crate) enum Phase {
 /// One measured window of the search.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Step {
-    pub(crate) phase: Phase,
+    pub phase: Phase,
     /// The offered rate, msg/s; 0 for the closed-loop window.
-    pub(crate) target_per_s: f64,
+    pub target_per_s: f64,
     /// Messages sent per second in the window.
-    pub(crate) achieved_per_s: f64,
+    pub achieved_per_s: f64,
     /// Confirmations per second in the window.
-    pub(crate) confirmed_per_s: f64,
+    pub confirmed_per_s: f64,
     /// Corrected publish latency, p99, µs.
-    pub(crate) publish_p99_us: Option<u64>,
+    pub publish_p99_us: Option<u64>,
     /// Corrected end-to-end latency, p99 of the slowest group, µs.
-    pub(crate) end_to_end_p99_us: Option<u64>,
+    pub end_to_end_p99_us: Option<u64>,
     /// Confirmed messages lost.
-    pub(crate) lost: u64,
+    pub lost: u64,
     /// Whether the rate held (always false for the closed-loop window, which
     /// has no target to hold).
-    pub(crate) held: bool,
+    pub held: bool,
     /// Whether brokerbench itself may have been the limit in the window
     /// (its `harness` block): then a rate that did not hold says as much
     /// about brokerbench as about the broker.
-    pub(crate) harness_limited: bool,
+    pub harness_limited: bool,
     /// Why it did not hold, one reason each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) why_not: Vec<String>,
+    pub why_not: Vec<String>,
 }
 
 /// A broker's search, in its results.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct FindMaxResult {
     /// The SLO every held rate met, as written.
-    pub(crate) slo: Vec<String>,
+    pub slo: Vec<String>,
     /// The closed-loop window's confirmed rate, msg/s.
-    pub(crate) closed_loop_per_s: f64,
+    pub closed_loop_per_s: f64,
     /// The highest rate that held, msg/s; none if none did.
-    pub(crate) found_per_s: Option<f64>,
+    pub found_per_s: Option<f64>,
     /// Every window, in the order run.
-    pub(crate) steps: Vec<Step>,
+    pub steps: Vec<Step>,
     /// Why the search stopped before it was done (a window that could not
     /// be measured); then the result is incomplete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) stopped: Option<String>,
+    pub stopped: Option<String>,
     /// Whether the step limit ended the search before the highest rate that
     /// held and the lowest that did not were within 3% of each other: the
     /// rate found is then a lower bound, further from the broker's rate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub(crate) step_limit_reached: bool,
+    pub step_limit_reached: bool,
 }

@@ -32,120 +32,120 @@ pub(crate) const SCHEMA: &str = "brokerbench.results/v1";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Results {
     /// Always [`SCHEMA`].
-    pub(crate) schema: String,
+    pub schema: String,
     /// brokerbench version that produced the file.
-    pub(crate) tool_version: String,
+    pub tool_version: String,
     /// When the run started, RFC 3339 UTC.
-    pub(crate) started_at: String,
+    pub started_at: String,
     /// Where the brokers ran: `local` (child processes).
-    pub(crate) environment: String,
+    pub environment: String,
     /// The scenario as resolved (defaults and command-line overrides applied).
-    pub(crate) scenario: Plan,
+    pub scenario: Plan,
     /// One entry per broker measured, in run order.
-    pub(crate) brokers: Vec<BrokerResult>,
+    pub brokers: Vec<BrokerResult>,
     /// Every broker of the scenario ran to the end.
-    pub(crate) complete: bool,
+    pub complete: bool,
     /// Why the run is incomplete, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) incomplete_reason: Option<String>,
+    pub incomplete_reason: Option<String>,
 }
 
 /// One broker's results.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct BrokerResult {
     /// `rabbitmq`, `jetstream` or `kafka`.
-    pub(crate) broker: BrokerKind,
+    pub broker: BrokerKind,
     /// What actually ran, with its version, e.g. `tansu 0.6.0 (Kafka protocol)`.
-    pub(crate) implementation: String,
+    pub implementation: String,
     /// The product that implementation stands in for, when it is not that
     /// product (local tansu: `Apache Kafka`); its figures describe the stand-in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) stand_in_for: Option<String>,
+    pub stand_in_for: Option<String>,
     /// The address it was measured at.
-    pub(crate) endpoint: String,
+    pub endpoint: String,
     /// Durability and delivery settings in force.
-    pub(crate) settings: Settings,
+    pub settings: Settings,
     /// Load: open loop (paced) or closed loop (rate 0, as fast as confirmations allow).
-    pub(crate) load: LoadResult,
+    pub load: LoadResult,
     /// Publish outcomes over all producers.
-    pub(crate) publish: PublishResult,
+    pub publish: PublishResult,
     /// One entry per consumer group.
-    pub(crate) groups: Vec<GroupResult>,
+    pub groups: Vec<GroupResult>,
     /// Latency histograms, microseconds.
-    pub(crate) latency_us: LatencyResults,
+    pub latency_us: LatencyResults,
     /// Faults applied, in order, with recovery times and the messages of each.
-    pub(crate) faults: Vec<FaultResult>,
+    pub faults: Vec<FaultResult>,
     /// Per-second counts from the start of the load, to chart a run.
-    pub(crate) series: Series,
+    pub series: Series,
     /// Failures by kind, over publishes, deliveries and acks.
-    pub(crate) errors: BTreeMap<ErrorKind, u64>,
+    pub errors: BTreeMap<ErrorKind, u64>,
     /// Per kind of publish failure, the first thing the broker or its client
     /// said, e.g. `refused`: "stream not found".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) first_errors: BTreeMap<ErrorKind, String>,
+    pub first_errors: BTreeMap<ErrorKind, String>,
     /// The drain after the load.
-    pub(crate) drain: DrainResult,
+    pub drain: DrainResult,
     /// Correctness checks and whether they held.
-    pub(crate) checks: Vec<Check>,
+    pub checks: Vec<Check>,
     /// brokerbench's own use of the machine over the steady window, and
     /// whether it may have been the limit (absent from files written before
     /// brokerbench measured itself, and when the run never reached the
     /// steady window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) harness: Option<HarnessUse>,
+    pub harness: Option<HarnessUse>,
     /// `run --find-max`: every step of the search and the rate found. The
     /// rest of this result is the step at the rate found (or, if none
     /// held, the last step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) find_max: Option<find_max::FindMaxResult>,
+    pub find_max: Option<find_max::FindMaxResult>,
     /// The broker's run finished: not interrupted, and the broker came back
     /// after every fault.
-    pub(crate) complete: bool,
+    pub complete: bool,
 }
 
 /// The load as offered and achieved.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct LoadResult {
     /// Paced by intended send times (true) or closed loop (false, rate 0).
-    pub(crate) open_loop: bool,
+    pub open_loop: bool,
     /// Target rate, messages/s (0: as fast as possible).
-    pub(crate) target_rate_per_s: f64,
+    pub target_rate_per_s: f64,
     /// Payload bytes per message.
-    pub(crate) message_bytes: usize,
+    pub message_bytes: usize,
     /// Measured (steady) time, seconds.
-    pub(crate) steady_seconds: f64,
+    pub steady_seconds: f64,
     /// When the load started (warmup included), RFC 3339 UTC with
     /// milliseconds: second 0 of `series`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) started_at: Option<String>,
+    pub started_at: Option<String>,
 }
 
 /// Publish outcomes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct PublishResult {
     /// Publishes attempted (warmup included).
-    pub(crate) attempted: u64,
+    pub attempted: u64,
     /// Confirmed by the broker.
-    pub(crate) confirmed: u64,
+    pub confirmed: u64,
     /// Refused by the broker or not sent.
-    pub(crate) failed: u64,
+    pub failed: u64,
     /// No answer by the end of the drain.
-    pub(crate) unknown: u64,
+    pub unknown: u64,
     /// Sends of a message again after no or a negative confirmation (retry mode).
-    pub(crate) resent: u64,
+    pub resent: u64,
     /// Messages that fell due during the load but were not sent by its end
     /// (the producers could not keep up): offered, never attempted.
-    pub(crate) unsent: u64,
+    pub unsent: u64,
     /// Sends per second during the steady phase (by actual send time).
-    pub(crate) rate_per_s: f64,
+    pub rate_per_s: f64,
     /// Confirmations per second that arrived during the steady phase.
-    pub(crate) confirmed_per_s: f64,
+    pub confirmed_per_s: f64,
     /// Publish only: the messages the broker held at the end, asked once the
     /// producers were done (absent with consumer groups, or when the broker
     /// could not be asked). Fewer than `confirmed` means confirmed messages
     /// are gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) stored: Option<u64>,
+    pub stored: Option<u64>,
 }
 
 impl PublishResult {
@@ -161,57 +161,57 @@ impl PublishResult {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct GroupResult {
     /// Group name.
-    pub(crate) group: String,
+    pub group: String,
     /// The ledger's account (see `docs/architecture.md`, "Ledger").
     #[serde(flatten)]
-    pub(crate) account: account::GroupAccount,
+    pub account: account::GroupAccount,
     /// Confirmed, delivered only in the final read.
-    pub(crate) late: u64,
+    pub late: u64,
     /// Confirmed, not delivered, still held by the broker at the end (as it
     /// reports its depth); `None` if the broker could not be asked.
-    pub(crate) backlog: Option<u64>,
+    pub backlog: Option<u64>,
     /// Confirmed and not delivered, when the broker could not be asked
     /// whether it still holds them: neither lost nor backlog, unknown. With
     /// failures, also poison messages not dead-lettered by the end where the
     /// broker cannot report dead letters on their way (RabbitMQ quorum
     /// queues, at least once).
-    pub(crate) unverified: u64,
+    pub unverified: u64,
     /// First deliveries per second that arrived during the steady phase.
-    pub(crate) rate_per_s: f64,
+    pub rate_per_s: f64,
 }
 
 /// One fault and what it did.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct FaultResult {
     /// What was done to the broker.
-    pub(crate) action: FaultAction,
+    pub action: FaultAction,
     /// When, as planned: seconds from the start of the steady phase.
-    pub(crate) at_s: f64,
+    pub at_s: f64,
     /// Planned down (kill) or frozen (pause) time, seconds.
-    pub(crate) duration_s: f64,
+    pub duration_s: f64,
     /// When it was applied: seconds from the start of the load (the series' clock).
-    pub(crate) started_s: f64,
+    pub started_s: f64,
     /// From the fault to the broker accepting clients again (kill, restart)
     /// or running again (pause), seconds; null if it never came back.
-    pub(crate) broker_ready_after_s: Option<f64>,
+    pub broker_ready_after_s: Option<f64>,
     /// From the fault to the first publish confirmation after the broker was
     /// ready again, seconds; null if none came.
-    pub(crate) publish_recovered_after_s: Option<f64>,
+    pub publish_recovered_after_s: Option<f64>,
     /// Per group, from the fault to the first new delivery after the broker
     /// was ready again, seconds; null if none came.
-    pub(crate) delivery_recovered_after_s: BTreeMap<String, Option<f64>>,
+    pub delivery_recovered_after_s: BTreeMap<String, Option<f64>>,
     /// Why the broker did not come back, if it did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) error: Option<String>,
+    pub error: Option<String>,
     /// Whether publishing and every group worked again after the fault:
     /// false if the broker never came back, or came back at least
     /// `recovery.backoff_max` before the end of the load and then never
     /// confirmed a publish or delivered to a group again; null if it came
     /// back later than that, with too little load left to show it.
-    pub(crate) recovered: Option<bool>,
+    pub recovered: Option<bool>,
     /// The messages first sent from this fault until the next one (or the
     /// end); the first fault also owns the messages sent before it.
-    pub(crate) messages: FaultMessages,
+    pub messages: FaultMessages,
 }
 
 /// The account of the messages sent in one fault's window.
@@ -219,9 +219,9 @@ pub(crate) struct FaultResult {
 pub(crate) struct FaultMessages {
     /// Publish outcomes.
     #[serde(flatten)]
-    pub(crate) publish: account::PublishAccount,
+    pub publish: account::PublishAccount,
     /// Per group: lost, duplicates, recovered.
-    pub(crate) groups: BTreeMap<String, FaultGroup>,
+    pub groups: BTreeMap<String, FaultGroup>,
 }
 
 /// One group's account of a fault window.
@@ -229,40 +229,40 @@ pub(crate) struct FaultMessages {
 pub(crate) struct FaultGroup {
     /// Confirmed, never delivered (with failures: neither processed nor
     /// dead-lettered, poison messages included).
-    pub(crate) lost: u64,
+    pub lost: u64,
     /// Deliveries beyond the first.
-    pub(crate) duplicates: u64,
+    pub duplicates: u64,
     /// Not confirmed, yet delivered.
-    pub(crate) recovered: u64,
+    pub recovered: u64,
 }
 
 /// Per-second counts from the start of the load (warmup included).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Series {
     /// Seconds per entry.
-    pub(crate) interval_s: u32,
+    pub interval_s: u32,
     /// Where the steady phase starts, seconds from the start of the load.
-    pub(crate) steady_start_s: f64,
+    pub steady_start_s: f64,
     /// Publish confirmations per second.
-    pub(crate) confirmed: Vec<u64>,
+    pub confirmed: Vec<u64>,
     /// Publish, receive and ack errors per second.
-    pub(crate) errors: Vec<u64>,
+    pub errors: Vec<u64>,
     /// First deliveries per second, per group.
-    pub(crate) delivered: BTreeMap<String, Vec<u64>>,
+    pub delivered: BTreeMap<String, Vec<u64>>,
     /// Publish latency (corrected) second by second, by confirmation time.
     #[serde(default)]
-    pub(crate) publish_latency_us: IntervalSeries,
+    pub publish_latency_us: IntervalSeries,
     /// Per group, end-to-end latency (corrected) second by second, by
     /// delivery time.
     #[serde(default)]
-    pub(crate) end_to_end_latency_us: BTreeMap<String, IntervalSeries>,
+    pub end_to_end_latency_us: BTreeMap<String, IntervalSeries>,
     /// Per group with failures, attempts that failed on purpose per second.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) failed: BTreeMap<String, Vec<u64>>,
+    pub failed: BTreeMap<String, Vec<u64>>,
     /// Per group with failures, messages first read from the dead-letter
     /// destination per second.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) dead_lettered: BTreeMap<String, Vec<u64>>,
+    pub dead_lettered: BTreeMap<String, Vec<u64>>,
 }
 
 /// A latency second by second, µs: the steady phase's messages, each in the
@@ -270,16 +270,16 @@ pub(crate) struct Series {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct IntervalSeries {
     /// Values recorded.
-    pub(crate) count: Vec<u64>,
+    pub count: Vec<u64>,
     /// Median (0 where none).
-    pub(crate) p50: Vec<u64>,
+    pub p50: Vec<u64>,
     /// 99th percentile.
-    pub(crate) p99: Vec<u64>,
+    pub p99: Vec<u64>,
     /// Maximum.
-    pub(crate) max: Vec<u64>,
+    pub max: Vec<u64>,
     /// Each second's histogram in HdrHistogram's compressed V2 form, base64,
     /// as interval logs hold it ("" where empty).
-    pub(crate) hdr: Vec<String>,
+    pub hdr: Vec<String>,
 }
 
 impl IntervalSeries {
@@ -308,28 +308,28 @@ impl IntervalSeries {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct LatencyResults {
     /// Intended send time to confirmation: corrected for coordinated omission.
-    pub(crate) publish: LatencySummary,
+    pub publish: LatencySummary,
     /// Actual send time to confirmation: service time, uncorrected.
-    pub(crate) publish_service: LatencySummary,
+    pub publish_service: LatencySummary,
     /// Per group, intended send time to delivery: corrected.
-    pub(crate) end_to_end: BTreeMap<String, LatencySummary>,
+    pub end_to_end: BTreeMap<String, LatencySummary>,
     /// Per group, actual send time to delivery: uncorrected.
-    pub(crate) end_to_end_service: BTreeMap<String, LatencySummary>,
+    pub end_to_end_service: BTreeMap<String, LatencySummary>,
     /// Per group with failures, intended send time to the dead-letter
     /// reader's first read of a message.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) time_to_dead_letter: BTreeMap<String, LatencySummary>,
+    pub time_to_dead_letter: BTreeMap<String, LatencySummary>,
 }
 
 /// The drain after the load.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct DrainResult {
     /// How long it took, seconds.
-    pub(crate) seconds: f64,
+    pub seconds: f64,
     /// It ended by the drain timeout with confirmed messages not yet delivered.
-    pub(crate) timed_out: bool,
+    pub timed_out: bool,
     /// How long the final read took after the drain ran out, seconds.
-    pub(crate) final_read_seconds: f64,
+    pub final_read_seconds: f64,
 }
 
 /// What a correctness check checks; serialized as the condition it states.
@@ -369,28 +369,28 @@ pub(crate) enum CheckKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Check {
     /// What is checked.
-    pub(crate) check: CheckKind,
+    pub check: CheckKind,
     /// For a threshold: the metric it limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) metric: Option<Metric>,
+    pub metric: Option<Metric>,
     /// The consumer group, for per-group checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) group: Option<String>,
+    pub group: Option<String>,
     /// For a per-fault threshold: the fault's index in `faults`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) fault: Option<usize>,
+    pub fault: Option<usize>,
     /// Whether it held.
-    pub(crate) passed: bool,
+    pub passed: bool,
     /// The measured value, in `unit` for a threshold; null when there was
     /// nothing to measure (which fails a threshold).
     #[serde(with = "figure")]
-    pub(crate) value: Option<f64>,
+    pub value: Option<f64>,
     /// For a threshold: its limit, in `unit`.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "figure")]
-    pub(crate) limit: Option<f64>,
+    pub limit: Option<f64>,
     /// For a threshold: the unit of `value` and `limit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) unit: Option<Unit>,
+    pub unit: Option<Unit>,
 }
 
 impl Check {
@@ -459,9 +459,9 @@ impl Check {
 #[error("{}: {message}", file.display())]
 pub(crate) struct ResultsError {
     /// The file.
-    pub(crate) file: PathBuf,
+    pub file: PathBuf,
     /// What is wrong with it.
-    pub(crate) message: String,
+    pub message: String,
 }
 
 impl GroupResult {

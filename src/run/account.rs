@@ -27,11 +27,11 @@ use crate::scenario::Plan;
 #[derive(Clone)]
 pub(crate) struct Placement {
     /// Implementation and version.
-    pub(crate) implementation: String,
+    pub implementation: String,
     /// What it stands in for, if it is a stand-in.
-    pub(crate) stand_in_for: Option<String>,
+    pub stand_in_for: Option<String>,
     /// Where it was reached, password hidden.
-    pub(crate) endpoint: String,
+    pub endpoint: String,
 }
 
 /// Turns a measurement into results.

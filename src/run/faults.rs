@@ -19,16 +19,16 @@ use crate::scenario::{Fault, FaultAction};
 #[derive(Clone, Debug)]
 pub(crate) struct FaultEvent {
     /// The fault as planned.
-    pub(crate) fault: Fault,
+    pub fault: Fault,
     /// When it was applied.
-    pub(crate) started: Instant,
+    pub started: Instant,
     /// When the broker was ready again (kill, restart) or resumed (pause);
     /// `None` if it never came back.
-    pub(crate) ready: Option<Instant>,
+    pub ready: Option<Instant>,
     /// Why the broker did not come back, if it did not.
-    pub(crate) error: Option<String>,
+    pub error: Option<String>,
     /// Per producer, the number of messages attempted when the fault started.
-    pub(crate) window_start: Vec<u64>,
+    pub window_start: Vec<u64>,
 }
 
 /// Applies `faults` to `target` at `steady_start + fault.at`, one after the

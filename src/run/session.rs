@@ -59,12 +59,12 @@ impl Stop {
 /// What a session produced.
 pub(crate) struct Outcome {
     /// The results, as written.
-    pub(crate) results: Results,
+    pub results: Results,
     /// Where they were written.
-    pub(crate) path: PathBuf,
+    pub path: PathBuf,
     /// Why the session stopped before the last broker: a broker could not
     /// be started, reached or set up. The results so far are written.
-    pub(crate) failure: Option<anyhow::Error>,
+    pub failure: Option<anyhow::Error>,
 }
 
 /// One scenario, run against the plan's brokers in turn.

@@ -17,7 +17,7 @@ pub(crate) const GITHUB_SUMMARY_LIMIT: usize = 1024 * 1024;
 /// The Markdown exporter.
 pub(crate) struct Markdown {
     /// Bytes the report may take; parts are cut to fit.
-    pub(crate) budget: usize,
+    pub budget: usize,
 }
 
 impl Default for Markdown {

@@ -37,9 +37,9 @@ pub(crate) enum Format {
 #[derive(Debug)]
 pub(crate) struct Document {
     /// The file name it is written under in a directory.
-    pub(crate) file_name: String,
+    pub file_name: String,
     /// Its content.
-    pub(crate) content: Vec<u8>,
+    pub content: Vec<u8>,
 }
 
 /// Turns results into a report.
