@@ -3,8 +3,11 @@
 #   make test   install brokers (and chromium, cargo-nextest) if missing, fmt + clippy + every test
 SHELL := /bin/bash
 CARGO ?= cargo
-# Debian installs rabbitmq-server and nats-server in /usr/sbin; cargo installs tansu in ~/.cargo/bin.
-export PATH := $(PATH):/usr/sbin:/usr/local/sbin:$(HOME)/.cargo/bin
+# scripts/install-brokers puts Kafka's launchers and nats-server in
+# $(BROKERBENCH_TOOLS)/bin, first so that they win over any older system
+# nats-server; Debian installs rabbitmq-server in /usr/sbin.
+export BROKERBENCH_TOOLS ?= $(HOME)/.local/share/brokerbench
+export PATH := $(BROKERBENCH_TOOLS)/bin:$(PATH):/usr/sbin:/usr/local/sbin:$(HOME)/.cargo/bin
 
 .PHONY: demo test brokers build check
 

@@ -142,8 +142,8 @@ pub struct AdviseArgs {
     /// Never ask: fail on missing deciding answers even on a terminal.
     #[arg(long)]
     pub no_input: bool,
-    /// Let a local stand-in's figures (tansu for Apache Kafka) score the
-    /// product it stands in for. Off by default: tansu is not Kafka.
+    /// Let a stand-in's figures (a Kafka-protocol broker run as Kafka) score the
+    /// product it stands in for. Off by default: a stand-in is not the product.
     #[arg(long)]
     pub accept_stand_ins: bool,
 }

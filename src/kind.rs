@@ -18,7 +18,7 @@ pub enum BrokerKind {
     Rabbitmq,
     /// NATS with JetStream (async-nats).
     Jetstream,
-    /// A broker that speaks the Apache Kafka protocol (rdkafka); locally, tansu.
+    /// Apache Kafka (rdkafka); locally, Apache Kafka 4.x in KRaft mode.
     Kafka,
 }
 

@@ -42,7 +42,7 @@ pub(crate) struct Measurement {
     /// Faults after which publishing never recovered.
     pub unrecovered_faults: usize,
     pub complete: bool,
-    /// The product the implementation stands in for (local tansu: Apache
+    /// The product the implementation stands in for (a Kafka-protocol broker: Apache
     /// Kafka), if it is a stand-in.
     pub stand_in_for: Option<String>,
     /// Whether its rate, latency and recovery figures enter the score: not a

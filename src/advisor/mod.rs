@@ -88,7 +88,7 @@ pub(crate) struct Flip {
 
 /// The product a recommendation names.
 pub(crate) fn product(kind: BrokerKind) -> &'static str {
-    broker::info(kind).product
+    broker::info(kind).display_name
 }
 
 /// Scores `answers`, with `measured` results as evidence if any.
@@ -321,8 +321,8 @@ mod tests {
     #[test]
     fn a_stand_ins_figures_do_not_score_the_product_unless_accepted() {
         let a = answers(DeadLetter::No, &[Language::Java], 5_000.0);
-        let tansu = |used| Measurement {
-            implementation: "tansu 0.6.0 (Kafka protocol)".into(),
+        let redpanda = |used| Measurement {
+            implementation: "Redpanda 24.2.7".into(),
             stand_in_for: Some("Apache Kafka".into()),
             used,
             ..measured(kind("kafka"), 1_800.0, 0)
@@ -335,14 +335,14 @@ mod tests {
                 .find(|e| e.broker == kind("kafka"));
             effect.unwrap()
         };
-        let ignored = kafka_effect(advise(&a, vec![], &[tansu(false)]));
+        let ignored = kafka_effect(advise(&a, vec![], &[redpanda(false)]));
         assert_eq!(ignored.score, evidence::UNMEASURED, "{ignored:?}");
         assert!(
             ignored.reason.contains("stand-in for Apache Kafka")
                 && ignored.reason.contains("lost no confirmed message"),
             "{ignored:?}"
         );
-        let accepted = kafka_effect(advise(&a, vec![], &[tansu(true)]));
+        let accepted = kafka_effect(advise(&a, vec![], &[redpanda(true)]));
         assert_eq!(accepted.score, 3.6, "{accepted:?}");
         assert!(accepted.reason.contains("did not sustain your rate"));
     }

@@ -25,6 +25,7 @@ use crate::kind::BrokerKind;
 
 use crate::scenario::Plan;
 pub use endpoint::Endpoint;
+pub use jetstream::NATS_SERVER_VERSION;
 
 /// The registry: the one place that maps a kind to its module.
 pub fn registry(kind: BrokerKind) -> &'static dyn Broker {
@@ -55,6 +56,8 @@ pub struct Ports {
     pub distribution: Option<u16>,
     /// The Erlang port mapper daemon that RabbitMQ registers with.
     pub epmd: Option<u16>,
+    /// The KRaft controller listener (Kafka).
+    pub controller: Option<u16>,
 }
 
 /// A port a broker needs besides its client port.
@@ -66,6 +69,8 @@ pub enum PortRole {
     Distribution,
     /// See [`Ports::epmd`].
     Epmd,
+    /// See [`Ports::controller`].
+    Controller,
 }
 
 impl Ports {
@@ -80,6 +85,7 @@ impl Ports {
                 PortRole::Monitoring => &mut ports.monitoring,
                 PortRole::Distribution => &mut ports.distribution,
                 PortRole::Epmd => &mut ports.epmd,
+                PortRole::Controller => &mut ports.controller,
             };
             *slot = Some(*port);
         }
@@ -92,6 +98,7 @@ impl Ports {
             .chain(self.monitoring)
             .chain(self.distribution)
             .chain(self.epmd)
+            .chain(self.controller)
             .collect()
     }
 }
@@ -106,6 +113,27 @@ pub struct Launch<'a> {
     pub host: &'a str,
     /// The ports to listen on.
     pub ports: Ports,
+    /// Settings for the whole server.
+    pub server: ServerSettings,
+}
+
+/// What a local server is started with that holds for the whole server,
+/// from the scenario (a client cannot ask for it per stream or topic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Sync every write to disk before confirming it: JetStream's
+    /// `sync_interval: always`. (Kafka's `flush.messages` is per topic, set
+    /// by its driver; RabbitMQ needs nothing.)
+    pub sync_always: bool,
+}
+
+impl ServerSettings {
+    /// The server settings `plan` asks for.
+    pub fn of(plan: &Plan) -> Self {
+        ServerSettings {
+            sync_always: plan.durability.sync == crate::scenario::SyncPolicy::BeforeConfirm,
+        }
+    }
 }
 
 /// A process a broker needs running before it starts (RabbitMQ's epmd).
@@ -118,19 +146,14 @@ pub struct Helper {
 
 /// The plain facts about one broker.
 pub struct Info {
-    /// The product, for people: `RabbitMQ`.
+    /// The product, for people and for a recommendation: `RabbitMQ`.
     pub display_name: &'static str,
-    /// The product a recommendation names.
-    pub product: &'static str,
     /// The program looked up on `PATH`.
     pub program: &'static str,
     /// Where that program comes from.
     pub install: Install,
     /// How results name what ran: these around the version it reports.
     pub implementation: (&'static str, &'static str),
-    /// The product the local program stands in for, when it is not that
-    /// product (tansu for Apache Kafka): its figures never score the product.
-    pub local_stand_in_for: Option<&'static str>,
     /// Ports it needs besides the client port.
     pub extra_ports: &'static [PortRole],
     /// How long a local start may take before it counts as failed.
@@ -143,20 +166,26 @@ pub struct Info {
     pub compose_port: u16,
 }
 
-/// Where a broker's program comes from on Debian or Ubuntu.
+/// Where a broker's program comes from, on Debian or Ubuntu.
 pub enum Install {
     /// A Debian package.
     Apt(&'static str),
-    /// A crate, with its version and the features it needs.
-    Cargo {
-        /// The crate.
-        krate: &'static str,
-        /// The version brokerbench is tested with.
+    /// A Go module's command, built by `go install` from the Go module proxy
+    /// into the tools directory.
+    Go {
+        /// The module path of the command.
+        module: &'static str,
+        /// The release brokerbench is tested with.
         version: &'static str,
-        /// Features to enable.
-        features: &'static str,
     },
+    /// Only `scripts/install-brokers` installs it, for the reason given
+    /// (several steps: jars from Maven Central and launchers).
+    Script(&'static str),
 }
+
+/// Where `scripts/install-brokers` puts what it builds or downloads, unless
+/// `BROKERBENCH_TOOLS` says otherwise; programs land in its `bin/`.
+pub const TOOLS_DIR: &str = "~/.local/share/brokerbench";
 
 impl Info {
     /// The exact command that installs the program.
@@ -165,12 +194,12 @@ impl Info {
             Install::Apt(package) => {
                 format!("sudo apt-get update && sudo apt-get install -y {package}")
             }
-            Install::Cargo {
-                krate,
-                version,
-                features,
-            } => {
-                format!("cargo install --locked {krate} --version {version} --features {features}")
+            Install::Go { module, version } => format!(
+                "GOBIN={TOOLS_DIR}/bin go install {module}@{version} \
+                 (or scripts/install-brokers), then put {TOOLS_DIR}/bin on PATH"
+            ),
+            Install::Script(what) => {
+                format!("scripts/install-brokers ({what}), then put {TOOLS_DIR}/bin on PATH")
             }
         }
     }
@@ -191,6 +220,11 @@ pub trait Broker: Send + Sync {
         Ok((found.to_path_buf(), format!("{before}{version}{after}")))
     }
 
+    /// Readies `launch.dir` before each start: configuration files, and on
+    /// the first start anything the data needs (Kafka formats its storage).
+    async fn prepare(&self, _launch: &Launch<'_>) -> Result<()> {
+        Ok(())
+    }
     /// The command that runs it in the foreground on `launch`'s ports and data.
     fn command(&self, launch: &Launch<'_>) -> Result<Command>;
     /// A helper process to start first, if it needs one.
@@ -248,6 +282,19 @@ mod tests {
         assert_eq!(ports.epmd, Some(4369));
         assert_eq!(ports.monitoring, None);
         assert_eq!(ports.all(), [5672, 25672, 4369]);
+    }
+
+    #[test]
+    fn the_install_script_pins_the_nats_server_the_hints_name() {
+        let script = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/install-brokers"
+        ))
+        .unwrap();
+        assert!(
+            script.contains(&format!("NATS_VERSION:-{NATS_SERVER_VERSION}}}")),
+            "scripts/install-brokers and NATS_SERVER_VERSION disagree"
+        );
     }
 
     #[test]

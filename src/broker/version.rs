@@ -28,11 +28,16 @@ async fn version_output(program: &Path, arg: &str) -> Result<String> {
     .await
     .with_context(|| format!("`{} {arg}` did not answer within 10 s", program.display()))?
     .with_context(|| format!("could not run `{} {arg}`", program.display()))?;
-    if !output.status.success() {
-        bail!("`{} {arg}` failed: {}", program.display(), output.status);
-    }
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        bail!(
+            "`{} {arg}` failed ({}): {}",
+            program.display(),
+            output.status,
+            text.trim()
+        );
+    }
     Ok(text.trim().to_string())
 }
 

@@ -52,6 +52,11 @@ async fn check() -> Result<ExitCode> {
         }
     }
     println!("{table}");
+    println!(
+        "RabbitMQ is Debian 12's 3.10.8 (3.13 and 4.x need Erlang 26; Debian 12 has 25). \
+         scripts/install-brokers pins nats-server {} and Apache Kafka (tools/kafka/pom.xml).",
+        crate::broker::NATS_SERVER_VERSION
+    );
     if missing.is_empty() {
         return Ok(ExitCode::from(exit::OK));
     }

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use super::screen::Screen;
 use super::DataDir;
+use crate::broker::ServerSettings;
 use crate::cli::{EnvKind, RunArgs};
 use crate::env::binaries::{self, Binary};
 use crate::env::compose::ComposeBroker;
@@ -164,6 +165,7 @@ enum Site {
     Local {
         binaries: Vec<Binary>,
         data: DataDir,
+        server: ServerSettings,
     },
     Compose(PathBuf),
     External(Vec<CommandBroker>),
@@ -175,6 +177,7 @@ impl Site {
             EnvKind::Local => Site::Local {
                 binaries: binaries::locate_all(&plan.brokers).await?,
                 data: DataDir::new(None)?,
+                server: ServerSettings::of(plan),
             },
             EnvKind::Compose => Site::Compose(args.compose_file.clone()),
             EnvKind::External => {
@@ -206,13 +209,17 @@ impl Environment for Site {
 
     async fn place(&mut self, kind: BrokerKind) -> Result<Box<dyn Placed>> {
         Ok(match self {
-            Site::Local { binaries, data } => {
+            Site::Local {
+                binaries,
+                data,
+                server,
+            } => {
                 let binary = binaries
                     .iter()
                     .find(|b| b.kind == kind)
                     .cloned()
                     .context("located with the others")?;
-                Box::new(LocalBroker::start(binary, data.path()).await?)
+                Box::new(LocalBroker::start_with(binary, data.path(), *server).await?)
             }
             Site::Compose(file) => Box::new(ComposeBroker::place(file, kind).await?),
             Site::External(brokers) => {

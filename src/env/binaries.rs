@@ -1,7 +1,7 @@
 //! Finding the broker programs and the versions that will actually run.
 //!
-//! Results must name what ran (a tansu run is never presented as Apache
-//! Kafka), and `env check` must tell a newcomer exactly how to install what is
+//! Results must name what ran (the version that answered, never the one
+//! hoped for), and `env check` must tell a newcomer exactly how to install what is
 //! missing. Programs are looked up on `PATH` only, so that hiding one from
 //! `PATH` hides it from brokerbench too.
 
@@ -22,7 +22,7 @@ pub struct Binary {
     /// switches to the `rabbitmq` user when run as root).
     pub path: PathBuf,
     /// Implementation and version, as results name it: `RabbitMQ 3.10.8`,
-    /// `nats-server 2.9.10`, `tansu 0.6.0 (Kafka protocol)`.
+    /// `nats-server 2.15.3`, `Apache Kafka 4.4.0`.
     pub implementation: String,
 }
 
@@ -38,12 +38,22 @@ pub async fn locate(kind: BrokerKind) -> Result<Binary> {
     })
 }
 
-/// "not found on PATH", and where it is if a usual system directory that is
-/// not on `PATH` has it (Debian puts both servers in `/usr/sbin`).
+/// "not found on PATH", and where it is if a usual directory that is not on
+/// `PATH` has it (Debian puts rabbitmq-server in `/usr/sbin`;
+/// `scripts/install-brokers` puts Kafka's launchers and nats-server in the
+/// tools directory's `bin/`).
 fn not_on_path(name: &str) -> anyhow::Error {
+    let tools = std::env::var_os("BROKERBENCH_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/share/brokerbench"))
+        })
+        .map(|dir| dir.join("bin"));
     let elsewhere = ["/usr/sbin", "/usr/local/sbin", "/sbin"]
         .iter()
-        .map(|dir| Path::new(dir).join(name))
+        .map(PathBuf::from)
+        .chain(tools)
+        .map(|dir| dir.join(name))
         .find(|p| p.is_file() && which::which(p).is_ok());
     match elsewhere {
         Some(path) => anyhow::anyhow!(

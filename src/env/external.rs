@@ -5,6 +5,8 @@
 //! [rabbitmq]
 //! url = "amqp://app:secret@mq1.internal:5672/%2f"
 //! implementation = "RabbitMQ 3.13.7, 3 nodes"   # shown in the results
+//! # stand_in = true   # when it is not the product it is run as (Redpanda
+//! #                   # for Kafka): its figures never score the product
 //! [rabbitmq.faults]
 //! kill = "ssh mq1 sudo pkill -KILL -f beam.smp"
 //! start = "ssh mq1 sudo systemctl start rabbitmq-server"
@@ -45,6 +47,8 @@ pub(crate) struct CommandBroker {
     endpoint: Endpoint,
     implementation: String,
     commands: BTreeMap<Operation, Vec<String>>,
+    /// The product it is run as, when it is not that product.
+    stand_in_for: Option<&'static str>,
     /// Run once when the broker is no longer needed (compose: stop the service).
     down: Option<Vec<String>>,
     command_timeout: Duration,
@@ -62,6 +66,7 @@ impl CommandBroker {
             endpoint,
             implementation,
             commands,
+            stand_in_for: None,
             down: None,
             command_timeout: COMMAND_TIMEOUT,
             ready_timeout: READY_TIMEOUT,
@@ -178,6 +183,10 @@ impl Placed for CommandBroker {
         &self.implementation
     }
 
+    fn stand_in_for(&self) -> Option<&str> {
+        self.stand_in_for
+    }
+
     async fn shutdown(self: Box<Self>) -> Result<()> {
         match &self.down {
             Some(argv) => self.execute("down", argv).await,
@@ -202,6 +211,8 @@ type TargetsFile = BTreeMap<Spanned<String>, Spanned<TargetFile>>;
 struct TargetFile {
     url: Spanned<String>,
     implementation: Option<String>,
+    #[serde(default)]
+    stand_in: bool,
     command_timeout: Option<Spanned<String>>,
     ready_timeout: Option<Spanned<String>>,
     #[serde(default)]
@@ -351,6 +362,9 @@ impl Targets {
             })
         };
         let mut broker = CommandBroker::new(endpoint, implementation, commands);
+        if target.stand_in {
+            broker.stand_in_for = Some(broker::info(kind).display_name);
+        }
         broker.command_timeout = duration(&target.command_timeout, COMMAND_TIMEOUT);
         broker.ready_timeout = duration(&target.ready_timeout, READY_TIMEOUT);
         Ok(broker)

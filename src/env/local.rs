@@ -28,7 +28,7 @@ use tokio::process::{Child, Command};
 
 use super::binaries::Binary;
 use super::{Endpoint, FaultTarget, Placed};
-use crate::broker::{self, Launch, Ports};
+use crate::broker::{self, Launch, Ports, ServerSettings};
 use crate::kind::BrokerKind;
 
 const HOST: &str = "127.0.0.1";
@@ -41,6 +41,7 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 pub struct LocalBroker {
     binary: Binary,
     dir: PathBuf,
+    server: ServerSettings,
     endpoint: Endpoint,
     /// The ports it listens on, client port first.
     ports: Ports,
@@ -57,6 +58,15 @@ impl LocalBroker {
     /// Starts `binary` with its data under `run_dir/<broker>/` and waits until
     /// it answers its protocol's handshake.
     pub async fn start(binary: Binary, run_dir: &Path) -> Result<Self> {
+        Self::start_with(binary, run_dir, ServerSettings::default()).await
+    }
+
+    /// [`start`](Self::start), with settings for the whole server.
+    pub async fn start_with(
+        binary: Binary,
+        run_dir: &Path,
+        server: ServerSettings,
+    ) -> Result<Self> {
         let kind = binary.kind;
         let dir = run_dir.join(kind.as_str());
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -72,6 +82,7 @@ impl LocalBroker {
                 ports: Ports::assign(ports[0], roles, &ports[1..]),
                 binary: binary.clone(),
                 dir: dir.clone(),
+                server,
                 process: None,
                 helper: None,
                 paused: false,
@@ -161,7 +172,7 @@ impl LocalBroker {
         let started = Instant::now();
         let log = self.open_log()?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut command = self.command()?;
+        let mut command = self.command().await?;
         command
             .current_dir(&self.dir)
             .stdin(Stdio::null())
@@ -298,13 +309,29 @@ impl LocalBroker {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
-    fn command(&self) -> Result<Command> {
-        broker::registry(self.kind()).command(&Launch {
+    fn launch_spec(&self) -> Launch<'_> {
+        Launch {
             program: &self.binary.path,
             dir: &self.dir,
             host: HOST,
             ports: self.ports,
-        })
+            server: self.server,
+        }
+    }
+
+    /// Writes the broker's configuration (and on a first start readies its
+    /// data), then gives the command that runs it.
+    async fn command(&self) -> Result<Command> {
+        let broker = broker::registry(self.kind());
+        let launch = self.launch_spec();
+        broker.prepare(&launch).await.with_context(|| {
+            format!(
+                "preparing {} in {} to start",
+                self.kind(),
+                self.dir.display()
+            )
+        })?;
+        broker.command(&launch)
     }
 }
 
@@ -349,10 +376,6 @@ impl Placed for LocalBroker {
 
     fn implementation(&self) -> &str {
         &self.binary.implementation
-    }
-
-    fn stand_in_for(&self) -> Option<&str> {
-        broker::info(self.kind()).local_stand_in_for
     }
 
     async fn shutdown(self: Box<Self>) -> Result<()> {

@@ -95,10 +95,10 @@ pub trait Environment: Send {
 pub trait Placed: FaultTarget + Sync {
     /// Where clients reach it.
     fn endpoint(&self) -> &Endpoint;
-    /// Implementation and version, e.g. `RabbitMQ 3.10.8` or `tansu 0.6.0`.
+    /// Implementation and version, e.g. `RabbitMQ 3.10.8` or `Apache Kafka 4.4.0`.
     fn implementation(&self) -> &str;
     /// The product this implementation stands in for, when it is not that
-    /// product (local tansu for Apache Kafka).
+    /// product (a Kafka-protocol broker a targets file marks `stand_in`).
     fn stand_in_for(&self) -> Option<&str> {
         None
     }

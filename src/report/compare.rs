@@ -47,7 +47,7 @@ pub(crate) struct Incomparable(pub String);
 pub(crate) struct Row {
     /// The broker.
     pub broker: BrokerKind,
-    /// What ran in the current run, e.g. `tansu 0.6.0 (Kafka protocol)`.
+    /// What ran in the current run, e.g. `Apache Kafka 4.4.0`.
     pub implementation: String,
     /// The product that implementation stands in for, if it is a stand-in.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -55,10 +55,11 @@ pub(crate) struct Results {
 pub(crate) struct BrokerResult {
     /// `rabbitmq`, `jetstream` or `kafka`.
     pub broker: BrokerKind,
-    /// What actually ran, with its version, e.g. `tansu 0.6.0 (Kafka protocol)`.
+    /// What actually ran, with its version, e.g. `Apache Kafka 4.4.0`.
     pub implementation: String,
     /// The product that implementation stands in for, when it is not that
-    /// product (local tansu: `Apache Kafka`); its figures describe the stand-in.
+    /// product (a Kafka-protocol broker run as `Apache Kafka`); its figures
+    /// describe the stand-in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stand_in_for: Option<String>,
     /// The address it was measured at.

@@ -32,6 +32,8 @@ pub(super) struct ScenarioFile {
     #[serde(default)]
     recovery: RecoveryFile,
     #[serde(default)]
+    durability: Durability,
+    #[serde(default)]
     thresholds: BTreeMap<Spanned<String>, Spanned<Entry>>,
     dead_letter: Option<Spanned<DeadLetterFile>>,
 }
@@ -221,6 +223,7 @@ impl ScenarioFile {
             kafka,
             faults,
             recovery,
+            durability: self.durability,
             thresholds,
             dead_letter,
             find_max: None,

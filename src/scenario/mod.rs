@@ -50,6 +50,10 @@ pub struct Plan {
     pub faults: Vec<Fault>,
     /// How clients recover from faults.
     pub recovery: Recovery,
+    /// When brokers write to disk before they confirm. Results files written
+    /// before it existed read as the brokers' defaults.
+    #[serde(default)]
+    pub durability: Durability,
     /// Limits on measured figures; each becomes a check.
     #[serde(default, skip_serializing_if = "Thresholds::is_empty")]
     pub thresholds: Thresholds,
@@ -260,6 +264,40 @@ pub struct Recovery {
     /// Stop reconnecting after this long without success.
     #[serde(with = "human_duration")]
     pub give_up: Duration,
+}
+
+/// `[durability]`: what a broker's confirmation means for the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Durability {
+    /// Whether each broker syncs a message to disk before confirming it.
+    #[serde(default)]
+    pub sync: SyncPolicy,
+}
+
+/// When a broker syncs (fsyncs) a message it confirms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncPolicy {
+    /// Each broker's own flush policy: RabbitMQ fsyncs before confirming
+    /// persistent messages (quorum queues always), JetStream syncs every
+    /// 2 minutes, Kafka leaves it to the page cache and replication.
+    #[default]
+    BrokerDefault,
+    /// Sync before confirming wherever the broker can: JetStream's
+    /// server-wide `sync_interval: always`, Kafka's topic `flush.messages=1`;
+    /// RabbitMQ does so already for persistent messages.
+    BeforeConfirm,
+}
+
+impl SyncPolicy {
+    /// The value as written in scenarios.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncPolicy::BrokerDefault => "broker-default",
+            SyncPolicy::BeforeConfirm => "before-confirm",
+        }
+    }
 }
 
 /// The offered load.
@@ -495,9 +533,9 @@ pub struct KafkaSettings {
     /// Producer compression.
     pub compression: Compression,
     /// Consumer `fetch.wait.max.ms`: how long a fetch may wait for data.
-    /// tansu 0.6 holds every fetch this long even when data is there
-    /// (Apache Kafka answers as soon as `fetch.min.bytes` = 1 is met), so it
-    /// bounds end-to-end latency on tansu.
+    /// Apache Kafka answers as soon as `fetch.min.bytes` = 1 is met; some
+    /// Kafka-protocol brokers hold every fetch this long, so it bounds their
+    /// end-to-end latency.
     #[serde(with = "human_duration")]
     pub fetch_wait_max: Duration,
     /// The idempotent producer (`enable.idempotence`); needs acks = all.

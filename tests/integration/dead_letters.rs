@@ -135,13 +135,7 @@ fn poison_messages_end_in_each_brokers_dead_letter_destination() {
 fn advice_cites(saved: &Path, results: &Value) {
     let out = util::brokerbench()
         .args(["advise", "--dead-letter", "required", "--languages", "go"])
-        .args([
-            "--rate",
-            "200",
-            "--no-input",
-            "--json",
-            "--accept-stand-ins",
-        ])
+        .args(["--rate", "200", "--no-input", "--json"])
         .arg("--results")
         .arg(saved)
         .output()

@@ -21,11 +21,7 @@ fn env_check_prints_three_versions() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for expected in [
-        "RabbitMQ 3.",
-        "nats-server 2.",
-        "tansu 0.6.0 (Kafka protocol)",
-    ] {
+    for expected in ["RabbitMQ 3.", "nats-server 2.", "Apache Kafka 4."] {
         assert!(
             stdout.contains(expected),
             "missing {expected:?} in:\n{stdout}"
@@ -36,7 +32,7 @@ fn env_check_prints_three_versions() {
 #[test]
 fn env_check_names_a_missing_broker_and_its_install_command() {
     // nats-server hidden from PATH; the other two still found.
-    let (_dir, path) = util::path_with_only(&["rabbitmq-server", "tansu"]);
+    let (_dir, path) = util::path_with_only(&["rabbitmq-server", "kafka-server-start", "java"]);
     let out = util::brokerbench()
         .args(["env", "check"])
         .env("PATH", path)
@@ -46,11 +42,11 @@ fn env_check_names_a_missing_broker_and_its_install_command() {
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("jetstream is missing"), "{stdout}");
     assert!(
-        stdout.contains("apt-get install -y nats-server"),
+        stdout.contains("go install github.com/nats-io/nats-server/v2@v2."),
         "{stdout}"
     );
     assert!(
-        stdout.contains("RabbitMQ 3.") && stdout.contains("tansu 0.6.0"),
+        stdout.contains("RabbitMQ 3.") && stdout.contains("Apache Kafka 4."),
         "{stdout}"
     );
 }
@@ -66,8 +62,25 @@ fn run_commands_name_a_missing_broker_and_exit_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("kafka is not installed")
-            && stderr.contains("cargo install --locked tansu"),
+        stderr.contains("kafka is not installed") && stderr.contains("scripts/install-brokers"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn kafka_without_java_is_a_clear_error() {
+    // The launcher is there, java is not: the error names the cause.
+    let (_dir, path) = util::path_with_only(&["kafka-server-start"]);
+    let out = util::brokerbench()
+        .args(["env", "smoke", "--brokers", "kafka"])
+        .env("PATH", path)
+        .env_remove("JAVA_HOME")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("kafka") && stderr.contains("no Java"),
         "{stderr}"
     );
 }
@@ -126,7 +139,7 @@ fn sigint_to_env_up_leaves_no_broker_running() {
 
     let started = util::descendants(pid);
     let commands: Vec<&str> = started.iter().map(|p| p.command.as_str()).collect();
-    for program in ["beam", "epmd", "nats-server", "tansu"] {
+    for program in ["beam", "epmd", "nats-server", "kafka.Kafka"] {
         assert!(
             commands.iter().any(|c| c.contains(program)),
             "no {program} among {commands:#?}"

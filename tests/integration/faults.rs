@@ -112,9 +112,6 @@ fn a_crash_loses_no_confirmed_order_on_durable_settings() {
                 .map(|g| g["duplicates"].as_u64().unwrap())
                 .collect::<Vec<_>>()
         );
-        if name == "kafka" {
-            continue; // reported, not asserted: see docs/faults.md
-        }
         assert_eq!(lost(b), 0, "{name} lost confirmed orders:\n{stderr}");
         assert_eq!(b["complete"], true, "{name}");
         // Recovery is measured, and nothing is flagged.

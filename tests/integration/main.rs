@@ -11,6 +11,7 @@ mod ci;
 mod compose;
 mod dead_letters;
 mod drivers;
+mod durability;
 mod env_cli;
 mod external;
 mod faults;

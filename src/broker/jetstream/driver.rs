@@ -26,7 +26,7 @@ use crate::driver::{
 };
 use crate::event::Outgoing;
 use crate::scenario::{
-    ConsumerGroup, DeadLetter, JetstreamSettings, Plan, Recovery, Storage, EVENT_TYPE,
+    ConsumerGroup, DeadLetter, JetstreamSettings, Plan, Recovery, Storage, SyncPolicy, EVENT_TYPE,
 };
 
 /// The stream every event goes to.
@@ -90,6 +90,8 @@ pub(super) struct JetStreamDriver {
     failing: bool,
     /// Whether messages carry `Nats-Msg-Id` and `trace_id` headers.
     headers: bool,
+    /// The scenario asks for every write synced before its ack.
+    sync_before_confirm: bool,
 }
 
 /// `fut` with the call timeout, its own error left to the caller to read.
@@ -150,6 +152,7 @@ impl JetStreamDriver {
             dead_letter: plan.dead_letter.clone(),
             failing: plan.has_failures(),
             headers: plan.load.headers,
+            sync_before_confirm: plan.durability.sync == SyncPolicy::BeforeConfirm,
         })
     }
 
@@ -318,7 +321,11 @@ impl Driver for JetStreamDriver {
                 "none (headers = false)"
             },
             reconnect: crate::driver::backoff_description(&self.recovery),
-            fsync: "server default (sync_interval 2 min)",
+            fsync: if self.sync_before_confirm {
+                "sync_interval: always (server-wide: set on the servers brokerbench starts; others must be configured so)"
+            } else {
+                "server default (sync_interval 2 min): acked once written to the OS"
+            },
             dead_lettering: self.failing.then(|| {
                 format!(
                     "max_deliver {}, NAK with delay {}{}; stream {DEAD_LETTER_STREAM} captures the MAX_DELIVERIES and MSG_TERMINATED advisories; originals fetched by stream sequence",

@@ -18,19 +18,44 @@ use crate::driver::{timed, Driver, CALL_TIMEOUT};
 use crate::scenario::Plan;
 use driver::{open_connection, options, JetStreamDriver};
 
+/// The nats-server release brokerbench is tested with (`scripts/install-brokers`).
+pub const NATS_SERVER_VERSION: &str = "v2.15.3";
+
 static INFO: Info = Info {
     display_name: "NATS JetStream",
-    product: "NATS JetStream",
     program: "nats-server",
-    install: Install::Apt("nats-server"),
+    // Debian 12's 2.9.10 drops expired, partly filled pull requests without
+    // a word (fixed in 2.9.16); users run 2.10 and later.
+    install: Install::Go {
+        module: "github.com/nats-io/nats-server/v2",
+        version: NATS_SERVER_VERSION,
+    },
     implementation: ("nats-server ", ""),
-    local_stand_in_for: None,
     extra_ports: &[PortRole::Monitoring],
     ready_deadline: Duration::from_secs(30),
     url_form: "a NATS URL such as nats://host:4222",
     compose_service: "nats",
     compose_port: 4222,
 };
+
+/// The server's configuration file, in its data directory.
+const CONFIG: &str = "nats-server.conf";
+
+/// JetStream with its store in the data directory; with `sync_always`,
+/// every write synced before it is acknowledged (`sync_interval` is
+/// server-wide, so it cannot be set per stream).
+fn server_config(launch: &Launch<'_>) -> String {
+    let store = launch.dir.join("jetstream");
+    let sync = if launch.server.sync_always {
+        "\n  sync_interval: always"
+    } else {
+        ""
+    };
+    format!(
+        "# Written by brokerbench before each start.\njetstream {{\n  store_dir: {:?}{sync}\n}}\n",
+        store.display().to_string()
+    )
+}
 
 /// NATS JetStream's entry in the registry.
 pub(super) struct JetStream;
@@ -50,16 +75,22 @@ impl Broker for JetStream {
         &INFO
     }
 
+    async fn prepare(&self, launch: &Launch<'_>) -> Result<()> {
+        let config = launch.dir.join(CONFIG);
+        std::fs::write(&config, server_config(launch))
+            .with_context(|| format!("writing {}", config.display()))
+    }
+
     fn command(&self, launch: &Launch<'_>) -> Result<Command> {
         let port = launch.ports.client.to_string();
         let monitoring = launch.ports.monitoring.context("no monitoring port")?;
         let mut command = Command::new(launch.program);
         command
-            .args(["-js", "-a", launch.host, "-p", &port])
+            .arg("-c")
+            .arg(launch.dir.join(CONFIG))
+            .args(["-a", launch.host, "-p", &port])
             .arg("-m")
             .arg(monitoring.to_string())
-            .arg("-sd")
-            .arg(launch.dir.join("jetstream"))
             .args(["-n", &format!("brokerbench-{port}")]);
         Ok(command)
     }

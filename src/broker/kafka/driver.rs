@@ -29,7 +29,8 @@ use crate::driver::{
 };
 use crate::event::Outgoing;
 use crate::scenario::{
-    Acks, Compression, ConsumerGroup, DeadLetter, KafkaSettings, Plan, Recovery, EVENT_TYPE,
+    Acks, Compression, ConsumerGroup, DeadLetter, KafkaSettings, Plan, Recovery, SyncPolicy,
+    EVENT_TYPE,
 };
 
 /// The topic failed messages are dead-lettered to, by the consumers
@@ -54,6 +55,8 @@ struct Applied {
     batch_messages: u32,
     compression: Compression,
     key: &'static str,
+    /// When the broker writes a confirmed message to disk.
+    flush: &'static str,
     consumer_commit: &'static str,
     reconnect: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +74,9 @@ pub(super) struct KafkaDriver {
     failing: bool,
     /// Whether messages carry a `trace_id` header.
     headers: bool,
+    /// Topics flush every message to disk before it is acknowledged
+    /// (`flush.messages=1`).
+    sync_before_confirm: bool,
 }
 
 /// The configuration every Kafka client of ours starts from, the readiness
@@ -127,12 +133,14 @@ async fn lag(bootstrap: &str, group_id: &str, topic: &str, partitions: i32) -> R
     .await?
 }
 
-/// Deletes `name` and creates it again with `partitions`; deletion is
+/// Deletes `name` and creates it again with `partitions`, flushing every
+/// message to disk before acknowledging it if `sync`; deletion is
 /// asynchronous in Kafka, so creation retries for a while.
 async fn fresh_topic(
     admin: &AdminClient<DefaultClientContext>,
     name: &str,
     partitions: i32,
+    sync: bool,
 ) -> Result<()> {
     let options = AdminOptions::new().operation_timeout(Some(crate::driver::CALL_TIMEOUT));
     let _ = timed(
@@ -140,7 +148,10 @@ async fn fresh_topic(
         admin.delete_topics(&[name], &options),
     )
     .await;
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    if sync {
+        topic = topic.set("flush.messages", "1");
+    }
     let deadline = Instant::now() + crate::driver::CALL_TIMEOUT;
     loop {
         let results = timed(
@@ -257,6 +268,7 @@ impl KafkaDriver {
             dead_letter: plan.dead_letter.clone(),
             failing: plan.has_failures(),
             headers: plan.load.headers,
+            sync_before_confirm: plan.durability.sync == SyncPolicy::BeforeConfirm,
         })
     }
 }
@@ -265,9 +277,10 @@ impl KafkaDriver {
 impl Driver for KafkaDriver {
     async fn setup(&self) -> Result<()> {
         let admin: AdminClient<DefaultClientContext> = base_config(&self.bootstrap).create()?;
-        fresh_topic(&admin, EVENT_TYPE, self.settings.partitions).await?;
+        let sync = self.sync_before_confirm;
+        fresh_topic(&admin, EVENT_TYPE, self.settings.partitions, sync).await?;
         if self.failing {
-            fresh_topic(&admin, &dead_letter_topic(), 1).await?;
+            fresh_topic(&admin, &dead_letter_topic(), 1, sync).await?;
         }
         Ok(())
     }
@@ -344,6 +357,11 @@ impl Driver for KafkaDriver {
             batch_messages: self.settings.batch_messages,
             compression: self.settings.compression,
             key: "user_id",
+            flush: if self.sync_before_confirm {
+                "flush.messages=1: each append is fsynced before it is acknowledged"
+            } else {
+                "broker default: the page cache, fsynced when the OS writes back (durability from replication; 1 replica here)"
+            },
             consumer_commit: "offsets of processed messages, every 1 s",
             reconnect: crate::driver::backoff_description(&self.recovery),
             dead_lettering: self.failing.then(|| {

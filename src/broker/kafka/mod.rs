@@ -1,12 +1,17 @@
-//! The Apache Kafka protocol through rdkafka (librdkafka); locally, tansu,
-//! a Kafka-protocol broker with SQLite storage, named as what it is.
+//! Apache Kafka through rdkafka (librdkafka). Locally, Apache Kafka 4.x in
+//! KRaft combined mode (broker and controller in one JVM), from the jars
+//! `scripts/install-brokers` resolves from Maven Central, started with the
+//! launchers of `tools/kafka/bin`.
 
 mod driver;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -15,28 +20,20 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio::process::Command;
 
-use super::{Broker, Info, Install, Launch, PROBE_CONSUMER};
+use super::{Broker, Info, Install, Launch, PortRole, PROBE_CONSUMER};
 use crate::broker::Endpoint;
 use crate::driver::{timed, Driver, CALL_TIMEOUT};
 use crate::scenario::Plan;
 use driver::{base_config, KafkaDriver};
 
-/// The tansu release brokerbench is tested with (see `scripts/install-brokers`).
-pub const TANSU_VERSION: &str = "0.6.0";
-
 static INFO: Info = Info {
-    display_name: "Kafka-protocol broker",
-    product: "Apache Kafka (or a Kafka-protocol broker)",
-    program: "tansu",
-    install: Install::Cargo {
-        krate: "tansu",
-        version: TANSU_VERSION,
-        features: "libsql",
-    },
-    implementation: ("tansu ", " (Kafka protocol)"),
-    local_stand_in_for: Some("Apache Kafka"),
-    extra_ports: &[],
-    ready_deadline: Duration::from_secs(30),
+    display_name: "Apache Kafka",
+    program: "kafka-server-start",
+    install: Install::Script("Apache Kafka's jars from Maven Central, tools/kafka/pom.xml"),
+    implementation: ("Apache Kafka ", ""),
+    extra_ports: &[PortRole::Controller],
+    // A JVM start: 5-6 s on this project's 2-core machines.
+    ready_deadline: Duration::from_secs(60),
     url_form: "bootstrap servers such as host1:9092,host2:9092",
     compose_service: "kafka",
     compose_port: 9092,
@@ -45,22 +42,100 @@ static INFO: Info = Info {
 /// Kafka's entry in the registry.
 pub(super) struct Kafka;
 
+/// The broker's settings: one node that is broker and controller, a topic
+/// per queue (created by brokerbench with the partitions the scenario asks
+/// for), and internal topics at replication 1.
+fn server_properties(launch: &Launch<'_>) -> Result<String> {
+    let host = launch.host;
+    let client = launch.ports.client;
+    let controller = launch.ports.controller.context("no controller port")?;
+    let data = launch.dir.join("data");
+    Ok(format!(
+        "# Written by brokerbench before each start.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers={host}:{controller}
+listeners=PLAINTEXT://{host}:{client},CONTROLLER://{host}:{controller}
+advertised.listeners=PLAINTEXT://{host}:{client}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+",
+        data = data.display()
+    ))
+}
+
+/// Formats the KRaft storage in `dir/data` with a new cluster id, once: a
+/// restart keeps the data, as a restarted server would.
+async fn format_storage(launch: &Launch<'_>, config: &Path) -> Result<()> {
+    if launch.dir.join("data/meta.properties").exists() {
+        return Ok(());
+    }
+    let cluster_id = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
+    let tool = launch.program.with_file_name("kafka-storage");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(&tool)
+            .args(["format", "--standalone", "-t", &cluster_id, "-c"])
+            .arg(config)
+            .current_dir(launch.dir)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .with_context(|| format!("`{} format` did not finish within 60 s", tool.display()))?
+    .with_context(|| format!("could not run {}", tool.display()))?;
+    if !output.status.success() {
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(15)..];
+        bail!(
+            "formatting Kafka's storage in {} failed ({}):\n{}",
+            launch.dir.join("data").display(),
+            output.status,
+            tail.join("\n")
+        );
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Broker for Kafka {
     fn info(&self) -> &'static Info {
         &INFO
     }
 
+    /// The launcher itself, not a link to it: `kafka-storage` and the jars
+    /// are found beside it.
+    async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
+        let program = found
+            .canonicalize()
+            .with_context(|| format!("resolving {}", found.display()))?;
+        let version = super::version::version_flag(&program).await?;
+        let (before, after) = INFO.implementation;
+        Ok((program, format!("{before}{version}{after}")))
+    }
+
+    async fn prepare(&self, launch: &Launch<'_>) -> Result<()> {
+        let config = launch.dir.join("server.properties");
+        std::fs::write(&config, server_properties(launch)?)
+            .with_context(|| format!("writing {}", config.display()))?;
+        format_storage(launch, &config).await
+    }
+
     fn command(&self, launch: &Launch<'_>) -> Result<Command> {
-        let listener = format!("tcp://{}:{}", launch.host, launch.ports.client);
         let mut command = Command::new(launch.program);
-        // The path is relative to the working directory (our data dir).
-        // Never `null://`: it confirms everything and keeps nothing.
-        command
-            .arg("broker")
-            .args(["--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", "sqlite://tansu.db"]);
+        command.arg(launch.dir.join("server.properties"));
         Ok(command)
     }
 
@@ -158,6 +233,6 @@ mod tests {
         for bad in ["kafka://k1:9092", "k1", ""] {
             assert!(!Kafka.accepts_url(bad), "{bad}");
         }
-        assert!(INFO.install_hint().contains("--features libsql"));
+        assert!(INFO.install_hint().contains("scripts/install-brokers"));
     }
 }

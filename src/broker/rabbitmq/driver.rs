@@ -36,9 +36,22 @@ struct Applied {
     consumer_ack: &'static str,
     prefetch: u16,
     replicas: u32,
+    /// When the broker writes a confirmed message to disk.
+    flush: &'static str,
     reconnect: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     dead_lettering: Option<String>,
+}
+
+/// RabbitMQ's flush policy for these settings: it confirms a persistent
+/// message in a durable queue once it is on disk, whatever the scenario
+/// asks; nothing makes it sync a transient one.
+fn flush_policy(queue_type: QueueType, persistent: bool) -> &'static str {
+    match (queue_type, persistent) {
+        (QueueType::Quorum, _) => "fsync before confirm (quorum queue: its Raft log is synced before the confirm)",
+        (QueueType::Classic, true) => "fsync before confirm (persistent message in a durable classic queue; fsyncs are batched)",
+        (QueueType::Classic, false) => "none before confirm (transient messages in a classic queue are not written to disk first)",
+    }
 }
 
 /// RabbitMQ for one run: one AMQP connection shared by every producer and
@@ -128,6 +141,7 @@ impl Driver for RabbitMqDriver {
             consumer_ack: "manual, after processing",
             prefetch: s.prefetch,
             replicas: 1,
+            flush: flush_policy(s.queue_type, s.persistent),
             reconnect: crate::driver::backoff_description(&self.session.recovery),
             dead_lettering: self.session.dead_lettering(),
         })

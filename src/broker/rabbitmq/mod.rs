@@ -29,11 +29,10 @@ use session::open_connection;
 
 static INFO: Info = Info {
     display_name: "RabbitMQ",
-    product: "RabbitMQ",
     program: "rabbitmq-server",
+    // Debian 12's 3.10.8: 3.13 and 4.x need Erlang 26, Debian 12 has 25.
     install: Install::Apt("rabbitmq-server"),
     implementation: ("RabbitMQ ", ""),
-    local_stand_in_for: None,
     extra_ports: &[PortRole::Distribution, PortRole::Epmd],
     // An Erlang VM boot on a busy 2-core machine; usually 2-5 s.
     ready_deadline: Duration::from_secs(90),

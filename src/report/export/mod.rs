@@ -66,7 +66,7 @@ pub(crate) fn markdown(results: &Results) -> String {
 }
 
 /// How benchmark trackers and file names name what ran: `kafka`, or for a
-/// stand-in `kafka-on-tansu` (its program, not its version, so that its
+/// stand-in `kafka-on-redpanda` (its program, not its version, so that its
 /// series stays one across upgrades), so that a stand-in's figures never
 /// line up with the product's. Safe in file names and globs.
 fn tracked_name(b: &crate::results::BrokerResult) -> String {
@@ -87,7 +87,7 @@ fn tracked_name(b: &crate::results::BrokerResult) -> String {
 }
 
 /// For each stand-in measured, one sentence that says so (for the top of a
-/// report): `kafka ran on tansu 0.6.0 (Kafka protocol), a stand-in: its
+/// report): `kafka ran on Redpanda 24.2.7, a stand-in: its
 /// figures describe it, not Apache Kafka.`
 fn stand_in_notices(r: &Results) -> Vec<String> {
     r.brokers

@@ -266,14 +266,14 @@ async fn terminal_tables_fit_80_and_120_columns() {
 #[tokio::test]
 async fn a_stand_in_is_named_for_what_it_is_in_trackers_and_files() {
     let mut results = measured().await;
-    results.brokers[1].implementation = "tansu 0.6.0 (Kafka protocol)".into();
+    results.brokers[1].implementation = "redpanda 24.2.7".into();
     results.brokers[1].stand_in_for = Some("Apache Kafka".into());
     let names: Vec<String> = export(Format::Hlog, std::slice::from_ref(&results))
         .into_iter()
         .map(|d| d.file_name)
         .collect();
     assert!(
-        names.contains(&"memory-jetstream-on-tansu-publish.hlog".to_string()),
+        names.contains(&"memory-jetstream-on-redpanda-publish.hlog".to_string()),
         "{names:?}"
     );
     let bmf: Value = serde_json::from_slice(&export(Format::Bmf, &[results])[0].content).unwrap();
@@ -281,7 +281,7 @@ async fn a_stand_in_is_named_for_what_it_is_in_trackers_and_files() {
     assert!(
         benches
             .iter()
-            .any(|b| b.starts_with("memory/jetstream-on-tansu")),
+            .any(|b| b.starts_with("memory/jetstream-on-redpanda")),
         "{benches:?}"
     );
     assert!(!benches
