@@ -160,7 +160,7 @@ mod tests {
             .image()
             .unwrap()
         };
-        assert!(image("rabbitmq").starts_with("rabbitmq:3."));
+        assert!(image("rabbitmq").starts_with("rabbitmq:4."));
         assert!(image("jetstream").starts_with("nats:2."));
         assert!(image("kafka").starts_with("apache/kafka:"));
         let text = "services:\n  a:\n    ports: []\n  b:\n    image: \"b:1\"\n";
