@@ -272,8 +272,7 @@ fn measured_evidence_from_local_kafka_scores_kafka() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    let mut results: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let mut results = util::stdout_json(&out);
     let results_file = dir.path().join("max-rate.json");
     std::fs::write(&results_file, results.to_string()).unwrap();
     let kafka = util::element(&results["brokers"], "kafka", |b| b["broker"] == "kafka");
@@ -369,8 +368,7 @@ fn the_scenario_written_for_the_orders_case_runs_as_written() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let results: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let results = util::stdout_json(&out);
     util::validate_results(&results);
     assert_eq!(results["brokers"].as_array().unwrap().len(), 3, "{stderr}");
     for broker in results["brokers"].as_array().unwrap() {

@@ -513,15 +513,7 @@ fn the_github_actions_example_parses_and_its_commands_are_ours() {
 
 /// `GET /metrics` over a plain TCP connection.
 fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let response = util::http_get(addr, "/metrics");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }

@@ -6,7 +6,6 @@
 
 use crate::util;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use brokerbench::broker::ServerSettings;
@@ -36,17 +35,7 @@ sync = "before-confirm"
 
 /// `GET path` on the loopback `port`, the body as JSON.
 fn http_json(port: u16, path: &str) -> Value {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let response = util::http_get(&format!("127.0.0.1:{port}"), path);
     let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -135,8 +124,7 @@ async fn sync_before_confirm_is_set_on_each_broker_and_read_back() {
     .output()
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let results: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let results = util::stdout_json(&out);
     util::validate_results(&results);
     assert_eq!(results["scenario"]["durability"]["sync"], "before-confirm");
     for b in results["brokers"].as_array().unwrap() {

@@ -52,37 +52,32 @@ fn env_check_names_a_missing_broker_and_its_install_command() {
 }
 
 #[test]
-fn run_commands_name_a_missing_broker_and_exit_2() {
-    let (_dir, path) = util::path_with_only(&["rabbitmq-server", "nats-server"]);
-    let out = util::brokerbench()
-        .args(["env", "smoke", "--brokers", "kafka"])
-        .env("PATH", path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("kafka is not installed") && stderr.contains("scripts/install-brokers"),
-        "{stderr}"
-    );
-}
-
-#[test]
-fn kafka_without_java_is_a_clear_error() {
-    // The launcher is there, java is not: the error names the cause.
-    let (_dir, path) = util::path_with_only(&["kafka-server-start"]);
-    let out = util::brokerbench()
-        .args(["env", "smoke", "--brokers", "kafka"])
-        .env("PATH", path)
-        .env_remove("JAVA_HOME")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("kafka") && stderr.contains("no Java"),
-        "{stderr}"
-    );
+fn run_commands_name_a_missing_broker_or_java_and_exit_2() {
+    for (on_path, said) in [
+        // No Kafka at all: the command that installs it.
+        (
+            &["rabbitmq-server", "nats-server"][..],
+            &["kafka is not installed", "scripts/install-brokers"][..],
+        ),
+        // The launcher is there, java is not: the cause, named.
+        (&["kafka-server-start"][..], &["kafka", "no Java"][..]),
+    ] {
+        let (_dir, path) = util::path_with_only(on_path);
+        let out = util::brokerbench()
+            .args(["env", "smoke", "--brokers", "kafka"])
+            .env("PATH", path)
+            .env_remove("JAVA_HOME")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{on_path:?}: {stderr}");
+        for phrase in said {
+            assert!(
+                stderr.contains(phrase),
+                "{on_path:?}: {phrase:?} in {stderr}"
+            );
+        }
+    }
 }
 
 #[test]

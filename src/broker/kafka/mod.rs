@@ -80,7 +80,11 @@ async fn format_storage(launch: &Launch<'_>, config: &Path) -> Result<()> {
     if launch.dir.join("data/meta.properties").exists() {
         return Ok(());
     }
-    let cluster_id = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
+    // As Kafka's own Uuid.randomUuid: never one that starts with '-', which
+    // the tool's argument parser would take for an option.
+    let cluster_id = std::iter::repeat_with(|| URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()))
+        .find(|id| !id.starts_with('-'))
+        .expect("an endless supply");
     let tool = launch.program.with_file_name("kafka-storage");
     let output = tokio::time::timeout(
         Duration::from_secs(60),
@@ -164,7 +168,13 @@ impl Broker for Kafka {
             let producer: BaseProducer = base_config(&url)
                 .set("reconnect.backoff.ms", "100")
                 .create()?;
-            producer.client().fetch_metadata(None, CALL_TIMEOUT)?;
+            let metadata = producer.client().fetch_metadata(None, CALL_TIMEOUT)?;
+            // A broker the controller has fenced (after a pause longer than
+            // its session, or early in a start) answers metadata but lists
+            // no broker: it takes no writes yet.
+            if metadata.brokers().is_empty() {
+                bail!("it answers, but lists no broker ready for clients (fenced)");
+            }
             Ok::<_, anyhow::Error>(())
         })
         .await?
