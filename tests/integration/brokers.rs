@@ -85,7 +85,21 @@ async fn survives_crash_pause_and_restart(kind: BrokerKind) {
         "{kind} answered while paused"
     );
     broker.resume().unwrap();
-    handshake(&endpoint).await.unwrap();
+    // Ready again once it answers: at once for most, but Kafka's controller
+    // fences a broker paused longer than its session (9 s), and it takes
+    // writes again only once unfenced.
+    let resumed = std::time::Instant::now();
+    loop {
+        match handshake(&endpoint).await {
+            Ok(()) => break,
+            Err(e) if resumed.elapsed() < Duration::from_secs(30) => {
+                println!("{kind}: not ready yet after resume: {e:#}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{kind}: not ready 30 s after resume: {e:#}"),
+        }
+    }
+    println!("{kind}: ready again {:?} after resume", resumed.elapsed());
 
     // A graceful restart keeps data too.
     client
