@@ -16,7 +16,7 @@ mod version;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use async_trait::async_trait;
 use tokio::process::Command;
 
@@ -131,7 +131,7 @@ impl ServerSettings {
     /// The server settings `plan` asks for.
     pub fn of(plan: &Plan) -> Self {
         ServerSettings {
-            sync_always: plan.durability.sync == crate::scenario::SyncPolicy::BeforeConfirm,
+            sync_always: plan.syncs_before_confirm(),
         }
     }
 }
@@ -187,6 +187,16 @@ pub enum Install {
 /// `BROKERBENCH_TOOLS` says otherwise; programs land in its `bin/`.
 pub const TOOLS_DIR: &str = "~/.local/share/brokerbench";
 
+/// [`TOOLS_DIR`]`/bin` on this machine: `$BROKERBENCH_TOOLS/bin`, else under
+/// `$HOME`.
+pub fn tools_bin() -> Option<PathBuf> {
+    let dir = match std::env::var_os("BROKERBENCH_TOOLS") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(&std::env::var_os("HOME")?).join(&TOOLS_DIR[2..]),
+    };
+    Some(dir.join("bin"))
+}
+
 impl Info {
     /// The exact command that installs the program.
     pub fn install_hint(&self) -> String {
@@ -213,11 +223,16 @@ pub trait Broker: Send + Sync {
 
     /// Given the program found on `PATH`: the program to execute and the
     /// implementation and version that will run, as results name it. By
-    /// default, the version the program prints for `--version`.
+    /// default, the program itself rather than a link to it (Kafka's
+    /// launcher finds `kafka-storage` and the jars beside itself), and the
+    /// version it prints for `--version`.
     async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
-        let version = version::version_flag(found).await?;
+        let program = found
+            .canonicalize()
+            .with_context(|| format!("resolving {}", found.display()))?;
+        let version = version::version_flag(&program).await?;
         let (before, after) = self.info().implementation;
-        Ok((found.to_path_buf(), format!("{before}{version}{after}")))
+        Ok((program, format!("{before}{version}{after}")))
     }
 
     /// Readies `launch.dir` before each start: configuration files, and on

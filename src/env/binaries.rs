@@ -43,12 +43,7 @@ pub async fn locate(kind: BrokerKind) -> Result<Binary> {
 /// `scripts/install-brokers` puts Kafka's launchers and nats-server in the
 /// tools directory's `bin/`).
 fn not_on_path(name: &str) -> anyhow::Error {
-    let tools = std::env::var_os("BROKERBENCH_TOOLS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/share/brokerbench"))
-        })
-        .map(|dir| dir.join("bin"));
+    let tools = broker::tools_bin();
     let elsewhere = ["/usr/sbin", "/usr/local/sbin", "/sbin"]
         .iter()
         .map(PathBuf::from)

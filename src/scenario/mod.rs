@@ -664,6 +664,12 @@ impl Plan {
         self.consumers.iter().any(|c| c.failures.is_some())
     }
 
+    /// Whether brokers are to sync each message before confirming it
+    /// (`[durability] sync = "before-confirm"`).
+    pub fn syncs_before_confirm(&self) -> bool {
+        self.durability.sync == SyncPolicy::BeforeConfirm
+    }
+
     /// Reads, parses and validates a scenario file, then applies `overrides`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Plan, ScenarioError> {
         let text =

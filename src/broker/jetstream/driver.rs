@@ -26,7 +26,7 @@ use crate::driver::{
 };
 use crate::event::Outgoing;
 use crate::scenario::{
-    ConsumerGroup, DeadLetter, JetstreamSettings, Plan, Recovery, Storage, SyncPolicy, EVENT_TYPE,
+    ConsumerGroup, DeadLetter, JetstreamSettings, Plan, Recovery, Storage, EVENT_TYPE,
 };
 
 /// The stream every event goes to.
@@ -152,7 +152,7 @@ impl JetStreamDriver {
             dead_letter: plan.dead_letter.clone(),
             failing: plan.has_failures(),
             headers: plan.load.headers,
-            sync_before_confirm: plan.durability.sync == SyncPolicy::BeforeConfirm,
+            sync_before_confirm: plan.syncs_before_confirm(),
         })
     }
 

@@ -29,8 +29,7 @@ use crate::driver::{
 };
 use crate::event::Outgoing;
 use crate::scenario::{
-    Acks, Compression, ConsumerGroup, DeadLetter, KafkaSettings, Plan, Recovery, SyncPolicy,
-    EVENT_TYPE,
+    Acks, Compression, ConsumerGroup, DeadLetter, KafkaSettings, Plan, Recovery, EVENT_TYPE,
 };
 
 /// The topic failed messages are dead-lettered to, by the consumers
@@ -268,7 +267,7 @@ impl KafkaDriver {
             dead_letter: plan.dead_letter.clone(),
             failing: plan.has_failures(),
             headers: plan.load.headers,
-            sync_before_confirm: plan.durability.sync == SyncPolicy::BeforeConfirm,
+            sync_before_confirm: plan.syncs_before_confirm(),
         })
     }
 }

@@ -5,7 +5,7 @@
 
 mod driver;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -117,17 +117,6 @@ async fn format_storage(launch: &Launch<'_>, config: &Path) -> Result<()> {
 impl Broker for Kafka {
     fn info(&self) -> &'static Info {
         &INFO
-    }
-
-    /// The launcher itself, not a link to it: `kafka-storage` and the jars
-    /// are found beside it.
-    async fn identify(&self, found: &Path) -> Result<(PathBuf, String)> {
-        let program = found
-            .canonicalize()
-            .with_context(|| format!("resolving {}", found.display()))?;
-        let version = super::version::version_flag(&program).await?;
-        let (before, after) = INFO.implementation;
-        Ok((program, format!("{before}{version}{after}")))
     }
 
     async fn prepare(&self, launch: &Launch<'_>) -> Result<()> {
