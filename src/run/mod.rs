@@ -24,6 +24,7 @@ mod consumer;
 pub(crate) mod events;
 pub(crate) mod faults;
 pub(crate) mod find_max;
+mod in_flight;
 pub mod ledger;
 #[cfg(test)]
 pub(crate) mod memory;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::in_flight::InFlight;
 use super::ledger::PublishStatus;
 use super::pacer::Pacer;
 use super::{count, ProducerOutcome, Progress, RunContext};
@@ -51,9 +52,8 @@ pub(super) struct ProducerTask {
     max_in_flight: usize,
     progress: Arc<Progress>,
     out: ProducerOutcome,
-    /// Sends awaiting an answer, by token (foldhash: a lookup per
-    /// answer, at hundreds of thousands a second, and tokens are ours).
-    in_flight: foldhash::HashMap<Token, Outstanding>,
+    /// Sends awaiting an answer, by token.
+    in_flight: InFlight<Outstanding>,
     /// The token of the next send.
     next_token: Token,
     /// When sends are next checked for an overdue answer.
@@ -83,7 +83,7 @@ impl ProducerTask {
             max_in_flight: plan.load.max_in_flight,
             progress,
             out: ProducerOutcome::default(),
-            in_flight: foldhash::HashMap::default(),
+            in_flight: InFlight::new(plan.load.max_in_flight),
             next_token: 0,
             overdue_check: Instant::now() + OVERDUE_CHECK,
             confirm_timeout,
@@ -250,10 +250,10 @@ impl ProducerTask {
             .in_flight
             .iter()
             .filter(|(_, o)| now.duration_since(o.sent) >= limit)
-            .map(|(token, _)| *token)
+            .map(|(token, _)| token)
             .collect();
         for token in overdue {
-            if let Some(Outstanding { send, .. }) = self.in_flight.remove(&token) {
+            if let Some(Outstanding { send, .. }) = self.in_flight.remove(token) {
                 let why = format!(
                     "no confirmation within {}",
                     humantime::format_duration(limit)
@@ -266,7 +266,7 @@ impl ProducerTask {
     /// Settles an answer that came in at `now`.
     fn settle(&mut self, (token, result): Answer, now: Instant) {
         // None: an answer after its send timed out, already counted.
-        let Some(Outstanding { send, sent }) = self.in_flight.remove(&token) else {
+        let Some(Outstanding { send, sent }) = self.in_flight.remove(token) else {
             return;
         };
         match result {

@@ -174,6 +174,7 @@ struct JetstreamFile {
 #[serde(deny_unknown_fields)]
 struct KafkaFile {
     partitions: Option<Spanned<i64>>,
+    key: Option<KafkaKey>,
     acks: Option<Spanned<Acks>>,
     compression: Option<Compression>,
     fetch_wait_max: Option<Spanned<String>>,
@@ -630,6 +631,7 @@ impl KafkaFile {
         }
         Ok(KafkaSettings {
             partitions: positive(&self.partitions, d.partitions.into(), 10_000)? as i32,
+            key: self.key.unwrap_or(d.key),
             acks,
             compression: self.compression.unwrap_or(d.compression),
             fetch_wait_max: optional_duration(&self.fetch_wait_max, d.fetch_wait_max)?,

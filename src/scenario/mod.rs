@@ -521,13 +521,38 @@ impl Compression {
     }
 }
 
+/// What a Kafka message is keyed by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaKey {
+    /// `user-<key>`: each user's orders in one partition, in order.
+    #[default]
+    UserId,
+    /// No key, as Kafka's `ProducerPerformance` sends: librdkafka's sticky
+    /// partitioner fills one partition's batch at a time, and order holds
+    /// within a partition only.
+    None,
+}
+
+impl KafkaKey {
+    /// As the results name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaKey::UserId => "user_id",
+            KafkaKey::None => "none",
+        }
+    }
+}
+
 /// Kafka settings. Fields missing from results files written before they
 /// existed read as their defaults.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct KafkaSettings {
-    /// Partitions of the topic; messages are keyed by `user_id`.
+    /// Partitions of the topic.
     pub partitions: i32,
+    /// What messages are keyed by.
+    pub key: KafkaKey,
     /// Producer acknowledgements.
     pub acks: Acks,
     /// Producer compression.
@@ -620,6 +645,7 @@ impl Default for KafkaSettings {
     fn default() -> Self {
         KafkaSettings {
             partitions: 6,
+            key: KafkaKey::UserId,
             acks: Acks::All,
             compression: Compression::None,
             fetch_wait_max: Duration::from_millis(10),

@@ -741,6 +741,7 @@ fn kafka_producer_settings_default_as_before_and_idempotence_needs_acks_all() {
         "compression = \"none\"\nidempotent = false\nlinger = \"20ms\"\nbatch_size = 65536\nbatch_messages = 1000",
     );
     let kafka = parse(&tuned).unwrap().kafka;
+    assert_eq!(kafka.key, crate::scenario::KafkaKey::UserId);
     assert!(!kafka.idempotent);
     assert_eq!(kafka.linger, Duration::from_millis(20));
     assert_eq!((kafka.batch_size, kafka.batch_messages), (65536, 1000));
@@ -761,4 +762,18 @@ fn kafka_producer_settings_default_as_before_and_idempotence_needs_acks_all() {
         "kafka.linger",
         32,
     );
+}
+
+#[test]
+fn kafka_messages_are_keyed_by_user_unless_the_scenario_says_none() {
+    use crate::scenario::KafkaKey;
+    assert_eq!(parse(ORDERS).unwrap().kafka.key, KafkaKey::UserId);
+    let keyless = ORDERS.replace("partitions = 6", "partitions = 6\nkey = \"none\"");
+    assert_eq!(parse(&keyless).unwrap().kafka.key, KafkaKey::None);
+    let shown = error(
+        &ORDERS.replace("partitions = 6", "partitions = 6\nkey = \"order_id\""),
+        "kafka.key",
+        30,
+    );
+    assert!(shown.contains("none"), "{shown}");
 }

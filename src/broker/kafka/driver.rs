@@ -1,35 +1,35 @@
 //! Kafka through rdkafka (librdkafka): a topic with N partitions keyed by
-//! `user_id`, the idempotent producer with acks=all (or the configured acks),
+//! `user_id` (or by nothing), the idempotent producer with acks=all (or the configured acks),
 //! delivery reports as confirmations, one consumer group per group, and
 //! offsets committed only up to what has been processed.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
-use futures_util::future::{FutureExt, Map};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{BaseRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
+use super::delivery::{Awaiting, Client, Inbox, Reports};
 use crate::broker::Endpoint;
 use crate::driver::{
-    timed, Answer, Awaited, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
-    Settle, Settler, Token, CONFIRM_TIMEOUT,
+    timed, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings, Settle,
+    Settler, Token, CONFIRM_TIMEOUT,
 };
 use crate::event::Outgoing;
 use crate::scenario::{
-    Acks, Compression, ConsumerGroup, DeadLetter, KafkaSettings, Plan, Recovery, EVENT_TYPE,
+    Acks, Compression, ConsumerGroup, DeadLetter, KafkaKey, KafkaSettings, Plan, Recovery,
+    EVENT_TYPE,
 };
 
 /// The topic failed messages are dead-lettered to, by the consumers
@@ -65,7 +65,7 @@ struct Applied {
 /// One producer client shared by every producer task.
 pub(super) struct KafkaDriver {
     bootstrap: String,
-    producer: FutureProducer,
+    producer: Client,
     settings: KafkaSettings,
     recovery: Recovery,
     run_id: u64,
@@ -249,7 +249,9 @@ impl KafkaDriver {
                 "reconnect.backoff.max.ms",
                 plan.recovery.backoff_max.as_millis().to_string(),
             );
-        let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
+        let producer: Client = config
+            .create_with_context(Reports::default())
+            .context("creating the Kafka producer")?;
         let client = producer.clone();
         tokio::task::spawn_blocking(move || {
             client
@@ -288,7 +290,8 @@ impl Driver for KafkaDriver {
         Ok(Box::new(KafkaProducer {
             producer: self.producer.clone(),
             headers: self.headers,
-            deliveries: Awaited::new(),
+            keyed: self.settings.key == KafkaKey::UserId,
+            deliveries: Inbox::new(&self.producer),
         }))
     }
 
@@ -308,6 +311,7 @@ impl Driver for KafkaDriver {
         let (retry, retried) = tokio::sync::mpsc::unbounded_channel();
         let dead_letters = group.failures.as_ref().map(|_| DeadLetterWriter {
             producer: self.producer.clone(),
+            reports: Awaiting::new(&self.producer),
             group_id: group_id.clone(),
             max_deliveries: self.dead_letter.max_deliveries,
             retry_delay: self.dead_letter.retry_delay,
@@ -355,7 +359,7 @@ impl Driver for KafkaDriver {
             batch_size: self.settings.batch_size,
             batch_messages: self.settings.batch_messages,
             compression: self.settings.compression,
-            key: "user_id",
+            key: self.settings.key.as_str(),
             flush: if self.sync_before_confirm {
                 "flush.messages=1: each append is fsynced before it is acknowledged"
             } else {
@@ -438,29 +442,13 @@ impl Driver for KafkaDriver {
 }
 
 struct KafkaProducer {
-    producer: FutureProducer,
+    producer: Client,
     /// Whether messages carry a `trace_id` header.
     headers: bool,
-    /// Delivery reports still to come.
-    deliveries: Awaited<Map<DeliveryFuture, ReadReport>>,
-}
-
-/// Reads the answer in a delivery report.
-type ReadReport = fn(DeliveryReport) -> Result<(), Failure>;
-
-/// What rdkafka's delivery future yields.
-type DeliveryReport = <DeliveryFuture as Future>::Output;
-
-/// The answer in a delivery report.
-fn delivered(report: DeliveryReport) -> Result<(), Failure> {
-    match report {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
-            Err(ErrorKind::Timeout.because(e))
-        }
-        Ok(Err((e, _))) => Err(ErrorKind::Refused.because(e)),
-        Err(_canceled) => Err(ErrorKind::Connection.because("the producer was closed")),
-    }
+    /// Whether messages are keyed by user (else they have no key).
+    keyed: bool,
+    /// Where the delivery reports on this producer's sends come in.
+    deliveries: Inbox,
 }
 
 #[async_trait]
@@ -469,9 +457,11 @@ impl Producer for KafkaProducer {
         // The key, `user-<key>`, and the trace id, written on the stack.
         let key = message.user_id().text();
         let trace_id = message.trace_id.text();
-        let mut record = FutureRecord::to(EVENT_TYPE)
-            .key(key.as_str())
+        let mut record = BaseRecord::with_opaque_to(EVENT_TYPE, self.deliveries.opaque(token))
             .payload(&message.payload);
+        if self.keyed {
+            record = record.key(key.as_str());
+        }
         if self.headers {
             record = record.headers(OwnedHeaders::new().insert(Header {
                 key: "trace_id",
@@ -479,12 +469,9 @@ impl Producer for KafkaProducer {
             }));
         }
         // Enqueues in librdkafka; the delivery report is the answer.
-        let delivery = self
-            .producer
-            .send_result(record)
+        self.producer
+            .send(record)
             .map_err(|(e, _)| ErrorKind::Send.because(e))?;
-        let report: ReadReport = delivered;
-        self.deliveries.push(token, delivery.map(report));
         Ok(())
     }
 
@@ -519,7 +506,8 @@ struct KafkaConsumer {
 
 /// Dead-letters a group's messages, as Spring Kafka's `DeadLetterPublishingRecoverer` does.
 struct DeadLetterWriter {
-    producer: FutureProducer,
+    producer: Client,
+    reports: Awaiting,
     group_id: String,
     max_deliveries: u32,
     retry_delay: Duration,
@@ -560,16 +548,35 @@ impl DeadLetterWriter {
             });
         }
         let topic = dead_letter_topic();
-        let mut record = FutureRecord::to(&topic)
+        let expected = self.reports.expect();
+        let mut record = BaseRecord::with_opaque_to(&topic, expected.opaque)
             .payload(&message.payload[..])
             .headers(headers);
         if let Some(key) = &message.key {
             record = record.key(key);
         }
-        match self.producer.send(record, CONFIRM_TIMEOUT).await {
-            Ok(_) => Ok(()),
-            Err(_) => Err(ErrorKind::Ack),
+        // librdkafka's queue may be full for a moment: enqueue again until
+        // the confirmation timeout.
+        let deadline = Instant::now() + CONFIRM_TIMEOUT;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    self.reports.forget(expected);
+                    return Err(ErrorKind::Ack);
+                }
+            }
         }
+        self.reports
+            .report(expected)
+            .await
+            .map_err(|_| ErrorKind::Ack)
     }
 }
 

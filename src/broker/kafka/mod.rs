@@ -3,6 +3,7 @@
 //! `scripts/install-brokers` resolves from Maven Central, started with the
 //! launchers of `tools/kafka/bin`.
 
+mod delivery;
 mod driver;
 
 use std::path::Path;
