@@ -6,6 +6,7 @@
 //! why it exists.
 
 pub(crate) mod advisor;
+pub mod agent;
 pub mod broker;
 pub mod cli;
 pub(crate) mod commands;

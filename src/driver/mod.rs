@@ -26,7 +26,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::event::Outgoing;
+use crate::event::{Envelope, Outgoing};
 use crate::scenario::ConsumerGroup;
 
 /// How long one network call (connect, declare, ack, a readiness probe) may
@@ -53,6 +53,10 @@ pub enum ErrorKind {
     Ack,
     /// Receiving failed.
     Receive,
+    /// A consumer in another language failed: it exited, wrote what is not
+    /// a receipt, or settled a message otherwise than the group's ledger
+    /// decided (docs/cross-language.md).
+    Agent,
 }
 
 /// Error counts by kind.
@@ -117,6 +121,36 @@ pub struct Incoming {
     pub redelivered: bool,
     /// Acknowledge it, or hand it back as failed.
     pub settle: Settler,
+    /// From a consumer that decoded, timed and settled the message itself
+    /// (an agent in another language): what it read and did. `None`: the
+    /// payload is to be decoded here, and the message arrived now.
+    pub receipt: Option<Receipt>,
+}
+
+/// What a consumer in another process read of a delivery, and did with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The envelope it decoded; `None`: another run's message, or one it
+    /// could not decode (`decode_failed`).
+    pub envelope: Option<Envelope>,
+    /// Its typed decoder refused the event.
+    pub decode_failed: bool,
+    /// When it received the message, ns since the run's epoch.
+    pub received_ns: u64,
+    /// How it settled the message.
+    pub settled: Settle,
+    /// It skipped the message as processed before (idempotent on the order id).
+    pub skipped: bool,
+}
+
+/// What a group in another language needs to consume: the broker's address
+/// and, by broker, the names and settings of what it reads (declared by
+/// [`Driver::agent_source`]), as docs/cross-language.md gives them.
+#[derive(Clone, Debug)]
+pub struct AgentSource {
+    pub broker: crate::kind::BrokerKind,
+    pub url: String,
+    pub source: serde_json::Value,
 }
 
 /// A connected broker.
@@ -131,6 +165,15 @@ pub trait Driver: Send + Sync {
 
     /// A consumer for `group`, subscribed and ready when this returns.
     async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>>;
+
+    /// Declares what an agent in another language consumes for `group`
+    /// (the durable consumer, queue or consumer group), without consuming.
+    async fn agent_source(&self, group: &ConsumerGroup) -> Result<AgentSource> {
+        anyhow::bail!(
+            "group {}: consumers in other languages are not supported on this broker yet",
+            group.group
+        )
+    }
 
     /// A reader of `group`'s dead-letter destination, for a group with
     /// failures: each delivery is one dead letter, its payload the original
@@ -254,6 +297,15 @@ impl<F: Future<Output = Result<(), Failure>> + Unpin> Future for Tagged<F> {
     }
 }
 
+/// A consumer in another process, as it stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentState {
+    /// Its CPU time so far, user and system.
+    pub cpu: Option<Duration>,
+    /// Why it stopped before it was told to, with what it said.
+    pub failure: Option<String>,
+}
+
 /// Receives messages of one consumer group.
 #[async_trait]
 pub trait Consumer: Send {
@@ -261,6 +313,11 @@ pub trait Consumer: Send {
     /// Cancel-safe: the run's consumer loop drops this future whenever
     /// something else is ready first, and a delivery must not be lost then.
     async fn next(&mut self) -> Option<Result<Incoming, ErrorKind>>;
+
+    /// For a consumer in another process (an agent): how it stands.
+    fn agent(&self) -> Option<AgentState> {
+        None
+    }
 
     /// Leaves the group cleanly: what was received but not acknowledged goes
     /// back to the broker for redelivery (RabbitMQ: channel close; Kafka:

@@ -179,6 +179,26 @@ pub(crate) struct GroupResult {
     pub unverified: u64,
     /// First deliveries per second that arrived during the steady phase.
     pub rate_per_s: f64,
+    /// The language of the group's consumer (absent: brokerbench's own, Rust).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// A group in another language: its agent's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentResult>,
+}
+
+/// What a consumer agent in another language cost, and how it ended.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct AgentResult {
+    /// Its CPU time, user and system, seconds, read just before it was stopped.
+    pub cpu_s: Option<f64>,
+    /// Its CPU time per delivery, microseconds.
+    pub cpu_per_message_us: Option<f64>,
+    /// Deliveries its typed decoder refused.
+    pub decode_failed: u64,
+    /// Why it stopped before it was told to, with the tail of its stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// One fault and what it did.

@@ -18,10 +18,11 @@ use crate::metrics::harness::HarnessUse;
 use crate::metrics::{Latency, Timeline};
 use crate::results::account::GroupAccount;
 use crate::results::{
-    thresholds, BrokerResult, Check, CheckKind, DrainResult, FaultGroup, FaultMessages,
-    FaultResult, GroupResult, IntervalSeries, LatencyResults, LoadResult, PublishResult, Series,
+    thresholds, AgentResult, BrokerResult, Check, CheckKind, DrainResult, FaultGroup,
+    FaultMessages, FaultResult, GroupResult, IntervalSeries, LatencyResults, LoadResult,
+    PublishResult, Series,
 };
-use crate::scenario::Plan;
+use crate::scenario::{Language, Plan};
 
 /// What ran where, as the environment placed it.
 #[derive(Clone)]
@@ -217,7 +218,11 @@ fn group_results(
     let steady = m.steady_elapsed.as_secs_f64();
     for (outcome, group) in m.groups.iter().zip(&plan.consumers) {
         let name = &group.group;
-        let (result, group_checks) = group_result(name, m, logs, outcome, steady);
+        let (mut result, group_checks) = group_result(name, m, logs, outcome, steady);
+        if group.language != Language::Rust {
+            result.language = Some(group.language.as_str().to_string());
+            result.agent = Some(agent_result(outcome));
+        }
         for (check, value) in group_checks {
             checks.push(Check::correctness(
                 check,
@@ -296,8 +301,25 @@ fn group_result(
         backlog,
         unverified,
         rate_per_s: per_s(outcome.steady_delivered, steady),
+        language: None,
+        agent: None,
     };
     (result, checks)
+}
+
+/// A group agent's cost per delivery, and its failure if it had one.
+fn agent_result(outcome: &GroupOutcome) -> AgentResult {
+    let state = outcome.agent.clone().unwrap_or_default();
+    let cpu = state.cpu.map(|c| c.as_secs_f64());
+    let deliveries = outcome.log.deliveries();
+    AgentResult {
+        cpu_s: cpu.map(round3),
+        cpu_per_message_us: cpu
+            .filter(|_| deliveries > 0)
+            .map(|c| round1(c * 1e6 / deliveries as f64)),
+        decode_failed: outcome.decode_failed,
+        failure: state.failure,
+    }
 }
 
 /// The load as offered and achieved.
@@ -484,4 +506,8 @@ fn per_s(n: u64, steady: f64) -> f64 {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }

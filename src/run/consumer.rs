@@ -92,8 +92,20 @@ pub(super) async fn consume(
             }
             Some(Ok(incoming)) => incoming,
         };
-        let now = Instant::now();
-        let envelope = cx.envelope(&incoming.payload);
+        // An agent's delivery comes decoded and timed; the agent settled it.
+        let (envelope, now) = match &incoming.receipt {
+            Some(r) => {
+                out.decode_failed += u64::from(r.decode_failed);
+                (
+                    r.envelope.map(|e| Envelope {
+                        run: cx.run_id,
+                        ..e
+                    }),
+                    cx.at(r.received_ns),
+                )
+            }
+            None => (cx.envelope(&incoming.payload), Instant::now()),
+        };
         if dead {
             let at = (&cx, now, &live);
             record_dead_letter(&mut out, envelope.as_ref(), at, Some(&mut countdown));
@@ -102,8 +114,9 @@ pub(super) async fn consume(
         }
         let arrived = (now, incoming.redelivered);
         let decision = record_delivery(&mut out, envelope, arrived, &cx, &live, &mut countdown);
-        // The final read takes what is left at full speed.
-        let work = match progress.final_read.load(Ordering::Relaxed) {
+        // The final read takes what is left at full speed; an agent
+        // processed the message already.
+        let work = match progress.final_read.load(Ordering::Relaxed) || incoming.receipt.is_some() {
             true => Duration::ZERO,
             false => group.processing_time,
         };
@@ -124,6 +137,7 @@ pub(super) async fn consume(
         }
     }
     finish(&mut processing, &mut out, &live).await;
+    out.agent = consumer.agent();
     let _ = tokio::time::timeout(driver::CALL_TIMEOUT, consumer.close()).await;
     if let Some(reader) = reader {
         let _ = tokio::time::timeout(driver::CALL_TIMEOUT, reader).await;

@@ -191,6 +191,11 @@ impl GroupLog {
         self.unique
     }
 
+    /// Deliveries so far, duplicates and foreign ones included.
+    pub fn deliveries(&self) -> u64 {
+        self.delivered
+    }
+
     /// For a group with failures, what to do with a delivery of `envelope`,
     /// recorded at once (a failed attempt counts before the message is handed
     /// back, so its next delivery sees it); `None` for a group without.

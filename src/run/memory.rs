@@ -454,6 +454,7 @@ impl Consumer for MemoryConsumer {
             })
         });
         Some(Ok(Incoming {
+            receipt: None,
             payload: payload.into(),
             redelivered,
             settle,

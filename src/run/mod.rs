@@ -43,13 +43,14 @@ use anyhow::{Context, Result};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::{self, AgentRun};
 use crate::driver::{Consumer, Driver, ErrorCounts, ErrorKind, Producer, Settings, CALL_TIMEOUT};
 use crate::env::FaultTarget;
 use crate::event::{self, Envelope};
 use crate::metrics::harness::Reading;
 use crate::metrics::live::BrokerMetrics;
 use crate::metrics::{Latency, LatencyIntervals, Timeline};
-use crate::scenario::Plan;
+use crate::scenario::{Language, Plan};
 use events::{Event, Observer};
 use faults::FaultEvent;
 use ledger::{GroupLog, ProducerLog};
@@ -199,6 +200,10 @@ pub struct GroupOutcome {
     /// What the broker still held for the group at the end, as it reports
     /// it; `None` if it could not be asked.
     pub backlog: Option<u64>,
+    /// A group in another language: its agent as it stood at the end.
+    pub agent: Option<crate::driver::AgentState>,
+    /// Deliveries its agent's typed decoder refused.
+    pub decode_failed: u64,
 }
 
 /// Everything one broker's run produced, before it is turned into results.
@@ -276,6 +281,11 @@ impl RunContext {
         event::decode(payload).filter(|e| e.run == self.run_id)
     }
 
+    /// The instant `ns` nanoseconds after the epoch.
+    fn at(&self, ns: u64) -> Instant {
+        self.epoch + Duration::from_nanos(ns)
+    }
+
     /// Time since the load began, for timelines.
     fn since_start(&self, at: Instant) -> Duration {
         at.saturating_duration_since(self.start)
@@ -297,7 +307,12 @@ pub(crate) async fn measure(
     progress.set_phase(Phase::Setup);
     driver.setup().await.context("setting up the topology")?;
     let epoch = Instant::now();
-    let (consumers, producers) = open_clients(plan, driver).await?;
+    let agents = AgentRun {
+        run_id,
+        epoch,
+        backoff_max: plan.recovery.backoff_max,
+    };
+    let (consumers, producers) = open_clients(plan, driver, &agents).await?;
 
     // Everything is connected: the clock starts now.
     let start = Instant::now() + Duration::from_millis(10);
@@ -383,13 +398,18 @@ pub(crate) async fn measure(
 async fn open_clients(
     plan: &Plan,
     driver: &dyn Driver,
+    agents: &AgentRun,
 ) -> Result<(Vec<GroupClients>, Vec<Box<dyn Producer>>)> {
     let mut consumers = Vec::new();
     for group in &plan.consumers {
-        let consumer = driver
-            .consumer(group)
-            .await
-            .with_context(|| format!("subscribing group {}", group.group))?;
+        let consumer = match group.language {
+            Language::Rust => driver.consumer(group).await,
+            _ => match driver.agent_source(group).await {
+                Ok(source) => agent::start(group, source, agents).await,
+                Err(e) => Err(e),
+            },
+        }
+        .with_context(|| format!("subscribing group {}", group.group))?;
         let dead_letters = match group.failures {
             Some(_) => Some(driver.dead_letters(group).await.with_context(|| {
                 format!("reading group {}'s dead-letter destination", group.group)

@@ -149,6 +149,7 @@ struct ConsumerFile {
     processing_time: Option<Spanned<String>>,
     concurrency: Option<Spanned<i64>>,
     failures: Option<Spanned<FailuresFile>>,
+    language: Option<Spanned<Language>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,7 +199,7 @@ impl ScenarioFile {
         // No [[consumers]]: publish only, as the brokers' own publish
         // benchmarks measure.
         let dead_letter = dead_letter(self.dead_letter.as_ref())?;
-        let consumers = consumer_groups(self.consumers, &dead_letter)?;
+        let consumers = consumer_groups(self.consumers, &dead_letter, load.encoding)?;
         let failing = consumers.iter().any(|c| c.failures.is_some());
         let (rabbitmq, kafka) = broker_settings(
             self.rabbitmq,
@@ -304,6 +305,7 @@ fn load(l: LoadFile) -> Result<Load, RawError> {
 fn consumer_groups(
     written: Vec<ConsumerFile>,
     dead_letter: &DeadLetter,
+    encoding: Encoding,
 ) -> Result<Vec<ConsumerGroup>, RawError> {
     let mut consumers: Vec<ConsumerGroup> = Vec::new();
     for c in written {
@@ -325,7 +327,17 @@ fn consumer_groups(
             ));
         }
         let d = ConsumerGroup::named(group);
+        let language = c.language.as_ref().map_or(d.language, |l| *l.get_ref());
+        if let (Some(written), Encoding::Binary) = (&c.language, encoding) {
+            if language != Language::Rust {
+                return Err(RawError::at(
+                    written.span(),
+                    "consumers in other languages decode the JSON event: needs load.encoding = \"json\"",
+                ));
+            }
+        }
         consumers.push(ConsumerGroup {
+            language,
             processing_time: optional_duration(&c.processing_time, d.processing_time)?,
             concurrency: positive(&c.concurrency, d.concurrency as i64, 100_000)? as usize,
             failures: c

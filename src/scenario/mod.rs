@@ -363,6 +363,42 @@ pub struct ConsumerGroup {
     /// Messages this group fails to process, on purpose; `None`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures: Option<Failures>,
+    /// The language the group's consumer is written in: brokerbench's own
+    /// (Rust), or an agent in `agents/` (docs/cross-language.md).
+    #[serde(default, skip_serializing_if = "Language::is_rust")]
+    pub language: Language,
+}
+
+/// The language of a consumer group's consumer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// brokerbench's own consumer, in this process.
+    #[default]
+    Rust,
+    /// `agents/go`.
+    Go,
+    /// `agents/python`.
+    Python,
+    /// `agents/node`.
+    Node,
+}
+
+impl Language {
+    /// brokerbench's own consumer.
+    pub fn is_rust(&self) -> bool {
+        *self == Language::Rust
+    }
+
+    /// As scenarios and results write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Rust => "rust",
+            Language::Go => "go",
+            Language::Python => "python",
+            Language::Node => "node",
+        }
+    }
 }
 
 /// RabbitMQ queue type.
@@ -604,6 +640,7 @@ impl ConsumerGroup {
             processing_time: Duration::ZERO,
             concurrency: 16,
             failures: None,
+            language: Language::Rust,
         }
     }
 }

@@ -777,3 +777,23 @@ fn kafka_messages_are_keyed_by_user_unless_the_scenario_says_none() {
     );
     assert!(shown.contains("none"), "{shown}");
 }
+
+#[test]
+fn fates_hash_as_the_agents_in_other_languages_are_told() {
+    // agents/fate-vectors.json is what every agent's own test checks itself against.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/fate-vectors.json");
+    let vectors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let number = |v: &serde_json::Value| -> u64 { v.as_str().unwrap().parse().unwrap() };
+    for s in vectors["seeds"].as_array().unwrap() {
+        let group = s["group"].as_str().unwrap();
+        assert_eq!(Failures::seed(group), number(&s["seed"]), "group {group:?}");
+    }
+    let hashed = vectors["unit_hash"].as_array().unwrap();
+    assert!(hashed.len() >= 5);
+    for v in hashed {
+        let producer = u32::try_from(v["producer"].as_u64().unwrap()).unwrap();
+        let u = super::unit_hash(number(&v["seed"]), producer, number(&v["seq"]));
+        assert_eq!(u, v["u"].as_f64().unwrap(), "{v}");
+    }
+}

@@ -18,7 +18,7 @@ const FLOORS: &[&[&str]] = &[
     &["kind", "event"],
     &["scenario"],
     &["driver"],
-    &["broker"],
+    &["broker", "agent"],
     &["env"],
     &["metrics"],
     &["results"],

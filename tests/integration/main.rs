@@ -6,6 +6,7 @@
 //! module. Each module opens with what it covers.
 
 mod advise;
+mod agents;
 mod brokers;
 mod ci;
 mod compose;

@@ -21,10 +21,11 @@ use serde::Serialize;
 
 use crate::broker::Endpoint;
 use crate::driver::{
-    timed, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings, Settle,
-    Settler, Token,
+    timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
+    Settle, Settler, Token,
 };
 use crate::event::Outgoing;
+use crate::kind::BrokerKind;
 use crate::scenario::{
     ConsumerGroup, DeadLetter, JetstreamSettings, Plan, Recovery, Storage, EVENT_TYPE,
 };
@@ -169,6 +170,33 @@ impl JetStreamDriver {
     }
 
     /// How this run's consumers hand back a failed message.
+    /// Creates `group`'s durable pull consumer (explicit acks, every
+    /// message of the stream), or finds it.
+    async fn durable(
+        &self,
+        context: &jetstream::Context,
+        group: &ConsumerGroup,
+    ) -> Result<jetstream::consumer::PullConsumer> {
+        let stream = timed("looking up the stream", context.get_stream(STREAM)).await?;
+        let config = pull::Config {
+            durable_name: Some(group.group.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            max_ack_pending: self.settings.max_ack_pending,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            max_deliver: match group.failures {
+                Some(_) => i64::from(self.dead_letter.max_deliveries),
+                None => 0,
+            },
+            ..Default::default()
+        };
+        timed(
+            &format!("creating durable consumer {}", group.group),
+            stream.get_or_create_consumer(&group.group, config),
+        )
+        .await
+    }
+
     fn retry(&self) -> Retry {
         Retry {
             delay: self.dead_letter.retry_delay,
@@ -231,24 +259,7 @@ impl Driver for JetStreamDriver {
 
     async fn consumer(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {
         let context = self.service_context(&group.group).await?;
-        let stream = timed("looking up the stream", context.get_stream(STREAM)).await?;
-        let config = pull::Config {
-            durable_name: Some(group.group.clone()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: ACK_WAIT,
-            max_ack_pending: self.settings.max_ack_pending,
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            max_deliver: match group.failures {
-                Some(_) => i64::from(self.dead_letter.max_deliveries),
-                None => 0,
-            },
-            ..Default::default()
-        };
-        let consumer: jetstream::consumer::PullConsumer = timed(
-            &format!("creating durable consumer {}", group.group),
-            stream.get_or_create_consumer(&group.group, config),
-        )
-        .await?;
+        let consumer = self.durable(&context, group).await?;
         // async-nats's own pull stream, with its defaults (30 s request expiry,
         // 15 s idle heartbeat). Against nats-server 2.9 a shorter expiry or
         // heartbeat made delivery stall for 1-5 s at 500 msg/s (missed
@@ -265,6 +276,23 @@ impl Driver for JetStreamDriver {
             recovery: self.recovery.clone(),
             retry: self.retry(),
         }))
+    }
+
+    /// The group's durable pull consumer, made here as for brokerbench's
+    /// own consumer, for an agent to pull from.
+    async fn agent_source(&self, group: &ConsumerGroup) -> Result<AgentSource> {
+        self.durable(&self.context, group).await?;
+        let retry = self.retry();
+        Ok(AgentSource {
+            broker: BrokerKind::Jetstream,
+            url: self.endpoint.url(),
+            source: serde_json::json!({
+                "stream": STREAM,
+                "durable": group.group,
+                "nak_delay_ms": retry.delay.as_millis() as u64,
+                "terminate_at": retry.terminate_at,
+            }),
+        })
     }
 
     /// A durable pull consumer of the group's advisories in the dead-letter
@@ -616,6 +644,7 @@ impl Consumer for JetStreamConsumer {
         };
         let delivered = message.info().map_or(0, |info| info.delivered);
         Some(Ok(Incoming {
+            receipt: None,
             payload: message.payload.clone(),
             redelivered: delivered > 1,
             settle: settler(message, delivered, self.retry),
@@ -702,6 +731,7 @@ impl Consumer for DeadLetterReader {
         };
         let (advisory, _) = self.pulled.take()?;
         Some(Ok(Incoming {
+            receipt: None,
             payload: original.unwrap_or_default().into(),
             redelivered: false,
             settle: settler(

@@ -23,10 +23,11 @@ use serde::Serialize;
 use super::delivery::{Awaiting, Client, Inbox, Reports};
 use crate::broker::Endpoint;
 use crate::driver::{
-    timed, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings, Settle,
-    Settler, Token, CONFIRM_TIMEOUT,
+    timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
+    Settle, Settler, Token, CONFIRM_TIMEOUT,
 };
 use crate::event::Outgoing;
+use crate::kind::BrokerKind;
 use crate::scenario::{
     Acks, Compression, ConsumerGroup, DeadLetter, KafkaKey, KafkaSettings, Plan, Recovery,
     EVENT_TYPE,
@@ -324,6 +325,24 @@ impl Driver for KafkaDriver {
             retried,
             dead_letters: dead_letters.map(Arc::new),
         }))
+    }
+
+    /// The group's id and the topic; Kafka makes the group when the agent joins.
+    async fn agent_source(&self, group: &ConsumerGroup) -> Result<AgentSource> {
+        Ok(AgentSource {
+            broker: BrokerKind::Kafka,
+            url: self.bootstrap.clone(),
+            source: serde_json::json!({
+                "topic": EVENT_TYPE,
+                "group_id": self.group_id(group),
+                "partitions": self.settings.partitions,
+                "dead_letter_topic": dead_letter_topic(),
+                "max_deliveries": self.dead_letter.max_deliveries,
+                "retry_delay_ms": self.dead_letter.retry_delay.as_millis() as u64,
+                "acks": self.settings.acks.as_str(),
+                "fetch_wait_max_ms": self.settings.fetch_wait_max.as_millis() as u64,
+            }),
+        })
     }
 
     /// Reads the dead-letter topic from the start in a group of its own,
@@ -699,6 +718,7 @@ impl Consumer for KafkaConsumer {
             })
         });
         Some(Ok(Incoming {
+            receipt: None,
             payload,
             redelivered: false,
             settle,
@@ -729,6 +749,7 @@ impl Consumer for DeadLetterReader {
                 Err(kind) => return Some(Err(kind)),
                 Ok(r) if r.dead_lettered_by.as_deref() == Some(self.group_id.as_bytes()) => {
                     return Some(Ok(Incoming {
+                        receipt: None,
                         payload: r.payload,
                         redelivered: false,
                         settle: Box::new(|_| Box::pin(async { Ok(()) })),

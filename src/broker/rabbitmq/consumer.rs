@@ -241,6 +241,7 @@ impl RabbitConsumer {
             })
         });
         Incoming {
+            receipt: None,
             payload: delivery.data.into(),
             redelivered: delivery.redelivered,
             settle,

@@ -15,7 +15,8 @@ use lapin::Channel;
 use serde::Serialize;
 
 use crate::broker::Endpoint;
-use crate::driver::{timed, Consumer, Driver, Producer, Settings};
+use crate::driver::{timed, AgentSource, Consumer, Driver, Producer, Settings};
+use crate::kind::BrokerKind;
 use crate::scenario::{
     ConsumerGroup, DeadLetterStrategy, Exchange, Plan, QueueType, RabbitmqSettings,
 };
@@ -124,6 +125,24 @@ impl Driver for RabbitMqDriver {
             group.failures.is_none(),
         )
         .await
+    }
+
+    /// The group's queue, declared with the rest of the topology in `setup`.
+    async fn agent_source(&self, group: &ConsumerGroup) -> Result<AgentSource> {
+        let s = &self.session;
+        Ok(AgentSource {
+            broker: BrokerKind::Rabbitmq,
+            url: s.endpoint.url(),
+            source: serde_json::json!({
+                "queue": queue_name(&group.group),
+                "prefetch": s.settings.prefetch,
+                // As brokerbench's own consumer (consumer.rs): a quorum queue
+                // counts deliveries and dead-letters at its limit.
+                "requeue_failed": s.settings.queue_type == QueueType::Quorum,
+                "max_deliveries": s.dead_letter.max_deliveries,
+                "retry_delay_ms": s.dead_letter.retry_delay.as_millis() as u64,
+            }),
+        })
     }
 
     async fn dead_letters(&self, group: &ConsumerGroup) -> Result<Box<dyn Consumer>> {

@@ -1,0 +1,344 @@
+// brokerbench-agent consumes one consumer group from one broker with Go's
+// usual client libraries and writes a 48-byte receipt per delivery to stdout
+// (docs/cross-language.md). Configuration: one JSON argument.
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Config is the agent's configuration, as brokerbench writes it.
+type Config struct {
+	Broker       string          `json:"broker"`
+	URL          string          `json:"url"`
+	Group        string          `json:"group"`
+	Run          uint64          `json:"run"`
+	EpochNs      uint64          `json:"epoch_ns"`
+	Concurrency  int             `json:"concurrency"`
+	ProcessingNs int64           `json:"processing_ns"`
+	BackoffMaxMs int64           `json:"backoff_max_ms"`
+	Failures     *Failures       `json:"failures"`
+	Source       json.RawMessage `json:"source"`
+}
+
+// Failures says which messages the group fails on purpose.
+type Failures struct {
+	Seed              uint64  `json:"seed"`
+	Poison            float64 `json:"poison"`
+	Transient         float64 `json:"transient"`
+	TransientAttempts uint32  `json:"transient_attempts"`
+}
+
+// Bench is brokerbench's envelope inside the event.
+type Bench struct {
+	Run        uint64 `json:"run"`
+	Producer   uint32 `json:"producer"`
+	Seq        uint64 `json:"seq"`
+	Key        uint64 `json:"key"`
+	IntendedNs uint64 `json:"intended_ns"`
+	SentNs     uint64 `json:"sent_ns"`
+}
+
+// OrderCreated is the versioned event events.order.created.v1. Fields a
+// later compatible version adds are ignored; a wrong type or a missing
+// required field is refused.
+type OrderCreated struct {
+	Version   string   `json:"version"`
+	OrderID   string   `json:"order_id"`
+	UserID    string   `json:"user_id"`
+	Total     *float64 `json:"total"`
+	Timestamp string   `json:"timestamp"`
+	TraceID   string   `json:"trace_id"`
+	Bench     *Bench   `json:"bench"`
+}
+
+// Decode reads the event into its typed form.
+func Decode(payload []byte) (*OrderCreated, error) {
+	var e OrderCreated
+	if err := json.Unmarshal(payload, &e); err != nil {
+		return nil, err
+	}
+	switch {
+	case e.Version != "v1" && e.Version != "v2":
+		return nil, fmt.Errorf("version %q", e.Version)
+	case e.OrderID == "" || e.UserID == "" || e.Total == nil || e.Timestamp == "" || e.Bench == nil:
+		return nil, errors.New("a required field is missing")
+	}
+	return &e, nil
+}
+
+// What a receipt says (docs/cross-language.md).
+const (
+	kindReady        = 1
+	kindDelivery     = 2
+	kindForeign      = 3
+	kindDecodeFailed = 4
+
+	actionProcessed    = 0
+	actionSkipped      = 1
+	actionFailed       = 2
+	actionDeadLettered = 3
+)
+
+// Clock gives instants in ns since the run's epoch on CLOCK_MONOTONIC.
+// unix.ClockGettime is a system call (0.7 µs here); it is read once, beside
+// time.Now, whose monotonic reading is the same clock through the vDSO.
+type Clock struct {
+	base  uint64
+	start time.Time
+	epoch uint64
+}
+
+func NewClock(epoch uint64) Clock {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		fatal("reading CLOCK_MONOTONIC: %v", err)
+	}
+	return Clock{base: uint64(ts.Nano()), start: time.Now(), epoch: epoch}
+}
+
+func (c Clock) Now() uint64 {
+	return c.base + uint64(time.Since(c.start)) - c.epoch
+}
+
+// Receipts writes receipts to stdout from one goroutine, flushed whenever
+// none is waiting.
+type Receipts struct {
+	ch   chan [48]byte
+	done chan struct{}
+}
+
+func NewReceipts() *Receipts {
+	r := &Receipts{ch: make(chan [48]byte, 4096), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		out := os.Stdout
+		buf := make([]byte, 0, 64*1024)
+		for first := range r.ch {
+			buf = append(buf[:0], first[:]...)
+		more:
+			for len(buf) < cap(buf)-48 {
+				select {
+				case next, ok := <-r.ch:
+					if !ok {
+						break more
+					}
+					buf = append(buf, next[:]...)
+				default:
+					break more
+				}
+			}
+			if _, err := out.Write(buf); err != nil {
+				fatal("writing receipts: %v", err)
+			}
+		}
+	}()
+	return r
+}
+
+func (r *Receipts) Ready() {
+	var b [48]byte
+	b[0] = kindReady
+	r.ch <- b
+}
+
+// Delivery writes the receipt of one delivery.
+func (r *Receipts) Delivery(kind, action byte, attempt uint32, redelivered bool, bench *Bench, received uint64) {
+	var b [48]byte
+	b[0] = kind
+	if redelivered {
+		b[1] = 1
+	}
+	b[2] = action
+	b[3] = byte(min(attempt, 255))
+	if bench != nil {
+		binary.LittleEndian.PutUint32(b[4:], bench.Producer)
+		binary.LittleEndian.PutUint64(b[8:], bench.Seq)
+		binary.LittleEndian.PutUint64(b[16:], bench.Key)
+		binary.LittleEndian.PutUint64(b[24:], bench.IntendedNs)
+		binary.LittleEndian.PutUint64(b[32:], bench.SentNs)
+	}
+	binary.LittleEndian.PutUint64(b[40:], received)
+	r.ch <- b
+}
+
+func (r *Receipts) Close() {
+	close(r.ch)
+	<-r.done
+}
+
+// unitHash is brokerbench's hash of a message into [0, 1): SplitMix64's
+// finalizer over the group's seed, the producer and the sequence number.
+func unitHash(seed uint64, producer uint32, seq uint64) float64 {
+	mix := func(z uint64) uint64 {
+		z += 0x9e3779b97f4a7c15
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+		z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+		return z ^ (z >> 31)
+	}
+	z := mix(mix(seed^uint64(producer)) ^ seq)
+	return float64(z>>11) / float64(uint64(1)<<53)
+}
+
+// groupSeed is brokerbench's seed of a group's fates: FNV-1a over its name.
+// brokerbench sends it in the configuration; the test holds the two equal.
+func groupSeed(group string) uint64 {
+	h := uint64(0xcbf29ce484222325)
+	for i := 0; i < len(group); i++ {
+		h = (h ^ uint64(group[i])) * 0x100000001b3
+	}
+	return h
+}
+
+// fails says whether the next attempt of message (producer, seq) fails,
+// after `failed` failed attempts.
+func (f *Failures) fails(producer uint32, seq uint64, failed uint32) bool {
+	if f == nil {
+		return false
+	}
+	u := unitHash(f.Seed, producer, seq)
+	switch {
+	case u < f.Poison:
+		return true
+	case u < f.Poison+f.Transient:
+		return failed < f.TransientAttempts
+	default:
+		return false
+	}
+}
+
+// Decision is what the group does with one delivery.
+type Decision struct {
+	Action  byte
+	Attempt uint32
+}
+
+// Ledger is the agent's memory: idempotent on the order id, and counting
+// each message's failed attempts.
+type Ledger struct {
+	mu        sync.Mutex
+	processed map[string]bool
+	failed    map[string]uint32
+	failures  *Failures
+}
+
+func NewLedger(f *Failures) *Ledger {
+	return &Ledger{processed: map[string]bool{}, failed: map[string]uint32{}, failures: f}
+}
+
+// Decide records a delivery of e and says what to do with it.
+func (l *Ledger) Decide(e *OrderCreated) Decision {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.processed[e.OrderID] {
+		return Decision{Action: actionSkipped}
+	}
+	failed := l.failed[e.OrderID]
+	if l.failures.fails(e.Bench.Producer, e.Bench.Seq, failed) {
+		l.failed[e.OrderID] = failed + 1
+		return Decision{Action: actionFailed, Attempt: failed + 1}
+	}
+	l.processed[e.OrderID] = true
+	return Decision{Action: actionProcessed}
+}
+
+// Agent is what every broker's consumer shares.
+type Agent struct {
+	cfg      Config
+	clock    Clock
+	receipts *Receipts
+	ledger   *Ledger
+}
+
+// Read decodes a payload received at `received`: the event for a
+// delivery of this run, or nil after writing the receipt of a foreign or
+// undecodable one (which the caller acknowledges).
+func (a *Agent) Read(payload []byte, redelivered bool, received uint64) *OrderCreated {
+	e, err := Decode(payload)
+	if err != nil {
+		// The envelope alone, if it can still be read, names the message.
+		var lenient struct {
+			Bench *Bench `json:"bench"`
+		}
+		_ = json.Unmarshal(payload, &lenient)
+		a.receipts.Delivery(kindDecodeFailed, actionProcessed, 0, redelivered, lenient.Bench, received)
+		return nil
+	}
+	if e.Bench.Run != a.cfg.Run {
+		a.receipts.Delivery(kindForeign, actionProcessed, 0, redelivered, nil, received)
+		return nil
+	}
+	return e
+}
+
+// Process does the group's work on one message.
+func (a *Agent) Process() {
+	if a.cfg.ProcessingNs > 0 {
+		time.Sleep(time.Duration(a.cfg.ProcessingNs))
+	}
+}
+
+// Backoff is the reconnection delay after `attempt` failures: 1 s, 2 s,
+// 4 s ... capped, with jitter.
+func (a *Agent) Backoff(attempt int) time.Duration {
+	d := time.Second << min(attempt, 20)
+	if max := time.Duration(a.cfg.BackoffMaxMs) * time.Millisecond; d > max {
+		d = max
+	}
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+func (a *Agent) stderr() *os.File { return os.Stderr }
+
+// CallTimeout bounds every call to the broker.
+const CallTimeout = 10 * time.Second
+
+func fatal(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "brokerbench-agent: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+func main() {
+	if len(os.Args) != 2 {
+		fatal("usage: brokerbench-agent CONFIG_JSON")
+	}
+	var cfg Config
+	dec := json.NewDecoder(strings.NewReader(os.Args[1]))
+	if err := dec.Decode(&cfg); err != nil {
+		fatal("reading the configuration: %v", err)
+	}
+	if cfg.Concurrency < 1 {
+		cfg.Concurrency = 1
+	}
+	agent := &Agent{cfg: cfg, clock: NewClock(cfg.EpochNs), receipts: NewReceipts(), ledger: NewLedger(cfg.Failures)}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var err error
+	switch cfg.Broker {
+	case "rabbitmq":
+		err = consumeRabbitMQ(ctx, agent)
+	case "jetstream":
+		err = consumeJetStream(ctx, agent)
+	case "kafka":
+		err = consumeKafka(ctx, agent)
+	default:
+		err = fmt.Errorf("unknown broker %q", cfg.Broker)
+	}
+	agent.receipts.Close()
+	if err != nil && ctx.Err() == nil {
+		fatal("%s: %v", cfg.Broker, err)
+	}
+}
