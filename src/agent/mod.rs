@@ -51,6 +51,25 @@ pub fn agents_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/agents")))
 }
 
+/// The client library `language`'s agent uses on `broker`.
+pub fn client(language: Language, broker: BrokerKind) -> &'static str {
+    use BrokerKind::*;
+    match (language, broker) {
+        (Language::Rust, Rabbitmq) => "lapin",
+        (Language::Rust, Jetstream) => "async-nats",
+        (Language::Rust, Kafka) => "rdkafka",
+        (Language::Go, Rabbitmq) => "amqp091-go",
+        (Language::Go, Jetstream) => "nats.go jetstream",
+        (Language::Go, Kafka) => "segmentio/kafka-go",
+        (Language::Python, Rabbitmq) => "aio-pika",
+        (Language::Python, Jetstream) => "nats-py",
+        (Language::Python, Kafka) => "confluent-kafka",
+        (Language::Node, Rabbitmq) => "amqplib",
+        (Language::Node, Jetstream) => "@nats-io/jetstream",
+        (Language::Node, Kafka) => "kafkajs",
+    }
+}
+
 /// The program that runs `language`'s agent, with its arguments before the
 /// configuration, and the command that installs it.
 fn program(language: Language) -> Option<(PathBuf, Vec<PathBuf>, &'static str)> {
@@ -155,6 +174,7 @@ pub async fn start(
         filled: 0,
         stderr,
         name: format!("the {} agent of group {}", language.as_str(), group.group),
+        client: client(language, source.broker),
         ended: false,
         failure: None,
     };
@@ -201,6 +221,7 @@ pub struct AgentConsumer {
     stderr: Arc<Mutex<VecDeque<String>>>,
     /// "the python agent of group risk", for errors.
     name: String,
+    client: &'static str,
     /// It exited, or wrote what is not a receipt: nothing more comes.
     ended: bool,
     /// Why it ended, with its stderr tail.
@@ -308,6 +329,7 @@ impl Consumer for AgentConsumer {
 
     fn agent(&self) -> Option<AgentState> {
         Some(AgentState {
+            client: self.client.to_string(),
             cpu: self.cpu(),
             failure: self.failure.clone(),
         })

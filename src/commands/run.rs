@@ -140,9 +140,13 @@ fn tables(results: &Results) -> String {
     if let Some(harness) = table::harness(results, layout) {
         tables.push_str(&format!("\n{harness}"));
     }
+    if let Some(agents) = table::agents(results) {
+        tables.push_str(&format!("\n{agents}"));
+    }
     for note in table::notes(results, layout)
         .into_iter()
         .chain(table::harness_warnings(results))
+        .chain(table::agent_failures(results))
     {
         tables.push('\n');
         tables.push_str(&note);

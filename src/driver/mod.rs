@@ -300,6 +300,8 @@ impl<F: Future<Output = Result<(), Failure>> + Unpin> Future for Tagged<F> {
 /// A consumer in another process, as it stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentState {
+    /// The client library it consumes with, e.g. `aio-pika`.
+    pub client: String,
     /// Its CPU time so far, user and system.
     pub cpu: Option<Duration>,
     /// Why it stopped before it was told to, with what it said.

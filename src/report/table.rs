@@ -7,7 +7,7 @@ use crate::metrics::harness::HarnessUse;
 use crate::metrics::LatencySummary;
 use crate::results::account::FailureAccount;
 use crate::results::find_max::{FindMaxResult, Phase, Step, MAX_STEPS};
-use crate::results::{BrokerResult, GroupResult, Results};
+use crate::results::{AgentResult, BrokerResult, GroupResult, Results};
 
 /// A latency in the unit that reads best: `850 µs`, `12.3 ms`, `2.01 s`.
 pub(crate) fn latency(us: u64) -> String {
@@ -348,7 +348,7 @@ pub(crate) fn groups_limited(results: &Results, rows: usize, layout: Layout) -> 
             .unwrap_or_default();
         let mut row = vec![
             b.broker.to_string(),
-            g.group.clone(),
+            group_label(g),
             format!("{} ({})", g.account.unique, rate(g.rate_per_s)),
             e2e,
         ];
@@ -414,6 +414,76 @@ pub(crate) fn dead_letters(results: &Results, layout: Layout) -> Option<Table> {
         table.add_row(row);
     }
     Some(table)
+}
+
+/// A group's name, with its language and client when it is not
+/// brokerbench's own consumer: `risk (python, aio-pika)`.
+fn group_label(g: &GroupResult) -> String {
+    match (&g.language, &g.agent) {
+        (Some(language), Some(agent)) => format!("{} ({language}, {})", g.group, agent.client),
+        (Some(language), None) => format!("{} ({language})", g.group),
+        _ => g.group.clone(),
+    }
+}
+
+/// Per group in another language: what its agent cost per message, beside
+/// the harness's own figures, and how it ended; `None` when no group of the
+/// run is one.
+pub(crate) fn agents(results: &Results) -> Option<Table> {
+    let rows: Vec<(&BrokerResult, &GroupResult, &AgentResult)> = results
+        .brokers
+        .iter()
+        .flat_map(|b| {
+            b.groups
+                .iter()
+                .filter_map(move |g| Some((b, g, g.agent.as_ref()?)))
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let header = vec![
+        "broker",
+        "group",
+        "language",
+        "client",
+        "agent CPU",
+        "CPU per message",
+        "decode failed",
+        "ended",
+    ];
+    let mut table = new_table(header);
+    for (b, g, a) in rows {
+        table.add_row(vec![
+            b.broker.to_string(),
+            g.group.clone(),
+            g.language.clone().unwrap_or_default(),
+            a.client.clone(),
+            a.cpu_s.map_or("-".into(), |s| format!("{s:.2} s")),
+            a.cpu_per_message_us
+                .map_or("-".into(), |us| format!("{us:.1} µs")),
+            a.decode_failed.to_string(),
+            match &a.failure {
+                Some(_) => "FAILED (below)".into(),
+                None => "when told".into(),
+            },
+        ]);
+    }
+    Some(table)
+}
+
+/// Why each agent that failed did, with the end of its stderr.
+pub(crate) fn agent_failures(results: &Results) -> Vec<String> {
+    results
+        .brokers
+        .iter()
+        .flat_map(|b| {
+            b.groups.iter().filter_map(move |g| {
+                let failure = g.agent.as_ref()?.failure.as_ref()?;
+                Some(format!("{}: {failure}", b.broker))
+            })
+        })
+        .collect()
 }
 
 /// Per broker, brokerbench's own use of the machine over the steady window:

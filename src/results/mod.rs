@@ -190,6 +190,9 @@ pub(crate) struct GroupResult {
 /// What a consumer agent in another language cost, and how it ended.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct AgentResult {
+    /// The client library it consumed with.
+    #[serde(default)]
+    pub client: String,
     /// Its CPU time, user and system, seconds, read just before it was stopped.
     pub cpu_s: Option<f64>,
     /// Its CPU time per delivery, microseconds.

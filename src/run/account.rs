@@ -268,6 +268,10 @@ fn group_result(
     let mut not_lost = backlog.unwrap_or(undelivered);
     // The broker says how many it holds, not which: the poison
     // messages, the ones it is still retrying, are counted as held first.
+    // An agent that died may have acknowledged messages whose receipts it
+    // had not written yet: what its group lacks beyond the broker's backlog
+    // is unverified, not lost.
+    let agent_died = outcome.agent.as_ref().is_some_and(|a| a.failure.is_some());
     let mut failure_checks = Vec::new();
     if let Some(f) = account.failures.as_mut() {
         let held = not_lost.min(f.poison_lost);
@@ -276,8 +280,8 @@ fn group_result(
         account.lost -= not_lost;
         // Any message of the group, poison or not, may be a dead
         // letter the broker still holds where it cannot be asked:
-        // unverified, not lost.
-        if !m.dead_letters_in_flight_seen {
+        // unverified, not lost. So may one an agent that died settled.
+        if !m.dead_letters_in_flight_seen || agent_died {
             unverified += f.poison_lost + account.lost;
             (f.poison_lost, account.lost) = (0, 0);
         }
@@ -285,6 +289,10 @@ fn group_result(
         failure_checks.push((CheckKind::NoneDeadLetteredWrongly, f.dead_lettered_wrongly));
     } else {
         account.lost -= not_lost;
+        if agent_died {
+            unverified += account.lost;
+            account.lost = 0;
+        }
     }
     let checks = [
         (CheckKind::NoneLost, account.lost),
@@ -313,6 +321,7 @@ fn agent_result(outcome: &GroupOutcome) -> AgentResult {
     let cpu = state.cpu.map(|c| c.as_secs_f64());
     let deliveries = outcome.log.deliveries();
     AgentResult {
+        client: state.client,
         cpu_s: cpu.map(round3),
         cpu_per_message_us: cpu
             .filter(|_| deliveries > 0)

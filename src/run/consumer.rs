@@ -84,7 +84,10 @@ pub(super) async fn consume(
             next = consumer.next(), if processing.len() < group.concurrency => (next, false),
         };
         let incoming = match next {
-            None => break,
+            None => {
+                progress.ended[index].store(true, Ordering::Relaxed);
+                break;
+            }
             Some(Err(kind)) => {
                 out.error(kind, &cx);
                 tokio::time::sleep(Duration::from_millis(10)).await; // no hot loop on a broken subscription

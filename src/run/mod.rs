@@ -70,6 +70,9 @@ pub struct Progress {
     /// Per group, confirmed messages not delivered yet; `u64::MAX` until the
     /// producers are done and the group has counted them.
     pub missing: Vec<AtomicU64>,
+    /// Per group, set when its consumer ended for good (an agent that
+    /// exited): the drain waits for it no longer.
+    pub ended: Vec<AtomicBool>,
     /// Messages attempted, per producer.
     pub attempted: Vec<AtomicU64>,
     /// The phase, as an index into [`Phase::ALL`].
@@ -86,6 +89,7 @@ impl Progress {
         Progress {
             delivered: (0..groups).map(|_| AtomicU64::new(0)).collect(),
             missing: (0..groups).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            ended: (0..groups).map(|_| AtomicBool::new(false)).collect(),
             attempted: (0..producers).map(|_| AtomicU64::new(0)).collect(),
             ..Default::default()
         }
@@ -652,10 +656,12 @@ async fn drain(progress: &Progress, deadline: Instant, cancel: &CancellationToke
     let started = Instant::now();
     let mut timed_out = false;
     loop {
-        let missing: Vec<u64> = progress
-            .missing
-            .iter()
-            .map(|m| m.load(Ordering::Relaxed))
+        // A group whose consumer ended for good has nothing more to count.
+        let missing: Vec<u64> = (progress.missing.iter().zip(&progress.ended))
+            .map(|(m, ended)| match ended.load(Ordering::Relaxed) {
+                true => 0,
+                false => m.load(Ordering::Relaxed),
+            })
             .collect();
         let counted = missing.iter().all(|m| *m != u64::MAX);
         if (counted && missing.iter().all(|m| *m == 0)) || cancel.is_cancelled() {

@@ -58,14 +58,15 @@ fn count(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
 
-/// Checks that `language`'s group got every confirmed message once, as
-/// brokerbench's own group did, at an end-to-end latency of the same order.
-fn holds_against_our_own(results: &Value, language: &str) {
+/// Checks that group `name`, in `language`, got every confirmed message
+/// once, as brokerbench's own group did, at an end-to-end latency of the
+/// same order.
+fn holds_against_our_own(results: &Value, name: &str, language: &str) {
     for b in results["brokers"].as_array().unwrap() {
         let broker = b["broker"].as_str().unwrap();
         let confirmed = count(&b["publish"]["confirmed"]);
         assert!(confirmed >= 2000, "{broker}: {confirmed} confirmed");
-        let (own, other) = (group(b, "own"), group(b, "other"));
+        let (own, other) = (group(b, "own"), group(b, name));
         assert_eq!(other["language"], language, "{broker}: {other:#}");
         for g in [own, other] {
             let name = &g["group"];
@@ -86,7 +87,7 @@ fn holds_against_our_own(results: &Value, language: &str) {
         // The agent's instants are on the same clock: its latencies are of
         // the same order as our own consumer's, never negative or absurd.
         let e2e = &b["latency_us"]["end_to_end_service"];
-        let (ours, theirs) = (e2e["own"]["p50"].as_f64(), e2e["other"]["p50"].as_f64());
+        let (ours, theirs) = (e2e["own"]["p50"].as_f64(), e2e[name]["p50"].as_f64());
         let (ours, theirs) = (ours.unwrap(), theirs.unwrap_or_else(|| panic!("{e2e:#}")));
         assert!(
             theirs > 0.0 && theirs < 1_000_000.0 && theirs < ours * 50.0 + 50_000.0,
@@ -102,8 +103,122 @@ fn holds_against_our_own(results: &Value, language: &str) {
 }
 
 #[test]
-fn a_python_group_on_jetstream_keeps_the_same_account_as_our_own() {
-    let (code, results, stderr) = run(&beside_our_own("python", "\"jetstream\""), &[]);
+fn python_and_go_groups_keep_the_same_account_as_our_own_on_every_broker() {
+    let scenario = format!(
+        "{}\n[[consumers]]\ngroup = \"gopher\"\nlanguage = \"go\"\n",
+        beside_our_own("python", "\"rabbitmq\", \"jetstream\", \"kafka\"")
+    );
+    let (code, results, stderr) = run(&scenario, &[]);
     assert_eq!(code, 0, "{stderr}\n{results:#}");
-    holds_against_our_own(&results, "python");
+    holds_against_our_own(&results, "other", "python");
+    holds_against_our_own(&results, "gopher", "go");
+    // The table says which language and client each group is.
+    assert!(stderr.contains("other (python, aio-pika)"), "{stderr}");
+    assert!(
+        stderr.contains("gopher (go, segmentio/kafka-go)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_agent_that_exits_mid_run_is_that_groups_failure_and_the_run_goes_on() {
+    let _machine = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let scenario = beside_our_own("python", "\"jetstream\"").replace("\"other\"", "\"doomed\"");
+    let (dir, path) = util::scenario_file(&scenario);
+    let started = std::time::Instant::now();
+    let run = util::run_command(&[path.to_str().unwrap()], dir.path())
+        .arg("--json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its configuration names the group: kill -9 that agent 3 s into the load.
+    let agent = "\"group\":\"doomed\"";
+    let found = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::process::Command::new("pgrep")
+            .args(["-f", agent])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    });
+    assert!(found, "the doomed agent never started");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let killed = std::process::Command::new("pkill")
+        .args(["-9", "-f", agent])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no agent to kill");
+    let out = run.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let results: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    util::validate_results(&results);
+    // The run did not wait out the drain timeout (30 s) for a group that is gone.
+    assert!(took.as_secs() < 45, "took {took:?}");
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a failed group fails the run: {stderr}"
+    );
+    let b = &results["brokers"][0];
+    let own = group(b, "own");
+    assert_eq!(count(&own["lost"]), 0, "{own:#}");
+    assert!(
+        count(&own["unique"]) >= count(&b["publish"]["confirmed"]),
+        "{own:#}"
+    );
+    let doomed = group(b, "doomed");
+    let failure = doomed["agent"]["failure"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{doomed:#}"));
+    assert!(failure.contains("exited"), "{failure}");
+    // What it never got is still in the broker: backlog, not loss. What it
+    // may have acknowledged without a receipt before it died is unverified.
+    assert_eq!(count(&doomed["lost"]), 0, "{doomed:#}");
+    assert!(count(&doomed["backlog"]) > 0, "{doomed:#}");
+    let confirmed = count(&b["publish"]["confirmed"]);
+    let accounted =
+        count(&doomed["unique"]) + count(&doomed["backlog"]) + count(&doomed["unverified"]);
+    assert!(
+        accounted >= confirmed,
+        "{accounted} of {confirmed}: {doomed:#}"
+    );
+    assert!(count(&b["errors"]["agent"]) >= 1, "{:#}", b["errors"]);
+    assert!(
+        stderr.contains("the python agent of group doomed exited"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn each_agent_hashes_fates_and_decodes_events_as_brokerbench_does() {
+    let agents = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("agents");
+    let go = std::process::Command::new("go")
+        .args(["test", "./..."])
+        .current_dir(agents.join("go"))
+        .output()
+        .unwrap();
+    assert!(
+        go.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&go.stdout),
+        String::from_utf8_lossy(&go.stderr)
+    );
+    let python = std::process::Command::new(agents.join("python/.venv/bin/python"))
+        .args([
+            agents.join("python/agent.py").to_str().unwrap(),
+            "--self-check",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        python.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
 }

@@ -143,6 +143,10 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
             let _ = writeln!(page, "<p class=\"warning\">{}</p>", escape(&warning));
         }
     }
+    if let Some(agents) = table::agents(r) {
+        let _ = writeln!(page, "<h2>Consumers in other languages</h2>");
+        html_table(page, &agents);
+    }
     checks(page, r);
     let _ = writeln!(
         page,

@@ -102,6 +102,11 @@ fn one_run(r: &Results, rows: usize) -> String {
             let _ = writeln!(s, "> **{warning}**\n");
         }
     }
+    if let Some(agents) = table::agents(r) {
+        let _ = writeln!(s, "### Consumers in other languages\n");
+        s.push_str(&markdown_table(agents));
+        s.push_str("\n\n");
+    }
 
     s.push_str(&failed_checks_section(r, rows));
     s.push_str(&thresholds_line(r));
