@@ -25,7 +25,7 @@ type Config struct {
 	Broker       string          `json:"broker"`
 	URL          string          `json:"url"`
 	Group        string          `json:"group"`
-	Run          uint64          `json:"run"`
+	Run          uint64          `json:"run,string"`
 	EpochNs      uint64          `json:"epoch_ns"`
 	Concurrency  int             `json:"concurrency"`
 	ProcessingNs int64           `json:"processing_ns"`
@@ -36,7 +36,7 @@ type Config struct {
 
 // Failures says which messages the group fails on purpose.
 type Failures struct {
-	Seed              uint64  `json:"seed"`
+	Seed              uint64  `json:"seed,string"`
 	Poison            float64 `json:"poison"`
 	Transient         float64 `json:"transient"`
 	TransientAttempts uint32  `json:"transient_attempts"`

@@ -109,7 +109,8 @@ fn config(
 ) -> Result<serde_json::Value> {
     let failures = group.failures.as_ref().map(|f: &Failures| {
         json!({
-            "seed": Failures::seed(&group.group),
+            // As text: above 2^53, which a JavaScript number cannot hold.
+            "seed": Failures::seed(&group.group).to_string(),
             "poison": f.poison,
             "transient": f.transient,
             "transient_attempts": f.transient_attempts,
@@ -119,7 +120,7 @@ fn config(
         "broker": broker.as_str(),
         "url": source.url,
         "group": group.group,
-        "run": run.run_id,
+        "run": run.run_id.to_string(),
         "epoch_ns": epoch_ns(run.epoch)?,
         "concurrency": group.concurrency,
         "processing_ns": group.processing_time.as_nanos() as u64,

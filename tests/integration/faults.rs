@@ -74,8 +74,10 @@ fn a_crash_loses_no_confirmed_order_on_durable_settings() {
     // of the load for its recovery to be judged. RabbitMQ takes 8-12 s to
     // start again on a sandboxed 2-core machine (ready 11.4 s and 14.8 s
     // after the kill, 2026-12-06), which a 20 s load did not leave room for.
+    // A fourth group, in Python (docs/cross-language.md), is killed with
+    // them: its agent reconnects as its client library does.
     let scenario = orders_with(
-        "[recovery]\nbackoff_max = \"4s\"\n[[faults]]\nat = \"5s\"\naction = \"kill\"\nduration = \"3s\"\n",
+        "[[consumers]]\ngroup = \"risk-py\"\nlanguage = \"python\"\n[recovery]\nbackoff_max = \"4s\"\n[[faults]]\nat = \"5s\"\naction = \"kill\"\nduration = \"3s\"\n",
     );
     let (out, results, _) = run(&scenario, &["--duration", "30s", "--rate", "500"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -113,6 +115,15 @@ fn a_crash_loses_no_confirmed_order_on_durable_settings() {
                 .collect::<Vec<_>>()
         );
         assert_eq!(lost(b), 0, "{name} lost confirmed orders:\n{stderr}");
+        let python = util::element(&b["groups"], "risk-py", |g| g["group"] == "risk-py");
+        assert_eq!(python["language"], "python", "{name}: {python:#}");
+        assert!(python["agent"]["failure"].is_null(), "{name}: {python:#}");
+        assert!(
+            fault["delivery_recovered_after_s"]["risk-py"]
+                .as_f64()
+                .is_some(),
+            "{name}: the Python group's recovery is measured: {fault}"
+        );
         assert_eq!(b["complete"], true, "{name}");
         // Recovery is measured, and nothing is flagged.
         assert_eq!(fault["recovered"], true, "{name}: {fault}");
