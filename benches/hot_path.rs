@@ -15,6 +15,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use brokerbench::agent;
 use brokerbench::event::{self, Encoding, Envelope};
 use brokerbench::metrics::{Latency, LatencyIntervals, Timeline};
 use brokerbench::run::ledger::{GroupLog, ProducerLog, PublishStatus};
@@ -162,6 +163,58 @@ fn publish_and_deliver(bencher: Bencher, size: (Encoding, usize)) {
             for k in 0..MESSAGES {
                 let payload = publish(p, k, size);
                 deliver(g, p.epoch, &payload);
+            }
+        });
+}
+
+/// A delivery by an agent in another language (docs/cross-language.md):
+/// its 48-byte receipt read, then the same ledger and latencies as
+/// [`deliver`], in place of decoding the payload. It must cost no more than
+/// `deliver_only` at 264 B JSON, so that a slow agent is the agent.
+#[inline(never)]
+fn receive_receipt(g: &mut Group, epoch: Instant, receipt: &[u8; agent::RECEIPT_BYTES]) {
+    let agent::Record::Delivery {
+        receipt,
+        redelivered,
+    } = agent::parse(receipt).expect("a receipt")
+    else {
+        panic!("not a delivery");
+    };
+    let envelope = receipt.envelope.expect("our message");
+    let at = epoch + Duration::from_nanos(receipt.received_ns);
+    g.log.record(&envelope, redelivered);
+    let at = at.saturating_duration_since(epoch);
+    let at_ns = at.as_nanos() as u64;
+    g.delivered_at.record(at);
+    let latency = Duration::from_nanos(at_ns.saturating_sub(envelope.intended_ns));
+    g.end_to_end.record(latency);
+    g.intervals.record(at, latency);
+    g.end_to_end_service
+        .record(Duration::from_nanos(at_ns.saturating_sub(envelope.sent_ns)));
+}
+
+#[divan::bench]
+fn receipt_only(bencher: Bencher) {
+    bencher
+        .counter(ItemsCount::new(MESSAGES))
+        .with_inputs(|| {
+            let receipts: Vec<[u8; agent::RECEIPT_BYTES]> = (0..MESSAGES)
+                .map(|seq| {
+                    let mut r = [0u8; agent::RECEIPT_BYTES];
+                    r[0] = 2; // a delivery, processed
+                    r[8..16].copy_from_slice(&seq.to_le_bytes());
+                    r[16..24].copy_from_slice(&(seq % 1000).to_le_bytes());
+                    r[24..32].copy_from_slice(&(seq * 20_000).to_le_bytes());
+                    r[32..40].copy_from_slice(&(seq * 20_000 + 500).to_le_bytes());
+                    r[40..48].copy_from_slice(&(seq * 20_000 + 900_000).to_le_bytes());
+                    r
+                })
+                .collect();
+            (group(), Instant::now(), receipts)
+        })
+        .bench_local_refs(|(g, epoch, receipts)| {
+            for receipt in receipts.iter() {
+                receive_receipt(g, *epoch, receipt);
             }
         });
 }

@@ -561,12 +561,18 @@ class Agent {
       }
     }
 
-    const close = async (connection) => {
+    // The channel first: its acks go out before its close (amqplib writes
+    // each channel's frames in order, but not across channels), then the
+    // connection.
+    const close = async (connection, channel = null) => {
       if (connection === null) return;
-      try {
-        await timed('closing the connection', connection.close(), CLOSE_TIMEOUT_MS);
-      } catch (e) {
-        if (!/closed/i.test(errorText(e))) warn(`closing: ${errorText(e)}`);
+      for (const [what, it] of [['the channel', channel], ['the connection', connection]]) {
+        if (it === null) continue;
+        try {
+          await timed(`closing ${what}`, it.close(), CLOSE_TIMEOUT_MS);
+        } catch (e) {
+          if (!/closed/i.test(errorText(e))) warn(`closing ${what}: ${errorText(e)}`);
+        }
       }
     };
 
@@ -602,7 +608,7 @@ class Agent {
             if (slot) agent.dispatch(d, received);
           });
         }, { noAck: false }));
-        return connection;
+        return { connection, channel };
       } catch (e) {
         await close(connection);
         throw e;
@@ -612,9 +618,9 @@ class Agent {
     let attempt = 0;
     for (;;) {
       const lost = deferred();
-      let connection;
+      let connection, channel;
       try {
-        connection = await this.untilStopped(subscribe(lost));
+        ({ connection, channel } = await this.untilStopped(subscribe(lost)));
       } catch (e) {
         if (e instanceof Fatal || e instanceof Stopped) throw e;
         warn(`RabbitMQ: ${errorText(e)}; again in a while`);
@@ -629,7 +635,7 @@ class Agent {
         // closes; what is being processed is settled first.
         await this.finishWork();
         await this.receipts.drain();
-        await close(connection);
+        await close(connection, channel);
         return;
       }
       // Lost: what was delivered but not acknowledged comes back, flagged
