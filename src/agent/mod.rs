@@ -5,6 +5,7 @@
 //! [`Consumer`] seam, so the group's account, latencies and dead letters are
 //! kept exactly as for brokerbench's own consumers.
 
+pub mod inventory;
 mod receipt;
 
 use std::collections::VecDeque;

@@ -57,6 +57,7 @@ async fn check() -> Result<ExitCode> {
          scripts/install-brokers pins nats-server {} and Apache Kafka (tools/kafka/pom.xml).",
         crate::broker::NATS_SERVER_VERSION
     );
+    agents().await;
     if missing.is_empty() {
         return Ok(ExitCode::from(exit::OK));
     }
@@ -69,6 +70,36 @@ async fn check() -> Result<ExitCode> {
     }
     println!("(or install all three with: sudo scripts/install-brokers)");
     Ok(ExitCode::from(exit::CANNOT_RUN))
+}
+
+/// The consumer agents in other languages (docs/cross-language.md): each
+/// runtime, its pinned client libraries, and whether it is installed. A run
+/// without a group in that language does not need it.
+async fn agents() {
+    use crate::agent::inventory::{inventory, INSTALL};
+    let mut table = plain_table(["agent", "runtime", "libraries", "status"]);
+    let mut missing = false;
+    for agent in inventory().await {
+        let status = match &agent.status {
+            Ok(()) => "ok".to_string(),
+            Err(why) => {
+                missing = true;
+                format!("missing: {why}")
+            }
+        };
+        table.add_row([
+            agent.language.as_str(),
+            &agent.runtime,
+            &agent.libraries,
+            &status,
+        ]);
+    }
+    println!("\n{table}");
+    if missing {
+        println!(
+            "Groups in a missing agent's language cannot run; {INSTALL} installs every agent."
+        );
+    }
 }
 
 /// Starts every broker at once; if one fails, the others are dropped (killed).

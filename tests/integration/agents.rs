@@ -103,21 +103,68 @@ fn holds_against_our_own(results: &Value, name: &str, language: &str) {
 }
 
 #[test]
-fn python_and_go_groups_keep_the_same_account_as_our_own_on_every_broker() {
+fn every_language_keeps_the_same_account_as_our_own_on_every_broker() {
     let scenario = format!(
-        "{}\n[[consumers]]\ngroup = \"gopher\"\nlanguage = \"go\"\n",
+        "{}\n[[consumers]]\ngroup = \"gopher\"\nlanguage = \"go\"\n\n[[consumers]]\ngroup = \"noder\"\nlanguage = \"node\"\n",
         beside_our_own("python", "\"rabbitmq\", \"jetstream\", \"kafka\"")
     );
     let (code, results, stderr) = run(&scenario, &[]);
     assert_eq!(code, 0, "{stderr}\n{results:#}");
     holds_against_our_own(&results, "other", "python");
     holds_against_our_own(&results, "gopher", "go");
+    holds_against_our_own(&results, "noder", "node");
     // The table says which language and client each group is.
-    assert!(stderr.contains("other (python, aio-pika)"), "{stderr}");
-    assert!(
-        stderr.contains("gopher (go, segmentio/kafka-go)"),
-        "{stderr}"
-    );
+    for label in [
+        "other (python, aio-pika)",
+        "gopher (go, segmentio/kafka-go)",
+        "noder (node, kafkajs)",
+    ] {
+        assert!(stderr.contains(label), "{label}: {stderr}");
+    }
+}
+
+#[test]
+fn a_node_group_dead_letters_every_poison_message_on_every_broker() {
+    let scenario = r#"
+name = "node-poison"
+brokers = ["rabbitmq", "jetstream", "kafka"]
+
+[load]
+rate = 200
+duration = "6s"
+warmup = "1s"
+message_size = 300
+
+[[consumers]]
+group = "points"
+language = "node"
+
+[consumers.failures]
+poison = 0.02
+transient = 0.05
+
+[rabbitmq]
+queue_type = "quorum"
+"#;
+    let (code, results, stderr) = run(scenario, &[]);
+    assert_eq!(code, 0, "{stderr}\n{results:#}");
+    for b in results["brokers"].as_array().unwrap() {
+        let broker = b["broker"].as_str().unwrap();
+        let points = group(b, "points");
+        let f = &points["failures"];
+        let poison = count(&f["poison"]);
+        assert!(poison > 0, "{broker}: no poison message in {f:#}");
+        assert_eq!(count(&f["dead_lettered"]), poison, "{broker}: {f:#}");
+        assert_eq!(count(&f["poison_lost"]), 0, "{broker}: {f:#}");
+        assert_eq!(count(&f["dead_lettered_wrongly"]), 0, "{broker}: {f:#}");
+        assert_eq!(count(&points["lost"]), 0, "{broker}: {points:#}");
+        assert_eq!(
+            b["errors"].get("agent"),
+            None,
+            "{broker}: {:#}",
+            b["errors"]
+        );
+    }
 }
 
 #[test]
