@@ -72,7 +72,7 @@ func Decode(payload []byte) (*OrderCreated, error) {
 		return nil, err
 	}
 	switch {
-	case e.Version != "v1" && e.Version != "v2":
+	case e.Version != "v1":
 		return nil, fmt.Errorf("version %q", e.Version)
 	case e.OrderID == "" || e.UserID == "" || e.Total == nil || e.Timestamp == "" || e.Bench == nil:
 		return nil, errors.New("a required field is missing")
