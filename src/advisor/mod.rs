@@ -100,7 +100,7 @@ pub(crate) fn advise(
     let known = facts::criteria(answers);
     let without = rank(&known);
     let measured_criterion = evidence::criterion(answers, measured);
-    let mut all = with_dead_letters(known, measured);
+    let mut all = with_dead_letters(answers, known, measured);
     all.extend(measured_criterion.clone());
     let ranking = rank(&all);
     let evidence = measured_criterion.map(|c| {
@@ -177,15 +177,24 @@ fn rank(criteria: &[Criterion]) -> Vec<Ranked> {
 
 /// The first broker for `answers`, with the same evidence.
 fn first(answers: &Answers, measured: &[Measurement]) -> BrokerKind {
-    let mut criteria = with_dead_letters(facts::criteria(answers), measured);
+    let mut criteria = with_dead_letters(answers, facts::criteria(answers), measured);
     criteria.extend(evidence::criterion(answers, measured));
     rank(&criteria)[0].broker
 }
 
-/// `criteria` with the dead-letter one judged on failure runs too.
-fn with_dead_letters(mut criteria: Vec<Criterion>, measured: &[Measurement]) -> Vec<Criterion> {
+/// `criteria` with the dead-letter one judged on failure runs too, and the
+/// client-languages one on runs of groups in the languages named.
+fn with_dead_letters(
+    answers: &Answers,
+    mut criteria: Vec<Criterion>,
+    measured: &[Measurement],
+) -> Vec<Criterion> {
     if let Some(c) = criteria.iter_mut().find(|c| c.name == "dead letters") {
         evidence::dead_letter_criterion(c, measured);
+    }
+    if let Some(c) = criteria.iter_mut().find(|c| c.name == "client languages") {
+        let named: Vec<String> = answers.languages.iter().map(answers::value).collect();
+        evidence::language_criterion(c, measured, &named);
     }
     criteria
 }
@@ -249,6 +258,7 @@ mod tests {
             stand_in_for: None,
             used: true,
             dead_letters: None,
+            languages: Vec::new(),
         }
     }
 
@@ -261,6 +271,64 @@ mod tests {
             .find(|c| c.criterion == "dead letters")
             .unwrap();
         (c.score, c.reason.clone())
+    }
+
+    #[test]
+    fn groups_in_the_languages_named_are_evidence_and_a_loss_moves_the_score() {
+        let run = |broker: &str, lost, failed| Measurement {
+            languages: vec![evidence::LanguageRun {
+                language: "python".into(),
+                client: "nats-py".into(),
+                delivered_per_s: 500.0,
+                p99_ms: Some(6.5),
+                lost,
+                failed,
+                cpu_per_message_us: Some(810.0),
+            }],
+            ..measured(kind(broker), 500.0, 0)
+        };
+        let answers = answers(DeadLetter::No, &[Language::Python], 500.0);
+        let languages = |measured: &[Measurement]| {
+            let all = with_dead_letters(&answers, facts::criteria(&answers), measured);
+            all.into_iter()
+                .find(|c| c.name == "client languages")
+                .unwrap()
+        };
+        let unmeasured = languages(&[]);
+        let clean = languages(&[run("jetstream", 0, false)]);
+        let (score, reason) = clean.judged.get(BrokerKind::Jetstream);
+        assert_eq!(
+            *score,
+            unmeasured.judged.get(BrokerKind::Jetstream).0,
+            "{reason}"
+        );
+        assert!(
+            reason.contains("python on jetstream (nats-py): 500 msg/s delivered, p99 6 ms, 810 µs CPU per message"),
+            "{reason}"
+        );
+        for (lost, failed) in [(3, false), (0, true)] {
+            let bad = languages(&[run("jetstream", lost, failed)]);
+            let (score, reason) = bad.judged.get(BrokerKind::Jetstream);
+            let before = unmeasured.judged.get(BrokerKind::Jetstream).0;
+            assert_eq!(*score, (before - 3.0).max(0.0), "{reason}");
+            assert!(reason.contains("moved the score"), "{reason}");
+        }
+        // A language the user did not name is no evidence.
+        let go_only = answers_with_go();
+        let all = with_dead_letters(
+            &go_only,
+            facts::criteria(&go_only),
+            &[run("jetstream", 3, false)],
+        );
+        let c = all
+            .into_iter()
+            .find(|c| c.name == "client languages")
+            .unwrap();
+        assert!(!c.judged.get(BrokerKind::Jetstream).1.contains("measured"));
+    }
+
+    fn answers_with_go() -> Answers {
+        answers(DeadLetter::No, &[Language::Go], 500.0)
     }
 
     #[test]

@@ -22,17 +22,8 @@ fn run_saved(scenario: &str, args: &[&str]) -> (i32, Value, (tempfile::TempDir, 
     let _machine = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let (dir, path) = util::scenario_file(scenario);
-    let out = util::run_command(&[path.to_str().unwrap()], dir.path())
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let results: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    util::validate_results(&results);
-    let saved = util::results_path(&String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), results, (dir, saved))
+    let ran = util::run_scenario(scenario, args);
+    (ran.code, ran.results, ran.saved)
 }
 
 fn poison_with(extra: &str) -> String {

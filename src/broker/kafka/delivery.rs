@@ -52,6 +52,12 @@ enum Sink {
 }
 
 impl Reports {
+    /// Registers `sink` with `client`'s reports: its index, and the client
+    /// to unregister it from when its owner is dropped.
+    fn join(client: &Client, sink: Sink) -> (Client, usize) {
+        (client.clone(), client.context().register(sink))
+    }
+
     fn register(&self, sink: Sink) -> usize {
         let mut sinks = self.sinks.write().unwrap_or_else(PoisonError::into_inner);
         match sinks.iter().position(Option::is_none) {
@@ -135,11 +141,9 @@ pub(super) struct Inbox {
 impl Inbox {
     pub(super) fn new(client: &Client) -> Self {
         let answers = Arc::new(Answers::default());
-        let index = client
-            .context()
-            .register(Sink::Answers(Arc::clone(&answers)));
+        let (client, index) = Reports::join(client, Sink::Answers(Arc::clone(&answers)));
         Inbox {
-            client: client.clone(),
+            client,
             index,
             answers,
             taken: Vec::new(),
@@ -225,11 +229,9 @@ pub(super) struct Expected {
 impl Awaiting {
     pub(super) fn new(client: &Client) -> Self {
         let waiters = Arc::new(Waiters::default());
-        let index = client
-            .context()
-            .register(Sink::Waiters(Arc::clone(&waiters)));
+        let (client, index) = Reports::join(client, Sink::Waiters(Arc::clone(&waiters)));
         Awaiting {
-            client: client.clone(),
+            client,
             index,
             waiters,
         }

@@ -29,6 +29,37 @@ pub fn scenario_file(scenario: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// What `brokerbench run SCENARIO ARGS --json` did.
+pub struct Ran {
+    pub code: i32,
+    /// Its results, checked against the schema.
+    pub results: serde_json::Value,
+    pub stderr: String,
+    /// The directory the scenario and results are in, and the results file.
+    pub saved: (tempfile::TempDir, PathBuf),
+}
+
+/// Runs `scenario` with `args` and `--json` to the end.
+pub fn run_scenario(scenario: &str, args: &[&str]) -> Ran {
+    let (dir, path) = scenario_file(scenario);
+    let out = run_command(&[path.to_str().unwrap()], dir.path())
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let results: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    validate_results(&results);
+    let saved = results_path(&stderr);
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        results,
+        stderr,
+        saved: (dir, saved),
+    }
+}
+
 /// The results file whose path a run printed (`results: PATH`) in `said`.
 pub fn results_path(said: &str) -> PathBuf {
     said.lines()
