@@ -95,20 +95,7 @@ pub(super) async fn consume(
             }
             Some(Ok(incoming)) => incoming,
         };
-        // An agent's delivery comes decoded and timed; the agent settled it.
-        let (envelope, now) = match &incoming.receipt {
-            Some(r) => {
-                out.decode_failed += u64::from(r.decode_failed);
-                (
-                    r.envelope.map(|e| Envelope {
-                        run: cx.run_id,
-                        ..e
-                    }),
-                    cx.at(r.received_ns),
-                )
-            }
-            None => (cx.envelope(&incoming.payload), Instant::now()),
-        };
+        let (envelope, now) = arrival(&incoming, &cx, &mut out);
         if dead {
             let at = (&cx, now, &live);
             record_dead_letter(&mut out, envelope.as_ref(), at, Some(&mut countdown));
@@ -117,12 +104,7 @@ pub(super) async fn consume(
         }
         let arrived = (now, incoming.redelivered);
         let decision = record_delivery(&mut out, envelope, arrived, &cx, &live, &mut countdown);
-        // The final read takes what is left at full speed; an agent
-        // processed the message already.
-        let work = match progress.final_read.load(Ordering::Relaxed) || incoming.receipt.is_some() {
-            true => Duration::ZERO,
-            false => group.processing_time,
-        };
+        let work = work(&group, &progress, &incoming);
         let (how, work, status) = settlement(decision, incoming.redelivered, work);
         processing.push(settle(incoming.settle, how, work, Some(status)));
     }
@@ -146,6 +128,36 @@ pub(super) async fn consume(
         let _ = tokio::time::timeout(driver::CALL_TIMEOUT, reader).await;
     }
     out
+}
+
+/// The simulated processing a delivery gets: none in the final read, which
+/// takes what is left at full speed, nor for an agent's, processed already.
+fn work(group: &ConsumerGroup, progress: &Progress, incoming: &Incoming) -> Duration {
+    match progress.final_read.load(Ordering::Relaxed) || incoming.receipt.is_some() {
+        true => Duration::ZERO,
+        false => group.processing_time,
+    }
+}
+
+/// A delivery's envelope (if it is one of this run's messages) and when it
+/// arrived: an agent's delivery comes decoded and timed (the agent settled
+/// it); brokerbench's own is decoded here, and arrived now.
+fn arrival(
+    incoming: &Incoming,
+    cx: &RunContext,
+    out: &mut GroupOutcome,
+) -> (Option<Envelope>, Instant) {
+    match &incoming.receipt {
+        Some(r) => {
+            out.decode_failed += u64::from(r.decode_failed);
+            let envelope = r.envelope.map(|e| Envelope {
+                run: cx.run_id,
+                ..e
+            });
+            (envelope, cx.at(r.received_ns))
+        }
+        None => (cx.envelope(&incoming.payload), Instant::now()),
+    }
 }
 
 /// What this group still lacks for the drain: once the producers are done,
