@@ -98,7 +98,7 @@ fn publish(p: &mut Publisher, k: u64, (encoding, size): (Encoding, usize)) -> Ve
         intended_ns: due.saturating_duration_since(p.epoch).as_nanos() as u64,
         sent_ns: sent.saturating_duration_since(p.epoch).as_nanos() as u64,
     };
-    let outgoing = event::encode(&envelope, size, encoding);
+    let outgoing = event::encode(&envelope, size, encoding, event::EventVersion::V1);
     let now = Instant::now();
     p.log.settle(seq, PublishStatus::Confirmed);
     let since = now.saturating_duration_since(p.epoch);

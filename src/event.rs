@@ -23,16 +23,56 @@
 
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
-use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrayvec::ArrayString;
-use memchr::memmem;
 
 use serde::{Deserialize, Serialize};
 
-/// The schema version carried in every event.
-pub const VERSION: &str = "v1";
+/// Which event the producers publish: the versioned `OrderCreated`, its
+/// compatible evolution, or a negative control that typed decoders must
+/// refuse (docs/cross-language.md, schema evolution).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventVersion {
+    /// `events.order.created.v1`.
+    #[default]
+    #[serde(rename = "v1")]
+    V1,
+    /// v1 plus one field (`currency`): a compatible addition.
+    #[serde(rename = "v2")]
+    V2,
+    /// Says v2, but `total` is text and `user_id` is gone: the two
+    /// incompatible changes that break consumers decoding into bare maps.
+    #[serde(rename = "v2-broken")]
+    V2Broken,
+}
+
+impl EventVersion {
+    /// The name in scenarios and results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventVersion::V1 => "v1",
+            EventVersion::V2 => "v2",
+            EventVersion::V2Broken => "v2-broken",
+        }
+    }
+
+    /// The version the event says it is.
+    fn label(self) -> &'static str {
+        match self {
+            EventVersion::V1 => "v1",
+            EventVersion::V2 | EventVersion::V2Broken => "v2",
+        }
+    }
+
+    /// Whether a consumer's typed decoder must take it.
+    pub fn decodable(self) -> bool {
+        self != EventVersion::V2Broken
+    }
+}
+
+/// The versions a consumer takes: v2 only adds a field.
+const KNOWN_VERSIONS: [&str; 2] = ["v1", "v2"];
 
 /// How a message's payload is written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,11 +229,28 @@ fn timestamp() -> Timestamp {
 struct OrderCreated<'a> {
     version: &'static str,
     order_id: &'a str,
-    user_id: &'a str,
-    total: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    total: Total,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    currency: Option<&'a str>,
     timestamp: &'a str,
     trace_id: &'a str,
     bench: &'a Envelope,
+}
+
+/// The order's total: a JSON number, or (the negative control) the same
+/// number as text.
+#[derive(Clone, Copy, Serialize)]
+#[serde(untagged)]
+enum Total {
+    Number(f64),
+    #[serde(serialize_with = "number_as_text")]
+    Text(f64),
+}
+
+fn number_as_text<S: serde::Serializer>(n: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&serde_json::to_string(n).expect("a finite number"))
 }
 
 /// One encoded message, with what drivers put in headers or keys.
@@ -224,11 +281,16 @@ impl Outgoing {
 /// carries a fresh trace id in its payload.
 /// Its type, `events.order.created.v1`, travels as the subject / routing key /
 /// topic and (AMQP) the `type` property.
-pub fn encode(envelope: &Envelope, size: usize, encoding: Encoding) -> Outgoing {
+pub fn encode(
+    envelope: &Envelope,
+    size: usize,
+    encoding: Encoding,
+    version: EventVersion,
+) -> Outgoing {
     let trace_id = TraceId(rand::random::<u128>());
     let payload = match encoding {
         Encoding::Binary => encode_binary(envelope, trace_id, size),
-        Encoding::Json => encode_json(envelope, trace_id, size),
+        Encoding::Json => encode_json(envelope, trace_id, size, version),
     };
     Outgoing {
         payload,
@@ -237,14 +299,26 @@ pub fn encode(envelope: &Envelope, size: usize, encoding: Encoding) -> Outgoing 
     }
 }
 
-/// The JSON event of `envelope`, padded to `size` bytes.
-fn encode_json(envelope: &Envelope, trace_id: TraceId, size: usize) -> Vec<u8> {
+/// The JSON event of `envelope` in `version`, padded to `size` bytes.
+fn encode_json(
+    envelope: &Envelope,
+    trace_id: TraceId,
+    size: usize,
+    version: EventVersion,
+) -> Vec<u8> {
+    // A plausible amount that differs per order, in cents precision.
+    let total = ((envelope.seq * 7919 + envelope.key * 104_729) % 100_000) as f64 / 100.0 + 1.0;
+    let broken = version == EventVersion::V2Broken;
+    let user_id = envelope.user_id().text();
     let event = OrderCreated {
-        version: VERSION,
+        version: version.label(),
         order_id: &envelope.order_id().text(),
-        user_id: &envelope.user_id().text(),
-        // A plausible amount that differs per order, in cents precision.
-        total: ((envelope.seq * 7919 + envelope.key * 104_729) % 100_000) as f64 / 100.0 + 1.0,
+        user_id: (!broken).then_some(&user_id),
+        total: match broken {
+            true => Total::Text(total),
+            false => Total::Number(total),
+        },
+        currency: (version != EventVersion::V1).then_some("EUR"),
         timestamp: &timestamp(),
         trace_id: &trace_id.text(),
         bench: envelope,
@@ -266,7 +340,7 @@ fn encode_json(envelope: &Envelope, trace_id: TraceId, size: usize) -> Vec<u8> {
 /// the order [`envelope_fields`] gives them: written by [`write_event`],
 /// read by [`decode_written`].
 const ENVELOPE_KEYS: [&[u8]; 6] = [
-    br#"","bench":{"run":"#,
+    br#","bench":{"run":"#,
     br#","producer":"#,
     br#","seq":"#,
     br#","key":"#,
@@ -289,7 +363,7 @@ fn envelope_fields(envelope: &Envelope) -> [u64; 6] {
 
 /// Room for the longest JSON event before padding, so that writing it
 /// never grows the buffer.
-const JSON_CAPACITY: usize = 384;
+const JSON_CAPACITY: usize = 416;
 
 /// Writes `event` exactly as `serde_json::to_writer` does (a test holds the
 /// two equal), for a fraction of its work: serde_json checks every byte of
@@ -307,11 +381,28 @@ fn write_event(out: &mut Vec<u8>, event: &OrderCreated) {
     };
     string(out, br#"{"version":""#, event.version);
     string(out, br#"","order_id":""#, event.order_id);
-    string(out, br#"","user_id":""#, event.user_id);
+    if let Some(user_id) = event.user_id {
+        string(out, br#"","user_id":""#, user_id);
+    }
     out.extend_from_slice(br#"","total":"#);
-    serde_json::to_writer(&mut *out, &event.total).expect("writing to a Vec cannot fail");
+    let total = |out: &mut Vec<u8>, n: f64| {
+        serde_json::to_writer(out, &n).expect("writing to a Vec cannot fail")
+    };
+    match event.total {
+        Total::Number(n) => total(out, n),
+        Total::Text(n) => {
+            out.push(b'"');
+            total(out, n);
+            out.push(b'"');
+        }
+    }
+    if let Some(currency) = event.currency {
+        string(out, br#","currency":""#, currency);
+        out.push(b'"');
+    }
     string(out, br#","timestamp":""#, event.timestamp);
     string(out, br#"","trace_id":""#, event.trace_id);
+    out.push(b'"');
     for (key, value) in ENVELOPE_KEYS.into_iter().zip(envelope_fields(event.bench)) {
         out.extend_from_slice(key);
         out.extend_from_slice(number.format(value).as_bytes());
@@ -365,39 +456,109 @@ fn decode_binary(payload: &[u8]) -> Option<Envelope> {
     })
 }
 
+/// What a consumer makes of a received payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// One of ours: the typed decoder took it.
+    Event(Envelope),
+    /// Its envelope is ours, but the typed decoder refuses the event: a
+    /// version it does not know, a required field missing, a wrong type.
+    Refused(Envelope),
+    /// Not one of ours, as far as can be read.
+    Foreign,
+}
+
+impl Read {
+    /// The envelope, whether or not the event decoded.
+    pub fn envelope(self) -> Option<Envelope> {
+        match self {
+            Read::Event(e) | Read::Refused(e) => Some(e),
+            Read::Foreign => None,
+        }
+    }
+}
+
+/// The event as a consumer's typed decoder reads it: every business field
+/// required and of its type, unknown fields ignored.
 #[derive(Deserialize)]
+#[allow(dead_code)] // read to be checked, as a service would use them
 struct Incoming {
     version: String,
+    order_id: String,
+    user_id: String,
+    total: f64,
+    /// v2's addition: absent in v1, text when present.
+    currency: Option<String>,
+    timestamp: String,
+    trace_id: String,
     bench: Envelope,
 }
 
-/// Reads the envelope of a received message in either encoding; `None` if
-/// it is not one of ours.
-pub fn decode(payload: &[u8]) -> Option<Envelope> {
-    if payload.first() == Some(&BINARY_MAGIC) {
-        return decode_binary(payload);
-    }
-    if let Some(envelope) = decode_written(payload) {
-        return Some(envelope);
-    }
-    let incoming: Incoming = serde_json::from_slice(payload).ok()?;
-    (incoming.version == VERSION).then_some(incoming.bench)
+/// The envelope alone, read from an event that is otherwise refused.
+#[derive(Deserialize)]
+struct EnvelopeOnly {
+    bench: Envelope,
 }
 
-/// Reads the envelope of an event as [`write_event`] lays it out, without
-/// parsing the rest: most of the cost of reading a whole event is its keys
-/// and its padding, which say nothing the envelope does not. The ids before
-/// `bench` hold no quote, so the first `","bench":{` is the key; what
-/// follows the envelope (the padding) is not read. Anything laid out
-/// otherwise is read whole.
+/// Reads a received message in either encoding, as brokerbench's own
+/// consumer decodes it.
+pub fn read(payload: &[u8]) -> Read {
+    if payload.first() == Some(&BINARY_MAGIC) {
+        return decode_binary(payload).map_or(Read::Foreign, Read::Event);
+    }
+    if let Some(envelope) = decode_written(payload) {
+        return Read::Event(envelope);
+    }
+    match serde_json::from_slice::<Incoming>(payload) {
+        Ok(event) if KNOWN_VERSIONS.contains(&event.version.as_str()) => Read::Event(event.bench),
+        _ => match serde_json::from_slice::<EnvelopeOnly>(payload) {
+            Ok(only) => Read::Refused(only.bench),
+            Err(_) => Read::Foreign,
+        },
+    }
+}
+
+/// The envelope of a received message that decodes; `None` if it does not
+/// or is not one of ours.
+pub fn decode(payload: &[u8]) -> Option<Envelope> {
+    match read(payload) {
+        Read::Event(envelope) => Some(envelope),
+        _ => None,
+    }
+}
+
+/// Reads an event laid out as [`write_event`] writes a decodable one, and
+/// checks it as the typed decoder would, without the cost of a parser: its
+/// keys and their order are fixed, and its strings are ids, digits and a
+/// timestamp that need no escape. Each business field must be there with
+/// its type (`currency` may be); the envelope's numbers are read; what
+/// follows it (the padding) is not. Anything laid out otherwise is read
+/// whole, by serde.
 fn decode_written(payload: &[u8]) -> Option<Envelope> {
-    static BENCH: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(ENVELOPE_KEYS[0]));
-    let after_version = payload
-        .strip_prefix(br#"{"version":""#)?
-        .strip_prefix(VERSION.as_bytes())?
-        .strip_prefix(br#"","#)?;
-    let mut rest = &after_version[BENCH.find(after_version)?..];
+    let mut rest = payload.strip_prefix(br#"{"version":""#)?;
+    let version = KNOWN_VERSIONS
+        .iter()
+        .find(|v| rest.starts_with(v.as_bytes()) && rest.get(v.len()) == Some(&b'"'))?;
+    rest = &rest[version.len()..];
+    for key in [&br#"","order_id":""#[..], br#"","user_id":""#] {
+        rest = text(rest.strip_prefix(key)?)?;
+    }
+    rest = rest.strip_prefix(br#"","total":"#)?;
+    let digits = rest
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || b"+-.eE".contains(b))
+        .count();
+    let number = &rest[..digits];
+    if !(number.first()?.is_ascii_digit() && number.last()?.is_ascii_digit()) {
+        return None;
+    }
+    rest = &rest[digits..];
+    if let Some(currency) = rest.strip_prefix(br#","currency":""#) {
+        rest = &text(currency)?[1..];
+    }
+    rest = text(rest.strip_prefix(br#","timestamp":""#)?)?;
+    rest = text(rest.strip_prefix(br#"","trace_id":""#)?)?;
+    rest = rest.strip_prefix(b"\"")?;
     let mut fields = [0; 6];
     for (key, field) in ENVELOPE_KEYS.into_iter().zip(&mut fields) {
         let number = rest.strip_prefix(key)?;
@@ -422,6 +583,15 @@ fn decode_written(payload: &[u8]) -> Option<Envelope> {
     })
 }
 
+/// A string's text, up to its closing quote (which starts what is
+/// returned); `None` if it holds an escape or control character (such a
+/// string is read whole) or never ends.
+fn text(string: &[u8]) -> Option<&[u8]> {
+    let end = memchr::memchr(b'"', string)?;
+    let plain = string[..end].iter().all(|&b| b >= b' ' && b != b'\\');
+    plain.then(|| &string[end..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,7 +610,7 @@ mod tests {
     #[test]
     fn encodes_the_versioned_event_padded_to_size() {
         for size in [300, 512, 4096] {
-            let out = encode(&envelope(), size, Encoding::Json);
+            let out = encode(&envelope(), size, Encoding::Json, EventVersion::V1);
             assert_eq!(out.payload.len(), size, "size {size}");
             let json: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
             assert_eq!(json["version"], "v1");
@@ -498,12 +668,20 @@ mod tests {
             intended_ns: u64::MAX,
             sent_ns: 0,
         };
-        for (envelope, total) in [(envelope(), 1.0), (far, 1000.99), (envelope(), 12.5)] {
+        let versions = [EventVersion::V1, EventVersion::V2, EventVersion::V2Broken];
+        let cases = [(envelope(), 1.0), (far, 1000.99), (envelope(), 12.5)];
+        for ((envelope, total), version) in cases.into_iter().zip(versions.into_iter().cycle()) {
+            let broken = version == EventVersion::V2Broken;
+            let user_id = envelope.user_id().text();
             let event = OrderCreated {
-                version: VERSION,
+                version: version.label(),
                 order_id: &envelope.order_id().text(),
-                user_id: &envelope.user_id().text(),
-                total,
+                user_id: (!broken).then_some(&user_id),
+                total: match broken {
+                    true => Total::Text(total),
+                    false => Total::Number(total),
+                },
+                currency: (version != EventVersion::V1).then_some("EUR"),
                 timestamp: &timestamp(),
                 trace_id: &TraceId(u128::MAX).text(),
                 bench: &envelope,
@@ -519,22 +697,86 @@ mod tests {
     }
 
     #[test]
+    fn each_version_is_taken_or_refused_as_its_contract_says() {
+        for version in [EventVersion::V1, EventVersion::V2, EventVersion::V2Broken] {
+            for size in [0, 400] {
+                let out = encode(&envelope(), size, Encoding::Json, version);
+                let json: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+                assert_eq!(json["version"], version.label());
+                assert_eq!(json.get("currency").is_some(), version != EventVersion::V1);
+                let read = read(&out.payload);
+                assert_eq!(read.envelope(), Some(envelope()), "{version:?}");
+                match version.decodable() {
+                    true => assert_eq!(read, Read::Event(envelope())),
+                    false => assert_eq!(read, Read::Refused(envelope())),
+                }
+            }
+        }
+        // Decodable versions take the written fast path; the control cannot.
+        for version in [EventVersion::V1, EventVersion::V2] {
+            let out = encode(&envelope(), 300, Encoding::Json, version);
+            assert_eq!(
+                decode_written(&out.payload),
+                Some(envelope()),
+                "{version:?}"
+            );
+        }
+    }
+
+    /// agents/event-vectors.json: what every consumer's typed decoder, in
+    /// every language, makes of each event.
+    #[test]
+    fn the_shared_event_vectors_are_read_as_they_say() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/agents/event-vectors.json");
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let vectors = file["vectors"].as_array().unwrap();
+        assert!(vectors.len() >= 10);
+        let number = |v: &serde_json::Value| match v {
+            serde_json::Value::String(text) => text.parse::<u64>().unwrap(),
+            other => other.as_u64().unwrap(),
+        };
+        for v in vectors {
+            let name = v["name"].as_str().unwrap();
+            let read = read(v["payload"].as_str().unwrap().as_bytes());
+            let decodes = v["decodes"].as_bool().unwrap();
+            assert_eq!(matches!(read, Read::Event(_)), decodes, "{name}: {read:?}");
+            let bench = &v["bench"];
+            let expected = (!bench.is_null()).then(|| Envelope {
+                run: number(&bench["run"]),
+                producer: number(&bench["producer"]) as u32,
+                seq: number(&bench["seq"]),
+                key: number(&bench["key"]),
+                intended_ns: number(&bench["intended_ns"]),
+                sent_ns: number(&bench["sent_ns"]),
+            });
+            assert_eq!(read.envelope(), expected, "{name}");
+        }
+    }
+
+    #[test]
     fn events_laid_out_otherwise_are_read_whole() {
-        let out = encode(&envelope(), 300, Encoding::Json);
+        let out = encode(&envelope(), 300, Encoding::Json, EventVersion::V1);
         assert_eq!(decode_written(&out.payload), Some(envelope()), "ours");
         let mut event: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
         let pretty = serde_json::to_vec_pretty(&event).unwrap();
         assert_eq!(decode_written(&pretty), None);
         assert_eq!(decode(&pretty), Some(envelope()));
-        event["version"] = "v2".into();
-        assert_eq!(decode(&serde_json::to_vec(&event).unwrap()), None);
+        event["version"] = "v3".into();
+        let v3 = serde_json::to_vec(&event).unwrap();
+        assert_eq!(read(&v3), Read::Refused(envelope()));
         // Our layout of another version, a payload cut anywhere after the
         // envelope's first number, or a producer beyond u32: not read.
-        let plain = encode(&envelope(), 0, Encoding::Json).payload;
+        let plain = encode(&envelope(), 0, Encoding::Json, EventVersion::V1).payload;
         let text = String::from_utf8(plain.clone()).unwrap();
-        let v2 = text.replace(r#""version":"v1""#, r#""version":"v2""#);
-        assert_ne!(v2, text);
-        assert_eq!(decode(v2.as_bytes()), None);
+        let v3 = text.replace(r#""version":"v1""#, r#""version":"v3""#);
+        assert_ne!(v3, text);
+        assert_eq!(decode(v3.as_bytes()), None);
+        // An escape in a string: read whole, and taken.
+        let escaped = text.replace(r#""user_id":"user-7""#, r#""user_id":"user\u002d7""#);
+        assert_ne!(escaped, text);
+        assert_eq!(decode_written(escaped.as_bytes()), None);
+        assert_eq!(decode(escaped.as_bytes()), Some(envelope()));
         let padded = &out.payload;
         for payload in [&plain, padded] {
             let run = memchr::memmem::find(payload, br#""run":"#).unwrap();
@@ -549,7 +791,7 @@ mod tests {
 
     #[test]
     fn small_sizes_are_not_truncated() {
-        let out = encode(&envelope(), 100, Encoding::Json);
+        let out = encode(&envelope(), 100, Encoding::Json, EventVersion::V1);
         assert!(
             out.payload.len() > 100 && out.payload.len() < 300,
             "{}",
@@ -562,7 +804,7 @@ mod tests {
     fn foreign_payloads_are_not_ours() {
         assert_eq!(decode(b"hello"), None);
         assert_eq!(decode(br#"{"version":"v2","bench":{}}"#), None);
-        let binary = encode(&envelope(), 64, Encoding::Binary).payload;
+        let binary = encode(&envelope(), 64, Encoding::Binary, EventVersion::V1).payload;
         assert_eq!(decode(&binary[..BINARY_BYTES - 1]), None, "cut short");
         let mut other_version = binary.clone();
         other_version[1] = 1;
@@ -581,7 +823,7 @@ mod tests {
         };
         for (size, len) in [(64, 64), (100, 100), (1024, 1024), (16, BINARY_BYTES)] {
             for e in [envelope(), far] {
-                let out = encode(&e, size, Encoding::Binary);
+                let out = encode(&e, size, Encoding::Binary, EventVersion::V1);
                 assert_eq!(out.payload.len(), len, "size {size}");
                 assert_eq!(decode(&out.payload), Some(e));
                 // The ids still travel beside the payload, the trace id in it.

@@ -82,7 +82,12 @@ func settleJetStream(a *Agent, msg jetstream.Msg, received uint64, nakDelayMs in
 		delivered = meta.NumDelivered
 	}
 	redelivered := delivered > 1
-	e := a.Read(msg.Data(), redelivered, received)
+	e, refused := a.Read(msg.Data(), redelivered, received)
+	if refused != nil {
+		_ = msg.Term() // never redelivered; its advisory is the dead letter
+		a.Refused(refused, redelivered, received)
+		return
+	}
 	if e == nil {
 		ackJetStream(msg)
 		return

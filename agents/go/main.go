@@ -52,32 +52,126 @@ type Bench struct {
 	SentNs     uint64 `json:"sent_ns"`
 }
 
-// OrderCreated is the versioned event events.order.created.v1. Fields a
-// later compatible version adds are ignored; a wrong type or a missing
-// required field is refused.
+// OrderCreated is the versioned event events.order.created: v1, or v2,
+// which is v1 plus the currency. Fields neither version has are ignored; a
+// wrong type or a required field missing or null is refused.
 type OrderCreated struct {
-	Version   string   `json:"version"`
-	OrderID   string   `json:"order_id"`
-	UserID    string   `json:"user_id"`
-	Total     *float64 `json:"total"`
-	Timestamp string   `json:"timestamp"`
-	TraceID   string   `json:"trace_id"`
-	Bench     *Bench   `json:"bench"`
+	Version   string
+	OrderID   string
+	UserID    string
+	Total     float64
+	Currency  string // v2's addition; empty when absent.
+	Timestamp string
+	TraceID   string
+	Bench     *Bench
+}
+
+// orderCreatedJSON is the event as encoding/json reads it. A missing field
+// and a null one both leave its pointer nil, which encoding/json does not
+// refuse by itself; a wrong type is an error of its own. The currency is
+// kept raw, as v1 does not know it.
+type orderCreatedJSON struct {
+	Version   *string         `json:"version"`
+	OrderID   *string         `json:"order_id"`
+	UserID    *string         `json:"user_id"`
+	Total     *float64        `json:"total"`
+	Currency  json.RawMessage `json:"currency"`
+	Timestamp *string         `json:"timestamp"`
+	TraceID   *string         `json:"trace_id"`
+	Bench     *benchJSON      `json:"bench"`
+}
+
+// benchJSON is the envelope as encoding/json reads it: unsigned integers,
+// the producer below 2^32, each of them required.
+type benchJSON struct {
+	Run        *uint64 `json:"run"`
+	Producer   *uint32 `json:"producer"`
+	Seq        *uint64 `json:"seq"`
+	Key        *uint64 `json:"key"`
+	IntendedNs *uint64 `json:"intended_ns"`
+	SentNs     *uint64 `json:"sent_ns"`
 }
 
 // Decode reads the event into its typed form.
 func Decode(payload []byte) (*OrderCreated, error) {
-	var e OrderCreated
-	if err := json.Unmarshal(payload, &e); err != nil {
+	var w orderCreatedJSON
+	if err := json.Unmarshal(payload, &w); err != nil {
 		return nil, err
 	}
-	switch {
-	case e.Version != "v1":
-		return nil, fmt.Errorf("version %q", e.Version)
-	case e.OrderID == "" || e.UserID == "" || e.Total == nil || e.Timestamp == "" || e.Bench == nil:
-		return nil, errors.New("a required field is missing")
+	return w.event()
+}
+
+// event checks what encoding/json could not and gives the typed event.
+func (w *orderCreatedJSON) event() (*OrderCreated, error) {
+	if w.Version == nil || (*w.Version != "v1" && *w.Version != "v2") {
+		return nil, errors.New("not version v1 or v2")
 	}
-	return &e, nil
+	if w.OrderID == nil || w.UserID == nil || w.Total == nil || w.Timestamp == nil || w.TraceID == nil {
+		return nil, errors.New("a required field is missing or null")
+	}
+	bench, err := w.Bench.bench()
+	if err != nil {
+		return nil, err
+	}
+	currency, err := w.currency()
+	if err != nil {
+		return nil, err
+	}
+	return &OrderCreated{
+		Version:   *w.Version,
+		OrderID:   *w.OrderID,
+		UserID:    *w.UserID,
+		Total:     *w.Total,
+		Currency:  currency,
+		Timestamp: *w.Timestamp,
+		TraceID:   *w.TraceID,
+		Bench:     bench,
+	}, nil
+}
+
+// currency is v2's optional text field; to v1 it is an unknown field, ignored.
+func (w *orderCreatedJSON) currency() (string, error) {
+	if *w.Version != "v2" || w.Currency == nil {
+		return "", nil
+	}
+	var currency *string
+	if err := json.Unmarshal(w.Currency, &currency); err != nil || currency == nil {
+		return "", err
+	}
+	return *currency, nil
+}
+
+// bench gives the envelope once every one of its fields is there.
+func (b *benchJSON) bench() (*Bench, error) {
+	if b == nil || b.Run == nil || b.Producer == nil || b.Seq == nil || b.Key == nil || b.IntendedNs == nil || b.SentNs == nil {
+		return nil, errors.New("the envelope is missing or incomplete")
+	}
+	return &Bench{
+		Run:        *b.Run,
+		Producer:   *b.Producer,
+		Seq:        *b.Seq,
+		Key:        *b.Key,
+		IntendedNs: *b.IntendedNs,
+		SentNs:     *b.SentNs,
+	}, nil
+}
+
+// ReadBench reads only the envelope of an event that could not be decoded:
+// whatever the rest holds, the payload must be JSON and its bench complete.
+func ReadBench(payload []byte) (*Bench, error) {
+	var lenient struct {
+		Bench json.RawMessage `json:"bench"`
+	}
+	if err := json.Unmarshal(payload, &lenient); err != nil {
+		return nil, err
+	}
+	var b *benchJSON
+	if lenient.Bench != nil {
+		if err := json.Unmarshal(lenient.Bench, &b); err != nil {
+			return nil, err
+		}
+	}
+	return b.bench()
 }
 
 // What a receipt says (docs/cross-language.md).
@@ -91,6 +185,10 @@ const (
 	actionSkipped      = 1
 	actionFailed       = 2
 	actionDeadLettered = 3
+	actionRefused      = 4
+
+	flagRedelivered = 1 << 0
+	flagEnvelope    = 1 << 1
 )
 
 // Clock gives instants in ns since the run's epoch on CLOCK_MONOTONIC.
@@ -157,10 +255,19 @@ func (r *Receipts) Ready() {
 
 // Delivery writes the receipt of one delivery.
 func (r *Receipts) Delivery(kind, action byte, attempt uint32, redelivered bool, bench *Bench, received uint64) {
+	r.ch <- receipt(kind, action, attempt, redelivered, bench, received)
+}
+
+// receipt lays out the receipt of one delivery. A decode-failed receipt
+// that carries the envelope says so in flag bit 1.
+func receipt(kind, action byte, attempt uint32, redelivered bool, bench *Bench, received uint64) [48]byte {
 	var b [48]byte
 	b[0] = kind
 	if redelivered {
-		b[1] = 1
+		b[1] |= flagRedelivered
+	}
+	if kind == kindDecodeFailed && bench != nil {
+		b[1] |= flagEnvelope
 	}
 	b[2] = action
 	b[3] = byte(min(attempt, 255))
@@ -172,7 +279,7 @@ func (r *Receipts) Delivery(kind, action byte, attempt uint32, redelivered bool,
 		binary.LittleEndian.PutUint64(b[32:], bench.SentNs)
 	}
 	binary.LittleEndian.PutUint64(b[40:], received)
-	r.ch <- b
+	return b
 }
 
 func (r *Receipts) Close() {
@@ -263,25 +370,32 @@ type Agent struct {
 	ledger   *Ledger
 }
 
-// Read decodes a payload received at `received`: the event for a
-// delivery of this run, or nil after writing the receipt of a foreign or
-// undecodable one (which the caller acknowledges).
-func (a *Agent) Read(payload []byte, redelivered bool, received uint64) *OrderCreated {
+// Read decodes a payload received at `received`. It gives the event of a
+// delivery of this run; or, for a payload that cannot be decoded but whose
+// envelope names this run, that envelope, which the caller refuses (gives
+// up without retry, processing or recording it) and reports with Refused;
+// or neither, after writing the receipt of a foreign or unreadable
+// delivery, which the caller acknowledges.
+func (a *Agent) Read(payload []byte, redelivered bool, received uint64) (*OrderCreated, *Bench) {
 	e, err := Decode(payload)
 	if err != nil {
-		// The envelope alone, if it can still be read, names the message.
-		var lenient struct {
-			Bench *Bench `json:"bench"`
+		if bench, err := ReadBench(payload); err == nil && bench.Run == a.cfg.Run {
+			return nil, bench
 		}
-		_ = json.Unmarshal(payload, &lenient)
-		a.receipts.Delivery(kindDecodeFailed, actionProcessed, 0, redelivered, lenient.Bench, received)
-		return nil
+		a.receipts.Delivery(kindDecodeFailed, actionProcessed, 0, redelivered, nil, received)
+		return nil, nil
 	}
 	if e.Bench.Run != a.cfg.Run {
 		a.receipts.Delivery(kindForeign, actionProcessed, 0, redelivered, nil, received)
-		return nil
+		return nil, nil
 	}
-	return e
+	return e, nil
+}
+
+// Refused writes the receipt of a delivery of this run that could not be
+// decoded and was given up.
+func (a *Agent) Refused(bench *Bench, redelivered bool, received uint64) {
+	a.receipts.Delivery(kindDecodeFailed, actionRefused, 0, redelivered, bench, received)
 }
 
 // Process does the group's work on one message.

@@ -97,7 +97,14 @@ func consumeRabbitMQOnce(ctx context.Context, a *Agent, queue string, prefetch i
 }
 
 func settleRabbitMQ(a *Agent, d *amqp.Delivery, received uint64, requeueFailed bool, maxDeliveries uint32, retryDelayMs int64) {
-	e := a.Read(d.Body, d.Redelivered, received)
+	e, refused := a.Read(d.Body, d.Redelivered, received)
+	if refused != nil {
+		// Not requeued: the queue's dead-letter exchange, when the group
+		// has one, takes it; otherwise RabbitMQ drops it.
+		_ = d.Reject(false)
+		a.Refused(refused, d.Redelivered, received)
+		return
+	}
 	if e == nil {
 		_ = d.Ack(false)
 		return

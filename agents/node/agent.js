@@ -6,7 +6,8 @@
 // the way a well-written Node service would, and writes a 48-byte receipt per
 // delivery to stdout. Its configuration is JSON in argv[1]; anything it has
 // to say goes to stderr. `node agent.js --self-check` checks the failure hash
-// against vectors computed by brokerbench's Rust implementation.
+// and the event decoder against vectors shared with brokerbench's Rust
+// implementation.
 'use strict';
 
 // stdout carries receipts only: whatever a library logs goes to stderr.
@@ -41,7 +42,10 @@ const errorText = (e) => (e && (e.message || e.code || e.name)) || String(e);
 
 const RECEIPT_BYTES = 48;
 const READY = 1, DELIVERY = 2, FOREIGN = 3, DECODE_FAILED = 4;
-const PROCESSED = 0, SKIPPED = 1, FAILED = 2, DEAD_LETTERED = 3;
+const PROCESSED = 0, SKIPPED = 1, FAILED = 2, DEAD_LETTERED = 3, REFUSED = 4;
+// Flags: the broker flagged it redelivered; (decode failed only) the
+// envelope in the receipt was read.
+const REDELIVERED = 0x1, ENVELOPE_READ = 0x2;
 
 // Receipts on stdout, written in batches: one write per event-loop turn, or
 // at once when 64 are pending.
@@ -73,10 +77,11 @@ class Receipts {
     this.flush();
   }
 
+  // A decode-failed receipt with `bench` says its envelope was read.
   delivery(kind, redelivered, action, attempt, bench, receivedNs) {
     const b = Buffer.alloc(RECEIPT_BYTES);
     b.writeUInt8(kind, 0);
-    b.writeUInt8(redelivered ? 1 : 0, 1);
+    b.writeUInt8((redelivered ? REDELIVERED : 0) | (kind === DECODE_FAILED && bench ? ENVELOPE_READ : 0), 1);
     b.writeUInt8(action, 2);
     b.writeUInt8(Math.min(attempt, 255), 3);
     if (bench) {
@@ -188,16 +193,21 @@ function text(obj, name) {
   return v;
 }
 
-// `events.order.created.v1`. Fields it does not know (a later minor
-// version's, the padding) are ignored.
-class OrderCreated {
-  static VERSION = 'v1';
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 
-  constructor(version, orderId, userId, total, timestamp, traceId, bench) {
+// `events.order.created`, v1 or v2 (v2 is v1 plus `currency`, the compatible
+// addition). Fields it does not know (a later addition's, the padding, v1's
+// `currency`) are ignored; another version, or a required field missing,
+// null or of the wrong type, is refused.
+class OrderCreated {
+  static VERSIONS = ['v1', 'v2'];
+
+  constructor(version, orderId, userId, total, currency, timestamp, traceId, bench) {
     this.version = version;
     this.orderId = orderId;
     this.userId = userId;
     this.total = total;
+    this.currency = currency; // v2's, when it says; else null
     this.timestamp = timestamp;
     this.traceId = traceId;
     this.bench = bench;
@@ -205,42 +215,45 @@ class OrderCreated {
   }
 
   static fromJSON(obj, payloadText) {
-    if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
-      throw new DecodeError('the event is not an object');
-    }
+    if (!isObject(obj)) throw new DecodeError('the event is not an object');
     const version = text(obj, 'version');
-    if (version !== OrderCreated.VERSION) {
-      throw new DecodeError(`version ${JSON.stringify(version)}, not ${OrderCreated.VERSION}`);
+    if (!OrderCreated.VERSIONS.includes(version)) {
+      throw new DecodeError(`version ${JSON.stringify(version)}, not ${OrderCreated.VERSIONS.join(' or ')}`);
     }
     const total = obj.total;
     if (typeof total !== 'number' || !Number.isFinite(total)) {
       throw new DecodeError(`total is not a number: ${JSON.stringify(total)}`);
     }
-    return new OrderCreated(version, text(obj, 'order_id'), text(obj, 'user_id'), total,
+    // An optional string: an addition is absent from a producer not yet
+    // deployed, never of another type.
+    let currency = null;
+    if (version === 'v2' && obj.currency != null) currency = text(obj, 'currency');
+    return new OrderCreated(version, text(obj, 'order_id'), text(obj, 'user_id'), total, currency,
       text(obj, 'timestamp'), text(obj, 'trace_id'), Bench.fromJSON(obj.bench, payloadText));
   }
 }
 
-// The event, or null and as much of its envelope as could be read.
+// The event, or null, why (`error`) and as much of its envelope as could be
+// read: `bench` (leniently, whatever else the event lacks) and `traceId`.
 function decode(payload) {
   let payloadText, obj;
   try {
     payloadText = utf8.decode(payload);
     obj = JSON.parse(payloadText);
-  } catch {
-    return { event: null, bench: null };
+  } catch (e) {
+    return { event: null, bench: null, traceId: null, error: `not JSON: ${errorText(e)}` };
   }
   try {
     const event = OrderCreated.fromJSON(obj, payloadText);
-    return { event, bench: event.bench };
+    return { event, bench: event.bench, traceId: event.traceId, error: null };
   } catch (e) {
     if (!(e instanceof DecodeError)) throw e;
+    const traceId = isObject(obj) && typeof obj.trace_id === 'string' ? obj.trace_id : null;
     try {
-      const ok = obj !== null && typeof obj === 'object' && !Array.isArray(obj);
-      return { event: null, bench: ok ? Bench.fromJSON(obj.bench, payloadText) : null };
+      return { event: null, bench: isObject(obj) ? Bench.fromJSON(obj.bench, payloadText) : null, traceId, error: e.message };
     } catch (e2) {
       if (!(e2 instanceof DecodeError)) throw e2;
-      return { event: null, bench: null };
+      return { event: null, bench: null, traceId, error: e.message };
     }
   }
 }
@@ -271,8 +284,22 @@ function groupSeed(group) {
   return h;
 }
 
+// A Bench as the vectors write one: u64s as decimal text, producer a number.
+function benchVector(bench) {
+  if (bench === null) return null;
+  return {
+    run: String(bench.run),
+    producer: bench.producer,
+    seq: String(bench.seq),
+    key: String(bench.key),
+    intended_ns: String(bench.intendedNs),
+    sent_ns: String(bench.sentNs),
+  };
+}
+
 // The fates hash as brokerbench's do: ../fate-vectors.json, which
-// brokerbench's own unit test checks too.
+// brokerbench's own unit test checks too; and the decoder takes and refuses
+// what brokerbench's does: ../event-vectors.json. Answers how many events.
 function selfCheck() {
   const vectors = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'fate-vectors.json'), 'utf8'));
   for (const s of vectors.seeds) {
@@ -284,6 +311,34 @@ function selfCheck() {
     const got = unitHash(BigInt(v.seed), v.producer, BigInt(v.seq));
     if (got !== v.u) throw new Error(`unit_hash(${v.seed}, ${v.producer}, ${v.seq}) = ${got}, want ${v.u}`);
   }
+
+  const file = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'event-vectors.json'), 'utf8'));
+  const events = Array.isArray(file) ? file : file.vectors;
+  if (!Array.isArray(events) || events.length < 5) throw new Error('too few event vectors');
+  if (!events.some((v) => v.decodes) || !events.some((v) => !v.decodes)) {
+    throw new Error('the event vectors should have events to take and to refuse');
+  }
+  for (const [i, v] of events.entries()) {
+    const name = JSON.stringify(v.name === undefined ? `event vector ${i}` : v.name);
+    const { event, bench, error } = decode(Buffer.from(v.payload, 'utf8'));
+    if ((event !== null) !== v.decodes) {
+      throw new Error(`${name}: ${event !== null ? 'taken' : `refused (${error})`}, want ${v.decodes ? 'taken' : 'refused'}`);
+    }
+    // What a refused event's receipt carries; a decoded event's envelope too.
+    if (event === null || v.bench != null) {
+      const got = JSON.stringify(benchVector(bench));
+      const want = JSON.stringify(v.bench == null ? null : benchVector({
+        run: v.bench.run,
+        producer: v.bench.producer,
+        seq: v.bench.seq,
+        key: v.bench.key,
+        intendedNs: v.bench.intended_ns,
+        sentNs: v.bench.sent_ns,
+      }));
+      if (got !== want) throw new Error(`${name}: read the envelope ${got}, want ${want}`);
+    }
+  }
+  return events.length;
 }
 
 class Failures {
@@ -477,13 +532,24 @@ class Agent {
   }
 
   // One delivery: decode, decide, process or fail, settle, receipt.
-  // `d` has payload, redelivered, ack() and fail(attempt, event) (which
-  // hands the message back and says what was done).
+  // `d` has payload, redelivered, ack(), fail(attempt, event) (which hands
+  // the message back and says what was done) and refuse(error, traceId)
+  // (which gives up a message that cannot be decoded, never to be retried).
   async handle(d, received) {
-    const { event, bench } = decode(d.payload);
+    const decoded = decode(d.payload);
+    const { event, error, traceId } = decoded;
+    let { bench } = decoded;
     let kind, action = PROCESSED, attempt = 0;
-    if (event === null) {
+    if (event === null && bench !== null && bench.run === this.run) {
+      // This run's, but its typed decoder refuses it: given up at once, not
+      // processed, never retried; the receipt carries its envelope.
       kind = DECODE_FAILED;
+      action = REFUSED;
+      await d.refuse(error, traceId);
+    } else if (event === null) {
+      // Not this run's, as far as anyone can tell: acknowledged, no envelope.
+      kind = DECODE_FAILED;
+      bench = null;
       await d.ack();
     } else if (event.bench.run !== this.run) {
       kind = FOREIGN;
@@ -558,6 +624,16 @@ class Agent {
           warn(`reject: ${errorText(e)}`);
         }
         return FAILED;
+      }
+
+      async refuse() {
+        // basic.reject without requeueing: the queue dead-letters it when
+        // the group has a dead-letter exchange, else drops it.
+        try {
+          this.channel.reject(this.msg, false);
+        } catch (e) {
+          warn(`reject: ${errorText(e)}`);
+        }
       }
     }
 
@@ -695,6 +771,15 @@ class Agent {
           warn(`nak/term: ${errorText(e)}`);
         }
         return FAILED;
+      }
+
+      async refuse() {
+        // +TERM: never redelivered (its advisory is the dead letter).
+        try {
+          this.msg.term('cannot decode the event');
+        } catch (e) {
+          warn(`term: ${errorText(e)}`);
+        }
       }
     }
 
@@ -852,8 +937,8 @@ class Agent {
     }
 
     // Produces the message to the dead-letter topic with where it came from
-    // (Spring Kafka's kafka_dlt-* headers) and waits for the broker.
-    const deadLetter = async (partition, message, attempts, event) => {
+    // (Spring Kafka's kafka_dlt-* headers) and why, and waits for the broker.
+    const deadLetter = async (partition, message, why, traceId) => {
       const p = Buffer.alloc(4);
       p.writeInt32BE(partition);
       const o = Buffer.alloc(8);
@@ -863,9 +948,9 @@ class Agent {
         'kafka_dlt-original-partition': p,
         'kafka_dlt-original-offset': o,
         'kafka_dlt-original-consumer-group': Buffer.from(groupId),
-        'kafka_dlt-exception-message': Buffer.from(`processing failed ${attempts} times`),
+        'kafka_dlt-exception-message': Buffer.from(why),
       };
-      if (event.traceId) headers.trace_id = Buffer.from(event.traceId);
+      if (traceId) headers.trace_id = Buffer.from(traceId);
       try {
         await timed('the dead letter', producer.send({
           topic: deadLetterTopic,
@@ -880,8 +965,8 @@ class Agent {
       }
     };
 
-    // A message until it is processed, skipped or dead-lettered, each
-    // attempt with a receipt of its own; kafkajs commits its offset once
+    // A message until it is processed, skipped, dead-lettered or refused,
+    // each attempt with a receipt of its own; kafkajs commits its offset once
     // this returns. Told to stop meanwhile, it throws: not committed, the
     // group reads it again.
     const eachMessage = async ({ partition, message, heartbeat }) => {
@@ -894,11 +979,31 @@ class Agent {
           redelivered: false, // Kafka has no such flag
           ack: async () => {},
           fail: async (attempt, event) => {
-            if (attempt >= maxDeliveries && await deadLetter(partition, message, attempt, event)) {
+            if (attempt >= maxDeliveries
+              && await deadLetter(partition, message, `processing failed ${attempt} times`, event.traceId)) {
               return DEAD_LETTERED;
             }
             again = true;
             return FAILED;
+          },
+          // Never retried: to the dead-letter topic when the group has one
+          // (tried again, the offset held back, until the broker takes it),
+          // then committed; without one, committed.
+          refuse: async (error, traceId) => {
+            if (producer === null) return;
+            for (let tries = 0; ; tries += 1) {
+              if (await deadLetter(partition, message, `cannot decode the event: ${error}`, traceId)) return;
+              try {
+                await this.sleepOrStop(backoffMs(tries, this.backoffMaxMs));
+              } catch (e) {
+                throw new Stopped('stopping');
+              }
+              try {
+                await heartbeat();
+              } catch (e) {
+                warn(`heartbeat: ${errorText(e)}`);
+              }
+            }
           },
         };
         await this.handle(d, received);
@@ -997,8 +1102,8 @@ async function exit(agent, code) {
 async function main() {
   const args = process.argv.slice(2);
   if (args.length === 1 && args[0] === '--self-check') {
-    selfCheck();
-    process.stderr.write('unit_hash and the group seed match brokerbench\'s vectors\n');
+    const events = selfCheck();
+    process.stderr.write(`unit_hash, the group seed and the decoder (${events} events) match brokerbench's vectors\n`);
     return;
   }
   if (args.length !== 1) {

@@ -6,7 +6,8 @@ library (RabbitMQ: aio-pika, JetStream: nats-py, Kafka: confluent-kafka),
 the way a well-written asyncio service would, and writes a 48-byte receipt
 per delivery to stdout. Its configuration is JSON in argv[1]; anything it
 has to say goes to stderr. `agent.py --self-check` checks the failure hash
-against vectors computed by brokerbench's Rust implementation.
+and the event decoder against vectors brokerbench's Rust implementation is
+held to too.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ RECEIPT = struct.Struct("<BBBBIQQQQQ")
 assert RECEIPT.size == 48
 
 READY, DELIVERY, FOREIGN, DECODE_FAILED = 1, 2, 3, 4
-PROCESSED, SKIPPED, FAILED, DEAD_LETTERED = 0, 1, 2, 3
+PROCESSED, SKIPPED, FAILED, DEAD_LETTERED, REFUSED = 0, 1, 2, 3, 4
+# Flag bits: the broker flagged it redelivered; (decode failed only) the
+# envelope was read, and it is this run's.
+REDELIVERED, ENVELOPE_READ = 0x1, 0x2
 
 
 class Receipts:
@@ -66,13 +70,14 @@ class Receipts:
         self.flush()
 
     def delivery(self, kind: int, redelivered: bool, action: int, attempt: int,
-                 bench: Optional["Bench"], received_ns: int) -> None:
+                 bench: Optional["Bench"], received_ns: int, envelope_read: bool = False) -> None:
         if bench is None:
             producer = seq = key = intended = sent = 0
         else:
             producer, seq, key = bench.producer, bench.seq, bench.key
             intended, sent = bench.intended_ns, bench.sent_ns
-        self.buf += RECEIPT.pack(kind, 1 if redelivered else 0, action, min(attempt, 255),
+        flags = (REDELIVERED if redelivered else 0) | (ENVELOPE_READ if envelope_read else 0)
+        self.buf += RECEIPT.pack(kind, flags, action, min(attempt, 255),
                                  producer, seq, key, intended, sent, received_ns)
         self.pending += 1
         if self.pending >= self.BATCH:
@@ -149,8 +154,10 @@ class Bench:
 
 @dataclass(frozen=True, slots=True)
 class OrderCreated:
-    """`events.order.created.v1`. Fields it does not know (a later minor
-    version's, the padding) are ignored."""
+    """`events.order.created`, v1 or v2 (v1 plus `currency`, a compatible
+    addition; docs/cross-language.md, schema evolution). Fields it does not
+    know (a later addition's, the padding) are ignored; another version, a
+    required field missing or null, or one of the wrong type is refused."""
 
     version: str
     order_id: str
@@ -159,19 +166,23 @@ class OrderCreated:
     timestamp: str
     trace_id: str
     bench: Bench
+    currency: Optional[str] = None
 
-    VERSION = "v1"
+    VERSIONS = ("v1", "v2")
 
     @classmethod
     def from_json(cls, obj: Any) -> "OrderCreated":
         if type(obj) is not dict:
             raise DecodeError("the event is not an object")
         version = _text(obj, "version")
-        if version != cls.VERSION:
-            raise DecodeError(f"version {version!r}, not {cls.VERSION!r}")
+        if version not in cls.VERSIONS:
+            raise DecodeError(f"version {version!r}, not one of {cls.VERSIONS!r}")
         total = obj.get("total")
-        if type(total) not in (int, float):
+        if type(total) not in (int, float):  # bool is neither
             raise DecodeError(f"total is not a number: {total!r}")
+        currency = None
+        if version == "v2" and obj.get("currency") is not None:
+            currency = _text(obj, "currency")
         return cls(
             version=version,
             order_id=_text(obj, "order_id"),
@@ -180,6 +191,7 @@ class OrderCreated:
             timestamp=_text(obj, "timestamp"),
             trace_id=_text(obj, "trace_id"),
             bench=Bench.from_json(obj.get("bench")),
+            currency=currency,
         )
 
 
@@ -257,10 +269,11 @@ def group_seed(group: str) -> int:
 
 
 def self_check() -> None:
-    """The fates hash as brokerbench's do: ../fate-vectors.json, which
-    brokerbench's own unit test checks too."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fate-vectors.json")
-    with open(path) as f:
+    """The fates hash as brokerbench's do: ../fate-vectors.json; and the
+    decoder takes and refuses what brokerbench's does: ../event-vectors.json.
+    brokerbench's own unit tests check both too."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "fate-vectors.json")) as f:
         vectors = json.load(f)
     for s in vectors["seeds"]:
         assert group_seed(s["group"]) == int(s["seed"]), (s, group_seed(s["group"]))
@@ -268,6 +281,18 @@ def self_check() -> None:
     for v in vectors["unit_hash"]:
         got = unit_hash(int(v["seed"]), v["producer"], int(v["seq"]))
         assert got == v["u"], (v, got)
+    with open(os.path.join(here, "..", "event-vectors.json")) as f:
+        vectors = json.load(f)["vectors"]
+    assert any(v["decodes"] for v in vectors) and not all(v["decodes"] for v in vectors)
+    for v in vectors:
+        event, bench = decode(v["payload"].encode())
+        assert (event is not None) == v["decodes"], (v["name"], event)
+        b = v["bench"]
+        want = None if b is None else Bench(
+            run=int(b["run"]), producer=int(b["producer"]), seq=int(b["seq"]), key=int(b["key"]),
+            intended_ns=int(b["intended_ns"]), sent_ns=int(b["sent_ns"]))
+        # The envelope a decode-failed receipt carries (or, taken, the event's).
+        assert bench == want, (v["name"], bench, want)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,9 +432,18 @@ class Agent:
         received = time.monotonic_ns() - self.epoch_ns
         event, bench = decode(d.payload)
         attempt = 0
+        envelope_read = False
         if event is None:
-            kind, action = DECODE_FAILED, PROCESSED
-            await d.ack()
+            kind = DECODE_FAILED
+            if bench is not None and bench.run == self.run_id:
+                # This run's, but not an event we take: refused for good, not
+                # retried, processed or remembered.
+                action, envelope_read = REFUSED, True
+                await d.refuse()
+            else:
+                # Nobody's we know of: reported with zeros, and acknowledged.
+                action, bench = PROCESSED, None
+                await d.ack()
         elif event.bench.run != self.run_id:
             kind, action = FOREIGN, PROCESSED
             await d.ack()
@@ -422,7 +456,8 @@ class Agent:
                 action = await d.fail(attempt)
             else:
                 await d.ack()
-        self.receipts.delivery(kind, d.redelivered, action, attempt, bench, max(received, 0))
+        self.receipts.delivery(kind, d.redelivered, action, attempt, bench, max(received, 0),
+                               envelope_read)
         return action == FAILED and getattr(d, "again", False)
 
     def decide(self, event: OrderCreated | OrderEnvelope) -> tuple[int, int]:
@@ -518,6 +553,14 @@ class Agent:
                 except Exception as e:
                     log.warning("reject: %s", e)
                 return FAILED
+
+            async def refuse(self) -> None:
+                # Could not decode: not requeued (a classic queue
+                # dead-letters it, if it has a dead-letter exchange).
+                try:
+                    await timed("basic.reject", self.message.reject(requeue=False))
+                except Exception as e:
+                    log.warning("reject: %s", e)
 
         async def on_message(message: Any) -> None:
             agent.enqueue(Delivery(message))
@@ -629,6 +672,15 @@ class Agent:
                 finally:
                     agent.js_done()
                 return FAILED
+
+            async def refuse(self) -> None:
+                # Could not decode: TERM, never delivered again.
+                try:
+                    await timed("term", self.msg.term())
+                except Exception as e:
+                    log.warning("term: %s", e)
+                finally:
+                    agent.js_done()
 
         def reconnect_delay(servers: list, _info: dict) -> tuple:
             # nats-py asks before every reconnection attempt; `reconnects`
@@ -831,7 +883,7 @@ class Agent:
                     # Revoked meanwhile: its new owner reads it again.
                     log.debug("store_offsets: %s", e)
 
-        async def dead_letter(d: "Delivery", attempts: int) -> bool:
+        async def dead_letter(d: "Delivery", reason: str) -> bool:
             """Produces the message to the dead-letter topic with where it
             came from (Spring Kafka's headers) and waits for the broker."""
             headers = [
@@ -839,7 +891,7 @@ class Agent:
                 ("kafka_dlt-original-partition", struct.pack(">i", d.partition)),
                 ("kafka_dlt-original-offset", struct.pack(">q", d.offset)),
                 ("kafka_dlt-original-consumer-group", group_id.encode()),
-                ("kafka_dlt-exception-message", f"processing failed {attempts} times".encode()),
+                ("kafka_dlt-exception-message", reason.encode()),
             ]
             if d.trace_id is not None:
                 headers.append(("trace_id", d.trace_id))
@@ -899,7 +951,7 @@ class Agent:
             async def fail(self, attempt: int) -> int:
                 if attempt >= max_deliveries:
                     # The offset moves on only once the dead letter is confirmed.
-                    if await dead_letter(self, attempt):
+                    if await dead_letter(self, f"processing failed {attempt} times"):
                         self.again = False
                         done(self.partition, self.offset)
                         return DEAD_LETTERED
@@ -908,6 +960,17 @@ class Agent:
                 await asyncio.sleep(retry_delay)
                 self.again = True
                 return FAILED
+
+            async def refuse(self) -> None:
+                # Could not decode: dead-lettered when the group has a
+                # dead-letter topic (the offset moves on only once that is
+                # confirmed; tried again until it is, or until stopped), then
+                # committed as if processed; dropped otherwise.
+                self.again = False
+                if producer is not None:
+                    while not await dead_letter(self, "could not decode the event"):
+                        await asyncio.sleep(max(retry_delay, 0.1))
+                done(self.partition, self.offset)
 
         assigned = []
 
@@ -981,7 +1044,8 @@ class Agent:
 def main() -> int:
     if len(sys.argv) == 2 and sys.argv[1] == "--self-check":
         self_check()
-        print("unit_hash and the group seed match brokerbench's vectors", file=sys.stderr)
+        print("unit_hash, the group seed and the event decoder match brokerbench's vectors",
+              file=sys.stderr)
         return 0
     if len(sys.argv) != 2:
         print("usage: agent.py '<configuration JSON>' | --self-check", file=sys.stderr)

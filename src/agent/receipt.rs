@@ -17,6 +17,12 @@ const PROCESSED: u8 = 0;
 const SKIPPED: u8 = 1;
 const FAILED: u8 = 2;
 const DEAD_LETTERED: u8 = 3;
+const REFUSED: u8 = 4;
+
+/// Flag bits: the broker flagged it redelivered; (decode failed only) the
+/// envelope was read.
+const REDELIVERED: u8 = 1;
+const ENVELOPE_READ: u8 = 2;
 
 /// What one receipt says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,11 +47,18 @@ pub fn parse(bytes: &[u8; RECEIPT_BYTES]) -> Result<Record, String> {
     if !matches!(kind, DELIVERY | FOREIGN | DECODE_FAILED) {
         return Err(format!("wrote a receipt of unknown kind {kind}"));
     }
-    if flags > 1 {
+    let envelope_read = flags & ENVELOPE_READ != 0;
+    if flags > REDELIVERED | ENVELOPE_READ || (envelope_read && kind != DECODE_FAILED) {
         return Err(format!("wrote a receipt with unknown flags {flags:#x}"));
+    }
+    if (action == REFUSED) != envelope_read {
+        return Err(format!(
+            "wrote a receipt that refused a message without its envelope, or the reverse (flags {flags:#x}, action {action})"
+        ));
     }
     let settled = match action {
         PROCESSED | SKIPPED => Settle::Ack,
+        REFUSED => Settle::Refuse,
         FAILED | DEAD_LETTERED if attempt > 0 => Settle::Failed {
             attempt: u32::from(attempt),
         },
@@ -63,13 +76,13 @@ pub fn parse(bytes: &[u8; RECEIPT_BYTES]) -> Result<Record, String> {
     };
     Ok(Record::Delivery {
         receipt: Receipt {
-            envelope: (kind == DELIVERY).then_some(envelope),
+            envelope: (kind == DELIVERY || envelope_read).then_some(envelope),
             decode_failed: kind == DECODE_FAILED,
             received_ns: u64_at(40),
             settled,
             skipped: action == SKIPPED,
         },
-        redelivered: flags & 1 == 1,
+        redelivered: flags & REDELIVERED != 0,
     })
 }
 
@@ -133,12 +146,31 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_event_carries_the_envelope_it_could_read() {
+        let numbers = [41, 7, 1_000, 1_500, 2_250];
+        let flags = ENVELOPE_READ | REDELIVERED;
+        let Ok(Record::Delivery {
+            receipt,
+            redelivered,
+        }) = parse(&written((DECODE_FAILED, flags, REFUSED, 0, 3), numbers))
+        else {
+            panic!("not a delivery");
+        };
+        assert!(redelivered && receipt.decode_failed);
+        assert_eq!(receipt.settled, Settle::Refuse);
+        assert_eq!(receipt.envelope.map(|e| (e.producer, e.seq)), Some((3, 41)));
+    }
+
+    #[test]
     fn garbage_is_named() {
         for (fields, said) in [
             ((9, 0, 0, 0, 0), "unknown kind 9"),
             ((DELIVERY, 4, 0, 0, 0), "unknown flags"),
             ((DELIVERY, 0, 7, 0, 0), "unknown action 7"),
             ((DELIVERY, 0, FAILED, 0, 0), "attempt 0"),
+            ((DELIVERY, ENVELOPE_READ, REFUSED, 0, 0), "unknown flags"),
+            ((DECODE_FAILED, ENVELOPE_READ, PROCESSED, 0, 0), "refused"),
+            ((DECODE_FAILED, 0, REFUSED, 0, 0), "refused"),
         ] {
             let err = parse(&written(fields, [0; 5])).expect_err("garbage");
             assert!(err.contains(said), "{err}");

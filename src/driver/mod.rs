@@ -108,6 +108,11 @@ pub enum Settle {
         /// Failed attempts so far, this one included.
         attempt: u32,
     },
+    /// The typed decoder refused the event (docs/cross-language.md, schema
+    /// evolution): never retried. Dead-lettered at once where the group has
+    /// a dead-letter destination (RabbitMQ reject without requeue, JetStream
+    /// `+TERM`, Kafka's dead-letter topic), dropped otherwise.
+    Refuse,
 }
 
 /// Settles a delivery: acknowledges it, or hands it back as failed.

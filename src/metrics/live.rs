@@ -96,6 +96,8 @@ pub(crate) struct GroupMetrics {
     pub processed_failed: Counter,
     /// Processed already: skipped by the idempotent consumer.
     pub processed_skipped: Counter,
+    /// Refused by the typed decoder: dead-lettered or dropped, never retried.
+    pub processed_decode_failed: Counter,
     /// Read from the dead-letter destination, once per message.
     pub processed_dead_letter: Counter,
 }
@@ -191,6 +193,7 @@ impl LiveMetrics {
                         processed_error: processed("error"),
                         processed_failed: processed("failed"),
                         processed_skipped: processed("skipped"),
+                        processed_decode_failed: processed("decode_failed"),
                         processed_dead_letter: processed("dead_letter"),
                     }
                 })

@@ -312,8 +312,9 @@ pub(crate) fn groups_limited(results: &Results, rows: usize, layout: Layout) -> 
         .take(rows)
         .collect();
     type Column = (&'static str, fn(&GroupResult) -> String);
-    let account: [Column; 8] = [
+    let account: [Column; 9] = [
         ("lost", |g| g.lost().to_string()),
+        ("decode failed", |g| g.decode_failed.to_string()),
         ("late", |g| g.late.to_string()),
         ("backlog", |g| {
             g.backlog.map_or("?".into(), |n| n.to_string())
@@ -449,7 +450,6 @@ pub(crate) fn agents(results: &Results) -> Option<Table> {
         "client",
         "agent CPU",
         "CPU per message",
-        "decode failed",
         "ended",
     ];
     let mut table = new_table(header);
@@ -462,7 +462,6 @@ pub(crate) fn agents(results: &Results) -> Option<Table> {
             a.cpu_s.map_or("-".into(), |s| format!("{s:.2} s")),
             a.cpu_per_message_us
                 .map_or("-".into(), |us| format!("{us:.1} µs")),
-            a.decode_failed.to_string(),
             match &a.failure {
                 Some(_) => "FAILED (below)".into(),
                 None => "when told".into(),

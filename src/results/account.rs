@@ -30,7 +30,7 @@ pub(crate) struct GroupAccount {
     pub redelivered: u64,
     /// Confirmed, and never delivered by the end of the drain (in a group
     /// with failures: a message that is not poison, never processed nor
-    /// dead-lettered).
+    /// dead-lettered, a refused one included).
     pub lost: u64,
     /// Not confirmed (failed or unknown), yet delivered.
     pub recovered: u64,
@@ -51,6 +51,11 @@ pub(crate) struct FailureAccount {
     pub poison: u64,
     /// Transient messages the broker took.
     pub transient: u64,
+    /// Messages the group's typed decoder refused (docs/cross-language.md,
+    /// schema evolution): dead-lettered at once, whatever their fate would
+    /// have been; one missing from the dead-letter destination is lost.
+    #[serde(default)]
+    pub refused: u64,
     /// Distinct messages processed, transient ones after their retries included.
     pub processed: u64,
     /// Attempts that failed on purpose, each handed back to the broker (or
@@ -60,7 +65,7 @@ pub(crate) struct FailureAccount {
     pub dead_lettered: u64,
     /// Copies read from the dead-letter destination beyond the first.
     pub dead_letter_duplicates: u64,
-    /// Messages that are not poison, found in the dead-letter destination.
+    /// Messages neither poison nor refused, found in the dead-letter destination.
     pub dead_lettered_wrongly: u64,
     /// Poison messages neither processed nor dead-lettered by the end, and
     /// not held by the broker either.

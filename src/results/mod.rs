@@ -179,6 +179,10 @@ pub(crate) struct GroupResult {
     pub unverified: u64,
     /// First deliveries per second that arrived during the steady phase.
     pub rate_per_s: f64,
+    /// Deliveries of this run's messages the group's typed decoder refused
+    /// (docs/cross-language.md, schema evolution).
+    #[serde(default)]
+    pub decode_failed: u64,
     /// The language of the group's consumer (absent: brokerbench's own, Rust).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
@@ -197,8 +201,6 @@ pub(crate) struct AgentResult {
     pub cpu_s: Option<f64>,
     /// Its CPU time per delivery, microseconds.
     pub cpu_per_message_us: Option<f64>,
-    /// Deliveries its typed decoder refused.
-    pub decode_failed: u64,
     /// Why it stopped before it was told to, with the tail of its stderr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,

@@ -309,6 +309,7 @@ fn group_result(
         backlog,
         unverified,
         rate_per_s: per_s(outcome.steady_delivered, steady),
+        decode_failed: outcome.decode_failed,
         language: None,
         agent: None,
     };
@@ -326,7 +327,6 @@ fn agent_result(outcome: &GroupOutcome) -> AgentResult {
         cpu_per_message_us: cpu
             .filter(|_| deliveries > 0)
             .map(|c| round1(c * 1e6 / deliveries as f64)),
-        decode_failed: outcome.decode_failed,
         failure: state.failure,
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::ledger::{self, Decision, GroupLog, ProducerLog, Seen};
 use super::{count, GroupOutcome, Progress, RunContext};
 use crate::driver::{self, Consumer, ErrorKind, Incoming, Settle, Settler};
-use crate::event::Envelope;
+use crate::event::{Envelope, Read};
 use crate::metrics::live::GroupMetrics;
 use crate::scenario::ConsumerGroup;
 
@@ -95,15 +95,27 @@ pub(super) async fn consume(
             }
             Some(Ok(incoming)) => incoming,
         };
-        let (envelope, now) = arrival(&incoming, &cx, &mut out);
+        let (read, now) = arrival(&incoming, &cx);
         if dead {
             let at = (&cx, now, &live);
-            record_dead_letter(&mut out, envelope.as_ref(), at, Some(&mut countdown));
+            record_dead_letter(&mut out, read.envelope().as_ref(), at, Some(&mut countdown));
             processing.push(settle(incoming.settle, Settle::Ack, Duration::ZERO, None));
             continue;
         }
-        let arrived = (now, incoming.redelivered);
-        let decision = record_delivery(&mut out, envelope, arrived, &cx, &live, &mut countdown);
+        let arrived = Arrival {
+            now,
+            redelivered: incoming.redelivered,
+            refuse: refuse(&read, &incoming, &cx),
+        };
+        out.decode_failed += u64::from(matches!(read, Read::Refused(_)));
+        let decision = record_delivery(
+            &mut out,
+            read.envelope(),
+            arrived,
+            &cx,
+            &live,
+            &mut countdown,
+        );
         let work = work(&group, &progress, &incoming);
         let (how, work, status) = settlement(decision, incoming.redelivered, work);
         processing.push(settle(incoming.settle, how, work, Some(status)));
@@ -139,25 +151,49 @@ fn work(group: &ConsumerGroup, progress: &Progress, incoming: &Incoming) -> Dura
     }
 }
 
-/// A delivery's envelope (if it is one of this run's messages) and when it
-/// arrived: an agent's delivery comes decoded and timed (the agent settled
-/// it); brokerbench's own is decoded here, and arrived now.
-fn arrival(
-    incoming: &Incoming,
-    cx: &RunContext,
-    out: &mut GroupOutcome,
-) -> (Option<Envelope>, Instant) {
+/// What a delivery is (one of this run's messages, decoded or refused by
+/// the typed decoder, or not) and when it arrived: an agent's delivery
+/// comes decoded and timed (the agent settled it); brokerbench's own is
+/// decoded here, and arrived now.
+fn arrival(incoming: &Incoming, cx: &RunContext) -> (Read, Instant) {
     match &incoming.receipt {
         Some(r) => {
-            out.decode_failed += u64::from(r.decode_failed);
             let envelope = r.envelope.map(|e| Envelope {
                 run: cx.run_id,
                 ..e
             });
-            (envelope, cx.at(r.received_ns))
+            let read = match (envelope, r.decode_failed) {
+                (Some(e), false) => Read::Event(e),
+                (Some(e), true) => Read::Refused(e),
+                (None, _) => Read::Foreign,
+            };
+            (read, cx.at(r.received_ns))
         }
-        None => (cx.envelope(&incoming.payload), Instant::now()),
+        None => (cx.read(&incoming.payload), Instant::now()),
     }
+}
+
+/// Whether the group is to refuse a delivery as undecodable: what its own
+/// decoder found, for brokerbench's consumer; for an agent's, what the
+/// message's version says a typed decoder must do (the run published it),
+/// so that an agent that decides otherwise is caught.
+fn refuse(read: &Read, incoming: &Incoming, cx: &RunContext) -> bool {
+    match (read, &incoming.receipt) {
+        (Read::Foreign, _) => false,
+        (read, Some(_)) => read
+            .envelope()
+            .is_some_and(|e| !cx.event_version(e.intended_ns).decodable()),
+        (read, None) => matches!(read, Read::Refused(_)),
+    }
+}
+
+/// A delivery's arrival: when, whether the broker flagged it redelivered,
+/// and whether the group is to refuse it as undecodable.
+#[derive(Clone, Copy)]
+struct Arrival {
+    now: Instant,
+    redelivered: bool,
+    refuse: bool,
 }
 
 /// What this group still lacks for the drain: once the producers are done,
@@ -202,14 +238,14 @@ impl Countdown {
     }
 }
 
-/// Records a delivery that `arrived` (when, and whether the broker flagged
-/// it redelivered): the ledger, the latency of a first delivery, and what
-/// the group decides to do with it (with failures: process, fail on purpose
-/// or skip); none for a message that is not this run's.
+/// Records a delivery as it `arrived`: the ledger, the latency of a first
+/// delivery, and what the group decides to do with it (refuse it; with
+/// failures: process, fail on purpose or skip); none for a message that is
+/// not this run's.
 fn record_delivery(
     out: &mut GroupOutcome,
     envelope: Option<Envelope>,
-    (now, redelivered): (Instant, bool),
+    arrived: Arrival,
     cx: &RunContext,
     live: &Option<GroupMetrics>,
     countdown: &mut Countdown,
@@ -218,7 +254,7 @@ fn record_delivery(
         out.log.record_foreign();
         return None;
     };
-    let decision = decide(out, envelope, (now, redelivered), cx, live, countdown);
+    let decision = decide(out, envelope, arrived, cx, live, countdown);
     countdown.progress.delivered[countdown.index].store(out.log.unique(), Ordering::Relaxed);
     decision
 }
@@ -227,12 +263,13 @@ fn record_delivery(
 fn decide(
     out: &mut GroupOutcome,
     envelope: &Envelope,
-    (now, redelivered): (Instant, bool),
+    arrived: Arrival,
     cx: &RunContext,
     live: &Option<GroupMetrics>,
     countdown: &mut Countdown,
 ) -> Option<Decision> {
-    let first = out.log.record(envelope, redelivered) == Seen::First;
+    let now = arrived.now;
+    let first = out.log.record(envelope, arrived.redelivered) == Seen::First;
     let (since, at) = (cx.since_start(now), cx.ns(now));
     let latency = Duration::from_nanos(at.saturating_sub(envelope.intended_ns));
     if first {
@@ -251,7 +288,11 @@ fn decide(
     out.steady_delivered += u64::from(first && cx.in_steady(now));
     // With failures a message is complete once processed (or
     // dead-lettered); without, once delivered.
-    match out.log.decide(envelope) {
+    let decided = match arrived.refuse {
+        true => Some(out.log.refuse(envelope, first)),
+        false => out.log.decide(envelope),
+    };
+    match decided {
         Some((decision, complete)) => {
             if complete {
                 countdown.completed(envelope, out);
@@ -281,6 +322,7 @@ fn settlement(
     match decision {
         Some(Decision::Skip) => (Settle::Ack, Duration::ZERO, Status::Skipped),
         Some(Decision::Fail(attempt)) => (Settle::Failed { attempt }, work, Status::Failed),
+        Some(Decision::Refuse) => (Settle::Refuse, Duration::ZERO, Status::Refused),
         _ if redelivered => (Settle::Ack, work, Status::Retry),
         _ => (Settle::Ack, work, Status::Ok),
     }
@@ -386,6 +428,8 @@ enum Status {
     Failed,
     /// Processed already: skipped by the idempotent consumer.
     Skipped,
+    /// Refused by the typed decoder.
+    Refused,
 }
 
 /// Waits `work` (the simulated processing), then settles the delivery `how`.
@@ -413,5 +457,6 @@ fn processed(live: &Option<GroupMetrics>, status: Option<Status>, settled: &Resu
         (Ok(()), Status::Retry) => live.processed_retry.inc(),
         (Ok(()), Status::Failed) => live.processed_failed.inc(),
         (Ok(()), Status::Skipped) => live.processed_skipped.inc(),
+        (Ok(()), Status::Refused) => live.processed_decode_failed.inc(),
     };
 }

@@ -83,6 +83,8 @@ pub struct GroupLog {
     redelivered: u64,
     foreign: u64,
     out_of_order: u64,
+    /// Deliveries the typed decoder refused.
+    refused: u64,
     /// For a group that fails messages on purpose.
     failures: Option<FailureLog>,
 }
@@ -94,7 +96,7 @@ struct FailureLog {
     seed: u64,
     failures: Failures,
     /// Per producer, per sequence number: failed attempts (low 7 bits,
-    /// saturating at 127) and [`PROCESSED`].
+    /// saturating at 126) and [`PROCESSED`], or [`REFUSED`].
     state: Vec<Vec<u8>>,
     /// Per producer, per sequence number: copies read from the dead-letter
     /// destination (saturating at 255).
@@ -105,6 +107,10 @@ struct FailureLog {
 
 /// Set in [`FailureLog::state`] once a message was processed.
 const PROCESSED: u8 = 0x80;
+
+/// [`FailureLog::state`] of a message the typed decoder refused: it is
+/// dead-lettered at once, never processed.
+const REFUSED: u8 = 0x7f;
 
 /// The byte of message (`producer`, `seq`) in a per-producer table, grown as needed.
 fn slot(table: &mut Vec<Vec<u8>>, producer: u32, seq: u64) -> &mut u8 {
@@ -139,6 +145,8 @@ pub enum Decision {
     Skip,
     /// Processing fails: this is its `n`-th failed attempt, from 1.
     Fail(u32),
+    /// The typed decoder refused it: dead-letter it at once, or drop it.
+    Refuse,
 }
 
 impl GroupLog {
@@ -211,13 +219,34 @@ impl GroupLog {
         let failed = u32::from(*state & !PROCESSED);
         let fate = f.failures.fate_of(f.seed, envelope.producer, envelope.seq);
         if f.failures.fails(fate, failed) {
-            *state = (*state & PROCESSED) | (failed as u8 + 1).min(!PROCESSED);
+            *state = (*state & PROCESSED) | (failed as u8 + 1).min(REFUSED - 1);
             f.failed_attempts += 1;
             Some((Decision::Fail(failed + 1), false))
         } else {
             *state |= PROCESSED;
             Some((Decision::Process, !was_dead))
         }
+    }
+
+    /// Records that the group's typed decoder refused `envelope`, delivered
+    /// for the `first` time or not; the second value is whether the message
+    /// is complete now for the first time: without failures once delivered,
+    /// with failures (a dead-letter destination) once its dead letter is read.
+    pub fn refuse(&mut self, envelope: &Envelope, first: bool) -> (Decision, bool) {
+        self.refused += 1;
+        let Some(f) = self.failures.as_mut() else {
+            return (Decision::Refuse, first);
+        };
+        let state = slot(&mut f.state, envelope.producer, envelope.seq);
+        if *state & PROCESSED == 0 {
+            *state = REFUSED;
+        }
+        (Decision::Refuse, false)
+    }
+
+    /// Deliveries the group's typed decoder refused.
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// Records a copy of `envelope` read from the dead-letter destination;
@@ -343,19 +372,25 @@ pub(crate) fn group_account_in(
             let state = get(&f.state, p, seq);
             let dead = get(&f.dead, p, seq);
             let processed = state & PROCESSED != 0;
-            let failed = state & !PROCESSED;
+            let refused = state == REFUSED;
+            let failed = if refused { 0 } else { state & !PROCESSED };
             let seen = count > 0 || dead > 0;
             if !confirmed && !seen {
                 continue; // the broker never had it, as far as anyone knows
             }
-            let fate = f.failures.fate_of(f.seed, p as u32, seq);
-            a.poison += u64::from(fate == Fate::Poison);
-            a.transient += u64::from(fate == Fate::Transient);
+            // A refused message is dead-lettered whatever its fate would be.
+            let fate = match refused {
+                true => None,
+                false => Some(f.failures.fate_of(f.seed, p as u32, seq)),
+            };
+            a.poison += u64::from(fate == Some(Fate::Poison));
+            a.transient += u64::from(fate == Some(Fate::Transient));
+            a.refused += u64::from(refused);
             a.processed += u64::from(processed);
             if dead > 0 {
                 a.dead_lettered += 1;
                 a.dead_letter_duplicates += u64::from(dead) - 1;
-                a.dead_lettered_wrongly += u64::from(fate != Fate::Poison);
+                a.dead_lettered_wrongly += u64::from(!refused && fate != Some(Fate::Poison));
             }
             if count > 0 {
                 account.unique += 1;
@@ -369,7 +404,7 @@ pub(crate) fn group_account_in(
             }
             if confirmed && !processed && dead == 0 {
                 match fate {
-                    Fate::Poison => a.poison_lost += 1,
+                    Some(Fate::Poison) => a.poison_lost += 1,
                     _ => account.lost += 1,
                 }
             }

@@ -432,7 +432,14 @@ impl Consumer for MemoryConsumer {
         let (broker, group, copy) = (self.broker.clone(), self.group.clone(), payload.clone());
         let settle: crate::driver::Settler = Box::new(move |how| {
             Box::pin(async move {
-                if let crate::driver::Settle::Failed { attempt } = how {
+                let attempt = match how {
+                    crate::driver::Settle::Ack => return Ok(()),
+                    // Dead-lettered at once (nobody reads a group's dead
+                    // letters unless it has failures).
+                    crate::driver::Settle::Refuse => u32::MAX,
+                    crate::driver::Settle::Failed { attempt } => attempt,
+                };
+                {
                     let mut state = broker.lock();
                     let dead = attempt >= state.max_deliveries;
                     if dead && broker.knobs.drop_dead_letters {

@@ -264,6 +264,8 @@ struct RunContext {
     message_size: usize,
     encoding: event::Encoding,
     keys: u64,
+    /// The load, for the event version each message is published in.
+    load: Arc<crate::scenario::Load>,
 }
 
 impl RunContext {
@@ -280,9 +282,28 @@ impl RunContext {
         at >= self.steady_start && at < self.end
     }
 
-    /// The envelope of a received payload, if it is one of this run's messages.
+    /// What brokerbench's own consumer makes of a received payload: one of
+    /// this run's messages, decoded or refused by the typed decoder, or not.
+    fn read(&self, payload: &[u8]) -> event::Read {
+        match event::read(payload) {
+            read if read.envelope().is_some_and(|e| e.run == self.run_id) => read,
+            _ => event::Read::Foreign,
+        }
+    }
+
+    /// The envelope of a received payload, if it is one of this run's
+    /// messages, whether or not it decodes (a dead letter may be one that
+    /// did not).
     fn envelope(&self, payload: &[u8]) -> Option<Envelope> {
-        event::decode(payload).filter(|e| e.run == self.run_id)
+        self.read(payload).envelope()
+    }
+
+    /// The event version of the message meant to be sent at `intended_ns`.
+    fn event_version(&self, intended_ns: u64) -> event::EventVersion {
+        let since = intended_ns
+            .checked_sub(self.steady_ns())
+            .map(Duration::from_nanos);
+        self.load.event_version_at(since)
     }
 
     /// The instant `ns` nanoseconds after the epoch.
@@ -331,6 +352,7 @@ pub(crate) async fn measure(
         message_size: plan.load.message_size,
         encoding: plan.load.encoding,
         keys: plan.load.keys,
+        load: Arc::new(plan.load.clone()),
     };
     // The publish history, frozen, for the consumers once the producers are done.
     let (share_logs, published) = tokio::sync::watch::channel(None);
@@ -383,9 +405,14 @@ pub(crate) async fn measure(
         faults: loaded.faults,
         settings,
         dead_letters_in_flight_seen,
-        message_bytes: event::encode(&sample, plan.load.message_size, plan.load.encoding)
-            .payload
-            .len(),
+        message_bytes: event::encode(
+            &sample,
+            plan.load.message_size,
+            plan.load.encoding,
+            plan.load.event_version,
+        )
+        .payload
+        .len(),
         load_start: cx.start,
         steady_start: cx.steady_start,
         steady_elapsed: loaded.steady_elapsed,

@@ -230,7 +230,8 @@ impl ProducerTask {
         };
         let token = self.next_token;
         self.next_token += 1;
-        let message = event::encode(&envelope, self.cx.message_size, self.cx.encoding);
+        let version = self.cx.event_version(envelope.intended_ns);
+        let message = event::encode(&envelope, self.cx.message_size, self.cx.encoding, version);
         // Out of the runtime's budget, which the turn already paid: the
         // send waits only if the client's queue is full, never to give the
         // turn away after `sent` was written into the message.

@@ -677,3 +677,40 @@ async fn small_binary_messages_are_accounted_for_like_json_ones() {
             > 0
     );
 }
+
+/// Producers that move from v1 to the compatible v2, then to the negative
+/// control: every group takes v1 and v2 and refuses the control, never
+/// retrying it; the group with failures dead-letters what it refused, and
+/// the account still closes.
+#[tokio::test]
+async fn events_the_typed_decoder_refuses_are_counted_and_dead_lettered_where_configured() {
+    let plan = plan(concat!(
+        "[[load.evolution]]\nat = \"100ms\"\nevent_version = \"v2\"\n",
+        "[[load.evolution]]\nat = \"200ms\"\nevent_version = \"v2-broken\"\n",
+        "[consumers.failures]\npoison = 0.05\n[dead_letter]\nmax_deliveries = 2\n",
+    ));
+    let (outcome, json) = run(&plan, Knobs::default()).await;
+    assert!(outcome.results.passed(), "{json:#}");
+    assert_eq!(
+        json["scenario"]["load"]["evolution"][1]["event_version"],
+        "v2-broken"
+    );
+    let (a, b) = (group(&json, "a"), group(&json, "b"));
+    // About the last third of the 300 messages are the control.
+    let refused = a["decode_failed"].as_u64().unwrap();
+    assert!((80..=120).contains(&refused), "{a:#}");
+    for g in [a, b] {
+        assert_eq!(g["unique"], 300, "{g:#}");
+        assert_eq!(g["lost"], 0, "{g:#}");
+        assert_eq!(g["decode_failed"], refused, "{g:#}");
+    }
+    assert_eq!(a["delivered"], 300, "never retried: {a:#}");
+    let f = &b["failures"];
+    assert_eq!(f["refused"], refused, "{f:#}");
+    let poison = f["poison"].as_u64().unwrap();
+    assert!(poison > 0, "{f:#}");
+    assert_eq!(f["dead_lettered"], poison + refused, "{f:#}");
+    assert_eq!(f["dead_lettered_wrongly"], 0, "{f:#}");
+    assert_eq!(f["poison_lost"], 0, "{f:#}");
+    assert_eq!(f["processed"], 300 - poison - refused, "{f:#}");
+}

@@ -136,10 +136,20 @@ struct LoadFile {
     message_size: Option<Spanned<i64>>,
     encoding: Option<Encoding>,
     headers: Option<bool>,
+    event_version: Option<Spanned<EventVersion>>,
+    #[serde(default)]
+    evolution: Vec<EvolutionFile>,
     keys: Option<Spanned<i64>>,
     max_in_flight: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
     final_read: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvolutionFile {
+    at: Spanned<String>,
+    event_version: Spanned<EventVersion>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,19 +296,66 @@ fn load(l: LoadFile) -> Result<Load, RawError> {
         return Err(RawError::at(l.duration.span(), "must be more than 0"));
     }
     let d = Load::default();
+    let encoding = l.encoding.unwrap_or(d.encoding);
+    let event_version = l
+        .event_version
+        .as_ref()
+        .map_or(d.event_version, |v| *v.get_ref());
+    let evolution = evolution(&l.evolution, duration)?;
+    let changed = l
+        .event_version
+        .as_ref()
+        .filter(|v| *v.get_ref() != EventVersion::V1);
+    let changed = changed
+        .map(Spanned::span)
+        .or(l.evolution.first().map(|e| e.at.span()));
+    if let (Some(span), Encoding::Binary) = (changed, encoding) {
+        return Err(RawError::at(
+            span,
+            "event versions are of the JSON event: needs load.encoding = \"json\"",
+        ));
+    }
     Ok(Load {
         rate,
         duration,
         warmup: optional_duration(&l.warmup, d.warmup)?,
         producers: positive(&l.producers, d.producers.into(), 1024)? as u32,
         message_size: positive(&l.message_size, d.message_size as i64, 16 << 20)? as usize,
-        encoding: l.encoding.unwrap_or(d.encoding),
+        encoding,
         headers: l.headers.unwrap_or(d.headers),
+        event_version,
+        evolution,
         keys: positive(&l.keys, d.keys as i64, 1 << 32)? as u64,
         max_in_flight: positive(&l.max_in_flight, d.max_in_flight as i64, 1 << 20)? as usize,
         drain_timeout: optional_duration(&l.drain_timeout, d.drain_timeout)?,
         final_read: optional_duration(&l.final_read, d.final_read)?,
     })
+}
+
+/// `[[load.evolution]]`: steps in order, each during the measured phase.
+fn evolution(written: &[EvolutionFile], load: Duration) -> Result<Vec<Evolution>, RawError> {
+    let mut steps: Vec<Evolution> = Vec::new();
+    for step in written {
+        let at = duration(&step.at)?;
+        if at >= load {
+            let end = humantime::format_duration(load);
+            return Err(RawError::at(
+                step.at.span(),
+                format!("is at or after the end of the load ({end}); a step happens during the measured phase"),
+            ));
+        }
+        if steps.last().is_some_and(|previous| at <= previous.at) {
+            return Err(RawError::at(
+                step.at.span(),
+                "is not after the previous step: steps go in order",
+            ));
+        }
+        steps.push(Evolution {
+            at,
+            event_version: *step.event_version.get_ref(),
+        });
+    }
+    Ok(steps)
 }
 
 /// The `[[consumers]]` groups, in order, each named once.

@@ -19,7 +19,7 @@ pub(crate) use error::RawError;
 pub use error::ScenarioError;
 pub use thresholds::Thresholds;
 
-pub use crate::event::Encoding;
+pub use crate::event::{Encoding, EventVersion};
 use crate::kind::BrokerKind;
 
 /// The subject / routing key / topic every event is published to.
@@ -329,6 +329,15 @@ pub struct Load {
     /// for like-for-like comparisons.
     #[serde(default = "yes")]
     pub headers: bool,
+    /// The event the producers publish first: `v1`, its compatible
+    /// evolution `v2`, or the negative control `v2-broken` that every typed
+    /// decoder must refuse (docs/cross-language.md, schema evolution).
+    #[serde(default)]
+    pub event_version: EventVersion,
+    /// Later versions the producers switch to during the measured phase,
+    /// in order: a rolling deploy of the producing service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evolution: Vec<Evolution>,
     /// Distinct `user_id` values; the partition key, and per-key order is checked.
     pub keys: u64,
     /// Publishes awaiting confirmation per producer before it waits.
@@ -348,6 +357,36 @@ impl Load {
     pub fn open_loop(&self) -> bool {
         self.rate > 0.0
     }
+
+    /// The event version of a message meant to be sent `since` the start
+    /// of the measured phase (`None`: during the warmup).
+    pub fn event_version_at(&self, since: Option<Duration>) -> EventVersion {
+        let Some(since) = since else {
+            return self.event_version;
+        };
+        self.evolution
+            .iter()
+            .take_while(|step| step.at <= since)
+            .last()
+            .map_or(self.event_version, |step| step.event_version)
+    }
+
+    /// Whether any message of the run is published in a version consumers
+    /// must refuse.
+    pub fn publishes_undecodable(&self) -> bool {
+        std::iter::once(self.event_version)
+            .chain(self.evolution.iter().map(|step| step.event_version))
+            .any(|v| !v.decodable())
+    }
+}
+
+/// A step of `[[load.evolution]]`: from `at` (counted from the start of the
+/// measured phase, as faults are) the producers publish `event_version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evolution {
+    #[serde(with = "human_duration")]
+    pub at: Duration,
+    pub event_version: EventVersion,
 }
 
 /// A consumer group: a service that must see every event.
@@ -624,6 +663,8 @@ impl Default for Load {
             message_size: 512,
             encoding: Encoding::Json,
             headers: true,
+            event_version: EventVersion::V1,
+            evolution: Vec::new(),
             keys: 1000,
             max_in_flight: 1000,
             drain_timeout: Duration::from_secs(30),

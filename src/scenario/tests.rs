@@ -218,6 +218,48 @@ fn the_encoding_is_json_unless_the_file_says_binary() {
 }
 
 #[test]
+fn the_event_version_evolves_on_a_timeline_of_the_measured_phase() {
+    assert_eq!(parse(ORDERS).unwrap().load.event_version, EventVersion::V1);
+    let evolving = ORDERS.replace(
+        "keys = 1000\n",
+        "keys = 1000\nevent_version = \"v1\"\n[[load.evolution]]\nat = \"10s\"\nevent_version = \"v2\"\n[[load.evolution]]\nat = \"20s\"\nevent_version = \"v2-broken\"\n",
+    );
+    let load = parse(&evolving).unwrap().load;
+    let at = |s: u64| load.event_version_at(Some(Duration::from_secs(s)));
+    assert_eq!(load.event_version_at(None), EventVersion::V1, "warmup");
+    assert_eq!(
+        [at(0), at(9), at(10), at(19), at(20), at(29)],
+        [
+            EventVersion::V1,
+            EventVersion::V1,
+            EventVersion::V2,
+            EventVersion::V2,
+            EventVersion::V2Broken,
+            EventVersion::V2Broken
+        ]
+    );
+    assert!(load.publishes_undecodable());
+    // Out of order, after the load, an unknown version, or binary messages.
+    let second = "load.evolution[1].at";
+    error(&evolving.replace("\"20s\"", "\"5s\""), second, 18);
+    let shown = error(&evolving.replace("\"20s\"", "\"30s\""), second, 18);
+    assert!(shown.contains("end of the load"), "{shown}");
+    let shown = error(
+        &evolving.replace("\"v2-broken\"", "\"v3\""),
+        "load.evolution[1].event_version",
+        19,
+    );
+    assert!(shown.contains("v2-broken"), "{shown}");
+    let binary = evolving.replace("producers = 2", "producers = 2\nencoding = \"binary\"");
+    let shown = error(
+        &binary.replace("event_version = \"v1\"\n", ""),
+        "load.evolution[0].at",
+        15,
+    );
+    assert!(shown.contains("json"), "{shown}");
+}
+
+#[test]
 fn overrides_replace_the_file_values() {
     let overrides = Overrides {
         brokers: Some(vec!["kafka".parse::<BrokerKind>().unwrap()]),

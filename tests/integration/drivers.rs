@@ -80,8 +80,8 @@ fn message(seq: u64) -> event::Outgoing {
         sent_ns: 0,
     };
     match seq % 2 {
-        0 => event::encode(&envelope, 300, Encoding::Json),
-        _ => event::encode(&envelope, 64, Encoding::Binary),
+        0 => event::encode(&envelope, 300, Encoding::Json, event::EventVersion::V1),
+        _ => event::encode(&envelope, 64, Encoding::Binary, event::EventVersion::V1),
     }
 }
 

@@ -622,6 +622,9 @@ fn settler(message: jetstream::Message, delivered: i64, retry: Retry) -> Settler
         Box::pin(async move {
             let kind = match how {
                 Settle::Ack => jetstream::AckKind::Ack,
+                // Never redelivered; the group's dead-letter stream, if it
+                // has one, captures the MSG_TERMINATED advisory.
+                Settle::Refuse => jetstream::AckKind::Term,
                 Settle::Failed { .. } if retry.terminate_at.is_some_and(|at| delivered >= at) => {
                     jetstream::AckKind::Term
                 }

@@ -535,10 +535,10 @@ struct DeadLetterWriter {
 impl DeadLetterWriter {
     /// Produces `message` to the dead-letter topic with where it came from
     /// in headers, and waits for the broker's confirmation.
-    async fn write(&self, message: &Received, attempts: u32) -> Result<(), ErrorKind> {
+    /// `reason` is the header that says why (Spring Kafka's name for it).
+    async fn write(&self, message: &Received, reason: &str) -> Result<(), ErrorKind> {
         let partition = message.partition.to_be_bytes();
         let offset = message.offset.to_be_bytes();
-        let reason = format!("processing failed {attempts} times");
         let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "kafka_dlt-original-topic",
@@ -558,7 +558,7 @@ impl DeadLetterWriter {
             })
             .insert(Header {
                 key: "kafka_dlt-exception-message",
-                value: Some(reason.as_str()),
+                value: Some(reason),
             });
         if let Some(trace_id) = &message.trace_id {
             headers = headers.insert(Header {
@@ -700,11 +700,18 @@ impl Consumer for KafkaConsumer {
         let settle: Settler = Box::new(move |how| {
             Box::pin(async move {
                 match (how, dead_letters, kept) {
+                    (Settle::Refuse, Some(dlq), Some(received)) => {
+                        // Not retried: dead-lettered at once, the offset
+                        // moving on only once the dead letter is confirmed.
+                        dlq.write(&received, "could not decode the event").await?;
+                        processed(&consumer, &offsets, partition, offset)
+                    }
                     (Settle::Failed { attempt }, Some(dlq), Some(received)) => {
                         if attempt >= dlq.max_deliveries {
                             // The offset moves on only once the dead letter
                             // is confirmed: otherwise this is where it is lost.
-                            if dlq.write(&received, attempt).await.is_ok() {
+                            let reason = format!("processing failed {attempt} times");
+                            if dlq.write(&received, &reason).await.is_ok() {
                                 return processed(&consumer, &offsets, partition, offset);
                             }
                         }

@@ -45,8 +45,12 @@ pub(super) struct Acks {
 pub(super) struct AckState {
     /// The lowest delivery tag not processed yet (tags start at 1).
     next: u64,
-    /// Processed tags above `next`.
-    processed: std::collections::BTreeSet<u64>,
+    /// Processed tags above `next`, each with whether it is to be
+    /// acknowledged (false: it was rejected on its own).
+    processed: std::collections::BTreeMap<u64, bool>,
+    /// The highest tag below `next` to be acknowledged: what a `multiple`
+    /// ack names (naming a rejected tag is a channel error).
+    ackable: u64,
     /// The highest tag acknowledged to the broker.
     sent: u64,
     /// Whether a delayed ack is on its way.
@@ -68,17 +72,30 @@ impl Acks {
     /// Delivery `tag` was processed: acknowledges what a batch completes,
     /// or makes sure a delayed ack will.
     pub(super) async fn processed(self: &Arc<Self>, tag: u64) -> Result<(), ErrorKind> {
+        self.settled(tag, true).await
+    }
+
+    /// Delivery `tag` was rejected on its own (its reject is out): the
+    /// `multiple` acks go past it, naming the tags around it.
+    pub(super) async fn rejected(self: &Arc<Self>, tag: u64) -> Result<(), ErrorKind> {
+        self.settled(tag, false).await
+    }
+
+    async fn settled(self: &Arc<Self>, tag: u64, ack: bool) -> Result<(), ErrorKind> {
         let (ack, schedule) = {
             let mut guard = self.state.lock().expect("acks lock");
             let state = &mut *guard;
-            state.processed.insert(tag);
-            while state.processed.remove(&state.next) {
+            state.processed.insert(tag, ack);
+            while let Some(ack) = state.processed.remove(&state.next) {
+                if ack {
+                    state.ackable = state.next;
+                }
                 state.next += 1;
             }
             if state.next > state.sent + self.batch {
                 (self.send(state), false)
             } else {
-                let schedule = !state.scheduled && state.next - 1 > state.sent;
+                let schedule = !state.scheduled && state.ackable > state.sent;
                 state.scheduled |= schedule;
                 (None, schedule)
             }
@@ -116,7 +133,7 @@ impl Acks {
         &self,
         state: &mut AckState,
     ) -> Option<BoxFuture<'static, lapin::Result<()>>> {
-        let top = state.next - 1;
+        let top = state.ackable;
         if top <= state.sent {
             return None;
         }
@@ -221,6 +238,19 @@ impl RabbitConsumer {
                     Settle::Ack => {
                         let ack = acker.ack(BasicAckOptions::default());
                         tokio::time::timeout(crate::driver::CALL_TIMEOUT, ack).await
+                    }
+                    Settle::Refuse => {
+                        // Dead-lettered at once by the queue's dead-letter
+                        // exchange, or dropped when it has none. With batched
+                        // acks the tag counts as done only once the reject is
+                        // out: a `multiple` ack must not take it in first.
+                        let reject = acker.reject(BasicRejectOptions { requeue: false });
+                        let rejected =
+                            tokio::time::timeout(crate::driver::CALL_TIMEOUT, reject).await;
+                        match (rejected, acks) {
+                            (Ok(Ok(_)), Some(acks)) => return acks.rejected(tag).await,
+                            (rejected, _) => rejected,
+                        }
                     }
                     Settle::Failed { attempt } => {
                         // RabbitMQ cannot delay a redelivery: the consumer waits.
