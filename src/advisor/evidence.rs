@@ -65,7 +65,12 @@ pub(crate) struct LanguageRun {
     pub client: String,
     /// First deliveries per second in the steady phase.
     pub delivered_per_s: f64,
+    /// The run was a `--find-max` search whose window held at this rate:
+    /// the highest the group sustained, not just a rate it was offered.
+    pub sustained: bool,
     pub p99_ms: Option<f64>,
+    /// Events of the run's negative control its typed decoder refused.
+    pub decode_failed: u64,
     pub lost: u64,
     /// Its agent stopped before it was told to.
     pub failed: bool,
@@ -160,6 +165,8 @@ fn measurement(file: &Path, b: BrokerResult, accept_stand_ins: bool) -> Measurem
                 language: g.language.clone()?,
                 client: agent.client.clone(),
                 delivered_per_s: g.rate_per_s,
+                sustained: b.find_max.as_ref().is_some_and(|f| f.found_per_s.is_some()),
+                decode_failed: g.decode_failed,
                 p99_ms: b
                     .latency_us
                     .end_to_end
@@ -307,6 +314,7 @@ pub(crate) fn language_criterion(
     criterion: &mut Criterion,
     measured: &[Measurement],
     named: &[String],
+    rate: f64,
 ) {
     for kind in crate::kind::ALL {
         let runs: Vec<&LanguageRun> = measured
@@ -321,16 +329,27 @@ pub(crate) fn language_criterion(
         let (score, reason) = criterion.judged.get_mut(kind);
         let before = *score;
         let bad = runs.iter().any(|r| r.lost > 0 || r.failed);
-        if bad {
-            *score = ((*score - 3.0).clamp(0.0, 10.0) * 10.0).round() / 10.0;
-        }
+        // A search that found the group's most below the user's rate: that
+        // consumer cannot keep up on this broker.
+        let slow = runs.iter().any(|r| r.sustained && r.delivered_per_s < rate);
+        let cost = 3.0 * f64::from(u8::from(bad)) + 2.0 * f64::from(u8::from(slow));
+        *score = ((*score - cost).clamp(0.0, 10.0) * 10.0).round() / 10.0;
         let said: Vec<String> = runs
             .iter()
             .map(|r| {
-                let mut s = format!(
-                    "{} on {kind} ({}): {:.0} msg/s delivered",
-                    r.language, r.client, r.delivered_per_s
-                );
+                let mut s = match r.sustained {
+                    true => format!(
+                        "{} on {kind} ({}): {:.0} msg/s at most (find-max)",
+                        r.language, r.client, r.delivered_per_s
+                    ),
+                    false => format!(
+                        "{} on {kind} ({}): {:.0} msg/s delivered",
+                        r.language, r.client, r.delivered_per_s
+                    ),
+                };
+                if r.sustained && r.delivered_per_s < rate {
+                    s.push_str(&format!(", below your {rate:.0} msg/s"));
+                }
                 if let Some(p99) = r.p99_ms {
                     s.push_str(&format!(", p99 {p99:.0} ms"));
                 }
@@ -342,6 +361,9 @@ pub(crate) fn language_criterion(
                 }
                 if r.failed {
                     s.push_str(", its consumer died");
+                }
+                if r.decode_failed > 0 {
+                    s.push_str(&format!(", refused {} undecodable events", r.decode_failed));
                 }
                 s
             })

@@ -194,7 +194,7 @@ fn with_dead_letters(
     }
     if let Some(c) = criteria.iter_mut().find(|c| c.name == "client languages") {
         let named: Vec<String> = answers.languages.iter().map(answers::value).collect();
-        evidence::language_criterion(c, measured, &named);
+        evidence::language_criterion(c, measured, &named, answers.rate);
     }
     criteria
 }
@@ -280,7 +280,9 @@ mod tests {
                 language: "python".into(),
                 client: "nats-py".into(),
                 delivered_per_s: 500.0,
+                sustained: false,
                 p99_ms: Some(6.5),
+                decode_failed: 0,
                 lost,
                 failed,
                 cpu_per_message_us: Some(810.0),
@@ -312,6 +314,27 @@ mod tests {
             let before = unmeasured.judged.get(BrokerKind::Jetstream).0;
             assert_eq!(*score, (before - 3.0).max(0.0), "{reason}");
             assert!(reason.contains("moved the score"), "{reason}");
+        }
+        // A search that sustained less than the user's rate costs 2; one
+        // that sustained more, nothing; both say it was the most.
+        for (found, cost) in [(400.0, 2.0), (2100.0, 0.0)] {
+            let mut searched = run("jetstream", 0, false);
+            searched.languages[0].sustained = true;
+            searched.languages[0].delivered_per_s = found;
+            searched.languages[0].decode_failed = 12;
+            let c = languages(&[searched]);
+            let (score, reason) = c.judged.get(BrokerKind::Jetstream);
+            let before = unmeasured.judged.get(BrokerKind::Jetstream).0;
+            assert_eq!(*score, (before - cost).max(0.0), "{reason}");
+            let said =
+                format!("python on jetstream (nats-py): {found:.0} msg/s at most (find-max)");
+            assert!(reason.contains(&said), "{reason}");
+            assert_eq!(
+                reason.contains("below your 500 msg/s"),
+                cost > 0.0,
+                "{reason}"
+            );
+            assert!(reason.contains("refused 12 undecodable events"), "{reason}");
         }
         // A language the user did not name is no evidence.
         let go_only = answers_with_go();
