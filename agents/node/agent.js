@@ -970,6 +970,20 @@ class Agent {
     // this returns. Told to stop meanwhile, it throws: not committed, the
     // group reads it again.
     const eachMessage = async ({ partition, message, heartbeat }) => {
+      // Waits `ms` (throws if told to stop meanwhile), then tells the group
+      // coordinator this member is alive: a retry must not cost the partition.
+      const pause = async (ms) => {
+        try {
+          await this.sleepOrStop(ms);
+        } catch (e) {
+          throw new Stopped('stopping');
+        }
+        try {
+          await heartbeat();
+        } catch (e) {
+          warn(`heartbeat: ${errorText(e)}`);
+        }
+      };
       for (;;) {
         if (this.stopping) throw new Stopped('stopping');
         const received = this.now();
@@ -993,32 +1007,14 @@ class Agent {
             if (producer === null) return;
             for (let tries = 0; ; tries += 1) {
               if (await deadLetter(partition, message, `cannot decode the event: ${error}`, traceId)) return;
-              try {
-                await this.sleepOrStop(backoffMs(tries, this.backoffMaxMs));
-              } catch (e) {
-                throw new Stopped('stopping');
-              }
-              try {
-                await heartbeat();
-              } catch (e) {
-                warn(`heartbeat: ${errorText(e)}`);
-              }
+              await pause(backoffMs(tries, this.backoffMaxMs));
             }
           },
         };
         await this.handle(d, received);
         if (!again) return;
         // Delivered again in process after the delay, its offset held back.
-        try {
-          await this.sleepOrStop(retryDelayMs);
-        } catch (e) {
-          throw new Stopped('stopping');
-        }
-        try {
-          await heartbeat();
-        } catch (e) {
-          warn(`heartbeat: ${errorText(e)}`);
-        }
+        await pause(retryDelayMs);
       }
     };
 

@@ -46,8 +46,11 @@ pub(super) async fn consume(
     let mut countdown = Countdown::new(Arc::clone(&progress), index);
     let mut closed = false;
     let mut processing = FuturesUnordered::new();
-    let live = progress.live.as_ref().and_then(|l| l.groups.get(index));
-    let live = live.cloned();
+    let live = progress
+        .live
+        .as_ref()
+        .and_then(|l| l.groups.get(index))
+        .cloned();
     // The reader stops when this group's loop does, whyever it ends.
     let stop_reader = stop.child_token();
     let reading = dead_letters.map(|d| read_dead_letters(d, stop_reader.clone()));
@@ -90,7 +93,8 @@ pub(super) async fn consume(
             }
             Some(Err(kind)) => {
                 out.error(kind, &cx);
-                tokio::time::sleep(Duration::from_millis(10)).await; // no hot loop on a broken subscription
+                // No hot loop on a broken subscription.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
             Some(Ok(incoming)) => incoming,
@@ -102,20 +106,9 @@ pub(super) async fn consume(
             processing.push(settle(incoming.settle, Settle::Ack, Duration::ZERO, None));
             continue;
         }
-        let arrived = Arrival {
-            now,
-            redelivered: incoming.redelivered,
-            refuse: refuse(&read, &incoming, &cx),
-        };
-        out.decode_failed += u64::from(matches!(read, Read::Refused(_)));
-        let decision = record_delivery(
-            &mut out,
-            read.envelope(),
-            arrived,
-            &cx,
-            &live,
-            &mut countdown,
-        );
+        let arrived = Arrival::of(&read, now, &incoming, &cx);
+        let at = (&cx, &live, &mut countdown);
+        let decision = record_delivery(&mut out, read, arrived, at);
         let work = work(&group, &progress, &incoming);
         let (how, work, status) = settlement(decision, incoming.redelivered, work);
         processing.push(settle(incoming.settle, how, work, Some(status)));
@@ -123,15 +116,12 @@ pub(super) async fn consume(
     // Dead letters the reader read before it stopped are recorded too, and
     // acknowledged with the rest.
     stop_reader.cancel();
-    if let Some(rx) = dead_letters.as_mut() {
-        while let Ok(Some(next)) = rx.try_recv() {
-            if let Ok(incoming) = next {
-                let envelope = cx.envelope(&incoming.payload);
-                let at = (&cx, Instant::now(), &live);
-                record_dead_letter(&mut out, envelope.as_ref(), at, None);
-                processing.push(settle(incoming.settle, Settle::Ack, Duration::ZERO, None));
-            }
-        }
+    for settler in dead_letters
+        .as_mut()
+        .map(|rx| last_dead_letters(rx, &mut out, &cx, &live))
+        .unwrap_or_default()
+    {
+        processing.push(settle(settler, Settle::Ack, Duration::ZERO, None));
     }
     finish(&mut processing, &mut out, &live).await;
     out.agent = consumer.agent();
@@ -140,6 +130,25 @@ pub(super) async fn consume(
         let _ = tokio::time::timeout(driver::CALL_TIMEOUT, reader).await;
     }
     out
+}
+
+/// Records the dead letters `rx` holds once its reader has stopped; their
+/// settlers, to acknowledge them.
+fn last_dead_letters(
+    rx: &mut tokio::sync::mpsc::Receiver<Option<Result<Incoming, ErrorKind>>>,
+    out: &mut GroupOutcome,
+    cx: &RunContext,
+    live: &Option<GroupMetrics>,
+) -> Vec<Settler> {
+    let mut settlers = Vec::new();
+    while let Ok(Some(next)) = rx.try_recv() {
+        if let Ok(incoming) = next {
+            let envelope = cx.envelope(&incoming.payload);
+            record_dead_letter(out, envelope.as_ref(), (cx, Instant::now(), live), None);
+            settlers.push(incoming.settle);
+        }
+    }
+    settlers
 }
 
 /// The simulated processing a delivery gets: none in the final read, which
@@ -173,20 +182,6 @@ fn arrival(incoming: &Incoming, cx: &RunContext) -> (Read, Instant) {
     }
 }
 
-/// Whether the group is to refuse a delivery as undecodable: what its own
-/// decoder found, for brokerbench's consumer; for an agent's, what the
-/// message's version says a typed decoder must do (the run published it),
-/// so that an agent that decides otherwise is caught.
-fn refuse(read: &Read, incoming: &Incoming, cx: &RunContext) -> bool {
-    match (read, &incoming.receipt) {
-        (Read::Foreign, _) => false,
-        (read, Some(_)) => read
-            .envelope()
-            .is_some_and(|e| !cx.event_version(e.intended_ns).decodable()),
-        (read, None) => matches!(read, Read::Refused(_)),
-    }
-}
-
 /// A delivery's arrival: when, whether the broker flagged it redelivered,
 /// and whether the group is to refuse it as undecodable.
 #[derive(Clone, Copy)]
@@ -194,6 +189,27 @@ struct Arrival {
     now: Instant,
     redelivered: bool,
     refuse: bool,
+}
+
+impl Arrival {
+    /// `incoming`, `read` as it was and arrived `now`. It is to be refused
+    /// when its own decoder refused it, for brokerbench's consumer; for an
+    /// agent's, when the message's version says a typed decoder must (the
+    /// run published it), so that an agent that decides otherwise is caught.
+    fn of(read: &Read, now: Instant, incoming: &Incoming, cx: &RunContext) -> Self {
+        let refuse = match (read, &incoming.receipt) {
+            (Read::Foreign, _) => false,
+            (read, Some(_)) => read
+                .envelope()
+                .is_some_and(|e| !cx.event_version(e.intended_ns).decodable()),
+            (read, None) => matches!(read, Read::Refused(_)),
+        };
+        Arrival {
+            now,
+            redelivered: incoming.redelivered,
+            refuse,
+        }
+    }
 }
 
 /// What this group still lacks for the drain: once the producers are done,
@@ -244,13 +260,12 @@ impl Countdown {
 /// not this run's.
 fn record_delivery(
     out: &mut GroupOutcome,
-    envelope: Option<Envelope>,
+    read: Read,
     arrived: Arrival,
-    cx: &RunContext,
-    live: &Option<GroupMetrics>,
-    countdown: &mut Countdown,
+    (cx, live, countdown): (&RunContext, &Option<GroupMetrics>, &mut Countdown),
 ) -> Option<Decision> {
-    let Some(envelope) = &envelope else {
+    out.decode_failed += u64::from(matches!(read, Read::Refused(_)));
+    let Some(envelope) = &read.envelope() else {
         out.log.record_foreign();
         return None;
     };

@@ -269,6 +269,25 @@ struct RunContext {
 }
 
 impl RunContext {
+    /// The context of run `run_id` of `plan`, its load starting now (in
+    /// 10 ms), its instants counted from `epoch`.
+    fn starting_now(plan: &Plan, run_id: u64, epoch: Instant) -> Self {
+        let start = Instant::now() + Duration::from_millis(10);
+        let end = start + plan.load.warmup + plan.load.duration;
+        RunContext {
+            run_id,
+            epoch,
+            start,
+            steady_start: start + plan.load.warmup,
+            end,
+            deadline: end + plan.load.drain_timeout,
+            message_size: plan.load.message_size,
+            encoding: plan.load.encoding,
+            keys: plan.load.keys,
+            load: Arc::new(plan.load.clone()),
+        }
+    }
+
     fn ns(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_nanos() as u64
     }
@@ -340,20 +359,7 @@ pub(crate) async fn measure(
     let (consumers, producers) = open_clients(plan, driver, &agents).await?;
 
     // Everything is connected: the clock starts now.
-    let start = Instant::now() + Duration::from_millis(10);
-    let end = start + plan.load.warmup + plan.load.duration;
-    let cx = RunContext {
-        run_id,
-        epoch,
-        start,
-        steady_start: start + plan.load.warmup,
-        end,
-        deadline: end + plan.load.drain_timeout,
-        message_size: plan.load.message_size,
-        encoding: plan.load.encoding,
-        keys: plan.load.keys,
-        load: Arc::new(plan.load.clone()),
-    };
+    let cx = RunContext::starting_now(plan, run_id, epoch);
     // The publish history, frozen, for the consumers once the producers are done.
     let (share_logs, published) = tokio::sync::watch::channel(None);
     let stop_consumers = CancellationToken::new();
