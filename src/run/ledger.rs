@@ -83,8 +83,6 @@ pub struct GroupLog {
     redelivered: u64,
     foreign: u64,
     out_of_order: u64,
-    /// Deliveries the typed decoder refused.
-    refused: u64,
     /// For a group that fails messages on purpose.
     failures: Option<FailureLog>,
 }
@@ -233,7 +231,6 @@ impl GroupLog {
     /// is complete now for the first time: without failures once delivered,
     /// with failures (a dead-letter destination) once its dead letter is read.
     pub fn refuse(&mut self, envelope: &Envelope, first: bool) -> (Decision, bool) {
-        self.refused += 1;
         let Some(f) = self.failures.as_mut() else {
             return (Decision::Refuse, first);
         };
@@ -242,11 +239,6 @@ impl GroupLog {
             *state = REFUSED;
         }
         (Decision::Refuse, false)
-    }
-
-    /// Deliveries the group's typed decoder refused.
-    pub fn refused(&self) -> u64 {
-        self.refused
     }
 
     /// Records a copy of `envelope` read from the dead-letter destination;
