@@ -48,15 +48,6 @@ pub enum EventVersion {
 }
 
 impl EventVersion {
-    /// The name in scenarios and results.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventVersion::V1 => "v1",
-            EventVersion::V2 => "v2",
-            EventVersion::V2Broken => "v2-broken",
-        }
-    }
-
     /// The version the event says it is.
     fn label(self) -> &'static str {
         match self {
@@ -239,6 +230,33 @@ struct OrderCreated<'a> {
     bench: &'a Envelope,
 }
 
+impl<'a> OrderCreated<'a> {
+    /// The event of `envelope` in `version`, with its `total` and its
+    /// `(order_id, user_id, timestamp, trace_id)`: v2 adds the currency; the
+    /// negative control also drops the user id and writes the total as text.
+    fn of(
+        version: EventVersion,
+        envelope: &'a Envelope,
+        total: f64,
+        (order_id, user_id, timestamp, trace_id): (&'a str, &'a str, &'a str, &'a str),
+    ) -> Self {
+        let broken = version == EventVersion::V2Broken;
+        OrderCreated {
+            version: version.label(),
+            order_id,
+            user_id: (!broken).then_some(user_id),
+            total: match broken {
+                true => Total::Text(total),
+                false => Total::Number(total),
+            },
+            currency: (version != EventVersion::V1).then_some("EUR"),
+            timestamp,
+            trace_id,
+            bench: envelope,
+        }
+    }
+}
+
 /// The order's total: a JSON number, or (the negative control) the same
 /// number as text.
 #[derive(Clone, Copy, Serialize)]
@@ -308,21 +326,9 @@ fn encode_json(
 ) -> Vec<u8> {
     // A plausible amount that differs per order, in cents precision.
     let total = ((envelope.seq * 7919 + envelope.key * 104_729) % 100_000) as f64 / 100.0 + 1.0;
-    let broken = version == EventVersion::V2Broken;
-    let user_id = envelope.user_id().text();
-    let event = OrderCreated {
-        version: version.label(),
-        order_id: &envelope.order_id().text(),
-        user_id: (!broken).then_some(&user_id),
-        total: match broken {
-            true => Total::Text(total),
-            false => Total::Number(total),
-        },
-        currency: (version != EventVersion::V1).then_some("EUR"),
-        timestamp: &timestamp(),
-        trace_id: &trace_id.text(),
-        bench: envelope,
-    };
+    let ids = (envelope.order_id().text(), envelope.user_id().text());
+    let texts = (&*ids.0, &*ids.1, &*timestamp(), &*trace_id.text());
+    let event = OrderCreated::of(version, envelope, total, texts);
     let mut payload = Vec::with_capacity(size.max(JSON_CAPACITY));
     write_event(&mut payload, &event);
     // Pad by splicing `,"pad":"xxx"` before the closing brace.
@@ -671,21 +677,9 @@ mod tests {
         let versions = [EventVersion::V1, EventVersion::V2, EventVersion::V2Broken];
         let cases = [(envelope(), 1.0), (far, 1000.99), (envelope(), 12.5)];
         for ((envelope, total), version) in cases.into_iter().zip(versions.into_iter().cycle()) {
-            let broken = version == EventVersion::V2Broken;
-            let user_id = envelope.user_id().text();
-            let event = OrderCreated {
-                version: version.label(),
-                order_id: &envelope.order_id().text(),
-                user_id: (!broken).then_some(&user_id),
-                total: match broken {
-                    true => Total::Text(total),
-                    false => Total::Number(total),
-                },
-                currency: (version != EventVersion::V1).then_some("EUR"),
-                timestamp: &timestamp(),
-                trace_id: &TraceId(u128::MAX).text(),
-                bench: &envelope,
-            };
+            let ids = (envelope.order_id().text(), envelope.user_id().text());
+            let texts = (&*ids.0, &*ids.1, &*timestamp(), &*TraceId(u128::MAX).text());
+            let event = OrderCreated::of(version, &envelope, total, texts);
             let mut written = Vec::new();
             write_event(&mut written, &event);
             assert_eq!(

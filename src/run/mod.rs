@@ -261,10 +261,7 @@ struct RunContext {
     end: Instant,
     /// No more waiting for confirmations or deliveries after this.
     deadline: Instant,
-    message_size: usize,
-    encoding: event::Encoding,
-    keys: u64,
-    /// The load, for the event version each message is published in.
+    /// The load: the messages' size, encoding, keys and event versions.
     load: Arc<crate::scenario::Load>,
 }
 
@@ -281,9 +278,6 @@ impl RunContext {
             steady_start: start + plan.load.warmup,
             end,
             deadline: end + plan.load.drain_timeout,
-            message_size: plan.load.message_size,
-            encoding: plan.load.encoding,
-            keys: plan.load.keys,
             load: Arc::new(plan.load.clone()),
         }
     }

@@ -179,7 +179,7 @@ impl ProducerTask {
     async fn send_new(&mut self, due: Instant, now: Instant) {
         let seq = self.out.log.attempt();
         self.progress.attempted[self.id as usize].fetch_add(1, Ordering::Relaxed);
-        let key = rand::random_range(0..self.cx.keys);
+        let key = rand::random_range(0..self.cx.load.keys);
         let send = Send {
             seq,
             key,
@@ -231,7 +231,8 @@ impl ProducerTask {
         let token = self.next_token;
         self.next_token += 1;
         let version = self.cx.event_version(envelope.intended_ns);
-        let message = event::encode(&envelope, self.cx.message_size, self.cx.encoding, version);
+        let load = &self.cx.load;
+        let message = event::encode(&envelope, load.message_size, load.encoding, version);
         // Out of the runtime's budget, which the turn already paid: the
         // send waits only if the client's queue is full, never to give the
         // turn away after `sent` was written into the message.

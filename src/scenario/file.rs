@@ -332,18 +332,31 @@ fn load(l: LoadFile) -> Result<Load, RawError> {
     })
 }
 
+/// A timeline's `at`, counted from the start of the measured phase, which
+/// must fall within its `load`; the error says what `happens` there.
+fn during_the_load(
+    at: &Spanned<String>,
+    load: Duration,
+    happens: &str,
+) -> Result<Duration, RawError> {
+    let time = duration(at)?;
+    if time >= load {
+        let end = humantime::format_duration(load);
+        return Err(RawError::at(
+            at.span(),
+            format!(
+                "is at or after the end of the load ({end}); {happens} during the measured phase"
+            ),
+        ));
+    }
+    Ok(time)
+}
+
 /// `[[load.evolution]]`: steps in order, each during the measured phase.
 fn evolution(written: &[EvolutionFile], load: Duration) -> Result<Vec<Evolution>, RawError> {
     let mut steps: Vec<Evolution> = Vec::new();
     for step in written {
-        let at = duration(&step.at)?;
-        if at >= load {
-            let end = humantime::format_duration(load);
-            return Err(RawError::at(
-                step.at.span(),
-                format!("is at or after the end of the load ({end}); a step happens during the measured phase"),
-            ));
-        }
+        let at = during_the_load(&step.at, load, "a step happens")?;
         if steps.last().is_some_and(|previous| at <= previous.at) {
             return Err(RawError::at(
                 step.at.span(),
@@ -721,14 +734,7 @@ impl KafkaFile {
 fn faults(written: &[FaultFile], load: Duration) -> Result<Vec<Fault>, RawError> {
     let mut faults: Vec<Fault> = Vec::new();
     for f in written {
-        let at = duration(&f.at)?;
-        if at >= load {
-            let end = humantime::format_duration(load);
-            return Err(RawError::at(
-                f.at.span(),
-                format!("is at or after the end of the load ({end}); faults happen during the measured phase"),
-            ));
-        }
+        let at = during_the_load(&f.at, load, "faults happen")?;
         let action = *f.action.get_ref();
         let length = match (&f.duration, action) {
             (Some(d), FaultAction::Restart) => {

@@ -370,14 +370,6 @@ impl Load {
             .last()
             .map_or(self.event_version, |step| step.event_version)
     }
-
-    /// Whether any message of the run is published in a version consumers
-    /// must refuse.
-    pub fn publishes_undecodable(&self) -> bool {
-        std::iter::once(self.event_version)
-            .chain(self.evolution.iter().map(|step| step.event_version))
-            .any(|v| !v.decodable())
-    }
 }
 
 /// A step of `[[load.evolution]]`: from `at` (counted from the start of the
