@@ -651,36 +651,31 @@ class Agent:
                     self.delivered = 1
                 self.redelivered = self.delivered > 1
 
-            async def ack(self) -> None:
+            async def settle(self, what: str, call: Any) -> None:
+                """Sends one settlement (a failed one is logged, the broker
+                redelivers); the pull's slot is free either way."""
                 try:
-                    await timed("ack", self.msg.ack())
+                    await timed(what, call)
                 except Exception as e:
-                    log.warning("ack: %s", e)
+                    log.warning("%s: %s", what, e)
                 finally:
                     agent.js_done()
+
+            async def ack(self) -> None:
+                await self.settle("ack", self.msg.ack())
 
             async def fail(self, attempt: int) -> int:
                 # NAK with the retry delay (the server counts deliveries and
                 # stops at max_deliver), or TERM at the last delivery.
-                try:
-                    if terminate_at is not None and self.delivered >= int(terminate_at):
-                        await timed("term", self.msg.term())
-                    else:
-                        await timed("nak", self.msg.nak(delay=nak_delay or None))
-                except Exception as e:
-                    log.warning("nak/term: %s", e)
-                finally:
-                    agent.js_done()
+                if terminate_at is not None and self.delivered >= int(terminate_at):
+                    await self.settle("term", self.msg.term())
+                else:
+                    await self.settle("nak", self.msg.nak(delay=nak_delay or None))
                 return FAILED
 
             async def refuse(self) -> None:
                 # Could not decode: TERM, never delivered again.
-                try:
-                    await timed("term", self.msg.term())
-                except Exception as e:
-                    log.warning("term: %s", e)
-                finally:
-                    agent.js_done()
+                await self.settle("term", self.msg.term())
 
         def reconnect_delay(servers: list, _info: dict) -> tuple:
             # nats-py asks before every reconnection attempt; `reconnects`
