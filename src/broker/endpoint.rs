@@ -27,6 +27,24 @@ impl Endpoint {
         }
     }
 
+    /// A cluster whose nodes listen on `host` at `ports`: every node's
+    /// address, in the form of a list its client takes.
+    pub fn cluster(kind: BrokerKind, host: &str, ports: &[u16]) -> Self {
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|&port| registry(kind).local_url(host, port))
+            .collect();
+        Endpoint {
+            kind,
+            url: urls.join(","),
+        }
+    }
+
+    /// Each address of a list (a cluster's nodes), or the one address.
+    pub fn urls(&self) -> Vec<String> {
+        self.url.split(',').map(|u| u.trim().to_string()).collect()
+    }
+
     /// A broker at a URL the user gave, checked for the form its client expects.
     pub fn new(kind: BrokerKind, url: &str) -> Result<Self, String> {
         let url = url.trim();

@@ -58,6 +58,8 @@ pub struct Ports {
     pub epmd: Option<u16>,
     /// The KRaft controller listener (Kafka).
     pub controller: Option<u16>,
+    /// The routes between the servers of a cluster (NATS).
+    pub route: Option<u16>,
 }
 
 /// A port a broker needs besides its client port.
@@ -71,6 +73,8 @@ pub enum PortRole {
     Epmd,
     /// See [`Ports::controller`].
     Controller,
+    /// See [`Ports::route`].
+    Route,
 }
 
 impl Ports {
@@ -86,6 +90,7 @@ impl Ports {
                 PortRole::Distribution => &mut ports.distribution,
                 PortRole::Epmd => &mut ports.epmd,
                 PortRole::Controller => &mut ports.controller,
+                PortRole::Route => &mut ports.route,
             };
             *slot = Some(*port);
         }
@@ -99,6 +104,7 @@ impl Ports {
             .chain(self.distribution)
             .chain(self.epmd)
             .chain(self.controller)
+            .chain(self.route)
             .collect()
     }
 }
@@ -115,6 +121,17 @@ pub struct Launch<'a> {
     pub ports: Ports,
     /// Settings for the whole server.
     pub server: ServerSettings,
+    /// Its place in a cluster, if it is one node of several.
+    pub cluster: Option<NodeOf<'a>>,
+}
+
+/// One node of a local cluster: which one, and where all of them listen.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeOf<'a> {
+    /// This node, counting from 0.
+    pub index: usize,
+    /// Every node's ports, this one's included, in node order.
+    pub peers: &'a [Ports],
 }
 
 /// What a local server is started with that holds for the whole server,
@@ -156,6 +173,8 @@ pub struct Info {
     pub implementation: (&'static str, &'static str),
     /// Ports it needs besides the client port.
     pub extra_ports: &'static [PortRole],
+    /// Ports each node of a cluster needs besides those.
+    pub cluster_ports: &'static [PortRole],
     /// How long a local start may take before it counts as failed.
     pub ready_deadline: Duration,
     /// The form of URL its client expects, in words with an example.
@@ -249,6 +268,11 @@ pub trait Broker: Send + Sync {
 
     /// The URL its client uses for a broker on `host:port` (default account).
     fn local_url(&self, host: &str, port: u16) -> String;
+    /// The name the broker gives the node launched by `launch`, as it
+    /// reports a leader (a server name, a node id).
+    fn node_name(&self, launch: &Launch<'_>) -> String {
+        format!("{}:{}", launch.host, launch.ports.client)
+    }
     /// Whether `url` has the form its client expects ([`Info::url_form`]).
     fn accepts_url(&self, url: &str) -> bool;
 

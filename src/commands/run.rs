@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 
 use super::screen::Screen;
@@ -17,6 +17,7 @@ use super::DataDir;
 use crate::broker::ServerSettings;
 use crate::cli::{EnvKind, RunArgs};
 use crate::env::binaries::{self, Binary};
+use crate::env::cluster::LocalCluster;
 use crate::env::compose::ComposeBroker;
 use crate::env::external::{CommandBroker, Targets};
 use crate::env::local::LocalBroker;
@@ -170,6 +171,8 @@ enum Site {
         binaries: Vec<Binary>,
         data: DataDir,
         server: ServerSettings,
+        /// Nodes per broker: 1, or a local cluster.
+        nodes: u8,
     },
     Compose(PathBuf),
     External(Vec<CommandBroker>),
@@ -182,7 +185,13 @@ impl Site {
                 binaries: binaries::locate_all(&plan.brokers).await?,
                 data: DataDir::new(None)?,
                 server: ServerSettings::of(plan),
+                nodes: plan.cluster.nodes,
             },
+            _ if !plan.cluster.is_single() => bail!(
+                "{}: [cluster] nodes = {} runs on local clusters only so far (--env local)",
+                plan.source.display(),
+                plan.cluster.nodes
+            ),
             EnvKind::Compose => Site::Compose(args.compose_file.clone()),
             EnvKind::External => {
                 let file = args
@@ -217,13 +226,18 @@ impl Environment for Site {
                 binaries,
                 data,
                 server,
+                nodes,
             } => {
                 let binary = binaries
                     .iter()
                     .find(|b| b.kind == kind)
                     .cloned()
                     .context("located with the others")?;
-                Box::new(LocalBroker::start_with(binary, data.path(), *server).await?)
+                if *nodes > 1 {
+                    Box::new(LocalCluster::start(binary, data.path(), *server, *nodes).await?)
+                } else {
+                    Box::new(LocalBroker::start_with(binary, data.path(), *server).await?)
+                }
             }
             Site::Compose(file) => Box::new(ComposeBroker::place(file, kind).await?),
             Site::External(brokers) => {

@@ -220,6 +220,32 @@ pub trait Driver: Send + Sync {
 
     /// Closes the connection.
     async fn close(&self);
+
+    /// On a cluster: who leads what the run uses, as the broker reports it
+    /// now. `None` where the broker cannot say (a single node).
+    async fn leadership(&self) -> Result<Option<Leadership>> {
+        Ok(None)
+    }
+}
+
+/// Who leads what a run uses on a cluster, as the broker reports it: the
+/// queue's leader (RabbitMQ), the stream's (JetStream), the partitions'
+/// (Kafka). Nodes go by the names the broker gives them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Leadership {
+    /// The node that leads it (for Kafka, the one leading the most
+    /// partitions); `None` while none does.
+    pub leader: Option<String>,
+    /// The nodes whose copy is caught up, the leader's included
+    /// (JetStream's current replicas, Kafka's in-sync replicas, a quorum
+    /// queue's online members).
+    pub in_sync: Vec<String>,
+    /// Kafka: each partition's leader.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub partitions: std::collections::BTreeMap<i32, String>,
+    /// Kafka in combined mode: the active controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
 }
 
 /// Publishes messages; the broker's answers come back in one stream, each

@@ -333,6 +333,7 @@ impl Targets {
                 FaultAction::Kill => &[Operation::Kill, Operation::Start],
                 FaultAction::Restart => &[Operation::Restart],
                 FaultAction::Pause => &[Operation::Pause, Operation::Resume],
+                FaultAction::RollingRestart => &[Operation::Restart],
             };
             if let Some(missing) = needed.iter().find(|op| !commands.contains_key(op)) {
                 return Err(self.error(RawError::field(

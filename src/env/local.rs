@@ -52,6 +52,8 @@ pub struct LocalBroker {
     helper: Option<Child>,
     paused: bool,
     ready_in: Duration,
+    /// Its place in a cluster: this node's index and every node's ports.
+    cluster: Option<(usize, std::sync::Arc<[Ports]>)>,
 }
 
 impl LocalBroker {
@@ -87,6 +89,7 @@ impl LocalBroker {
                 helper: None,
                 paused: false,
                 ready_in: Duration::ZERO,
+                cluster: None,
             };
             match broker.launch().await {
                 Ok(_) => return Ok(broker),
@@ -94,6 +97,37 @@ impl LocalBroker {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// Node `index` of a cluster whose nodes listen on `peers`, with its
+    /// data under `dir`; not started yet ([`spawn`](Self::spawn) it).
+    pub(crate) fn node(
+        binary: Binary,
+        dir: PathBuf,
+        server: ServerSettings,
+        index: usize,
+        peers: std::sync::Arc<[Ports]>,
+    ) -> Result<Self> {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let ports = peers[index];
+        Ok(LocalBroker {
+            endpoint: Endpoint::local(binary.kind, HOST, ports.client),
+            ports,
+            binary,
+            dir,
+            server,
+            process: None,
+            helper: None,
+            paused: false,
+            ready_in: Duration::ZERO,
+            cluster: Some((index, peers)),
+        })
+    }
+
+    /// The name the broker gives this node (a server name, a node id).
+    pub fn node_name(&self) -> String {
+        broker::registry(self.kind()).node_name(&self.launch_spec())
     }
 
     /// Which broker this is.
@@ -151,6 +185,14 @@ impl LocalBroker {
     /// Starts the broker again on the same ports with the same data, after a
     /// [`stop`](Self::stop) or [`kill`](Self::kill). Returns the time to ready.
     pub async fn launch(&mut self) -> Result<Duration> {
+        let spawned = self.spawn().await?;
+        self.await_ready(spawned).await
+    }
+
+    /// Starts the process, without waiting for it to be ready (a node of a
+    /// cluster may need the others before it answers); give what it
+    /// returns to [`await_ready`](Self::await_ready).
+    pub(crate) async fn spawn(&mut self) -> Result<Spawned> {
         if self.is_running() {
             bail!("{} is already running", self.kind());
         }
@@ -182,6 +224,13 @@ impl LocalBroker {
             .with_context(|| format!("starting {}", self.binary.path.display()))?;
         self.process = Some(child);
         self.paused = false;
+        Ok(Spawned { started, log_start })
+    }
+
+    /// Waits until a [`spawn`](Self::spawn)ed broker answers its protocol's
+    /// handshake; kills it if it does not in time. Returns the time to ready.
+    pub(crate) async fn await_ready(&mut self, spawned: Spawned) -> Result<Duration> {
+        let Spawned { started, log_start } = spawned;
         let deadline = started + broker::info(self.kind()).ready_deadline;
         loop {
             if !self.is_running() {
@@ -316,6 +365,10 @@ impl LocalBroker {
             host: HOST,
             ports: self.ports,
             server: self.server,
+            cluster: self.cluster.as_ref().map(|(index, peers)| broker::NodeOf {
+                index: *index,
+                peers,
+            }),
         }
     }
 
@@ -333,6 +386,13 @@ impl LocalBroker {
         })?;
         broker.command(&launch)
     }
+}
+
+/// A broker process just started: when, and where its log of this start begins.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    started: Instant,
+    log_start: u64,
 }
 
 /// Starts a broker's helper process and waits until it listens.

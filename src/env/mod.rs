@@ -10,6 +10,7 @@
 //! [`crate::broker`].
 
 pub mod binaries;
+pub mod cluster;
 pub(crate) mod compose;
 pub(crate) mod external;
 pub mod local;
@@ -35,6 +36,17 @@ pub trait FaultTarget: Send {
     async fn pause(&mut self) -> anyhow::Result<()>;
     /// Unfreeze it.
     async fn resume(&mut self) -> anyhow::Result<()>;
+
+    /// The names of a cluster's nodes in node order, as the broker names
+    /// them when it reports a leader; empty for a single broker.
+    fn node_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Node `index` (from 0) of a cluster, to hit alone; `None` for a
+    /// single broker.
+    fn node(&mut self, _index: usize) -> Option<&mut dyn FaultTarget> {
+        None
+    }
 }
 
 /// One operation of a fault, as environments apply it.

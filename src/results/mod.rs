@@ -238,6 +238,42 @@ pub(crate) struct FaultResult {
     /// The messages first sent from this fault until the next one (or the
     /// end); the first fault also owns the messages sent before it.
     pub messages: FaultMessages,
+    /// The node it was aimed at on a cluster, as written: `leader`,
+    /// `follower`, `any` or a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aimed_at: Option<crate::scenario::NodeChoice>,
+    /// On a cluster: who led what the run uses just before the fault, as
+    /// the broker reported it; null if it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leadership_before: Option<crate::driver::Leadership>,
+    /// On a cluster: each node the fault hit, in order (a rolling restart
+    /// hits every one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeFault>,
+}
+
+/// One node of a cluster that a fault hit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct NodeFault {
+    /// Which node, counting from 1.
+    pub node: usize,
+    /// Its name, as the broker reports leaders.
+    pub name: String,
+    /// Whether it was the leader the broker reported just before it was hit.
+    pub was_leader: bool,
+    /// When it was hit: seconds from the start of the load.
+    pub hit_s: f64,
+    /// From the hit to the node accepting clients again, seconds: its
+    /// unavailability. Null if it never came back.
+    pub ready_after_s: Option<f64>,
+    /// The first leader other than this node the broker reported after the
+    /// hit; null if none was.
+    pub new_leader: Option<String>,
+    /// From the hit to that report, seconds.
+    pub new_leader_after_s: Option<f64>,
+    /// From the hit to the broker reporting the node's copy caught up again
+    /// (rejoined), seconds; null if it never did before the end of the run.
+    pub rejoined_after_s: Option<f64>,
 }
 
 /// The account of the messages sent in one fault's window.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::ledger::{self, ProducerLog};
 use super::{GroupOutcome, Measurement};
@@ -19,7 +19,7 @@ use crate::metrics::{Latency, Timeline};
 use crate::results::account::GroupAccount;
 use crate::results::{
     thresholds, AgentResult, BrokerResult, Check, CheckKind, DrainResult, FaultGroup,
-    FaultMessages, FaultResult, GroupResult, IntervalSeries, LatencyResults, LoadResult,
+    FaultMessages, FaultResult, GroupResult, IntervalSeries, LatencyResults, LoadResult, NodeFault,
     PublishResult, Series,
 };
 use crate::scenario::{Language, Plan};
@@ -447,9 +447,10 @@ fn fault_result(
     let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
     let load_end = m.steady_start + plan.load.duration;
     let started = event.started.saturating_duration_since(m.load_start);
-    // Recovery counts from the fault; the first sign is looked for once the broker is back.
+    // Recovery counts from the fault; the first sign is looked for once the
+    // broker serves again (on a cluster: once another node leads).
     let back = event
-        .ready
+        .serving()
         .map(|r| r.saturating_duration_since(m.load_start));
     // (A 10 ms bucket can start before the moment the broker was back.)
     let recovered = |timeline: &Timeline| {
@@ -482,8 +483,13 @@ fn fault_result(
     let back_in_load = event
         .ready
         .is_some_and(|r| r + plan.recovery.backoff_max <= load_end);
+    // On a cluster that reports its replicas, a node that never caught up
+    // again leaves the cluster short of a copy: not recovered.
+    let rejoined =
+        event.leadership_before.is_none() || event.nodes.iter().all(|n| n.rejoined.is_some());
     let worked_again = publish_recovered_after_s.is_some()
-        && delivery_recovered_after_s.values().all(Option::is_some);
+        && delivery_recovered_after_s.values().all(Option::is_some)
+        && rejoined;
     FaultResult {
         action: event.fault.action,
         recovered: match event.ready {
@@ -501,6 +507,25 @@ fn fault_result(
         delivery_recovered_after_s,
         error: event.error.clone(),
         messages,
+        aimed_at: event.fault.node,
+        leadership_before: event.leadership_before.clone(),
+        nodes: event
+            .nodes
+            .iter()
+            .map(|n| {
+                let after = |at: Instant| secs(at.saturating_duration_since(n.hit));
+                NodeFault {
+                    node: n.number,
+                    name: n.name.clone(),
+                    was_leader: n.was_leader,
+                    hit_s: secs(n.hit.saturating_duration_since(m.load_start)),
+                    ready_after_s: n.ready.map(after),
+                    new_leader: n.led_by_another.as_ref().map(|(name, _)| name.clone()),
+                    new_leader_after_s: n.led_by_another.as_ref().map(|(_, at)| after(*at)),
+                    rejoined_after_s: n.rejoined.map(after),
+                }
+            })
+            .collect(),
     }
 }
 

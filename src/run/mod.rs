@@ -360,7 +360,7 @@ pub(crate) async fn measure(
     let groups = (stop_consumers.clone(), published);
     let mut group_tasks = spawn_groups(plan, consumers, &cx, groups, progress);
     let producer_tasks = spawn_producers(plan, producers, &cx, progress, cancel);
-    let faults = (target, observer);
+    let faults = (target, driver, observer);
     let loaded = load_and_drain(
         plan,
         &cx,
@@ -529,7 +529,7 @@ async fn load_and_drain(
     cx: &RunContext,
     mut producer_tasks: JoinSet<(u32, ProducerOutcome)>,
     share_logs: tokio::sync::watch::Sender<Option<Arc<Vec<ProducerLog>>>>,
-    (target, observer): (&mut dyn FaultTarget, &dyn Observer),
+    (target, driver, observer): (&mut dyn FaultTarget, &dyn Driver, &dyn Observer),
     cancel: &CancellationToken,
     progress: &Arc<Progress>,
 ) -> Result<Loaded> {
@@ -553,7 +553,7 @@ async fn load_and_drain(
     };
     let fault_run = faults::inject(
         &plan.faults,
-        target,
+        (target, driver),
         cx.steady_start,
         cx.deadline,
         cancel,

@@ -36,6 +36,13 @@ pub(super) struct ScenarioFile {
     #[serde(default)]
     thresholds: BTreeMap<Spanned<String>, Spanned<Entry>>,
     dead_letter: Option<Spanned<DeadLetterFile>>,
+    cluster: Option<ClusterFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    nodes: Spanned<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +123,8 @@ struct FaultFile {
     at: Spanned<String>,
     action: Spanned<FaultAction>,
     duration: Option<Spanned<String>>,
+    /// `"leader"`, `"follower"`, `"any"` or a node number.
+    node: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,7 +228,8 @@ impl ScenarioFile {
             failing,
         )?;
         check_dead_letter_used(self.dead_letter.as_ref(), failing)?;
-        let faults = faults(&self.faults, load.duration)?;
+        let cluster = cluster(self.cluster.as_ref())?;
+        let faults = faults(&self.faults, load.duration, cluster)?;
         let recovery = recovery(&self.recovery)?;
         let thresholds = thresholds(&self.thresholds)?;
         check_rate_ratio_target(&self.thresholds, &load, rate_flag)?;
@@ -234,6 +244,7 @@ impl ScenarioFile {
             jetstream: self.jetstream.into_settings()?,
             kafka,
             faults,
+            cluster,
             recovery,
             durability: self.durability,
             thresholds,
@@ -730,14 +741,24 @@ impl KafkaFile {
     }
 }
 
-/// The fault timeline: in order, within the load, not overlapping.
-fn faults(written: &[FaultFile], load: Duration) -> Result<Vec<Fault>, RawError> {
+/// `[cluster]`, or a single node.
+fn cluster(written: Option<&ClusterFile>) -> Result<Cluster, RawError> {
+    let Some(file) = written else {
+        return Ok(Cluster::default());
+    };
+    let nodes = positive(&Some(file.nodes.clone()), 1, Cluster::MAX_NODES.into())?;
+    Ok(Cluster { nodes: nodes as u8 })
+}
+
+/// The fault timeline: in order, within the load, not overlapping, each
+/// aimed at a node the cluster has.
+fn faults(written: &[FaultFile], load: Duration, cluster: Cluster) -> Result<Vec<Fault>, RawError> {
     let mut faults: Vec<Fault> = Vec::new();
     for f in written {
         let at = during_the_load(&f.at, load, "faults happen")?;
         let action = *f.action.get_ref();
         let length = match (&f.duration, action) {
-            (Some(d), FaultAction::Restart) => {
+            (Some(d), FaultAction::Restart | FaultAction::RollingRestart) => {
                 return Err(RawError::at(
                     d.span(),
                     "a restart has no duration (it takes as long as it takes)",
@@ -761,9 +782,45 @@ fn faults(written: &[FaultFile], load: Duration) -> Result<Vec<Fault>, RawError>
             at,
             action,
             duration: length,
+            node: fault_node(f, cluster)?,
         });
     }
     Ok(faults)
+}
+
+/// The node a fault is aimed at: on a cluster, the one written (the leader
+/// when none is); on a single node, none.
+fn fault_node(f: &FaultFile, cluster: Cluster) -> Result<Option<NodeChoice>, RawError> {
+    let rolling = *f.action.get_ref() == FaultAction::RollingRestart;
+    if rolling && cluster.is_single() {
+        return Err(RawError::at(
+            f.action.span(),
+            "a rolling restart needs a cluster: set `[cluster] nodes = 3`",
+        ));
+    }
+    let Some(node) = &f.node else {
+        return Ok((!cluster.is_single() && !rolling).then_some(NodeChoice::Leader));
+    };
+    if rolling {
+        return Err(RawError::at(
+            node.span(),
+            "a rolling restart restarts every node in turn; it takes no `node`",
+        ));
+    }
+    if cluster.is_single() {
+        return Err(RawError::at(
+            node.span(),
+            "names a node, but the brokers run on a single node: set `[cluster] nodes = 3`",
+        ));
+    }
+    let text = match node.get_ref() {
+        toml::Value::String(text) => text.clone(),
+        toml::Value::Integer(n) => n.to_string(),
+        other => other.to_string(),
+    };
+    NodeChoice::parse(&text, cluster.nodes)
+        .map(Some)
+        .map_err(|e| RawError::at(node.span(), e))
 }
 
 fn duration(value: &Spanned<String>) -> Result<Duration, RawError> {

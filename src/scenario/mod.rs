@@ -48,6 +48,10 @@ pub struct Plan {
     pub kafka: KafkaSettings,
     /// Faults injected during the steady phase, in time order.
     pub faults: Vec<Fault>,
+    /// How many nodes each broker runs on. Results files written before it
+    /// existed read as single nodes.
+    #[serde(default, skip_serializing_if = "Cluster::is_single")]
+    pub cluster: Cluster,
     /// How clients recover from faults.
     pub recovery: Recovery,
     /// When brokers write to disk before they confirm. Results files written
@@ -217,6 +221,10 @@ pub enum FaultAction {
     Restart,
     /// The broker freezes for `duration` (SIGSTOP/SIGCONT, `docker compose pause`).
     Pause,
+    /// Every node of a cluster in turn: a graceful stop and start, then a
+    /// wait until it has rejoined before the next, as an upgrade goes.
+    #[serde(rename = "rolling-restart")]
+    RollingRestart,
 }
 
 impl FaultAction {
@@ -226,6 +234,7 @@ impl FaultAction {
             FaultAction::Kill => "kill",
             FaultAction::Restart => "restart",
             FaultAction::Pause => "pause",
+            FaultAction::RollingRestart => "rolling-restart",
         }
     }
 }
@@ -238,9 +247,92 @@ pub struct Fault {
     pub at: Duration,
     /// What happens.
     pub action: FaultAction,
-    /// Kill: time down before the start. Pause: time frozen. Restart: unused.
+    /// Kill: time down before the start. Pause: time frozen. Restart and
+    /// rolling restart: unused.
     #[serde(with = "human_duration")]
     pub duration: Duration,
+    /// Which node of a cluster it hits; `None` on a single node (and for a
+    /// rolling restart, which hits every node in turn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeChoice>,
+}
+
+/// Which node of a cluster a fault hits, chosen when the fault starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeChoice {
+    /// The node that leads what the scenario uses (the queue, the stream,
+    /// most of the topic's partitions), as the broker reports it then.
+    Leader,
+    /// A node that does not lead it.
+    Follower,
+    /// Any node, chosen at random.
+    Any,
+    /// Node N, counting from 1.
+    Number(u8),
+}
+
+impl NodeChoice {
+    /// As scenarios and results write it: `leader`, `follower`, `any`, `2`.
+    pub fn name(self) -> String {
+        match self {
+            NodeChoice::Leader => "leader".into(),
+            NodeChoice::Follower => "follower".into(),
+            NodeChoice::Any => "any".into(),
+            NodeChoice::Number(n) => n.to_string(),
+        }
+    }
+
+    /// `leader`, `follower`, `any` or a node number from 1 to `nodes`.
+    pub fn parse(text: &str, nodes: u8) -> Result<Self, String> {
+        match text {
+            "leader" => Ok(NodeChoice::Leader),
+            "follower" => Ok(NodeChoice::Follower),
+            "any" => Ok(NodeChoice::Any),
+            number => match number.parse::<u8>() {
+                Ok(n) if (1..=nodes).contains(&n) => Ok(NodeChoice::Number(n)),
+                _ => Err(format!(
+                    "must be \"leader\", \"follower\", \"any\" or a node number from 1 to {nodes}, got {number:?}"
+                )),
+            },
+        }
+    }
+}
+
+impl Serialize for NodeChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        NodeChoice::parse(&text, u8::MAX).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[cluster]`: how many nodes each broker runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Nodes per broker; 1 is a single node. Every queue, stream and topic
+    /// is replicated on all of them.
+    pub nodes: u8,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster { nodes: 1 }
+    }
+}
+
+impl Cluster {
+    /// The most nodes a local cluster may have.
+    pub const MAX_NODES: u8 = 5;
+
+    /// Whether this is a single node.
+    pub fn is_single(&self) -> bool {
+        self.nodes <= 1
+    }
 }
 
 /// What a producer does with a message the broker did not confirm.

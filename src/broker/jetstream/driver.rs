@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::broker::Endpoint;
 use crate::driver::{
-    timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
-    Settle, Settler, Token,
+    timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Leadership,
+    Producer, Settings, Settle, Settler, Token,
 };
 use crate::event::Outgoing;
 use crate::kind::BrokerKind;
@@ -93,6 +93,8 @@ pub(super) struct JetStreamDriver {
     headers: bool,
     /// The scenario asks for every write synced before its ack.
     sync_before_confirm: bool,
+    /// Copies of each stream: one per node of the cluster.
+    replicas: usize,
 }
 
 /// `fut` with the call timeout, its own error left to the caller to read.
@@ -129,7 +131,7 @@ pub(super) async fn open_connection(
 ) -> Result<async_nats::Client> {
     timed(
         &format!("connecting to NATS at {}", endpoint.shown()),
-        options.connect(endpoint.url()),
+        options.connect(endpoint.urls().as_slice()),
     )
     .await
 }
@@ -154,6 +156,7 @@ impl JetStreamDriver {
             failing: plan.has_failures(),
             headers: plan.load.headers,
             sync_before_confirm: plan.syncs_before_confirm(),
+            replicas: usize::from(plan.cluster.nodes),
         })
     }
 
@@ -224,7 +227,7 @@ impl Driver for JetStreamDriver {
             name: STREAM.to_string(),
             subjects: vec![EVENT_TYPE.to_string()],
             storage: self.storage(),
-            num_replicas: 1,
+            num_replicas: self.replicas,
             ..Default::default()
         };
         timed("creating the stream", self.context.create_stream(config)).await?;
@@ -239,7 +242,7 @@ impl Driver for JetStreamDriver {
                 name: DEAD_LETTER_STREAM.to_string(),
                 subjects: vec![advisories("*")],
                 storage: self.storage(),
-                num_replicas: 1,
+                num_replicas: self.replicas,
                 ..Default::default()
             };
             timed(
@@ -337,7 +340,7 @@ impl Driver for JetStreamDriver {
     fn settings(&self) -> Settings {
         Settings::of(&Applied {
             storage: self.settings.storage,
-            replicas: 1,
+            replicas: self.replicas as u32,
             publish_acks: true,
             consumer: "durable pull, explicit ack after processing",
             connections: "one for the producers, one per consumer group and per dead-letter reader",
@@ -426,6 +429,36 @@ impl Driver for JetStreamDriver {
 
     async fn close(&self) {
         let _ = timed("flushing the NATS connection", self.client.flush()).await;
+    }
+
+    /// The stream's leader and its current replicas, from the stream's info
+    /// (which the stream's leader answers).
+    async fn leadership(&self) -> Result<Option<Leadership>> {
+        if self.replicas < 2 {
+            return Ok(None);
+        }
+        let mut stream = timed("looking up the stream", self.context.get_stream(STREAM)).await?;
+        let info = timed("asking for the stream's info", stream.info()).await?;
+        let Some(cluster) = &info.cluster else {
+            return Ok(None);
+        };
+        let leader = cluster.leader.clone();
+        let in_sync = leader
+            .iter()
+            .cloned()
+            .chain(
+                cluster
+                    .replicas
+                    .iter()
+                    .filter(|peer| peer.current && !peer.offline)
+                    .map(|peer| peer.name.clone()),
+            )
+            .collect();
+        Ok(Some(Leadership {
+            leader,
+            in_sync,
+            ..Leadership::default()
+        }))
     }
 }
 

@@ -32,6 +32,7 @@ static INFO: Info = Info {
     },
     implementation: ("nats-server ", ""),
     extra_ports: &[PortRole::Monitoring],
+    cluster_ports: &[PortRole::Route],
     ready_deadline: Duration::from_secs(30),
     url_form: "a NATS URL such as nats://host:4222",
     compose_service: "nats",
@@ -43,18 +44,39 @@ const CONFIG: &str = "nats-server.conf";
 
 /// JetStream with its store in the data directory; with `sync_always`,
 /// every write synced before it is acknowledged (`sync_interval` is
-/// server-wide, so it cannot be set per stream).
-fn server_config(launch: &Launch<'_>) -> String {
+/// server-wide, so it cannot be set per stream). One node of a cluster
+/// also listens for routes and names every node's route, as the NATS
+/// documentation's static cluster does (a node ignores the route to itself).
+fn server_config(launch: &Launch<'_>) -> Result<String> {
     let store = launch.dir.join("jetstream");
     let sync = if launch.server.sync_always {
         "\n  sync_interval: always"
     } else {
         ""
     };
-    format!(
+    let mut config = format!(
         "# Written by brokerbench before each start.\njetstream {{\n  store_dir: {:?}{sync}\n}}\n",
         store.display().to_string()
-    )
+    );
+    if let Some(node) = launch.cluster {
+        let host = launch.host;
+        let route = launch.ports.route.context("no route port")?;
+        let routes = node
+            .peers
+            .iter()
+            .map(|p| {
+                Ok(format!(
+                    "    nats-route://{host}:{}",
+                    p.route.context("no route port")?
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .join("\n");
+        config.push_str(&format!(
+            "cluster {{\n  name: brokerbench\n  listen: {host}:{route}\n  routes: [\n{routes}\n  ]\n}}\n"
+        ));
+    }
+    Ok(config)
 }
 
 /// NATS JetStream's entry in the registry.
@@ -77,7 +99,7 @@ impl Broker for JetStream {
 
     async fn prepare(&self, launch: &Launch<'_>) -> Result<()> {
         let config = launch.dir.join(CONFIG);
-        std::fs::write(&config, server_config(launch))
+        std::fs::write(&config, server_config(launch)?)
             .with_context(|| format!("writing {}", config.display()))
     }
 
@@ -91,8 +113,12 @@ impl Broker for JetStream {
             .args(["-a", launch.host, "-p", &port])
             .arg("-m")
             .arg(monitoring.to_string())
-            .args(["-n", &format!("brokerbench-{port}")]);
+            .args(["-n", &self.node_name(launch)]);
         Ok(command)
+    }
+
+    fn node_name(&self, launch: &Launch<'_>) -> String {
+        format!("brokerbench-{}", launch.ports.client)
     }
 
     fn local_url(&self, host: &str, port: u16) -> String {

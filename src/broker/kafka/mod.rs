@@ -33,6 +33,7 @@ static INFO: Info = Info {
     install: Install::Script("Apache Kafka's jars from Maven Central, tools/kafka/pom.xml"),
     implementation: ("Apache Kafka ", ""),
     extra_ports: &[PortRole::Controller],
+    cluster_ports: &[],
     // A JVM start: 5-6 s on this project's 2-core machines.
     ready_deadline: Duration::from_secs(60),
     url_form: "bootstrap servers such as host1:9092,host2:9092",

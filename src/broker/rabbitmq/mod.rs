@@ -34,6 +34,7 @@ static INFO: Info = Info {
     install: Install::Apt("rabbitmq-server"),
     implementation: ("RabbitMQ ", ""),
     extra_ports: &[PortRole::Distribution, PortRole::Epmd],
+    cluster_ports: &[],
     // An Erlang VM boot on a busy 2-core machine; usually 2-5 s.
     ready_deadline: Duration::from_secs(90),
     url_form: "an AMQP URI such as amqp://user:password@host:5672/%2f",
