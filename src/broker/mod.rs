@@ -46,7 +46,7 @@ pub fn info(kind: BrokerKind) -> &'static Info {
 pub const PROBE_CONSUMER: &str = "brokerbench-probe";
 
 /// The ports a local broker listens on, by what they are for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Ports {
     /// The client protocol (AMQP, NATS or Kafka).
     pub client: u16,

@@ -269,8 +269,12 @@ pub(crate) struct NodeFault {
     /// The first leader other than this node the broker reported after the
     /// hit; null if none was.
     pub new_leader: Option<String>,
-    /// From the hit to that report, seconds.
+    /// From the hit to that report (Kafka: once every partition the node
+    /// led had another leader), seconds.
     pub new_leader_after_s: Option<f64>,
+    /// Kafka: the partitions the node led that had moved by then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved_partitions: Vec<i32>,
     /// From the hit to the broker reporting the node's copy caught up again
     /// (rejoined), seconds; null if it never did before the end of the run.
     pub rejoined_after_s: Option<f64>,

@@ -520,13 +520,35 @@ fn fault_result(
                     was_leader: n.was_leader,
                     hit_s: secs(n.hit.saturating_duration_since(m.load_start)),
                     ready_after_s: n.ready.map(after),
-                    new_leader: n.led_by_another.as_ref().map(|(name, _)| name.clone()),
+                    new_leader: n
+                        .led_by_another
+                        .as_ref()
+                        .and_then(|(now, _)| now.leader.clone()),
+                    moved_partitions: moved_partitions(event.leadership_before.as_ref(), n),
                     new_leader_after_s: n.led_by_another.as_ref().map(|(_, at)| after(*at)),
                     rejoined_after_s: n.rejoined.map(after),
                 }
             })
             .collect(),
     }
+}
+
+/// Kafka: the partitions `node` led before the fault that another led
+/// when the broker first reported the move.
+fn moved_partitions(
+    before: Option<&crate::driver::Leadership>,
+    node: &super::faults::NodeEvent,
+) -> Vec<i32> {
+    let (Some(before), Some((after, _))) = (before, &node.led_by_another) else {
+        return Vec::new();
+    };
+    before
+        .partitions
+        .iter()
+        .filter(|(_, leader)| **leader == node.name)
+        .filter(|(p, _)| after.partitions.get(p).is_some_and(|now| *now != node.name))
+        .map(|(p, _)| *p)
+        .collect()
 }
 
 /// Messages per second over the steady phase, to a tenth.

@@ -65,9 +65,9 @@ pub(crate) struct NodeEvent {
     pub hit: Instant,
     /// When it accepted clients again; `None` if it never did.
     pub ready: Option<Instant>,
-    /// The first leader other than this node the broker reported after it
-    /// was hit, and when.
-    pub led_by_another: Option<(String, Instant)>,
+    /// The first leadership the broker reported after the node was hit in
+    /// which another node led (Kafka: every partition), and when.
+    pub led_by_another: Option<(Leadership, Instant)>,
     /// When the broker reported its copy caught up again; `None` if it
     /// never did before the end of the run.
     pub rejoined: Option<Instant>,
@@ -235,12 +235,15 @@ async fn rolling(
     Ok(())
 }
 
-/// Waits until the broker reports a leader other than `name`.
-async fn led_by_another(driver: &dyn Driver, name: &str) -> (String, Instant) {
+/// Waits until the broker reports a leader other than `name`, and (Kafka)
+/// no partition led by it; returns who leads then, and when.
+async fn led_by_another(driver: &dyn Driver, name: &str) -> (Leadership, Instant) {
     loop {
-        if let Some(leader) = leadership(driver).await.and_then(|l| l.leader) {
-            if leader != name {
-                return (leader, Instant::now());
+        if let Some(now) = leadership(driver).await {
+            let moved = now.leader.as_deref().is_some_and(|leader| leader != name)
+                && !now.partitions.values().any(|leader| leader == name);
+            if moved {
+                return (now, Instant::now());
             }
         }
         tokio::time::sleep(LEADER_POLL).await;

@@ -3,7 +3,7 @@
 //! delivery reports as confirmations, one consumer group per group, and
 //! offsets committed only up to what has been processed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -23,8 +23,8 @@ use serde::Serialize;
 use super::delivery::{Awaiting, Client, Inbox, Reports};
 use crate::broker::Endpoint;
 use crate::driver::{
-    timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Producer, Settings,
-    Settle, Settler, Token, CONFIRM_TIMEOUT,
+    timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Leadership,
+    Producer, Settings, Settle, Settler, Token, CONFIRM_TIMEOUT,
 };
 use crate::event::Outgoing;
 use crate::kind::BrokerKind;
@@ -48,6 +48,10 @@ const ORIGINAL_GROUP: &str = "kafka_dlt-original-consumer-group";
 struct Applied {
     partitions: i32,
     replicas: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_insync_replicas: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unclean_leader_election: Option<bool>,
     acks: Acks,
     idempotent_producer: bool,
     linger_ms: u64,
@@ -77,6 +81,8 @@ pub(super) struct KafkaDriver {
     /// Topics flush every message to disk before it is acknowledged
     /// (`flush.messages=1`).
     sync_before_confirm: bool,
+    /// Copies of each partition: one per node of the cluster, up to three.
+    replicas: usize,
 }
 
 /// The configuration every Kafka client of ours starts from, the readiness
@@ -140,7 +146,7 @@ async fn fresh_topic(
     admin: &AdminClient<DefaultClientContext>,
     name: &str,
     partitions: i32,
-    sync: bool,
+    (sync, replicas): (bool, usize),
 ) -> Result<()> {
     let options = AdminOptions::new().operation_timeout(Some(crate::driver::CALL_TIMEOUT));
     let _ = timed(
@@ -148,7 +154,13 @@ async fn fresh_topic(
         admin.delete_topics(&[name], &options),
     )
     .await;
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas as i32));
+    let min_isr = super::majority(replicas).to_string();
+    if replicas > 1 {
+        topic = topic
+            .set("min.insync.replicas", &min_isr)
+            .set("unclean.leader.election.enable", "false");
+    }
     if sync {
         topic = topic.set("flush.messages", "1");
     }
@@ -271,6 +283,7 @@ impl KafkaDriver {
             failing: plan.has_failures(),
             headers: plan.load.headers,
             sync_before_confirm: plan.syncs_before_confirm(),
+            replicas: usize::from(plan.cluster.nodes).min(3),
         })
     }
 }
@@ -280,9 +293,10 @@ impl Driver for KafkaDriver {
     async fn setup(&self) -> Result<()> {
         let admin: AdminClient<DefaultClientContext> = base_config(&self.bootstrap).create()?;
         let sync = self.sync_before_confirm;
-        fresh_topic(&admin, EVENT_TYPE, self.settings.partitions, sync).await?;
+        let topics = (sync, self.replicas);
+        fresh_topic(&admin, EVENT_TYPE, self.settings.partitions, topics).await?;
         if self.failing {
-            fresh_topic(&admin, &dead_letter_topic(), 1, sync).await?;
+            fresh_topic(&admin, &dead_letter_topic(), 1, topics).await?;
         }
         Ok(())
     }
@@ -368,10 +382,60 @@ impl Driver for KafkaDriver {
         }))
     }
 
+    /// The topic's partition leaders and in-sync replicas, from the
+    /// metadata a broker answers with (node ids as names).
+    async fn leadership(&self) -> Result<Option<Leadership>> {
+        if self.replicas < 2 {
+            return Ok(None);
+        }
+        let client = self.producer.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(Some(EVENT_TYPE), Duration::from_secs(2))
+        })
+        .await??;
+        let Some(topic) = metadata.topics().first() else {
+            return Ok(None);
+        };
+        let partitions: BTreeMap<i32, String> = topic
+            .partitions()
+            .iter()
+            .filter(|p| p.leader() >= 0)
+            .map(|p| (p.id(), p.leader().to_string()))
+            .collect();
+        let mut led: BTreeMap<&str, usize> = BTreeMap::new();
+        for leader in partitions.values() {
+            *led.entry(leader).or_default() += 1;
+        }
+        // Most partitions, the lowest id among equals.
+        let leader = led
+            .iter()
+            .max_by_key(|(id, n)| (**n, std::cmp::Reverse(id.parse::<i32>().unwrap_or(0))))
+            .map(|(id, _)| id.to_string());
+        // In sync for every partition: a node in each partition's ISR.
+        let mut in_sync: Vec<String> = metadata
+            .brokers()
+            .iter()
+            .map(|b| b.id())
+            .filter(|id| topic.partitions().iter().all(|p| p.isr().contains(id)))
+            .map(|id| id.to_string())
+            .collect();
+        in_sync.sort();
+        Ok(Some(Leadership {
+            leader,
+            in_sync,
+            partitions,
+            controller: None,
+        }))
+    }
+
     fn settings(&self) -> Settings {
         Settings::of(&Applied {
             partitions: self.settings.partitions,
-            replicas: 1,
+            replicas: self.replicas as u32,
+            min_insync_replicas: (self.replicas > 1).then(|| super::majority(self.replicas)),
+            unclean_leader_election: (self.replicas > 1).then_some(false),
             acks: self.settings.acks,
             idempotent_producer: self.settings.idempotent,
             linger_ms: self.settings.linger.as_millis() as u64,
@@ -379,10 +443,10 @@ impl Driver for KafkaDriver {
             batch_messages: self.settings.batch_messages,
             compression: self.settings.compression,
             key: self.settings.key.as_str(),
-            flush: if self.sync_before_confirm {
-                "flush.messages=1: each append is fsynced before it is acknowledged"
-            } else {
-                "broker default: the page cache, fsynced when the OS writes back (durability from replication; 1 replica here)"
+            flush: match (self.sync_before_confirm, self.replicas) {
+                (true, _) => "flush.messages=1: each append is fsynced before it is acknowledged",
+                (false, 1) => "broker default: the page cache, fsynced when the OS writes back (durability from replication; 1 replica here)",
+                (false, _) => "broker default: the page cache, fsynced when the OS writes back; durability from replication",
             },
             consumer_commit: "offsets of processed messages, every 1 s",
             reconnect: crate::driver::backoff_description(&self.recovery),

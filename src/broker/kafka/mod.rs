@@ -46,17 +46,46 @@ pub(super) struct Kafka;
 
 /// The broker's settings: one node that is broker and controller, a topic
 /// per queue (created by brokerbench with the partitions the scenario asks
-/// for), and internal topics at replication 1.
+/// for), and internal topics at replication 1. A node of a cluster is one
+/// of its static controller voters (every node is broker and controller, as
+/// in Kafka's combined-mode quick start), and the internal topics are
+/// replicated on up to three nodes, two of them in sync.
 fn server_properties(launch: &Launch<'_>) -> Result<String> {
     let host = launch.host;
     let client = launch.ports.client;
     let controller = launch.ports.controller.context("no controller port")?;
     let data = launch.dir.join("data");
+    let (id, quorum, replication, min_isr) = match launch.cluster {
+        None => (
+            1,
+            format!("controller.quorum.bootstrap.servers={host}:{controller}"),
+            1,
+            1,
+        ),
+        Some(node) => {
+            let voters = node
+                .peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let port = p.controller.context("no controller port")?;
+                    Ok(format!("{}@{host}:{port}", i + 1))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let replication = node.peers.len().min(3);
+            (
+                node.index + 1,
+                format!("controller.quorum.voters={}", voters.join(",")),
+                replication,
+                majority(replication),
+            )
+        }
+    };
     Ok(format!(
         "# Written by brokerbench before each start.
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers={host}:{controller}
+node.id={id}
+{quorum}
 listeners=PLAINTEXT://{host}:{client},CONTROLLER://{host}:{controller}
 advertised.listeners=PLAINTEXT://{host}:{client}
 controller.listener.names=CONTROLLER
@@ -65,15 +94,48 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs={data}
 num.partitions=1
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+offsets.topic.replication.factor={replication}
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
+share.coordinator.state.topic.replication.factor={replication}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 ",
         data = data.display()
     ))
+}
+
+/// The fewest of `replicas` copies that are a majority.
+pub(super) fn majority(replicas: usize) -> usize {
+    replicas / 2 + 1
+}
+
+/// A new cluster id, as Kafka's own `Uuid.randomUuid` makes them (16 bytes,
+/// URL-safe base64), never one that starts with '-', which the format tool's
+/// argument parser would take for an option. The nodes of one cluster derive
+/// the same one from where they all listen.
+fn cluster_id(launch: &Launch<'_>) -> String {
+    use std::hash::{Hash, Hasher};
+    let seeded = |salt: u64| -> [u8; 16] {
+        match launch.cluster {
+            None => rand::random(),
+            Some(node) => {
+                let half = |part: u64| {
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    (salt, part, node.peers).hash(&mut hasher);
+                    hasher.finish().to_be_bytes()
+                };
+                let mut id = [0; 16];
+                id[..8].copy_from_slice(&half(0));
+                id[8..].copy_from_slice(&half(1));
+                id
+            }
+        }
+    };
+    (0..)
+        .map(|salt| URL_SAFE_NO_PAD.encode(seeded(salt)))
+        .find(|id| !id.starts_with('-'))
+        .expect("an endless supply")
 }
 
 /// Formats the KRaft storage in `dir/data` with a new cluster id, once: a
@@ -82,20 +144,18 @@ async fn format_storage(launch: &Launch<'_>, config: &Path) -> Result<()> {
     if launch.dir.join("data/meta.properties").exists() {
         return Ok(());
     }
-    // As Kafka's own Uuid.randomUuid: never one that starts with '-', which
-    // the tool's argument parser would take for an option.
-    let cluster_id = std::iter::repeat_with(|| URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()))
-        .find(|id| !id.starts_with('-'))
-        .expect("an endless supply");
+    let cluster_id = cluster_id(launch);
     let tool = launch.program.with_file_name("kafka-storage");
+    let mut format = Command::new(&tool);
+    format.args(["format", "-t", &cluster_id, "-c"]).arg(config);
+    // A single node is a quorum of its own; a cluster's voters are in its
+    // configuration (`controller.quorum.voters`).
+    if launch.cluster.is_none() {
+        format.arg("--standalone");
+    }
     let output = tokio::time::timeout(
         Duration::from_secs(60),
-        Command::new(&tool)
-            .args(["format", "--standalone", "-t", &cluster_id, "-c"])
-            .arg(config)
-            .current_dir(launch.dir)
-            .kill_on_drop(true)
-            .output(),
+        format.current_dir(launch.dir).kill_on_drop(true).output(),
     )
     .await
     .with_context(|| format!("`{} format` did not finish within 60 s", tool.display()))?
@@ -136,6 +196,11 @@ impl Broker for Kafka {
 
     fn local_url(&self, host: &str, port: u16) -> String {
         format!("{host}:{port}")
+    }
+
+    /// Its `node.id`, which metadata gives for each partition's leader.
+    fn node_name(&self, launch: &Launch<'_>) -> String {
+        launch.cluster.map_or(1, |node| node.index + 1).to_string()
     }
 
     fn accepts_url(&self, url: &str) -> bool {
