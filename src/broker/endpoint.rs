@@ -16,6 +16,10 @@ pub struct Endpoint {
     pub kind: BrokerKind,
     /// An AMQP URI, a NATS URL, or a Kafka `bootstrap.servers` list.
     url: String,
+    /// HTTP addresses where the broker reports its state, one per node
+    /// (RabbitMQ's management API on a local cluster); empty when none.
+    #[serde(skip)]
+    admin: Vec<String>,
 }
 
 impl Endpoint {
@@ -24,6 +28,7 @@ impl Endpoint {
         Endpoint {
             kind,
             url: registry(kind).local_url(host, port),
+            admin: Vec::new(),
         }
     }
 
@@ -37,7 +42,19 @@ impl Endpoint {
         Endpoint {
             kind,
             url: urls.join(","),
+            admin: Vec::new(),
         }
+    }
+
+    /// The same, with HTTP addresses where the broker reports its state.
+    pub fn with_admin(mut self, admin: Vec<String>) -> Self {
+        self.admin = admin;
+        self
+    }
+
+    /// HTTP addresses where the broker reports its state, one per node.
+    pub fn admin(&self) -> &[String] {
+        &self.admin
     }
 
     /// Each address of a list (a cluster's nodes), or the one address.
@@ -54,6 +71,7 @@ impl Endpoint {
         Ok(Endpoint {
             kind,
             url: url.to_string(),
+            admin: Vec::new(),
         })
     }
 

@@ -97,6 +97,17 @@ impl Ports {
         ports
     }
 
+    /// The port of `role`, if it has one.
+    pub fn of(&self, role: PortRole) -> Option<u16> {
+        match role {
+            PortRole::Monitoring => self.monitoring,
+            PortRole::Distribution => self.distribution,
+            PortRole::Epmd => self.epmd,
+            PortRole::Controller => self.controller,
+            PortRole::Route => self.route,
+        }
+    }
+
     /// Every port, client port first.
     pub fn all(&self) -> Vec<u16> {
         std::iter::once(self.client)
@@ -132,6 +143,19 @@ pub struct NodeOf<'a> {
     pub index: usize,
     /// Every node's ports, this one's included, in node order.
     pub peers: &'a [Ports],
+}
+
+impl NodeOf<'_> {
+    /// The ports this node shares with the first node (its own included,
+    /// for the first).
+    pub fn shared(&self, kind: BrokerKind) -> Vec<u16> {
+        let first = self.peers[0];
+        info(kind)
+            .shared_ports
+            .iter()
+            .filter_map(|role| first.of(*role))
+            .collect()
+    }
 }
 
 /// What a local server is started with that holds for the whole server,
@@ -175,6 +199,13 @@ pub struct Info {
     pub extra_ports: &'static [PortRole],
     /// Ports each node of a cluster needs besides those.
     pub cluster_ports: &'static [PortRole],
+    /// Ports the nodes of a cluster share: the first node's (RabbitMQ's
+    /// epmd, which every node of a cluster registers with).
+    pub shared_ports: &'static [PortRole],
+    /// Whether the first node of a cluster must be ready before the others
+    /// start, to join it (RabbitMQ); else all start together (a quorum of
+    /// them is needed before any answers).
+    pub cluster_joins_first: bool,
     /// How long a local start may take before it counts as failed.
     pub ready_deadline: Duration,
     /// The form of URL its client expects, in words with an example.
@@ -262,7 +293,7 @@ pub trait Broker: Send + Sync {
     /// The command that runs it in the foreground on `launch`'s ports and data.
     fn command(&self, launch: &Launch<'_>) -> Result<Command>;
     /// A helper process to start first, if it needs one.
-    fn helper(&self, _ports: &Ports) -> Result<Option<Helper>> {
+    fn helper(&self, _launch: &Launch<'_>) -> Result<Option<Helper>> {
         Ok(None)
     }
 

@@ -48,12 +48,21 @@ impl LocalCluster {
             .chain(info.cluster_ports)
             .copied()
             .collect();
-        let mut peers = Vec::new();
+        let mut peers: Vec<Ports> = Vec::new();
         for _ in 0..nodes {
             let ports = free_ports(1 + roles.len())?;
-            peers.push(Ports::assign(ports[0], &roles, &ports[1..]));
+            let mut node = Ports::assign(ports[0], &roles, &ports[1..]);
+            if let Some(first) = peers.first() {
+                share(&mut node, first, info.shared_ports);
+            }
+            peers.push(node);
         }
         let peers: Arc<[Ports]> = peers.into();
+        let admin = peers
+            .iter()
+            .filter_map(|p| p.monitoring)
+            .map(|port| format!("http://{HOST}:{port}"))
+            .collect();
         let dir = run_dir.join(kind.as_str());
         let mut members = (0..usize::from(nodes))
             .map(|i| {
@@ -61,17 +70,25 @@ impl LocalCluster {
                 LocalBroker::node(binary.clone(), node_dir, server, i, peers.clone())
             })
             .collect::<Result<Vec<_>>>()?;
+        let clients: Vec<u16> = peers.iter().map(|p| p.client).collect();
         let mut cluster = LocalCluster {
-            endpoint: Endpoint::cluster(
-                kind,
-                HOST,
-                &peers.iter().map(|p| p.client).collect::<Vec<_>>(),
-            ),
+            endpoint: Endpoint::cluster(kind, HOST, &clients).with_admin(admin),
             implementation: binary.implementation.clone(),
             nodes: Vec::new(),
         };
+        // The first node alone, when the others join it.
+        let together = if info.cluster_joins_first {
+            let first = members[0].spawn().await.context("node 1")?;
+            members[0]
+                .await_ready(first)
+                .await
+                .with_context(|| format!("node 1 of the {kind} cluster did not start in time"))?;
+            1
+        } else {
+            0
+        };
         let mut spawned = Vec::new();
-        for (i, member) in members.iter_mut().enumerate() {
+        for (i, member) in members.iter_mut().enumerate().skip(together) {
             spawned.push(
                 member
                     .spawn()
@@ -82,6 +99,7 @@ impl LocalCluster {
         let readiness = join_all(
             members
                 .iter_mut()
+                .skip(together)
                 .zip(spawned)
                 .map(|(member, spawned)| member.await_ready(spawned)),
         )
@@ -89,7 +107,10 @@ impl LocalCluster {
         cluster.nodes = members;
         for (i, ready) in readiness.into_iter().enumerate() {
             ready.with_context(|| {
-                format!("node {} of the {kind} cluster did not form in time", i + 1)
+                format!(
+                    "node {} of the {kind} cluster did not join in time",
+                    i + 1 + together
+                )
             })?;
         }
         Ok(cluster)
@@ -128,6 +149,20 @@ impl Placed for LocalCluster {
             .await
             .into_iter()
             .collect()
+    }
+}
+
+/// Gives `node` the `first` node's port for each of `roles`.
+fn share(node: &mut Ports, first: &Ports, roles: &[PortRole]) {
+    for role in roles {
+        let port = first.of(*role);
+        match role {
+            PortRole::Monitoring => node.monitoring = port,
+            PortRole::Distribution => node.distribution = port,
+            PortRole::Epmd => node.epmd = port,
+            PortRole::Controller => node.controller = port,
+            PortRole::Route => node.route = port,
+        }
     }
 }
 

@@ -196,11 +196,18 @@ impl LocalBroker {
         if self.is_running() {
             bail!("{} is already running", self.kind());
         }
-        let helper = broker::registry(self.kind()).helper(&self.ports)?;
+        let helper = broker::registry(self.kind()).helper(&self.launch_spec())?;
+        // A port shared with the first node of a cluster is the first node's
+        // to open.
+        let shared = self
+            .launch_spec()
+            .cluster
+            .map(|node| node.shared(self.kind()))
+            .unwrap_or_default();
         for port in self.ports() {
             let in_use = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err();
             let ours = self.helper.is_some() && helper.as_ref().map(|h| h.port) == Some(port);
-            if in_use && !ours {
+            if in_use && !ours && !shared.contains(&port) {
                 return Err(PortInUse {
                     port,
                     kind: self.kind(),

@@ -481,7 +481,7 @@ fn fault_result(
     // of the load for every client to have tried again (its longest
     // backoff): after that, there may be nothing new to publish.
     let back_in_load = event
-        .ready
+        .serving()
         .is_some_and(|r| r + plan.recovery.backoff_max <= load_end);
     // On a cluster that reports its replicas, a node that never caught up
     // again leaves the cluster short of a copy: not recovered.

@@ -24,7 +24,8 @@ pub(crate) struct FaultEvent {
     /// When it was applied.
     pub started: Instant,
     /// When the broker was ready again (kill, restart) or resumed (pause);
-    /// `None` if it never came back.
+    /// `None` if it never came back. On a cluster: the node hit (the last
+    /// one, in a rolling restart).
     pub ready: Option<Instant>,
     /// Why the broker did not come back, if it did not.
     pub error: Option<String>,
@@ -125,7 +126,11 @@ pub(crate) async fn inject(
             };
             (outcome, before, nodes)
         };
-        let ready = outcome.is_ok().then(Instant::now);
+        // On a cluster: when the (last) node hit accepted clients again.
+        let ready = match nodes.last() {
+            Some(node) => node.ready,
+            None => outcome.is_ok().then(Instant::now),
+        };
         let error = outcome.err().map(|e| format!("{e:#}"));
         observer.event(Event::Recovered {
             action: fault.action,

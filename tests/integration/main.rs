@@ -9,6 +9,7 @@ mod advise;
 mod agents;
 mod brokers;
 mod ci;
+mod clusters;
 mod compose;
 mod dead_letters;
 mod drivers;

@@ -33,6 +33,8 @@ static INFO: Info = Info {
     implementation: ("nats-server ", ""),
     extra_ports: &[PortRole::Monitoring],
     cluster_ports: &[PortRole::Route],
+    shared_ports: &[],
+    cluster_joins_first: false,
     ready_deadline: Duration::from_secs(30),
     url_form: "a NATS URL such as nats://host:4222",
     compose_service: "nats",

@@ -34,6 +34,8 @@ static INFO: Info = Info {
     implementation: ("Apache Kafka ", ""),
     extra_ports: &[PortRole::Controller],
     cluster_ports: &[],
+    shared_ports: &[],
+    cluster_joins_first: false,
     // A JVM start: 5-6 s on this project's 2-core machines.
     ready_deadline: Duration::from_secs(60),
     url_form: "bootstrap servers such as host1:9092,host2:9092",

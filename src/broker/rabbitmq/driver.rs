@@ -15,7 +15,7 @@ use lapin::Channel;
 use serde::Serialize;
 
 use crate::broker::Endpoint;
-use crate::driver::{timed, AgentSource, Consumer, Driver, Producer, Settings};
+use crate::driver::{timed, AgentSource, Consumer, Driver, Leadership, Producer, Settings};
 use crate::kind::BrokerKind;
 use crate::scenario::{
     ConsumerGroup, DeadLetterStrategy, Exchange, Plan, QueueType, RabbitmqSettings,
@@ -62,6 +62,16 @@ pub(super) struct RabbitMqDriver {
 }
 
 impl RabbitMqDriver {
+    /// Copies of each queue: a quorum queue has one on every node of the
+    /// cluster (up to its default initial group size); a classic queue lives
+    /// on one node only (mirroring is deprecated, and not used).
+    fn replicas(&self) -> u32 {
+        match self.session.settings.queue_type {
+            QueueType::Quorum => self.session.endpoint.urls().len() as u32,
+            QueueType::Classic => 1,
+        }
+    }
+
     /// Runs `work` on a channel of a connection of its own, named `name`,
     /// and closes that connection whatever `work` came to. The run's
     /// connection may have given up after a fault while the broker is back
@@ -159,7 +169,7 @@ impl Driver for RabbitMqDriver {
             publisher_confirms: true,
             consumer_ack: "manual, after processing",
             prefetch: s.prefetch,
-            replicas: 1,
+            replicas: self.replicas(),
             flush: flush_policy(s.queue_type, s.persistent),
             reconnect: crate::driver::backoff_description(&self.session.recovery),
             dead_lettering: self.session.dead_lettering(),
@@ -216,6 +226,23 @@ impl Driver for RabbitMqDriver {
             Ok(())
         })
         .await
+    }
+
+    /// The leader and online members of the first group's quorum queue
+    /// (publish only: its queue), from the management API of a local
+    /// cluster.
+    async fn leadership(&self) -> Result<Option<Leadership>> {
+        let admin = self.session.endpoint.admin();
+        if admin.is_empty() || self.session.settings.queue_type != QueueType::Quorum {
+            return Ok(None);
+        }
+        let queue = match self.session.groups.first() {
+            Some(group) => queue_name(&group.group),
+            None => PUBLISH_ONLY_QUEUE.to_string(),
+        };
+        super::management::queue_leadership(admin, &queue)
+            .await
+            .map(Some)
     }
 
     async fn close(&self) {

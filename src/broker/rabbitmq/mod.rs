@@ -3,6 +3,7 @@
 
 mod consumer;
 mod driver;
+mod management;
 mod producer;
 mod session;
 mod topology;
@@ -20,7 +21,7 @@ use lapin::options::{
 };
 use tokio::process::Command;
 
-use super::{Broker, Helper, Info, Install, Launch, PortRole, Ports};
+use super::{Broker, Helper, Info, Install, Launch, PortRole};
 use crate::broker::Endpoint;
 use crate::driver::{timed, Driver};
 use crate::scenario::Plan;
@@ -34,7 +35,11 @@ static INFO: Info = Info {
     install: Install::Apt("rabbitmq-server"),
     implementation: ("RabbitMQ ", ""),
     extra_ports: &[PortRole::Distribution, PortRole::Epmd],
-    cluster_ports: &[],
+    // The management plugin's HTTP API on a cluster: the one place that
+    // tells which node leads a quorum queue (AMQP does not).
+    cluster_ports: &[PortRole::Monitoring],
+    shared_ports: &[PortRole::Epmd],
+    cluster_joins_first: true,
     // An Erlang VM boot on a busy 2-core machine; usually 2-5 s.
     ready_deadline: Duration::from_secs(90),
     url_form: "an AMQP URI such as amqp://user:password@host:5672/%2f",
@@ -74,11 +79,15 @@ impl Broker for RabbitMq {
             Ok(path)
         };
         let env_conf = write("rabbitmq-env.conf", "")?;
-        let plugins = write("enabled_plugins", "[].\n")?;
-        let config = write(
-            "rabbitmq.conf",
-            "log.console = false\nlog.file.level = info\n",
-        )?;
+        let plugins = match launch.cluster {
+            Some(_) => "[rabbitmq_management].\n",
+            None => "[].\n",
+        };
+        let plugins = write("enabled_plugins", plugins)?;
+        let config = write("rabbitmq.conf", &server_config(launch)?)?;
+        if launch.cluster.is_some() {
+            write_cookie(&home, launch)?;
+        }
         let port = launch.ports.client;
         let dist = launch.ports.distribution.context("no distribution port")?;
         let epmd = launch.ports.epmd.context("no epmd port")?;
@@ -92,7 +101,7 @@ impl Broker for RabbitMq {
             // so our signals reach the VM itself.
             .env("RUNNING_UNDER_SYSTEMD", "true")
             .env("RABBITMQ_CONF_ENV_FILE", env_conf)
-            .env("RABBITMQ_NODENAME", format!("brokerbench{port}@localhost"))
+            .env("RABBITMQ_NODENAME", self.node_name(launch))
             .env("RABBITMQ_NODE_IP_ADDRESS", launch.host)
             .env("RABBITMQ_NODE_PORT", port.to_string())
             .env("RABBITMQ_DIST_PORT", dist.to_string())
@@ -117,9 +126,13 @@ impl Broker for RabbitMq {
     }
 
     /// Our own epmd on a private port: Erlang would otherwise start a
-    /// daemonised one that outlives the run.
-    fn helper(&self, ports: &Ports) -> Result<Option<Helper>> {
-        let port = ports.epmd.context("no epmd port")?;
+    /// daemonised one that outlives the run. The nodes of a cluster share
+    /// the first node's.
+    fn helper(&self, launch: &Launch<'_>) -> Result<Option<Helper>> {
+        if launch.cluster.is_some_and(|node| node.index > 0) {
+            return Ok(None);
+        }
+        let port = launch.ports.epmd.context("no epmd port")?;
         let epmd = which::which("epmd")
             .or_else(|_| which::which_in("epmd", Some("/usr/lib/erlang/bin"), "/"))
             .context("epmd (from Erlang, a RabbitMQ dependency) not found")?;
@@ -134,6 +147,12 @@ impl Broker for RabbitMq {
 
     fn local_url(&self, host: &str, port: u16) -> String {
         format!("amqp://guest:guest@{host}:{port}/%2f")
+    }
+
+    /// Its Erlang node name, which the management API gives for a queue's
+    /// leader and members.
+    fn node_name(&self, launch: &Launch<'_>) -> String {
+        node_name(launch.ports.client)
     }
 
     fn accepts_url(&self, url: &str) -> bool {
@@ -208,6 +227,54 @@ impl Broker for RabbitMq {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The Erlang node name of the local node whose AMQP port is `port`.
+fn node_name(port: u16) -> String {
+    format!("brokerbench{port}@localhost")
+}
+
+/// `rabbitmq.conf`: logs to the file only; on a cluster, the other nodes to
+/// join at first boot (classic config peer discovery, as the clustering
+/// guide's config-file method), `pause_minority` (3.10's default, `ignore`,
+/// leaves a cluster split after a partition heals), and the management
+/// API on loopback, its queue figures refreshed every second rather than 5
+/// (a member's rejoin shows there).
+fn server_config(launch: &Launch<'_>) -> Result<String> {
+    let mut config = String::from("log.console = false\nlog.file.level = info\n");
+    if let Some(node) = launch.cluster {
+        config.push_str(
+            "cluster_formation.peer_discovery_backend = classic_config\n\
+             cluster_partition_handling = pause_minority\n\
+             collect_statistics_interval = 1000\n",
+        );
+        for (i, peer) in node.peers.iter().enumerate() {
+            config.push_str(&format!(
+                "cluster_formation.classic_config.nodes.{} = {}\n",
+                i + 1,
+                node_name(peer.client)
+            ));
+        }
+        let management = launch.ports.monitoring.context("no management port")?;
+        config.push_str(&format!(
+            "management.tcp.port = {management}\nmanagement.tcp.ip = {}\n",
+            launch.host
+        ));
+    }
+    Ok(config)
+}
+
+/// The Erlang cookie every node of a cluster shares, in the node's `HOME`,
+/// readable by its owner only (Erlang refuses it otherwise).
+fn write_cookie(home: &Path, launch: &Launch<'_>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let node = launch.cluster.context("not a cluster node")?;
+    let cookie = home.join(".erlang.cookie");
+    let _ = fs::set_permissions(&cookie, fs::Permissions::from_mode(0o600));
+    fs::write(&cookie, format!("BROKERBENCH{}", node.peers[0].client))
+        .with_context(|| format!("writing {}", cookie.display()))?;
+    fs::set_permissions(&cookie, fs::Permissions::from_mode(0o400))?;
+    Ok(())
 }
 
 /// A channel on which the durable queue `name` is declared.

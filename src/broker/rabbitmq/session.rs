@@ -43,14 +43,27 @@ pub(super) struct Generation {
 }
 
 /// One AMQP connection to `endpoint`, named `name` in the broker's UI; the
-/// run and the readiness probe connect the same way.
+/// run and the readiness probe connect the same way. A cluster's nodes are
+/// tried in the order given until one accepts, as RabbitMQ's Java client
+/// does with a list of addresses (lapin takes one).
 pub(super) async fn open_connection(endpoint: &Endpoint, name: &str) -> Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    timed(
-        &format!("connecting to RabbitMQ at {}", endpoint.shown()),
-        Connection::connect(&endpoint.url(), properties),
-    )
-    .await
+    let mut failed = None;
+    for url in endpoint.urls() {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let shown = crate::broker::Endpoint::new(endpoint.kind, &url)
+            .map(|e| e.shown())
+            .unwrap_or_default();
+        match timed(
+            &format!("connecting to RabbitMQ at {shown}"),
+            Connection::connect(&url, properties),
+        )
+        .await
+        {
+            Ok(connection) => return Ok(connection),
+            Err(e) => failed = Some(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| anyhow::anyhow!("no RabbitMQ address to connect to")))
 }
 
 impl Session {

@@ -1,0 +1,106 @@
+//! The management plugin's HTTP API, on local clusters: the one place that
+//! says which node leads a quorum queue and which members are online (AMQP
+//! does not). One GET per question, over hyper's HTTP/1 client, each with
+//! the call timeout.
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+
+use crate::driver::{timed, Leadership};
+
+/// `GET {base}{path}` with the default account; the JSON body.
+async fn get_json(base: &str, path: &str) -> Result<serde_json::Value> {
+    let authority = base
+        .strip_prefix("http://")
+        .with_context(|| format!("'{base}' is not an http:// address"))?;
+    let stream = timed(
+        &format!("connecting to the management API at {base}"),
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, connection) = timed(
+        "an HTTP handshake with the management API",
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io),
+    )
+    .await?;
+    tokio::spawn(connection);
+    let auth = base64::engine::general_purpose::STANDARD.encode("guest:guest");
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::AUTHORIZATION, format!("Basic {auth}"))
+        .body(Empty::new())?;
+    let response = timed("asking the management API", sender.send_request(request)).await?;
+    let status = response.status();
+    let body = timed("reading the management API's answer", response.collect())
+        .await?
+        .to_bytes();
+    if !status.is_success() {
+        bail!(
+            "the management API answered {status} for {path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    serde_json::from_slice(&body).with_context(|| format!("the answer to {path}"))
+}
+
+/// Who leads quorum queue `queue` (vhost `/`) and which members are online,
+/// from the first node in `bases` that answers.
+pub(super) async fn queue_leadership(bases: &[String], queue: &str) -> Result<Leadership> {
+    let path = format!("/api/queues/%2F/{}", queue.replace('/', "%2F"));
+    let mut last = None;
+    for base in bases {
+        match get_json(base, &path).await {
+            Ok(info) => return Ok(leadership_of(&info)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no management API address")))
+}
+
+/// A queue's `leader` and `online` members as the management API gives them.
+fn leadership_of(info: &serde_json::Value) -> Leadership {
+    let names = |field: &str| -> Vec<String> {
+        info[field]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut in_sync = names("online");
+    in_sync.sort();
+    Leadership {
+        leader: info["leader"].as_str().map(str::to_string),
+        in_sync,
+        ..Leadership::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quorum_queues_leader_and_online_members_are_read() {
+        // As RabbitMQ 3.10's management API gives a quorum queue.
+        let info = serde_json::json!({
+            "name": "brokerbench.inventory",
+            "type": "quorum",
+            "leader": "brokerbench1@localhost",
+            "members": ["brokerbench1@localhost", "brokerbench2@localhost", "brokerbench3@localhost"],
+            "online": ["brokerbench2@localhost", "brokerbench1@localhost"],
+        });
+        let l = leadership_of(&info);
+        assert_eq!(l.leader.as_deref(), Some("brokerbench1@localhost"));
+        assert_eq!(
+            l.in_sync,
+            ["brokerbench1@localhost", "brokerbench2@localhost"]
+        );
+        assert_eq!(leadership_of(&serde_json::json!({})), Leadership::default());
+    }
+}

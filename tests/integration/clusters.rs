@@ -1,0 +1,123 @@
+//! Three-node clusters of real brokers (docs/clusters.md), one broker's
+//! cluster at a time: `scenarios/cluster-failover.toml` as written (the
+//! node the broker reports leading is killed at 10 s and comes back at
+//! 20 s), then every node restarted in turn in the same run; and a
+//! replicated setting known to lose confirmed messages, caught.
+
+use crate::util;
+
+use serde_json::Value;
+
+/// `scenarios/cluster-failover.toml` on `broker`, with a rolling restart
+/// at `rolling_at` and the load lengthened to `duration` to hold it.
+fn failover_then_rolling_restart(broker: &str, rolling_at: &str, duration: &str) -> util::Ran {
+    let scenario = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/cluster-failover.toml"
+    ))
+    .unwrap();
+    let scenario =
+        format!("{scenario}\n[[faults]]\nat = \"{rolling_at}\"\naction = \"rolling-restart\"\n");
+    util::run_scenario(&scenario, &["--brokers", broker, "--duration", duration])
+}
+
+fn lost(b: &Value) -> u64 {
+    b["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["lost"].as_u64().unwrap())
+        .sum()
+}
+
+/// What every broker's run must show: lost 0 through both faults; the
+/// killed node was the leader reported just before the kill and another led
+/// after it; publishing and every group recovered; every node rejoined, and
+/// each node's unavailability in the rolling restart is reported.
+fn assert_failover(ran: &util::Ran, name: &str) {
+    let b = &ran.results["brokers"][0];
+    let stderr = &ran.stderr;
+    assert_eq!(b["broker"], name);
+    assert_eq!(ran.results["scenario"]["cluster"]["nodes"], 3);
+    assert_eq!(b["settings"]["replicas"], 3, "{name}: {}", b["settings"]);
+    assert_eq!(lost(b), 0, "{name} lost confirmed orders:\n{stderr}");
+    assert_eq!(b["complete"], true, "{name}:\n{stderr}");
+
+    let kill = &b["faults"][0];
+    assert_eq!(kill["action"], "kill");
+    assert_eq!(kill["aimed_at"], "leader");
+    let hit = &kill["nodes"][0];
+    let leader_before = kill["leadership_before"]["leader"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name}: no leader reported before the kill: {kill:#}"));
+    assert_eq!(hit["name"], leader_before, "{name}: {kill:#}");
+    assert_eq!(hit["was_leader"], true, "{name}: {kill:#}");
+    let new_leader = hit["new_leader"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name}: no other node reported leading: {kill:#}"));
+    assert_ne!(new_leader, leader_before, "{name}");
+    let elected = hit["new_leader_after_s"].as_f64().unwrap();
+    let ready = hit["ready_after_s"].as_f64().unwrap();
+    assert!(ready >= 10.0, "{name}: back after {ready} s, down for 10 s");
+    assert!(
+        hit["rejoined_after_s"].as_f64().is_some(),
+        "{name}: {kill:#}"
+    );
+    let published = kill["publish_recovered_after_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name}: publishing never recovered: {kill:#}"));
+    for group in ["inventory", "risk", "points"] {
+        assert!(
+            kill["delivery_recovered_after_s"][group].as_f64().is_some(),
+            "{name}: {group} never recovered: {kill:#}"
+        );
+        assert_eq!(kill["messages"]["groups"][group]["lost"], 0, "{name}");
+    }
+    assert_ne!(kill["recovered"], false, "{name}: {kill:#}");
+
+    let rolling = &b["faults"][1];
+    assert_eq!(rolling["action"], "rolling-restart");
+    let nodes = rolling["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{name}: every node restarted: {rolling:#}");
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(node["node"], i + 1);
+        assert!(node["ready_after_s"].as_f64().is_some(), "{name}: {node}");
+        assert!(
+            node["rejoined_after_s"].as_f64().is_some(),
+            "{name}: {node}"
+        );
+    }
+    assert!(rolling["error"].is_null(), "{name}: {rolling:#}");
+    eprintln!(
+        "{name}: leader {leader_before} killed, {new_leader} led {elected} s later; \
+         publishing back after {published} s, node back after {ready} s; rolling restart \
+         unavailability {:?} s",
+        nodes
+            .iter()
+            .map(|n| n["ready_after_s"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn jetstream_cluster_loses_nothing_when_its_leader_dies_or_nodes_restart_in_turn() {
+    let ran = failover_then_rolling_restart("jetstream", "30s", "45s");
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_failover(&ran, "jetstream");
+}
+
+#[test]
+fn kafka_cluster_loses_nothing_when_its_leader_dies_or_nodes_restart_in_turn() {
+    let ran = failover_then_rolling_restart("kafka", "30s", "70s");
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let b = &ran.results["brokers"][0];
+    assert_eq!(b["settings"]["min_insync_replicas"], 2);
+    assert_failover(&ran, "kafka");
+}
+
+#[test]
+fn rabbitmq_cluster_loses_nothing_when_its_leader_dies_or_nodes_restart_in_turn() {
+    let ran = failover_then_rolling_restart("rabbitmq", "30s", "80s");
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_failover(&ran, "rabbitmq");
+}
