@@ -218,6 +218,8 @@ impl ScenarioFile {
         // No [[consumers]]: publish only, as the brokers' own publish
         // benchmarks measure.
         let dead_letter = dead_letter(self.dead_letter.as_ref())?;
+        let cluster = cluster(self.cluster.as_ref())?;
+        check_languages_on_cluster(&self.consumers, cluster)?;
         let consumers = consumer_groups(self.consumers, &dead_letter, load.encoding)?;
         let failing = consumers.iter().any(|c| c.failures.is_some());
         let (rabbitmq, kafka) = broker_settings(
@@ -228,7 +230,6 @@ impl ScenarioFile {
             failing,
         )?;
         check_dead_letter_used(self.dead_letter.as_ref(), failing)?;
-        let cluster = cluster(self.cluster.as_ref())?;
         let faults = faults(&self.faults, load.duration, cluster)?;
         let recovery = recovery(&self.recovery)?;
         let thresholds = thresholds(&self.thresholds)?;
@@ -748,6 +749,25 @@ fn cluster(written: Option<&ClusterFile>) -> Result<Cluster, RawError> {
     };
     let nodes = positive(&Some(file.nodes.clone()), 1, Cluster::MAX_NODES.into())?;
     Ok(Cluster { nodes: nodes as u8 })
+}
+
+/// Consumers in other languages take one broker address so far; a
+/// cluster's clients need every node's.
+fn check_languages_on_cluster(written: &[ConsumerFile], cluster: Cluster) -> Result<(), RawError> {
+    if cluster.is_single() {
+        return Ok(());
+    }
+    match written
+        .iter()
+        .filter_map(|c| c.language.as_ref())
+        .find(|l| *l.get_ref() != Language::Rust)
+    {
+        Some(language) => Err(RawError::at(
+            language.span(),
+            "consumers in other languages do not run on a cluster yet ([cluster] nodes > 1); leave `language` out for brokerbench's own",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The fault timeline: in order, within the load, not overlapping, each

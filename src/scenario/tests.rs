@@ -413,6 +413,93 @@ fn bad_faults_are_named() {
     );
 }
 
+#[test]
+fn a_cluster_aims_faults_at_nodes() {
+    assert_eq!(parse(FAULTS).unwrap().cluster.nodes, 1);
+    assert!(parse(FAULTS)
+        .unwrap()
+        .faults
+        .iter()
+        .all(|f| f.node.is_none()));
+    let cluster = format!("{FAULTS}[cluster]\nnodes = 3\n")
+        .replace("action = \"pause\"", "action = \"pause\"\nnode = 2")
+        .replace("action = \"restart\"", "action = \"rolling-restart\"");
+    let plan = parse(&cluster).unwrap();
+    assert_eq!(plan.cluster.nodes, 3);
+    let nodes: Vec<_> = plan.faults.iter().map(|f| (f.action, f.node)).collect();
+    assert_eq!(
+        nodes,
+        [
+            (FaultAction::Kill, Some(NodeChoice::Leader)),
+            (FaultAction::Pause, Some(NodeChoice::Number(2))),
+            (FaultAction::RollingRestart, None),
+        ]
+    );
+    let follower = cluster.replace("node = 2", "node = \"follower\"");
+    assert_eq!(
+        parse(&follower).unwrap().faults[1].node,
+        Some(NodeChoice::Follower)
+    );
+    // The plan in results reads back the same.
+    let json = serde_json::to_string(&plan).unwrap();
+    let back: Plan = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.cluster, plan.cluster);
+    assert_eq!(back.faults[1].node, Some(NodeChoice::Number(2)));
+}
+
+#[test]
+fn bad_cluster_faults_are_named() {
+    let cluster = format!("{FAULTS}[cluster]\nnodes = 3\n");
+    let shown = error(
+        &cluster.replace("action = \"pause\"", "action = \"pause\"\nnode = 4"),
+        "faults[1].node",
+        17,
+    );
+    assert!(shown.contains("from 1 to 3"), "{shown}");
+    let shown = error(
+        &cluster.replace("action = \"pause\"", "action = \"pause\"\nnode = \"boss\""),
+        "faults[1].node",
+        17,
+    );
+    assert!(shown.contains("leader"), "{shown}");
+    let shown = error(
+        &FAULTS.replace(
+            "action = \"pause\"",
+            "action = \"pause\"\nnode = \"leader\"",
+        ),
+        "faults[1].node",
+        17,
+    );
+    assert!(shown.contains("single node"), "{shown}");
+    let shown = error(
+        &FAULTS.replace("action = \"restart\"", "action = \"rolling-restart\""),
+        "faults[2].action",
+        20,
+    );
+    assert!(shown.contains("needs a cluster"), "{shown}");
+    let shown = error(
+        &cluster.replace(
+            "action = \"restart\"",
+            "action = \"rolling-restart\"\nnode = 1",
+        ),
+        "faults[2].node",
+        21,
+    );
+    assert!(shown.contains("every node in turn"), "{shown}");
+    let shown = error(
+        &cluster.replace("nodes = 3", "nodes = 9"),
+        "cluster.nodes",
+        22,
+    );
+    assert!(shown.contains("from 1 to 5"), "{shown}");
+    let shown = error(
+        &cluster.replace("group = \"g\"", "group = \"g\"\nlanguage = \"go\""),
+        "consumers[0].language",
+        8,
+    );
+    assert!(shown.contains("cluster"), "{shown}");
+}
+
 const THRESHOLDS: &str = r#"
 [thresholds]
 end_to_end_p99 = "50ms"
