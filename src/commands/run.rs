@@ -125,7 +125,7 @@ fn start_line(plan: &Plan) -> String {
 }
 
 /// The tables printed after the run: the comparison, the groups, dead
-/// letters, the find-max search, the harness, and their notes.
+/// letters, the cluster's nodes through faults, the find-max search, the harness, and their notes.
 fn tables(results: &Results) -> String {
     let layout = table::Layout::of_terminal();
     let mut tables = table::summary(results, layout).to_string();
@@ -134,6 +134,9 @@ fn tables(results: &Results) -> String {
     }
     if let Some(dead_letters) = table::dead_letters(results, layout) {
         tables.push_str(&format!("\n{dead_letters}"));
+    }
+    if let Some(nodes) = table::cluster_faults(results, layout) {
+        tables.push_str(&format!("\n{nodes}"));
     }
     if let Some(search) = table::find_max(results, layout) {
         tables.push_str(&format!("\n{search}"));

@@ -417,6 +417,65 @@ pub(crate) fn dead_letters(results: &Results, layout: Layout) -> Option<Table> {
     Some(table)
 }
 
+/// On clusters: each node a fault hit, whether it led, when another node was
+/// reported leading, when it was back and caught up, when publishing came
+/// back, and what the fault's window lost. `None` without cluster faults.
+pub(crate) fn cluster_faults(results: &Results, layout: Layout) -> Option<Table> {
+    let seconds = |s: Option<f64>| s.map_or("never".into(), |s| format!("{s:.1} s"));
+    let mut rows = Vec::new();
+    for b in &results.brokers {
+        // Node N by number where the results name the nodes.
+        let number = |name: &str| match b.nodes.iter().position(|n| n == name) {
+            Some(i) => format!("node {}", i + 1),
+            None => name.to_string(),
+        };
+        for f in &b.faults {
+            let lost: u64 = f.messages.groups.values().map(|g| g.lost).sum();
+            for n in &f.nodes {
+                let node = match n.was_leader {
+                    true => format!("{} (leader)", n.node),
+                    false => n.node.to_string(),
+                };
+                let new_leader = match (&n.new_leader, n.new_leader_after_s) {
+                    (Some(leader), _) if !n.was_leader => format!("{} (no change)", number(leader)),
+                    (Some(leader), Some(after)) if layout != Layout::Narrow => {
+                        format!("{} after {after:.1} s", number(leader))
+                    }
+                    (Some(_), after) => seconds(after),
+                    (None, _) => "none reported".into(),
+                };
+                rows.push(vec![
+                    b.broker.to_string(),
+                    format!("{} at {:.0} s", f.action.as_str(), f.at_s),
+                    node,
+                    new_leader,
+                    seconds(n.ready_after_s),
+                    seconds(n.rejoined_after_s),
+                    seconds(f.publish_recovered_after_s),
+                    lost.to_string(),
+                ]);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let mut table = new_table(vec![
+        "broker",
+        "fault",
+        "node",
+        "another led",
+        "node back",
+        "rejoined",
+        "publishing back",
+        "lost",
+    ]);
+    for row in rows {
+        table.add_row(row);
+    }
+    Some(table)
+}
+
 /// A group's name, with its language and client when it is not
 /// brokerbench's own consumer: `risk (python, aio-pika)`.
 fn group_label(g: &GroupResult) -> String {

@@ -64,6 +64,10 @@ pub(crate) struct BrokerResult {
     pub stand_in_for: Option<String>,
     /// The address it was measured at.
     pub endpoint: String,
+    /// A cluster's nodes (node N is the Nth), by the names the broker
+    /// reports leaders with; absent for a single node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
     /// Durability and delivery settings in force.
     pub settings: Settings,
     /// Load: open loop (paced) or closed loop (rate 0, as fast as confirmations allow).

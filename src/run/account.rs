@@ -33,6 +33,9 @@ pub(crate) struct Placement {
     pub stand_in_for: Option<String>,
     /// Where it was reached, password hidden.
     pub endpoint: String,
+    /// A cluster's nodes, by the names the broker reports leaders with, in
+    /// node order; empty for a single node.
+    pub nodes: Vec<String>,
 }
 
 /// Turns a measurement into results.
@@ -85,6 +88,7 @@ pub(crate) fn broker_result(
         implementation: placed.implementation,
         stand_in_for: placed.stand_in_for,
         endpoint: placed.endpoint,
+        nodes: placed.nodes,
         load: load_result(plan, &m, steady),
         publish,
         groups: groups.results,

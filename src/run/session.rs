@@ -168,6 +168,7 @@ impl<'a> Session<'a> {
             implementation: placed.implementation().to_string(),
             stand_in_for: placed.stand_in_for().map(str::to_string),
             endpoint: placed.endpoint().shown(),
+            nodes: placed.node_names(),
         };
         observer.event(Event::Placed {
             kind,

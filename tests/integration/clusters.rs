@@ -44,8 +44,16 @@ fn assert_failover(ran: &util::Ran, name: &str) {
     assert_eq!(lost(b), 0, "{name} lost confirmed orders:\n{stderr}");
     assert_eq!(b["complete"], true, "{name}:\n{stderr}");
 
+    let nodes = b["nodes"].as_array().expect("the cluster's nodes");
+    assert_eq!(nodes.len(), 3, "{name}: {nodes:?}");
     let kill = &b["faults"][0];
     assert_eq!(kill["action"], "kill");
+    let number = kill["nodes"][0]["node"].as_u64().unwrap() as usize;
+    assert_eq!(
+        nodes[number - 1],
+        kill["nodes"][0]["name"],
+        "{name}: node numbers"
+    );
     assert_eq!(kill["aimed_at"], "leader");
     let hit = &kill["nodes"][0];
     let leader_before = kill["leadership_before"]["leader"]

@@ -129,6 +129,10 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
         let _ = writeln!(page, "<h2>Dead letters</h2>");
         html_table(page, &dead_letters);
     }
+    if let Some(nodes) = table::cluster_faults(r, table::Layout::Wide) {
+        let _ = writeln!(page, "<h2>Cluster nodes through the faults</h2>");
+        html_table(page, &nodes);
+    }
     if let Some(search) = table::find_max(r, table::Layout::Wide) {
         let _ = writeln!(page, "<h2>Highest sustainable rate (--find-max)</h2>");
         for found in table::find_max_found(r) {
@@ -395,6 +399,24 @@ struct Line {
     values: Vec<Option<f64>>,
 }
 
+/// A fault as the timeline's caption gives it; on a cluster, each node hit:
+/// when it went down, whether it led, when another led and it was back.
+fn fault_caption(f: &crate::results::FaultResult) -> String {
+    let mut caption = format!("{} at {:.1}s", f.action.as_str(), f.started_s);
+    for n in &f.nodes {
+        let led = if n.was_leader { ", the leader" } else { "" };
+        caption.push_str(&format!("; node {}{led} down at {:.1}s", n.node, n.hit_s));
+        if let (Some(leader), Some(after)) = (&n.new_leader, n.new_leader_after_s) {
+            caption.push_str(&format!(", {leader} leading at {:.1}s", n.hit_s + after));
+        }
+        match n.ready_after_s {
+            Some(after) => caption.push_str(&format!(", back at {:.1}s", n.hit_s + after)),
+            None => caption.push_str(", never back"),
+        }
+    }
+    caption
+}
+
 /// Per second for one broker: throughput, and p99 latency; faults shaded.
 fn over_time(page: &mut String, b: &BrokerResult) -> Result<()> {
     let counts = |values: &[u64]| values.iter().map(|&v| Some(v as f64)).collect();
@@ -494,16 +516,23 @@ fn time_chart(
         b.series.steady_start_s,
         RGBColor(200, 200, 200).mix(0.3),
     )];
+    // On a cluster, each node hit is shaded while it was down.
     for f in &b.faults {
-        let length = f
-            .broker_ready_after_s
-            .unwrap_or(seconds - f.started_s)
-            .max(f.duration_s);
-        shades.push((
-            f.started_s,
-            f.started_s + length,
-            RGBColor(214, 39, 40).mix(0.15),
-        ));
+        if f.nodes.is_empty() {
+            let length = f
+                .broker_ready_after_s
+                .unwrap_or(seconds - f.started_s)
+                .max(f.duration_s);
+            shades.push((
+                f.started_s,
+                f.started_s + length,
+                RGBColor(214, 39, 40).mix(0.15),
+            ));
+        }
+        for n in &f.nodes {
+            let length = n.ready_after_s.unwrap_or(seconds - n.hit_s);
+            shades.push((n.hit_s, n.hit_s + length, RGBColor(214, 39, 40).mix(0.15)));
+        }
     }
     // Each second's value at its middle; a gap where there is none.
     let runs = |line: &Line| {
@@ -531,11 +560,7 @@ fn time_chart(
         legend: SeriesLabelPosition::LowerRight,
     }
     .draw()?;
-    let faults: Vec<String> = b
-        .faults
-        .iter()
-        .map(|f| format!("{} at {:.1}s", f.action.as_str(), f.started_s))
-        .collect();
+    let faults: Vec<String> = b.faults.iter().map(fault_caption).collect();
     let _ = writeln!(
         page,
         "<figure class=\"chart\" data-chart=\"{id}\" data-lines=\"{}\" data-seconds=\"{}\" data-faults=\"{}\">{svg}<figcaption>{}. Grey: warmup; red: {}.</figcaption></figure>",

@@ -85,6 +85,11 @@ fn one_run(r: &Results, rows: usize) -> String {
         s.push_str(&markdown_table(dead_letters));
         s.push_str("\n\n");
     }
+    if let Some(nodes) = table::cluster_faults(r, table::Layout::Wide) {
+        let _ = writeln!(s, "### Cluster nodes through the faults\n");
+        s.push_str(&markdown_table(nodes));
+        s.push_str("\n\n");
+    }
     if let Some(search) = table::find_max(r, table::Layout::Wide) {
         let _ = writeln!(s, "### Highest sustainable rate (--find-max)\n");
         for found in table::find_max_found(r) {
