@@ -57,6 +57,20 @@ impl Endpoint {
         &self.admin
     }
 
+    /// A cluster at the URLs the user gave, one per node, each checked for
+    /// the form its client expects.
+    pub fn list(kind: BrokerKind, urls: &[String]) -> Result<Self, String> {
+        let checked = urls
+            .iter()
+            .map(|url| Endpoint::new(kind, url).map(|e| e.url))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Endpoint {
+            kind,
+            url: checked.join(","),
+            admin: Vec::new(),
+        })
+    }
+
     /// Each address of a list (a cluster's nodes), or the one address.
     pub fn urls(&self) -> Vec<String> {
         self.url.split(',').map(|u| u.trim().to_string()).collect()

@@ -299,6 +299,13 @@ pub trait Broker: Send + Sync {
 
     /// The URL its client uses for a broker on `host:port` (default account).
     fn local_url(&self, host: &str, port: u16) -> String;
+    /// Of a cluster's nodes' logs (each node's text, in node order), the
+    /// node that is the active controller now, if the broker has one that
+    /// is not the leader of what the run uses (Kafka's KRaft quorum).
+    fn active_controller(&self, _logs: &[String]) -> Option<usize> {
+        None
+    }
+
     /// The name the broker gives the node launched by `launch`, as it
     /// reports a leader (a server name, a node id).
     fn node_name(&self, launch: &Launch<'_>) -> String {

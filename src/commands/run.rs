@@ -19,7 +19,7 @@ use crate::cli::{EnvKind, RunArgs};
 use crate::env::binaries::{self, Binary};
 use crate::env::cluster::LocalCluster;
 use crate::env::compose::ComposeBroker;
-use crate::env::external::{CommandBroker, Targets};
+use crate::env::external::Targets;
 use crate::env::local::LocalBroker;
 use crate::env::{Environment, Placed};
 use crate::exit;
@@ -178,7 +178,7 @@ enum Site {
         nodes: u8,
     },
     Compose(PathBuf),
-    External(Vec<CommandBroker>),
+    External(Vec<Box<dyn Placed>>),
 }
 
 impl Site {
@@ -190,8 +190,9 @@ impl Site {
                 server: ServerSettings::of(plan),
                 nodes: plan.cluster.nodes,
             },
-            _ if !plan.cluster.is_single() => bail!(
-                "{}: [cluster] nodes = {} runs on local clusters only so far (--env local)",
+            EnvKind::Compose if !plan.cluster.is_single() => bail!(
+                "{}: [cluster] nodes = {} runs locally (--env local) or on your brokers \
+                 (--env external, a targets file listing each node), not on compose yet",
                 plan.source.display(),
                 plan.cluster.nodes
             ),
@@ -248,7 +249,7 @@ impl Environment for Site {
                     .iter()
                     .position(|b| b.endpoint().kind == kind)
                     .context("prepared with the others")?;
-                Box::new(brokers.swap_remove(at))
+                brokers.swap_remove(at)
             }
         })
     }

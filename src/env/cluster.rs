@@ -206,6 +206,18 @@ impl FaultTarget for LocalCluster {
         self.nodes.iter().map(LocalBroker::node_name).collect()
     }
 
+    /// From the nodes' logs, as the broker module reads them.
+    fn active_controller(&self) -> Option<String> {
+        let kind = self.nodes.first()?.kind();
+        let logs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(n.log_path()).unwrap_or_default())
+            .collect();
+        let index = broker::registry(kind).active_controller(&logs)?;
+        Some(self.nodes[index].node_name())
+    }
+
     fn node(&mut self, index: usize) -> Option<&mut dyn FaultTarget> {
         self.nodes
             .get_mut(index)

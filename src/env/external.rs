@@ -15,6 +15,23 @@
 //! resume = "ssh mq1 sudo pkill -CONT -f beam.smp"
 //! ```
 //!
+//! A cluster (`[cluster] nodes = 3` in the scenario) lists its nodes instead
+//! of one `url`, each with the name the broker reports leaders with and the
+//! commands that hit that node alone:
+//!
+//! ```toml
+//! [jetstream]
+//! implementation = "nats-server 2.10.22, 3 nodes"
+//! [[jetstream.nodes]]
+//! url = "nats://n1.internal:4222"
+//! name = "n1"                  # its server_name (Kafka: node.id; RabbitMQ: rabbit@host)
+//! [jetstream.nodes.faults]
+//! kill = "ssh n1 sudo pkill -KILL nats-server"
+//! start = "ssh n1 sudo systemctl start nats"
+//! # ... one [[jetstream.nodes]] per node; RabbitMQ nodes may add
+//! # management = "http://user:password@mq1:15672" for the leader question.
+//! ```
+//!
 //! Commands run with `sh -c`, with `BROKERBENCH_BROKER` and
 //! `BROKERBENCH_ACTION` set, each bounded by `command_timeout`. After `start`,
 //! `restart` and `resume` the broker counts as back once it answers its
@@ -209,12 +226,28 @@ type TargetsFile = BTreeMap<Spanned<String>, Spanned<TargetFile>>;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TargetFile {
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
+    /// A cluster's nodes, instead of `url`.
+    #[serde(default)]
+    nodes: Vec<NodeFile>,
     implementation: Option<String>,
     #[serde(default)]
     stand_in: bool,
     command_timeout: Option<Spanned<String>>,
     ready_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    faults: BTreeMap<Spanned<String>, String>,
+}
+
+/// One node of a cluster in a targets file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    url: Spanned<String>,
+    /// The name the broker reports leaders with.
+    name: Spanned<String>,
+    /// RabbitMQ: the node's management API, `http://user:password@host:15672`.
+    management: Option<Spanned<String>>,
     #[serde(default)]
     faults: BTreeMap<Spanned<String>, String>,
 }
@@ -261,13 +294,24 @@ impl Targets {
     }
 
     fn check(&self, kind: BrokerKind, target: &TargetFile) -> Result<(), ScenarioError> {
-        Endpoint::new(kind, target.url.get_ref()).map_err(|message| {
-            self.error(RawError::field(
-                format!("{kind}.url"),
-                Some(target.url.span()),
-                message,
-            ))
-        })?;
+        let field = |name: String, span, message: &str| {
+            self.error(RawError::field(name, Some(span), message.to_string()))
+        };
+        match (&target.url, target.nodes.first()) {
+            (Some(url), Some(_)) => {
+                return Err(field(
+                    format!("{kind}.url"),
+                    url.span(),
+                    "give either `url` (one node) or `[[nodes]]` (a cluster), not both",
+                ))
+            }
+            (Some(url), None) => {
+                Endpoint::new(kind, url.get_ref())
+                    .map_err(|message| field(format!("{kind}.url"), url.span(), &message))?;
+            }
+            (None, _) => self.check_nodes(kind, target)?,
+        }
+        self.check_faults(kind, &target.faults, &kind.to_string())?;
         for (name, value) in [
             ("command_timeout", &target.command_timeout),
             ("ready_timeout", &target.ready_timeout),
@@ -282,33 +326,80 @@ impl Targets {
                 })?;
             }
         }
-        for (action, command) in &target.faults {
-            if Operation::parse(action.get_ref()).is_none() {
+        Ok(())
+    }
+
+    /// A cluster's `[[nodes]]`: at least two, each with a URL of the form
+    /// its client takes, a name of its own, and fault commands that are
+    /// known actions.
+    fn check_nodes(&self, kind: BrokerKind, target: &TargetFile) -> Result<(), ScenarioError> {
+        if target.nodes.len() < 2 {
+            return Err(self.error(RawError::field(
+                kind.as_str(),
+                None,
+                format!("needs `url` (one node), or two or more `[[{kind}.nodes]]` (a cluster)"),
+            )));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, node) in target.nodes.iter().enumerate() {
+            let at = |key: &str| format!("{kind}.nodes[{i}].{key}");
+            Endpoint::new(kind, node.url.get_ref()).map_err(|message| {
+                self.error(RawError::field(at("url"), Some(node.url.span()), message))
+            })?;
+            if node.name.get_ref().trim().is_empty() || !names.insert(node.name.get_ref()) {
                 return Err(self.error(RawError::field(
-                    format!("{kind}.faults.{}", action.get_ref()),
-                    Some(action.span()),
-                    "unknown action (expected kill, start, restart, pause or resume)",
+                    at("name"),
+                    Some(node.name.span()),
+                    "must be the node's own name, as the broker reports leaders, and unique",
                 )));
             }
-            if command.trim().is_empty() {
-                return Err(self.error(RawError::field(
-                    format!("{kind}.faults.{}", action.get_ref()),
-                    Some(action.span()),
-                    "the command is empty",
-                )));
+            if let Some(management) = &node.management {
+                if !management.get_ref().starts_with("http://") {
+                    return Err(self.error(RawError::field(
+                        at("management"),
+                        Some(management.span()),
+                        "must be an http:// address such as http://user:password@mq1:15672",
+                    )));
+                }
             }
+            self.check_faults(kind, &node.faults, &format!("{kind}.nodes[{i}]"))?;
+        }
+        Ok(())
+    }
+
+    /// Fault commands under `table`: known actions, not empty.
+    fn check_faults(
+        &self,
+        _kind: BrokerKind,
+        faults: &BTreeMap<Spanned<String>, String>,
+        table: &str,
+    ) -> Result<(), ScenarioError> {
+        for (action, command) in faults {
+            let why = if Operation::parse(action.get_ref()).is_none() {
+                "unknown action (expected kill, start, restart, pause or resume)"
+            } else if command.trim().is_empty() {
+                "the command is empty"
+            } else {
+                continue;
+            };
+            return Err(self.error(RawError::field(
+                format!("{table}.faults.{}", action.get_ref()),
+                Some(action.span()),
+                why,
+            )));
         }
         Ok(())
     }
 
     /// The broker `kind` for a run of `plan`: an error naming the file and
-    /// field when it is not in the file, or when the plan's faults need a
-    /// command the file does not give.
+    /// field when it is not in the file, when its nodes are not the
+    /// scenario's cluster, or when the plan's faults need a command the file
+    /// does not give.
     pub(crate) fn broker(
         &self,
         kind: BrokerKind,
         plan: &Plan,
-    ) -> Result<CommandBroker, ScenarioError> {
+    ) -> Result<Box<dyn Placed>, ScenarioError> {
         let Some(spanned) = self.target(kind) else {
             return Err(self.error(RawError::field(
                 kind.as_str(),
@@ -320,35 +411,96 @@ impl Targets {
             )));
         };
         let target = spanned.get_ref();
-        let commands: BTreeMap<Operation, Vec<String>> = target
-            .faults
-            .iter()
-            .filter_map(|(action, command)| {
-                let argv = vec!["sh".to_string(), "-c".to_string(), command.clone()];
-                Some((Operation::parse(action.get_ref())?, argv))
-            })
-            .collect();
-        for fault in &plan.faults {
-            let needed: &[Operation] = match fault.action {
-                FaultAction::Kill => &[Operation::Kill, Operation::Start],
-                FaultAction::Restart => &[Operation::Restart],
-                FaultAction::Pause => &[Operation::Pause, Operation::Resume],
-                FaultAction::RollingRestart => &[Operation::Restart],
-            };
-            if let Some(missing) = needed.iter().find(|op| !commands.contains_key(op)) {
-                return Err(self.error(RawError::field(
-                    format!("{kind}.faults.{}", missing.as_str()),
-                    Some(spanned.span()),
-                    format!(
-                        "the scenario has a {} fault at {}, which needs a `{}` command here",
-                        fault.action.as_str(),
-                        humantime::format_duration(fault.at),
-                        missing.as_str()
-                    ),
-                )));
-            }
+        let nodes = target.nodes.len().max(1);
+        if nodes != usize::from(plan.cluster.nodes) {
+            return Err(self.error(RawError::field(
+                kind.as_str(),
+                Some(spanned.span()),
+                format!(
+                    "lists {nodes} node(s), but the scenario's [cluster] has {}",
+                    plan.cluster.nodes
+                ),
+            )));
         }
-        let endpoint = Endpoint::new(kind, target.url.get_ref()).expect("checked when parsed");
+        let needed = needed_operations(plan);
+        let Some(url) = &target.url else {
+            return self.cluster(kind, target, &needed);
+        };
+        let commands = commands(&target.faults);
+        self.missing(kind.as_str(), &commands, &needed, spanned.span())?;
+        let endpoint = Endpoint::new(kind, url.get_ref()).expect("checked when parsed");
+        Ok(Box::new(
+            self.command_broker(kind, target, endpoint, commands),
+        ))
+    }
+
+    /// A cluster from its `[[nodes]]`: a [`CommandBroker`] per node.
+    fn cluster(
+        &self,
+        kind: BrokerKind,
+        target: &TargetFile,
+        needed: &[(Operation, String)],
+    ) -> Result<Box<dyn Placed>, ScenarioError> {
+        let mut nodes = Vec::new();
+        for (i, node) in target.nodes.iter().enumerate() {
+            let commands = commands(&node.faults);
+            let table = format!("{kind}.nodes[{i}]");
+            self.missing(&table, &commands, needed, node.url.span())?;
+            let endpoint = Endpoint::new(kind, node.url.get_ref()).expect("checked when parsed");
+            nodes.push(self.command_broker(kind, target, endpoint, commands));
+        }
+        let urls: Vec<String> = target
+            .nodes
+            .iter()
+            .map(|n| n.url.get_ref().clone())
+            .collect();
+        let admin = target
+            .nodes
+            .iter()
+            .filter_map(|n| n.management.as_ref().map(|m| m.get_ref().clone()))
+            .collect();
+        let endpoint = Endpoint::list(kind, &urls)
+            .expect("checked when parsed")
+            .with_admin(admin);
+        Ok(Box::new(CommandCluster {
+            implementation: nodes[0].implementation.clone(),
+            names: target
+                .nodes
+                .iter()
+                .map(|n| n.name.get_ref().clone())
+                .collect(),
+            endpoint,
+            nodes,
+        }))
+    }
+
+    /// An error naming `table`'s missing fault command, if `commands` lacks
+    /// one of `needed`.
+    fn missing(
+        &self,
+        table: &str,
+        commands: &BTreeMap<Operation, Vec<String>>,
+        needed: &[(Operation, String)],
+        span: std::ops::Range<usize>,
+    ) -> Result<(), ScenarioError> {
+        match needed.iter().find(|(op, _)| !commands.contains_key(op)) {
+            Some((missing, why)) => Err(self.error(RawError::field(
+                format!("{table}.faults.{}", missing.as_str()),
+                Some(span),
+                format!("{why}, which needs a `{}` command here", missing.as_str()),
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// One broker (or node) at `endpoint` with the target's timeouts.
+    fn command_broker(
+        &self,
+        kind: BrokerKind,
+        target: &TargetFile,
+        endpoint: Endpoint,
+        commands: BTreeMap<Operation, Vec<String>>,
+    ) -> CommandBroker {
         let implementation = target.implementation.clone().unwrap_or_else(|| {
             format!(
                 "{} at {} (version not stated in {})",
@@ -368,6 +520,114 @@ impl Targets {
         }
         broker.command_timeout = duration(&target.command_timeout, COMMAND_TIMEOUT);
         broker.ready_timeout = duration(&target.ready_timeout, READY_TIMEOUT);
-        Ok(broker)
+        broker
+    }
+}
+
+/// Each written fault command as the argv that runs it.
+fn commands(faults: &BTreeMap<Spanned<String>, String>) -> BTreeMap<Operation, Vec<String>> {
+    faults
+        .iter()
+        .filter_map(|(action, command)| {
+            let argv = vec!["sh".to_string(), "-c".to_string(), command.clone()];
+            Some((Operation::parse(action.get_ref())?, argv))
+        })
+        .collect()
+}
+
+/// The operations the plan's faults need, each with the fault that does.
+fn needed_operations(plan: &Plan) -> Vec<(Operation, String)> {
+    let mut needed = Vec::new();
+    for fault in &plan.faults {
+        let operations: &[Operation] = match fault.action {
+            FaultAction::Kill => &[Operation::Kill, Operation::Start],
+            FaultAction::Restart | FaultAction::RollingRestart => &[Operation::Restart],
+            FaultAction::Pause => &[Operation::Pause, Operation::Resume],
+        };
+        let why = format!(
+            "the scenario has a {} fault at {}",
+            fault.action.as_str(),
+            humantime::format_duration(fault.at)
+        );
+        needed.extend(operations.iter().map(|op| (*op, why.clone())));
+    }
+    needed
+}
+
+/// A cluster the user runs: a [`CommandBroker`] per node, every node's
+/// address for the clients.
+#[derive(Debug)]
+pub(crate) struct CommandCluster {
+    nodes: Vec<CommandBroker>,
+    names: Vec<String>,
+    endpoint: Endpoint,
+    implementation: String,
+}
+
+#[async_trait]
+impl Placed for CommandCluster {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn implementation(&self) -> &str {
+        &self.implementation
+    }
+
+    fn stand_in_for(&self) -> Option<&str> {
+        self.nodes[0].stand_in_for
+    }
+
+    async fn shutdown(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A fault without a node hits each node in turn.
+#[async_trait]
+impl FaultTarget for CommandCluster {
+    async fn kill(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            node.kill().await?;
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            FaultTarget::start(node).await?;
+        }
+        Ok(())
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            node.restart().await?;
+        }
+        Ok(())
+    }
+
+    async fn pause(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            node.pause().await?;
+        }
+        Ok(())
+    }
+
+    async fn resume(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            node.resume().await?;
+        }
+        Ok(())
+    }
+
+    fn node_names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    fn node(&mut self, index: usize) -> Option<&mut dyn FaultTarget> {
+        self.nodes
+            .get_mut(index)
+            .map(|node| node as &mut dyn FaultTarget)
     }
 }

@@ -42,6 +42,11 @@ pub trait FaultTarget: Send {
     fn node_names(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The name of the node that is the active controller, where the broker
+    /// has one apart from its leaders (Kafka's KRaft quorum) and says so.
+    fn active_controller(&self) -> Option<String> {
+        None
+    }
     /// Node `index` (from 0) of a cluster, to hit alone; `None` for a
     /// single broker.
     fn node(&mut self, _index: usize) -> Option<&mut dyn FaultTarget> {

@@ -432,9 +432,16 @@ pub(crate) fn cluster_faults(results: &Results, layout: Layout) -> Option<Table>
         for f in &b.faults {
             let lost: u64 = f.messages.groups.values().map(|g| g.lost).sum();
             for n in &f.nodes {
-                let node = match n.was_leader {
-                    true => format!("{} (leader)", n.node),
-                    false => n.node.to_string(),
+                let controller = f
+                    .leadership_before
+                    .as_ref()
+                    .and_then(|l| l.controller.as_deref())
+                    == Some(n.name.as_str());
+                let node = match (n.was_leader, controller) {
+                    (true, true) => format!("{} (leader, controller)", n.node),
+                    (true, false) => format!("{} (leader)", n.node),
+                    (false, true) => format!("{} (controller)", n.node),
+                    (false, false) => n.node.to_string(),
                 };
                 let new_leader = match (&n.new_leader, n.new_leader_after_s) {
                     (Some(leader), _) if !n.was_leader => format!("{} (no change)", number(leader)),

@@ -111,7 +111,10 @@ pub(crate) async fn inject(
         let (outcome, leadership_before, nodes) = if names.is_empty() {
             (apply(fault, target, deadline).await, None, Vec::new())
         } else {
-            let before = leadership(driver).await;
+            let before = leadership(driver).await.map(|mut now| {
+                now.controller = now.controller.or_else(|| target.active_controller());
+                now
+            });
             let mut nodes = Vec::new();
             let outcome = match fault.action {
                 FaultAction::RollingRestart => {

@@ -521,6 +521,19 @@ struct Loaded {
     final_read_elapsed: Duration,
 }
 
+/// Where the harness's readings of the steady window go. Without a warmup
+/// the window opens now, not whenever the phases are first polled (a busy
+/// runtime may poll them late).
+fn window_readings(
+    cx: &RunContext,
+) -> (std::sync::OnceLock<Reading>, std::sync::OnceLock<Reading>) {
+    let steady = std::sync::OnceLock::new();
+    if cx.steady_start <= Instant::now() {
+        let _ = steady.set(Reading::now());
+    }
+    (steady, std::sync::OnceLock::new())
+}
+
 /// The load with its phases and the fault timeline, until the producers
 /// are done; then the drain (the groups get the publish history and count
 /// down what they lack), the rest of the fault timeline, and the final read.
@@ -540,8 +553,7 @@ async fn load_and_drain(
         Phase::Warmup
     });
     // The harness reads its own use of the machine over the steady window.
-    let steady_reading = std::sync::OnceLock::new();
-    let end_reading = std::sync::OnceLock::new();
+    let (steady_reading, end_reading) = window_readings(cx);
     let phases = async {
         tokio::time::sleep_until(cx.steady_start.into()).await;
         progress.set_phase(Phase::Steady);

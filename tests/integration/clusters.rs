@@ -122,6 +122,12 @@ fn kafka_cluster_loses_nothing_when_its_leader_dies_or_nodes_restart_in_turn() {
     let b = &ran.results["brokers"][0];
     assert_eq!(b["settings"]["min_insync_replicas"], 2);
     assert_failover(&ran, "kafka");
+    // Combined mode: which node was the KRaft quorum's active controller.
+    let controller = &b["faults"][0]["leadership_before"]["controller"];
+    assert!(
+        b["nodes"].as_array().unwrap().contains(controller),
+        "{controller} is not one of the nodes"
+    );
 }
 
 #[test]
@@ -137,7 +143,7 @@ fn kafka_acks_1_loses_confirmed_messages_when_the_leader_dies_and_the_check_fail
     // any follower has it. Killed, it takes those messages with it: a
     // follower becomes leader without them, and the old leader truncates
     // its log to the new leader's when it comes back. How many depends on
-    // how far the followers lagged at the kill (milliseconds at 5000 msg/s),
+    // how far the followers lagged at the kill (milliseconds at 8000 msg/s),
     // so a run that loses none is tried again, three runs at most.
     let scenario = r#"
         name = "lossy-cluster"
@@ -145,7 +151,7 @@ fn kafka_acks_1_loses_confirmed_messages_when_the_leader_dies_and_the_check_fail
         [cluster]
         nodes = 3
         [load]
-        rate = 5000
+        rate = 8000
         duration = "16s"
         producers = 2
         drain_timeout = "10s"
@@ -186,4 +192,63 @@ fn kafka_acks_1_loses_confirmed_messages_when_the_leader_dies_and_the_check_fail
         eprintln!("attempt {attempt}: acks = 1 lost nothing this time");
     }
     panic!("acks = 1 lost nothing in three runs with the leader killed: {losses:?}");
+}
+
+#[test]
+fn ctrl_c_during_a_cluster_run_leaves_no_node_running() {
+    use std::time::{Duration, Instant};
+    let scenario = r#"
+        name = "cluster-interrupted"
+        brokers = ["jetstream"]
+        [cluster]
+        nodes = 3
+        [load]
+        rate = 200
+        duration = "60s"
+        [[consumers]]
+        group = "g"
+    "#;
+    let (dir, path) = util::scenario_file(scenario);
+    let child = util::run_command(&[path.to_str().unwrap()], dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let servers = || {
+        util::descendants(pid)
+            .into_iter()
+            .filter(|p| p.command.contains("nats-server"))
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while servers().len() < 3 {
+        assert!(Instant::now() < deadline, "three nats-servers never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let started = util::descendants(pid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut child = child;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("brokerbench did not exit within 60 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<_> = started.iter().filter(|p| util::is_alive(p)).collect();
+    assert!(left.is_empty(), "still running: {left:#?}");
 }

@@ -252,3 +252,192 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// Three nats-servers in one cluster, each run by its own shell line.
+struct UsersCluster {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    starts: Vec<String>,
+}
+
+impl UsersCluster {
+    async fn new() -> Self {
+        let nats = binaries::locate(BrokerKind::Jetstream)
+            .await
+            .expect("nats-server must be installed (make test installs it)");
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(6).unwrap();
+        let (clients, routes) = ports.split_at(3);
+        let d = dir.path().display();
+        let route_list: Vec<String> = routes
+            .iter()
+            .map(|r| format!("nats-route://127.0.0.1:{r}"))
+            .collect();
+        let mut starts = Vec::new();
+        for n in 0..3 {
+            let config = dir.path().join(format!("n{n}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: users-n{n}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{d}/store{n}\" }}\n\
+                     cluster {{ name: users\nlisten: 127.0.0.1:{}\nroutes: [{}] }}\n",
+                    clients[n],
+                    routes[n],
+                    route_list.join(", ")
+                ),
+            )
+            .unwrap();
+            starts.push(format!(
+                "{nats} -c {config} -P {d}/pid{n} >>{d}/log{n} 2>&1 &",
+                nats = nats.path.display(),
+                config = config.display()
+            ));
+        }
+        UsersCluster {
+            dir,
+            ports: clients.to_vec(),
+            starts,
+        }
+    }
+
+    fn pid_file(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("pid{n}"))
+    }
+
+    /// A targets file listing each node, with its kill and start commands.
+    fn targets(&self) -> PathBuf {
+        let mut text = String::from(
+            "[jetstream]\nimplementation = \"nats-server, 3 nodes run by the user\"\n",
+        );
+        for n in 0..3 {
+            text.push_str(&format!(
+                "[[jetstream.nodes]]\nurl = \"nats://127.0.0.1:{}\"\nname = \"users-n{n}\"\n\
+                 [jetstream.nodes.faults]\nkill = \"kill -9 $(cat {})\"\nstart = '{}'\n",
+                self.ports[n],
+                self.pid_file(n).display(),
+                self.starts[n]
+            ));
+        }
+        let path = self.dir.path().join("targets.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for UsersCluster {
+    fn drop(&mut self) {
+        for n in 0..3 {
+            if let Ok(pid) = std::fs::read_to_string(self.pid_file(n)) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", pid.trim()])
+                    .status();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_users_cluster_loses_its_leader_to_the_users_kill_command() {
+    let cluster = UsersCluster::new().await;
+    for start in &cluster.starts {
+        sh(start);
+    }
+    let started = std::time::Instant::now();
+    while !(0..3).all(|n| util::port_open(cluster.ports[n]) && cluster.pid_file(n).exists()) {
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "the nats-servers did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let targets = cluster.targets();
+    let scenario = cluster.dir.path().join("scenario.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"external-cluster\"\nbrokers = [\"jetstream\"]\n[cluster]\nnodes = 3\n\
+         [load]\nrate = 200\nduration = \"20s\"\n\
+         [[consumers]]\ngroup = \"billing\"\n\
+         [[faults]]\nat = \"2s\"\naction = \"kill\"\nnode = \"leader\"\nduration = \"4s\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &scenario,
+        &targets,
+        &cluster.dir.path().join("results"),
+        &["--json"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
+    util::validate_results(&results);
+    let b = &results["brokers"][0];
+    assert_eq!(
+        b["nodes"],
+        serde_json::json!(["users-n0", "users-n1", "users-n2"])
+    );
+    assert_eq!(b["settings"]["replicas"], 3);
+    let fault = &b["faults"][0];
+    let hit = &fault["nodes"][0];
+    assert_eq!(
+        hit["name"], fault["leadership_before"]["leader"],
+        "{fault:#}"
+    );
+    assert_eq!(hit["was_leader"], true);
+    assert!(
+        hit["new_leader"].is_string() && hit["new_leader"] != hit["name"],
+        "{fault:#}"
+    );
+    assert!(hit["ready_after_s"].as_f64().unwrap() >= 4.0, "{fault:#}");
+    assert_eq!(b["groups"][0]["lost"], 0, "{stderr}");
+    // The user's node is running again, started by the user's command.
+    let n = hit["node"].as_u64().unwrap() as usize - 1;
+    assert!(
+        util::port_open(cluster.ports[n]),
+        "node {} is left down",
+        n + 1
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_targets_file_must_list_the_scenarios_nodes() {
+    let cluster = UsersCluster::new().await; // not started: nothing may run
+    let dir = cluster.dir.path();
+    let targets = cluster.targets();
+    let out_dir = dir.join("results");
+    // A single-node scenario against three listed nodes.
+    let single = dir.join("single.toml");
+    std::fs::write(
+        &single,
+        "name = \"s\"\nbrokers = [\"jetstream\"]\n[load]\nrate = 10\nduration = \"5s\"\n",
+    )
+    .unwrap();
+    let stderr = refused(&single, &targets, &out_dir);
+    assert!(
+        stderr.contains("jetstream: lists 3 node(s), but the scenario's [cluster] has 1"),
+        "{stderr}"
+    );
+    // A node's fault the scenario needs and the file does not give.
+    let pause = dir.join("pause.toml");
+    std::fs::write(
+        &pause,
+        "name = \"p\"\nbrokers = [\"jetstream\"]\n[cluster]\nnodes = 3\n[load]\nrate = 10\nduration = \"5s\"\n\
+         [[faults]]\nat = \"1s\"\naction = \"pause\"\nnode = 2\nduration = \"1s\"\n",
+    )
+    .unwrap();
+    let stderr = refused(&pause, &targets, &out_dir);
+    assert!(
+        stderr.contains("jetstream.nodes[0].faults.pause")
+            && stderr.contains("needs a `pause` command"),
+        "{stderr}"
+    );
+    // Two nodes with one name, at the line of the second.
+    let text = std::fs::read_to_string(&targets)
+        .unwrap()
+        .replace("users-n1", "users-n0");
+    std::fs::write(&targets, text).unwrap();
+    let stderr = refused(&pause, &targets, &out_dir);
+    assert!(
+        stderr.contains(":11:8: jetstream.nodes[1].name"),
+        "{stderr}"
+    );
+}

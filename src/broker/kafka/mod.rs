@@ -200,6 +200,18 @@ impl Broker for Kafka {
         format!("{host}:{port}")
     }
 
+    /// The node whose log last says it became the active controller, at the
+    /// highest epoch: `[QuorumController id=2] Becoming the active
+    /// controller at epoch 3`. Clients cannot ask (a broker answers
+    /// metadata with a random broker as the controller since KIP-590).
+    fn active_controller(&self, logs: &[String]) -> Option<usize> {
+        logs.iter()
+            .enumerate()
+            .filter_map(|(node, log)| Some((latest_controller_epoch(log)?, node)))
+            .max()
+            .map(|(_, node)| node)
+    }
+
     /// Its `node.id`, which metadata gives for each partition's leader.
     fn node_name(&self, launch: &Launch<'_>) -> String {
         launch.cluster.map_or(1, |node| node.index + 1).to_string()
@@ -271,6 +283,21 @@ impl Broker for Kafka {
     }
 }
 
+/// The epoch at which a node's log last says it became the active
+/// controller, if it ever did.
+fn latest_controller_epoch(log: &str) -> Option<u64> {
+    const BECAME: &str = "Becoming the active controller at epoch ";
+    log.lines()
+        .rev()
+        .find_map(|line| line.split_once(BECAME))
+        .and_then(|(_, rest)| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
 /// Creates the one-partition topic `name` unless it exists.
 async fn topic(endpoint: &Endpoint, name: &str) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(&endpoint.url()).create()?;
@@ -293,6 +320,21 @@ async fn topic(endpoint: &Endpoint, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_active_controller_is_the_latest_to_say_so() {
+        let said = |id: u32, epoch: u32| {
+            format!(
+                "[2026-12-07 08:00:00,000] INFO [QuorumController id={id}] Becoming the active \
+                 controller at epoch {epoch}, next write offset 3. (org.apache.kafka.controller.QuorumController)\n"
+            )
+        };
+        let logs = [said(1, 1), String::from("nothing\n"), said(3, 2)];
+        assert_eq!(Kafka.active_controller(&logs), Some(2));
+        let logs = [said(1, 1) + &said(1, 4), said(2, 3)];
+        assert_eq!(Kafka.active_controller(&logs), Some(0));
+        assert_eq!(Kafka.active_controller(&[String::new()]), None);
+    }
 
     #[test]
     fn bootstrap_lists_are_checked() {

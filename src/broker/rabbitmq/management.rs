@@ -10,13 +10,20 @@ use hyper::body::Bytes;
 
 use crate::driver::{timed, Leadership};
 
-/// `GET {base}{path}` with the default account; the JSON body.
+/// `GET {base}{path}` with the account in `base`
+/// (`http://user:password@host:port`), else the default one; the JSON body.
 async fn get_json(base: &str, path: &str) -> Result<serde_json::Value> {
-    let authority = base
+    let rest = base
         .strip_prefix("http://")
         .with_context(|| format!("'{base}' is not an http:// address"))?;
+    let rest = rest.trim_end_matches('/');
+    let (account, authority) = match rest.rsplit_once('@') {
+        Some((account, authority)) => (account, authority),
+        None => ("guest:guest", rest),
+    };
+    let shown = format!("http://{authority}");
     let stream = timed(
-        &format!("connecting to the management API at {base}"),
+        &format!("connecting to the management API at {shown}"),
         tokio::net::TcpStream::connect(authority),
     )
     .await?;
@@ -27,7 +34,7 @@ async fn get_json(base: &str, path: &str) -> Result<serde_json::Value> {
     )
     .await?;
     tokio::spawn(connection);
-    let auth = base64::engine::general_purpose::STANDARD.encode("guest:guest");
+    let auth = base64::engine::general_purpose::STANDARD.encode(account);
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::AUTHORIZATION, format!("Basic {auth}"))
