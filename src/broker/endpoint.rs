@@ -95,20 +95,30 @@ impl Endpoint {
         self.url.clone()
     }
 
-    /// The address with any password replaced by `***`, for output and results.
+    /// The address with any password replaced by `***`, for output and
+    /// results; in a list (a cluster's nodes), in every address.
     pub fn shown(&self) -> String {
-        let Some((scheme, rest)) = self.url.split_once("://") else {
-            return self.url.clone();
-        };
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or_default();
-                let hidden = if userinfo.contains(':') { ":***" } else { "" };
-                format!("{scheme}://{user}{hidden}@{host}{path}")
-            }
-            None => self.url.clone(),
+        self.url
+            .split(',')
+            .map(hide_password)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// `url` with any password replaced by `***`.
+fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
         }
+        None => url.to_string(),
     }
 }
 
@@ -124,6 +134,17 @@ mod tests {
         assert_eq!(amqp.shown(), "amqp://app:***@mq1:5672/orders");
         let nats = Endpoint::new(kind("jetstream"), "nats://token@n1:4222").unwrap();
         assert_eq!(nats.shown(), "nats://token@n1:4222");
+        let urls = [
+            "amqp://app:s3cret@mq1:5672/%2f",
+            "amqp://app:s3cret@mq2:5672/%2f",
+        ]
+        .map(String::from);
+        let cluster = Endpoint::list(kind("rabbitmq"), &urls).unwrap();
+        assert_eq!(cluster.urls(), urls);
+        assert_eq!(
+            cluster.shown(),
+            "amqp://app:***@mq1:5672/%2f,amqp://app:***@mq2:5672/%2f"
+        );
         let kafka = Endpoint::new(kind("kafka"), "k1:9092, k2:9092").unwrap();
         assert_eq!(kafka.shown(), "k1:9092, k2:9092");
         for (name, bad) in [

@@ -228,6 +228,9 @@ pub trait Driver: Send + Sync {
     }
 }
 
+/// A Kafka partition's leader while it has none.
+pub const NO_LEADER: &str = "none";
+
 /// Who leads what a run uses on a cluster, as the broker reports it: the
 /// queue's leader (RabbitMQ), the stream's (JetStream), the partitions'
 /// (Kafka). Nodes go by the names the broker gives them.
@@ -237,10 +240,11 @@ pub struct Leadership {
     /// partitions); `None` while none does.
     pub leader: Option<String>,
     /// The nodes whose copy is caught up, the leader's included
-    /// (JetStream's current replicas, Kafka's in-sync replicas, a quorum
-    /// queue's online members).
+    /// (JetStream's current replicas, Kafka's in-sync replicas); for a
+    /// RabbitMQ quorum queue, its online members (the management API tells
+    /// no more).
     pub in_sync: Vec<String>,
-    /// Kafka: each partition's leader.
+    /// Kafka: each partition's leader ([`NO_LEADER`] while it has none).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub partitions: std::collections::BTreeMap<i32, String>,
     /// Kafka in combined mode: the active controller.

@@ -2,9 +2,10 @@
 //!
 //! Each node is a [`LocalBroker`] with ports and a data directory of its own
 //! (`<run dir>/<broker>/node-N/`), configured as its broker's documentation
-//! clusters it: every node is told where every other listens. All nodes start
-//! together (a node may wait for a quorum before it answers clients), and
-//! the cluster is ready once each answers its handshake. Clients get every
+//! clusters it: every node is told where every other listens. The nodes
+//! start together (a node may wait for a quorum before it answers clients),
+//! except where the others join the first, which then starts alone first
+//! (RabbitMQ); the cluster is ready once each answers its handshake. Clients get every
 //! node's address. Faults hit one node ([`FaultTarget::node`]) or, as on a
 //! single broker, all of them.
 

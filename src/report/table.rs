@@ -418,8 +418,9 @@ pub(crate) fn dead_letters(results: &Results, layout: Layout) -> Option<Table> {
 }
 
 /// On clusters: each node a fault hit, whether it led, when another node was
-/// reported leading, when it was back and caught up, when publishing came
-/// back, and what the fault's window lost. `None` without cluster faults.
+/// reported leading, when it was back and caught up (seconds from its hit);
+/// on the fault's first row, when publishing came back (from the fault's
+/// start) and what the fault's window lost. `None` without cluster faults.
 pub(crate) fn cluster_faults(results: &Results, layout: Layout) -> Option<Table> {
     let seconds = |s: Option<f64>| s.map_or("never".into(), |s| format!("{s:.1} s"));
     let mut rows = Vec::new();
@@ -431,7 +432,7 @@ pub(crate) fn cluster_faults(results: &Results, layout: Layout) -> Option<Table>
         };
         for f in &b.faults {
             let lost: u64 = f.messages.groups.values().map(|g| g.lost).sum();
-            for n in &f.nodes {
+            for (row, n) in f.nodes.iter().enumerate() {
                 let controller = f
                     .leadership_before
                     .as_ref()
@@ -458,8 +459,15 @@ pub(crate) fn cluster_faults(results: &Results, layout: Layout) -> Option<Table>
                     new_leader,
                     seconds(n.ready_after_s),
                     seconds(n.rejoined_after_s),
-                    seconds(f.publish_recovered_after_s),
-                    lost.to_string(),
+                    // The fault's own figures, once: counted from its start.
+                    match row {
+                        0 => seconds(f.publish_recovered_after_s),
+                        _ => String::new(),
+                    },
+                    match row {
+                        0 => lost.to_string(),
+                        _ => String::new(),
+                    },
                 ]);
             }
         }

@@ -550,7 +550,12 @@ fn moved_partitions(
         .partitions
         .iter()
         .filter(|(_, leader)| **leader == node.name)
-        .filter(|(p, _)| after.partitions.get(p).is_some_and(|now| *now != node.name))
+        .filter(|(p, _)| {
+            after
+                .partitions
+                .get(p)
+                .is_some_and(|now| *now != node.name && now != crate::driver::NO_LEADER)
+        })
         .map(|(p, _)| *p)
         .collect()
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{Event, Observer};
 use super::Progress;
-use crate::driver::{Driver, Leadership};
+use crate::driver::{Driver, Leadership, NO_LEADER};
 use crate::env::FaultTarget;
 use crate::scenario::{Fault, FaultAction, NodeChoice};
 
@@ -40,9 +40,9 @@ pub(crate) struct FaultEvent {
 
 impl FaultEvent {
     /// When the broker served clients again: on a cluster, once a leader
-    /// other than the node hit was reported; else when it was back.
+    /// other than the (last) node hit was reported; else when it was back.
     pub fn serving(&self) -> Option<Instant> {
-        match self.nodes.first() {
+        match self.nodes.last() {
             Some(node) => node
                 .led_by_another
                 .as_ref()
@@ -78,6 +78,9 @@ pub(crate) struct NodeEvent {
 const LEADER_POLL: Duration = Duration::from_millis(100);
 /// How long one such question may take.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the broker is watched for another leader once the node hit is
+/// back (a pause shorter than the broker's failure detection moves none).
+const LEADER_GRACE: Duration = Duration::from_secs(10);
 
 /// Applies `faults` to `target` at `steady_start + fault.at`, one after the
 /// other, until done, cancelled or `deadline` (the end of the drain): a broker
@@ -120,12 +123,16 @@ pub(crate) async fn inject(
                 FaultAction::RollingRestart => {
                     rolling(fault, target, driver, &names, deadline, &mut nodes).await
                 }
-                _ => {
-                    let index = choose(fault.node, before.as_ref(), &names);
-                    let hit = on_node(fault, target, driver, &names, index, deadline).await;
-                    nodes.push(hit.0);
-                    hit.1
-                }
+                _ => match unknown_leader(before.as_ref(), &names) {
+                    Some(error) => Err(error),
+                    None => {
+                        let index = choose(fault.node, before.as_ref(), &names);
+                        let aimed = (index, before.as_ref());
+                        let hit = on_node(fault, (target, driver), &names, aimed, deadline).await;
+                        nodes.push(hit.0);
+                        hit.1
+                    }
+                },
             };
             (outcome, before, nodes)
         };
@@ -163,6 +170,20 @@ async fn leadership(driver: &dyn Driver) -> Option<Leadership> {
         .flatten()
 }
 
+/// An error when the broker reports a leader that is none of the nodes
+/// named (a targets file's `name`s that are not what the broker calls them):
+/// the fault could not be aimed.
+fn unknown_leader(now: Option<&Leadership>, names: &[String]) -> Option<anyhow::Error> {
+    let leader = now?.leader.as_deref()?;
+    (!names.iter().any(|n| n == leader)).then(|| {
+        anyhow::anyhow!(
+            "the broker reports {leader} leading, which is none of the nodes named \
+             ({}): the fault was not applied; check the nodes' names",
+            names.join(", ")
+        )
+    })
+}
+
 /// The node (from 0) that `choice` names, given who leads: the leader or
 /// a follower as reported (the first node when the broker did not say),
 /// any node at random, or a number.
@@ -181,40 +202,57 @@ fn choose(choice: Option<NodeChoice>, now: Option<&Leadership>, names: &[String]
     }
 }
 
-/// Applies `fault` to node `index` alone, watching the broker elect a
-/// leader other than it meanwhile, then waits for it to rejoin.
+/// Applies `fault` to node `index` alone, given who led just before
+/// (`None`: the broker did not say), watching the broker report another
+/// leader meanwhile, then waits for the node to rejoin. Without a report
+/// before, nothing is watched; once the node is back, the watch goes on
+/// for [`LEADER_GRACE`] at most.
 async fn on_node(
     fault: &Fault,
-    target: &mut dyn FaultTarget,
-    driver: &dyn Driver,
+    (target, driver): (&mut dyn FaultTarget, &dyn Driver),
     names: &[String],
-    index: usize,
+    (index, before): (usize, Option<&Leadership>),
     deadline: Instant,
 ) -> (NodeEvent, anyhow::Result<()>) {
     let name = names[index].clone();
-    let before = leadership(driver).await;
-    let hit = Instant::now();
     let mut event = NodeEvent {
         number: index + 1,
-        was_leader: before.and_then(|l| l.leader).as_deref() == Some(name.as_str()),
+        was_leader: before.and_then(|l| l.leader.as_deref()) == Some(name.as_str()),
         name,
-        hit,
+        hit: Instant::now(),
         ready: None,
         led_by_another: None,
         rejoined: None,
     };
     let Some(node) = target.node(index) else {
-        return (
-            event,
-            Err(anyhow::anyhow!("node {} is not there", index + 1)),
-        );
+        let missing = anyhow::anyhow!("node {} is not there", index + 1);
+        return (event, Err(missing));
     };
-    let watch = tokio::time::timeout_at(deadline.into(), led_by_another(driver, &event.name));
-    let (outcome, elected) = tokio::join!(apply(fault, node, deadline), watch);
-    event.led_by_another = elected.ok();
+    let applied = async {
+        let outcome = apply(fault, node, deadline).await;
+        (outcome, Instant::now())
+    };
+    tokio::pin!(applied);
+    let hit_name = event.name.clone();
+    let watch = led_by_another(driver, &hit_name);
+    tokio::pin!(watch);
+    let watching = before.is_some();
+    let (outcome, back) = tokio::select! {
+        done = &mut applied => done,
+        elected = &mut watch, if watching => {
+            event.led_by_another = Some(elected);
+            applied.await
+        }
+    };
+    if watching && event.led_by_another.is_none() {
+        let grace = (back + LEADER_GRACE).min(deadline);
+        event.led_by_another = tokio::time::timeout_at(grace.into(), watch).await.ok();
+    }
     if outcome.is_ok() {
-        event.ready = Some(Instant::now());
-        event.rejoined = rejoined(driver, &event.name, deadline).await;
+        event.ready = Some(back);
+        if watching {
+            event.rejoined = rejoined(driver, &event.name, deadline).await;
+        }
     }
     (event, outcome)
 }
@@ -229,11 +267,13 @@ async fn rolling(
     nodes: &mut Vec<NodeEvent>,
 ) -> anyhow::Result<()> {
     for index in 0..names.len() {
-        let (event, outcome) = on_node(fault, target, driver, names, index, deadline).await;
+        let before = leadership(driver).await;
+        let aimed = (index, before.as_ref());
+        let (event, outcome) = on_node(fault, (target, driver), names, aimed, deadline).await;
         let rejoined = event.rejoined.is_some();
         nodes.push(event);
         outcome?;
-        if !rejoined {
+        if !rejoined && before.is_some() {
             anyhow::bail!(
                 "node {} did not rejoin before the end of the run",
                 index + 1
@@ -249,7 +289,10 @@ async fn led_by_another(driver: &dyn Driver, name: &str) -> (Leadership, Instant
     loop {
         if let Some(now) = leadership(driver).await {
             let moved = now.leader.as_deref().is_some_and(|leader| leader != name)
-                && !now.partitions.values().any(|leader| leader == name);
+                && !now
+                    .partitions
+                    .values()
+                    .any(|leader| leader == name || leader == NO_LEADER);
             if moved {
                 return (now, Instant::now());
             }
@@ -300,5 +343,34 @@ async fn apply(
             tokio::time::sleep_until(until.into()).await;
             target.resume().await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn led_by(leader: &str) -> Leadership {
+        Leadership {
+            leader: Some(leader.to_string()),
+            ..Leadership::default()
+        }
+    }
+
+    #[test]
+    fn faults_are_aimed_at_the_node_the_broker_reports() {
+        let names: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+        let now = led_by("n2");
+        assert_eq!(choose(Some(NodeChoice::Leader), Some(&now), &names), 1);
+        assert_eq!(choose(None, Some(&now), &names), 1);
+        assert_eq!(choose(Some(NodeChoice::Follower), Some(&now), &names), 2);
+        assert_eq!(choose(Some(NodeChoice::Number(3)), Some(&now), &names), 2);
+        // The broker did not say: the first node (was_leader then false).
+        assert_eq!(choose(Some(NodeChoice::Leader), None, &names), 0);
+        assert!((0..3).contains(&choose(Some(NodeChoice::Any), None, &names)));
+        assert!(unknown_leader(Some(&now), &names).is_none());
+        assert!(unknown_leader(None, &names).is_none());
+        let wrong = unknown_leader(Some(&led_by("rabbit@mq9")), &names).unwrap();
+        assert!(wrong.to_string().contains("rabbit@mq9"), "{wrong}");
     }
 }

@@ -748,6 +748,13 @@ fn cluster(written: Option<&ClusterFile>) -> Result<Cluster, RawError> {
         return Ok(Cluster::default());
     };
     let nodes = positive(&Some(file.nodes.clone()), 1, Cluster::MAX_NODES.into())?;
+    if nodes == 2 {
+        return Err(RawError::at(
+            file.nodes.span(),
+            "2 nodes have no majority once one is down (a Raft quorum, Kafka's min ISR of 2, \
+             RabbitMQ's pause_minority): use 3",
+        ));
+    }
     Ok(Cluster { nodes: nodes as u8 })
 }
 

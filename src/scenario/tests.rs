@@ -487,6 +487,12 @@ fn bad_cluster_faults_are_named() {
     );
     assert!(shown.contains("every node in turn"), "{shown}");
     let shown = error(
+        &cluster.replace("nodes = 3", "nodes = 2"),
+        "cluster.nodes",
+        22,
+    );
+    assert!(shown.contains("no majority"), "{shown}");
+    let shown = error(
         &cluster.replace("nodes = 3", "nodes = 9"),
         "cluster.nodes",
         22,

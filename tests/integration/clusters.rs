@@ -252,3 +252,56 @@ fn ctrl_c_during_a_cluster_run_leaves_no_node_running() {
     let left: Vec<_> = started.iter().filter(|p| util::is_alive(p)).collect();
     assert!(left.is_empty(), "still running: {left:#?}");
 }
+
+#[test]
+fn a_cluster_that_does_not_form_names_the_node_and_its_log_and_leaves_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    // nats-server as installed, except that node 2 cannot start.
+    let real = which::which("nats-server").expect("make test installs nats-server");
+    let bin = tempfile::tempdir().unwrap();
+    let wrapper = bin.path().join("nats-server");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in\n  *node-2*) echo 'simulated: node 2 cannot open its store' >&2; exit 1;;\nesac\nexec {} \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let scenario = "name = \"unformed\"\nbrokers = [\"jetstream\"]\n[cluster]\nnodes = 3\n\
+                    [load]\nrate = 10\nduration = \"5s\"\n";
+    let (dir, file) = util::scenario_file(scenario);
+    let out = util::run_command(&[file.to_str().unwrap()], dir.path())
+        .env("PATH", path)
+        .env_remove("BROKERBENCH_TOOLS")
+        // The nodes' data under the test's directory, to find them by.
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("node 2 of the jetstream cluster"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("simulated: node 2 cannot open its store"),
+        "{stderr}"
+    );
+    // Nodes 1 and 3 started, and were stopped with the run.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &dir.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}

@@ -24,7 +24,7 @@ use super::delivery::{Awaiting, Client, Inbox, Reports};
 use crate::broker::Endpoint;
 use crate::driver::{
     timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Leadership,
-    Producer, Settings, Settle, Settler, Token, CONFIRM_TIMEOUT,
+    Producer, Settings, Settle, Settler, Token, CONFIRM_TIMEOUT, NO_LEADER,
 };
 use crate::event::Outgoing;
 use crate::kind::BrokerKind;
@@ -398,14 +398,19 @@ impl Driver for KafkaDriver {
         let Some(topic) = metadata.topics().first() else {
             return Ok(None);
         };
+        if topic.partitions().is_empty() {
+            return Ok(None);
+        }
         let partitions: BTreeMap<i32, String> = topic
             .partitions()
             .iter()
-            .filter(|p| p.leader() >= 0)
-            .map(|p| (p.id(), p.leader().to_string()))
+            .map(|p| match p.leader() {
+                id if id >= 0 => (p.id(), id.to_string()),
+                _ => (p.id(), NO_LEADER.to_string()),
+            })
             .collect();
         let mut led: BTreeMap<&str, usize> = BTreeMap::new();
-        for leader in partitions.values() {
+        for leader in partitions.values().filter(|l| *l != NO_LEADER) {
             *led.entry(leader).or_default() += 1;
         }
         // Most partitions, the lowest id among equals.
@@ -413,12 +418,18 @@ impl Driver for KafkaDriver {
             .iter()
             .max_by_key(|(id, n)| (**n, std::cmp::Reverse(id.parse::<i32>().unwrap_or(0))))
             .map(|(id, _)| id.to_string());
-        // In sync for every partition: a node in each partition's ISR.
+        // In sync: in the ISR of every partition it holds a replica of.
         let mut in_sync: Vec<String> = metadata
             .brokers()
             .iter()
             .map(|b| b.id())
-            .filter(|id| topic.partitions().iter().all(|p| p.isr().contains(id)))
+            .filter(|id| {
+                topic
+                    .partitions()
+                    .iter()
+                    .filter(|p| p.replicas().contains(id))
+                    .all(|p| p.isr().contains(id))
+            })
             .map(|id| id.to_string())
             .collect();
         in_sync.sort();

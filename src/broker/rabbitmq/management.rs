@@ -54,17 +54,19 @@ async fn get_json(base: &str, path: &str) -> Result<serde_json::Value> {
 }
 
 /// Who leads quorum queue `queue` (vhost `/`) and which members are online,
-/// from the first node in `bases` that answers.
+/// from whichever node in `bases` answers first: every node is asked at
+/// once, so that a paused or unreachable one costs nothing.
 pub(super) async fn queue_leadership(bases: &[String], queue: &str) -> Result<Leadership> {
     let path = format!("/api/queues/%2F/{}", queue.replace('/', "%2F"));
-    let mut last = None;
-    for base in bases {
-        match get_json(base, &path).await {
-            Ok(info) => return Ok(leadership_of(&info)),
-            Err(e) => last = Some(e),
-        }
+    let asks = bases
+        .iter()
+        .map(|base| Box::pin(get_json(base, &path)))
+        .collect::<Vec<_>>();
+    if asks.is_empty() {
+        bail!("no management API address");
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no management API address")))
+    let (info, _) = futures_util::future::select_ok(asks).await?;
+    Ok(leadership_of(&info))
 }
 
 /// A queue's `leader` and `online` members as the management API gives them.
