@@ -97,23 +97,24 @@ impl LocalCluster {
                     .with_context(|| format!("node {} of the {kind} cluster", i + 1))?,
             );
         }
-        let readiness = join_all(
+        // The first node that fails (one that exits at once, or the first
+        // still not ready at the deadline) fails the cluster; the others
+        // are stopped with it.
+        let readiness = futures_util::future::try_join_all(
             members
                 .iter_mut()
+                .enumerate()
                 .skip(together)
                 .zip(spawned)
-                .map(|(member, spawned)| member.await_ready(spawned)),
+                .map(|((i, member), spawned)| async move {
+                    member.await_ready(spawned).await.with_context(|| {
+                        format!("node {} of the {kind} cluster did not come up", i + 1)
+                    })
+                }),
         )
         .await;
         cluster.nodes = members;
-        for (i, ready) in readiness.into_iter().enumerate() {
-            ready.with_context(|| {
-                format!(
-                    "node {} of the {kind} cluster did not join in time",
-                    i + 1 + together
-                )
-            })?;
-        }
+        readiness?;
         Ok(cluster)
     }
 
