@@ -294,14 +294,18 @@ fn a_cluster_that_does_not_form_names_the_node_and_its_log_and_leaves_nothing() 
         stderr.contains("simulated: node 2 cannot open its store"),
         "{stderr}"
     );
-    // Nodes 1 and 3 started, and were stopped with the run.
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", &dir.path().display().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "still running: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    // Nodes 1 and 3 started, and were stopped with the run (killed: give
+    // them a moment to be gone).
+    let running = || {
+        let found = std::process::Command::new("pgrep")
+            .args(["-f", &dir.path().display().to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&found.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !running().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(running().is_empty(), "still running: {}", running());
 }
