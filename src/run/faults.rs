@@ -136,9 +136,11 @@ pub(crate) async fn inject(
             };
             (outcome, before, nodes)
         };
-        // On a cluster: when the (last) node hit accepted clients again.
+        // On a cluster: when the (last) node hit accepted clients again; a
+        // fault that hit no node (it could not be aimed) took nothing down.
         let ready = match nodes.last() {
             Some(node) => node.ready,
+            None if !names.is_empty() => Some(Instant::now()),
             None => outcome.is_ok().then(Instant::now),
         };
         let error = outcome.err().map(|e| format!("{e:#}"));
