@@ -35,13 +35,17 @@ impl Endpoint {
     /// A cluster whose nodes listen on `host` at `ports`: every node's
     /// address, in the form of a list its client takes.
     pub fn cluster(kind: BrokerKind, host: &str, ports: &[u16]) -> Self {
-        let urls: Vec<String> = ports
+        let urls = ports
             .iter()
-            .map(|&port| registry(kind).local_url(host, port))
-            .collect();
+            .map(|&port| registry(kind).local_url(host, port));
+        Endpoint::joined(kind, urls)
+    }
+
+    /// One endpoint for several addresses, in the list form clients take.
+    fn joined(kind: BrokerKind, urls: impl IntoIterator<Item = String>) -> Self {
         Endpoint {
             kind,
-            url: urls.join(","),
+            url: urls.into_iter().collect::<Vec<_>>().join(","),
             admin: Vec::new(),
         }
     }
@@ -64,11 +68,7 @@ impl Endpoint {
             .iter()
             .map(|url| Endpoint::new(kind, url).map(|e| e.url))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Endpoint {
-            kind,
-            url: checked.join(","),
-            admin: Vec::new(),
-        })
+        Ok(Endpoint::joined(kind, checked))
     }
 
     /// Each address of a list (a cluster's nodes), or the one address.

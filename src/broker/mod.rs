@@ -85,16 +85,20 @@ impl Ports {
             ..Ports::default()
         };
         for (role, port) in roles.iter().zip(more) {
-            let slot = match role {
-                PortRole::Monitoring => &mut ports.monitoring,
-                PortRole::Distribution => &mut ports.distribution,
-                PortRole::Epmd => &mut ports.epmd,
-                PortRole::Controller => &mut ports.controller,
-                PortRole::Route => &mut ports.route,
-            };
-            *slot = Some(*port);
+            *ports.slot(*role) = Some(*port);
         }
         ports
+    }
+
+    /// Where the port of `role` is kept.
+    pub fn slot(&mut self, role: PortRole) -> &mut Option<u16> {
+        match role {
+            PortRole::Monitoring => &mut self.monitoring,
+            PortRole::Distribution => &mut self.distribution,
+            PortRole::Epmd => &mut self.epmd,
+            PortRole::Controller => &mut self.controller,
+            PortRole::Route => &mut self.route,
+        }
     }
 
     /// The port of `role`, if it has one.

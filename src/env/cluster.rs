@@ -19,6 +19,7 @@ use super::binaries::Binary;
 use super::local::{free_ports, LocalBroker};
 use super::{Endpoint, FaultTarget, Placed};
 use crate::broker::{self, PortRole, Ports, ServerSettings};
+use crate::kind::BrokerKind;
 
 /// Loopback, as for single nodes.
 const HOST: &str = "127.0.0.1";
@@ -53,8 +54,11 @@ impl LocalCluster {
         for _ in 0..nodes {
             let ports = free_ports(1 + roles.len())?;
             let mut node = Ports::assign(ports[0], &roles, &ports[1..]);
+            // A shared port is the first node's.
             if let Some(first) = peers.first() {
-                share(&mut node, first, info.shared_ports);
+                for role in info.shared_ports {
+                    *node.slot(*role) = first.of(*role);
+                }
             }
             peers.push(node);
         }
@@ -77,50 +81,13 @@ impl LocalCluster {
             implementation: binary.implementation.clone(),
             nodes: Vec::new(),
         };
-        // The first node alone, when the others join it.
-        let together = if info.cluster_joins_first {
-            let first = members[0].spawn().await.context("node 1")?;
-            members[0]
-                .await_ready(first)
-                .await
-                .with_context(|| format!("node 1 of the {kind} cluster did not start in time"))?;
-            1
-        } else {
-            0
-        };
-        let mut spawned = Vec::new();
-        for (i, member) in members.iter_mut().enumerate().skip(together) {
-            spawned.push(
-                member
-                    .spawn()
-                    .await
-                    .with_context(|| format!("node {} of the {kind} cluster", i + 1))?,
-            );
-        }
-        // The first node that fails (one that exits at once, or the first
-        // still not ready at the deadline) fails the cluster; the others
-        // are stopped with it.
-        let readiness = futures_util::future::try_join_all(
-            members
-                .iter_mut()
-                .enumerate()
-                .skip(together)
-                .zip(spawned)
-                .map(|((i, member), spawned)| async move {
-                    member.await_ready(spawned).await.with_context(|| {
-                        format!("node {} of the {kind} cluster did not come up", i + 1)
-                    })
-                }),
-        )
-        .await;
+        // The first node alone first, when the others join it.
+        let alone = usize::from(info.cluster_joins_first);
+        start_together(&mut members[..alone], 0, kind).await?;
+        let readiness = start_together(&mut members[alone..], alone, kind).await;
         cluster.nodes = members;
         readiness?;
         Ok(cluster)
-    }
-
-    /// The nodes, in order.
-    pub fn nodes(&self) -> &[LocalBroker] {
-        &self.nodes
     }
 
     /// Runs `each` on every node at once; the first error, if any.
@@ -134,6 +101,32 @@ impl LocalCluster {
             .into_iter()
             .collect()
     }
+}
+
+/// Starts `nodes` (node `first + 1` onwards) at once and waits until each
+/// is ready. The first node that fails (one that exits at once, or the
+/// first still not ready at the deadline) is the error, naming it; the
+/// others are not waited for.
+async fn start_together(nodes: &mut [LocalBroker], first: usize, kind: BrokerKind) -> Result<()> {
+    let mut spawned = Vec::new();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let started = node.spawn().await;
+        spawned.push(
+            started.with_context(|| format!("node {} of the {kind} cluster", first + i + 1))?,
+        );
+    }
+    futures_util::future::try_join_all(nodes.iter_mut().enumerate().zip(spawned).map(
+        |((i, node), spawned)| async move {
+            node.await_ready(spawned).await.with_context(|| {
+                format!(
+                    "node {} of the {kind} cluster did not come up",
+                    first + i + 1
+                )
+            })
+        },
+    ))
+    .await
+    .map(drop)
 }
 
 #[async_trait::async_trait]
@@ -154,20 +147,6 @@ impl Placed for LocalCluster {
     }
 }
 
-/// Gives `node` the `first` node's port for each of `roles`.
-fn share(node: &mut Ports, first: &Ports, roles: &[PortRole]) {
-    for role in roles {
-        let port = first.of(*role);
-        match role {
-            PortRole::Monitoring => node.monitoring = port,
-            PortRole::Distribution => node.distribution = port,
-            PortRole::Epmd => node.epmd = port,
-            PortRole::Controller => node.controller = port,
-            PortRole::Route => node.route = port,
-        }
-    }
-}
-
 /// A fault without a node hits every node at once, as on a single broker.
 #[async_trait::async_trait]
 impl FaultTarget for LocalCluster {
@@ -176,19 +155,8 @@ impl FaultTarget for LocalCluster {
     }
 
     async fn start(&mut self) -> Result<()> {
-        let mut spawned = Vec::new();
-        for node in &mut self.nodes {
-            spawned.push(node.spawn().await?);
-        }
-        join_all(
-            self.nodes
-                .iter_mut()
-                .zip(spawned)
-                .map(|(node, spawned)| node.await_ready(spawned)),
-        )
-        .await
-        .into_iter()
-        .try_for_each(|ready| ready.map(drop))
+        let kind = self.endpoint.kind;
+        start_together(&mut self.nodes, 0, kind).await
     }
 
     async fn restart(&mut self) -> Result<()> {

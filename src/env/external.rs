@@ -311,7 +311,7 @@ impl Targets {
             }
             (None, _) => self.check_nodes(kind, target)?,
         }
-        self.check_faults(kind, &target.faults, &kind.to_string())?;
+        self.check_faults(&target.faults, &kind.to_string())?;
         for (name, value) in [
             ("command_timeout", &target.command_timeout),
             ("ready_timeout", &target.ready_timeout),
@@ -362,7 +362,7 @@ impl Targets {
                     )));
                 }
             }
-            self.check_faults(kind, &node.faults, &format!("{kind}.nodes[{i}]"))?;
+            self.check_faults(&node.faults, &format!("{kind}.nodes[{i}]"))?;
         }
         Ok(())
     }
@@ -370,7 +370,6 @@ impl Targets {
     /// Fault commands under `table`: known actions, not empty.
     fn check_faults(
         &self,
-        _kind: BrokerKind,
         faults: &BTreeMap<Spanned<String>, String>,
         table: &str,
     ) -> Result<(), ScenarioError> {
@@ -583,42 +582,37 @@ impl Placed for CommandCluster {
     }
 }
 
+impl CommandCluster {
+    /// `operation` on each node in turn, as its own commands apply it.
+    async fn each(&mut self, operation: Operation) -> Result<()> {
+        for node in &mut self.nodes {
+            node.operate(operation).await?;
+        }
+        Ok(())
+    }
+}
+
 /// A fault without a node hits each node in turn.
 #[async_trait]
 impl FaultTarget for CommandCluster {
     async fn kill(&mut self) -> Result<()> {
-        for node in &mut self.nodes {
-            node.kill().await?;
-        }
-        Ok(())
+        self.each(Operation::Kill).await
     }
 
     async fn start(&mut self) -> Result<()> {
-        for node in &mut self.nodes {
-            FaultTarget::start(node).await?;
-        }
-        Ok(())
+        self.each(Operation::Start).await
     }
 
     async fn restart(&mut self) -> Result<()> {
-        for node in &mut self.nodes {
-            node.restart().await?;
-        }
-        Ok(())
+        self.each(Operation::Restart).await
     }
 
     async fn pause(&mut self) -> Result<()> {
-        for node in &mut self.nodes {
-            node.pause().await?;
-        }
-        Ok(())
+        self.each(Operation::Pause).await
     }
 
     async fn resume(&mut self) -> Result<()> {
-        for node in &mut self.nodes {
-            node.resume().await?;
-        }
-        Ok(())
+        self.each(Operation::Resume).await
     }
 
     fn node_names(&self) -> Vec<String> {

@@ -196,11 +196,11 @@ impl LocalBroker {
         if self.is_running() {
             bail!("{} is already running", self.kind());
         }
-        let helper = broker::registry(self.kind()).helper(&self.launch_spec())?;
+        let launch = self.launch_spec();
+        let helper = broker::registry(self.kind()).helper(&launch)?;
         // A port shared with the first node of a cluster is the first node's
         // to open.
-        let shared = self
-            .launch_spec()
+        let shared = launch
             .cluster
             .map(|node| node.shared(self.kind()))
             .unwrap_or_default();

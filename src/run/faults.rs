@@ -235,8 +235,7 @@ async fn on_node(
         (outcome, Instant::now())
     };
     tokio::pin!(applied);
-    let hit_name = event.name.clone();
-    let watch = led_by_another(driver, &hit_name);
+    let watch = led_by_another(driver, &names[index]);
     tokio::pin!(watch);
     let watching = before.is_some();
     let (outcome, back) = tokio::select! {
@@ -286,39 +285,39 @@ async fn rolling(
 }
 
 /// Waits until the broker reports a leader other than `name`, and (Kafka)
-/// no partition led by it; returns who leads then, and when.
+/// no partition led by it or by none; returns who leads then, and when.
 async fn led_by_another(driver: &dyn Driver, name: &str) -> (Leadership, Instant) {
-    loop {
-        if let Some(now) = leadership(driver).await {
-            let moved = now.leader.as_deref().is_some_and(|leader| leader != name)
-                && !now
-                    .partitions
-                    .values()
-                    .any(|leader| leader == name || leader == NO_LEADER);
-            if moved {
-                return (now, Instant::now());
-            }
-        }
-        tokio::time::sleep(LEADER_POLL).await;
-    }
+    reported(driver, |now| {
+        now.leader.as_deref().is_some_and(|leader| leader != name)
+            && !now
+                .partitions
+                .values()
+                .any(|leader| leader == name || leader == NO_LEADER)
+    })
+    .await
 }
 
 /// When the broker reports `name`'s copy caught up again, if before `deadline`.
 async fn rejoined(driver: &dyn Driver, name: &str, deadline: Instant) -> Option<Instant> {
-    let caught_up = async {
-        loop {
-            if leadership(driver)
-                .await
-                .is_some_and(|l| l.in_sync.iter().any(|n| n == name))
-            {
-                return Instant::now();
-            }
-            tokio::time::sleep(LEADER_POLL).await;
-        }
-    };
+    let caught_up = reported(driver, |now| now.in_sync.iter().any(|n| n == name));
     tokio::time::timeout_at(deadline.into(), caught_up)
         .await
         .ok()
+        .map(|(_, at)| at)
+}
+
+/// Asks the broker who leads every [`LEADER_POLL`] until what it reports
+/// meets `holds`; returns that report, and when it came.
+async fn reported(
+    driver: &dyn Driver,
+    holds: impl Fn(&Leadership) -> bool,
+) -> (Leadership, Instant) {
+    loop {
+        if let Some(now) = leadership(driver).await.filter(|now| holds(now)) {
+            return (now, Instant::now());
+        }
+        tokio::time::sleep(LEADER_POLL).await;
+    }
 }
 
 async fn apply(

@@ -57,9 +57,9 @@ fn server_properties(launch: &Launch<'_>) -> Result<String> {
     let client = launch.ports.client;
     let controller = launch.ports.controller.context("no controller port")?;
     let data = launch.dir.join("data");
-    let (id, quorum, replication, min_isr) = match launch.cluster {
+    let id = node_id(launch);
+    let (quorum, replication, min_isr) = match launch.cluster {
         None => (
-            1,
             format!("controller.quorum.bootstrap.servers={host}:{controller}"),
             1,
             1,
@@ -76,7 +76,6 @@ fn server_properties(launch: &Launch<'_>) -> Result<String> {
                 .collect::<Result<Vec<_>>>()?;
             let replication = node.peers.len().min(3);
             (
-                node.index + 1,
                 format!("controller.quorum.voters={}", voters.join(",")),
                 replication,
                 majority(replication),
@@ -105,6 +104,11 @@ group.initial.rebalance.delay.ms=0
 ",
         data = data.display()
     ))
+}
+
+/// The `node.id` of the node `launch` starts: 1, or its number in a cluster.
+fn node_id(launch: &Launch<'_>) -> usize {
+    launch.cluster.map_or(1, |node| node.index + 1)
 }
 
 /// The fewest of `replicas` copies that are a majority.
@@ -214,7 +218,7 @@ impl Broker for Kafka {
 
     /// Its `node.id`, which metadata gives for each partition's leader.
     fn node_name(&self, launch: &Launch<'_>) -> String {
-        launch.cluster.map_or(1, |node| node.index + 1).to_string()
+        node_id(launch).to_string()
     }
 
     fn accepts_url(&self, url: &str) -> bool {
