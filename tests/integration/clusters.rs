@@ -16,7 +16,13 @@ fn failover_then_rolling_restart(broker: &str, rolling_at: &str, duration: &str)
         "/scenarios/cluster-failover.toml"
     ))
     .unwrap();
-    let longer = scenario.replace("duration = \"30s\"", &format!("duration = \"{duration}\""));
+    // The rolling restart may outlast the load: RabbitMQ's nodes took
+    // 15-26 s each to come back here. The drain's deadline, which ends the
+    // fault timeline, gives it 60 s past the load rather than 30.
+    let longer = scenario.replace(
+        "duration = \"30s\"",
+        &format!("duration = \"{duration}\"\ndrain_timeout = \"60s\""),
+    );
     let scenario =
         format!("{longer}\n[[faults]]\nat = \"{rolling_at}\"\naction = \"rolling-restart\"\n");
     util::run_scenario(&scenario, &["--brokers", broker])
