@@ -165,11 +165,11 @@ impl FaultTarget for LocalCluster {
     }
 
     async fn pause(&mut self) -> Result<()> {
-        self.every(|n| async { LocalBroker::pause(n) }).await
+        self.every(LocalBroker::pause).await
     }
 
     async fn resume(&mut self) -> Result<()> {
-        self.every(|n| async { LocalBroker::resume(n) }).await
+        self.every(LocalBroker::resume).await
     }
 
     fn node_names(&self) -> Vec<String> {

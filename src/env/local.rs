@@ -318,19 +318,44 @@ impl LocalBroker {
     }
 
     /// Freezes the broker (SIGSTOP): connections stay open, nothing answers.
-    pub fn pause(&mut self) -> Result<()> {
-        let child = self.process.as_ref().context("broker is not running")?;
-        signal_group(child, Signal::SIGSTOP);
+    /// Returns once every thread of the process group is seen stopped: a
+    /// signal is delivered asynchronously, and a thread still running can
+    /// answer a client after `killpg` returns (CI saw nats-server do so).
+    pub async fn pause(&mut self) -> Result<()> {
         self.paused = true;
-        Ok(())
+        self.signal_until(Signal::SIGSTOP, true).await
     }
 
-    /// Lets a paused broker run again (SIGCONT).
-    pub fn resume(&mut self) -> Result<()> {
-        let child = self.process.as_ref().context("broker is not running")?;
-        signal_group(child, Signal::SIGCONT);
+    /// Lets a paused broker run again (SIGCONT), once every thread is seen
+    /// running again.
+    pub async fn resume(&mut self) -> Result<()> {
         self.paused = false;
-        Ok(())
+        self.signal_until(Signal::SIGCONT, false).await
+    }
+
+    /// Sends `signal` to the broker's group until /proc shows every thread
+    /// of it `stopped` (or none stopped), within [`SIGNAL_TIMEOUT`].
+    async fn signal_until(&self, signal: Signal, stopped: bool) -> Result<()> {
+        let child = self.process.as_ref().context("broker is not running")?;
+        let pgid = child.id().context("broker is not running")?;
+        let deadline = Instant::now() + SIGNAL_TIMEOUT;
+        loop {
+            signal_pgid(pgid, signal);
+            if group_threads(pgid)
+                .iter()
+                .all(|&s| is_stopped(s) == stopped)
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}'s threads not all {} {SIGNAL_TIMEOUT:?} after {signal}",
+                    self.kind(),
+                    if stopped { "stopped" } else { "running" },
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Stops the broker gracefully and every helper process it needed.
@@ -465,11 +490,11 @@ impl FaultTarget for LocalBroker {
     }
 
     async fn pause(&mut self) -> Result<()> {
-        LocalBroker::pause(self)
+        LocalBroker::pause(self).await
     }
 
     async fn resume(&mut self) -> Result<()> {
-        LocalBroker::resume(self)
+        LocalBroker::resume(self).await
     }
 }
 
@@ -491,6 +516,44 @@ fn signal_group(child: &Child, signal: Signal) {
     if let Some(pid) = child.id() {
         signal_pgid(pid, signal);
     }
+}
+
+/// How long a pause or resume may take to reach every thread.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The state letter of every live thread of every process in group `pgid`,
+/// as /proc shows them.
+fn group_threads(pgid: u32) -> Vec<char> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_stat(&format!("/proc/{pid}/stat")).is_some_and(|(_, g)| g == pgid))
+        .flat_map(|pid| {
+            fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|task| proc_stat(&task.ok()?.path().join("stat").to_string_lossy()))
+        .map(|(state, _)| state)
+        .filter(|state| !matches!(state, 'Z' | 'X')) // exited threads answer nothing
+        .collect()
+}
+
+/// Whether a /proc state letter is a stopped thread.
+fn is_stopped(state: char) -> bool {
+    matches!(state, 'T' | 't')
+}
+
+/// A /proc stat file's state letter and process group.
+fn proc_stat(path: &str) -> Option<(char, u32)> {
+    let stat = fs::read_to_string(path).ok()?;
+    // The command name in parentheses may hold spaces; fields follow the last ')'.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let pgid = fields.nth(1)?.parse().ok()?;
+    Some((state, pgid))
 }
 
 fn signal_pgid(pgid: u32, signal: Signal) {

@@ -79,12 +79,12 @@ async fn survives_crash_pause_and_restart(kind: BrokerKind) {
     );
 
     // A paused broker keeps its port but answers nothing.
-    broker.pause().unwrap();
+    broker.pause().await.unwrap();
     assert!(
         handshake(&endpoint).await.is_err(),
         "{kind} answered while paused"
     );
-    broker.resume().unwrap();
+    broker.resume().await.unwrap();
     // Ready again once it answers: at once for most, but Kafka's controller
     // fences a broker paused longer than its session (9 s), and it takes
     // writes again only once unfenced.
