@@ -14,6 +14,7 @@ pub mod cluster;
 pub(crate) mod compose;
 pub(crate) mod external;
 pub mod local;
+pub mod proxy;
 
 use async_trait::async_trait;
 
