@@ -76,6 +76,29 @@ impl Endpoint {
         self.url.split(',').map(|u| u.trim().to_string()).collect()
     }
 
+    /// Each address's host and port, in order; `None` where an address
+    /// names no port.
+    pub fn host_ports(&self) -> Vec<Option<(String, u16)>> {
+        self.urls()
+            .iter()
+            .map(|url| {
+                let (from, to) = host_port_span(url);
+                let (host, port) = url[from..to].rsplit_once(':')?;
+                Some((host.to_string(), port.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The same addresses with each one's host and port replaced by `host`
+    /// and the port at its place in `ports`: the way through the fault proxy.
+    pub fn through(&self, host: &str, ports: &[u16]) -> Endpoint {
+        let urls = self.urls().into_iter().zip(ports).map(|(url, port)| {
+            let (from, to) = host_port_span(&url);
+            format!("{}{host}:{port}{}", &url[..from], &url[to..])
+        });
+        Endpoint::joined(self.kind, urls).with_admin(self.admin.clone())
+    }
+
     /// A broker at a URL the user gave, checked for the form its client expects.
     pub fn new(kind: BrokerKind, url: &str) -> Result<Self, String> {
         let url = url.trim();
@@ -104,6 +127,14 @@ impl Endpoint {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// Where `host:port` is in `url`: after any scheme and user, before any path.
+fn host_port_span(url: &str) -> (usize, usize) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let from = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
+    (from, end)
 }
 
 /// `url` with any password replaced by `***`.
@@ -156,5 +187,30 @@ mod tests {
             let err = Endpoint::new(kind(name), bad).unwrap_err();
             assert!(err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn the_way_through_the_proxy_keeps_scheme_user_and_path() {
+        let kind = |name: &str| name.parse::<BrokerKind>().unwrap();
+        let urls = ["amqp://app:pw@mq1:5672/%2f", "amqp://app:pw@mq2:5673/%2f"].map(String::from);
+        let cluster = Endpoint::list(kind("rabbitmq"), &urls).unwrap();
+        assert_eq!(
+            cluster.host_ports(),
+            [Some(("mq1".into(), 5672)), Some(("mq2".into(), 5673))]
+        );
+        assert_eq!(
+            cluster.through("127.0.0.1", &[7001, 7002]).urls(),
+            [
+                "amqp://app:pw@127.0.0.1:7001/%2f",
+                "amqp://app:pw@127.0.0.1:7002/%2f"
+            ]
+        );
+        let kafka = Endpoint::cluster(kind("kafka"), "127.0.0.1", &[9092, 9093]);
+        assert_eq!(
+            kafka.through("127.0.0.1", &[7001, 7002]).url(),
+            "127.0.0.1:7001,127.0.0.1:7002"
+        );
+        let nats = Endpoint::new(kind("jetstream"), "nats://n1").unwrap();
+        assert_eq!(nats.host_ports(), [None]);
     }
 }

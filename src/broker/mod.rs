@@ -60,6 +60,13 @@ pub struct Ports {
     pub controller: Option<u16>,
     /// The routes between the servers of a cluster (NATS).
     pub route: Option<u16>,
+    /// The listener the nodes of a cluster replicate through, apart from
+    /// the clients' (Kafka's inter-broker listener).
+    pub internal: Option<u16>,
+    /// Where clients are told to connect, when not the client port: the
+    /// fault proxy's port in front of it (Kafka advertises it). The broker
+    /// does not listen on it.
+    pub advertised: Option<u16>,
 }
 
 /// A port a broker needs besides its client port.
@@ -75,6 +82,8 @@ pub enum PortRole {
     Controller,
     /// See [`Ports::route`].
     Route,
+    /// See [`Ports::internal`].
+    Internal,
 }
 
 impl Ports {
@@ -98,6 +107,7 @@ impl Ports {
             PortRole::Epmd => &mut self.epmd,
             PortRole::Controller => &mut self.controller,
             PortRole::Route => &mut self.route,
+            PortRole::Internal => &mut self.internal,
         }
     }
 
@@ -109,10 +119,16 @@ impl Ports {
             PortRole::Epmd => self.epmd,
             PortRole::Controller => self.controller,
             PortRole::Route => self.route,
+            PortRole::Internal => self.internal,
         }
     }
 
-    /// Every port, client port first.
+    /// The port clients are told to connect to: the proxy's, if any.
+    pub fn for_clients(&self) -> u16 {
+        self.advertised.unwrap_or(self.client)
+    }
+
+    /// Every port it listens on, client port first.
     pub fn all(&self) -> Vec<u16> {
         std::iter::once(self.client)
             .chain(self.monitoring)
@@ -120,6 +136,7 @@ impl Ports {
             .chain(self.epmd)
             .chain(self.controller)
             .chain(self.route)
+            .chain(self.internal)
             .collect()
     }
 }

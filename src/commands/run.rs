@@ -21,6 +21,7 @@ use crate::env::cluster::LocalCluster;
 use crate::env::compose::ComposeBroker;
 use crate::env::external::Targets;
 use crate::env::local::LocalBroker;
+use crate::env::proxy::{FaultProxy, Proxied};
 use crate::env::{Environment, Placed};
 use crate::exit;
 use crate::kind::BrokerKind;
@@ -176,6 +177,9 @@ enum Site {
         server: ServerSettings,
         /// Nodes per broker: 1, or a local cluster.
         nodes: u8,
+        /// Every client connection through the fault proxy (the scenario
+        /// has network faults).
+        proxied: bool,
     },
     Compose(PathBuf),
     External(Vec<Box<dyn Placed>>),
@@ -189,7 +193,13 @@ impl Site {
                 data: DataDir::new(None)?,
                 server: ServerSettings::of(plan),
                 nodes: plan.cluster.nodes,
+                proxied: plan.has_network_faults(),
             },
+            _ if plan.has_network_faults() => bail!(
+                "{}: network faults (delay, cut, blackhole) go through brokerbench's fault \
+                 proxy, which runs with local brokers only so far (--env local)",
+                plan.source.display()
+            ),
             EnvKind::Compose if !plan.cluster.is_single() => bail!(
                 "{}: [cluster] nodes = {} runs locally (--env local) or on your brokers \
                  (--env external, a targets file listing each node), not on compose yet",
@@ -231,16 +241,29 @@ impl Environment for Site {
                 data,
                 server,
                 nodes,
+                proxied,
             } => {
                 let binary = binaries
                     .iter()
                     .find(|b| b.kind == kind)
                     .cloned()
                     .context("located with the others")?;
-                if *nodes > 1 {
-                    Box::new(LocalCluster::start(binary, data.path(), *server, *nodes).await?)
+                // The proxy listens first: Kafka must be told its ports, and
+                // the readiness probe goes through them.
+                let proxy = match proxied {
+                    true => Some(FaultProxy::bind(usize::from(*nodes)).await?),
+                    false => None,
+                };
+                let behind = proxy.as_deref();
+                let (dir, server, nodes) = (data.path(), *server, *nodes);
+                let placed: Box<dyn Placed> = if nodes > 1 {
+                    Box::new(LocalCluster::start(binary, dir, server, nodes, behind).await?)
                 } else {
-                    Box::new(LocalBroker::start_with(binary, data.path(), *server).await?)
+                    Box::new(LocalBroker::start_behind(binary, dir, server, behind).await?)
+                };
+                match proxy {
+                    Some(proxy) => Box::new(Proxied::new(placed, proxy)?),
+                    None => placed,
                 }
             }
             Site::Compose(file) => Box::new(ComposeBroker::place(file, kind).await?),

@@ -17,6 +17,7 @@ use futures_util::future::join_all;
 
 use super::binaries::Binary;
 use super::local::{free_ports, LocalBroker};
+use super::proxy::FaultProxy;
 use super::{Endpoint, FaultTarget, Placed};
 use crate::broker::{self, PortRole, Ports, ServerSettings};
 use crate::kind::BrokerKind;
@@ -36,11 +37,15 @@ impl LocalCluster {
     /// Starts `nodes` nodes of `binary` with their data under
     /// `run_dir/<broker>/node-N/` and waits until every one is ready. A node
     /// that is not ready in time is an error naming it, with its log's tail.
+    /// Behind `proxy`, if given, node N is reached through its Nth port,
+    /// which relays to it before it starts, and the broker tells clients
+    /// to connect to those ports where it tells them (Kafka).
     pub async fn start(
         binary: Binary,
         run_dir: &Path,
         server: ServerSettings,
         nodes: u8,
+        proxy: Option<&FaultProxy>,
     ) -> Result<Self> {
         let kind = binary.kind;
         let info = broker::info(kind);
@@ -51,9 +56,13 @@ impl LocalCluster {
             .copied()
             .collect();
         let mut peers: Vec<Ports> = Vec::new();
-        for _ in 0..nodes {
+        for i in 0..usize::from(nodes) {
             let ports = free_ports(1 + roles.len())?;
             let mut node = Ports::assign(ports[0], &roles, &ports[1..]);
+            if let Some(proxy) = proxy {
+                node.advertised = proxy.ports().get(i).copied();
+                proxy.route(i, (std::net::Ipv4Addr::LOCALHOST, node.client).into());
+            }
             // A shared port is the first node's.
             if let Some(first) = peers.first() {
                 for role in info.shared_ports {

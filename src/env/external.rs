@@ -542,6 +542,8 @@ fn needed_operations(plan: &Plan) -> Vec<(Operation, String)> {
             FaultAction::Kill => &[Operation::Kill, Operation::Start],
             FaultAction::Restart | FaultAction::RollingRestart => &[Operation::Restart],
             FaultAction::Pause => &[Operation::Pause, Operation::Resume],
+            // Through the fault proxy, not the broker's own commands.
+            FaultAction::Delay | FaultAction::Cut | FaultAction::Blackhole => &[],
         };
         let why = format!(
             "the scenario has a {} fault at {}",

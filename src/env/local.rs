@@ -27,6 +27,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::binaries::Binary;
+use super::proxy::FaultProxy;
 use super::{Endpoint, FaultTarget, Placed};
 use crate::broker::{self, Launch, Ports, ServerSettings};
 use crate::kind::BrokerKind;
@@ -69,6 +70,18 @@ impl LocalBroker {
         run_dir: &Path,
         server: ServerSettings,
     ) -> Result<Self> {
+        Self::start_behind(binary, run_dir, server, None).await
+    }
+
+    /// [`start_with`](Self::start_with), behind `proxy`: it relays to the
+    /// broker before the broker starts, and the broker tells clients to
+    /// connect to the proxy where it tells them where to connect (Kafka).
+    pub async fn start_behind(
+        binary: Binary,
+        run_dir: &Path,
+        server: ServerSettings,
+        proxy: Option<&FaultProxy>,
+    ) -> Result<Self> {
         let kind = binary.kind;
         let dir = run_dir.join(kind.as_str());
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -81,7 +94,10 @@ impl LocalBroker {
             let ports = free_ports(1 + roles.len())?;
             let mut broker = LocalBroker {
                 endpoint: Endpoint::local(kind, HOST, ports[0]),
-                ports: Ports::assign(ports[0], roles, &ports[1..]),
+                ports: Ports {
+                    advertised: proxy.map(|p| p.ports()[0]),
+                    ..Ports::assign(ports[0], roles, &ports[1..])
+                },
                 binary: binary.clone(),
                 dir: dir.clone(),
                 server,
@@ -91,6 +107,9 @@ impl LocalBroker {
                 ready_in: Duration::ZERO,
                 cluster: None,
             };
+            if let Some(proxy) = proxy {
+                proxy.route(0, (Ipv4Addr::LOCALHOST, ports[0]).into());
+            }
             match broker.launch().await {
                 Ok(_) => return Ok(broker),
                 Err(err) if err.is::<PortInUse>() && attempts < 3 => attempts += 1,

@@ -53,6 +53,11 @@ pub trait FaultTarget: Send {
     fn node(&mut self, _index: usize) -> Option<&mut dyn FaultTarget> {
         None
     }
+    /// The fault proxy every client connection goes through, when the
+    /// scenario has network faults.
+    fn proxy(&self) -> Option<&proxy::FaultProxy> {
+        None
+    }
 }
 
 /// One operation of a fault, as environments apply it.
@@ -118,6 +123,11 @@ pub trait Placed: FaultTarget + Sync {
     /// The product this implementation stands in for, when it is not that
     /// product (a Kafka-protocol broker a targets file marks `stand_in`).
     fn stand_in_for(&self) -> Option<&str> {
+        None
+    }
+    /// Where the broker itself listens, when clients reach it through the
+    /// fault proxy.
+    fn behind_proxy(&self) -> Option<&Endpoint> {
         None
     }
     /// A driver connected to it with the scenario's settings: the broker's

@@ -18,12 +18,13 @@
 //! - down: every connection is reset at once (a cut), and new ones are
 //!   reset as they arrive until the link is open again.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +32,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::{Endpoint, FaultTarget, Placed};
 
 /// How long the proxy waits to reach a broker node for a client.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,8 +87,9 @@ struct Counters {
 
 /// A relay on loopback in front of each node of one broker.
 pub struct FaultProxy {
-    listeners: Vec<TcpListener>,
     ports: Vec<u16>,
+    /// Where each port relays to, once known.
+    upstreams: Vec<watch::Sender<Option<SocketAddr>>>,
     link: watch::Sender<Link>,
     /// Cancelled by a cut; every connection open then watches it.
     generation: Mutex<CancellationToken>,
@@ -103,9 +107,10 @@ impl std::fmt::Debug for FaultProxy {
 }
 
 impl FaultProxy {
-    /// Listens on `nodes` free loopback ports, one per broker node; relays
-    /// nothing until [`serve`](Self::serve) says where the nodes are (Kafka
-    /// must be told the proxy's ports before it starts).
+    /// Listens on `nodes` free loopback ports, one per broker node, and
+    /// accepts at once; a connection waits until [`route`](Self::route) says
+    /// where its node is (Kafka must be told the proxy's ports before it
+    /// starts, and its readiness probe already goes through them).
     pub async fn bind(nodes: usize) -> Result<Arc<Self>> {
         let mut listeners = Vec::new();
         for _ in 0..nodes {
@@ -119,14 +124,18 @@ impl FaultProxy {
             .iter()
             .map(|l| Ok(l.local_addr()?.port()))
             .collect::<Result<_>>()?;
-        Ok(Arc::new(FaultProxy {
-            listeners,
+        let proxy = Arc::new(FaultProxy {
             ports,
+            upstreams: (0..nodes).map(|_| watch::channel(None).0).collect(),
             link: watch::channel(Link::Open).0,
             generation: Mutex::new(CancellationToken::new()),
             closing: CancellationToken::new(),
             counters: Arc::default(),
-        }))
+        });
+        for (index, listener) in listeners.into_iter().enumerate() {
+            tokio::spawn(proxy.clone().accept_loop(listener, index));
+        }
+        Ok(proxy)
     }
 
     /// The proxy's port in front of each node, in node order.
@@ -134,11 +143,10 @@ impl FaultProxy {
         &self.ports
     }
 
-    /// Relays connections to port `i` to `upstreams[i]`, until [`close`](Self::close).
-    pub fn serve(self: &Arc<Self>, upstreams: &[SocketAddr]) {
-        for (i, &upstream) in upstreams.iter().enumerate().take(self.listeners.len()) {
-            let proxy = self.clone();
-            tokio::spawn(async move { proxy.accept_loop(i, upstream).await });
+    /// Relays connections to the port in front of node `index` to `upstream`.
+    pub fn route(&self, index: usize, upstream: SocketAddr) {
+        if let Some(slot) = self.upstreams.get(index) {
+            slot.send_replace(Some(upstream));
         }
     }
 
@@ -178,8 +186,7 @@ impl FaultProxy {
         self.closing.cancel();
     }
 
-    async fn accept_loop(self: Arc<Self>, index: usize, upstream: SocketAddr) {
-        let listener = &self.listeners[index];
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, index: usize) {
         loop {
             let accepted = tokio::select! {
                 _ = self.closing.cancelled() => return,
@@ -197,15 +204,23 @@ impl FaultProxy {
             tokio::spawn(async move {
                 tokio::select! {
                     _ = proxy.closing.cancelled() => {}
-                    _ = proxy.relay(client, upstream, generation) => {}
+                    _ = proxy.relay(client, index, generation) => {}
                 }
             });
         }
     }
 
-    /// One client connection, relayed to `upstream` until either side
+    /// One client connection, relayed to node `index` until either side
     /// closes it or a cut resets it.
-    async fn relay(&self, client: TcpStream, upstream: SocketAddr, cut: CancellationToken) {
+    async fn relay(&self, client: TcpStream, index: usize, cut: CancellationToken) {
+        let mut routed = self.upstreams[index].subscribe();
+        let upstream = tokio::select! {
+            _ = cut.cancelled() => return reset(client),
+            routed = routed.wait_for(Option::is_some) => match routed {
+                Ok(upstream) => upstream.expect("waited for"),
+                Err(_) => return,
+            },
+        };
         let mut link = self.link.subscribe();
         // A black hole holds the connection before the broker is reached.
         tokio::select! {
@@ -316,6 +331,101 @@ fn jittered(latency: Duration, jitter: Duration) -> Duration {
     Duration::from_secs_f64((latency.as_secs_f64() + offset).max(0.0))
 }
 
+/// A placed broker whose clients all go through a fault proxy.
+pub(crate) struct Proxied {
+    inner: Box<dyn Placed>,
+    proxy: Arc<FaultProxy>,
+    endpoint: Endpoint,
+}
+
+impl Proxied {
+    /// `inner`, reached through `proxy` (bound already, one port per node
+    /// of `inner`'s endpoint, in order), which relays to the addresses in
+    /// `inner`'s endpoint from now on.
+    pub(crate) fn new(inner: Box<dyn Placed>, proxy: Arc<FaultProxy>) -> Result<Self> {
+        let upstreams = inner
+            .endpoint()
+            .host_ports()
+            .into_iter()
+            .map(|address| {
+                let (host, port) = address.context("a broker address without a port")?;
+                (host.as_str(), port)
+                    .to_socket_addrs()?
+                    .next()
+                    .with_context(|| format!("{host} has no address"))
+            })
+            .collect::<Result<Vec<SocketAddr>>>()?;
+        anyhow::ensure!(
+            upstreams.len() == proxy.ports().len(),
+            "the fault proxy has {} ports for {} nodes",
+            proxy.ports().len(),
+            upstreams.len()
+        );
+        for (index, upstream) in upstreams.into_iter().enumerate() {
+            proxy.route(index, upstream);
+        }
+        let endpoint = inner
+            .endpoint()
+            .through(&Ipv4Addr::LOCALHOST.to_string(), proxy.ports());
+        Ok(Proxied {
+            inner,
+            proxy,
+            endpoint,
+        })
+    }
+}
+
+#[async_trait]
+impl FaultTarget for Proxied {
+    async fn kill(&mut self) -> Result<()> {
+        self.inner.kill().await
+    }
+    async fn start(&mut self) -> Result<()> {
+        self.inner.start().await
+    }
+    async fn restart(&mut self) -> Result<()> {
+        self.inner.restart().await
+    }
+    async fn pause(&mut self) -> Result<()> {
+        self.inner.pause().await
+    }
+    async fn resume(&mut self) -> Result<()> {
+        self.inner.resume().await
+    }
+    fn node_names(&self) -> Vec<String> {
+        self.inner.node_names()
+    }
+    fn active_controller(&self) -> Option<String> {
+        self.inner.active_controller()
+    }
+    fn node(&mut self, index: usize) -> Option<&mut dyn FaultTarget> {
+        self.inner.node(index)
+    }
+    fn proxy(&self) -> Option<&FaultProxy> {
+        Some(&self.proxy)
+    }
+}
+
+#[async_trait]
+impl Placed for Proxied {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+    fn implementation(&self) -> &str {
+        self.inner.implementation()
+    }
+    fn stand_in_for(&self) -> Option<&str> {
+        self.inner.stand_in_for()
+    }
+    fn behind_proxy(&self) -> Option<&Endpoint> {
+        Some(self.inner.endpoint())
+    }
+    async fn shutdown(self: Box<Self>) -> Result<()> {
+        self.proxy.close();
+        self.inner.shutdown().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,7 +444,7 @@ mod tests {
             }
         });
         let proxy = FaultProxy::bind(1).await.unwrap();
-        proxy.serve(&[at]);
+        proxy.route(0, at);
         proxy
     }
 

@@ -68,6 +68,11 @@ pub(crate) struct BrokerResult {
     /// reports leaders with; absent for a single node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// Present when every client connection went through brokerbench's
+    /// fault proxy (the scenario has network faults): where the broker
+    /// itself listened, and what the proxy saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyResult>,
     /// Durability and delivery settings in force.
     pub settings: Settings,
     /// Load: open loop (paced) or closed loop (rate 0, as fast as confirmations allow).
@@ -254,6 +259,64 @@ pub(crate) struct FaultResult {
     /// hits every one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeFault>,
+    /// A network fault (delay, cut, black hole): what the fault proxy did,
+    /// and what it showed in the figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkFault>,
+}
+
+/// What a network fault injected, and what it did to the clients.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct NetworkFault {
+    /// Delay: added each way, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Delay: the most it varied either way, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+    /// Client connections open through the proxy when it started.
+    pub connections_open: u64,
+    /// Connections the cut reset.
+    pub connections_cut: u64,
+    /// Connections reset as they arrived while the link was down.
+    pub connections_refused: u64,
+    /// Connections the clients made through the proxy from the fault until
+    /// they were reconnected (or the next fault, or the end).
+    pub connections_new: u64,
+    /// From the fault to as many connections open through the proxy as
+    /// before it (after a cut: the clients reconnected), seconds; null if
+    /// not before the next fault or the end of the run.
+    pub reconnected_after_s: Option<f64>,
+    /// Publishes that timed out, from this fault until the next one (or
+    /// the end): a black hole shows here.
+    pub publish_timeouts: u64,
+    /// Publish latency (corrected) p50 in the whole seconds before the
+    /// fault and during it, milliseconds: a delay of X each way adds about
+    /// 2X (a confirmation is one round trip).
+    pub publish_p50_ms: Option<BeforeDuring>,
+    /// Per group, end-to-end latency p50 before and during, milliseconds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub end_to_end_p50_ms: BTreeMap<String, BeforeDuring>,
+}
+
+/// A figure in the whole seconds before a fault and during it, as many of
+/// each (up to the start of the steady phase).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BeforeDuring {
+    /// Before the fault.
+    pub before: f64,
+    /// During it.
+    pub during: f64,
+}
+
+/// The fault proxy the clients went through.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ProxyResult {
+    /// Where the broker itself listened (the endpoint is the proxy's).
+    pub in_front_of: String,
+    /// What the proxy saw over the whole run.
+    #[serde(flatten)]
+    pub counts: crate::env::proxy::ProxyCounts,
 }
 
 /// One node of a cluster that a fault hit.
@@ -361,6 +424,22 @@ impl IntervalSeries {
         let mut s = IntervalSeries::default();
         LatencyIntervals::merge(intervals, seconds, |latency| s.push(latency));
         s
+    }
+
+    /// The median of seconds `range` together (from their histograms),
+    /// microseconds; `None` when they hold no value.
+    pub(crate) fn p50_over(&self, range: std::ops::Range<usize>) -> Option<u64> {
+        let mut merged: Option<hdrhistogram::Histogram<u64>> = None;
+        for encoded in self.hdr.get(range)?.iter().filter(|e| !e.is_empty()) {
+            let h = crate::metrics::decode_histogram(encoded)?;
+            match &mut merged {
+                Some(m) => m.add(&h).ok()?,
+                None => merged = Some(h),
+            }
+        }
+        merged
+            .filter(|m| !m.is_empty())
+            .map(|m| m.value_at_quantile(0.5))
     }
 
     /// Adds the next second's histogram.

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::faults::{FaultEvent, NetworkEvent};
 use super::ledger::{self, ProducerLog};
 use super::{GroupOutcome, Measurement};
 use crate::driver::ErrorKind;
@@ -18,9 +19,9 @@ use crate::metrics::harness::HarnessUse;
 use crate::metrics::{Latency, Timeline};
 use crate::results::account::GroupAccount;
 use crate::results::{
-    thresholds, AgentResult, BrokerResult, Check, CheckKind, DrainResult, FaultGroup,
-    FaultMessages, FaultResult, GroupResult, IntervalSeries, LatencyResults, LoadResult, NodeFault,
-    PublishResult, Series,
+    thresholds, AgentResult, BeforeDuring, BrokerResult, Check, CheckKind, DrainResult, FaultGroup,
+    FaultMessages, FaultResult, GroupResult, IntervalSeries, LatencyResults, LoadResult,
+    NetworkFault, NodeFault, ProxyResult, PublishResult, Series,
 };
 use crate::scenario::{Language, Plan};
 
@@ -36,6 +37,9 @@ pub(crate) struct Placement {
     /// A cluster's nodes, by the names the broker reports leaders with, in
     /// node order; empty for a single node.
     pub nodes: Vec<String>,
+    /// Where the broker itself listened, when clients went through the
+    /// fault proxy (password hidden).
+    pub behind_proxy: Option<String>,
 }
 
 /// Turns a measurement into results.
@@ -83,12 +87,18 @@ pub(crate) fn broker_result(
         u64::from(complete),
     ));
     let series = series(plan, &m, &totals.confirmed_at, &totals.errors_at);
+    let mut faults = faults;
+    observe_network_faults(&mut faults, &series);
     let mut result = BrokerResult {
         broker,
         implementation: placed.implementation,
         stand_in_for: placed.stand_in_for,
         endpoint: placed.endpoint,
         nodes: placed.nodes,
+        proxy: placed.behind_proxy.map(|in_front_of| ProxyResult {
+            in_front_of,
+            counts: m.proxy.unwrap_or_default(),
+        }),
         load: load_result(plan, &m, steady),
         publish,
         groups: groups.results,
@@ -420,7 +430,15 @@ fn fault_results(
                 event.window_start.clone()
             };
             let window: Vec<(u64, u64)> = from.into_iter().zip(end).collect();
-            fault_result(plan, m, logs, confirmed_at, event, &window)
+            let mut result = fault_result(plan, m, logs, confirmed_at, event, &window);
+            result.network = event.network.as_ref().map(|network| {
+                let timeouts_end = m
+                    .faults
+                    .get(i + 1)
+                    .map_or_else(|| publish_timeouts(m), |next| next.timeouts_at_start);
+                network_fault(event, network, timeouts_end - event.timeouts_at_start)
+            });
+            result
         })
         .collect();
     // What the broker still holds for a group is its newest messages (queues
@@ -534,6 +552,70 @@ fn fault_result(
                 }
             })
             .collect(),
+        network: None,
+    }
+}
+
+/// Publishes that timed out in the whole run.
+fn publish_timeouts(m: &Measurement) -> u64 {
+    m.producers
+        .iter()
+        .filter_map(|p| p.errors.get(&ErrorKind::Timeout))
+        .sum()
+}
+
+/// What the fault proxy did in a network fault; its latency figures are
+/// filled in from the series ([`observe_network_faults`]).
+fn network_fault(
+    event: &FaultEvent,
+    network: &NetworkEvent,
+    publish_timeouts: u64,
+) -> NetworkFault {
+    let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+    let (before, after) = (network.before, network.after);
+    NetworkFault {
+        latency_ms: event.fault.delay.map(|d| ms(d.latency)),
+        jitter_ms: event.fault.delay.map(|d| ms(d.jitter)),
+        connections_open: before.open,
+        connections_cut: after.cut - before.cut,
+        connections_refused: after.refused - before.refused,
+        connections_new: after.relayed - before.relayed,
+        reconnected_after_s: network.reconnected.map(|at| {
+            (at.saturating_duration_since(event.started).as_secs_f64() * 1e3).round() / 1e3
+        }),
+        publish_timeouts,
+        publish_p50_ms: None,
+        end_to_end_p50_ms: BTreeMap::new(),
+    }
+}
+
+/// Each network fault's p50s in the whole seconds of the series during it,
+/// and in as many whole seconds just before it (within the steady phase).
+fn observe_network_faults(faults: &mut [FaultResult], series: &Series) {
+    for fault in faults {
+        let Some(network) = &mut fault.network else {
+            continue;
+        };
+        // Whole seconds: the first that starts at or after the fault, up to
+        // the last that ends by its end.
+        let first = fault.started_s.ceil() as usize;
+        let last = (fault.started_s + fault.duration_s).floor() as usize;
+        let steady = series.steady_start_s.ceil() as usize;
+        let length = last.saturating_sub(first);
+        let before_from = first.saturating_sub(length).max(steady);
+        let (before, during) = (before_from..first.max(before_from), first..last);
+        let figure = |s: &IntervalSeries| {
+            Some(BeforeDuring {
+                before: s.p50_over(before.clone())? as f64 / 1e3,
+                during: s.p50_over(during.clone())? as f64 / 1e3,
+            })
+        };
+        network.publish_p50_ms = figure(&series.publish_latency_us);
+        network.end_to_end_p50_ms = series
+            .end_to_end_latency_us
+            .iter()
+            .filter_map(|(group, s)| Some((group.clone(), figure(s)?)))
+            .collect();
     }
 }
 

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{Event, Observer};
 use super::Progress;
 use crate::driver::{Driver, Leadership, NO_LEADER};
+use crate::env::proxy::{FaultProxy, Link, ProxyCounts};
 use crate::env::FaultTarget;
 use crate::scenario::{Fault, FaultAction, NodeChoice};
 
@@ -36,6 +37,23 @@ pub(crate) struct FaultEvent {
     pub leadership_before: Option<Leadership>,
     /// On a cluster, the node it hit (a rolling restart: each in turn).
     pub nodes: Vec<NodeEvent>,
+    /// Publishes timed out so far when it started.
+    pub timeouts_at_start: u64,
+    /// A network fault: what the fault proxy did.
+    pub network: Option<NetworkEvent>,
+}
+
+/// What the fault proxy did in a network fault.
+#[derive(Clone, Debug)]
+pub(crate) struct NetworkEvent {
+    /// Its counts when the fault started.
+    pub before: ProxyCounts,
+    /// Its counts once the clients had reconnected (or the watch ended).
+    pub after: ProxyCounts,
+    /// When as many client connections were open through it as before the
+    /// fault (after a cut: once the clients had reconnected); `None` if
+    /// that did not happen before the next fault or the end of the run.
+    pub reconnected: Option<Instant>,
 }
 
 impl FaultEvent {
@@ -95,7 +113,7 @@ pub(crate) async fn inject(
     observer: &dyn Observer,
 ) -> Vec<FaultEvent> {
     let mut events = Vec::new();
-    for fault in faults {
+    for (i, fault) in faults.iter().enumerate() {
         tokio::select! {
             _ = tokio::time::sleep_until((steady_start + fault.at).into()) => {}
             _ = cancel.cancelled() => break,
@@ -106,43 +124,34 @@ pub(crate) async fn inject(
             .iter()
             .map(|a| a.load(Ordering::Relaxed))
             .collect();
+        let timeouts_at_start = progress.publish_timeouts.load(Ordering::Relaxed);
         observer.event(Event::FaultApplied {
             action: fault.action,
             at: fault.at,
         });
         let names = target.node_names();
-        let (outcome, leadership_before, nodes) = if names.is_empty() {
+        let mut network = None;
+        let (outcome, leadership_before, nodes) = if fault.action.is_network() {
+            let next = faults.get(i + 1).map(|next| steady_start + next.at);
+            let watch_until = next.unwrap_or(deadline).min(deadline);
+            let (outcome, event) =
+                through_proxy(fault, target.proxy(), deadline, watch_until).await;
+            network = event;
+            (outcome, None, Vec::new())
+        } else if names.is_empty() {
             (apply(fault, target, deadline).await, None, Vec::new())
         } else {
-            let before = leadership(driver).await.map(|mut now| {
-                now.controller = now.controller.or_else(|| target.active_controller());
-                now
-            });
-            let mut nodes = Vec::new();
-            let outcome = match fault.action {
-                FaultAction::RollingRestart => {
-                    rolling(fault, target, driver, &names, deadline, &mut nodes).await
-                }
-                _ => match unknown_leader(before.as_ref(), &names) {
-                    Some(error) => Err(error),
-                    None => {
-                        let index = choose(fault.node, before.as_ref(), &names);
-                        let aimed = (index, before.as_ref());
-                        let hit = on_node(fault, (target, driver), &names, aimed, deadline).await;
-                        nodes.push(hit.0);
-                        hit.1
-                    }
-                },
-            };
-            (outcome, before, nodes)
+            on_cluster(fault, (target, driver), &names, deadline).await
         };
         // On a cluster: when the (last) node hit accepted clients again; a
         // fault that hit no node (it could not be aimed) took nothing down.
         let ready = match nodes.last() {
             Some(node) => node.ready,
-            None if !names.is_empty() => Some(Instant::now()),
+            None if !names.is_empty() && !fault.action.is_network() => Some(Instant::now()),
             None => outcome.is_ok().then(Instant::now),
         };
+        // A network fault: when the link was open again.
+        let ready = network.as_ref().map_or(ready, |n| Some(n.healed));
         let error = outcome.err().map(|e| format!("{e:#}"));
         observer.event(Event::Recovered {
             action: fault.action,
@@ -157,9 +166,98 @@ pub(crate) async fn inject(
             window_start,
             leadership_before,
             nodes,
+            timeouts_at_start,
+            network: network.map(|n| n.event),
         });
     }
     events
+}
+
+/// A fault on a cluster: who leads just before, then the node it is aimed
+/// at hit alone (or each in turn, for a rolling restart).
+async fn on_cluster(
+    fault: &Fault,
+    (target, driver): (&mut dyn FaultTarget, &dyn Driver),
+    names: &[String],
+    deadline: Instant,
+) -> (anyhow::Result<()>, Option<Leadership>, Vec<NodeEvent>) {
+    let before = leadership(driver).await.map(|mut now| {
+        now.controller = now.controller.or_else(|| target.active_controller());
+        now
+    });
+    let mut nodes = Vec::new();
+    let outcome = match fault.action {
+        FaultAction::RollingRestart => {
+            rolling(fault, target, driver, names, deadline, &mut nodes).await
+        }
+        _ => match unknown_leader(before.as_ref(), names) {
+            Some(error) => Err(error),
+            None => {
+                let index = choose(fault.node, before.as_ref(), names);
+                let aimed = (index, before.as_ref());
+                let hit = on_node(fault, (target, driver), names, aimed, deadline).await;
+                nodes.push(hit.0);
+                hit.1
+            }
+        },
+    };
+    (outcome, before, nodes)
+}
+
+/// A network fault as the proxy applied it, and when the link was open again.
+struct Proxied {
+    event: NetworkEvent,
+    healed: Instant,
+}
+
+/// How often the proxy's open connections are counted after a fault.
+const RECONNECT_POLL: Duration = Duration::from_millis(10);
+
+/// Sets the proxy's link as `fault` says for its duration (a cut resets
+/// every connection first), opens it again, then waits until as many
+/// connections are open as before, until `watch_until` at most.
+async fn through_proxy(
+    fault: &Fault,
+    proxy: Option<&FaultProxy>,
+    deadline: Instant,
+    watch_until: Instant,
+) -> (anyhow::Result<()>, Option<Proxied>) {
+    let Some(proxy) = proxy else {
+        let missing =
+            anyhow::anyhow!("a network fault needs the fault proxy, which is not running");
+        return (Err(missing), None);
+    };
+    let before = proxy.counts();
+    let until = (Instant::now() + fault.duration).min(deadline);
+    proxy.set(match (fault.action, fault.delay) {
+        (FaultAction::Delay, Some(d)) => Link::Delayed {
+            latency: d.latency,
+            jitter: d.jitter,
+        },
+        (FaultAction::Blackhole, _) => Link::Blackhole,
+        _ => Link::Down,
+    });
+    if fault.action == FaultAction::Cut {
+        proxy.cut();
+    }
+    tokio::time::sleep_until(until.into()).await;
+    proxy.set(Link::Open);
+    let healed = Instant::now();
+    let reconnected = async {
+        while proxy.counts().open < before.open {
+            tokio::time::sleep(RECONNECT_POLL).await;
+        }
+        Instant::now()
+    };
+    let reconnected = tokio::time::timeout_at(watch_until.max(healed).into(), reconnected)
+        .await
+        .ok();
+    let event = NetworkEvent {
+        before,
+        after: proxy.counts(),
+        reconnected,
+    };
+    (Ok(()), Some(Proxied { event, healed }))
 }
 
 /// What the broker reports about leadership now; `None` if it cannot say
@@ -343,6 +441,9 @@ async fn apply(
             target.pause().await?;
             tokio::time::sleep_until(until.into()).await;
             target.resume().await
+        }
+        FaultAction::Delay | FaultAction::Cut | FaultAction::Blackhole => {
+            anyhow::bail!("{} is applied through the proxy", fault.action.as_str())
         }
     }
 }

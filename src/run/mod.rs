@@ -75,6 +75,8 @@ pub struct Progress {
     pub ended: Vec<AtomicBool>,
     /// Messages attempted, per producer.
     pub attempted: Vec<AtomicU64>,
+    /// Publishes that got no answer within their timeout, so far.
+    pub publish_timeouts: AtomicU64,
     /// The phase, as an index into [`Phase::ALL`].
     pub phase: AtomicU64,
     /// Set when the drain ran out and the groups read on at full speed.
@@ -245,6 +247,8 @@ pub struct Measurement {
     /// Publish only: what the broker held at the end ([`Driver::stored`]);
     /// `None` with consumer groups, or when it could not be asked.
     pub stored: Option<u64>,
+    /// What the fault proxy saw by the end, when clients went through it.
+    pub proxy: Option<crate::env::proxy::ProxyCounts>,
     /// brokerbench's own use of the machine at the start and the end of the
     /// steady window (absent if the run never reached it).
     pub(crate) harness: Option<(Reading, Reading)>,
@@ -421,6 +425,7 @@ pub(crate) async fn measure(
         final_read_elapsed: loaded.final_read_elapsed,
         cancelled: cancel.is_cancelled(),
         stored,
+        proxy: None,
         harness: loaded.harness,
     })
 }

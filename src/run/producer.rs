@@ -73,7 +73,11 @@ impl ProducerTask {
         cx: RunContext,
         progress: Arc<Progress>,
     ) -> Self {
-        let confirm_timeout = producer.confirm_timeout();
+        // The scenario's timeout where brokerbench times sends out itself;
+        // where the client does (Kafka), its driver was given it.
+        let confirm_timeout = producer
+            .confirm_timeout()
+            .map(|own| plan.recovery.confirm_timeout.unwrap_or(own));
         ProducerTask {
             producer,
             id,
@@ -296,6 +300,11 @@ impl ProducerTask {
     fn failed(&mut self, send: Send, Failure { kind, why }: Failure) {
         let now = Instant::now();
         count(&mut self.out.errors, kind);
+        if kind == ErrorKind::Timeout {
+            self.progress
+                .publish_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(why) = why {
             self.out.first_errors.entry(kind).or_insert(why);
         }

@@ -169,6 +169,7 @@ impl<'a> Session<'a> {
             stand_in_for: placed.stand_in_for().map(str::to_string),
             endpoint: placed.endpoint().shown(),
             nodes: placed.node_names(),
+            behind_proxy: placed.behind_proxy().map(|e| e.shown()),
         };
         observer.event(Event::Placed {
             kind,
@@ -238,6 +239,13 @@ impl<'a> Session<'a> {
         })
         .await;
         observer.event(Event::Measured);
+        let proxied = placed.proxy().map(|p| p.counts());
+        let measured = measured.map(|m| {
+            m.map(|m| Measurement {
+                proxy: proxied,
+                ..m
+            })
+        });
         match measured {
             Err(_elapsed) => Measured::Hung(format!(
                 "{kind} did not finish within {} (load, drain timeout, final read and {} for \

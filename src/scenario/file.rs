@@ -125,6 +125,10 @@ struct FaultFile {
     duration: Option<Spanned<String>>,
     /// `"leader"`, `"follower"`, `"any"` or a node number.
     node: Option<Spanned<toml::Value>>,
+    /// Delay: added each way.
+    latency: Option<Spanned<String>>,
+    /// Delay: how much the latency varies either way.
+    jitter: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +137,7 @@ struct RecoveryFile {
     on_unconfirmed: Option<Unconfirmed>,
     backoff_max: Option<Spanned<String>>,
     give_up: Option<Spanned<String>>,
+    confirm_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -506,7 +511,18 @@ fn recovery(written: &RecoveryFile) -> Result<Recovery, RawError> {
         on_unconfirmed: written.on_unconfirmed.unwrap_or(d.on_unconfirmed),
         backoff_max: optional_duration(&written.backoff_max, d.backoff_max)?,
         give_up: optional_duration(&written.give_up, d.give_up)?,
+        confirm_timeout: written.confirm_timeout.as_ref().map(duration).transpose()?,
     };
+    if let Some(timeout) = recovery.confirm_timeout {
+        if timeout < Duration::from_secs(1) {
+            let span = written.confirm_timeout.as_ref().map(|s| s.span());
+            return Err(RawError::field(
+                "recovery.confirm_timeout",
+                span,
+                "must be at least 1s",
+            ));
+        }
+    }
     if recovery.backoff_max < Duration::from_secs(1) {
         let span = written.backoff_max.as_ref().map(|s| s.span());
         return Err(RawError::field(
@@ -791,8 +807,11 @@ fn faults(written: &[FaultFile], load: Duration, cluster: Cluster) -> Result<Vec
                     "a restart has no duration (it takes as long as it takes)",
                 ))
             }
-            (None, FaultAction::Pause) => {
-                return Err(RawError::at(f.action.span(), "a pause needs a `duration`"))
+            (None, FaultAction::Pause | FaultAction::Delay | FaultAction::Blackhole) => {
+                return Err(RawError::at(
+                    f.action.span(),
+                    format!("a {} needs a `duration`", action.as_str()),
+                ))
             }
             (Some(d), _) => duration(d)?,
             (None, _) => Duration::ZERO,
@@ -809,10 +828,50 @@ fn faults(written: &[FaultFile], load: Duration, cluster: Cluster) -> Result<Vec
             at,
             action,
             duration: length,
+            delay: fault_delay(f)?,
             node: fault_node(f, cluster)?,
         });
     }
     Ok(faults)
+}
+
+/// The most a delay fault may add each way.
+const MAX_LATENCY: Duration = Duration::from_secs(10);
+
+/// A delay fault's latency and jitter; none for other faults, which may
+/// not have them.
+fn fault_delay(f: &FaultFile) -> Result<Option<Delay>, RawError> {
+    if *f.action.get_ref() != FaultAction::Delay {
+        return match f.latency.as_ref().or(f.jitter.as_ref()) {
+            Some(v) => Err(RawError::at(
+                v.span(),
+                format!(
+                    "only a delay has a latency and jitter, not a {}",
+                    f.action.get_ref().as_str()
+                ),
+            )),
+            None => Ok(None),
+        };
+    }
+    let Some(written) = &f.latency else {
+        return Err(RawError::at(
+            f.action.span(),
+            "a delay needs a `latency` (added each way, e.g. \"20ms\")",
+        ));
+    };
+    let latency = duration(written)?;
+    if latency.is_zero() || latency > MAX_LATENCY {
+        return Err(RawError::at(
+            written.span(),
+            format!("must be more than 0 and at most {MAX_LATENCY:?}"),
+        ));
+    }
+    let jitter = optional_duration(&f.jitter, Duration::ZERO)?;
+    if jitter > latency {
+        let at = f.jitter.as_ref().map_or(written.span(), |j| j.span());
+        return Err(RawError::at(at, "may not be more than the latency"));
+    }
+    Ok(Some(Delay { latency, jitter }))
 }
 
 /// The node a fault is aimed at: on a cluster, the one written (the leader
@@ -825,9 +884,19 @@ fn fault_node(f: &FaultFile, cluster: Cluster) -> Result<Option<NodeChoice>, Raw
             "a rolling restart needs a cluster: set `[cluster] nodes = 3`",
         ));
     }
+    let network = f.action.get_ref().is_network();
     let Some(node) = &f.node else {
-        return Ok((!cluster.is_single() && !rolling).then_some(NodeChoice::Leader));
+        return Ok((!cluster.is_single() && !rolling && !network).then_some(NodeChoice::Leader));
     };
+    if network {
+        return Err(RawError::at(
+            node.span(),
+            format!(
+                "a {} is done to every client connection, whatever the node; it takes no `node`",
+                f.action.get_ref().as_str()
+            ),
+        ));
+    }
     if rolling {
         return Err(RawError::at(
             node.span(),

@@ -225,6 +225,16 @@ pub enum FaultAction {
     /// wait until it has rejoined before the next, as an upgrade goes.
     #[serde(rename = "rolling-restart")]
     RollingRestart,
+    /// Every byte between the clients and the brokers arrives `latency`
+    /// (± `jitter`) later, each way, for `duration` (the fault proxy).
+    Delay,
+    /// Every client connection is reset at once; for `duration`, new
+    /// connections are reset as they arrive (the fault proxy).
+    Cut,
+    /// Nothing passes between the clients and the brokers for `duration`,
+    /// yet connections stay open, so that only the clients' timeouts can
+    /// tell (the fault proxy).
+    Blackhole,
 }
 
 impl FaultAction {
@@ -235,7 +245,19 @@ impl FaultAction {
             FaultAction::Restart => "restart",
             FaultAction::Pause => "pause",
             FaultAction::RollingRestart => "rolling-restart",
+            FaultAction::Delay => "delay",
+            FaultAction::Cut => "cut",
+            FaultAction::Blackhole => "blackhole",
         }
+    }
+
+    /// Whether it is done to the network between the clients and the
+    /// brokers (through the fault proxy) rather than to the brokers.
+    pub fn is_network(self) -> bool {
+        matches!(
+            self,
+            FaultAction::Delay | FaultAction::Cut | FaultAction::Blackhole
+        )
     }
 }
 
@@ -247,14 +269,30 @@ pub struct Fault {
     pub at: Duration,
     /// What happens.
     pub action: FaultAction,
-    /// Kill: time down before the start. Pause: time frozen. Restart and
-    /// rolling restart: unused.
+    /// Kill: time down before the start. Pause: time frozen. Delay, cut
+    /// and black hole: how long the network is so. Restart and rolling
+    /// restart: unused.
     #[serde(with = "human_duration")]
     pub duration: Duration,
+    /// Delay: added each way, and by how much it varies either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Delay>,
     /// Which node of a cluster it hits; `None` on a single node (and for a
     /// rolling restart, which hits every node in turn).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeChoice>,
+}
+
+/// What a delay fault adds to the network, each way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delay {
+    /// Added to every byte each way.
+    #[serde(with = "human_duration")]
+    pub latency: Duration,
+    /// The most it varies from `latency`, either way (uniformly), never
+    /// reordering bytes.
+    #[serde(with = "human_duration")]
+    pub jitter: Duration,
 }
 
 /// Which node of a cluster a fault hits, chosen when the fault starts.
@@ -356,6 +394,16 @@ pub struct Recovery {
     /// Stop reconnecting after this long without success.
     #[serde(with = "human_duration")]
     pub give_up: Duration,
+    /// How long a publish waits for the broker's answer before it counts
+    /// as timed out (and, with `retry`, is sent again); `None`: each
+    /// client's own (30 s; JetStream 5 s; Kafka librdkafka's
+    /// `message.timeout.ms`, at least `give_up`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration"
+    )]
+    pub confirm_timeout: Option<Duration>,
 }
 
 /// `[durability]`: what a broker's confirmation means for the disk.
@@ -776,6 +824,7 @@ impl Default for Recovery {
             on_unconfirmed: Unconfirmed::Retry,
             backoff_max: Duration::from_secs(8),
             give_up: Duration::from_secs(60),
+            confirm_timeout: None,
         }
     }
 }
@@ -841,6 +890,12 @@ pub struct Overrides {
 }
 
 impl Plan {
+    /// Whether any fault is done to the network, so that every client
+    /// connection goes through the fault proxy.
+    pub fn has_network_faults(&self) -> bool {
+        self.faults.iter().any(|f| f.action.is_network())
+    }
+
     /// Whether the run only publishes: no consumer group.
     pub fn publish_only(&self) -> bool {
         self.consumers.is_empty()
@@ -967,6 +1022,25 @@ pub(crate) mod human_duration {
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text: String = serde::Deserialize::deserialize(d)?;
         super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+pub(crate) mod optional_duration {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::human_duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = serde::Deserialize::deserialize(d)?;
+        text.map(|t| super::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 

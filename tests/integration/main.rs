@@ -19,5 +19,6 @@ mod external;
 mod faults;
 mod find_max;
 mod layers;
+mod network;
 mod run;
 mod util;

@@ -48,7 +48,9 @@ const CONFIG: &str = "nats-server.conf";
 /// every write synced before it is acknowledged (`sync_interval` is
 /// server-wide, so it cannot be set per stream). One node of a cluster
 /// also listens for routes and names every node's route, as the NATS
-/// documentation's static cluster does (a node ignores the route to itself).
+/// documentation's static cluster does (a node ignores the route to itself),
+/// and advertises no client address: clients know only the addresses they
+/// were given (the fault proxy's, when there is one).
 fn server_config(launch: &Launch<'_>) -> Result<String> {
     let store = launch.dir.join("jetstream");
     let sync = if launch.server.sync_always {
@@ -75,7 +77,7 @@ fn server_config(launch: &Launch<'_>) -> Result<String> {
             .collect::<Result<Vec<_>>>()?
             .join("\n");
         config.push_str(&format!(
-            "cluster {{\n  name: brokerbench\n  listen: {host}:{route}\n  routes: [\n{routes}\n  ]\n}}\n"
+            "cluster {{\n  name: brokerbench\n  listen: {host}:{route}\n  no_advertise: true\n  routes: [\n{routes}\n  ]\n}}\n"
         ));
     }
     Ok(config)

@@ -95,6 +95,9 @@ pub(super) fn base_config(bootstrap: &str) -> ClientConfig {
         // librdkafka's own exponential reconnect backoff, with jitter.
         .set("reconnect.backoff.ms", "1000")
         .set("socket.timeout.ms", "10000")
+        // TCP_NODELAY, as Kafka's Java clients set it: with Nagle's
+        // algorithm a small request waits for the ACK of the one before.
+        .set("socket.nagle.disable", "true")
         .set("log_level", "3");
     config
 }
@@ -239,6 +242,11 @@ impl KafkaDriver {
     pub async fn connect(plan: &Plan, endpoint: &Endpoint, run_id: u64) -> Result<Self> {
         let bootstrap = endpoint.url();
         let settings = plan.kafka.clone();
+        let message_timeout = plan
+            .recovery
+            .confirm_timeout
+            .unwrap_or(plan.recovery.give_up.max(CONFIRM_TIMEOUT));
+        let request_timeout = message_timeout.min(Duration::from_secs(10));
         let mut config = base_config(&bootstrap);
         config
             .set("acks", settings.acks.as_str())
@@ -247,15 +255,14 @@ impl KafkaDriver {
             .set("linger.ms", settings.linger.as_millis().to_string())
             .set("batch.size", settings.batch_size.to_string())
             .set("batch.num.messages", settings.batch_messages.to_string())
-            .set("request.timeout.ms", "10000")
+            .set(
+                "request.timeout.ms",
+                request_timeout.as_millis().to_string(),
+            )
+            // librdkafka retries inside the producer until this runs out.
             .set(
                 "message.timeout.ms",
-                // librdkafka retries inside the producer until this runs out.
-                plan.recovery
-                    .give_up
-                    .max(CONFIRM_TIMEOUT)
-                    .as_millis()
-                    .to_string(),
+                message_timeout.as_millis().to_string(),
             )
             .set("queue.buffering.max.messages", "1000000")
             .set(

@@ -32,7 +32,7 @@ static INFO: Info = Info {
     program: "kafka-server-start",
     install: Install::Script("Apache Kafka's jars from Maven Central, tools/kafka/pom.xml"),
     implementation: ("Apache Kafka ", ""),
-    extra_ports: &[PortRole::Controller],
+    extra_ports: &[PortRole::Controller, PortRole::Internal],
     cluster_ports: &[],
     shared_ports: &[],
     cluster_joins_first: false,
@@ -51,11 +51,17 @@ pub(super) struct Kafka;
 /// for), and internal topics at replication 1. A node of a cluster is one
 /// of its static controller voters (every node is broker and controller, as
 /// in Kafka's combined-mode quick start), and the internal topics are
-/// replicated on up to three nodes, two of them in sync.
+/// replicated on up to three nodes, two of them in sync. Clients are told
+/// the fault proxy's port when there is one; the nodes replicate through an
+/// inter-broker listener of their own.
 fn server_properties(launch: &Launch<'_>) -> Result<String> {
     let host = launch.host;
     let client = launch.ports.client;
     let controller = launch.ports.controller.context("no controller port")?;
+    // The nodes replicate through a listener of their own, so that clients
+    // told to connect through the fault proxy do not take replication with them.
+    let internal = launch.ports.internal.context("no inter-broker port")?;
+    let advertised = launch.ports.for_clients();
     let data = launch.dir.join("data");
     let id = node_id(launch);
     let (quorum, replication, min_isr) = match launch.cluster {
@@ -87,11 +93,11 @@ fn server_properties(launch: &Launch<'_>) -> Result<String> {
 process.roles=broker,controller
 node.id={id}
 {quorum}
-listeners=PLAINTEXT://{host}:{client},CONTROLLER://{host}:{controller}
-advertised.listeners=PLAINTEXT://{host}:{client}
+listeners=PLAINTEXT://{host}:{client},CONTROLLER://{host}:{controller},INTERNAL://{host}:{internal}
+advertised.listeners=PLAINTEXT://{host}:{advertised},INTERNAL://{host}:{internal}
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=INTERNAL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT
 log.dirs={data}
 num.partitions=1
 auto.create.topics.enable=false
