@@ -413,6 +413,83 @@ fn bad_faults_are_named() {
     );
 }
 
+/// FAULTS with its pause (lines 15-17) replaced by `fault`.
+fn with_network_fault(fault: &str) -> String {
+    FAULTS.replace("action = \"pause\"\nduration = \"2s\"", fault)
+}
+
+#[test]
+fn network_faults_are_typed_and_their_mistakes_named() {
+    let plan = parse(&with_network_fault(
+        "action = \"delay\"\nlatency = \"20ms\"\njitter = \"5ms\"\nduration = \"2s\"",
+    ))
+    .unwrap();
+    let delay = &plan.faults[1];
+    assert_eq!(delay.action, FaultAction::Delay);
+    assert_eq!(
+        delay.delay,
+        Some(Delay {
+            latency: Duration::from_millis(20),
+            jitter: Duration::from_millis(5)
+        })
+    );
+    assert!(plan.has_network_faults() && !parse(FAULTS).unwrap().has_network_faults());
+    let cut = parse(&with_network_fault("action = \"cut\"")).unwrap();
+    assert_eq!(
+        (cut.faults[1].action, cut.faults[1].duration),
+        (FaultAction::Cut, Duration::ZERO)
+    );
+    // A delay needs a latency, no more than 10 s, and jitter within it.
+    let shown = error(
+        &with_network_fault("action = \"delay\"\nduration = \"2s\""),
+        "faults[1].action",
+        16,
+    );
+    assert!(shown.contains("latency"), "{shown}");
+    let shown = error(
+        &with_network_fault("action = \"delay\"\nlatency = \"11s\"\nduration = \"2s\""),
+        "faults[1].latency",
+        17,
+    );
+    assert!(shown.contains("at most"), "{shown}");
+    let shown = error(
+        &with_network_fault(
+            "action = \"delay\"\nlatency = \"5ms\"\njitter = \"6ms\"\nduration = \"2s\"",
+        ),
+        "faults[1].jitter",
+        18,
+    );
+    assert!(shown.contains("more than the latency"), "{shown}");
+    // Only a delay has a latency; a black hole needs a duration.
+    let shown = error(
+        &with_network_fault("action = \"cut\"\nlatency = \"5ms\""),
+        "faults[1].latency",
+        17,
+    );
+    assert!(shown.contains("only a delay"), "{shown}");
+    error(
+        &with_network_fault("action = \"blackhole\""),
+        "faults[1].action",
+        16,
+    );
+    // Network faults reach every client connection; they are not aimed.
+    let on_cluster = with_network_fault("action = \"cut\"\nnode = \"leader\"")
+        .replace("[recovery]", "[cluster]\nnodes = 3\n[recovery]");
+    let shown = error(&on_cluster, "faults[1].node", 19);
+    assert!(shown.contains("every client connection"), "{shown}");
+    // A confirm timeout of at least 1 s.
+    let timeout = FAULTS.replace("on_unconfirmed = \"drop\"", "confirm_timeout = \"3s\"");
+    assert_eq!(
+        parse(&timeout).unwrap().recovery.confirm_timeout,
+        Some(Duration::from_secs(3))
+    );
+    error(
+        &FAULTS.replace("on_unconfirmed = \"drop\"", "confirm_timeout = \"10ms\""),
+        "recovery.confirm_timeout",
+        9,
+    );
+}
+
 #[test]
 fn a_cluster_aims_faults_at_nodes() {
     assert_eq!(parse(FAULTS).unwrap().cluster.nodes, 1);
