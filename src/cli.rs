@@ -191,6 +191,11 @@ pub struct RunArgs {
     /// more. The scenario's faults are left out.
     #[arg(long)]
     pub find_max: bool,
+    /// Send every client connection through brokerbench's fault proxy even
+    /// without network faults (a scenario with them always does), to
+    /// measure what the proxy itself costs. Local brokers only.
+    #[arg(long)]
+    pub through_proxy: bool,
     /// Leave the run's queues, streams and topics in the broker, with their
     /// messages. By default they are deleted once the run's account is
     /// taken, as RabbitMQ's PerfTest and the side-by-side reference clients

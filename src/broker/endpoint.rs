@@ -32,12 +32,11 @@ impl Endpoint {
         }
     }
 
-    /// A cluster whose nodes listen on `host` at `ports`: every node's
-    /// address, in the form of a list its client takes.
-    pub fn cluster(kind: BrokerKind, host: &str, ports: &[u16]) -> Self {
-        let urls = ports
+    /// A cluster whose nodes listen at `(host, port)` each.
+    pub fn nodes(kind: BrokerKind, nodes: &[(String, u16)]) -> Self {
+        let urls = nodes
             .iter()
-            .map(|&port| registry(kind).local_url(host, port));
+            .map(|(host, port)| registry(kind).local_url(host, *port));
         Endpoint::joined(kind, urls)
     }
 
@@ -205,7 +204,8 @@ mod tests {
                 "amqp://app:pw@127.0.0.1:7002/%2f"
             ]
         );
-        let kafka = Endpoint::cluster(kind("kafka"), "127.0.0.1", &[9092, 9093]);
+        let local = |port| ("127.0.0.1".to_string(), port);
+        let kafka = Endpoint::nodes(kind("kafka"), &[local(9092), local(9093)]);
         assert_eq!(
             kafka.through("127.0.0.1", &[7001, 7002]).url(),
             "127.0.0.1:7001,127.0.0.1:7002"

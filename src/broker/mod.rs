@@ -67,6 +67,9 @@ pub struct Ports {
     /// fault proxy's port in front of it (Kafka advertises it). The broker
     /// does not listen on it.
     pub advertised: Option<u16>,
+    /// The address it listens on, when not loopback: its own in a network
+    /// namespace ([`crate::env::netns`]).
+    pub host: Option<std::net::Ipv4Addr>,
 }
 
 /// A port a broker needs besides its client port.
@@ -123,9 +126,9 @@ impl Ports {
         }
     }
 
-    /// The port clients are told to connect to: the proxy's, if any.
-    pub fn for_clients(&self) -> u16 {
-        self.advertised.unwrap_or(self.client)
+    /// The address it listens on: loopback, or its own in a namespace.
+    pub fn ip(&self) -> std::net::Ipv4Addr {
+        self.host.unwrap_or(std::net::Ipv4Addr::LOCALHOST)
     }
 
     /// Every port it listens on, client port first.

@@ -21,6 +21,7 @@ use crate::env::cluster::LocalCluster;
 use crate::env::compose::ComposeBroker;
 use crate::env::external::Targets;
 use crate::env::local::LocalBroker;
+use crate::env::netns::{self, Mesh};
 use crate::env::proxy::{FaultProxy, Proxied};
 use crate::env::{Environment, Placed};
 use crate::exit;
@@ -126,7 +127,7 @@ fn start_line(plan: &Plan) -> String {
 }
 
 /// The tables printed after the run: the comparison, the groups, dead
-/// letters, the cluster's nodes through faults, the find-max search, the harness, and their notes.
+/// letters, the cluster's nodes through faults, network faults, the find-max search, the harness, and their notes.
 fn tables(results: &Results) -> String {
     let layout = table::Layout::of_terminal();
     let mut tables = table::summary(results, layout).to_string();
@@ -138,6 +139,9 @@ fn tables(results: &Results) -> String {
     }
     if let Some(nodes) = table::cluster_faults(results, layout) {
         tables.push_str(&format!("\n{nodes}"));
+    }
+    if let Some(network) = table::network_faults(results, layout) {
+        tables.push_str(&format!("\n{network}"));
     }
     if let Some(search) = table::find_max(results, layout) {
         tables.push_str(&format!("\n{search}"));
@@ -180,6 +184,8 @@ enum Site {
         /// Every client connection through the fault proxy (the scenario
         /// has network faults).
         proxied: bool,
+        /// Each node in a network namespace (the scenario has partitions).
+        namespaces: bool,
     },
     Compose(PathBuf),
     External(Vec<Box<dyn Placed>>),
@@ -193,9 +199,19 @@ impl Site {
                 data: DataDir::new(None)?,
                 server: ServerSettings::of(plan),
                 nodes: plan.cluster.nodes,
-                proxied: plan.has_network_faults(),
+                proxied: plan.has_network_faults() || args.through_proxy,
+                namespaces: plan.has_partitions() && {
+                    netns::available()
+                        .with_context(|| format!("{}: a partition", plan.source.display()))?;
+                    true
+                },
             },
-            _ if plan.has_network_faults() => bail!(
+            _ if plan.has_partitions() => bail!(
+                "{}: a partition cuts local nodes apart in network namespaces; it runs with \
+                 local brokers only so far (--env local)",
+                plan.source.display()
+            ),
+            _ if plan.has_network_faults() || args.through_proxy => bail!(
                 "{}: network faults (delay, cut, blackhole) go through brokerbench's fault \
                  proxy, which runs with local brokers only so far (--env local)",
                 plan.source.display()
@@ -242,6 +258,7 @@ impl Environment for Site {
                 server,
                 nodes,
                 proxied,
+                namespaces,
             } => {
                 let binary = binaries
                     .iter()
@@ -257,7 +274,12 @@ impl Environment for Site {
                 let behind = proxy.as_deref();
                 let (dir, server, nodes) = (data.path(), *server, *nodes);
                 let placed: Box<dyn Placed> = if nodes > 1 {
-                    Box::new(LocalCluster::start(binary, dir, server, nodes, behind).await?)
+                    let mesh = match namespaces {
+                        true => Some(Mesh::create(usize::from(nodes))?),
+                        false => None,
+                    };
+                    let at = (behind, mesh);
+                    Box::new(LocalCluster::start(binary, dir, server, nodes, at).await?)
                 } else {
                     Box::new(LocalBroker::start_behind(binary, dir, server, behind).await?)
                 };

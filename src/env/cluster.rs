@@ -17,13 +17,11 @@ use futures_util::future::join_all;
 
 use super::binaries::Binary;
 use super::local::{free_ports, LocalBroker};
+use super::netns::Mesh;
 use super::proxy::FaultProxy;
 use super::{Endpoint, FaultTarget, Placed};
 use crate::broker::{self, PortRole, Ports, ServerSettings};
 use crate::kind::BrokerKind;
-
-/// Loopback, as for single nodes.
-const HOST: &str = "127.0.0.1";
 
 /// Several local processes of one broker, joined into one cluster.
 #[derive(Debug)]
@@ -31,6 +29,9 @@ pub struct LocalCluster {
     nodes: Vec<LocalBroker>,
     endpoint: Endpoint,
     implementation: String,
+    /// The nodes' network namespaces, when partitions may cut them apart
+    /// (after `nodes`: dropped once the processes are gone).
+    mesh: Option<Mesh>,
 }
 
 impl LocalCluster {
@@ -39,13 +40,14 @@ impl LocalCluster {
     /// that is not ready in time is an error naming it, with its log's tail.
     /// Behind `proxy`, if given, node N is reached through its Nth port,
     /// which relays to it before it starts, and the broker tells clients
-    /// to connect to those ports where it tells them (Kafka).
+    /// to connect to those ports where it tells them (Kafka). With `mesh`,
+    /// each node runs in its network namespace, on its address there.
     pub async fn start(
         binary: Binary,
         run_dir: &Path,
         server: ServerSettings,
         nodes: u8,
-        proxy: Option<&FaultProxy>,
+        (proxy, mesh): (Option<&FaultProxy>, Option<Mesh>),
     ) -> Result<Self> {
         let kind = binary.kind;
         let info = broker::info(kind);
@@ -59,9 +61,10 @@ impl LocalCluster {
         for i in 0..usize::from(nodes) {
             let ports = free_ports(1 + roles.len())?;
             let mut node = Ports::assign(ports[0], &roles, &ports[1..]);
+            node.host = mesh.as_ref().map(|m| m.host(i));
             if let Some(proxy) = proxy {
                 node.advertised = proxy.ports().get(i).copied();
-                proxy.route(i, (std::net::Ipv4Addr::LOCALHOST, node.client).into());
+                proxy.route(i, (node.ip(), node.client).into());
             }
             // A shared port is the first node's.
             if let Some(first) = peers.first() {
@@ -74,21 +77,26 @@ impl LocalCluster {
         let peers: Arc<[Ports]> = peers.into();
         let admin = peers
             .iter()
-            .filter_map(|p| p.monitoring)
-            .map(|port| format!("http://{HOST}:{port}"))
+            .filter_map(|p| Some(format!("http://{}:{}", p.ip(), p.monitoring?)))
             .collect();
         let dir = run_dir.join(kind.as_str());
         let mut members = (0..usize::from(nodes))
             .map(|i| {
                 let node_dir = dir.join(format!("node-{}", i + 1));
-                LocalBroker::node(binary.clone(), node_dir, server, i, peers.clone())
+                let netns = mesh.as_ref().map(|m| m.namespace(i));
+                let at = (i, peers.clone());
+                LocalBroker::node(binary.clone(), node_dir, server, at, netns)
             })
             .collect::<Result<Vec<_>>>()?;
-        let clients: Vec<u16> = peers.iter().map(|p| p.client).collect();
+        let clients: Vec<(String, u16)> = peers
+            .iter()
+            .map(|p| (p.ip().to_string(), p.client))
+            .collect();
         let mut cluster = LocalCluster {
-            endpoint: Endpoint::cluster(kind, HOST, &clients).with_admin(admin),
+            endpoint: Endpoint::nodes(kind, &clients).with_admin(admin),
             implementation: binary.implementation.clone(),
             nodes: Vec::new(),
+            mesh,
         };
         // The first node alone first, when the others join it.
         let alone = usize::from(info.cluster_joins_first);
@@ -201,5 +209,16 @@ impl FaultTarget for LocalCluster {
         self.nodes
             .get_mut(index)
             .map(|node| node as &mut dyn FaultTarget)
+    }
+
+    fn isolate(&mut self, index: usize) -> Result<()> {
+        self.mesh
+            .as_mut()
+            .context("the nodes do not run in network namespaces")?
+            .isolate(index)
+    }
+
+    fn heal(&mut self) -> Result<()> {
+        self.mesh.as_mut().map_or(Ok(()), Mesh::heal)
     }
 }

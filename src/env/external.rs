@@ -544,6 +544,8 @@ fn needed_operations(plan: &Plan) -> Vec<(Operation, String)> {
             FaultAction::Pause => &[Operation::Pause, Operation::Resume],
             // Through the fault proxy, not the broker's own commands.
             FaultAction::Delay | FaultAction::Cut | FaultAction::Blackhole => &[],
+            // Refused before: partitions need local namespaces.
+            FaultAction::Partition => &[],
         };
         let why = format!(
             "the scenario has a {} fault at {}",

@@ -55,6 +55,10 @@ pub struct LocalBroker {
     ready_in: Duration,
     /// Its place in a cluster: this node's index and every node's ports.
     cluster: Option<(usize, std::sync::Arc<[Ports]>)>,
+    /// The address it listens on (loopback, or its own in a namespace).
+    host: String,
+    /// The network namespace it runs in, if not this process's.
+    netns: Option<PathBuf>,
 }
 
 impl LocalBroker {
@@ -106,6 +110,8 @@ impl LocalBroker {
                 paused: false,
                 ready_in: Duration::ZERO,
                 cluster: None,
+                host: HOST.to_string(),
+                netns: None,
             };
             if let Some(proxy) = proxy {
                 proxy.route(0, (Ipv4Addr::LOCALHOST, ports[0]).into());
@@ -119,19 +125,23 @@ impl LocalBroker {
     }
 
     /// Node `index` of a cluster whose nodes listen on `peers`, with its
-    /// data under `dir`; not started yet ([`spawn`](Self::spawn) it).
+    /// data under `dir`, in network namespace `netns` if given; not started
+    /// yet ([`spawn`](Self::spawn) it).
     pub(crate) fn node(
         binary: Binary,
         dir: PathBuf,
         server: ServerSettings,
-        index: usize,
-        peers: std::sync::Arc<[Ports]>,
+        (index, peers): (usize, std::sync::Arc<[Ports]>),
+        netns: Option<PathBuf>,
     ) -> Result<Self> {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
         let ports = peers[index];
+        let host = ports.ip().to_string();
         Ok(LocalBroker {
-            endpoint: Endpoint::local(binary.kind, HOST, ports.client),
+            endpoint: Endpoint::local(binary.kind, &host, ports.client),
+            host,
+            netns,
             ports,
             binary,
             dir,
@@ -223,7 +233,13 @@ impl LocalBroker {
             .cluster
             .map(|node| node.shared(self.kind()))
             .unwrap_or_default();
-        for port in self.ports() {
+        // (In a namespace of its own, nothing else listens there.)
+        let ports = if self.netns.is_some() {
+            Vec::new()
+        } else {
+            self.ports()
+        };
+        for port in ports {
             let in_use = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err();
             let ours = self.helper.is_some() && helper.as_ref().map(|h| h.port) == Some(port);
             if in_use && !ours && !shared.contains(&port) {
@@ -235,7 +251,7 @@ impl LocalBroker {
             }
         }
         if let (Some(helper), None) = (helper, &self.helper) {
-            self.helper = Some(spawn_helper(helper).await?);
+            self.helper = Some(spawn_helper(helper, &self.host, self.netns.as_deref()).await?);
         }
         let started = Instant::now();
         let log = self.open_log()?;
@@ -246,7 +262,7 @@ impl LocalBroker {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let child = spawn_owned(&mut command)
+        let child = spawn_owned(&mut command, self.netns.as_deref())
             .with_context(|| format!("starting {}", self.binary.path.display()))?;
         self.process = Some(child);
         self.paused = false;
@@ -413,7 +429,7 @@ impl LocalBroker {
         Launch {
             program: &self.binary.path,
             dir: &self.dir,
-            host: HOST,
+            host: &self.host,
             ports: self.ports,
             server: self.server,
             cluster: self.cluster.as_ref().map(|(index, peers)| broker::NodeOf {
@@ -446,20 +462,22 @@ pub(crate) struct Spawned {
     log_start: u64,
 }
 
-/// Starts a broker's helper process and waits until it listens.
-async fn spawn_helper(helper: broker::Helper) -> Result<Child> {
+/// Starts a broker's helper process (in `netns`, if given) and waits until
+/// it listens on `host`.
+async fn spawn_helper(helper: broker::Helper, host: &str, netns: Option<&Path>) -> Result<Child> {
     let broker::Helper { mut command, port } = helper;
     let program = command
         .as_std()
         .get_program()
         .to_string_lossy()
         .into_owned();
-    let mut child = spawn_owned(&mut command).with_context(|| format!("starting {program}"))?;
+    let mut child =
+        spawn_owned(&mut command, netns).with_context(|| format!("starting {program}"))?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect((HOST, port)).await.is_err() {
+    while tokio::net::TcpStream::connect((host, port)).await.is_err() {
         if child.try_wait()?.is_some() || Instant::now() >= deadline {
             signal_group(&child, Signal::SIGKILL);
-            bail!("{program} did not start listening on {HOST}:{port}");
+            bail!("{program} did not start listening on {host}:{port}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -520,12 +538,21 @@ impl FaultTarget for LocalBroker {
 /// Spawns `command` in a process group of its own (so a terminal's Ctrl-C
 /// reaches brokerbench only, which then stops brokers in order) that dies
 /// with this process.
-fn spawn_owned(command: &mut Command) -> std::io::Result<Child> {
+/// In network namespace `netns`, if given.
+fn spawn_owned(command: &mut Command, netns: Option<&Path>) -> std::io::Result<Child> {
     command.process_group(0).kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; nothing is allocated in the closure.
+    // Opened here, entered in the child: the file closes on exec.
+    let namespace = netns.map(File::open).transpose()?;
+    // SAFETY: prctl and setns are async-signal-safe; nothing is allocated
+    // in the closure.
     unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if let Some(namespace) = &namespace {
+                nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+            }
+            Ok(())
         });
     }
     command.spawn()

@@ -14,6 +14,7 @@ pub mod cluster;
 pub(crate) mod compose;
 pub(crate) mod external;
 pub mod local;
+pub mod netns;
 pub mod proxy;
 
 use async_trait::async_trait;
@@ -52,6 +53,15 @@ pub trait FaultTarget: Send {
     /// single broker.
     fn node(&mut self, _index: usize) -> Option<&mut dyn FaultTarget> {
         None
+    }
+    /// Cuts node `index` (from 0) of a cluster off from the others (a
+    /// partition); the clients still reach it.
+    fn isolate(&mut self, _index: usize) -> anyhow::Result<()> {
+        anyhow::bail!("a partition needs a local cluster whose nodes run in network namespaces")
+    }
+    /// Ends a partition.
+    fn heal(&mut self) -> anyhow::Result<()> {
+        Ok(())
     }
     /// The fault proxy every client connection goes through, when the
     /// scenario has network faults.

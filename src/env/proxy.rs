@@ -401,6 +401,12 @@ impl FaultTarget for Proxied {
     fn node(&mut self, index: usize) -> Option<&mut dyn FaultTarget> {
         self.inner.node(index)
     }
+    fn isolate(&mut self, index: usize) -> Result<()> {
+        self.inner.isolate(index)
+    }
+    fn heal(&mut self) -> Result<()> {
+        self.inner.heal()
+    }
     fn proxy(&self) -> Option<&FaultProxy> {
         Some(&self.proxy)
     }

@@ -491,6 +491,64 @@ pub(crate) fn cluster_faults(results: &Results, layout: Layout) -> Option<Table>
     Some(table)
 }
 
+/// Network faults, each as injected and as it showed: the link given
+/// (latency ± jitter, a cut, a black hole, for how long), publish p50 before
+/// and during, the connections cut and new, when as many were open again,
+/// publishes timed out, and when publishing came back. `None` without
+/// network faults.
+pub(crate) fn network_faults(results: &Results, layout: Layout) -> Option<Table> {
+    let seconds = |s: Option<f64>| s.map_or("never".into(), |s| format!("{s:.1} s"));
+    let mut rows = Vec::new();
+    for b in &results.brokers {
+        for f in &b.faults {
+            let Some(n) = &f.network else { continue };
+            let injected = match (n.latency_ms, n.jitter_ms) {
+                (Some(l), Some(j)) if j > 0.0 => format!("+{l} ms ± {j} ms each way"),
+                (Some(l), _) => format!("+{l} ms each way"),
+                _ => f.action.as_str().to_string(),
+            };
+            let injected = match f.duration_s {
+                d if d > 0.0 => format!("{injected}, {d} s"),
+                _ => injected,
+            };
+            let p50 = n.publish_p50_ms.map_or("-".into(), |p| {
+                let ms = |v: f64| latency((v * 1e3).round() as u64);
+                match layout {
+                    Layout::Narrow => format!("+{:.1} ms", p.during - p.before),
+                    _ => format!("{} → {}", ms(p.before), ms(p.during)),
+                }
+            });
+            rows.push(vec![
+                b.broker.to_string(),
+                format!("{} at {:.0} s", f.action.as_str(), f.at_s),
+                injected,
+                p50,
+                format!("{} / {}", n.connections_cut, n.connections_new),
+                seconds(n.reconnected_after_s),
+                n.publish_timeouts.to_string(),
+                seconds(f.publish_recovered_after_s),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let mut table = new_table(vec![
+        "broker",
+        "fault",
+        "injected",
+        "publish p50 before → during",
+        "connections cut / new",
+        "reconnected",
+        "timeouts",
+        "publishing back",
+    ]);
+    for row in rows {
+        table.add_row(row);
+    }
+    Some(table)
+}
+
 /// A group's name, with its language and client when it is not
 /// brokerbench's own consumer: `risk (python, aio-pika)`.
 fn group_label(g: &GroupResult) -> String {

@@ -176,3 +176,48 @@ async fn publish_only_counts_what_the_broker_no_longer_holds() {
     let summary = table::summary(&outcome.results, table::Layout::Wide);
     assert!(summary.to_string().contains("NO: lost 30"), "{summary}");
 }
+
+/// A network fault's figures (the proxy's, here written in) show in the
+/// terminal, Markdown and HTML tables as injected: the latency, publish
+/// p50 before and during, connections cut and new, timeouts.
+#[tokio::test]
+async fn network_faults_show_what_was_injected() {
+    use crate::results::{BeforeDuring, NetworkFault};
+    let plan = plan("[[faults]]\nat = \"100ms\"\naction = \"pause\"\nduration = \"100ms\"\n")
+        .with(|p| p.load.duration = Duration::from_millis(500));
+    let (mut outcome, _) = run(&plan, knobs(|_| {})).await;
+    assert!(table::network_faults(&outcome.results, table::Layout::Wide).is_none());
+    let fault = &mut outcome.results.brokers[0].faults[0];
+    fault.network = Some(NetworkFault {
+        latency_ms: Some(20.0),
+        jitter_ms: Some(5.0),
+        connections_open: 2,
+        connections_cut: 2,
+        connections_new: 3,
+        reconnected_after_s: Some(0.9),
+        publish_timeouts: 41,
+        publish_p50_ms: Some(BeforeDuring {
+            before: 4.0,
+            during: 44.0,
+        }),
+        ..NetworkFault::default()
+    });
+    let shown = table::network_faults(&outcome.results, table::Layout::Wide)
+        .expect("a network fault")
+        .to_string();
+    for expected in [
+        "+20 ms ± 5 ms each way",
+        "4.0 ms → 44.0 ms",
+        "2 / 3",
+        "0.9 s",
+        "41",
+    ] {
+        assert!(shown.contains(expected), "{expected} in {shown}");
+    }
+    let narrow = table::network_faults(&outcome.results, table::Layout::Narrow)
+        .unwrap()
+        .to_string();
+    assert!(narrow.contains("+40.0 ms"), "{narrow}");
+    let markdown = export::markdown(&outcome.results);
+    assert!(markdown.contains("### Network faults"), "{markdown}");
+}

@@ -324,12 +324,12 @@ async fn on_node(
         led_by_another: None,
         rejoined: None,
     };
-    let Some(node) = target.node(index) else {
-        let missing = anyhow::anyhow!("node {} is not there", index + 1);
-        return (event, Err(missing));
-    };
     let applied = async {
-        let outcome = apply(fault, node, deadline).await;
+        let outcome = match (fault.action, target.node(index)) {
+            (FaultAction::Partition, _) => partition(fault, target, index, deadline).await,
+            (_, Some(node)) => apply(fault, node, deadline).await,
+            (_, None) => Err(anyhow::anyhow!("node {} is not there", index + 1)),
+        };
         (outcome, Instant::now())
     };
     tokio::pin!(applied);
@@ -418,6 +418,20 @@ async fn reported(
     }
 }
 
+/// Cuts node `index` off from the others for the fault's duration, then
+/// heals the partition.
+async fn partition(
+    fault: &Fault,
+    target: &mut dyn FaultTarget,
+    index: usize,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let until = (Instant::now() + fault.duration).min(deadline);
+    target.isolate(index)?;
+    tokio::time::sleep_until(until.into()).await;
+    target.heal()
+}
+
 async fn apply(
     fault: &Fault,
     target: &mut dyn FaultTarget,
@@ -445,6 +459,7 @@ async fn apply(
         FaultAction::Delay | FaultAction::Cut | FaultAction::Blackhole => {
             anyhow::bail!("{} is applied through the proxy", fault.action.as_str())
         }
+        FaultAction::Partition => anyhow::bail!("a partition is applied to the cluster"),
     }
 }
 

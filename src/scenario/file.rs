@@ -807,7 +807,13 @@ fn faults(written: &[FaultFile], load: Duration, cluster: Cluster) -> Result<Vec
                     "a restart has no duration (it takes as long as it takes)",
                 ))
             }
-            (None, FaultAction::Pause | FaultAction::Delay | FaultAction::Blackhole) => {
+            (
+                None,
+                FaultAction::Pause
+                | FaultAction::Delay
+                | FaultAction::Blackhole
+                | FaultAction::Partition,
+            ) => {
                 return Err(RawError::at(
                     f.action.span(),
                     format!("a {} needs a `duration`", action.as_str()),
@@ -878,10 +884,18 @@ fn fault_delay(f: &FaultFile) -> Result<Option<Delay>, RawError> {
 /// when none is); on a single node, none.
 fn fault_node(f: &FaultFile, cluster: Cluster) -> Result<Option<NodeChoice>, RawError> {
     let rolling = *f.action.get_ref() == FaultAction::RollingRestart;
-    if rolling && cluster.is_single() {
+    let partition = *f.action.get_ref() == FaultAction::Partition;
+    if (rolling || partition) && cluster.is_single() {
         return Err(RawError::at(
             f.action.span(),
-            "a rolling restart needs a cluster: set `[cluster] nodes = 3`",
+            format!(
+                "a {} needs a cluster: set `[cluster] nodes = 3`",
+                if rolling {
+                    "rolling restart"
+                } else {
+                    "partition"
+                }
+            ),
         ));
     }
     let network = f.action.get_ref().is_network();

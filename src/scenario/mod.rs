@@ -235,6 +235,9 @@ pub enum FaultAction {
     /// yet connections stay open, so that only the clients' timeouts can
     /// tell (the fault proxy).
     Blackhole,
+    /// A node of a cluster cut off from the others for `duration`, then
+    /// healed; the clients still reach it (network namespaces).
+    Partition,
 }
 
 impl FaultAction {
@@ -248,6 +251,7 @@ impl FaultAction {
             FaultAction::Delay => "delay",
             FaultAction::Cut => "cut",
             FaultAction::Blackhole => "blackhole",
+            FaultAction::Partition => "partition",
         }
     }
 
@@ -890,6 +894,14 @@ pub struct Overrides {
 }
 
 impl Plan {
+    /// Whether any fault is a partition, so that each node of a local
+    /// cluster runs in a network namespace of its own.
+    pub fn has_partitions(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| f.action == FaultAction::Partition)
+    }
+
     /// Whether any fault is done to the network, so that every client
     /// connection goes through the fault proxy.
     pub fn has_network_faults(&self) -> bool {

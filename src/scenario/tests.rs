@@ -525,6 +525,30 @@ fn a_cluster_aims_faults_at_nodes() {
 }
 
 #[test]
+fn a_partition_isolates_a_node_of_a_cluster_for_a_while() {
+    let cluster = format!("{FAULTS}[cluster]\nnodes = 3\n");
+    let plan = parse(&cluster.replace("action = \"pause\"", "action = \"partition\"")).unwrap();
+    let partition = &plan.faults[1];
+    assert_eq!(partition.action, FaultAction::Partition);
+    assert_eq!(partition.node, Some(NodeChoice::Leader));
+    assert_eq!(partition.duration, Duration::from_secs(2));
+    assert!(plan.has_partitions() && !plan.has_network_faults());
+    // A cluster's, with a duration.
+    let shown = error(
+        &FAULTS.replace("action = \"pause\"", "action = \"partition\""),
+        "faults[1].action",
+        16,
+    );
+    assert!(shown.contains("needs a cluster"), "{shown}");
+    let endless = cluster.replace(
+        "action = \"pause\"\nduration = \"2s\"",
+        "action = \"partition\"",
+    );
+    let shown = error(&endless, "faults[1].action", 16);
+    assert!(shown.contains("needs a `duration`"), "{shown}");
+}
+
+#[test]
 fn bad_cluster_faults_are_named() {
     let cluster = format!("{FAULTS}[cluster]\nnodes = 3\n");
     let shown = error(

@@ -199,3 +199,21 @@ fn jetstream_shows_delay_cut_and_black_hole_as_injected() {
 fn kafka_shows_delay_cut_and_black_hole_as_injected() {
     network_faults("kafka");
 }
+
+#[test]
+fn network_faults_are_refused_where_the_proxy_cannot_stand() {
+    let (dir, path) = util::scenario_file(&scenario("rabbitmq"));
+    let out = util::brokerbench()
+        .arg("run")
+        .arg(&path)
+        .args(["--env", "compose", "--out"])
+        .arg(dir.path().join("results"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("fault proxy") && stderr.contains(&path.display().to_string()),
+        "{stderr}"
+    );
+}

@@ -70,7 +70,8 @@ fn server_config(launch: &Launch<'_>) -> Result<String> {
             .iter()
             .map(|p| {
                 Ok(format!(
-                    "    nats-route://{host}:{}",
+                    "    nats-route://{}:{}",
+                    p.ip(),
                     p.route.context("no route port")?
                 ))
             })

@@ -61,7 +61,11 @@ fn server_properties(launch: &Launch<'_>) -> Result<String> {
     // The nodes replicate through a listener of their own, so that clients
     // told to connect through the fault proxy do not take replication with them.
     let internal = launch.ports.internal.context("no inter-broker port")?;
-    let advertised = launch.ports.for_clients();
+    // The proxy, when there is one, listens on loopback here.
+    let (advertised_host, advertised) = match launch.ports.advertised {
+        Some(port) => ("127.0.0.1", port),
+        None => (host, client),
+    };
     let data = launch.dir.join("data");
     let id = node_id(launch);
     let (quorum, replication, min_isr) = match launch.cluster {
@@ -77,7 +81,7 @@ fn server_properties(launch: &Launch<'_>) -> Result<String> {
                 .enumerate()
                 .map(|(i, p)| {
                     let port = p.controller.context("no controller port")?;
-                    Ok(format!("{}@{host}:{port}", i + 1))
+                    Ok(format!("{}@{}:{port}", i + 1, p.ip()))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let replication = node.peers.len().min(3);
@@ -94,7 +98,7 @@ process.roles=broker,controller
 node.id={id}
 {quorum}
 listeners=PLAINTEXT://{host}:{client},CONTROLLER://{host}:{controller},INTERNAL://{host}:{internal}
-advertised.listeners=PLAINTEXT://{host}:{advertised},INTERNAL://{host}:{internal}
+advertised.listeners=PLAINTEXT://{advertised_host}:{advertised},INTERNAL://{host}:{internal}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=INTERNAL
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT

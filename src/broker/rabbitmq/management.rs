@@ -54,19 +54,52 @@ async fn get_json(base: &str, path: &str) -> Result<serde_json::Value> {
 }
 
 /// Who leads quorum queue `queue` (vhost `/`) and which members are online,
-/// from whichever node in `bases` answers first: every node is asked at
-/// once, so that a paused or unreachable one costs nothing.
+/// as most of the nodes in `bases` say: every node is asked at once, and the
+/// answer is the first that a majority of all the nodes gives, else the one
+/// most of those that answered give (the first of them on a tie). A node
+/// cut off from the others by a partition still answers, with its own
+/// stale view; a paused or unreachable one costs nothing.
 pub(super) async fn queue_leadership(bases: &[String], queue: &str) -> Result<Leadership> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
     let path = format!("/api/queues/%2F/{}", queue.replace('/', "%2F"));
-    let asks = bases
+    let mut asks = bases
         .iter()
-        .map(|base| Box::pin(get_json(base, &path)))
-        .collect::<Vec<_>>();
+        .map(|base| get_json(base, &path))
+        .collect::<FuturesUnordered<_>>();
     if asks.is_empty() {
         bail!("no management API address");
     }
-    let (info, _) = futures_util::future::select_ok(asks).await?;
-    Ok(leadership_of(&info))
+    let majority = bases.len() / 2 + 1;
+    let mut answers: Vec<(Leadership, usize)> = Vec::new();
+    let mut last_error = None;
+    while let Some(answer) = asks.next().await {
+        let now = match answer {
+            Ok(info) => leadership_of(&info),
+            Err(e) => {
+                last_error = Some(e);
+                continue;
+            }
+        };
+        let votes = match answers.iter_mut().find(|(l, _)| l.leader == now.leader) {
+            Some((_, votes)) => {
+                *votes += 1;
+                *votes
+            }
+            None => {
+                answers.push((now.clone(), 1));
+                1
+            }
+        };
+        if votes >= majority {
+            return Ok(now);
+        }
+    }
+    // The most votes; `max_by_key` would keep the last of a tie.
+    let best = answers.iter().map(|(_, v)| *v).max();
+    match answers.into_iter().find(|(_, v)| Some(*v) == best) {
+        Some((leadership, _)) => Ok(leadership),
+        None => Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no node answered"))),
+    }
 }
 
 /// A queue's `leader` and `online` members as the management API gives them.

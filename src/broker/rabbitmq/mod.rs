@@ -120,16 +120,25 @@ impl Broker for RabbitMq {
             .env("RABBITMQ_PLUGINS_EXPAND_DIR", dir.join("plugins-expand"))
             .env(
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                "-kernel inet_dist_use_interface {127,0,0,1}",
+                format!(
+                    "-kernel inet_dist_use_interface {{{}}}",
+                    launch.ports.ip().octets().map(|o| o.to_string()).join(",")
+                ),
             );
+        if launch.ports.host.is_some() {
+            // An address of its own (a network namespace): long names.
+            command.env("RABBITMQ_USE_LONGNAME", "true");
+        }
         Ok(command)
     }
 
     /// Our own epmd on a private port: Erlang would otherwise start a
-    /// daemonised one that outlives the run. The nodes of a cluster share
-    /// the first node's.
+    /// daemonised one that outlives the run. The nodes of a cluster on
+    /// loopback share the first node's; each node in a network namespace of
+    /// its own has its own, on the same port.
     fn helper(&self, launch: &Launch<'_>) -> Result<Option<Helper>> {
-        if launch.cluster.is_some_and(|node| node.index > 0) {
+        let shared = launch.ports.host.is_none();
+        if shared && launch.cluster.is_some_and(|node| node.index > 0) {
             return Ok(None);
         }
         let port = launch.ports.epmd.context("no epmd port")?;
@@ -138,7 +147,7 @@ impl Broker for RabbitMq {
             .context("epmd (from Erlang, a RabbitMQ dependency) not found")?;
         let mut command = Command::new(epmd);
         command
-            .args(["-port", &port.to_string(), "-address", "127.0.0.1"])
+            .args(["-port", &port.to_string(), "-address", launch.host])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -152,7 +161,7 @@ impl Broker for RabbitMq {
     /// Its Erlang node name, which the management API gives for a queue's
     /// leader and members.
     fn node_name(&self, launch: &Launch<'_>) -> String {
-        node_name(launch.ports.client)
+        node_name(&launch.ports)
     }
 
     fn accepts_url(&self, url: &str) -> bool {
@@ -230,8 +239,11 @@ impl Broker for RabbitMq {
 }
 
 /// The Erlang node name of the local node whose AMQP port is `port`.
-fn node_name(port: u16) -> String {
-    format!("brokerbench{port}@localhost")
+fn node_name(ports: &super::Ports) -> String {
+    match ports.host {
+        None => format!("brokerbench{}@localhost", ports.client),
+        Some(ip) => format!("brokerbench{}@{ip}", ports.client),
+    }
 }
 
 /// `rabbitmq.conf`: logs to the file only; on a cluster, the other nodes to
@@ -240,6 +252,10 @@ fn node_name(port: u16) -> String {
 /// leaves a cluster split after a partition heals), and the management
 /// API on loopback, its queue figures refreshed every second rather than 5
 /// (a member's rejoin shows there).
+/// `net_ticktime` of nodes in network namespaces, seconds: a peer unseen
+/// for 0.75-1.25 times this is down.
+pub(crate) const NET_TICKTIME: u32 = 5;
+
 fn server_config(launch: &Launch<'_>) -> Result<String> {
     let mut config = String::from("log.console = false\nlog.file.level = info\n");
     if let Some(node) = launch.cluster {
@@ -252,7 +268,16 @@ fn server_config(launch: &Launch<'_>) -> Result<String> {
             config.push_str(&format!(
                 "cluster_formation.classic_config.nodes.{} = {}\n",
                 i + 1,
-                node_name(peer.client)
+                node_name(peer)
+            ));
+        }
+        if launch.ports.host.is_some() {
+            // Across namespaces a partition is possible: a node unseen for
+            // 60 s (the default, 45-75 s) is too slow to declare down. The
+            // clients come from this machine's namespace, not loopback, and
+            // use the default account.
+            config.push_str(&format!(
+                "net_ticktime = {NET_TICKTIME}\nloopback_users.guest = false\n"
             ));
         }
         let management = launch.ports.monitoring.context("no management port")?;

@@ -133,6 +133,10 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
         let _ = writeln!(page, "<h2>Cluster nodes through the faults</h2>");
         html_table(page, &nodes);
     }
+    if let Some(network) = table::network_faults(r, table::Layout::Wide) {
+        let _ = writeln!(page, "<h2>Network faults (through the fault proxy)</h2>");
+        html_table(page, &network);
+    }
     if let Some(search) = table::find_max(r, table::Layout::Wide) {
         let _ = writeln!(page, "<h2>Highest sustainable rate (--find-max)</h2>");
         for found in table::find_max_found(r) {
@@ -399,10 +403,25 @@ struct Line {
     values: Vec<Option<f64>>,
 }
 
-/// A fault as the timeline's caption gives it; on a cluster, each node hit:
+/// A fault as the timeline's caption gives it; a network fault, what was
+/// injected and what it cut or timed out; on a cluster, each node hit:
 /// when it went down, whether it led, when another led and it was back.
 fn fault_caption(f: &crate::results::FaultResult) -> String {
     let mut caption = format!("{} at {:.1}s", f.action.as_str(), f.started_s);
+    if let Some(n) = &f.network {
+        if let Some(latency) = n.latency_ms {
+            caption.push_str(&format!(" (+{latency} ms each way)"));
+        }
+        if f.duration_s > 0.0 {
+            caption.push_str(&format!(" for {}s", f.duration_s));
+        }
+        if n.connections_cut > 0 {
+            caption.push_str(&format!(", {} connections cut", n.connections_cut));
+        }
+        if n.publish_timeouts > 0 {
+            caption.push_str(&format!(", {} publishes timed out", n.publish_timeouts));
+        }
+    }
     for n in &f.nodes {
         let led = if n.was_leader { ", the leader" } else { "" };
         caption.push_str(&format!("; node {}{led} down at {:.1}s", n.node, n.hit_s));

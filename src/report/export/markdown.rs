@@ -90,6 +90,11 @@ fn one_run(r: &Results, rows: usize) -> String {
         s.push_str(&markdown_table(nodes));
         s.push_str("\n\n");
     }
+    if let Some(network) = table::network_faults(r, table::Layout::Wide) {
+        let _ = writeln!(s, "### Network faults (through the fault proxy)\n");
+        s.push_str(&markdown_table(network));
+        s.push_str("\n\n");
+    }
     if let Some(search) = table::find_max(r, table::Layout::Wide) {
         let _ = writeln!(s, "### Highest sustainable rate (--find-max)\n");
         for found in table::find_max_found(r) {
