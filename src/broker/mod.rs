@@ -8,6 +8,7 @@
 //! (Redis Streams, Pulsar) means a new module and one line there.
 
 mod endpoint;
+pub(crate) mod http;
 mod jetstream;
 mod kafka;
 mod rabbitmq;

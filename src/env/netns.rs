@@ -232,7 +232,7 @@ pub fn available() -> Result<()> {
 
 /// Deletes the namespaces of brokerbench processes that are gone.
 fn remove_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+    let Ok(out) = Command::new(ip_program()).args(["netns", "list"]).output() else {
         return;
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -250,7 +250,9 @@ fn remove_stale() {
 
 /// A third byte for this mesh's addresses that no route here uses yet.
 fn free_subnet() -> Result<u8> {
-    let routes = Command::new("ip").args(["route", "show"]).output()?;
+    let routes = Command::new(ip_program())
+        .args(["route", "show"])
+        .output()?;
     let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
     let start: u8 = rand::random();
     (0..=255u8)
@@ -259,9 +261,22 @@ fn free_subnet() -> Result<u8> {
         .context("every 10.213.X.0/24 is in use")
 }
 
+/// `ip`, from PATH or where Debian puts it (/usr/sbin is not on every PATH).
+fn ip_program() -> PathBuf {
+    which::which("ip")
+        .ok()
+        .or_else(|| {
+            ["/usr/sbin/ip", "/sbin/ip"]
+                .map(PathBuf::from)
+                .into_iter()
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| PathBuf::from("ip"))
+}
+
 /// Runs `ip ARGS`; its stderr is the error.
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
+    let out = Command::new(ip_program())
         .args(args)
         .output()
         .context("running ip (iproute2)")?;

@@ -13,12 +13,13 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::broker::http::{get_json, majority_view};
 use crate::broker::Endpoint;
 use crate::driver::{
     timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Leadership,
@@ -437,6 +438,15 @@ impl Driver for JetStreamDriver {
         if self.replicas < 2 {
             return Ok(None);
         }
+        // Each server's own view, where brokerbench can ask each (its local
+        // clusters' monitoring): the one most of them give. Through the
+        // client, the one server it is connected to answers, which may be
+        // one cut off from the others and still calling itself the leader.
+        let monitors = self.endpoint.admin();
+        if !monitors.is_empty() {
+            let asks = monitors.iter().map(|base| server_view(base));
+            return majority_view(asks, monitors.len()).await.map(Some);
+        }
         let mut stream = timed("looking up the stream", self.context.get_stream(STREAM)).await?;
         let info = timed("asking for the stream's info", stream.info()).await?;
         let Some(cluster) = &info.cluster else {
@@ -460,6 +470,36 @@ impl Driver for JetStreamDriver {
             ..Leadership::default()
         }))
     }
+}
+
+/// The stream's leader and current replicas as one server reports them
+/// (`/jsz` of its monitoring port at `base`).
+async fn server_view(base: &str) -> Result<Leadership> {
+    let jsz = get_json(base, "/jsz?accounts=true&streams=true").await?;
+    let cluster = jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+        .find(|stream| stream["name"] == STREAM)
+        .map(|stream| &stream["cluster"])
+        .with_context(|| format!("{base} does not know the stream {STREAM}"))?;
+    let leader = cluster["leader"].as_str().map(str::to_string);
+    let replicas = cluster["replicas"].as_array().into_iter().flatten();
+    let in_sync = leader
+        .iter()
+        .cloned()
+        .chain(
+            replicas
+                .filter(|peer| peer["current"] == true && peer["offline"] != true)
+                .filter_map(|peer| peer["name"].as_str().map(str::to_string)),
+        )
+        .collect();
+    Ok(Leadership {
+        leader,
+        in_sync,
+        ..Leadership::default()
+    })
 }
 
 /// Publishes to the stream's subject with a reply subject of its own,

@@ -125,6 +125,32 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
         let _ = writeln!(page, "<h2>Consumer groups</h2>");
         html_table(page, &table::groups(r, table::Layout::Wide));
     }
+    tables(page, r);
+    checks(page, r);
+    let _ = writeln!(
+        page,
+        "<h2>Settings</h2>\n<h3>Scenario, as resolved</h3>\n<pre>{}</pre>",
+        escape(&serde_json::to_string_pretty(&r.scenario)?)
+    );
+    for b in &r.brokers {
+        let _ = writeln!(
+            page,
+            "<h3>{}: {} at {}</h3>\n<pre data-settings=\"{}\">{}</pre>",
+            broker_label(b),
+            escape(&b.implementation),
+            escape(&b.endpoint),
+            b.broker,
+            escape(&serde_json::to_string_pretty(&b.settings)?)
+        );
+    }
+    page.push_str("</section>\n");
+    Ok(())
+}
+
+/// The tables a run has when it has what they show: dead letters, the
+/// cluster's nodes and the network through faults, a find-max search, the
+/// harness, consumers in other languages.
+fn tables(page: &mut String, r: &Results) {
     if let Some(dead_letters) = table::dead_letters(r, table::Layout::Wide) {
         let _ = writeln!(page, "<h2>Dead letters</h2>");
         html_table(page, &dead_letters);
@@ -155,25 +181,6 @@ fn run(page: &mut String, r: &Results, index: usize) -> Result<()> {
         let _ = writeln!(page, "<h2>Consumers in other languages</h2>");
         html_table(page, &agents);
     }
-    checks(page, r);
-    let _ = writeln!(
-        page,
-        "<h2>Settings</h2>\n<h3>Scenario, as resolved</h3>\n<pre>{}</pre>",
-        escape(&serde_json::to_string_pretty(&r.scenario)?)
-    );
-    for b in &r.brokers {
-        let _ = writeln!(
-            page,
-            "<h3>{}: {} at {}</h3>\n<pre data-settings=\"{}\">{}</pre>",
-            broker_label(b),
-            escape(&b.implementation),
-            escape(&b.endpoint),
-            b.broker,
-            escape(&serde_json::to_string_pretty(&b.settings)?)
-        );
-    }
-    page.push_str("</section>\n");
-    Ok(())
 }
 
 /// The comparison, with each figure's raw value in `data-value`.
