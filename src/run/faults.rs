@@ -96,6 +96,10 @@ pub(crate) struct NodeEvent {
 const LEADER_POLL: Duration = Duration::from_millis(100);
 /// How long one such question may take.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the question before a fault may take: the fault waits for it,
+/// since it decides where the fault is aimed (Kafka's metadata took more
+/// than 2 s at 8000 msg/s on a loaded machine).
+const BEFORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the broker is watched for another leader once the node hit is
 /// back (a pause shorter than the broker's failure detection moves none).
 const LEADER_GRACE: Duration = Duration::from_secs(10);
@@ -181,10 +185,12 @@ async fn on_cluster(
     names: &[String],
     deadline: Instant,
 ) -> (anyhow::Result<()>, Option<Leadership>, Vec<NodeEvent>) {
-    let before = leadership(driver).await.map(|mut now| {
-        now.controller = now.controller.or_else(|| target.active_controller());
-        now
-    });
+    let before = leadership_within(driver, BEFORE_TIMEOUT)
+        .await
+        .map(|mut now| {
+            now.controller = now.controller.or_else(|| target.active_controller());
+            now
+        });
     let mut nodes = Vec::new();
     let outcome = match fault.action {
         FaultAction::RollingRestart => {
@@ -263,7 +269,12 @@ async fn through_proxy(
 /// What the broker reports about leadership now; `None` if it cannot say
 /// or does not answer in time.
 async fn leadership(driver: &dyn Driver) -> Option<Leadership> {
-    tokio::time::timeout(LEADER_TIMEOUT, driver.leadership())
+    leadership_within(driver, LEADER_TIMEOUT).await
+}
+
+/// [`leadership`], waiting up to `timeout` for the answer.
+async fn leadership_within(driver: &dyn Driver, timeout: Duration) -> Option<Leadership> {
+    tokio::time::timeout(timeout, driver.leadership())
         .await
         .ok()?
         .ok()

@@ -2,7 +2,7 @@
 //! cluster at a time: `scenarios/cluster-failover.toml` as written (the
 //! node the broker reports leading is killed at 10 s and comes back at
 //! 20 s), then the leader cut off from the other nodes by a partition for
-//! 20 s (each node in a network namespace), then every node restarted in
+//! 20 s (30 s on RabbitMQ; each node in a network namespace), then every node restarted in
 //! turn, in the same run on the same cluster; and a replicated setting
 //! known to lose confirmed messages, caught.
 
@@ -11,9 +11,13 @@ use crate::util;
 use serde_json::Value;
 
 /// `scenarios/cluster-failover.toml` on `broker`, with the leader isolated
-/// from 24 s to 44 s, a rolling restart at `rolling_at`, and the load
-/// lengthened to `duration` to hold it.
-fn failover_then_rolling_restart(broker: &str, rolling_at: &str, duration: &str) -> util::Ran {
+/// from 24 s for `cut_off` seconds, a rolling restart at `rolling_at`, and
+/// the load lengthened to `duration` to hold it.
+fn failover_then_rolling_restart(
+    broker: &str,
+    cut_off: u32,
+    (rolling_at, duration): (&str, &str),
+) -> util::Ran {
     let scenario = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/scenarios/cluster-failover.toml"
@@ -27,7 +31,7 @@ fn failover_then_rolling_restart(broker: &str, rolling_at: &str, duration: &str)
         &format!("duration = \"{duration}\"\ndrain_timeout = \"60s\""),
     );
     let scenario = format!(
-        "{longer}\n[[faults]]\nat = \"24s\"\naction = \"partition\"\nnode = \"leader\"\nduration = \"20s\"\n\
+        "{longer}\n[[faults]]\nat = \"24s\"\naction = \"partition\"\nnode = \"leader\"\nduration = \"{cut_off}s\"\n\
          \n[[faults]]\nat = \"{rolling_at}\"\naction = \"rolling-restart\"\n"
     );
     util::run_scenario(&scenario, &["--brokers", broker])
@@ -46,7 +50,7 @@ fn lost(b: &Value) -> u64 {
 /// killed node was the leader reported just before the kill and another led
 /// after it; publishing and every group recovered; every node rejoined, and
 /// each node's unavailability in the rolling restart is reported.
-fn assert_failover(ran: &util::Ran, name: &str) {
+fn assert_failover(ran: &util::Ran, name: &str, cut_off: u32) {
     let b = &ran.results["brokers"][0];
     let stderr = &ran.stderr;
     assert_eq!(b["broker"], name);
@@ -95,7 +99,7 @@ fn assert_failover(ran: &util::Ran, name: &str) {
     }
     assert_ne!(kill["recovered"], false, "{name}: {kill:#}");
 
-    assert_partition(b, name);
+    assert_partition(b, name, f64::from(cut_off));
 
     let rolling = &b["faults"][2];
     assert_eq!(rolling["action"], "rolling-restart");
@@ -121,11 +125,11 @@ fn assert_failover(ran: &util::Ran, name: &str) {
     );
 }
 
-/// The leader isolated from the other nodes for 20 s: it was the leader the
-/// broker reported, another node was reported leading during the
-/// partition (the majority elected one), the isolated node caught up again
-/// after it healed, and nothing its window confirmed was lost.
-fn assert_partition(b: &Value, name: &str) {
+/// The leader isolated from the other nodes for `cut_off` seconds: it was
+/// the leader the broker reported, another node was reported leading during
+/// the partition (the majority elected one), the isolated node caught up
+/// again after it healed, and nothing its window confirmed was lost.
+fn assert_partition(b: &Value, name: &str, cut_off: f64) {
     let partition = &b["faults"][1];
     assert_eq!(partition["action"], "partition", "{name}");
     assert!(partition["error"].is_null(), "{name}: {partition:#}");
@@ -137,10 +141,10 @@ fn assert_partition(b: &Value, name: &str) {
         .unwrap_or_else(|| panic!("{name}: no other leader reported: {partition:#}"));
     assert_ne!(hit["new_leader"].as_str(), Some(before), "{name}");
     assert!(
-        elected < 20.0,
-        "{name}: another node led only {elected} s after the isolation, after it healed at 20 s"
+        elected < cut_off,
+        "{name}: another node led only {elected} s after the isolation, after it healed at {cut_off} s"
     );
-    assert!(hit["ready_after_s"].as_f64().unwrap() >= 20.0, "{name}");
+    assert!(hit["ready_after_s"].as_f64().unwrap() >= cut_off, "{name}");
     assert!(
         hit["rejoined_after_s"].as_f64().is_some(),
         "{name}: {partition:#}"
@@ -148,8 +152,12 @@ fn assert_partition(b: &Value, name: &str) {
     for group in ["inventory", "risk", "points"] {
         assert_eq!(partition["messages"]["groups"][group]["lost"], 0, "{name}");
     }
+    if name == "rabbitmq" {
+        // Set shorter than the default 60 s for nodes in namespaces, and recorded.
+        assert_eq!(b["settings"]["net_ticktime_s"], 5, "{}", b["settings"]);
+    }
     eprintln!(
-        "{name}: leader {before} isolated for 20 s; {} led {elected} s later; publishing back \
+        "{name}: leader {before} isolated for {cut_off} s; {} led {elected} s later; publishing back \
          after {}; caught up {} s after the isolation",
         hit["new_leader"], partition["publish_recovered_after_s"], hit["rejoined_after_s"]
     );
@@ -157,18 +165,18 @@ fn assert_partition(b: &Value, name: &str) {
 
 #[test]
 fn jetstream_cluster_loses_nothing_when_its_leader_dies_is_cut_off_or_nodes_restart_in_turn() {
-    let ran = failover_then_rolling_restart("jetstream", "50s", "65s");
+    let ran = failover_then_rolling_restart("jetstream", 20, ("50s", "65s"));
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    assert_failover(&ran, "jetstream");
+    assert_failover(&ran, "jetstream", 20);
 }
 
 #[test]
 fn kafka_cluster_loses_nothing_when_its_leader_dies_is_cut_off_or_nodes_restart_in_turn() {
-    let ran = failover_then_rolling_restart("kafka", "50s", "90s");
+    let ran = failover_then_rolling_restart("kafka", 20, ("50s", "90s"));
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     let b = &ran.results["brokers"][0];
     assert_eq!(b["settings"]["min_insync_replicas"], 2);
-    assert_failover(&ran, "kafka");
+    assert_failover(&ran, "kafka", 20);
     // Combined mode: which node was the KRaft quorum's active controller.
     let controller = &b["faults"][0]["leadership_before"]["controller"];
     assert!(
@@ -179,9 +187,11 @@ fn kafka_cluster_loses_nothing_when_its_leader_dies_is_cut_off_or_nodes_restart_
 
 #[test]
 fn rabbitmq_cluster_loses_nothing_when_its_leader_dies_is_cut_off_or_nodes_restart_in_turn() {
-    let ran = failover_then_rolling_restart("rabbitmq", "50s", "100s");
+    // RabbitMQ's majority took 14 s to elect a new leader on a quiet
+    // machine and over 20 s in a clean clone's make test: 30 s.
+    let ran = failover_then_rolling_restart("rabbitmq", 30, ("60s", "110s"));
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    assert_failover(&ran, "rabbitmq");
+    assert_failover(&ran, "rabbitmq", 30);
 }
 
 #[test]
@@ -223,6 +233,15 @@ fn kafka_acks_1_loses_confirmed_messages_when_the_leader_dies_and_the_check_fail
         assert_eq!(b["settings"]["replicas"], 3);
         let lost = lost(b);
         losses.push(lost);
+        if lost > 0 && b["faults"][0]["leadership_before"].is_null() {
+            // Which node led could not be asked in time (the metadata
+            // request queued behind 8000 msg/s on a loaded machine): the
+            // kill was not aimed, so this run says nothing about aiming.
+            eprintln!(
+                "attempt {attempt}: lost {lost}, but the leader was not reported before the kill"
+            );
+            continue;
+        }
         if lost > 0 {
             assert_eq!(ran.code, 1, "a lost message fails the run:\n{}", ran.stderr);
             let check = util::element(&b["checks"], "lost == 0", |c| c["check"] == "lost == 0");

@@ -1,5 +1,5 @@
 //! Network faults through the fault proxy, on each real broker: a delay of
-//! 20 ms each way, a cut of every connection, then a black hole, on one
+//! 100 ms each way, a cut of every connection, then a black hole, on one
 //! timeline. Each must show in the figures as injected: the delay as about
 //! twice the latency added to publish p50, the cut as reconnections and a
 //! recovery time, the black hole as publish timeouts counted and a run that
@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// 20 ms each way, from 3 s for 5 s; every connection cut at 10 s; a black
+/// After a 2 s warmup (so that the seconds before the delay are not the
+/// clients' start-up: Kafka's first second had a publish p50 of 49 ms on a
+/// loaded machine), 100 ms each way from 3 s for 5 s: Kafka's p50 moved by
+/// 10-15 ms with the machine's load alone in a clean clone's make test,
+/// more than 10% of 2 x 20 ms, well within 10% of 2 x 100 ms. Every
+/// connection cut at 10 s; a black
 /// hole from 13 s for 5 s, longer than the 2 s confirm timeout. The
 /// black hole ends 6 s before the load, more than `backoff_max`, so that
 /// recovery is judged. Kafka's idempotent producer is off: with it,
@@ -27,6 +32,7 @@ brokers = ["{broker}"]
 [load]
 rate = 200
 duration = "24s"
+warmup = "2s"
 producers = 1
 keys = 100
 
@@ -44,7 +50,7 @@ idempotent = false
 [[faults]]
 at = "3s"
 action = "delay"
-latency = "20ms"
+latency = "100ms"
 duration = "5s"
 
 [[faults]]
@@ -112,24 +118,28 @@ fn network_faults(broker: &str) {
     );
     println!("{broker}: proxy {} in {elapsed:?}", b["proxy"]);
 
-    // Every client connection went through the proxy: at no moment had
-    // more connections reached the broker's client port than the proxy.
+    // Every client connection went through the proxy: never, in two
+    // snapshots in a row, had more connections reached the broker's client
+    // port than the proxy (a client going around it would hold its
+    // connection; a relayed one closing shows for a moment on one side only).
     let proxy_port = port_of(b["endpoint"].as_str().unwrap());
     let broker_port = port_of(b["proxy"]["in_front_of"].as_str().unwrap());
     assert_ne!(proxy_port, broker_port);
     let mut seen = BTreeSet::new();
+    let mut around = Vec::new();
     for snapshot in &snapshots {
         let to_proxy = snapshot.iter().filter(|(_, r)| *r == proxy_port).count();
         let to_broker = snapshot.iter().filter(|(_, r)| *r == broker_port).count();
         if to_proxy > 0 {
             seen.insert(to_proxy);
-            assert!(
-                to_broker <= to_proxy,
-                "{broker}: {to_broker} connections to the broker's port {broker_port}, \
-                 {to_proxy} to the proxy's {proxy_port}: a client went around the proxy"
-            );
         }
+        around.push(to_proxy > 0 && to_broker > to_proxy);
     }
+    assert!(
+        !around.windows(2).any(|pair| pair[0] && pair[1]),
+        "{broker}: more connections to the broker's port {broker_port} than to the proxy's \
+         {proxy_port} in two snapshots in a row: a client went around the proxy"
+    );
     assert!(
         !seen.is_empty(),
         "{broker}: no client connection seen through the proxy"
@@ -138,17 +148,17 @@ fn network_faults(broker: &str) {
 
     // The delay: about twice the latency added to publish p50, within 10%.
     let delay = &faults[0]["network"];
-    assert_eq!(delay["latency_ms"], 20.0);
+    assert_eq!(delay["latency_ms"], 100.0);
     let p50 = &delay["publish_p50_ms"];
     let added = p50["during"].as_f64().unwrap() - p50["before"].as_f64().unwrap();
     assert!(
-        (36.0..=44.0).contains(&added),
-        "{broker}: a delay of 20 ms each way added {added:.1} ms to publish p50 ({p50})"
+        (180.0..=220.0).contains(&added),
+        "{broker}: a delay of 100 ms each way added {added:.1} ms to publish p50 ({p50})"
     );
     let e2e = &delay["end_to_end_p50_ms"]["inventory"];
     let e2e_added = e2e["during"].as_f64().unwrap() - e2e["before"].as_f64().unwrap();
     assert!(
-        e2e_added >= 36.0,
+        e2e_added >= 180.0,
         "{broker}: end-to-end p50 grew by only {e2e_added:.1} ms ({e2e})"
     );
 
@@ -172,7 +182,7 @@ fn network_faults(broker: &str) {
     assert_eq!(hole["recovered"], true, "{hole}");
     // Load, drain and final read, two call timeouts, and a broker's start
     // and stop (RabbitMQ's 90 s start deadline is not reached here).
-    let bound = Duration::from_secs(24 + 30 + 30 + 2 * 10 + 60);
+    let bound = Duration::from_secs(2 + 24 + 30 + 30 + 2 * 10 + 60);
     assert!(elapsed < bound, "{broker}: the run took {elapsed:?}");
 
     // Nothing confirmed was lost, and the run says it is complete.

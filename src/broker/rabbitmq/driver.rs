@@ -42,6 +42,10 @@ struct Applied {
     reconnect: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     dead_lettering: Option<String>,
+    /// Seconds without a word from a peer node before it counts as down,
+    /// where brokerbench set it (nodes in network namespaces).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    net_ticktime_s: Option<u32>,
 }
 
 /// RabbitMQ's flush policy for these settings: it confirms a persistent
@@ -59,6 +63,9 @@ fn flush_policy(queue_type: QueueType, persistent: bool) -> &'static str {
 /// consumer, replaced by a new one when it breaks.
 pub(super) struct RabbitMqDriver {
     session: Arc<Session>,
+    /// The nodes run in network namespaces (a scenario with partitions),
+    /// with a shorter `net_ticktime`.
+    namespaces: bool,
 }
 
 impl RabbitMqDriver {
@@ -111,6 +118,7 @@ impl RabbitMqDriver {
         };
         Ok(RabbitMqDriver {
             session: Arc::new(session),
+            namespaces: plan.has_partitions(),
         })
     }
 }
@@ -173,6 +181,7 @@ impl Driver for RabbitMqDriver {
             flush: flush_policy(s.queue_type, s.persistent),
             reconnect: crate::driver::backoff_description(&self.session.recovery),
             dead_lettering: self.session.dead_lettering(),
+            net_ticktime_s: self.namespaces.then_some(super::NET_TICKTIME),
         })
     }
 
