@@ -75,19 +75,6 @@ impl Endpoint {
         self.url.split(',').map(|u| u.trim().to_string()).collect()
     }
 
-    /// Each address's host and port, in order; `None` where an address
-    /// names no port.
-    pub fn host_ports(&self) -> Vec<Option<(String, u16)>> {
-        self.urls()
-            .iter()
-            .map(|url| {
-                let (from, to) = host_port_span(url);
-                let (host, port) = url[from..to].rsplit_once(':')?;
-                Some((host.to_string(), port.parse().ok()?))
-            })
-            .collect()
-    }
-
     /// The same addresses with each one's host and port replaced by `host`
     /// and the port at its place in `ports`: the way through the fault proxy.
     pub fn through(&self, host: &str, ports: &[u16]) -> Endpoint {
@@ -194,10 +181,6 @@ mod tests {
         let urls = ["amqp://app:pw@mq1:5672/%2f", "amqp://app:pw@mq2:5673/%2f"].map(String::from);
         let cluster = Endpoint::list(kind("rabbitmq"), &urls).unwrap();
         assert_eq!(
-            cluster.host_ports(),
-            [Some(("mq1".into(), 5672)), Some(("mq2".into(), 5673))]
-        );
-        assert_eq!(
             cluster.through("127.0.0.1", &[7001, 7002]).urls(),
             [
                 "amqp://app:pw@127.0.0.1:7001/%2f",
@@ -210,7 +193,5 @@ mod tests {
             kafka.through("127.0.0.1", &[7001, 7002]).url(),
             "127.0.0.1:7001,127.0.0.1:7002"
         );
-        let nats = Endpoint::new(kind("jetstream"), "nats://n1").unwrap();
-        assert_eq!(nats.host_ports(), [None]);
     }
 }

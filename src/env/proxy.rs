@@ -18,7 +18,7 @@
 //! - down: every connection is reset at once (a cut), and new ones are
 //!   reset as they arrive until the link is open again.
 
-use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -339,31 +339,16 @@ pub(crate) struct Proxied {
 }
 
 impl Proxied {
-    /// `inner`, reached through `proxy` (bound already, one port per node
-    /// of `inner`'s endpoint, in order), which relays to the addresses in
-    /// `inner`'s endpoint from now on.
+    /// `inner`, reached through `proxy`: bound, and routed to each node
+    /// before the node started (where the node's start routes it), one
+    /// port per node of `inner`'s endpoint, in order.
     pub(crate) fn new(inner: Box<dyn Placed>, proxy: Arc<FaultProxy>) -> Result<Self> {
-        let upstreams = inner
-            .endpoint()
-            .host_ports()
-            .into_iter()
-            .map(|address| {
-                let (host, port) = address.context("a broker address without a port")?;
-                (host.as_str(), port)
-                    .to_socket_addrs()?
-                    .next()
-                    .with_context(|| format!("{host} has no address"))
-            })
-            .collect::<Result<Vec<SocketAddr>>>()?;
+        let nodes = inner.endpoint().urls().len();
         anyhow::ensure!(
-            upstreams.len() == proxy.ports().len(),
-            "the fault proxy has {} ports for {} nodes",
+            nodes == proxy.ports().len(),
+            "the fault proxy has {} ports for {nodes} nodes",
             proxy.ports().len(),
-            upstreams.len()
         );
-        for (index, upstream) in upstreams.into_iter().enumerate() {
-            proxy.route(index, upstream);
-        }
         let endpoint = inner
             .endpoint()
             .through(&Ipv4Addr::LOCALHOST.to_string(), proxy.ports());
