@@ -9,7 +9,7 @@ CARGO ?= cargo
 export BROKERBENCH_TOOLS ?= $(HOME)/.local/share/brokerbench
 export PATH := $(BROKERBENCH_TOOLS)/bin:$(PATH):/usr/sbin:/usr/local/sbin:$(HOME)/.cargo/bin
 
-.PHONY: demo test brokers build check
+.PHONY: demo test brokers build check tools
 
 brokers:
 	@scripts/install-brokers
@@ -25,9 +25,15 @@ check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
+# What the tests need, installed while clippy checks (on a fresh machine
+# most of it is downloads, and building cargo-nextest beside clippy uses the
+# cores clippy leaves idle).
+tools:
+	@scripts/install-brokers --test-tools
+
 # cargo-nextest runs the tests two at a time across files (.config/nextest.toml
 # says which run alone); it runs no doctests, so cargo test runs those.
-test: check
-	@scripts/install-brokers --test-tools
+test:
+	@$(MAKE) --no-print-directory -j2 check tools
 	$(CARGO) nextest run --locked
 	$(CARGO) test --locked --doc

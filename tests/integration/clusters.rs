@@ -2,9 +2,9 @@
 //! cluster at a time: `scenarios/cluster-failover.toml` as written (the
 //! node the broker reports leading is killed at 10 s and comes back at
 //! 20 s), then the leader cut off from the other nodes by a partition for
-//! 20 s (30 s on RabbitMQ; each node in a network namespace), then every node restarted in
-//! turn, in the same run on the same cluster; and a replicated setting
-//! known to lose confirmed messages, caught.
+//! 20 s (30 s on RabbitMQ and Kafka; each node in a network namespace),
+//! then every node restarted in turn, in the same run on the same cluster;
+//! and a replicated setting known to lose confirmed messages, caught.
 
 use crate::util;
 
@@ -172,11 +172,13 @@ fn jetstream_cluster_loses_nothing_when_its_leader_dies_is_cut_off_or_nodes_rest
 
 #[test]
 fn kafka_cluster_loses_nothing_when_its_leader_dies_is_cut_off_or_nodes_restart_in_turn() {
-    let ran = failover_then_rolling_restart("kafka", 20, ("50s", "90s"));
+    // Kafka's majority led 12.3 s after the isolation on a quiet machine,
+    // and only 22.8 s after it in a clean clone's make test: 30 s.
+    let ran = failover_then_rolling_restart("kafka", 30, ("60s", "100s"));
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     let b = &ran.results["brokers"][0];
     assert_eq!(b["settings"]["min_insync_replicas"], 2);
-    assert_failover(&ran, "kafka", 20);
+    assert_failover(&ran, "kafka", 30);
     // Combined mode: which node was the KRaft quorum's active controller.
     let controller = &b["faults"][0]["leadership_before"]["controller"];
     assert!(

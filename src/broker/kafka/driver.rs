@@ -295,8 +295,13 @@ impl KafkaDriver {
             sync_before_confirm: plan.syncs_before_confirm(),
             replicas: usize::from(plan.cluster.nodes).min(3),
             metadata: match plan.cluster.nodes > 1 {
+                // A request unanswered for 3 s drops that connection
+                // (librdkafka's `socket.max.fails` is 1), so that a node cut
+                // off by a partition, which never refuses, holds no question
+                // for longer: the next goes to a node that answers.
                 true => Some(std::sync::Arc::new(
                     base_config(&bootstrap)
+                        .set("socket.timeout.ms", "3000")
                         .create()
                         .context("creating the Kafka metadata client")?,
                 )),
