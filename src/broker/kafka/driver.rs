@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _};
@@ -83,10 +83,14 @@ pub(super) struct KafkaDriver {
     sync_before_confirm: bool,
     /// Copies of each partition: one per node of the cluster, up to three.
     replicas: usize,
-    /// On a cluster, a client of its own for the leadership question: the
-    /// producer's connections queue metadata requests behind its produce
-    /// requests (over 2 s at 8000 msg/s on a loaded machine).
-    metadata: Option<std::sync::Arc<rdkafka::consumer::BaseConsumer>>,
+    /// On a cluster, a client per node for the leadership question, each
+    /// bootstrapped from that node alone (librdkafka connects to the others
+    /// it learns of only when it needs them, and a metadata request needs
+    /// none): a node cut off from the others by a partition still answers,
+    /// with its stale view, so the majority's view is taken. Not the
+    /// producer's: its connections queue metadata requests behind its
+    /// produce requests (over 2 s at 8000 msg/s on a loaded machine).
+    metadata: Vec<Arc<BaseConsumer>>,
 }
 
 /// The configuration every Kafka client of ours starts from, the readiness
@@ -106,11 +110,75 @@ pub(super) fn base_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
+/// The topic's partition leaders and in-sync replicas in `metadata` (node
+/// ids as names); `None` when it names no partition of the topic.
+fn leadership_in(metadata: &rdkafka::metadata::Metadata) -> Option<Leadership> {
+    let topic = metadata.topics().first()?;
+    if topic.partitions().is_empty() {
+        return None;
+    }
+    let partitions: BTreeMap<i32, String> = topic
+        .partitions()
+        .iter()
+        .map(|p| match p.leader() {
+            id if id >= 0 => (p.id(), id.to_string()),
+            _ => (p.id(), NO_LEADER.to_string()),
+        })
+        .collect();
+    let mut led: BTreeMap<&str, usize> = BTreeMap::new();
+    for leader in partitions.values().filter(|l| *l != NO_LEADER) {
+        *led.entry(leader).or_default() += 1;
+    }
+    // Most partitions, the lowest id among equals.
+    let leader = led
+        .iter()
+        .max_by_key(|(id, n)| (**n, std::cmp::Reverse(id.parse::<i32>().unwrap_or(0))))
+        .map(|(id, _)| id.to_string());
+    // In sync: in the ISR of every partition it holds a replica of.
+    let mut in_sync: Vec<String> = metadata
+        .brokers()
+        .iter()
+        .map(|b| b.id())
+        .filter(|id| {
+            topic
+                .partitions()
+                .iter()
+                .filter(|p| p.replicas().contains(id))
+                .all(|p| p.isr().contains(id))
+        })
+        .map(|id| id.to_string())
+        .collect();
+    in_sync.sort();
+    Some(Leadership {
+        leader,
+        in_sync,
+        partitions,
+        controller: None,
+    })
+}
+
+/// A metadata client per node of `endpoint`, each bootstrapped from that
+/// node alone. A request unanswered for 3 s drops its connection
+/// (librdkafka's `socket.max.fails` is 1), so that a question never waits
+/// longer on a node that cannot answer.
+fn metadata_clients(endpoint: &Endpoint) -> Result<Vec<Arc<BaseConsumer>>> {
+    endpoint
+        .urls()
+        .iter()
+        .map(|node| {
+            let client = base_config(node)
+                .set("socket.timeout.ms", "3000")
+                .create()
+                .with_context(|| format!("creating the Kafka metadata client of {node}"))?;
+            Ok(Arc::new(client))
+        })
+        .collect()
+}
+
 /// The lag of group `group_id`'s committed offsets behind the end of each
 /// of `topic`'s `partitions` (from the start of a partition it never
 /// committed on).
 async fn lag(bootstrap: &str, group_id: &str, topic: &str, partitions: i32) -> Result<u64> {
-    use rdkafka::consumer::BaseConsumer;
     use rdkafka::{Offset, TopicPartitionList};
     let (bootstrap, group_id, topic) = (
         bootstrap.to_string(),
@@ -295,17 +363,8 @@ impl KafkaDriver {
             sync_before_confirm: plan.syncs_before_confirm(),
             replicas: usize::from(plan.cluster.nodes).min(3),
             metadata: match plan.cluster.nodes > 1 {
-                // A request unanswered for 3 s drops that connection
-                // (librdkafka's `socket.max.fails` is 1), so that a node cut
-                // off by a partition, which never refuses, holds no question
-                // for longer: the next goes to a node that answers.
-                true => Some(std::sync::Arc::new(
-                    base_config(&bootstrap)
-                        .set("socket.timeout.ms", "3000")
-                        .create()
-                        .context("creating the Kafka metadata client")?,
-                )),
-                false => None,
+                true => metadata_clients(endpoint)?,
+                false => Vec::new(),
             },
             bootstrap,
         })
@@ -406,63 +465,23 @@ impl Driver for KafkaDriver {
         }))
     }
 
-    /// The topic's partition leaders and in-sync replicas, from the
-    /// metadata a broker answers with (node ids as names).
+    /// The topic's partition leaders and in-sync replicas (node ids as
+    /// names), as most of the nodes' metadata gives them.
     async fn leadership(&self) -> Result<Option<Leadership>> {
-        if self.replicas < 2 {
+        if self.replicas < 2 || self.metadata.is_empty() {
             return Ok(None);
         }
-        let Some(client) = self.metadata.clone() else {
-            return Ok(None);
-        };
-        let metadata = tokio::task::spawn_blocking(move || {
-            client.fetch_metadata(Some(EVENT_TYPE), Duration::from_secs(4))
-        })
-        .await??;
-        let Some(topic) = metadata.topics().first() else {
-            return Ok(None);
-        };
-        if topic.partitions().is_empty() {
-            return Ok(None);
-        }
-        let partitions: BTreeMap<i32, String> = topic
-            .partitions()
-            .iter()
-            .map(|p| match p.leader() {
-                id if id >= 0 => (p.id(), id.to_string()),
-                _ => (p.id(), NO_LEADER.to_string()),
+        let asks = self.metadata.iter().cloned().map(|client| async move {
+            let metadata = tokio::task::spawn_blocking(move || {
+                client.fetch_metadata(Some(EVENT_TYPE), Duration::from_secs(4))
             })
-            .collect();
-        let mut led: BTreeMap<&str, usize> = BTreeMap::new();
-        for leader in partitions.values().filter(|l| *l != NO_LEADER) {
-            *led.entry(leader).or_default() += 1;
-        }
-        // Most partitions, the lowest id among equals.
-        let leader = led
-            .iter()
-            .max_by_key(|(id, n)| (**n, std::cmp::Reverse(id.parse::<i32>().unwrap_or(0))))
-            .map(|(id, _)| id.to_string());
-        // In sync: in the ISR of every partition it holds a replica of.
-        let mut in_sync: Vec<String> = metadata
-            .brokers()
-            .iter()
-            .map(|b| b.id())
-            .filter(|id| {
-                topic
-                    .partitions()
-                    .iter()
-                    .filter(|p| p.replicas().contains(id))
-                    .all(|p| p.isr().contains(id))
-            })
-            .map(|id| id.to_string())
-            .collect();
-        in_sync.sort();
-        Ok(Some(Leadership {
-            leader,
-            in_sync,
-            partitions,
-            controller: None,
-        }))
+            .await??;
+            leadership_in(&metadata).context("no partitions of the topic in the metadata")
+        });
+        let nodes = self.metadata.len();
+        crate::broker::http::majority_view(asks, nodes)
+            .await
+            .map(Some)
     }
 
     fn settings(&self) -> Settings {
