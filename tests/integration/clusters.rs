@@ -142,7 +142,7 @@ fn assert_partition(b: &Value, name: &str, cut_off: f64) {
     assert_ne!(hit["new_leader"].as_str(), Some(before), "{name}");
     assert!(
         elected < cut_off,
-        "{name}: another node led only {elected} s after the isolation, after it healed at {cut_off} s"
+        "{name}: another node led only {elected} s after the isolation, after it healed at {cut_off} s: {partition:#}"
     );
     assert!(hit["ready_after_s"].as_f64().unwrap() >= cut_off, "{name}");
     assert!(
