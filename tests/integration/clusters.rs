@@ -172,10 +172,12 @@ fn jetstream_cluster_loses_nothing_when_its_leader_dies_is_cut_off_or_nodes_rest
 
 #[test]
 fn kafka_cluster_loses_nothing_when_its_leader_dies_is_cut_off_or_nodes_restart_in_turn() {
-    // Kafka's majority led 8.5-12.3 s after the isolation on a quiet
-    // machine, and only 22.8 s after it in a clean clone's make test: 30 s.
-    // Two later clean clones saw 31.9 and 30.9 s, just after the heal; why
-    // is not established (issue 24's note).
+    // Kafka's majority led 7.7-12.7 s after the isolation, asked of each
+    // node alone, on a machine kept busy beside it; 12.5 s at the least
+    // when the isolated node is also the active controller (a new one
+    // elected, then the isolated broker fenced after its 9 s session).
+    // Asked through librdkafka, which asks any node, the isolated one
+    // included, it seemed to lead until the heal (docs/clusters.md).
     let ran = failover_then_rolling_restart("kafka", 30, ("60s", "100s"));
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     let b = &ran.results["brokers"][0];

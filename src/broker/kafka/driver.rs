@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
+use kafka_protocol::messages::MetadataResponse;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
@@ -21,6 +22,7 @@ use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
 use super::delivery::{Awaiting, Client, Inbox, Reports};
+use super::metadata::NodeMetadata;
 use crate::broker::Endpoint;
 use crate::driver::{
     timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Leadership,
@@ -83,14 +85,13 @@ pub(super) struct KafkaDriver {
     sync_before_confirm: bool,
     /// Copies of each partition: one per node of the cluster, up to three.
     replicas: usize,
-    /// On a cluster, a client per node for the leadership question, each
-    /// bootstrapped from that node alone (librdkafka connects to the others
-    /// it learns of only when it needs them, and a metadata request needs
-    /// none): a node cut off from the others by a partition still answers,
-    /// with its stale view, so the majority's view is taken. Not the
-    /// producer's: its connections queue metadata requests behind its
-    /// produce requests (over 2 s at 8000 msg/s on a loaded machine).
-    metadata: Vec<Arc<BaseConsumer>>,
+    /// On a cluster, a connection per node for the leadership question,
+    /// each asking that node alone (see [`NodeMetadata`]): a node cut off
+    /// from the others by a partition still answers, with its stale view,
+    /// so the majority's view is taken. Not the producer's: its
+    /// connections queue metadata requests behind its produce requests
+    /// (over 2 s at 8000 msg/s on a loaded machine).
+    metadata: Vec<NodeMetadata>,
 }
 
 /// The configuration every Kafka client of ours starts from, the readiness
@@ -110,19 +111,20 @@ pub(super) fn base_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
-/// The topic's partition leaders and in-sync replicas in `metadata` (node
-/// ids as names); `None` when it names no partition of the topic.
-fn leadership_in(metadata: &rdkafka::metadata::Metadata) -> Option<Leadership> {
-    let topic = metadata.topics().first()?;
-    if topic.partitions().is_empty() {
+/// The topic's partition leaders and in-sync replicas in one node's
+/// `answer` (node ids as names); `None` when it names no partition of the
+/// topic.
+fn leadership_in(answer: &MetadataResponse) -> Option<Leadership> {
+    let topic = answer.topics.first()?;
+    if topic.partitions.is_empty() {
         return None;
     }
     let partitions: BTreeMap<i32, String> = topic
-        .partitions()
+        .partitions
         .iter()
-        .map(|p| match p.leader() {
-            id if id >= 0 => (p.id(), id.to_string()),
-            _ => (p.id(), NO_LEADER.to_string()),
+        .map(|p| match *p.leader_id {
+            id if id >= 0 => (p.partition_index, id.to_string()),
+            _ => (p.partition_index, NO_LEADER.to_string()),
         })
         .collect();
     let mut led: BTreeMap<&str, usize> = BTreeMap::new();
@@ -135,16 +137,16 @@ fn leadership_in(metadata: &rdkafka::metadata::Metadata) -> Option<Leadership> {
         .max_by_key(|(id, n)| (**n, std::cmp::Reverse(id.parse::<i32>().unwrap_or(0))))
         .map(|(id, _)| id.to_string());
     // In sync: in the ISR of every partition it holds a replica of.
-    let mut in_sync: Vec<String> = metadata
-        .brokers()
+    let mut in_sync: Vec<String> = answer
+        .brokers
         .iter()
-        .map(|b| b.id())
+        .map(|b| b.node_id)
         .filter(|id| {
             topic
-                .partitions()
+                .partitions
                 .iter()
-                .filter(|p| p.replicas().contains(id))
-                .all(|p| p.isr().contains(id))
+                .filter(|p| p.replica_nodes.contains(id))
+                .all(|p| p.isr_nodes.contains(id))
         })
         .map(|id| id.to_string())
         .collect();
@@ -155,24 +157,6 @@ fn leadership_in(metadata: &rdkafka::metadata::Metadata) -> Option<Leadership> {
         partitions,
         controller: None,
     })
-}
-
-/// A metadata client per node of `endpoint`, each bootstrapped from that
-/// node alone. A request unanswered for 3 s drops its connection
-/// (librdkafka's `socket.max.fails` is 1), so that a question never waits
-/// longer on a node that cannot answer.
-fn metadata_clients(endpoint: &Endpoint) -> Result<Vec<Arc<BaseConsumer>>> {
-    endpoint
-        .urls()
-        .iter()
-        .map(|node| {
-            let client = base_config(node)
-                .set("socket.timeout.ms", "3000")
-                .create()
-                .with_context(|| format!("creating the Kafka metadata client of {node}"))?;
-            Ok(Arc::new(client))
-        })
-        .collect()
 }
 
 /// The lag of group `group_id`'s committed offsets behind the end of each
@@ -363,7 +347,11 @@ impl KafkaDriver {
             sync_before_confirm: plan.syncs_before_confirm(),
             replicas: usize::from(plan.cluster.nodes).min(3),
             metadata: if plan.cluster.nodes > 1 {
-                metadata_clients(endpoint)?
+                endpoint
+                    .urls()
+                    .iter()
+                    .map(|node| NodeMetadata::new(node))
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -473,12 +461,9 @@ impl Driver for KafkaDriver {
         if self.metadata.is_empty() {
             return Ok(None);
         }
-        let asks = self.metadata.iter().cloned().map(|client| async move {
-            let metadata = tokio::task::spawn_blocking(move || {
-                client.fetch_metadata(Some(EVENT_TYPE), Duration::from_secs(4))
-            })
-            .await??;
-            leadership_in(&metadata).context("no partitions of the topic in the metadata")
+        let asks = self.metadata.iter().map(|node| async move {
+            let answer = node.ask(EVENT_TYPE, Duration::from_secs(4)).await?;
+            leadership_in(&answer).context("no partitions of the topic in the metadata")
         });
         let nodes = self.metadata.len();
         crate::broker::http::majority_view(asks, nodes)

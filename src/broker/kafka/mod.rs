@@ -5,6 +5,7 @@
 
 mod delivery;
 mod driver;
+mod metadata;
 
 use std::path::Path;
 use std::time::Duration;
