@@ -22,7 +22,8 @@ pub enum Command {
     /// Run a scenario against the brokers and report what each one did.
     ///
     /// Prints a comparison table and writes results.json (schema
-    /// brokerbench.results/v1) to `<OUT>/<scenario>-<UTC timestamp>/`.
+    /// brokerbench.results/v1) to `<OUT>/<scenario>-<UTC timestamp>/`
+    /// (`-2`, `-3` ... after it for runs started in the same second).
     /// Exit 0: every check held; 1: a check failed (a message lost, ...) or
     /// the run was interrupted; 2: bad input or a broker could not be run.
     Run(RunArgs),

@@ -145,7 +145,17 @@ pub async fn start(
         );
     };
     let config = config(source.broker, group, &source, run)?;
-    let mut child = tokio::process::Command::new(&program)
+    let mut command = tokio::process::Command::new(&program);
+    // It dies with brokerbench, even with a brokerbench killed by SIGKILL,
+    // which cannot stop it. SAFETY: prctl is async-signal-safe; nothing
+    // is allocated in the closure.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
         .args(&args)
         .arg(config.to_string())
         .current_dir(

@@ -28,6 +28,10 @@ use crate::scenario::{FaultAction, Plan};
 /// The schema identifier written at the top of every results file.
 pub(crate) const SCHEMA: &str = "brokerbench.results/v1";
 
+/// The most runs of one scenario started in one second that keep a
+/// directory each.
+const MAX_SAME_SECOND: usize = 1000;
+
 /// A whole run: one scenario against one or more brokers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Results {
@@ -690,14 +694,38 @@ impl Results {
         self.complete && self.brokers.iter().all(BrokerResult::passed)
     }
 
-    /// The directory `results/<scenario>-<UTC timestamp>` under `parent`.
-    pub(crate) fn directory(&self, parent: &Path) -> PathBuf {
+    /// Creates this run's directory under `parent`, `<scenario>-<UTC
+    /// second>`, and returns it. The directory is created exclusively: when
+    /// another run of the scenario started in the same second has it
+    /// already (a CI matrix, a quick loop), this one takes `-2`, `-3` and so
+    /// on, so that neither run's results replace the other's.
+    pub(crate) fn claim_directory(&self, parent: &Path) -> Result<PathBuf> {
         let stamp: String = self
             .started_at
             .chars()
             .filter(|c| c.is_ascii_alphanumeric())
             .collect();
-        parent.join(format!("{}-{stamp}", self.scenario.name))
+        let base = format!("{}-{stamp}", self.scenario.name);
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("could not create '{}'", parent.display()))?;
+        for n in 1..=MAX_SAME_SECOND {
+            let dir = match n {
+                1 => parent.join(&base),
+                n => parent.join(format!("{base}-{n}")),
+            };
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("could not create '{}'", dir.display()))
+                }
+            }
+        }
+        anyhow::bail!(
+            "'{}' and {} more directories named after it exist already",
+            parent.join(&base).display(),
+            MAX_SAME_SECOND - 1
+        )
     }
 
     /// Reads a `results.json` written by `brokerbench run`; the error names
@@ -725,10 +753,11 @@ impl Results {
         serde_json::from_str(&text).map_err(at)
     }
 
-    /// Writes `results.json` into `dir` (atomically: a reader never sees half a file).
+    /// Writes `results.json` into `dir`, this run's own (see
+    /// [`Results::claim_directory`]), atomically: written to a file beside
+    /// it, then renamed over it, so that a reader, or a brokerbench killed
+    /// while writing, never leaves half a file.
     pub(crate) fn write(&self, dir: &Path) -> Result<PathBuf> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("could not create '{}'", dir.display()))?;
         let path = dir.join("results.json");
         let tmp = dir.join(".results.json.tmp");
         let json = serde_json::to_vec_pretty(self).context("serializing results")?;

@@ -407,6 +407,9 @@ pub(crate) fn group_account_in(
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

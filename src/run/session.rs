@@ -114,7 +114,7 @@ impl<'a> Session<'a> {
     ) -> Result<Outcome> {
         let plan = self.plan;
         let mut results = Results::new(plan, env.name());
-        let dir = results.directory(&self.out);
+        let dir = results.claim_directory(&self.out)?;
         let mut failure = None;
         let mut unfinished: Vec<String> = Vec::new();
         for &kind in &plan.brokers {

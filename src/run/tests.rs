@@ -714,3 +714,42 @@ async fn events_the_typed_decoder_refuses_are_counted_and_dead_lettered_where_co
     assert_eq!(f["poison_lost"], 0, "{f:#}");
     assert_eq!(f["processed"], 300 - poison - refused, "{f:#}");
 }
+
+#[tokio::test]
+async fn runs_started_in_the_same_second_keep_their_own_results() {
+    // Two sessions into one directory at once: the in-memory runs take
+    // 300 ms, so they start in the same second unless one straddles it.
+    let plan = plan("");
+    let dir = tempfile::tempdir().unwrap();
+    let session = || Session::new(&plan, dir.path().to_path_buf(), Stop::default());
+    let (first, second) = (session(), session());
+    let (mut one, mut other) = (MemoryEnv(Knobs::default()), MemoryEnv(Knobs::default()));
+    let (a, b) = tokio::join!(first.run(&mut one, &Quiet), second.run(&mut other, &Quiet));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.path, b.path);
+    for outcome in [&a, &b] {
+        let back = Results::read(&outcome.path).unwrap();
+        assert_eq!(back.started_at, outcome.results.started_at);
+    }
+    // The same second, whatever the clock did above: a suffix.
+    let results = &a.results;
+    let first = results.claim_directory(dir.path()).unwrap();
+    let second = results.claim_directory(dir.path()).unwrap();
+    assert_ne!(first, second);
+    let stamp: String = results
+        .started_at
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let base = format!("memory-{stamp}");
+    assert!(dir.path().join(&base).join("results.json").is_file());
+    let suffix = |p: &Path| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        name.strip_prefix(&format!("{base}-"))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("{} is not {base}-N", p.display()))
+    };
+    let (x, y) = (suffix(&first), suffix(&second));
+    assert!(x >= 2 && y == x + 1, "{x} then {y}");
+    assert!(first.is_dir() && second.is_dir());
+}

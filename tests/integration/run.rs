@@ -286,3 +286,101 @@ fn wait_with_deadline(mut child: std::process::Child, limit: Duration) -> Output
     }
     child.wait_with_output().unwrap()
 }
+
+/// Whether `ready` held within `limit`, checked every 50 ms.
+fn within(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+#[test]
+fn sigkill_leaves_no_process_and_keeps_the_finished_brokers_results() {
+    // JetStream, then RabbitMQ, each with a Python agent's group beside
+    // ours: brokerbench is killed by SIGKILL, which it cannot catch, while
+    // RabbitMQ's load runs. Only the operating system can stop what it
+    // started then (PR_SET_PDEATHSIG).
+    let dir = tempfile::tempdir().unwrap();
+    let text = SHORT.replace("\"3s\"", "\"6s\"").replace(
+        "[[consumers]]\ngroup = \"risk\"",
+        "[[consumers]]\ngroup = \"risk\"\nlanguage = \"python\"",
+    );
+    let path = scenario(dir.path(), &text);
+    let log = dir.path().join("stderr.txt");
+    let mut child = run_command(
+        &[path.to_str().unwrap(), "--brokers", "jetstream,rabbitmq"],
+        dir.path(),
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    let running = |program: &str| {
+        util::descendants(pid)
+            .iter()
+            .any(|p| p.command.contains(program))
+    };
+    let saved = || {
+        let runs = std::fs::read_dir(dir.path().join("results")).ok()?;
+        let run = runs.filter_map(Result::ok).next()?.path();
+        Some(run.join("results.json")).filter(|p| p.is_file())
+    };
+    let said = || {
+        format!(
+            "{}\nrunning: {:#?}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            util::descendants(pid)
+        )
+    };
+    // JetStream's results are written once it is done; then RabbitMQ
+    // starts, and the agent once it is ready.
+    let limit = Duration::from_secs(60);
+    let mut exited = || child.try_wait().unwrap().is_some();
+    let agent = within(limit, || {
+        saved().is_some() && running("beam") && running("agent.py") || exited()
+    });
+    assert!(agent && !exited(), "RabbitMQ's agent never ran: {}", said());
+    std::thread::sleep(Duration::from_secs(1));
+    let started = util::descendants(pid);
+    let commands: Vec<&str> = started.iter().map(|p| p.command.as_str()).collect();
+    for program in ["beam", "epmd", "agent.py"] {
+        assert!(
+            commands.iter().any(|c| c.contains(program)),
+            "no {program} among {commands:#?}"
+        );
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let out = wait_with_deadline(child, Duration::from_secs(10));
+    assert_eq!(out.status.code(), None, "killed by a signal");
+    // The kernel sends the parent-death signals at once; a broker's own
+    // children may take a moment to see their parent gone.
+    assert!(
+        within(Duration::from_secs(10), || !started
+            .iter()
+            .any(util::is_alive)),
+        "still running after brokerbench was killed: {:#?}",
+        started
+            .iter()
+            .filter(|p| util::is_alive(p))
+            .collect::<Vec<_>>()
+    );
+
+    let results = util::read_json(&saved().unwrap());
+    validate(&results);
+    assert_eq!(results["complete"], false);
+    let brokers = results["brokers"].as_array().unwrap();
+    assert_eq!(brokers.len(), 1, "RabbitMQ never finished: {results:#}");
+    assert_eq!(brokers[0]["broker"], "jetstream");
+    assert_eq!(brokers[0]["complete"], true, "{:#}", brokers[0]);
+    let checks = brokers[0]["checks"].as_array().unwrap();
+    assert!(
+        !checks.is_empty() && checks.iter().all(|c| c["passed"] == true),
+        "{checks:#?}"
+    );
+}
