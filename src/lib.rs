@@ -13,6 +13,8 @@ pub(crate) mod commands;
 pub mod driver;
 pub mod env;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod kind;
 pub mod metrics;
 pub(crate) mod report;

@@ -64,9 +64,14 @@ pub(crate) fn run(args: AdviseArgs) -> Result<ExitCode> {
 
 fn read_answers(file: &Path) -> Result<GivenAnswers> {
     let text = std::fs::read_to_string(file).map_err(|e| ScenarioError::unreadable(file, &e))?;
-    toml::from_str(&text).map_err(|e| {
+    parse_answers(file, &text)
+}
+
+/// The answers in `text`, named `file` in errors.
+pub(crate) fn parse_answers(file: &Path, text: &str) -> Result<GivenAnswers> {
+    toml::from_str(text).map_err(|e| {
         crate::scenario::RawError::toml(&e)
-            .in_file(file, &text)
+            .in_file(file, text)
             .into()
     })
 }

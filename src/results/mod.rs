@@ -735,11 +735,16 @@ impl Results {
             file: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        Self::parse(path, &text)
+    }
+
+    /// The results in `text`, read from `path`.
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Results, ResultsError> {
         let at = |e: serde_json::Error| ResultsError {
             file: path.to_path_buf(),
             message: e.to_string(),
         };
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(at)?;
+        let value: serde_json::Value = serde_json::from_str(text).map_err(at)?;
         let schema = value.get("schema").and_then(|s| s.as_str());
         if schema != Some(SCHEMA) {
             return Err(ResultsError {
@@ -750,7 +755,7 @@ impl Results {
                 ),
             });
         }
-        serde_json::from_str(&text).map_err(at)
+        serde_json::from_str(text).map_err(at)
     }
 
     /// Writes `results.json` into `dir`, this run's own (see

@@ -25,7 +25,7 @@ const FLOORS: &[&[&str]] = &[
     &["run"],
     &["report", "advisor"],
     &["cli"],
-    &["commands"],
+    &["commands", "fuzz"],
 ];
 
 /// Items of the crate root that any module may use: the exit codes.
