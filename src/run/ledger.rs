@@ -413,7 +413,7 @@ mod properties;
 mod tests {
     use super::*;
 
-    fn env(producer: u32, seq: u64, key: u64) -> Envelope {
+    pub(super) fn env(producer: u32, seq: u64, key: u64) -> Envelope {
         Envelope {
             run: 1,
             producer,

@@ -115,15 +115,7 @@ fn ledger(producers: &[Sent], deliveries: &[Delivery]) -> GroupAccount {
                 let key = producers[producer as usize]
                     .get(seq as usize)
                     .map_or(0, |&(_, key, _)| key);
-                let envelope = Envelope {
-                    run: 1,
-                    producer,
-                    seq,
-                    key,
-                    intended_ns: 0,
-                    sent_ns: 0,
-                };
-                group.record(&envelope, redelivered);
+                group.record(&super::tests::env(producer, seq, key), redelivered);
             }
             Delivery::Foreign => group.record_foreign(),
         }
