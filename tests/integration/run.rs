@@ -321,10 +321,12 @@ fn sigkill_leaves_no_process_and_keeps_the_finished_brokers_results() {
     .spawn()
     .unwrap();
     let pid = child.id();
-    let running = |program: &str| {
-        util::descendants(pid)
+    // Whether every one of `programs` runs, from one look at the processes.
+    let running = |programs: &[&str]| {
+        let now = util::descendants(pid);
+        programs
             .iter()
-            .any(|p| p.command.contains(program))
+            .all(|program| now.iter().any(|p| p.command.contains(program)))
     };
     let saved = || {
         let runs = std::fs::read_dir(dir.path().join("results")).ok()?;
@@ -343,7 +345,7 @@ fn sigkill_leaves_no_process_and_keeps_the_finished_brokers_results() {
     let limit = Duration::from_secs(60);
     let mut exited = || child.try_wait().unwrap().is_some();
     let agent = within(limit, || {
-        saved().is_some() && running("beam") && running("agent.py") || exited()
+        saved().is_some() && running(&["beam", "agent.py"]) || exited()
     });
     assert!(agent && !exited(), "RabbitMQ's agent never ran: {}", said());
     std::thread::sleep(Duration::from_secs(1));
