@@ -8,6 +8,10 @@ CARGO ?= cargo
 # nats-server; Debian installs rabbitmq-server in /usr/sbin.
 export BROKERBENCH_TOOLS ?= $(HOME)/.local/share/brokerbench
 export PATH := $(BROKERBENCH_TOOLS)/bin:$(PATH):/usr/sbin:/usr/local/sbin:$(HOME)/.cargo/bin
+# A build from scratch, as on a fresh clone, is faster without incremental
+# compilation: brokerbench's own library took 84 s against 134 s with it
+# (2026-12-07). Set CARGO_INCREMENTAL=1 when rebuilding often.
+export CARGO_INCREMENTAL ?= 0
 
 .PHONY: demo test brokers build check tools
 

@@ -14,15 +14,27 @@ use brokerbench::kind::BrokerKind;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// The end of the broker's log, to explain a failure.
+/// The end of the broker's output and of every log it keeps under its
+/// directory (RabbitMQ writes its own to `log/NODE.log`, not to stdout), to
+/// explain a failure.
 fn log_tail(broker: &LocalBroker) -> String {
-    let log = std::fs::read_to_string(broker.log_path()).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    format!(
-        "{} ends with:\n{}",
-        broker.log_path().display(),
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    )
+    let mut logs = vec![broker.log_path()];
+    if let Ok(entries) = std::fs::read_dir(broker.dir().join("log")) {
+        logs.extend(entries.flatten().map(|e| e.path()));
+    }
+    logs.iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .map(|path| {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            format!(
+                "{} ends with:\n{}",
+                path.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 async fn survives_crash_pause_and_restart(kind: BrokerKind) {
