@@ -426,11 +426,15 @@ func fatal(format string, args ...any) {
 }
 
 func main() {
-	if len(os.Args) != 2 {
-		fatal("usage: brokerbench-agent CONFIG_JSON")
+	// The configuration comes in the environment, never in argv: a URL in
+	// it may carry a password, and every user can read a command line.
+	config, ok := os.LookupEnv("BROKERBENCH_AGENT_CONFIG")
+	if len(os.Args) != 1 || !ok {
+		fatal("usage: BROKERBENCH_AGENT_CONFIG=CONFIG_JSON brokerbench-agent")
 	}
+	os.Unsetenv("BROKERBENCH_AGENT_CONFIG")
 	var cfg Config
-	dec := json.NewDecoder(strings.NewReader(os.Args[1]))
+	dec := json.NewDecoder(strings.NewReader(config))
 	if err := dec.Decode(&cfg); err != nil {
 		fatal("reading the configuration: %v", err)
 	}

@@ -4,8 +4,10 @@
 // Consumes one consumer group from one broker with Node's usual client
 // library (RabbitMQ: amqplib, JetStream: @nats-io/jetstream, Kafka: kafkajs),
 // the way a well-written Node service would, and writes a 48-byte receipt per
-// delivery to stdout. Its configuration is JSON in argv[1]; anything it has
-// to say goes to stderr. `node agent.js --self-check` checks the failure hash
+// delivery to stdout. Its configuration is JSON in the environment variable
+// BROKERBENCH_AGENT_CONFIG (never argv: a URL in it may carry a password, and
+// every user can read a process's command line); anything it has to say goes
+// to stderr. `node agent.js --self-check` checks the failure hash
 // and the event decoder against vectors shared with brokerbench's Rust
 // implementation.
 'use strict';
@@ -1102,13 +1104,15 @@ async function main() {
     process.stderr.write(`unit_hash, the group seed and the decoder (${events} events) match brokerbench's vectors\n`);
     return;
   }
-  if (args.length !== 1) {
-    process.stderr.write('usage: node agent.js \'<configuration JSON>\' | --self-check\n');
+  const config = process.env.BROKERBENCH_AGENT_CONFIG;
+  if (args.length !== 0 || config === undefined) {
+    process.stderr.write('usage: BROKERBENCH_AGENT_CONFIG=\'<configuration JSON>\' node agent.js | node agent.js --self-check\n');
     process.exit(2);
   }
+  delete process.env.BROKERBENCH_AGENT_CONFIG;
   let agent;
   try {
-    agent = new Agent(JSON.parse(args[0]), args[0]);
+    agent = new Agent(JSON.parse(config), config);
     selfCheck();
   } catch (e) {
     log('ERROR', `bad configuration: ${errorText(e)}`);

@@ -4,7 +4,9 @@
 Consumes one consumer group from one broker with Python's usual client
 library (RabbitMQ: aio-pika, JetStream: nats-py, Kafka: confluent-kafka),
 the way a well-written asyncio service would, and writes a 48-byte receipt
-per delivery to stdout. Its configuration is JSON in argv[1]; anything it
+per delivery to stdout. Its configuration is JSON in the environment
+variable BROKERBENCH_AGENT_CONFIG (never argv: a URL in it may carry a
+password, and every user can read a process's command line); anything it
 has to say goes to stderr. `agent.py --self-check` checks the failure hash
 and the event decoder against vectors brokerbench's Rust implementation is
 held to too.
@@ -1036,14 +1038,19 @@ class Agent:
             flushing.shutdown(wait=False)
 
 
+# Where brokerbench puts the configuration.
+CONFIG_VARIABLE = "BROKERBENCH_AGENT_CONFIG"
+
+
 def main() -> int:
     if len(sys.argv) == 2 and sys.argv[1] == "--self-check":
         self_check()
         print("unit_hash, the group seed and the event decoder match brokerbench's vectors",
               file=sys.stderr)
         return 0
-    if len(sys.argv) != 2:
-        print("usage: agent.py '<configuration JSON>' | --self-check", file=sys.stderr)
+    if len(sys.argv) != 1 or CONFIG_VARIABLE not in os.environ:
+        print(f"usage: {CONFIG_VARIABLE}='<configuration JSON>' agent.py | agent.py --self-check",
+              file=sys.stderr)
         return 2
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -1051,7 +1058,7 @@ def main() -> int:
     out = sys.stdout.buffer
     sys.stdout = sys.stderr
     try:
-        config = json.loads(sys.argv[1])
+        config = json.loads(os.environ.pop(CONFIG_VARIABLE))
         self_check()
     except Exception as e:
         log.error("bad configuration: %s", e)

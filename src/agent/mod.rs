@@ -131,6 +131,9 @@ fn config(
     }))
 }
 
+/// The environment variable an agent reads its configuration (JSON) from.
+pub const CONFIG_VARIABLE: &str = "BROKERBENCH_AGENT_CONFIG";
+
 /// Starts `group`'s agent on `source` and waits until it has subscribed.
 pub async fn start(
     group: &ConsumerGroup,
@@ -155,9 +158,12 @@ pub async fn start(
                 .map_err(std::io::Error::from)
         });
     }
+    // The configuration goes in the environment, never on the command line:
+    // its URL may carry a password, and every user can read
+    // /proc/PID/cmdline. The agent removes it from its environment at once.
     let mut child = command
         .args(&args)
-        .arg(config.to_string())
+        .env(CONFIG_VARIABLE, config.to_string())
         .current_dir(
             args.first()
                 .and_then(|a| a.parent())

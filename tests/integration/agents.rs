@@ -187,24 +187,33 @@ fn an_agent_that_exits_mid_run_is_that_groups_failure_and_the_run_goes_on() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Its configuration names the group: kill -9 that agent 3 s into the load.
+    // Its configuration, in its environment, names the group: kill -9 that
+    // agent 3 s into the load. It is not on any command line.
     let agent = "\"group\":\"doomed\"";
+    let doomed = || util::with_environment(agent);
     let found = (0..200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        std::process::Command::new("pgrep")
-            .args(["-f", agent])
-            .output()
-            .unwrap()
-            .status
-            .success()
+        !doomed().is_empty()
     });
     assert!(found, "the doomed agent never started");
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let killed = std::process::Command::new("pkill")
-        .args(["-9", "-f", agent])
+    let on_command_lines = std::process::Command::new("pgrep")
+        .args(["-f", agent])
         .status()
         .unwrap();
-    assert!(killed.success(), "no agent to kill");
+    assert!(
+        !on_command_lines.success(),
+        "an agent's configuration is on a command line"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pids = doomed();
+    assert!(!pids.is_empty(), "no agent to kill");
+    for pid in pids {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
     let out = run.wait_with_output().unwrap();
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -164,6 +164,18 @@ pub fn descendants(root: u32) -> Vec<Proc> {
     found[1..].iter().filter_map(|&pid| proc_of(pid)).collect()
 }
 
+/// Processes whose initial environment contains `text` (an agent's
+/// configuration is there, never on its command line).
+pub fn with_environment(text: &str) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(text.len()).any(|w| w == text.as_bytes()))
+        })
+        .collect()
+}
+
 /// Members of process group `pgid` that still exist (zombies included).
 pub fn group_members(pgid: u32) -> Vec<Proc> {
     all_pids()
