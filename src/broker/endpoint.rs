@@ -4,9 +4,12 @@
 //! from a URL the user gave, which is checked against the form the broker's
 //! client expects; a password in it is never shown.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::registry;
+use super::security::Security;
 use crate::kind::BrokerKind;
 
 /// Where a running broker can be reached, with the address each client wants.
@@ -20,6 +23,10 @@ pub struct Endpoint {
     /// (RabbitMQ's management API on a local cluster); empty when none.
     #[serde(skip)]
     admin: Vec<String>,
+    /// TLS and authentication beyond the URL; never serialized (it holds
+    /// secrets, shown only as `***`).
+    #[serde(skip)]
+    security: Arc<Security>,
 }
 
 impl Endpoint {
@@ -29,6 +36,7 @@ impl Endpoint {
             kind,
             url: registry(kind).local_url(host, port),
             admin: Vec::new(),
+            security: Arc::default(),
         }
     }
 
@@ -46,6 +54,7 @@ impl Endpoint {
             kind,
             url: urls.into_iter().collect::<Vec<_>>().join(","),
             admin: Vec::new(),
+            security: Arc::default(),
         }
     }
 
@@ -53,6 +62,17 @@ impl Endpoint {
     pub fn with_admin(mut self, admin: Vec<String>) -> Self {
         self.admin = admin;
         self
+    }
+
+    /// The same, with TLS and authentication beyond the URL.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = Arc::new(security);
+        self
+    }
+
+    /// TLS and authentication beyond the URL.
+    pub fn security(&self) -> &Security {
+        &self.security
     }
 
     /// HTTP addresses where the broker reports its state, one per node.
@@ -82,7 +102,10 @@ impl Endpoint {
             let (from, to) = host_port_span(&url);
             format!("{}{host}:{port}{}", &url[..from], &url[to..])
         });
-        Endpoint::joined(self.kind, urls).with_admin(self.admin.clone())
+        Endpoint {
+            security: self.security.clone(),
+            ..Endpoint::joined(self.kind, urls).with_admin(self.admin.clone())
+        }
     }
 
     /// A broker at a URL the user gave, checked for the form its client expects.
@@ -95,6 +118,7 @@ impl Endpoint {
             kind,
             url: url.to_string(),
             admin: Vec::new(),
+            security: Arc::default(),
         })
     }
 

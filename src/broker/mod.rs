@@ -12,6 +12,7 @@ pub(crate) mod http;
 mod jetstream;
 mod kafka;
 mod rabbitmq;
+pub mod security;
 mod version;
 
 use std::path::{Path, PathBuf};

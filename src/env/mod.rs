@@ -12,6 +12,7 @@
 pub mod binaries;
 pub mod cluster;
 pub(crate) mod compose;
+pub(crate) mod credentials;
 pub(crate) mod external;
 pub mod local;
 pub mod netns;

@@ -198,6 +198,44 @@ async fn targets_file_mistakes_name_the_file_line_and_field() {
         "{stderr}"
     );
 
+    // A secret comes from the environment or a file: a variable that is not
+    // set is named at its line; a table the client does not apply yet is
+    // refused, not ignored; the secret is printed nowhere.
+    let auth = |secret: &str| {
+        format!(
+            "[jetstream]\nurl = \"nats://127.0.0.1:4222\"\n[jetstream.auth]\n\
+             mechanism = \"token\"\n{secret}\n"
+        )
+    };
+    std::fs::write(
+        &targets,
+        auth("password_env = \"BROKERBENCH_TEST_UNSET_TOKEN_3d\""),
+    )
+    .unwrap();
+    let stderr = refused(&with_kill, &targets, &out_dir);
+    assert!(
+        stderr.contains(
+            ":5:16: jetstream.auth.password_env: the environment variable \
+             BROKERBENCH_TEST_UNSET_TOKEN_3d is not set"
+        ),
+        "{stderr}"
+    );
+    let planted = "planted-token-5c81e";
+    std::fs::write(dir.join("token"), format!("{planted}\n")).unwrap();
+    std::fs::write(&targets, auth("password_file = \"token\"")).unwrap();
+    let out = run(&with_kill, &targets, &out_dir, &[]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("jetstream.auth") && said.contains("refused rather than run without it"),
+        "{said}"
+    );
+    assert!(!said.contains(planted), "{said}");
+
     // --env external without --targets.
     let out = util::brokerbench()
         .args(["run", "scenarios/orders.toml", "--env", "external"])
