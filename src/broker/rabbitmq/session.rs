@@ -6,11 +6,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::uri::{AMQPUri, AMQPUserInfo, SASLMechanism};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 
+use crate::broker::security::{Auth, Security};
 use crate::broker::Endpoint;
 use crate::driver::timed;
 use crate::scenario::{ConsumerGroup, DeadLetter, RabbitmqSettings, Recovery};
@@ -53,17 +56,55 @@ pub(super) async fn open_connection(endpoint: &Endpoint, name: &str) -> Result<C
         let shown = crate::broker::Endpoint::new(endpoint.kind, &url)
             .map(|e| e.shown())
             .unwrap_or_default();
-        match timed(
-            &format!("connecting to RabbitMQ at {shown}"),
-            Connection::connect(&url, properties),
-        )
-        .await
-        {
+        let connecting = async {
+            if endpoint.security().is_plain() {
+                return Ok(Connection::connect(&url, properties).await?);
+            }
+            let (uri, tls) = secured(&url, endpoint.security())?;
+            let runtime = lapin::runtime::default_runtime()?;
+            anyhow::Ok(Connection::connect_uri_with_config(uri, properties, tls, runtime).await?)
+        };
+        match timed(&format!("connecting to RabbitMQ at {shown}"), connecting).await {
             Ok(connection) => return Ok(connection),
             Err(e) => failed = Some(e),
         }
     }
     Err(failed.unwrap_or_else(|| anyhow::anyhow!("no RabbitMQ address to connect to")))
+}
+
+/// `url` with the endpoint's TLS and authentication applied: the user and
+/// password go into the parsed URI (never into a URL text, which could be
+/// shown), EXTERNAL lets the client certificate name the user, and the CA
+/// and client certificate go to TLS.
+fn secured(url: &str, security: &Security) -> Result<(AMQPUri, OwnedTLSConfig)> {
+    let mut uri: AMQPUri = url.parse().map_err(|e: String| anyhow!("{e}"))?;
+    match &security.auth {
+        None => {}
+        Some(Auth::Password { user, password, .. }) => {
+            uri.authority.userinfo = AMQPUserInfo {
+                username: user.clone(),
+                password: password.expose().to_string(),
+            };
+        }
+        Some(Auth::External) => uri.query.auth_mechanism = Some(SASLMechanism::External),
+        Some(other) => bail!("RabbitMQ takes a password or EXTERNAL, not {other:?}"),
+    }
+    let mut config = OwnedTLSConfig::default();
+    if let Some(tls) = &security.tls {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        if let Some(ca) = &tls.ca {
+            config.cert_chain = Some(String::from_utf8_lossy(&read(ca)?).into_owned());
+        }
+        if let Some(identity) = &tls.identity {
+            config.identity = Some(OwnedIdentity::PKCS8 {
+                pem: read(&identity.cert)?,
+                key: read(&identity.key)?,
+            });
+        }
+    }
+    Ok((uri, config))
 }
 
 impl Session {
