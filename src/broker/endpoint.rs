@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::registry;
-use super::security::Security;
+use super::security::{LocalCredentials, Security};
 use crate::kind::BrokerKind;
 
 /// Where a running broker can be reached, with the address each client wants.
@@ -68,6 +68,29 @@ impl Endpoint {
     pub fn with_security(mut self, security: Security) -> Self {
         self.security = Arc::new(security);
         self
+    }
+
+    /// The same broker reached as a local run's `[security]` says: over TLS
+    /// (the URL's scheme for it: `amqps://`, `tls://`) trusting the run's
+    /// CA, as the run's user.
+    pub fn secured_local(self, credentials: Option<&LocalCredentials>) -> Self {
+        let Some(credentials) = credentials else {
+            return self;
+        };
+        let url = match credentials.tls {
+            Some(_) => self
+                .url
+                .split(',')
+                .map(tls_scheme)
+                .collect::<Vec<_>>()
+                .join(","),
+            None => self.url.clone(),
+        };
+        Endpoint {
+            url,
+            security: Arc::new(credentials.client()),
+            ..self
+        }
     }
 
     /// TLS and authentication beyond the URL.
@@ -137,6 +160,17 @@ impl Endpoint {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// `url` with its scheme's TLS form; a Kafka address has no scheme (its
+/// client is told by its configuration).
+fn tls_scheme(url: &str) -> String {
+    for (plain, tls) in [("amqp://", "amqps://"), ("nats://", "tls://")] {
+        if let Some(rest) = url.trim().strip_prefix(plain) {
+            return format!("{tls}{rest}");
+        }
+    }
+    url.to_string()
 }
 
 /// Where `host:port` is in `url`: after any scheme and user, before any path.

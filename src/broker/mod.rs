@@ -186,19 +186,24 @@ impl NodeOf<'_> {
 
 /// What a local server is started with that holds for the whole server,
 /// from the scenario (a client cannot ask for it per stream or topic).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServerSettings {
     /// Sync every write to disk before confirming it: JetStream's
     /// `sync_interval: always`. (Kafka's `flush.messages` is per topic, set
     /// by its driver; RabbitMQ needs nothing.)
     pub sync_always: bool,
+    /// TLS and a user made for the run (`[security]`), which the local
+    /// environment fills in.
+    pub credentials: Option<std::sync::Arc<security::LocalCredentials>>,
 }
 
 impl ServerSettings {
-    /// The server settings `plan` asks for.
+    /// The server settings `plan` asks for, but the credentials, which the
+    /// local environment makes.
     pub fn of(plan: &Plan) -> Self {
         ServerSettings {
             sync_always: plan.syncs_before_confirm(),
+            credentials: None,
         }
     }
 }

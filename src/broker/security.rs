@@ -126,6 +126,43 @@ impl Security {
     }
 }
 
+/// What a local run with `[security]` made for its brokers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalCredentials {
+    /// The run's CA and the brokers' certificate, when TLS is on.
+    pub tls: Option<LocalCerts>,
+    /// The user clients log in as, when authentication is on.
+    pub user: Option<(String, Secret)>,
+}
+
+/// A local run's certificates, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalCerts {
+    /// The CA's certificate: what clients trust.
+    pub ca: PathBuf,
+    /// The brokers' certificate, signed by the CA, for loopback.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+impl LocalCredentials {
+    /// What brokerbench's clients of the local brokers use.
+    pub fn client(&self) -> Security {
+        Security {
+            tls: self.tls.as_ref().map(|certs| Tls {
+                ca: Some(certs.ca.clone()),
+                identity: None,
+            }),
+            auth: self.user.as_ref().map(|(user, password)| Auth::Password {
+                user: user.clone(),
+                password: password.clone(),
+                mechanism: Mechanism::Plain,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

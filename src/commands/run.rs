@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use super::screen::Screen;
 use super::DataDir;
+use crate::broker::security::{LocalCredentials, Secret};
 use crate::broker::ServerSettings;
 use crate::cli::{EnvKind, RunArgs};
 use crate::env::binaries::{self, Binary};
@@ -22,6 +23,7 @@ use crate::env::compose::ComposeBroker;
 use crate::env::external::Targets;
 use crate::env::local::LocalBroker;
 use crate::env::netns::{self, Mesh};
+use crate::env::pki;
 use crate::env::proxy::{FaultProxy, Proxied};
 use crate::env::{Environment, Placed};
 use crate::exit;
@@ -193,19 +195,29 @@ enum Site {
 
 impl Site {
     async fn prepare(args: &RunArgs, plan: &Plan) -> Result<Self> {
+        if !plan.security.is_plain() {
+            refuse_unsecured(args, plan)?;
+        }
         Ok(match args.env {
-            EnvKind::Local => Site::Local {
-                binaries: binaries::locate_all(&plan.brokers).await?,
-                data: DataDir::new(None)?,
-                server: ServerSettings::of(plan),
-                nodes: plan.cluster.nodes,
-                proxied: plan.has_network_faults() || args.through_proxy,
-                namespaces: plan.has_partitions() && {
-                    netns::available()
-                        .with_context(|| format!("{}: a partition", plan.source.display()))?;
-                    true
-                },
-            },
+            EnvKind::Local => {
+                let data = DataDir::new(None)?;
+                let server = ServerSettings {
+                    credentials: local_credentials(plan, data.path())?.map(Arc::new),
+                    ..ServerSettings::of(plan)
+                };
+                Site::Local {
+                    binaries: binaries::locate_all(&plan.brokers).await?,
+                    data,
+                    server,
+                    nodes: plan.cluster.nodes,
+                    proxied: plan.has_network_faults() || args.through_proxy,
+                    namespaces: plan.has_partitions() && {
+                        netns::available()
+                            .with_context(|| format!("{}: a partition", plan.source.display()))?;
+                        true
+                    },
+                }
+            }
             _ if plan.has_partitions() => bail!(
                 "{}: a partition cuts local nodes apart in network namespaces; it runs with \
                  local brokers only so far (--env local)",
@@ -240,6 +252,56 @@ impl Site {
     }
 }
 
+/// What `[security]` cannot run with yet, refused before anything starts
+/// rather than run without TLS or without the user.
+fn refuse_unsecured(args: &RunArgs, plan: &Plan) -> Result<()> {
+    let file = plan.source.display();
+    if args.env != EnvKind::Local {
+        bail!(
+            "{file}: [security] is for local brokers; brokers you run take TLS and \
+             authentication from the targets file ([BROKER.tls], [BROKER.auth])"
+        );
+    }
+    if let Some(kind) = plan.brokers.iter().find(|k| **k != BrokerKind::Rabbitmq) {
+        bail!("{file}: [security] runs on RabbitMQ only so far, not {kind}: choose it with --brokers rabbitmq");
+    }
+    if !plan.cluster.is_single() || plan.has_network_faults() || args.through_proxy {
+        bail!("{file}: [security] runs on a single node without network faults so far");
+    }
+    if let Some(group) = plan.consumers.iter().find(|g| !g.language.is_rust()) {
+        bail!(
+            "{file}: [security]: group {} is a {} agent, which does not take TLS or a user yet",
+            group.group,
+            group.language.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// The certificates and user a run with `[security]` makes: the CA and the
+/// brokers' certificate under `data/tls`, and the user `brokerbench` with
+/// the password in `BROKERBENCH_LOCAL_PASSWORD`, or a random one.
+fn local_credentials(plan: &Plan, data: &Path) -> Result<Option<LocalCredentials>> {
+    if plan.security.is_plain() {
+        return Ok(None);
+    }
+    let tls = match plan.security.tls {
+        true => Some(pki::generate(&data.join("tls"))?),
+        false => None,
+    };
+    let user = plan.security.auth.then(|| {
+        let password = std::env::var("BROKERBENCH_LOCAL_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| {
+                use rand::distr::{Alphanumeric, SampleString};
+                Alphanumeric.sample_string(&mut rand::rng(), 24)
+            });
+        ("brokerbench".to_string(), Secret::new(password))
+    });
+    Ok(Some(LocalCredentials { tls, user }))
+}
+
 #[async_trait]
 impl Environment for Site {
     fn name(&self) -> &'static str {
@@ -272,7 +334,7 @@ impl Environment for Site {
                     false => None,
                 };
                 let behind = proxy.as_deref();
-                let (dir, server, nodes) = (data.path(), *server, *nodes);
+                let (dir, server, nodes) = (data.path(), server.clone(), *nodes);
                 let placed: Box<dyn Placed> = if nodes > 1 {
                     let mesh = match namespaces {
                         true => Some(Mesh::create(usize::from(nodes))?),

@@ -85,7 +85,7 @@ impl LocalCluster {
                 let node_dir = dir.join(format!("node-{}", i + 1));
                 let netns = mesh.as_ref().map(|m| m.namespace(i));
                 let at = (i, peers.clone());
-                LocalBroker::node(binary.clone(), node_dir, server, at, netns)
+                LocalBroker::node(binary.clone(), node_dir, server.clone(), at, netns)
             })
             .collect::<Result<Vec<_>>>()?;
         let clients: Vec<(String, u16)> = peers

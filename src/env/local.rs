@@ -97,14 +97,15 @@ impl LocalBroker {
         loop {
             let ports = free_ports(1 + roles.len())?;
             let mut broker = LocalBroker {
-                endpoint: Endpoint::local(kind, HOST, ports[0]),
+                endpoint: Endpoint::local(kind, HOST, ports[0])
+                    .secured_local(server.credentials.as_deref()),
                 ports: Ports {
                     advertised: proxy.map(|p| p.ports()[0]),
                     ..Ports::assign(ports[0], roles, &ports[1..])
                 },
                 binary: binary.clone(),
                 dir: dir.clone(),
-                server,
+                server: server.clone(),
                 process: None,
                 helper: None,
                 paused: false,
@@ -139,7 +140,8 @@ impl LocalBroker {
         let ports = peers[index];
         let host = ports.ip().to_string();
         Ok(LocalBroker {
-            endpoint: Endpoint::local(binary.kind, &host, ports.client),
+            endpoint: Endpoint::local(binary.kind, &host, ports.client)
+                .secured_local(server.credentials.as_deref()),
             host,
             netns,
             ports,
@@ -431,7 +433,7 @@ impl LocalBroker {
             dir: &self.dir,
             host: &self.host,
             ports: self.ports,
-            server: self.server,
+            server: self.server.clone(),
             cluster: self.cluster.as_ref().map(|(index, peers)| broker::NodeOf {
                 index: *index,
                 peers,

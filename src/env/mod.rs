@@ -16,6 +16,7 @@ pub(crate) mod credentials;
 pub(crate) mod external;
 pub mod local;
 pub mod netns;
+pub mod pki;
 pub mod proxy;
 
 use async_trait::async_trait;

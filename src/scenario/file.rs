@@ -34,6 +34,8 @@ pub(super) struct ScenarioFile {
     #[serde(default)]
     durability: Durability,
     #[serde(default)]
+    security: LocalSecurity,
+    #[serde(default)]
     thresholds: BTreeMap<Spanned<String>, Spanned<Entry>>,
     dead_letter: Option<Spanned<DeadLetterFile>>,
     cluster: Option<ClusterFile>,
@@ -253,6 +255,7 @@ impl ScenarioFile {
             cluster,
             recovery,
             durability: self.durability,
+            security: self.security,
             thresholds,
             dead_letter,
             find_max: None,

@@ -58,6 +58,10 @@ pub struct Plan {
     /// before it existed read as the brokers' defaults.
     #[serde(default)]
     pub durability: Durability,
+    /// TLS and authentication on the local brokers. Results files written
+    /// before it existed read as neither.
+    #[serde(default, skip_serializing_if = "LocalSecurity::is_plain")]
+    pub security: LocalSecurity,
     /// Limits on measured figures; each becomes a check.
     #[serde(default, skip_serializing_if = "Thresholds::is_empty")]
     pub thresholds: Thresholds,
@@ -408,6 +412,29 @@ pub struct Recovery {
         with = "optional_duration"
     )]
     pub confirm_timeout: Option<Duration>,
+}
+
+/// `[security]`: TLS and authentication on the local brokers, so that a run
+/// measures what they cost. Brokers the user runs take theirs from the
+/// targets file (`[BROKER.tls]`, `[BROKER.auth]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSecurity {
+    /// Clients reach the brokers over TLS only, with certificates made
+    /// for the run.
+    #[serde(default)]
+    pub tls: bool,
+    /// Clients log in as a user made for the run, its password from
+    /// `BROKERBENCH_LOCAL_PASSWORD` or random.
+    #[serde(default)]
+    pub auth: bool,
+}
+
+impl LocalSecurity {
+    /// Neither TLS nor authentication.
+    pub fn is_plain(&self) -> bool {
+        !self.tls && !self.auth
+    }
 }
 
 /// `[durability]`: what a broker's confirmation means for the disk.

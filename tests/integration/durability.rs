@@ -85,11 +85,14 @@ async fn is_quorum_queue(url: &str, queue: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_before_confirm_is_set_on_each_broker_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerSettings { sync_always: true };
+    let server = ServerSettings {
+        sync_always: true,
+        ..ServerSettings::default()
+    };
     let mut started = Vec::new();
     for kind in brokerbench::kind::ALL {
         let binary = binaries::locate(kind).await.unwrap();
-        let broker = LocalBroker::start_with(binary, dir.path(), server)
+        let broker = LocalBroker::start_with(binary, dir.path(), server.clone())
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e:#}"));
         started.push(broker);

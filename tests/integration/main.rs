@@ -21,4 +21,5 @@ mod find_max;
 mod layers;
 mod network;
 mod run;
+mod security;
 mod util;

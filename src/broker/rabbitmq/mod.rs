@@ -22,6 +22,7 @@ use lapin::options::{
 use tokio::process::Command;
 
 use super::{Broker, Helper, Info, Install, Launch, PortRole};
+use crate::broker::security::LocalCredentials;
 use crate::broker::Endpoint;
 use crate::driver::{timed, Driver};
 use crate::scenario::Plan;
@@ -84,7 +85,11 @@ impl Broker for RabbitMq {
             None => "[].\n",
         };
         let plugins = write("enabled_plugins", plugins)?;
-        let config = write("rabbitmq.conf", &server_config(launch)?)?;
+        let mut conf = server_config(launch)?;
+        if let Some(credentials) = &launch.server.credentials {
+            conf.push_str(&secured_config(launch, credentials, &write)?);
+        }
+        let config = write("rabbitmq.conf", &conf)?;
         if launch.cluster.is_some() {
             write_cookie(&home, launch)?;
         }
@@ -102,8 +107,6 @@ impl Broker for RabbitMq {
             .env("RUNNING_UNDER_SYSTEMD", "true")
             .env("RABBITMQ_CONF_ENV_FILE", env_conf)
             .env("RABBITMQ_NODENAME", self.node_name(launch))
-            .env("RABBITMQ_NODE_IP_ADDRESS", launch.host)
-            .env("RABBITMQ_NODE_PORT", port.to_string())
             .env("RABBITMQ_DIST_PORT", dist.to_string())
             .env("ERL_EPMD_PORT", epmd.to_string())
             .env("ERL_EPMD_ADDRESS", launch.host)
@@ -125,6 +128,18 @@ impl Broker for RabbitMq {
                     launch.ports.ip().octets().map(|o| o.to_string()).join(",")
                 ),
             );
+        if launch
+            .server
+            .credentials
+            .as_ref()
+            .is_none_or(|c| c.tls.is_none())
+        {
+            // The plain AMQP listener; with TLS, rabbitmq.conf has the TLS
+            // one and no other.
+            command
+                .env("RABBITMQ_NODE_IP_ADDRESS", launch.host)
+                .env("RABBITMQ_NODE_PORT", port.to_string());
+        }
         if launch.ports.host.is_some() {
             // An address of its own (a network namespace): long names.
             command.env("RABBITMQ_USE_LONGNAME", "true");
@@ -287,6 +302,68 @@ fn server_config(launch: &Launch<'_>) -> Result<String> {
         ));
     }
     Ok(config)
+}
+
+/// `rabbitmq.conf` lines for `[security]`: the AMQPS listener alone on the
+/// client port, with the run's certificates; and the run's user, loaded
+/// from a definitions file that holds its salted hash (RabbitMQ's
+/// `rabbit_password_hashing_sha256`), never the password. With definitions
+/// to load, RabbitMQ creates no `guest` user.
+fn secured_config(
+    launch: &Launch<'_>,
+    credentials: &LocalCredentials,
+    write: &dyn Fn(&str, &str) -> Result<PathBuf>,
+) -> Result<String> {
+    let mut config = String::new();
+    if let Some(certs) = &credentials.tls {
+        config.push_str(&format!(
+            "listeners.tcp = none\n\
+             listeners.ssl.1 = {}:{}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n",
+            launch.host,
+            launch.ports.client,
+            certs.ca.display(),
+            certs.cert.display(),
+            certs.key.display()
+        ));
+    }
+    if let Some((user, password)) = &credentials.user {
+        let definitions = serde_json::json!({
+            "users": [{
+                "name": user,
+                "password_hash": password_hash(password.expose()),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": ["administrator"],
+            }],
+            "vhosts": [{"name": "/"}],
+            "permissions": [{
+                "user": user, "vhost": "/",
+                "configure": ".*", "write": ".*", "read": ".*",
+            }],
+        });
+        let path = write("definitions.json", &definitions.to_string())?;
+        config.push_str(&format!("load_definitions = {}\n", path.display()));
+    }
+    Ok(config)
+}
+
+/// RabbitMQ's SHA-256 password hash: base64 of a 4-byte salt followed by
+/// SHA-256(salt, password).
+fn password_hash(password: &str) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let salt: [u8; 4] = rand::random();
+    let digest = Sha256::new()
+        .chain_update(salt)
+        .chain_update(password.as_bytes())
+        .finalize();
+    let mut salted = salt.to_vec();
+    salted.extend_from_slice(&digest);
+    base64::engine::general_purpose::STANDARD.encode(salted)
 }
 
 /// The Erlang cookie every node of a cluster shares, in the node's `HOME`,

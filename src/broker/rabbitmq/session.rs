@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use lapin::uri::{AMQPUri, AMQPUserInfo, SASLMechanism};
 use lapin::types::FieldTable;
+use lapin::uri::{AMQPUri, AMQPUserInfo, SASLMechanism};
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::broker::security::{Auth, Security};
