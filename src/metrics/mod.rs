@@ -314,6 +314,21 @@ mod tests {
     }
 
     #[test]
+    fn both_written_forms_decode_with_every_count() {
+        let mut l = Latency::default();
+        for us in [0, 1, 250, 90_000, 2_000_000, 60_000_000] {
+            for _ in 0..1000 {
+                l.record(Duration::from_micros(us));
+            }
+        }
+        for encoded in [l.summary().hdr, l.compressed()] {
+            let back = decode_histogram(&encoded).expect("ours decodes");
+            assert_eq!(back.len(), 6000);
+            assert_eq!(back.max(), l.summary().max);
+        }
+    }
+
+    #[test]
     fn empty_and_extreme_values() {
         let s = Latency::default().summary();
         assert_eq!((s.count, s.p99, s.max), (0, 0, 0));
