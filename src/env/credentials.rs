@@ -104,6 +104,25 @@ fn existing(
     }
 }
 
+/// The text of the file `value` names (relative to `dir`), and its path.
+fn file_text(
+    kind: BrokerKind,
+    field: &str,
+    value: &Spanned<String>,
+    dir: &Path,
+) -> Result<(PathBuf, String), Problem> {
+    let path = existing(kind, field, value, dir)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        problem(
+            kind,
+            field,
+            Some(value.span()),
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    Ok((path, text))
+}
+
 fn resolve_tls(kind: BrokerKind, file: &TlsFile, dir: &Path) -> Result<Tls, Problem> {
     let ca = file
         .ca
@@ -163,10 +182,7 @@ fn password(
             )),
         },
         (None, Some(path)) => {
-            let path_buf = existing(kind, "auth.password_file", path, dir)?;
-            let text = std::fs::read_to_string(&path_buf).map_err(|e| {
-                problem(kind, "auth.password_file", Some(path.span()), format!("cannot read {}: {e}", path_buf.display()))
-            })?;
+            let (path_buf, text) = file_text(kind, "auth.password_file", path, dir)?;
             // A trailing newline is the file's, not the secret's.
             let value = text.strip_suffix('\n').unwrap_or(&text);
             let value = value.strip_suffix('\r').unwrap_or(value);
@@ -259,15 +275,7 @@ fn resolve_auth(
                     "the nkey mechanism needs `nkey_file`, the seed's file",
                 ));
             };
-            let path = existing(kind, "auth.nkey_file", seed, dir)?;
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                problem(
-                    kind,
-                    "auth.nkey_file",
-                    Some(seed.span()),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+            let (_, text) = file_text(kind, "auth.nkey_file", seed, dir)?;
             Auth::Nkey(Secret::new(text.trim()))
         }
         _ => {
