@@ -88,7 +88,7 @@ impl Endpoint {
         };
         Endpoint {
             url,
-            security: Arc::new(credentials.client()),
+            security: Arc::new(credentials.client(self.kind)),
             ..self
         }
     }

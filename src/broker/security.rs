@@ -9,6 +9,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::kind::BrokerKind;
+
 /// A password, token or key seed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -131,8 +133,12 @@ impl Security {
 pub struct LocalCredentials {
     /// The run's CA and the brokers' certificate, when TLS is on.
     pub tls: Option<LocalCerts>,
-    /// The user clients log in as, when authentication is on.
+    /// The user clients log in as, when authentication is on: RabbitMQ's
+    /// (PLAIN) and Kafka's (SCRAM-SHA-512).
     pub user: Option<(String, Secret)>,
+    /// NATS's decentralized authentication, when authentication is on and
+    /// JetStream is measured.
+    pub nats: Option<NatsTrust>,
 }
 
 /// A local run's certificates, PEM files.
@@ -146,19 +152,43 @@ pub struct LocalCerts {
     pub key: PathBuf,
 }
 
+/// An operator, one account under it and one user of that account, as
+/// `nsc` would make them: the server trusts the operator and has the
+/// account's JWT preloaded, and the client logs in with the user's
+/// credentials file. None of the JWTs is a secret; the user's seed, in the
+/// credentials file only, is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsTrust {
+    /// The operator's JWT.
+    pub operator_jwt: String,
+    /// The account's public key (`A...`) and its JWT, signed by the operator.
+    pub account: (String, String),
+    /// The system account's, which the server needs for JetStream.
+    pub system: (String, String),
+    /// The user's credentials file (its JWT and NKEY seed), mode 0600.
+    pub creds: PathBuf,
+}
+
 impl LocalCredentials {
-    /// What brokerbench's clients of the local brokers use.
-    pub fn client(&self) -> Security {
+    /// What brokerbench's clients of the local broker `kind` use.
+    pub fn client(&self, kind: BrokerKind) -> Security {
+        let password = |mechanism| {
+            self.user.as_ref().map(|(user, password)| Auth::Password {
+                user: user.clone(),
+                password: password.clone(),
+                mechanism,
+            })
+        };
         Security {
             tls: self.tls.as_ref().map(|certs| Tls {
                 ca: Some(certs.ca.clone()),
                 identity: None,
             }),
-            auth: self.user.as_ref().map(|(user, password)| Auth::Password {
-                user: user.clone(),
-                password: password.clone(),
-                mechanism: Mechanism::Plain,
-            }),
+            auth: match kind {
+                BrokerKind::Rabbitmq => password(Mechanism::Plain),
+                BrokerKind::Kafka => password(Mechanism::ScramSha512),
+                BrokerKind::Jetstream => self.nats.as_ref().map(|n| Auth::Creds(n.creds.clone())),
+            },
         }
     }
 }

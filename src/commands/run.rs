@@ -23,8 +23,8 @@ use crate::env::compose::ComposeBroker;
 use crate::env::external::Targets;
 use crate::env::local::LocalBroker;
 use crate::env::netns::{self, Mesh};
-use crate::env::pki;
 use crate::env::proxy::{FaultProxy, Proxied};
+use crate::env::{nats_trust, pki};
 use crate::env::{Environment, Placed};
 use crate::exit;
 use crate::kind::BrokerKind;
@@ -262,9 +262,6 @@ fn refuse_unsecured(args: &RunArgs, plan: &Plan) -> Result<()> {
              authentication from the targets file ([BROKER.tls], [BROKER.auth])"
         );
     }
-    if let Some(kind) = plan.brokers.iter().find(|k| **k != BrokerKind::Rabbitmq) {
-        bail!("{file}: [security] runs on RabbitMQ only so far, not {kind}: choose it with --brokers rabbitmq");
-    }
     if !plan.cluster.is_single() || plan.has_network_faults() || args.through_proxy {
         bail!("{file}: [security] runs on a single node without network faults so far");
     }
@@ -278,9 +275,11 @@ fn refuse_unsecured(args: &RunArgs, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// The certificates and user a run with `[security]` makes: the CA and the
-/// brokers' certificate under `data/tls`, and the user `brokerbench` with
-/// the password in `BROKERBENCH_LOCAL_PASSWORD`, or a random one.
+/// The certificates and users a run with `[security]` makes: the CA and the
+/// brokers' certificate under `data/tls`; the user `brokerbench` with the
+/// password in `BROKERBENCH_LOCAL_PASSWORD`, or a random one (RabbitMQ and
+/// Kafka); and for NATS an operator, account and user, whose credentials
+/// file is `data/tls/brokerbench.creds`.
 fn local_credentials(plan: &Plan, data: &Path) -> Result<Option<LocalCredentials>> {
     if plan.security.is_plain() {
         return Ok(None);
@@ -299,7 +298,11 @@ fn local_credentials(plan: &Plan, data: &Path) -> Result<Option<LocalCredentials
             });
         ("brokerbench".to_string(), Secret::new(password))
     });
-    Ok(Some(LocalCredentials { tls, user }))
+    let nats = match plan.security.auth && plan.brokers.contains(&BrokerKind::Jetstream) {
+        true => Some(nats_trust::generate(&data.join("tls"))?),
+        false => None,
+    };
+    Ok(Some(LocalCredentials { tls, user, nats }))
 }
 
 #[async_trait]

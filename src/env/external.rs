@@ -307,23 +307,6 @@ impl Targets {
             .map(|(_, target)| target)
     }
 
-    /// The table (`tls` or `auth`) that the broker's client does not apply
-    /// yet: JetStream's and Kafka's, until their clients do (issue 25; RabbitMQ's
-    /// does). Refused, never
-    /// ignored: a run without the TLS a user asked for would measure
-    /// something else.
-    fn unapplied_security(kind: BrokerKind, target: &TargetFile) -> Option<&'static str> {
-        if kind == BrokerKind::Rabbitmq {
-            None
-        } else if target.tls.is_some() {
-            Some("tls")
-        } else if target.auth.is_some() {
-            Some("auth")
-        } else {
-            None
-        }
-    }
-
     /// Broker `kind`'s TLS and authentication (none when the file gives none).
     fn security_of(&self, kind: BrokerKind) -> Security {
         self.security
@@ -462,16 +445,6 @@ impl Targets {
                 format!(
                     "lists {nodes} node(s), but the scenario's [cluster] has {}",
                     plan.cluster.nodes
-                ),
-            )));
-        }
-        if let Some(table) = Self::unapplied_security(kind, target) {
-            return Err(self.error(RawError::field(
-                format!("{kind}.{table}"),
-                None,
-                format!(
-                    "brokerbench's {kind} client does not apply [{kind}.{table}] yet: \
-                     refused rather than run without it"
                 ),
             )));
         }

@@ -15,6 +15,7 @@ pub(crate) mod compose;
 pub(crate) mod credentials;
 pub(crate) mod external;
 pub mod local;
+pub mod nats_trust;
 pub mod netns;
 pub mod pki;
 pub mod proxy;

@@ -17,12 +17,7 @@ use crate::broker::security::LocalCerts;
 /// A new CA and a server certificate it signed, in `dir` (created, mode
 /// 0700).
 pub fn generate(dir: &Path) -> Result<LocalCerts> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
+    private_dir(dir)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -62,8 +57,18 @@ pub fn generate(dir: &Path) -> Result<LocalCerts> {
     Ok(certs)
 }
 
+/// Creates `dir` (and its parents), mode 0700.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
 /// Writes `text` to `path`, readable by its owner only.
-fn write_private(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

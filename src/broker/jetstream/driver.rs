@@ -20,6 +20,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::broker::http::{get_json, majority_view};
+use crate::broker::security::{Auth, Security};
 use crate::broker::Endpoint;
 use crate::driver::{
     timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Leadership,
@@ -125,16 +126,52 @@ pub(super) fn options(name: &str, backoff_max: Duration) -> async_nats::ConnectO
         .request_timeout(Some(crate::driver::CALL_TIMEOUT))
 }
 
-/// One NATS connection to `endpoint` with `options`.
+/// One NATS connection to `endpoint` with `options`, and with the
+/// endpoint's TLS and authentication.
 pub(super) async fn open_connection(
     endpoint: &Endpoint,
     options: async_nats::ConnectOptions,
 ) -> Result<async_nats::Client> {
+    let options = secured(options, endpoint.security()).await?;
     timed(
         &format!("connecting to NATS at {}", endpoint.shown()),
         options.connect(endpoint.urls().as_slice()),
     )
     .await
+}
+
+/// `options` with TLS (the CA to trust, a client certificate) and the
+/// user's credentials: a password, a token, an NKEY seed or a credentials
+/// file (JWT).
+async fn secured(
+    mut options: async_nats::ConnectOptions,
+    security: &Security,
+) -> Result<async_nats::ConnectOptions> {
+    if let Some(tls) = &security.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some(identity) = &tls.identity {
+            options = options.add_client_certificate(identity.cert.clone(), identity.key.clone());
+        }
+    }
+    Ok(match &security.auth {
+        None | Some(Auth::External) => options,
+        Some(Auth::Password { user, password, .. }) => {
+            options.user_and_password(user.clone(), password.expose().to_string())
+        }
+        Some(Auth::Token(token)) => options.token(token.expose().to_string()),
+        Some(Auth::Nkey(seed)) => options.nkey(seed.expose().to_string()),
+        // The file is read here, and its content never shown.
+        Some(Auth::Creds(path)) => options.credentials_file(path).await.map_err(|e| {
+            anyhow::anyhow!(
+                "reading the NATS credentials file {}: {}",
+                path.display(),
+                e
+            )
+        })?,
+    })
 }
 
 impl JetStreamDriver {

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use tokio::process::Command;
 
 use super::{Broker, Info, Install, Launch, PortRole, PROBE_CONSUMER};
+use crate::broker::security::LocalCredentials;
 use crate::broker::Endpoint;
 use crate::driver::{timed, Driver, CALL_TIMEOUT};
 use crate::scenario::Plan;
@@ -62,6 +63,9 @@ fn server_config(launch: &Launch<'_>) -> Result<String> {
         "# Written by brokerbench before each start.\njetstream {{\n  store_dir: {:?}{sync}\n}}\n",
         store.display().to_string()
     );
+    if let Some(credentials) = &launch.server.credentials {
+        config.push_str(&secured_config(credentials));
+    }
     if let Some(node) = launch.cluster {
         let host = launch.host;
         let route = launch.ports.route.context("no route port")?;
@@ -82,6 +86,32 @@ fn server_config(launch: &Launch<'_>) -> Result<String> {
         ));
     }
     Ok(config)
+}
+
+/// A local run's `[security]`: TLS with the run's certificate (clients
+/// must use it: `tls://`), and for authentication the run's operator,
+/// trusted, with its account preloaded into a `MEMORY` resolver, so that
+/// only holders of a user JWT signed by that account connect. The JWTs
+/// are public; no secret is written here.
+fn secured_config(credentials: &LocalCredentials) -> String {
+    let mut config = String::new();
+    if let Some(certs) = &credentials.tls {
+        config.push_str(&format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  timeout: 5\n}}\n",
+            certs.cert.display().to_string(),
+            certs.key.display().to_string()
+        ));
+    }
+    if let Some(trust) = &credentials.nats {
+        let (account, account_jwt) = &trust.account;
+        let (system, system_jwt) = &trust.system;
+        config.push_str(&format!(
+            "operator: {:?}\nsystem_account: {system}\nresolver: MEMORY\nresolver_preload: {{\n  \
+             {account}: {account_jwt:?}\n  {system}: {system_jwt:?}\n}}\n",
+            trust.operator_jwt
+        ));
+    }
+    config
 }
 
 /// NATS JetStream's entry in the registry.

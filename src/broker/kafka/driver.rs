@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::delivery::{Awaiting, Client, Inbox, Reports};
 use super::metadata::NodeMetadata;
+use crate::broker::security::{Auth, Security};
 use crate::broker::Endpoint;
 use crate::driver::{
     timed, AgentSource, Answer, Consumer, Driver, ErrorKind, Failure, Incoming, Leadership,
@@ -71,7 +72,8 @@ struct Applied {
 
 /// One producer client shared by every producer task.
 pub(super) struct KafkaDriver {
-    bootstrap: String,
+    /// The servers, with their TLS and authentication.
+    endpoint: Endpoint,
     producer: Client,
     settings: KafkaSettings,
     recovery: Recovery,
@@ -95,11 +97,12 @@ pub(super) struct KafkaDriver {
 }
 
 /// The configuration every Kafka client of ours starts from, the readiness
-/// probe's included.
-pub(super) fn base_config(bootstrap: &str) -> ClientConfig {
+/// probe's included: the endpoint's servers, TLS and authentication.
+pub(super) fn base_config(endpoint: &Endpoint) -> ClientConfig {
     let mut config = ClientConfig::new();
+    secure(&mut config, endpoint.security());
     config
-        .set("bootstrap.servers", bootstrap)
+        .set("bootstrap.servers", endpoint.url())
         .set("client.id", "brokerbench")
         // librdkafka's own exponential reconnect backoff, with jitter.
         .set("reconnect.backoff.ms", "1000")
@@ -109,6 +112,46 @@ pub(super) fn base_config(bootstrap: &str) -> ClientConfig {
         .set("socket.nagle.disable", "true")
         .set("log_level", "3");
     config
+}
+
+/// librdkafka's `security.protocol` and what goes with it: the CA to trust
+/// and a client certificate (SSL), and a SASL user (PLAIN or SCRAM). The
+/// password goes to librdkafka only, which never logs it.
+fn secure(config: &mut ClientConfig, security: &Security) {
+    let password = match &security.auth {
+        Some(Auth::Password {
+            user,
+            password,
+            mechanism,
+        }) => Some((user, password, mechanism)),
+        _ => None,
+    };
+    let protocol = match (&security.tls, password) {
+        (None, None) => return,
+        (Some(_), None) => "SSL",
+        (None, Some(_)) => "SASL_PLAINTEXT",
+        (Some(_), Some(_)) => "SASL_SSL",
+    };
+    config.set("security.protocol", protocol);
+    if let Some(tls) = &security.tls {
+        if let Some(ca) = &tls.ca {
+            config.set("ssl.ca.location", ca.display().to_string());
+        }
+        if let Some(identity) = &tls.identity {
+            config
+                .set(
+                    "ssl.certificate.location",
+                    identity.cert.display().to_string(),
+                )
+                .set("ssl.key.location", identity.key.display().to_string());
+        }
+    }
+    if let Some((user, password, mechanism)) = password {
+        config
+            .set("sasl.mechanism", mechanism.as_str())
+            .set("sasl.username", user)
+            .set("sasl.password", password.expose());
+    }
 }
 
 /// The topic's partition leaders and in-sync replicas in one node's
@@ -162,15 +205,11 @@ fn leadership_in(answer: &MetadataResponse) -> Option<Leadership> {
 /// The lag of group `group_id`'s committed offsets behind the end of each
 /// of `topic`'s `partitions` (from the start of a partition it never
 /// committed on).
-async fn lag(bootstrap: &str, group_id: &str, topic: &str, partitions: i32) -> Result<u64> {
+async fn lag(endpoint: &Endpoint, group_id: &str, topic: &str, partitions: i32) -> Result<u64> {
     use rdkafka::{Offset, TopicPartitionList};
-    let (bootstrap, group_id, topic) = (
-        bootstrap.to_string(),
-        group_id.to_string(),
-        topic.to_string(),
-    );
+    let (endpoint, group_id, topic) = (endpoint.clone(), group_id.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || -> Result<u64> {
-        let consumer: BaseConsumer = base_config(&bootstrap)
+        let consumer: BaseConsumer = base_config(&endpoint)
             .set("group.id", &group_id)
             .set("enable.auto.commit", "false")
             .create()
@@ -245,7 +284,7 @@ impl KafkaDriver {
     /// A consumer's configuration for group id `group_id`: from the
     /// beginning of the topic, with our fetch wait and reconnect backoff.
     fn consumer_config(&self, group_id: &str) -> ClientConfig {
-        let mut config = base_config(&self.bootstrap);
+        let mut config = base_config(&self.endpoint);
         config
             .set("group.id", group_id)
             .set("auto.offset.reset", "earliest")
@@ -303,7 +342,7 @@ impl KafkaDriver {
             .confirm_timeout
             .unwrap_or(plan.recovery.give_up.max(CONFIRM_TIMEOUT));
         let request_timeout = message_timeout.min(Duration::from_secs(10));
-        let mut config = base_config(&bootstrap);
+        let mut config = base_config(endpoint);
         config
             .set("acks", settings.acks.as_str())
             .set("enable.idempotence", settings.idempotent.to_string())
@@ -346,7 +385,9 @@ impl KafkaDriver {
             headers: plan.load.headers,
             sync_before_confirm: plan.syncs_before_confirm(),
             replicas: usize::from(plan.cluster.nodes).min(3),
-            metadata: if plan.cluster.nodes > 1 {
+            // Each node's own view is asked for over plain TCP: a secured
+            // cluster gives no leadership view.
+            metadata: if plan.cluster.nodes > 1 && endpoint.security().is_plain() {
                 endpoint
                     .urls()
                     .iter()
@@ -355,7 +396,7 @@ impl KafkaDriver {
             } else {
                 Vec::new()
             },
-            bootstrap,
+            endpoint: endpoint.clone(),
         })
     }
 }
@@ -363,7 +404,7 @@ impl KafkaDriver {
 #[async_trait]
 impl Driver for KafkaDriver {
     async fn setup(&self) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = base_config(&self.bootstrap).create()?;
+        let admin: AdminClient<DefaultClientContext> = base_config(&self.endpoint).create()?;
         let sync = self.sync_before_confirm;
         let topics = (sync, self.replicas);
         fresh_topic(&admin, EVENT_TYPE, self.settings.partitions, topics).await?;
@@ -417,7 +458,7 @@ impl Driver for KafkaDriver {
     async fn agent_source(&self, group: &ConsumerGroup) -> Result<AgentSource> {
         Ok(AgentSource {
             broker: BrokerKind::Kafka,
-            url: self.bootstrap.clone(),
+            url: self.endpoint.url(),
             source: serde_json::json!({
                 "topic": EVENT_TYPE,
                 "group_id": self.group_id(group),
@@ -508,7 +549,7 @@ impl Driver for KafkaDriver {
     async fn backlog(&self, group: &ConsumerGroup) -> Result<u64> {
         let group_id = self.group_id(group);
         let mut held = lag(
-            &self.bootstrap,
+            &self.endpoint,
             &group_id,
             EVENT_TYPE,
             self.settings.partitions,
@@ -519,7 +560,7 @@ impl Driver for KafkaDriver {
         // only make the account claim less loss, never more.
         if group.failures.is_some() {
             let reader_id = format!("{group_id}.dlq-reader");
-            held += lag(&self.bootstrap, &reader_id, &dead_letter_topic(), 1).await?;
+            held += lag(&self.endpoint, &reader_id, &dead_letter_topic(), 1).await?;
         }
         Ok(held)
     }
@@ -529,7 +570,7 @@ impl Driver for KafkaDriver {
         // every message in it.
         let nobody = format!("brokerbench.{}.stored", self.run_id);
         lag(
-            &self.bootstrap,
+            &self.endpoint,
             &nobody,
             EVENT_TYPE,
             self.settings.partitions,
@@ -538,7 +579,7 @@ impl Driver for KafkaDriver {
     }
 
     async fn teardown(&self) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = base_config(&self.bootstrap).create()?;
+        let admin: AdminClient<DefaultClientContext> = base_config(&self.endpoint).create()?;
         let options = AdminOptions::new().operation_timeout(Some(crate::driver::CALL_TIMEOUT));
         let mut topics = vec![EVENT_TYPE.to_string()];
         if self.failing {

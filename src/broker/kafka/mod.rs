@@ -23,6 +23,7 @@ use rdkafka::Message;
 use tokio::process::Command;
 
 use super::{Broker, Info, Install, Launch, PortRole, PROBE_CONSUMER};
+use crate::broker::security::Secret;
 use crate::broker::Endpoint;
 use crate::driver::{timed, Driver, CALL_TIMEOUT};
 use crate::scenario::Plan;
@@ -98,11 +99,11 @@ fn server_properties(launch: &Launch<'_>) -> Result<String> {
 process.roles=broker,controller
 node.id={id}
 {quorum}
-listeners=PLAINTEXT://{host}:{client},CONTROLLER://{host}:{controller},INTERNAL://{host}:{internal}
-advertised.listeners=PLAINTEXT://{advertised_host}:{advertised},INTERNAL://{host}:{internal}
+listeners={clients}://{host}:{client},CONTROLLER://{host}:{controller},INTERNAL://{host}:{internal}
+advertised.listeners={clients}://{advertised_host}:{advertised},INTERNAL://{host}:{internal}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=INTERNAL
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,{clients}:{clients},INTERNAL:PLAINTEXT
 log.dirs={data}
 num.partitions=1
 auto.create.topics.enable=false
@@ -112,9 +113,86 @@ transaction.state.log.min.isr={min_isr}
 share.coordinator.state.topic.replication.factor={replication}
 share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
-",
-        data = data.display()
+{secured}",
+        data = data.display(),
+        clients = client_protocol(launch),
+        secured = secured_properties(launch)?,
     ))
+}
+
+/// The security protocol of the listener clients reach: plain, or what a
+/// local run's `[security]` asks for.
+fn client_protocol(launch: &Launch<'_>) -> &'static str {
+    let credentials = launch.server.credentials.as_deref();
+    match credentials.map(|c| (c.tls.is_some(), c.user.is_some())) {
+        None | Some((false, false)) => "PLAINTEXT",
+        Some((true, false)) => "SSL",
+        Some((false, true)) => "SASL_PLAINTEXT",
+        Some((true, true)) => "SASL_SSL",
+    }
+}
+
+/// The file holding the broker's private key and certificate, the PEM
+/// "keystore" Kafka reads (KIP-651).
+const KEYSTORE: &str = "keystore.pem";
+
+/// A local run's `[security]` on the clients' listener: the run's
+/// certificate (a PEM keystore of key and certificate, written beside the
+/// properties), and SCRAM-SHA-512, whose user is formatted into the
+/// storage with its salted password ([`scram_user`]). The controller and
+/// the replication listeners stay plain, on loopback.
+fn secured_properties(launch: &Launch<'_>) -> Result<String> {
+    let Some(credentials) = launch.server.credentials.as_deref() else {
+        return Ok(String::new());
+    };
+    let mut properties = String::new();
+    if let Some(certs) = &credentials.tls {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let keystore = launch.dir.join(KEYSTORE);
+        crate::env::pki::write_private(
+            &keystore,
+            &format!("{}{}", read(&certs.key)?, read(&certs.cert)?),
+        )?;
+        properties.push_str(&format!(
+            "ssl.keystore.type=PEM\nssl.keystore.location={}\n",
+            keystore.display()
+        ));
+    }
+    if credentials.user.is_some() {
+        let listener = client_protocol(launch).to_lowercase();
+        properties.push_str(&format!(
+            "sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+             listener.name.{listener}.scram-sha-512.sasl.jaas.config=\
+             org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+        ));
+    }
+    Ok(properties)
+}
+
+/// The iterations of a SCRAM user's salted password (Kafka's minimum).
+const SCRAM_ITERATIONS: u32 = 4096;
+
+/// The `--add-scram` argument of `kafka-storage format` for the run's
+/// user: its salt and salted password (PBKDF2-HMAC-SHA-512, as RFC 5802
+/// defines it), from which Kafka derives the stored and server keys. The
+/// password itself is never on a command line or in a file.
+fn scram_user(user: &str, password: &Secret) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    let salt: [u8; 32] = rand::random();
+    let mut salted = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(
+        password.expose().as_bytes(),
+        &salt,
+        SCRAM_ITERATIONS,
+        &mut salted,
+    );
+    format!(
+        "SCRAM-SHA-512=[name={user},iterations={SCRAM_ITERATIONS},salt=\"{}\",saltedpassword=\"{}\"]",
+        STANDARD.encode(salt),
+        STANDARD.encode(salted)
+    )
 }
 
 /// The `node.id` of the node `launch` starts: 1, or its number in a cluster.
@@ -169,6 +247,14 @@ async fn format_storage(launch: &Launch<'_>, config: &Path) -> Result<()> {
     // configuration (`controller.quorum.voters`).
     if launch.cluster.is_none() {
         format.arg("--standalone");
+    }
+    if let Some((user, password)) = launch
+        .server
+        .credentials
+        .as_deref()
+        .and_then(|c| c.user.as_ref())
+    {
+        format.arg("--add-scram").arg(scram_user(user, password));
     }
     let output = tokio::time::timeout(
         Duration::from_secs(60),
@@ -246,11 +332,11 @@ impl Broker for Kafka {
     }
 
     async fn handshake(&self, endpoint: &Endpoint) -> Result<()> {
-        let url = endpoint.url();
+        let endpoint = endpoint.clone();
         tokio::task::spawn_blocking(move || {
             // The run's client config, but librdkafka's own 100 ms reconnect
             // backoff: a broker coming back is seen within a tenth of a second.
-            let producer: BaseProducer = base_config(&url)
+            let producer: BaseProducer = base_config(&endpoint)
                 .set("reconnect.backoff.ms", "100")
                 .create()?;
             let metadata = producer.client().fetch_metadata(None, CALL_TIMEOUT)?;
@@ -268,7 +354,7 @@ impl Broker for Kafka {
 
     async fn publish_durable(&self, endpoint: &Endpoint, name: &str, payload: &[u8]) -> Result<()> {
         topic(endpoint, name).await?;
-        let producer: FutureProducer = base_config(&endpoint.url())
+        let producer: FutureProducer = base_config(endpoint)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "10000")
@@ -283,7 +369,7 @@ impl Broker for Kafka {
     }
 
     async fn fetch_one(&self, endpoint: &Endpoint, name: &str, wait: Duration) -> Result<Vec<u8>> {
-        let consumer: StreamConsumer = base_config(&endpoint.url())
+        let consumer: StreamConsumer = base_config(endpoint)
             .set("group.id", PROBE_CONSUMER)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -315,7 +401,7 @@ fn latest_controller_epoch(log: &str) -> Option<u64> {
 
 /// Creates the one-partition topic `name` unless it exists.
 async fn topic(endpoint: &Endpoint, name: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = base_config(&endpoint.url()).create()?;
+    let admin: AdminClient<DefaultClientContext> = base_config(endpoint).create()?;
     let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
     let options = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT));
     let results = timed(
