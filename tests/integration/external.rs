@@ -199,8 +199,8 @@ async fn targets_file_mistakes_name_the_file_line_and_field() {
     );
 
     // A secret comes from the environment or a file: a variable that is not
-    // set is named at its line; a token read from a file is sent, and
-    // printed nowhere when the broker cannot be reached.
+    // set is named at its line; a token read from a file is printed nowhere
+    // when a later mistake refuses the file.
     let auth = |secret: &str| {
         format!(
             "[jetstream]\nurl = \"nats://127.0.0.1:4222\"\n[jetstream.auth]\n\
@@ -230,7 +230,7 @@ async fn targets_file_mistakes_name_the_file_line_and_field() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(2), "{said}");
-    assert!(said.contains("NATS"), "{said}");
+    assert!(said.contains("jetstream.faults.kill"), "{said}");
     assert!(!said.contains(planted), "{said}");
 
     // --env external without --targets.

@@ -48,29 +48,28 @@ fn find(dir: &Path, suffix: &str) -> Option<PathBuf> {
     None
 }
 
-/// A run against the secured broker through a targets file: refused with
-/// exit 2, and what it said.
-fn refused_external(dir: &Path, port: u16, tls: &str, password_env: (&str, &str)) -> String {
+/// A run against the secured broker `kind` at `url` through a targets
+/// file whose `[KIND.tls]` and `[KIND.auth]` tables follow the URL:
+/// refused with exit 2, and what it said.
+fn refused_external(dir: &Path, kind: &str, url: &str, tables: &str, env: (&str, &str)) -> String {
     let scenario = dir.join("external.toml");
     std::fs::write(
         &scenario,
-        "name = \"x\"\nbrokers = [\"rabbitmq\"]\n[load]\nrate = 10\nduration = \"2s\"\n\
-         [[consumers]]\ngroup = \"g\"\n",
+        format!(
+            "name = \"x\"\nbrokers = [\"{kind}\"]\n[load]\nrate = 10\nduration = \"2s\"\n\
+             [[consumers]]\ngroup = \"g\"\n"
+        ),
     )
     .unwrap();
     let targets = dir.join("targets.toml");
     std::fs::write(
         &targets,
-        format!(
-            "[rabbitmq]\nurl = \"amqps://127.0.0.1:{port}/%2f\"\nready_timeout = \"5s\"\n\
-             {tls}[rabbitmq.auth]\nuser = \"brokerbench\"\npassword_env = \"{}\"\n",
-            password_env.0
-        ),
+        format!("[{kind}]\nurl = \"{url}\"\nready_timeout = \"5s\"\n{tables}"),
     )
     .unwrap();
     let out = util::run_command(&[scenario.to_str().unwrap()], dir)
         .args(["--env", "external", "--targets", targets.to_str().unwrap()])
-        .env(password_env.0, password_env.1)
+        .env(env.0, env.1)
         .output()
         .unwrap();
     let said = format!(
@@ -81,6 +80,68 @@ fn refused_external(dir: &Path, port: u16, tls: &str, password_env: (&str, &str)
     assert_eq!(out.status.code(), Some(2), "{said}");
     println!("refused as it should be:\n{said}");
     said
+}
+
+/// The user tables of a targets file for RabbitMQ's or Kafka's user
+/// `brokerbench`, its password in `BROKERBENCH_TEST_PW`.
+fn password_auth(kind: &str, mechanism: &str) -> String {
+    format!(
+        "[{kind}.auth]\nmechanism = \"{mechanism}\"\nuser = \"brokerbench\"\n\
+         password_env = \"BROKERBENCH_TEST_PW\"\n"
+    )
+}
+
+/// Waits until `file` (found under `dir` by its name's end) holds `text`,
+/// while `child` runs; its content.
+fn wait_for(dir: &Path, file: &str, text: &str, child: &mut std::process::Child) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(path) = find(dir, file) {
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            if content.contains(text) {
+                return content;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120) && child.try_wait().unwrap().is_none(),
+            "{file} never said {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// No process under `root` carries `secret` on its command line, and no
+/// file under `dir` holds it but `except`.
+fn nowhere_but(root: u32, dir: &Path, secret: &str, except: Option<&Path>) {
+    for process in util::descendants(root) {
+        assert!(!process.command.contains(secret), "{process:?}");
+    }
+    let leaked: Vec<_> = files_containing(dir, secret)
+        .into_iter()
+        .filter(|p| Some(p.as_path()) != except)
+        .collect();
+    assert!(leaked.is_empty(), "the secret is in {leaked:?}");
+}
+
+/// The finished run of `child`: it passed, said no secret, lost nothing on
+/// any broker, and says that TLS was on.
+fn check_finished(child: std::process::Child, log: &Path, secrets: &[&str], brokers: usize) {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = std::fs::read_to_string(log).unwrap();
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for secret in secrets {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    }
+    let results: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    util::validate_results(&results);
+    assert_eq!(results["scenario"]["security"]["tls"], true, "{results:#}");
+    assert_eq!(results["brokers"].as_array().unwrap().len(), brokers);
+    for broker in results["brokers"].as_array().unwrap() {
+        let group = &broker["groups"][0];
+        assert_eq!(group["lost"], 0, "{broker:#}");
+        assert!(group["delivered"].as_u64().unwrap() > 0, "{broker:#}");
+    }
 }
 
 #[test]
@@ -140,10 +201,13 @@ fn rabbitmq_over_tls_as_a_user_and_the_secret_shows_nowhere() {
     // that is not the one that signed the broker's certificate (the
     // system's roots), each a clear error and exit 2.
     let ca = find(&data, "tls/ca.pem").unwrap();
-    let trusted = format!("[rabbitmq.tls]\nca = \"{}\"\n", ca.display());
+    let url = format!("amqps://127.0.0.1:{port}/%2f");
+    let auth = password_auth("rabbitmq", "PLAIN");
+    let trusted = format!("[rabbitmq.tls]\nca = \"{}\"\n{auth}", ca.display());
     let said = refused_external(
         scenario_dir.path(),
-        port,
+        "rabbitmq",
+        &url,
         &trusted,
         ("BROKERBENCH_TEST_PW", "not-the-password"),
     );
@@ -154,25 +218,127 @@ fn rabbitmq_over_tls_as_a_user_and_the_secret_shows_nowhere() {
     assert!(!said.contains("not-the-password"), "{said}");
     let said = refused_external(
         scenario_dir.path(),
-        port,
-        "[rabbitmq.tls]\n",
+        "rabbitmq",
+        &url,
+        &format!("[rabbitmq.tls]\n{auth}"),
         ("BROKERBENCH_TEST_PW", PLANTED),
     );
     assert!(said.to_lowercase().contains("certificate"), "{said}");
     assert!(!said.contains(PLANTED), "{said}");
 
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = std::fs::read_to_string(&log).unwrap();
-    assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(!stdout.contains(PLANTED) && !stderr.contains(PLANTED));
-    let results: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    util::validate_results(&results);
-    assert_eq!(results["scenario"]["security"]["tls"], true, "{results:#}");
-    let broker = &results["brokers"][0];
-    let group = &broker["groups"][0];
-    assert_eq!(group["lost"], 0, "{broker:#}");
-    assert!(group["delivered"].as_u64().unwrap() > 0, "{broker:#}");
+    check_finished(child, &log, &[PLANTED], 1);
     let leaked = files_containing(dir.path(), PLANTED);
     assert!(leaked.is_empty(), "the secret is in {leaked:?}");
+}
+
+#[test]
+fn jetstream_with_a_creds_file_and_kafka_with_scram_over_tls_and_no_secret_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tmp");
+    std::fs::create_dir_all(&data).unwrap();
+    let (scenario_dir, scenario) = util::scenario_file(
+        "name = \"secured\"\nbrokers = [\"jetstream\", \"kafka\"]\n[load]\nrate = 200\n\
+         duration = \"12s\"\n[[consumers]]\ngroup = \"a\"\n[security]\ntls = true\nauth = true\n",
+    );
+    let log = dir.path().join("run.log");
+    let mut child = util::run_command(&[scenario.to_str().unwrap(), "--json"], dir.path())
+        .env("TMPDIR", &data)
+        .env("BROKERBENCH_LOCAL_PASSWORD", PLANTED)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let external = scenario_dir.path();
+
+    // NATS: TLS required, the run's user logged in with its credentials
+    // file, whose seed is in that file alone.
+    let text = wait_for(&data, "jetstream/broker.log", "Server is ready", &mut child);
+    assert!(
+        text.contains("TLS required for client connections"),
+        "{text}"
+    );
+    assert!(text.contains("Trusted Operators"), "{text}");
+    let port = text
+        .split("Listening for client connections on 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let creds = find(&data, "tls/brokerbench.creds").unwrap();
+    let creds_text = std::fs::read_to_string(&creds).unwrap();
+    let seed = creds_text
+        .lines()
+        .skip_while(|l| !l.contains("BEGIN USER NKEY SEED"))
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(seed.starts_with("SU"), "{creds_text}");
+    nowhere_but(child.id(), &data, &seed, Some(&creds));
+    nowhere_but(child.id(), &data, PLANTED, None);
+    let ca = find(&data, "tls/ca.pem").unwrap();
+    let url = format!("tls://127.0.0.1:{port}");
+    let trusted = format!("[jetstream.tls]\nca = \"{}\"\n", ca.display());
+    let said = refused_external(
+        external,
+        "jetstream",
+        &url,
+        &format!("{trusted}[jetstream.auth]\nmechanism = \"token\"\npassword_env = \"BROKERBENCH_TEST_PW\"\n"),
+        ("BROKERBENCH_TEST_PW", "not-the-token"),
+    );
+    assert!(said.to_lowercase().contains("authorization"), "{said}");
+    assert!(!said.contains("not-the-token"), "{said}");
+    let said = refused_external(
+        external,
+        "jetstream",
+        &url,
+        &format!(
+            "[jetstream.tls]\n[jetstream.auth]\nmechanism = \"creds\"\ncreds_file = \"{}\"\n",
+            creds.display()
+        ),
+        ("BROKERBENCH_TEST_UNUSED", ""),
+    );
+    assert!(said.to_lowercase().contains("certificate"), "{said}");
+    assert!(!said.contains(&seed), "{said}");
+
+    // Kafka: clients reach a SASL_SSL listener only, the user's salted
+    // password alone went into the storage, and a wrong password or an
+    // untrusted CA are refused.
+    wait_for(
+        &data,
+        "kafka/broker.log",
+        "Kafka Server started",
+        &mut child,
+    );
+    let properties = wait_for(&data, "kafka/server.properties", "listeners=", &mut child);
+    let port = properties
+        .split("\nlisteners=SASL_SSL://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no SASL_SSL client listener:\n{properties}"))
+        .to_string();
+    nowhere_but(child.id(), &data, PLANTED, None);
+    let url = format!("127.0.0.1:{port}");
+    let auth = password_auth("kafka", "SCRAM-SHA-512");
+    let trusted = format!("[kafka.tls]\nca = \"{}\"\n{auth}", ca.display());
+    let said = refused_external(
+        external,
+        "kafka",
+        &url,
+        &trusted,
+        ("BROKERBENCH_TEST_PW", "not-the-password"),
+    );
+    assert!(said.to_lowercase().contains("authentication"), "{said}");
+    assert!(!said.contains("not-the-password"), "{said}");
+    let said = refused_external(
+        external,
+        "kafka",
+        &url,
+        &format!("[kafka.tls]\n{auth}"),
+        ("BROKERBENCH_TEST_PW", PLANTED),
+    );
+    assert!(said.to_lowercase().contains("certificate"), "{said}");
+    assert!(!said.contains(PLANTED), "{said}");
+
+    check_finished(child, &log, &[PLANTED, &seed], 2);
+    nowhere_but(std::process::id(), dir.path(), PLANTED, None);
 }

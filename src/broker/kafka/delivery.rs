@@ -41,6 +41,77 @@ const _: () = assert!(
 pub(super) struct Reports {
     /// By index; `None` once its owner is gone.
     sinks: RwLock<Vec<Option<Sink>>>,
+    /// The client's last error event.
+    pub(super) last_error: LastError,
+}
+
+/// librdkafka's last error event. Its API answers a refused SASL login or
+/// an untrusted certificate with "broker transport failure" alone, after
+/// the whole timeout; the reason comes as an event, kept here to be told
+/// with the failure, and to give up at once on one no retry mends.
+#[derive(Default)]
+pub(super) struct LastError(Mutex<Option<(bool, String)>>);
+
+impl LastError {
+    /// Keeps `reason`, unless it only says every broker is down, which
+    /// follows the event that says why.
+    fn record(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        if code != Some(RDKafkaErrorCode::AllBrokersDown) {
+            let refused = code == Some(RDKafkaErrorCode::Authentication)
+                || reason.contains("SSL handshake failed");
+            *self.0.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((refused, reason.to_string()));
+        }
+    }
+
+    /// Whether the last event was a refused login or certificate.
+    fn refused(&self) -> bool {
+        let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        last.as_ref().is_some_and(|(refused, _)| *refused)
+    }
+
+    /// `error`, with the last error event's reason when there was one.
+    pub(super) fn explain(&self, error: KafkaError) -> anyhow::Error {
+        match self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            Some((_, reason)) => anyhow::anyhow!(error).context(reason),
+            None => anyhow::anyhow!(error),
+        }
+    }
+}
+
+/// The cluster's metadata from `client` within `timeout` (blocking), asked
+/// for a second at a time so that a refused login or certificate ends the
+/// wait at once, with its reason.
+pub(super) fn metadata<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    last_error: &LastError,
+    timeout: std::time::Duration,
+) -> anyhow::Result<rdkafka::metadata::Metadata> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match client.fetch_metadata(None, left.min(std::time::Duration::from_secs(1))) {
+            Ok(metadata) => return Ok(metadata),
+            Err(e) if last_error.refused() || left <= std::time::Duration::from_secs(1) => {
+                return Err(last_error.explain(e))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl ClientContext for LastError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.record(error, reason);
+    }
+}
+
+/// For a producer client that sends nothing (the readiness probe).
+impl ProducerContext for LastError {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
 }
 
 #[derive(Clone)]
@@ -78,7 +149,11 @@ impl Reports {
     }
 }
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.last_error.record(error, reason);
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = usize;

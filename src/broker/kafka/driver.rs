@@ -369,9 +369,11 @@ impl KafkaDriver {
             .context("creating the Kafka producer")?;
         let client = producer.clone();
         tokio::task::spawn_blocking(move || {
-            client
-                .client()
-                .fetch_metadata(None, crate::driver::CALL_TIMEOUT)
+            super::delivery::metadata(
+                client.client(),
+                &client.context().last_error,
+                crate::driver::CALL_TIMEOUT,
+            )
         })
         .await?
         .with_context(|| format!("connecting to Kafka at {bootstrap}"))?;

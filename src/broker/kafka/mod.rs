@@ -27,6 +27,7 @@ use crate::broker::security::Secret;
 use crate::broker::Endpoint;
 use crate::driver::{timed, Driver, CALL_TIMEOUT};
 use crate::scenario::Plan;
+use delivery::LastError;
 use driver::{base_config, KafkaDriver};
 
 static INFO: Info = Info {
@@ -336,10 +337,10 @@ impl Broker for Kafka {
         tokio::task::spawn_blocking(move || {
             // The run's client config, but librdkafka's own 100 ms reconnect
             // backoff: a broker coming back is seen within a tenth of a second.
-            let producer: BaseProducer = base_config(&endpoint)
+            let producer: BaseProducer<LastError> = base_config(&endpoint)
                 .set("reconnect.backoff.ms", "100")
-                .create()?;
-            let metadata = producer.client().fetch_metadata(None, CALL_TIMEOUT)?;
+                .create_with_context(LastError::default())?;
+            let metadata = delivery::metadata(producer.client(), producer.context(), CALL_TIMEOUT)?;
             // A broker the controller has fenced (after a pause longer than
             // its session, or early in a start) answers metadata but lists
             // no broker: it takes no writes yet.
