@@ -39,6 +39,7 @@ tools:
 # cargo-nextest runs the tests two at a time across files (.config/nextest.toml
 # says which run alone); it runs no doctests, so cargo test runs those.
 test:
+	@scripts/install-brokers --build-deps
 	@$(MAKE) --no-print-directory -j2 check tools
 	$(CARGO) nextest run --locked
 	$(CARGO) test --locked --doc

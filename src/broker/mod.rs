@@ -321,6 +321,18 @@ pub trait Broker: Send + Sync {
     async fn prepare(&self, _launch: &Launch<'_>) -> Result<()> {
         Ok(())
     }
+    /// Once it listens, before it is asked whether it is ready: makes the
+    /// users of a run with `[security] auth` that its configuration cannot
+    /// hold without their secret (Kafka's SCRAM user). Tried again until
+    /// it succeeds or the start's deadline passes.
+    async fn admit_users(
+        &self,
+        _host: &str,
+        _ports: &Ports,
+        _server: &ServerSettings,
+    ) -> Result<()> {
+        Ok(())
+    }
     /// The command that runs it in the foreground on `launch`'s ports and data.
     fn command(&self, launch: &Launch<'_>) -> Result<Command>;
     /// A helper process to start first, if it needs one.

@@ -276,6 +276,7 @@ impl LocalBroker {
     pub(crate) async fn await_ready(&mut self, spawned: Spawned) -> Result<Duration> {
         let Spawned { started, log_start } = spawned;
         let deadline = started + broker::info(self.kind()).ready_deadline;
+        let mut admitted = false;
         loop {
             if !self.is_running() {
                 bail!(
@@ -286,7 +287,21 @@ impl LocalBroker {
                     self.log_tail(log_start)
                 );
             }
-            let err = match broker::handshake(&self.endpoint).await {
+            let registry = broker::registry(self.kind());
+            let users = match admitted {
+                true => Ok(()),
+                false => {
+                    registry
+                        .admit_users(&self.host, &self.ports, &self.server)
+                        .await
+                }
+            };
+            admitted = users.is_ok();
+            let ready = match users {
+                Ok(()) => broker::handshake(&self.endpoint).await,
+                Err(err) => Err(err),
+            };
+            let err = match ready {
                 // Still ours? A stale process could have answered on the port.
                 Ok(()) if self.is_running() => break,
                 Ok(()) => continue,

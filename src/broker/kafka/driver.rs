@@ -919,3 +919,55 @@ impl Consumer for DeadLetterReader {
         close(self.consumer).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::security::{Identity, Mechanism, Secret, Tls};
+
+    /// librdkafka's settings for each combination a targets file can give.
+    #[test]
+    fn security_becomes_librdkafkas_protocol_and_settings() {
+        let configured = |tls: Option<Tls>, auth: Option<Auth>| {
+            let mut config = ClientConfig::new();
+            secure(&mut config, &Security { tls, auth });
+            config
+        };
+        let user = |mechanism| {
+            Some(Auth::Password {
+                user: "bench".into(),
+                password: Secret::new("s3cret"),
+                mechanism,
+            })
+        };
+        let ca = || Tls {
+            ca: Some("ca.pem".into()),
+            identity: None,
+        };
+
+        assert_eq!(configured(None, None).get("security.protocol"), None);
+        let plain = configured(None, user(Mechanism::Plain));
+        assert_eq!(plain.get("security.protocol"), Some("SASL_PLAINTEXT"));
+        assert_eq!(plain.get("sasl.mechanism"), Some("PLAIN"));
+        let scram = configured(Some(ca()), user(Mechanism::ScramSha256));
+        assert_eq!(scram.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(scram.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(scram.get("sasl.username"), Some("bench"));
+        assert_eq!(scram.get("sasl.password"), Some("s3cret"));
+        assert_eq!(scram.get("ssl.ca.location"), Some("ca.pem"));
+        let mutual = configured(
+            Some(Tls {
+                ca: None,
+                identity: Some(Identity {
+                    cert: "client.pem".into(),
+                    key: "client-key.pem".into(),
+                }),
+            }),
+            None,
+        );
+        assert_eq!(mutual.get("security.protocol"), Some("SSL"));
+        assert_eq!(mutual.get("ssl.ca.location"), None);
+        assert_eq!(mutual.get("ssl.certificate.location"), Some("client.pem"));
+        assert_eq!(mutual.get("ssl.key.location"), Some("client-key.pem"));
+    }
+}

@@ -76,55 +76,78 @@ impl NodeMetadata {
         let (stream, correlation) = conn.as_mut().expect("connected above");
         *correlation = correlation.wrapping_add(1);
         stream.write_all(&request(topic, *correlation)?).await?;
-        let size = stream.read_u32().await? as usize;
-        ensure!(
-            size <= MAX_RESPONSE,
-            "{} answered with {size} bytes",
-            self.address
-        );
-        let mut body = vec![0; size];
-        stream.read_exact(&mut body).await?;
+        let body = read_frame(stream, &self.address).await?;
         response(&body, *correlation).with_context(|| format!("metadata from {}", self.address))
     }
 }
 
 /// A size-prefixed Metadata request for `topic` alone.
 fn request(topic: &str, correlation: i32) -> Result<Vec<u8>> {
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Metadata as i16)
-        .with_request_api_version(VERSION)
-        .with_correlation_id(correlation)
-        .with_client_id(Some(StrBytes::from_static_str("brokerbench")));
     let body = MetadataRequest::default()
         .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
             TopicName(StrBytes::from_string(topic.to_string())),
         ))]))
         .with_allow_auto_topic_creation(false);
+    frame(ApiKey::Metadata, VERSION, correlation, &body)
+}
+
+/// The Metadata response in `body` (the size prefix read off), if it
+/// answers request `correlation`.
+fn response(body: &[u8], correlation: i32) -> Result<MetadataResponse> {
+    unframe(body, VERSION, correlation)
+}
+
+/// Request `body` of API `key` at `version`, with its header and size
+/// prefix.
+pub(super) fn frame<R: Encodable + HeaderVersion>(
+    key: ApiKey,
+    version: i16,
+    correlation: i32,
+    body: &R,
+) -> Result<Vec<u8>> {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str("brokerbench")));
     let mut buf = BytesMut::new();
-    header.encode(&mut buf, MetadataRequest::header_version(VERSION))?;
-    body.encode(&mut buf, VERSION)?;
+    header.encode(&mut buf, R::header_version(version))?;
+    body.encode(&mut buf, version)?;
     let mut framed = (buf.len() as u32).to_be_bytes().to_vec();
     framed.extend_from_slice(&buf);
     Ok(framed)
 }
 
-/// The Metadata response in `body` (the size prefix read off), if it
-/// answers request `correlation`.
-fn response(mut body: &[u8], correlation: i32) -> Result<MetadataResponse> {
-    let header = ResponseHeader::decode(&mut body, MetadataResponse::header_version(VERSION))?;
+/// The response at `version` in `body` (the size prefix read off), if it
+/// answers request `correlation` and nothing follows it.
+pub(super) fn unframe<R: Decodable + HeaderVersion>(
+    mut body: &[u8],
+    version: i16,
+    correlation: i32,
+) -> Result<R> {
+    let header = ResponseHeader::decode(&mut body, R::header_version(version))?;
     if header.correlation_id != correlation {
         bail!(
             "answer to request {} where {correlation} was asked",
             header.correlation_id
         );
     }
-    let answer = MetadataResponse::decode(&mut body, VERSION)?;
+    let answer = R::decode(&mut body, version)?;
     ensure!(
         !body.has_remaining(),
         "{} bytes after the response",
         body.len()
     );
     Ok(answer)
+}
+
+/// Reads one size-prefixed response from `stream`.
+pub(super) async fn read_frame(stream: &mut TcpStream, address: &str) -> Result<Vec<u8>> {
+    let size = stream.read_u32().await? as usize;
+    ensure!(size <= MAX_RESPONSE, "{address} answered with {size} bytes");
+    let mut body = vec![0; size];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 mod delivery;
 mod driver;
 mod metadata;
+mod users;
 
 use std::path::Path;
 use std::time::Duration;
@@ -22,8 +23,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio::process::Command;
 
-use super::{Broker, Info, Install, Launch, PortRole, PROBE_CONSUMER};
-use crate::broker::security::Secret;
+use super::{Broker, Info, Install, Launch, PortRole, Ports, ServerSettings, PROBE_CONSUMER};
 use crate::broker::Endpoint;
 use crate::driver::{timed, Driver, CALL_TIMEOUT};
 use crate::scenario::Plan;
@@ -139,9 +139,9 @@ const KEYSTORE: &str = "keystore.pem";
 
 /// A local run's `[security]` on the clients' listener: the run's
 /// certificate (a PEM keystore of key and certificate, written beside the
-/// properties), and SCRAM-SHA-512, whose user is formatted into the
-/// storage with its salted password ([`scram_user`]). The controller and
-/// the replication listeners stay plain, on loopback.
+/// properties), and SCRAM-SHA-512, whose user is made once the node
+/// listens ([`users`]). The controller and the replication listeners stay
+/// plain, on loopback.
 fn secured_properties(launch: &Launch<'_>) -> Result<String> {
     let Some(credentials) = launch.server.credentials.as_deref() else {
         return Ok(String::new());
@@ -170,30 +170,6 @@ fn secured_properties(launch: &Launch<'_>) -> Result<String> {
         ));
     }
     Ok(properties)
-}
-
-/// The iterations of a SCRAM user's salted password (Kafka's minimum).
-const SCRAM_ITERATIONS: u32 = 4096;
-
-/// The `--add-scram` argument of `kafka-storage format` for the run's
-/// user: its salt and salted password (PBKDF2-HMAC-SHA-512, as RFC 5802
-/// defines it), from which Kafka derives the stored and server keys. The
-/// password itself is never on a command line or in a file.
-fn scram_user(user: &str, password: &Secret) -> String {
-    use base64::engine::general_purpose::STANDARD;
-    let salt: [u8; 32] = rand::random();
-    let mut salted = [0u8; 64];
-    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(
-        password.expose().as_bytes(),
-        &salt,
-        SCRAM_ITERATIONS,
-        &mut salted,
-    );
-    format!(
-        "SCRAM-SHA-512=[name={user},iterations={SCRAM_ITERATIONS},salt=\"{}\",saltedpassword=\"{}\"]",
-        STANDARD.encode(salt),
-        STANDARD.encode(salted)
-    )
 }
 
 /// The `node.id` of the node `launch` starts: 1, or its number in a cluster.
@@ -249,14 +225,6 @@ async fn format_storage(launch: &Launch<'_>, config: &Path) -> Result<()> {
     if launch.cluster.is_none() {
         format.arg("--standalone");
     }
-    if let Some((user, password)) = launch
-        .server
-        .credentials
-        .as_deref()
-        .and_then(|c| c.user.as_ref())
-    {
-        format.arg("--add-scram").arg(scram_user(user, password));
-    }
     let output = tokio::time::timeout(
         Duration::from_secs(60),
         format.current_dir(launch.dir).kill_on_drop(true).output(),
@@ -290,6 +258,15 @@ impl Broker for Kafka {
         std::fs::write(&config, server_properties(launch)?)
             .with_context(|| format!("writing {}", config.display()))?;
         format_storage(launch, &config).await
+    }
+
+    async fn admit_users(&self, host: &str, ports: &Ports, server: &ServerSettings) -> Result<()> {
+        let Some((user, password)) = server.credentials.as_deref().and_then(|c| c.user.as_ref())
+        else {
+            return Ok(());
+        };
+        let internal = ports.internal.context("no inter-broker port")?;
+        users::add_scram_user(&format!("{host}:{internal}"), user, password).await
     }
 
     fn command(&self, launch: &Launch<'_>) -> Result<Command> {
