@@ -13,7 +13,7 @@ use nats_jwt_rs::operator::Operator;
 use nats_jwt_rs::user::User;
 use nkeys::KeyPair;
 
-use crate::broker::security::NatsTrust;
+use crate::broker::security::{private_dir, write_private, NatsTrust};
 
 /// The name of every key made here.
 const NAME: &str = "brokerbench";
@@ -21,7 +21,7 @@ const NAME: &str = "brokerbench";
 /// A new operator, account and user; the user's credentials file is
 /// written to `dir` (created, mode 0700), mode 0600.
 pub fn generate(dir: &Path) -> Result<NatsTrust> {
-    super::pki::private_dir(dir)?;
+    private_dir(dir)?;
     let operator = KeyPair::new_operator();
     let account = KeyPair::new_account();
     let user = KeyPair::new_user();
@@ -54,7 +54,7 @@ pub fn generate(dir: &Path) -> Result<NatsTrust> {
         .map_err(|e| anyhow!("the NATS user's seed: {e}"))?;
 
     let creds = dir.join("brokerbench.creds");
-    super::pki::write_private(&creds, &creds_text(&user_jwt, &seed))?;
+    write_private(&creds, &creds_text(&user_jwt, &seed))?;
     Ok(NatsTrust {
         operator_jwt,
         account: (account.public_key(), account_jwt),

@@ -6,13 +6,13 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
 
-use crate::broker::security::LocalCerts;
+use crate::broker::security::{private_dir, write_private, LocalCerts};
 
 /// A new CA and a server certificate it signed, in `dir` (created, mode
 /// 0700).
@@ -55,31 +55,6 @@ pub fn generate(dir: &Path) -> Result<LocalCerts> {
     write_private(&certs.cert, &cert.pem())?;
     write_private(&certs.key, &key.serialize_pem())?;
     Ok(certs)
-}
-
-/// Creates `dir` (and its parents), mode 0700.
-pub(crate) fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
-}
-
-/// Writes `text` to `path`, readable by its owner only.
-pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

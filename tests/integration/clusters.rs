@@ -207,7 +207,8 @@ fn kafka_acks_1_loses_confirmed_messages_when_the_leader_dies_and_the_check_fail
     // follower becomes leader without them, and the old leader truncates
     // its log to the new leader's when it comes back. How many depends on
     // how far the followers lagged at the kill (milliseconds at 8000 msg/s),
-    // so a run that loses none is tried again, three runs at most.
+    // so a run that loses none is tried again, five runs at most (a clean
+    // clone's make test saw three in a row lose none, 2026-12-08).
     let scenario = r#"
         name = "lossy-cluster"
         brokers = ["kafka"]
@@ -232,7 +233,7 @@ fn kafka_acks_1_loses_confirmed_messages_when_the_leader_dies_and_the_check_fail
         duration = "8s"
     "#;
     let mut losses = Vec::new();
-    for attempt in 1..=3 {
+    for attempt in 1..=5 {
         let ran = util::run_scenario(scenario, &[]);
         let b = &ran.results["brokers"][0];
         assert_eq!(b["settings"]["acks"], "1");
@@ -263,7 +264,7 @@ fn kafka_acks_1_loses_confirmed_messages_when_the_leader_dies_and_the_check_fail
         }
         eprintln!("attempt {attempt}: acks = 1 lost nothing this time");
     }
-    panic!("acks = 1 lost nothing in three runs with the leader killed: {losses:?}");
+    panic!("acks = 1 lost nothing in five runs with the leader killed: {losses:?}");
 }
 
 #[test]

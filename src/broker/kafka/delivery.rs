@@ -96,7 +96,9 @@ pub(super) fn metadata<C: ClientContext>(
             Err(e) if last_error.refused() || left <= std::time::Duration::from_secs(1) => {
                 return Err(last_error.explain(e))
             }
-            Err(_) => {}
+            // An answer faster than the second asked for (no broker up
+            // yet): a pause, not a busy loop.
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     }
 }

@@ -152,7 +152,7 @@ fn secured_properties(launch: &Launch<'_>) -> Result<String> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
         };
         let keystore = launch.dir.join(KEYSTORE);
-        crate::env::pki::write_private(
+        crate::broker::security::write_private(
             &keystore,
             &format!("{}{}", read(&certs.key)?, read(&certs.cert)?),
         )?;
