@@ -42,13 +42,8 @@ pub(crate) struct Reading {
 }
 
 impl Reading {
-    /// Reads now, with the workers of the runtime this is called on, if any.
+    /// Reads now.
     pub(crate) fn now() -> Self {
-        Self::with_runtime(tokio::runtime::Handle::try_current().ok().as_ref())
-    }
-
-    /// Reads now, with the workers of `runtime`: from any thread.
-    pub(crate) fn with_runtime(runtime: Option<&tokio::runtime::Handle>) -> Self {
         let (user, system, max_rss_kib) = match getrusage(UsageWho::RUSAGE_SELF) {
             Ok(u) => (
                 Duration::from_micros(u.user_time().num_microseconds().max(0) as u64),
@@ -57,14 +52,14 @@ impl Reading {
             ),
             Err(_) => (Duration::ZERO, Duration::ZERO, 0),
         };
-        let busy = match runtime {
-            Some(handle) => {
+        let busy = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
                 let metrics = handle.metrics();
                 (0..metrics.num_workers())
                     .map(|w| metrics.worker_total_busy_duration(w))
                     .collect()
             }
-            None => Vec::new(),
+            Err(_) => Vec::new(),
         };
         Reading {
             at: Instant::now(),

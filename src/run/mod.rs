@@ -36,7 +36,7 @@ pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -526,32 +526,17 @@ struct Loaded {
     final_read_elapsed: Duration,
 }
 
-/// The harness's readings of the steady window, taken at its edges by a
-/// thread of its own: a runtime made busy by the load (the harness at its
-/// limit) may poll its own timers late, and a window read late shrinks,
-/// down to nothing (seen in a clean clone's make test, 2026-12-08). A run
-/// that stops early sets the end itself, first.
-fn window_readings(cx: &RunContext) -> (Arc<OnceLock<Reading>>, Arc<OnceLock<Reading>>) {
-    let steady = Arc::new(OnceLock::new());
-    let end = Arc::new(OnceLock::new());
-    let runtime = tokio::runtime::Handle::current();
-    let (at_start, at_end) = (Arc::clone(&steady), Arc::clone(&end));
-    let (start, stop) = (cx.steady_start, cx.end);
-    let reader = move || {
-        std::thread::sleep(start.saturating_duration_since(Instant::now()));
-        let _ = at_start.set(Reading::with_runtime(Some(&runtime)));
-        std::thread::sleep(stop.saturating_duration_since(Instant::now()));
-        let _ = at_end.set(Reading::with_runtime(Some(&runtime)));
-    };
-    let spawned = std::thread::Builder::new()
-        .name("harness-window".into())
-        .spawn(reader);
-    if spawned.is_err() {
-        // No thread to spare: the window opens now and closes when the
-        // load stops.
+/// Where the harness's readings of the steady window go. Without a warmup
+/// the window opens now, not whenever the phases are first polled (a busy
+/// runtime may poll them late).
+fn window_readings(
+    cx: &RunContext,
+) -> (std::sync::OnceLock<Reading>, std::sync::OnceLock<Reading>) {
+    let steady = std::sync::OnceLock::new();
+    if cx.steady_start <= Instant::now() {
         let _ = steady.set(Reading::now());
     }
-    (steady, end)
+    (steady, std::sync::OnceLock::new())
 }
 
 /// The load with its phases and the fault timeline, until the producers
@@ -577,7 +562,9 @@ async fn load_and_drain(
     let phases = async {
         tokio::time::sleep_until(cx.steady_start.into()).await;
         progress.set_phase(Phase::Steady);
+        let _ = steady_reading.set(Reading::now());
         tokio::time::sleep_until(cx.end.into()).await;
+        let _ = end_reading.set(Reading::now());
         progress.set_phase(Phase::Drain);
         std::future::pending::<()>().await
     };

@@ -123,10 +123,37 @@ fn nowhere_but(root: u32, dir: &Path, secret: &str, except: Option<&Path>) {
     assert!(leaked.is_empty(), "the secret is in {leaked:?}");
 }
 
+/// A brokerbench run a test started, killed if the test ends before it
+/// (a failed assertion), so that it never outlives the test: its brokers
+/// die with it.
+struct Started(Option<std::process::Child>);
+
+impl std::ops::Deref for Started {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl std::ops::DerefMut for Started {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The finished run of `child`: it passed, said no secret, lost nothing on
 /// any broker, and says that TLS was on.
-fn check_finished(child: std::process::Child, log: &Path, secrets: &[&str], brokers: usize) {
-    let out = child.wait_with_output().unwrap();
+fn check_finished(mut child: Started, log: &Path, secrets: &[&str], brokers: usize) {
+    let out = child.0.take().expect("running").wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = std::fs::read_to_string(log).unwrap();
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -155,7 +182,7 @@ fn start_secured(
     PathBuf,
     tempfile::TempDir,
     PathBuf,
-    std::process::Child,
+    Started,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("tmp");
@@ -172,7 +199,7 @@ fn start_secured(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    (dir, data, scenario_dir, log, child)
+    (dir, data, scenario_dir, log, Started(Some(child)))
 }
 
 #[test]
