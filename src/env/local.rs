@@ -287,21 +287,16 @@ impl LocalBroker {
                     self.log_tail(log_start)
                 );
             }
-            let registry = broker::registry(self.kind());
-            let users = match admitted {
-                true => Ok(()),
-                false => {
-                    registry
+            let ready = async {
+                if !admitted {
+                    broker::registry(self.kind())
                         .admit_users(&self.host, &self.ports, &self.server)
-                        .await
+                        .await?;
+                    admitted = true;
                 }
+                broker::handshake(&self.endpoint).await
             };
-            admitted = users.is_ok();
-            let ready = match users {
-                Ok(()) => broker::handshake(&self.endpoint).await,
-                Err(err) => Err(err),
-            };
-            let err = match ready {
+            let err = match ready.await {
                 // Still ours? A stale process could have answered on the port.
                 Ok(()) if self.is_running() => break,
                 Ok(()) => continue,

@@ -95,6 +95,7 @@ fn server_properties(launch: &Launch<'_>) -> Result<String> {
             )
         }
     };
+    let clients = client_protocol(launch);
     Ok(format!(
         "# Written by brokerbench before each start.
 process.roles=broker,controller
@@ -116,8 +117,7 @@ share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 {secured}",
         data = data.display(),
-        clients = client_protocol(launch),
-        secured = secured_properties(launch)?,
+        secured = secured_properties(launch, clients)?,
     ))
 }
 
@@ -137,12 +137,13 @@ fn client_protocol(launch: &Launch<'_>) -> &'static str {
 /// "keystore" Kafka reads (KIP-651).
 const KEYSTORE: &str = "keystore.pem";
 
-/// A local run's `[security]` on the clients' listener: the run's
+/// A local run's `[security]` on the clients' listener (`clients`, its
+/// security protocol, also its name): the run's
 /// certificate (a PEM keystore of key and certificate, written beside the
 /// properties), and SCRAM-SHA-512, whose user is made once the node
 /// listens ([`users`]). The controller and the replication listeners stay
 /// plain, on loopback.
-fn secured_properties(launch: &Launch<'_>) -> Result<String> {
+fn secured_properties(launch: &Launch<'_>, clients: &str) -> Result<String> {
     let Some(credentials) = launch.server.credentials.as_deref() else {
         return Ok(String::new());
     };
@@ -162,7 +163,7 @@ fn secured_properties(launch: &Launch<'_>) -> Result<String> {
         ));
     }
     if credentials.user.is_some() {
-        let listener = client_protocol(launch).to_lowercase();
+        let listener = clients.to_lowercase();
         properties.push_str(&format!(
             "sasl.enabled.mechanisms=SCRAM-SHA-512\n\
              listener.name.{listener}.scram-sha-512.sasl.jaas.config=\
